@@ -1,0 +1,73 @@
+"""layerwise: control the learning rate of every layer (named parameter group) over time.
+
+Example:
+    >>> import torch, layerwise
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> part = layerwise.by_layer(model, sample_input=torch.zeros(1, 4))
+    >>> opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+    >>> sched = layerwise.LayerwiseLR(opt, total_steps=100, policy=layerwise.OneCycle(),
+    ...                               layers=layerwise.Discriminative(2.6))
+"""
+
+from . import groups, schedules
+from .groups import (
+    Group,
+    Partition,
+    by_block,
+    by_depth_buckets,
+    by_head,
+    by_kind,
+    by_layer,
+    by_lora,
+    by_patterns,
+    explicit,
+)
+from .scheduler import LayerwiseLR
+from .schedules import (
+    Constant,
+    Cosine,
+    DepthRamp,
+    Discriminative,
+    GeometricRange,
+    LayerSchedule,
+    Linear,
+    LinearInTime,
+    OneCycle,
+    StepDrops,
+    Triangular,
+    Uniform,
+    Warmup,
+    staggered_one_cycle,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Constant",
+    "Cosine",
+    "DepthRamp",
+    "Discriminative",
+    "GeometricRange",
+    "Group",
+    "LayerSchedule",
+    "LayerwiseLR",
+    "Linear",
+    "LinearInTime",
+    "OneCycle",
+    "Partition",
+    "StepDrops",
+    "Triangular",
+    "Uniform",
+    "Warmup",
+    "by_block",
+    "by_depth_buckets",
+    "by_head",
+    "by_kind",
+    "by_layer",
+    "by_lora",
+    "by_patterns",
+    "explicit",
+    "groups",
+    "schedules",
+    "staggered_one_cycle",
+]

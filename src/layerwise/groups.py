@@ -1,0 +1,594 @@
+"""Ordered, named partitions of a model's trainable parameters.
+
+A :class:`Partition` is a list of :class:`Group` objects in the order data flows
+through the model. Its :meth:`Partition.param_groups` output is a plain list of
+torch param-group dicts (each carrying ``name`` and ``depth``), usable by any
+torch optimizer unchanged.
+
+Example:
+    >>> import torch
+    >>> from layerwise import groups
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> part = groups.by_layer(model, sample_input=torch.zeros(1, 4))
+    >>> part.names
+    ('0', '2')
+    >>> opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "NORM_TYPES",
+    "Group",
+    "Partition",
+    "by_block",
+    "by_depth_buckets",
+    "by_head",
+    "by_kind",
+    "by_layer",
+    "by_lora",
+    "by_patterns",
+    "explicit",
+    "execution_order",
+]
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+"""Module types whose parameters count as normalization parameters."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One named group of parameters.
+
+    Attributes:
+        name: the group's name (also written into its param-group dict).
+        param_names: qualified names of its parameters, in model order.
+        params: the parameters themselves, aligned with ``param_names``.
+        depth: the group's index in data-flow order (0 = closest to the input).
+    """
+
+    name: str
+    param_names: tuple[str, ...]
+    params: tuple[nn.Parameter, ...] = field(repr=False)
+    depth: int
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """An ordered partition of a model's trainable parameters.
+
+    Attributes:
+        groups: the groups, in data-flow order.
+        excluded: names of parameters left out because ``requires_grad`` is False.
+        order: how the order was found: ``"execution"`` (traced forward pass),
+            ``"registration"`` (module registration order) or ``"rules"`` (the order
+            of the user's rules).
+    """
+
+    groups: tuple[Group, ...]
+    excluded: tuple[str, ...] = ()
+    order: str = "execution"
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise ValueError("a Partition needs at least one non-empty group")
+        names = [g.name for g in self.groups]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"group names must be unique; repeated: {duplicates}")
+        seen: dict[int, str] = {}
+        for group in self.groups:
+            for pname, param in zip(group.param_names, group.params):
+                if id(param) in seen:
+                    raise ValueError(
+                        f"parameter {pname!r} is in more than one group "
+                        f"({seen[id(param)]!r} and {group.name!r})"
+                    )
+                seen[id(param)] = group.name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self) -> Iterator[Group]:
+        return iter(self.groups)
+
+    def __getitem__(self, key: int | str) -> Group:
+        if isinstance(key, str):
+            for group in self.groups:
+                if group.name == key:
+                    return group
+            raise KeyError(f"no group named {key!r}; groups: {list(self.names)}")
+        return self.groups[key]
+
+    def group_of(self, param_name: str) -> str:
+        """Name of the group holding the parameter called ``param_name``."""
+        for group in self.groups:
+            if param_name in group.param_names:
+                return group.name
+        raise KeyError(f"parameter {param_name!r} is in no group")
+
+    def param_groups(
+        self,
+        lr: float | None = None,
+        *,
+        lr_mult: Mapping[str, float] | Sequence[float] | None = None,
+        weight_decay: float | None = None,
+        no_decay: Iterable[str] = (),
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """Param-group dicts for any torch optimizer.
+
+        Each dict holds ``params``, ``name`` and ``depth``. A multiplier in
+        ``lr_mult`` is folded into the dict's ``lr`` (and kept as ``lr_mult`` for
+        reference), so every scheduler, ours or torch's, applies it.
+
+        Args:
+            lr: base learning rate; omitted, the optimizer's default applies
+                (and ``lr_mult`` must be omitted too).
+            lr_mult: per-group multiplier, by group name or as one value per group.
+            weight_decay: weight decay for every dict.
+            no_decay: parameter kinds that get ``weight_decay=0``: any of
+                ``"bias"`` and ``"norm"``. A group holding both kinds is split into
+                two dicts with the same ``name`` and ``depth``.
+            **options: further options copied into every dict (e.g. ``momentum``).
+
+        Example:
+            >>> part.param_groups(lr=0.1, lr_mult={"head": 10.0}, weight_decay=5e-4,
+            ...                   no_decay=("bias", "norm"))  # doctest: +SKIP
+        """
+        no_decay = tuple(no_decay)
+        bad_kinds = [k for k in no_decay if k not in ("bias", "norm")]
+        if bad_kinds:
+            raise ValueError(f"no_decay: unknown kinds {bad_kinds}; allowed: 'bias', 'norm'")
+        if lr is not None:
+            _check_rate("lr", lr)
+        if weight_decay is not None:
+            _check_rate("weight_decay", weight_decay)
+        mults = self._multipliers(lr_mult)
+        if mults is not None and lr is None:
+            raise ValueError("lr_mult needs lr: the multiplier is folded into each group's lr")
+        if no_decay and weight_decay is None:
+            raise ValueError("no_decay needs weight_decay (the decay the other parameters get)")
+
+        result: list[dict[str, Any]] = []
+        for index, group in enumerate(self.groups):
+            base: dict[str, Any] = {"name": group.name, "depth": group.depth, **options}
+            if lr is not None:
+                mult = 1.0 if mults is None else mults[index]
+                base["lr"] = lr * mult
+                base["lr_mult"] = mult
+            if weight_decay is not None:
+                base["weight_decay"] = weight_decay
+            if not no_decay:
+                result.append({**base, "params": list(group.params)})
+                continue
+            kinds = _kinds_by_param(group, self._owners)
+            decayed = [p for p, k in zip(group.params, kinds) if k not in no_decay]
+            exempt = [p for p, k in zip(group.params, kinds) if k in no_decay]
+            if decayed:
+                result.append({**base, "params": decayed})
+            if exempt:
+                result.append({**base, "params": exempt, "weight_decay": 0.0})
+        return result
+
+    # parameter-name -> owning module, filled by the builders (not part of equality)
+    _owners: Mapping[str, nn.Module] = field(default_factory=dict, repr=False, compare=False)
+
+    def _multipliers(self, lr_mult: Mapping[str, float] | Sequence[float] | None) -> list[float] | None:
+        if lr_mult is None:
+            return None
+        if isinstance(lr_mult, Mapping):
+            unknown = sorted(set(lr_mult) - set(self.names))
+            if unknown:
+                raise ValueError(f"lr_mult: unknown groups {unknown}; groups: {list(self.names)}")
+            values = [float(lr_mult.get(name, 1.0)) for name in self.names]
+        else:
+            values = [float(v) for v in lr_mult]
+            if len(values) != len(self.groups):
+                raise ValueError(
+                    f"lr_mult: expected {len(self.groups)} values (one per group), got {len(values)}"
+                )
+        for value in values:
+            _check_rate("lr_mult", value)
+        return values
+
+
+def _check_rate(argument: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{argument}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{argument}: must be finite and >= 0, got {value}")
+
+
+def _kinds_by_param(group: Group, owners: Mapping[str, nn.Module]) -> list[str]:
+    kinds = []
+    for pname in group.param_names:
+        owner = owners.get(pname)
+        if owner is not None and isinstance(owner, NORM_TYPES):
+            kinds.append("norm")
+        elif pname.rsplit(".", 1)[-1].startswith("bias"):
+            kinds.append("bias")
+        else:
+            kinds.append("weight")
+    return kinds
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+def _owned_params(model: nn.Module) -> tuple[list[tuple[str, nn.Module, list[tuple[str, nn.Parameter]]]], list[str]]:
+    """Modules that directly own trainable parameters, each parameter once.
+
+    Returns ``(entries, excluded)``: entries are ``(module_name, module, [(param_name,
+    param)])`` in registration order; a tied parameter belongs to the first module
+    that registers it. ``excluded`` lists frozen parameters.
+    """
+    seen: set[int] = set()
+    entries = []
+    excluded = []
+    for mname, module in model.named_modules(remove_duplicate=False):
+        owned = []
+        for pname, param in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if param.requires_grad:
+                owned.append((full, param))
+            else:
+                excluded.append(full)
+        if owned:
+            entries.append((mname, module, owned))
+    if not entries:
+        raise ValueError(
+            "model: has no trainable parameters (every parameter has requires_grad=False "
+            "or the model has none)"
+        )
+    return entries, excluded
+
+
+def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
+    """Names of the modules that own parameters, in the order a forward pass first calls them.
+
+    The forward pass runs under ``torch.no_grad`` in eval mode (restored afterwards),
+    so BatchNorm statistics and the autograd graph are untouched. ``sample_input`` is a
+    tensor, a tuple of positional arguments, or a dict of keyword arguments.
+    """
+    entries, _ = _owned_params(model)
+    wanted = {id(module): mname for mname, module, _ in entries}
+    called: list[str] = []
+
+    def hook(module: nn.Module, _args: Any) -> None:
+        name = wanted.get(id(module))
+        if name is not None and name not in called:
+            called.append(name)
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_pre_hook(hook) for m in {id(m): m for _, m, _ in entries}.values()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(sample_input, Mapping):
+                model(**sample_input)
+            elif isinstance(sample_input, tuple):
+                model(*sample_input)
+            else:
+                model(sample_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return called
+
+
+def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Module, list]], list[str], str]:
+    entries, excluded = _owned_params(model)
+    if sample_input is None:
+        warnings.warn(
+            "layerwise: no sample_input given, so groups follow module registration order, "
+            "which can differ from the order data flows through the model; pass "
+            "sample_input=... to trace the real order",
+            stacklevel=3,
+        )
+        return entries, excluded, "registration"
+    called = execution_order(model, sample_input)
+    rank = {name: i for i, name in enumerate(called)}
+    unused = [mname for mname, _, _ in entries if mname not in rank]
+    if unused:
+        warnings.warn(
+            f"layerwise: modules {unused} own trainable parameters but were not called by the "
+            "sample forward pass; they are placed last",
+            stacklevel=3,
+        )
+    ordered = sorted(entries, key=lambda e: rank.get(e[0], len(rank)))
+    return ordered, excluded, "execution"
+
+
+def _build(
+    named: list[tuple[str, list[tuple[str, nn.Parameter]]]],
+    excluded: list[str],
+    order: str,
+    owners: Mapping[str, nn.Module],
+) -> Partition:
+    groups = tuple(
+        Group(name, tuple(n for n, _ in params), tuple(p for _, p in params), depth)
+        for depth, (name, params) in enumerate((n, ps) for n, ps in named if ps)
+    )
+    return Partition(groups, tuple(excluded), order, owners)
+
+
+def _owner_map(entries: list[tuple[str, nn.Module, list]]) -> dict[str, nn.Module]:
+    return {pname: module for _, module, params in entries for pname, _ in params}
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def by_layer(model: nn.Module, sample_input: Any = None) -> Partition:
+    """One group per module that directly owns trainable parameters, in execution order.
+
+    Group names are module names (``"root"`` for parameters registered on the model
+    itself). Without ``sample_input`` the order is the registration order (a warning
+    says so).
+
+    Example:
+        >>> part = by_layer(model, sample_input=torch.randn(2, 3, 28, 28))  # doctest: +SKIP
+    """
+    entries, excluded, order = _layers(model, sample_input)
+    named = [(mname or "root", params) for mname, _, params in entries]
+    return _build(named, excluded, order, _owner_map(entries))
+
+
+def _merge_in_order(
+    entries: list[tuple[str, nn.Module, list]], key_of: Any
+) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
+    merged: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for mname, _, params in entries:
+        for pname, param in params:
+            merged.setdefault(key_of(mname, pname), []).append((pname, param))
+    return list(merged.items())
+
+
+def by_block(model: nn.Module, depth: int = 1, sample_input: Any = None) -> Partition:
+    """One group per module at ``depth`` in the module tree (1 = top-level children).
+
+    Parameters registered above that depth form a group named after their module
+    (``"root"`` for the model itself). Blocks are ordered by their first call in the
+    traced forward pass.
+
+    Example:
+        >>> by_block(resnet, depth=1, sample_input=x).names  # doctest: +SKIP
+        ('conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4', 'fc')
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise TypeError(f"depth: expected an int >= 1, got {type(depth).__name__}")
+    if depth < 1:
+        raise ValueError(f"depth: must be >= 1, got {depth}")
+    entries, excluded, order = _layers(model, sample_input)
+
+    def block_of(mname: str, _pname: str) -> str:
+        parts = mname.split(".") if mname else []
+        return ".".join(parts[:depth]) or "root"
+
+    return _build(_merge_in_order(entries, block_of), excluded, order, _owner_map(entries))
+
+
+def by_depth_buckets(model: nn.Module, n: int, sample_input: Any = None) -> Partition:
+    """``n`` contiguous groups of layers in data-flow order (fastai-style layer groups).
+
+    Layers are split as evenly as possible by count; groups are named ``bucket0`` ...
+
+    Example:
+        >>> by_depth_buckets(model, 3, sample_input=x).names  # doctest: +SKIP
+        ('bucket0', 'bucket1', 'bucket2')
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int >= 1, got {type(n).__name__}")
+    entries, excluded, order = _layers(model, sample_input)
+    if not 1 <= n <= len(entries):
+        raise ValueError(f"n: must be between 1 and the number of layers ({len(entries)}), got {n}")
+    size, extra = divmod(len(entries), n)
+    named = []
+    start = 0
+    for b in range(n):
+        stop = start + size + (1 if b < extra else 0)
+        named.append((f"bucket{b}", [p for _, _, params in entries[start:stop] for p in params]))
+        start = stop
+    return _build(named, excluded, order, _owner_map(entries))
+
+
+def by_patterns(
+    model: nn.Module,
+    rules: Mapping[str, str] | Sequence[tuple[str, str]],
+    *,
+    syntax: str = "regex",
+    rest: str | None = None,
+) -> Partition:
+    """Groups from name patterns: ``{pattern: group_name}``, first match wins.
+
+    Groups are ordered as their first rule appears (then ``rest``). A parameter that no
+    rule matches is an error listing its name, unless ``rest`` names a group for them.
+
+    Args:
+        rules: pattern -> group name, in priority order (several patterns may map to one group).
+        syntax: ``"regex"`` (``re.search``) or ``"glob"`` (``fnmatch`` on the full name).
+        rest: group name for unmatched parameters; ``None`` makes them an error.
+
+    Example:
+        >>> by_patterns(model, {r"^embed": "embed", r"\\.attn\\.": "attention"}, rest="other")  # doctest: +SKIP
+    """
+    if syntax not in ("regex", "glob"):
+        raise ValueError(f"syntax: must be 'regex' or 'glob', got {syntax!r}")
+    pairs = list(rules.items()) if isinstance(rules, Mapping) else [tuple(r) for r in rules]
+    if not pairs:
+        raise ValueError("rules: give at least one (pattern, group name) pair")
+    compiled = []
+    for pattern, gname in pairs:
+        if not isinstance(pattern, str) or not isinstance(gname, str):
+            raise TypeError("rules: patterns and group names must be strings")
+        regex = pattern if syntax == "regex" else fnmatch.translate(pattern)
+        try:
+            compiled.append((re.compile(regex), gname))
+        except re.error as exc:
+            raise ValueError(f"rules: invalid regex {pattern!r}: {exc}") from exc
+    entries, excluded = _owned_params(model)
+    merged: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for _, g in compiled}
+    unmatched: list[tuple[str, nn.Parameter]] = []
+    for _, _, params in entries:
+        for pname, param in params:
+            target = next((g for rx, g in compiled if rx.search(pname)), None)
+            (merged[target] if target is not None else unmatched).append((pname, param))
+    if unmatched:
+        if rest is None:
+            raise ValueError(
+                "rules: no rule matched these parameters (add rules or pass rest='name'): "
+                + ", ".join(n for n, _ in unmatched)
+            )
+        if rest in merged:
+            raise ValueError(f"rest: {rest!r} is already a rule's group name")
+        merged[rest] = unmatched
+    empty = [g for g, ps in merged.items() if not ps]
+    if empty:
+        warnings.warn(f"layerwise: rules matched no parameters for groups {empty}", stacklevel=2)
+    return _build(list(merged.items()), excluded, "rules", _owner_map(entries))
+
+
+def by_kind(model: nn.Module) -> Partition:
+    """Groups ``weight``, ``bias`` and ``norm`` (parameters of normalization layers).
+
+    Example:
+        >>> opt = torch.optim.AdamW(by_kind(model).param_groups(lr=1e-3))  # doctest: +SKIP
+    """
+    entries, excluded = _owned_params(model)
+    owners = _owner_map(entries)
+    everything = Group("all", tuple(owners), tuple(p for _, _, ps in entries for _, p in ps), 0)
+    kinds = _kinds_by_param(everything, owners)
+    merged: dict[str, list[tuple[str, nn.Parameter]]] = {"weight": [], "bias": [], "norm": []}
+    for pname, param, kind in zip(everything.param_names, everything.params, kinds):
+        merged[kind].append((pname, param))
+    return _build(list(merged.items()), excluded, "rules", owners)
+
+
+def by_head(model: nn.Module, head: str | Sequence[str] | None = None, sample_input: Any = None) -> Partition:
+    """Two groups, ``body`` then ``head``.
+
+    Args:
+        head: module name(s) forming the head; by default the last layer in data-flow
+            order (traced when ``sample_input`` is given).
+
+    Example:
+        >>> by_head(model, head="fc").names  # doctest: +SKIP
+        ('body', 'head')
+    """
+    entries, excluded, order = _layers(model, sample_input)
+    if head is None:
+        heads = {entries[-1][0]}
+    else:
+        heads = {head} if isinstance(head, str) else set(head)
+        known = dict(model.named_modules())
+        missing = sorted(h for h in heads if h not in known)
+        if missing:
+            raise ValueError(f"head: no module named {missing} in the model")
+
+    def part_of(mname: str, _pname: str) -> str:
+        inside = any(mname == h or mname.startswith(h + ".") or h == "" for h in heads)
+        return "head" if inside else "body"
+
+    merged = dict(_merge_in_order(entries, part_of))
+    if "head" not in merged:
+        raise ValueError(f"head: modules {sorted(heads)} own no trainable parameters")
+    named = [(g, merged[g]) for g in ("body", "head") if g in merged]
+    return _build(named, excluded, order, _owner_map(entries))
+
+
+def by_lora(model: nn.Module, *, rest: str = "other") -> Partition:
+    """Groups ``lora_A`` and ``lora_B`` (PEFT naming), plus ``rest`` for other trainable parameters.
+
+    Example:
+        >>> opt = torch.optim.AdamW(by_lora(peft_model).param_groups(lr=2e-4, lr_mult={"lora_B": 16}))  # doctest: +SKIP
+    """
+    return by_patterns(
+        model,
+        [(r"(^|\.)lora_A(\.|$)", "lora_A"), (r"(^|\.)lora_B(\.|$)", "lora_B")],
+        rest=rest,
+    )
+
+
+def explicit(
+    model: nn.Module,
+    assignment: Mapping[str, Sequence[str | nn.Parameter | nn.Module]],
+    *,
+    rest: str | None = None,
+) -> Partition:
+    """Groups given explicitly: ``{group_name: [parameter names, parameters or modules]}``.
+
+    Example:
+        >>> explicit(model, {"features": [model.features], "classifier": ["fc.weight", "fc.bias"]})  # doctest: +SKIP
+    """
+    entries, excluded = _owned_params(model)
+    name_of = {id(p): n for _, _, ps in entries for n, p in ps}
+    by_name = {n: p for _, _, ps in entries for n, p in ps}
+    taken: dict[int, str] = {}
+    named = []
+    for gname, items in assignment.items():
+        params: list[tuple[str, nn.Parameter]] = []
+        for item in items:
+            if isinstance(item, str):
+                if item not in by_name:
+                    raise ValueError(f"assignment[{gname!r}]: no trainable parameter named {item!r}")
+                found = [(item, by_name[item])]
+            elif isinstance(item, nn.Parameter):
+                if id(item) not in name_of:
+                    raise ValueError(f"assignment[{gname!r}]: a parameter is not a trainable one of model")
+                found = [(name_of[id(item)], item)]
+            elif isinstance(item, nn.Module):
+                found = [(name_of[id(p)], p) for p in item.parameters() if id(p) in name_of]
+            else:
+                raise TypeError(
+                    f"assignment[{gname!r}]: items must be names, parameters or modules, "
+                    f"got {type(item).__name__}"
+                )
+            for pname, param in found:
+                if id(param) in taken and taken[id(param)] != gname:
+                    raise ValueError(
+                        f"assignment: parameter {pname!r} is in both {taken[id(param)]!r} and {gname!r}"
+                    )
+                if id(param) not in taken:
+                    taken[id(param)] = gname
+                    params.append((pname, param))
+        named.append((gname, params))
+    unmatched = [(n, p) for n, p in by_name.items() if id(p) not in taken]
+    if unmatched:
+        if rest is None:
+            raise ValueError(
+                "assignment: these parameters are in no group (assign them or pass rest='name'): "
+                + ", ".join(n for n, _ in unmatched)
+            )
+        named.append((rest, unmatched))
+    return _build(named, excluded, "rules", _owner_map(entries))

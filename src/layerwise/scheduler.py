@@ -1,0 +1,134 @@
+"""``LayerwiseLR``: a torch ``LRScheduler`` that applies a :class:`LayerSchedule`.
+
+Each param group's LR is its initial LR times the schedule's factor for the group's
+layer at the current step. The layer of a group is its ``depth`` key (as written by
+:meth:`layerwise.groups.Partition.param_groups`), else its position; several dicts
+with the same depth (e.g. a layer split into decay / no-decay parts) share a factor.
+
+Example:
+    >>> import torch
+    >>> from layerwise import LayerwiseLR
+    >>> from layerwise.schedules import Cosine, Discriminative
+    >>> params = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(3)]
+    >>> opt = torch.optim.SGD(params, lr=0.1)
+    >>> sched = LayerwiseLR(opt, total_steps=100, policy=Cosine(), layers=Discriminative(2.0))
+    >>> [round(lr, 4) for lr in sched.get_last_lr()]
+    [0.025, 0.05, 0.1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
+
+__all__ = ["LayerwiseLR", "group_depths"]
+
+
+def group_depths(param_groups: Sequence[dict[str, Any]]) -> list[int]:
+    """Layer index of every param group: its ``depth`` key, else its position.
+
+    Raises ValueError if the depths are not exactly 0..K-1 (each used at least once).
+    """
+    depths = [int(g.get("depth", i)) for i, g in enumerate(param_groups)]
+    used = sorted(set(depths))
+    if used != list(range(len(used))):
+        raise ValueError(
+            f"param groups: 'depth' keys must cover 0..K-1 without gaps, got {used}"
+        )
+    return depths
+
+
+class LayerwiseLR(LRScheduler):
+    """Per-group LR(t) = initial LR x policy(t) x layer multiplier(t), in closed form.
+
+    Args:
+        optimizer: any torch optimizer; its param groups are the layers.
+        total_steps: number of ``step()`` calls in the run (batches x epochs when
+            stepping per batch, epochs when stepping per epoch). Past it, the final
+            values hold.
+        policy: a global policy, or a sequence with one policy per layer.
+        layers: a layer multiplier rule.
+        schedule: a ready :class:`LayerSchedule` (instead of ``policy``/``layers``).
+        last_epoch: as in torch: -1 to start a run.
+
+    ``lr_at(step)`` gives every group's LR at any step without stepping; the
+    scheduler's ``state_dict`` holds plain numbers only (the schedule is
+    configuration: build the same one, then ``load_state_dict``).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int,
+        policy: Policy | Sequence[Policy] | None = None,
+        layers: LayerRule | None = None,
+        *,
+        schedule: LayerSchedule | None = None,
+        last_epoch: int = -1,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps: must be an int >= 1, got {total_steps!r}")
+        if schedule is None:
+            schedule = LayerSchedule(policy if policy is not None else Constant(), layers or Uniform())
+        elif policy is not None or layers is not None:
+            raise ValueError("schedule: give either schedule or policy/layers, not both")
+        elif not isinstance(schedule, LayerSchedule):
+            raise TypeError(f"schedule: expected a LayerSchedule, got {type(schedule).__name__}")
+        depths = group_depths(optimizer.param_groups)
+        num_layers = max(depths) + 1
+        schedule.check_groups(num_layers)
+        # validated: from here on the optimizer may be touched
+        self.schedule = schedule
+        self.total_steps = total_steps
+        self._depths = depths
+        self._num_layers = num_layers
+        super().__init__(optimizer, last_epoch)
+
+    def _sync_groups(self) -> None:
+        """Adopt param groups added to the optimizer after construction."""
+        groups = self.optimizer.param_groups
+        if len(groups) == len(self.base_lrs):
+            return
+        depths = group_depths(groups)
+        num_layers = max(depths) + 1
+        self.schedule.check_groups(num_layers)
+        for group in groups[len(self.base_lrs):]:
+            group.setdefault("initial_lr", group["lr"])
+            self.base_lrs.append(group["initial_lr"])
+        self._depths, self._num_layers = depths, num_layers
+
+    def lr_at(self, step: int) -> list[float]:
+        """Every param group's LR at ``step`` (closed form, nothing is changed)."""
+        step = min(max(step, 0), self.total_steps)
+        factors = self.schedule.factors(step / self.total_steps, self._num_layers)
+        return [base * factors[d] for base, d in zip(self.base_lrs, self._depths)]
+
+    def get_lr(self) -> list[float]:
+        self._sync_groups()
+        return self.lr_at(self.last_epoch)
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.get_lr()
+
+    def zero_from(self) -> list[int | None]:
+        """Per param group, the step from which its LR stays exactly 0 (else None)."""
+        firsts = self.schedule.zero_from(self.total_steps, self._num_layers)
+        return [0 if base == 0 else firsts[d] for base, d in zip(self.base_lrs, self._depths)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("total_steps") != self.total_steps:
+            raise ValueError(
+                f"state_dict: saved for total_steps={state_dict.get('total_steps')}, "
+                f"this scheduler has total_steps={self.total_steps}"
+            )
+        self.__dict__.update(state_dict)

@@ -1,0 +1,454 @@
+"""Closed-form per-group learning-rate factors: a global policy times a layer rule.
+
+Everything here is pure (no torch state). Time is the *progress* ``p = step / total``
+in ``[0, 1]``; the scheduler in :mod:`layerwise.scheduler` turns steps into progress.
+The factor of group ``g`` is ``policy_g(p) * multiplier_g(p)``: one shared global
+policy (or one independent policy per group) times a layer multiplier rule.
+
+Example:
+    >>> from layerwise.schedules import LayerSchedule, OneCycle, LinearInTime
+    >>> smith = LayerSchedule(layers=LinearInTime(start=(2, 1, 0.5), end=(0.5, 1, 2),
+    ...                                           windows=((0, 0.1), (0, 1), (0, 1))))
+    >>> smith.factors(0.05, 3)
+    [1.25, 1.0, 0.575]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "Constant",
+    "Cosine",
+    "DepthRamp",
+    "Discriminative",
+    "GeometricRange",
+    "LayerRule",
+    "LayerSchedule",
+    "Linear",
+    "LinearInTime",
+    "OneCycle",
+    "Policy",
+    "StepDrops",
+    "Triangular",
+    "Uniform",
+    "Warmup",
+    "staggered_one_cycle",
+]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _finite_nonneg(argument: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{argument}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{argument}: must be finite and >= 0, got {value}")
+    return value
+
+
+def _fraction(argument: str, value: float, *, open_low: bool = False) -> float:
+    value = _finite_nonneg(argument, value)
+    if value > 1 or (open_low and value == 0):
+        bound = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"{argument}: must be a fraction of training in {bound}, got {value}")
+    return value
+
+
+def _window(argument: str, window: Sequence[float]) -> tuple[float, float]:
+    if len(window) != 2:
+        raise ValueError(f"{argument}: a window is (start, end), got {tuple(window)}")
+    a, b = (_fraction(argument, w) for w in window)
+    if b < a:
+        raise ValueError(f"{argument}: window end {b} is before its start {a}; windows lie in [0, 1]")
+    return a, b
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A global LR policy: a factor as a function of progress ``p`` in [0, 1]."""
+
+    def __call__(self, p: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class Constant:
+    """``value`` for the whole run."""
+
+    value: float = 1.0
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("value", self.value)
+
+    def __call__(self, p: float) -> float:
+        return self.value
+
+
+@dataclass(frozen=True)
+class StepDrops:
+    """Multiply by ``factor`` at each milestone (fractions of training).
+
+    The default is Smith's proposal: x0.1 at 50 %, 75 % and 90 % of training.
+    """
+
+    milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
+    factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        values = tuple(_fraction("milestones", m) for m in self.milestones)
+        if list(values) != sorted(values):
+            raise ValueError(f"milestones: must be increasing, got {values}")
+        object.__setattr__(self, "milestones", values)
+        _finite_nonneg("factor", self.factor)
+
+    def __call__(self, p: float) -> float:
+        return self.factor ** sum(1 for m in self.milestones if p >= m)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """Linear from ``start`` to ``end`` over training."""
+
+    start: float = 1.0
+    end: float = 0.0
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("start", self.start)
+        _finite_nonneg("end", self.end)
+
+    def __call__(self, p: float) -> float:
+        return self.start + (self.end - self.start) * p
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Cosine annealing from ``start`` to ``end`` over training."""
+
+    start: float = 1.0
+    end: float = 0.0
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("start", self.start)
+        _finite_nonneg("end", self.end)
+
+    def __call__(self, p: float) -> float:
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+@dataclass(frozen=True)
+class Triangular:
+    """Triangular cyclical LR (CLR): ``cycles`` full cycles between ``low`` and ``high``."""
+
+    low: float = 0.1
+    high: float = 1.0
+    cycles: int = 1
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("low", self.low)
+        _finite_nonneg("high", self.high)
+        if isinstance(self.cycles, bool) or not isinstance(self.cycles, int) or self.cycles < 1:
+            raise ValueError(f"cycles: must be an int >= 1, got {self.cycles!r}")
+
+    def __call__(self, p: float) -> float:
+        position = (p * self.cycles) % 1.0
+        height = 1.0 - abs(2.0 * position - 1.0)
+        return self.low + (self.high - self.low) * height
+
+
+@dataclass(frozen=True)
+class OneCycle:
+    """Smith's 1cycle: ``start`` up to 1.0 at ``peak_at``, then down to ``end``.
+
+    ``anneal`` is ``"linear"`` (Smith's original) or ``"cos"`` (torch's OneCycleLR default).
+    """
+
+    peak_at: float = 0.3
+    start: float = 0.04
+    end: float = 4e-6
+    anneal: str = "linear"
+
+    def __post_init__(self) -> None:
+        _fraction("peak_at", self.peak_at)
+        _finite_nonneg("start", self.start)
+        _finite_nonneg("end", self.end)
+        if self.anneal not in ("linear", "cos"):
+            raise ValueError(f"anneal: must be 'linear' or 'cos', got {self.anneal!r}")
+
+    def _interp(self, a: float, b: float, x: float) -> float:
+        if self.anneal == "cos":
+            return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * x))
+        return a + (b - a) * x
+
+    def __call__(self, p: float) -> float:
+        if p < self.peak_at:
+            return self._interp(self.start, 1.0, p / self.peak_at)
+        if self.peak_at >= 1.0:
+            return 1.0
+        return self._interp(1.0, self.end, (p - self.peak_at) / (1.0 - self.peak_at))
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Linear warm-up over the first ``fraction`` of training, then ``policy`` on the rest.
+
+    During warm-up the factor rises linearly from ``start * policy(0)`` to ``policy(0)``.
+    """
+
+    policy: Policy
+    fraction: float = 0.05
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not callable(self.policy):
+            raise TypeError(f"policy: expected a Policy, got {type(self.policy).__name__}")
+        _fraction("fraction", self.fraction)
+        if self.fraction >= 1:
+            raise ValueError(f"fraction: warm-up must leave part of training, got {self.fraction}")
+        _finite_nonneg("start", self.start)
+
+    def __call__(self, p: float) -> float:
+        if p < self.fraction:
+            return self.policy(0.0) * (self.start + (1.0 - self.start) * p / self.fraction)
+        return self.policy((p - self.fraction) / (1.0 - self.fraction))
+
+
+def staggered_one_cycle(
+    num_groups: int, first_peak: float = 0.2, last_peak: float = 0.6, **one_cycle: float | str
+) -> list[OneCycle]:
+    """One 1cycle policy per group, peaks evenly spaced from ``first_peak`` to ``last_peak``.
+
+    Example (5 groups peaking at epochs 10, 15, 20, 25, 30 of 50):
+        >>> [round(c.peak_at, 2) for c in staggered_one_cycle(5, 0.2, 0.6)]
+        [0.2, 0.3, 0.4, 0.5, 0.6]
+    """
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
+    _fraction("first_peak", first_peak)
+    _fraction("last_peak", last_peak)
+    if num_groups == 1:
+        return [OneCycle(peak_at=first_peak, **one_cycle)]
+    step = (last_peak - first_peak) / (num_groups - 1)
+    return [OneCycle(peak_at=first_peak + g * step, **one_cycle) for g in range(num_groups)]
+
+
+# ----------------------------------------------------------------------------- layer rules
+
+
+@runtime_checkable
+class LayerRule(Protocol):
+    """Per-group multipliers as a function of progress.
+
+    ``num_groups`` is the number of groups the rule is written for, or None if it
+    adapts to any number.
+    """
+
+    @property
+    def num_groups(self) -> int | None: ...
+
+    def multipliers(self, p: float, num_groups: int) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Every group gets multiplier 1."""
+
+    num_groups = None
+
+    def multipliers(self, p: float, num_groups: int) -> list[float]:
+        return [1.0] * num_groups
+
+
+@dataclass(frozen=True)
+class Discriminative:
+    """ULMFiT's discriminative LRs: each group ``ratio`` times slower than the next.
+
+    The last group (the head) gets 1, group ``g`` gets ``ratio ** -(K - 1 - g)``.
+    """
+
+    ratio: float = 2.6
+    num_groups = None
+
+    def __post_init__(self) -> None:
+        if _finite_nonneg("ratio", self.ratio) == 0:
+            raise ValueError("ratio: must be > 0")
+
+    def multipliers(self, p: float, num_groups: int) -> list[float]:
+        return [self.ratio ** -(num_groups - 1 - g) for g in range(num_groups)]
+
+
+@dataclass(frozen=True)
+class GeometricRange:
+    """fastai's ``slice(lo, hi)``: multipliers spaced geometrically from ``lo`` to ``hi``."""
+
+    lo: float
+    hi: float
+    num_groups = None
+
+    def __post_init__(self) -> None:
+        if _finite_nonneg("lo", self.lo) == 0 or _finite_nonneg("hi", self.hi) == 0:
+            raise ValueError(f"lo, hi: must be > 0, got {self.lo}, {self.hi}")
+
+    def multipliers(self, p: float, num_groups: int) -> list[float]:
+        if num_groups == 1:
+            return [self.hi]
+        return np.geomspace(self.lo, self.hi, num_groups).tolist()
+
+
+@dataclass(frozen=True)
+class LinearInTime:
+    """Smith's layer multipliers: group ``g`` goes linearly from ``start[g]`` to ``end[g]``
+    inside its own window ``windows[g] = (a, b)`` (fractions of training), holding
+    ``start[g]`` before ``a`` and ``end[g]`` after ``b``.
+
+    Example (Smith's 3 layers over 100 epochs):
+        >>> rule = LinearInTime((2, 1, 0.5), (0.5, 1, 2), ((0, 0.1), (0, 1), (0, 1)))
+        >>> rule.multipliers(0.5, 3)
+        [0.5, 1.0, 1.25]
+    """
+
+    start: Sequence[float]
+    end: Sequence[float]
+    windows: Sequence[Sequence[float]] | None = None
+    _arrays: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        start = tuple(_finite_nonneg("start", s) for s in self.start)
+        end = tuple(_finite_nonneg("end", e) for e in self.end)
+        if not start:
+            raise ValueError("start: give one value per group")
+        windows = ((0.0, 1.0),) * len(start) if self.windows is None else self.windows
+        windows = tuple(_window("windows", w) for w in windows)
+        if not len(start) == len(end) == len(windows):
+            raise ValueError(
+                f"start, end, windows: need one entry per group each; got lengths "
+                f"{len(start)}, {len(end)}, {len(windows)}"
+            )
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "windows", windows)
+        a = np.array([w[0] for w in windows])
+        b = np.array([w[1] for w in windows])
+        width = np.where(b > a, b - a, 1.0)
+        object.__setattr__(self, "_arrays", (np.array(start), np.array(end), a, b, width))
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.start)
+
+    def multipliers(self, p: float, num_groups: int) -> list[float]:
+        start, end, a, b, width = self._arrays
+        frac = np.where(p >= b, 1.0, np.clip((p - a) / width, 0.0, 1.0))
+        return (start + (end - start) * frac).tolist()
+
+
+def DepthRamp(  # noqa: N802 - reads as a rule constructor, like the classes beside it
+    num_groups: int, first: float = 1.5, last: float = 0.5, *, reverse: bool = True,
+    window: Sequence[float] = (0.0, 1.0),
+) -> LinearInTime:
+    """Multipliers ramping linearly across depth from ``first`` (group 0) to ``last``;
+    with ``reverse`` the ramp turns around linearly in time within ``window``, so the
+    run ends with ``last`` at group 0 and ``first`` at the last group (Smith's proposal).
+
+    Example:
+        >>> DepthRamp(3).multipliers(0.0, 3), DepthRamp(3).multipliers(1.0, 3)
+        ([1.5, 1.0, 0.5], [0.5, 1.0, 1.5])
+    """
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
+    _finite_nonneg("first", first)
+    _finite_nonneg("last", last)
+    ramp = np.linspace(first, last, num_groups).tolist() if num_groups > 1 else [first]
+    end = ramp[::-1] if reverse else ramp
+    return LinearInTime(ramp, end, [tuple(window)] * num_groups)
+
+
+# ----------------------------------------------------------------------------- composition
+
+
+@dataclass(frozen=True)
+class LayerSchedule:
+    """Per-group factor = ``policy_g(p) * layers.multipliers(p)[g]``.
+
+    Args:
+        policy: one global policy, or a sequence of independent per-group policies.
+        layers: a layer multiplier rule (default: :class:`Uniform`).
+    """
+
+    policy: Policy | Sequence[Policy] = field(default_factory=Constant)
+    layers: LayerRule = field(default_factory=Uniform)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.policy, Sequence):
+            if not self.policy:
+                raise ValueError("policy: an empty list of per-group policies")
+            bad = [type(p).__name__ for p in self.policy if not callable(p)]
+            if bad:
+                raise TypeError(f"policy: per-group policies must be callables, got {bad}")
+            object.__setattr__(self, "policy", tuple(self.policy))
+        elif not callable(self.policy):
+            raise TypeError(f"policy: expected a Policy, got {type(self.policy).__name__}")
+        if not isinstance(self.layers, LayerRule):
+            raise TypeError(f"layers: expected a LayerRule, got {type(self.layers).__name__}")
+        sizes = {self.layers.num_groups, len(self.policy) if isinstance(self.policy, tuple) else None}
+        sizes.discard(None)
+        if len(sizes) > 1:
+            raise ValueError(
+                f"policy, layers: written for different numbers of groups {sorted(sizes)}"
+            )
+
+    @property
+    def num_groups(self) -> int | None:
+        """Number of groups this schedule is written for, or None if any number works."""
+        if isinstance(self.policy, tuple):
+            return len(self.policy)
+        return self.layers.num_groups
+
+    def check_groups(self, num_groups: int) -> None:
+        """Raise ValueError unless the schedule can drive ``num_groups`` groups."""
+        wanted = self.num_groups
+        if wanted is not None and wanted != num_groups:
+            raise ValueError(
+                f"the schedule has per-group values for {wanted} groups but the optimizer "
+                f"has {num_groups} (groups are counted by their 'depth' key, else by position)"
+            )
+
+    def factors(self, p: float, num_groups: int) -> list[float]:
+        """Factor of each group at progress ``p``."""
+        mults = self.layers.multipliers(p, num_groups)
+        if isinstance(self.policy, tuple):
+            return [policy(p) * m for policy, m in zip(self.policy, mults)]
+        value = self.policy(p)
+        return [value * m for m in mults]
+
+    def table(self, total_steps: int, num_groups: int) -> np.ndarray:
+        """Factors at every step 0..total_steps-1, shape (num_groups, total_steps)."""
+        self.check_groups(num_groups)
+        return np.array(
+            [self.factors(s / total_steps, num_groups) for s in range(total_steps)]
+        ).reshape(total_steps, num_groups).T
+
+    def zero_from(self, total_steps: int, num_groups: int) -> list[int | None]:
+        """Per group, the first step from which its factor stays exactly 0, else None."""
+        self.check_groups(num_groups)
+        first: list[int | None] = [None] * num_groups
+        open_groups = set(range(num_groups))
+        for step in range(total_steps - 1, -1, -1):
+            values = self.factors(step / total_steps, num_groups)
+            for g in list(open_groups):
+                if values[g] == 0.0:
+                    first[g] = step
+                else:
+                    open_groups.discard(g)
+            if not open_groups:
+                break
+        return first
