@@ -33,11 +33,11 @@ from .schedules import (
     Linear,
     LinearInTime,
     OneCycle,
+    StaggeredOneCycle,
     StepDrops,
     Triangular,
     Uniform,
     Warmup,
-    staggered_one_cycle,
 )
 
 __version__ = "0.1.0"
@@ -55,6 +55,7 @@ __all__ = [
     "LinearInTime",
     "OneCycle",
     "Partition",
+    "StaggeredOneCycle",
     "StepDrops",
     "Triangular",
     "Uniform",
@@ -69,5 +70,4 @@ __all__ = [
     "explicit",
     "groups",
     "schedules",
-    "staggered_one_cycle",
 ]

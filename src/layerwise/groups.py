@@ -39,8 +39,8 @@ __all__ = [
     "by_layer",
     "by_lora",
     "by_patterns",
-    "explicit",
     "execution_order",
+    "explicit",
 ]
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -102,8 +102,7 @@ class Partition:
             for pname, param in zip(group.param_names, group.params):
                 if id(param) in seen:
                     raise ValueError(
-                        f"parameter {pname!r} is in more than one group "
-                        f"({seen[id(param)]!r} and {group.name!r})"
+                        f"parameter {pname!r} is in more than one group ({seen[id(param)]!r} and {group.name!r})"
                     )
                 seen[id(param)] = group.name
 
@@ -210,9 +209,7 @@ class Partition:
         else:
             values = [float(v) for v in lr_mult]
             if len(values) != len(self.groups):
-                raise ValueError(
-                    f"lr_mult: expected {len(self.groups)} values (one per group), got {len(values)}"
-                )
+                raise ValueError(f"lr_mult: expected {len(self.groups)} values (one per group), got {len(values)}")
         for value in values:
             _check_rate("lr_mult", value)
         return values
@@ -241,7 +238,9 @@ def _kinds_by_param(group: Group, owners: Mapping[str, nn.Module]) -> list[str]:
 # ----------------------------------------------------------------------------- tracing
 
 
-def _owned_params(model: nn.Module) -> tuple[list[tuple[str, nn.Module, list[tuple[str, nn.Parameter]]]], list[str]]:
+def _owned_params(
+    model: nn.Module,
+) -> tuple[list[tuple[str, nn.Module, list[tuple[str, nn.Parameter]]]], list[str]]:
     """Modules that directly own trainable parameters, each parameter once.
 
     Returns ``(entries, excluded)``: entries are ``(module_name, module, [(param_name,
@@ -266,8 +265,7 @@ def _owned_params(model: nn.Module) -> tuple[list[tuple[str, nn.Module, list[tup
             entries.append((mname, module, owned))
     if not entries:
         raise ValueError(
-            "model: has no trainable parameters (every parameter has requires_grad=False "
-            "or the model has none)"
+            "model: has no trainable parameters (every parameter has requires_grad=False or the model has none)"
         )
     return entries, excluded
 
@@ -571,14 +569,11 @@ def explicit(
                 found = [(name_of[id(p)], p) for p in item.parameters() if id(p) in name_of]
             else:
                 raise TypeError(
-                    f"assignment[{gname!r}]: items must be names, parameters or modules, "
-                    f"got {type(item).__name__}"
+                    f"assignment[{gname!r}]: items must be names, parameters or modules, got {type(item).__name__}"
                 )
             for pname, param in found:
                 if id(param) in taken and taken[id(param)] != gname:
-                    raise ValueError(
-                        f"assignment: parameter {pname!r} is in both {taken[id(param)]!r} and {gname!r}"
-                    )
+                    raise ValueError(f"assignment: parameter {pname!r} is in both {taken[id(param)]!r} and {gname!r}")
                 if id(param) not in taken:
                     taken[id(param)] = gname
                     params.append((pname, param))

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -37,9 +39,7 @@ def group_depths(param_groups: Sequence[dict[str, Any]]) -> list[int]:
     depths = [int(g.get("depth", i)) for i, g in enumerate(param_groups)]
     used = sorted(set(depths))
     if used != list(range(len(used))):
-        raise ValueError(
-            f"param groups: 'depth' keys must cover 0..K-1 without gaps, got {used}"
-        )
+        raise ValueError(f"param groups: 'depth' keys must cover 0..K-1 without gaps, got {used}")
     return depths
 
 
@@ -99,7 +99,7 @@ class LayerwiseLR(LRScheduler):
         depths = group_depths(groups)
         num_layers = max(depths) + 1
         self.schedule.check_groups(num_layers)
-        for group in groups[len(self.base_lrs):]:
+        for group in groups[len(self.base_lrs) :]:
             group.setdefault("initial_lr", group["lr"])
             self.base_lrs.append(group["initial_lr"])
         self._depths, self._num_layers = depths, num_layers
@@ -108,7 +108,19 @@ class LayerwiseLR(LRScheduler):
         """Every param group's LR at ``step`` (closed form, nothing is changed)."""
         step = min(max(step, 0), self.total_steps)
         factors = self.schedule.factors(step / self.total_steps, self._num_layers)
-        return [base * factors[d] for base, d in zip(self.base_lrs, self._depths)]
+        base, index = self._arrays()
+        return (base * factors[index]).tolist()
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``base_lrs`` and the depths as arrays, rebuilt when either list changes."""
+        key = (id(self.base_lrs), len(self.base_lrs), id(self._depths))
+        if getattr(self, "_cache_key", None) != key:
+            self._cache = (
+                np.asarray(self.base_lrs, dtype=float),
+                np.asarray(self._depths, dtype=np.intp),
+            )
+            self._cache_key = key
+        return self._cache
 
     def get_lr(self) -> list[float]:
         self._sync_groups()
@@ -117,13 +129,33 @@ class LayerwiseLR(LRScheduler):
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
 
+    def step(self, epoch: int | None = None) -> None:
+        """Advance one step and write every group's LR.
+
+        After the first call (which goes through torch's checks of the call order) this
+        takes a lean path: the LRs are computed once and written straight into the groups.
+        """
+        if epoch is not None or self._step_count == 1:
+            super().step(epoch)
+            return
+        self._step_count += 1
+        self.last_epoch += 1
+        values = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, values):
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self._last_lr = values
+
     def zero_from(self) -> list[int | None]:
         """Per param group, the step from which its LR stays exactly 0 (else None)."""
         firsts = self.schedule.zero_from(self.total_steps, self._num_layers)
         return [0 if base == 0 else firsts[d] for base, d in zip(self.base_lrs, self._depths)]
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
+        skip = ("optimizer", "schedule", "_cache", "_cache_key")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("total_steps") != self.total_steps:

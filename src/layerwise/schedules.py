@@ -9,12 +9,13 @@ Example:
     >>> from layerwise.schedules import LayerSchedule, OneCycle, LinearInTime
     >>> smith = LayerSchedule(layers=LinearInTime(start=(2, 1, 0.5), end=(0.5, 1, 2),
     ...                                           windows=((0, 0.1), (0, 1), (0, 1))))
-    >>> smith.factors(0.05, 3)
+    >>> smith.factors(0.05, 3).tolist()
     [1.25, 1.0, 0.575]
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,11 +35,11 @@ __all__ = [
     "LinearInTime",
     "OneCycle",
     "Policy",
+    "StaggeredOneCycle",
     "StepDrops",
     "Triangular",
     "Uniform",
     "Warmup",
-    "staggered_one_cycle",
 ]
 
 
@@ -222,26 +223,27 @@ class Warmup:
         return self.policy((p - self.fraction) / (1.0 - self.fraction))
 
 
-def staggered_one_cycle(
-    num_groups: int, first_peak: float = 0.2, last_peak: float = 0.6, **one_cycle: float | str
-) -> list[OneCycle]:
-    """One 1cycle policy per group, peaks evenly spaced from ``first_peak`` to ``last_peak``.
-
-    Example (5 groups peaking at epochs 10, 15, 20, 25, 30 of 50):
-        >>> [round(c.peak_at, 2) for c in staggered_one_cycle(5, 0.2, 0.6)]
-        [0.2, 0.3, 0.4, 0.5, 0.6]
-    """
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
-    _fraction("first_peak", first_peak)
-    _fraction("last_peak", last_peak)
-    if num_groups == 1:
-        return [OneCycle(peak_at=first_peak, **one_cycle)]
-    step = (last_peak - first_peak) / (num_groups - 1)
-    return [OneCycle(peak_at=first_peak + g * step, **one_cycle) for g in range(num_groups)]
-
-
 # ----------------------------------------------------------------------------- layer rules
+
+
+@functools.lru_cache(maxsize=256)
+def _constant_multipliers(rule: _ConstantRule, num_groups: int) -> np.ndarray:
+    """Multipliers of a time-constant rule, computed once per (rule, number of groups)."""
+    array = np.array(rule.values(num_groups), dtype=float)
+    array.flags.writeable = False
+    return array
+
+
+class _ConstantRule:
+    """Base of rules whose multipliers do not change over time (subclasses are frozen)."""
+
+    num_groups = None
+
+    def values(self, num_groups: int) -> list[float]:
+        raise NotImplementedError
+
+    def multipliers(self, p: float, num_groups: int) -> np.ndarray:
+        return _constant_multipliers(self, num_groups)
 
 
 @runtime_checkable
@@ -255,52 +257,48 @@ class LayerRule(Protocol):
     @property
     def num_groups(self) -> int | None: ...
 
-    def multipliers(self, p: float, num_groups: int) -> list[float]: ...
+    def multipliers(self, p: float, num_groups: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
-class Uniform:
+class Uniform(_ConstantRule):
     """Every group gets multiplier 1."""
 
-    num_groups = None
-
-    def multipliers(self, p: float, num_groups: int) -> list[float]:
+    def values(self, num_groups: int) -> list[float]:
         return [1.0] * num_groups
 
 
 @dataclass(frozen=True)
-class Discriminative:
+class Discriminative(_ConstantRule):
     """ULMFiT's discriminative LRs: each group ``ratio`` times slower than the next.
 
     The last group (the head) gets 1, group ``g`` gets ``ratio ** -(K - 1 - g)``.
     """
 
     ratio: float = 2.6
-    num_groups = None
 
     def __post_init__(self) -> None:
         if _finite_nonneg("ratio", self.ratio) == 0:
             raise ValueError("ratio: must be > 0")
 
-    def multipliers(self, p: float, num_groups: int) -> list[float]:
+    def values(self, num_groups: int) -> list[float]:
         return [self.ratio ** -(num_groups - 1 - g) for g in range(num_groups)]
 
 
 @dataclass(frozen=True)
-class GeometricRange:
+class GeometricRange(_ConstantRule):
     """fastai's ``slice(lo, hi)``: multipliers spaced geometrically from ``lo`` to ``hi``."""
 
     lo: float
     hi: float
-    num_groups = None
 
     def __post_init__(self) -> None:
         if _finite_nonneg("lo", self.lo) == 0 or _finite_nonneg("hi", self.hi) == 0:
             raise ValueError(f"lo, hi: must be > 0, got {self.lo}, {self.hi}")
 
-    def multipliers(self, p: float, num_groups: int) -> list[float]:
+    def values(self, num_groups: int) -> list[float]:
         if num_groups == 1:
-            return [self.hi]
+            return [float(self.hi)]
         return np.geomspace(self.lo, self.hi, num_groups).tolist()
 
 
@@ -312,7 +310,7 @@ class LinearInTime:
 
     Example (Smith's 3 layers over 100 epochs):
         >>> rule = LinearInTime((2, 1, 0.5), (0.5, 1, 2), ((0, 0.1), (0, 1), (0, 1)))
-        >>> rule.multipliers(0.5, 3)
+        >>> rule.multipliers(0.5, 3).tolist()
         [0.5, 1.0, 1.25]
     """
 
@@ -338,21 +336,91 @@ class LinearInTime:
         object.__setattr__(self, "windows", windows)
         a = np.array([w[0] for w in windows])
         b = np.array([w[1] for w in windows])
-        width = np.where(b > a, b - a, 1.0)
-        object.__setattr__(self, "_arrays", (np.array(start), np.array(end), a, b, width))
+        # a zero-width window switches at once: scaling by a huge number and adding 1
+        # at p == a makes the clipped fraction 0 before a and 1 from a on
+        inv_width = np.where(b > a, 1.0 / np.where(b > a, b - a, 1.0), 1e300)
+        instant = (b == a).astype(float)
+        object.__setattr__(self, "_arrays", (np.array(start), np.array(end) - np.array(start), a, inv_width, instant))
 
     @property
     def num_groups(self) -> int:
         return len(self.start)
 
-    def multipliers(self, p: float, num_groups: int) -> list[float]:
-        start, end, a, b, width = self._arrays
-        frac = np.where(p >= b, 1.0, np.clip((p - a) / width, 0.0, 1.0))
-        return (start + (end - start) * frac).tolist()
+    def multipliers(self, p: float, num_groups: int) -> np.ndarray:
+        start, span, a, inv_width, instant = self._arrays
+        frac = np.minimum(np.maximum((p - a) * inv_width + instant, 0.0), 1.0)
+        return start + span * frac
 
 
-def DepthRamp(  # noqa: N802 - reads as a rule constructor, like the classes beside it
-    num_groups: int, first: float = 1.5, last: float = 0.5, *, reverse: bool = True,
+@dataclass(frozen=True)
+class StaggeredOneCycle:
+    """One 1cycle per group as its multiplier, each peaking at its own ``peaks[g]``.
+
+    Group ``g`` follows ``OneCycle(peak_at=peaks[g], start, end, anneal)``, evaluated for
+    all groups at once. Use it with a constant global policy for fully staggered
+    per-group schedules.
+
+    Example (5 groups peaking at epochs 10, 15, 20, 25, 30 of 50):
+        >>> rule = StaggeredOneCycle.spaced(5, first_peak=0.2, last_peak=0.6)
+        >>> [round(x, 2) for x in rule.peaks]
+        [0.2, 0.3, 0.4, 0.5, 0.6]
+    """
+
+    peaks: Sequence[float]
+    start: float = 0.04
+    end: float = 4e-6
+    anneal: str = "linear"
+    _arrays: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        peaks = tuple(_fraction("peaks", x) for x in self.peaks)
+        if not peaks:
+            raise ValueError("peaks: give one peak position per group")
+        object.__setattr__(self, "peaks", peaks)
+        OneCycle(peaks[0], self.start, self.end, self.anneal)  # validates the shared settings
+        array = np.array(peaks)
+        inv_up = 1.0 / np.where(array > 0, array, 1.0)
+        inv_down = 1.0 / np.where(array < 1, 1.0 - array, 1.0)
+        object.__setattr__(self, "_arrays", (array, inv_up, inv_down))
+
+    @classmethod
+    def spaced(
+        cls,
+        num_groups: int,
+        first_peak: float = 0.2,
+        last_peak: float = 0.6,
+        **one_cycle: float | str,
+    ) -> StaggeredOneCycle:
+        """Peaks evenly spaced from ``first_peak`` (group 0) to ``last_peak`` (last group)."""
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
+        _fraction("first_peak", first_peak)
+        _fraction("last_peak", last_peak)
+        return cls(tuple(np.linspace(first_peak, last_peak, num_groups).tolist()), **one_cycle)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.peaks)
+
+    def multipliers(self, p: float, num_groups: int) -> np.ndarray:
+        peaks, inv_up, inv_down = self._arrays
+        x_up = p * inv_up
+        x_down = (p - peaks) * inv_down
+        if self.anneal == "cos":
+            up = 1.0 + (self.start - 1.0) * 0.5 * (1.0 + np.cos(np.pi * x_up))
+            down = self.end + (1.0 - self.end) * 0.5 * (1.0 + np.cos(np.pi * x_down))
+        else:
+            up = self.start + (1.0 - self.start) * x_up
+            down = 1.0 + (self.end - 1.0) * x_down
+        return np.where(p < peaks, up, down)
+
+
+def DepthRamp(
+    num_groups: int,
+    first: float = 1.5,
+    last: float = 0.5,
+    *,
+    reverse: bool = True,
     window: Sequence[float] = (0.0, 1.0),
 ) -> LinearInTime:
     """Multipliers ramping linearly across depth from ``first`` (group 0) to ``last``;
@@ -360,7 +428,7 @@ def DepthRamp(  # noqa: N802 - reads as a rule constructor, like the classes bes
     run ends with ``last`` at group 0 and ``first`` at the last group (Smith's proposal).
 
     Example:
-        >>> DepthRamp(3).multipliers(0.0, 3), DepthRamp(3).multipliers(1.0, 3)
+        >>> DepthRamp(3).multipliers(0.0, 3).tolist(), DepthRamp(3).multipliers(1.0, 3).tolist()
         ([1.5, 1.0, 0.5], [0.5, 1.0, 1.5])
     """
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
@@ -399,12 +467,13 @@ class LayerSchedule:
             raise TypeError(f"policy: expected a Policy, got {type(self.policy).__name__}")
         if not isinstance(self.layers, LayerRule):
             raise TypeError(f"layers: expected a LayerRule, got {type(self.layers).__name__}")
-        sizes = {self.layers.num_groups, len(self.policy) if isinstance(self.policy, tuple) else None}
+        sizes = {
+            self.layers.num_groups,
+            len(self.policy) if isinstance(self.policy, tuple) else None,
+        }
         sizes.discard(None)
         if len(sizes) > 1:
-            raise ValueError(
-                f"policy, layers: written for different numbers of groups {sorted(sizes)}"
-            )
+            raise ValueError(f"policy, layers: written for different numbers of groups {sorted(sizes)}")
 
     @property
     def num_groups(self) -> int | None:
@@ -422,20 +491,17 @@ class LayerSchedule:
                 f"has {num_groups} (groups are counted by their 'depth' key, else by position)"
             )
 
-    def factors(self, p: float, num_groups: int) -> list[float]:
-        """Factor of each group at progress ``p``."""
+    def factors(self, p: float, num_groups: int) -> np.ndarray:
+        """Factor of each group at progress ``p``, shape (num_groups,)."""
         mults = self.layers.multipliers(p, num_groups)
         if isinstance(self.policy, tuple):
-            return [policy(p) * m for policy, m in zip(self.policy, mults)]
-        value = self.policy(p)
-        return [value * m for m in mults]
+            return np.fromiter((policy(p) for policy in self.policy), float, num_groups) * mults
+        return self.policy(p) * mults
 
     def table(self, total_steps: int, num_groups: int) -> np.ndarray:
         """Factors at every step 0..total_steps-1, shape (num_groups, total_steps)."""
         self.check_groups(num_groups)
-        return np.array(
-            [self.factors(s / total_steps, num_groups) for s in range(total_steps)]
-        ).reshape(total_steps, num_groups).T
+        return np.stack([self.factors(s / total_steps, num_groups) for s in range(total_steps)], 1)
 
     def zero_from(self, total_steps: int, num_groups: int) -> list[int | None]:
         """Per group, the first step from which its factor stays exactly 0, else None."""

@@ -1,0 +1,91 @@
+"""Named benchmarks run by ``layerwise bench NAME``; each returns a JSON-ready dict.
+
+Example:
+    >>> from layerwise.bench.suite import run_bench
+    >>> run_bench("scheduler", quick=True)["step_overhead_ms"] < 1.0  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import recipes
+from ..scheduler import LayerwiseLR
+from .timing import measure
+from .train import train
+
+__all__ = ["BENCHES", "machine_info", "run_bench"]
+
+BENCHES: dict[str, Callable[[bool], dict[str, Any]]] = {}
+
+
+def _bench(
+    name: str,
+) -> Callable[[Callable[[bool], dict[str, Any]]], Callable[[bool], dict[str, Any]]]:
+    def add(fn: Callable[[bool], dict[str, Any]]) -> Callable[[bool], dict[str, Any]]:
+        BENCHES[name] = fn
+        return fn
+
+    return add
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "date": datetime.date.today().isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def run_bench(name: str, quick: bool = False) -> dict[str, Any]:
+    if name not in BENCHES:
+        raise ValueError(f"bench: unknown {name!r}; choose from {sorted(BENCHES)}")
+    return {"bench": name, "quick": quick, **BENCHES[name](quick), "machine": machine_info()}
+
+
+def _optimizer(num_groups: int) -> torch.optim.Optimizer:
+    params = [{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(num_groups)]
+    return torch.optim.SGD(params, lr=0.1)
+
+
+@_bench("scheduler")
+def scheduler_overhead(quick: bool) -> dict[str, Any]:
+    """Cost of one ``LayerwiseLR.step()`` with 100 groups, per recipe, next to torch's LambdaLR."""
+    groups, total = 100, 10_000
+    repeats, number = (5, 200) if quick else (15, 1000)
+    per_recipe = {}
+    for name in ("constant", "discriminative", "llr", "staggered"):
+        policy = None if name == "staggered" else recipes.make_policy("onecycle")
+        schedule = recipes.build(name, groups, policy=policy)
+        scheduler = LayerwiseLR(_optimizer(groups), total, schedule=schedule)
+        per_recipe[name] = measure(scheduler.step, warmup=100, repeats=repeats, number=number)
+    baseline_sched = torch.optim.lr_scheduler.LambdaLR(_optimizer(groups), lambda s: 1.0 - s / total)
+    baseline = measure(baseline_sched.step, warmup=100, repeats=repeats, number=number)
+    worst = max(r["median_ms"] for r in per_recipe.values())
+    return {
+        "groups": groups,
+        "step_overhead_ms": round(worst, 5),
+        "target_ms": 0.1,
+        "per_recipe_ms": {k: round(v["median_ms"], 5) for k, v in per_recipe.items()},
+        "torch_lambdalr_ms": round(baseline["median_ms"], 5),
+        "ratio_to_lambdalr": round(worst / baseline["median_ms"], 2),
+        "repeats": repeats,
+        "calls_per_repeat": number,
+    }
+
+
+@_bench("fashion-mnist")
+def fashion_mnist_run(quick: bool) -> dict[str, Any]:
+    """One training run of the default task with Smith's reversing depth ramp under 1cycle."""
+    result = train("fashion-mnist", recipe="llr", policy="onecycle", quick=quick, progress=True)
+    result.pop("lr_by_group")
+    return result
