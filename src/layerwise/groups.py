@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "NORM_TYPES",
@@ -270,27 +271,52 @@ def _owned_params(
     return entries, excluded
 
 
-def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
-    """Names of the modules that own parameters, in the order a forward pass first calls them.
+class _FirstUse(TorchFunctionMode):
+    """Records the order in which the watched tensors are first passed to a torch op."""
 
+    def __init__(self, watched: set[int]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.order: list[int] = []
+
+    def _visit(self, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            key = id(value)
+            if key in self.watched:
+                self.watched.discard(key)
+                self.order.append(key)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                self._visit(item)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                self._visit(item)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        self._visit(args)
+        if kwargs:
+            self._visit(kwargs)
+        return func(*args, **(kwargs or {}))
+
+
+def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
+    """Names of the modules that own trainable parameters, in the order a forward pass first
+    uses one of their parameters (modules whose parameters were never used are left out).
+
+    Parameter use is observed at the level of torch operations, so parameters used
+    outside their module's ``forward`` (a position embedding on the root module, the
+    output projection of ``nn.MultiheadAttention``) are placed where they are used.
     The forward pass runs under ``torch.no_grad`` in eval mode (restored afterwards),
     so BatchNorm statistics and the autograd graph are untouched. ``sample_input`` is a
     tensor, a tuple of positional arguments, or a dict of keyword arguments.
     """
     entries, _ = _owned_params(model)
-    wanted = {id(module): mname for mname, module, _ in entries}
-    called: list[str] = []
-
-    def hook(module: nn.Module, _args: Any) -> None:
-        name = wanted.get(id(module))
-        if name is not None and name not in called:
-            called.append(name)
-
+    owner = {id(p): mname for mname, _, params in entries for _, p in params}
     modes = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_pre_hook(hook) for m in {id(m): m for _, m, _ in entries}.values()]
+    recorder = _FirstUse(set(owner))
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), recorder:
             if isinstance(sample_input, Mapping):
                 model(**sample_input)
             elif isinstance(sample_input, tuple):
@@ -298,11 +324,13 @@ def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
             else:
                 model(sample_input)
     finally:
-        for handle in handles:
-            handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    return called
+    ordered: list[str] = []
+    for key in recorder.order:
+        if owner[key] not in ordered:
+            ordered.append(owner[key])
+    return ordered
 
 
 def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Module, list]], list[str], str]:
@@ -320,8 +348,8 @@ def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Mod
     unused = [mname for mname, _, _ in entries if mname not in rank]
     if unused:
         warnings.warn(
-            f"layerwise: modules {unused} own trainable parameters but were not called by the "
-            "sample forward pass; they are placed last",
+            f"layerwise: the sample forward pass used no parameter of modules {unused}; "
+            "they are placed last",
             stacklevel=3,
         )
     ordered = sorted(entries, key=lambda e: rank.get(e[0], len(rank)))
@@ -504,7 +532,10 @@ def by_head(model: nn.Module, head: str | Sequence[str] | None = None, sample_in
         >>> by_head(model, head="fc").names  # doctest: +SKIP
         ('body', 'head')
     """
-    entries, excluded, order = _layers(model, sample_input)
+    if head is None or sample_input is not None:
+        entries, excluded, order = _layers(model, sample_input)
+    else:  # the head is named: the order inside each part needs no trace
+        (entries, excluded), order = _owned_params(model), "registration"
     if head is None:
         heads = {entries[-1][0]}
     else:

@@ -46,7 +46,7 @@ def plot_schedule(
     if table.ndim != 2 or table.shape[0] != len(names):
         raise ValueError(f"lr: expected shape (len(names)={len(names)}, steps), got {table.shape}")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     steps = np.arange(table.shape[1])
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(names)))
     for g, (row, name) in enumerate(zip(table, names)):
@@ -57,7 +57,7 @@ def plot_schedule(
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=max(1, len(names) // 12), loc="best")
+    ax.legend(fontsize=7, ncol=max(1, len(names) // 20), loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make main` (main job)  and  `make test` (test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: main test setup data bench clean
+
+main: setup data
+	$(BIN)/layerwise train
+
+test: setup data
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/layerwise bench scheduler --json
+
+setup: $(STAMP)
+
+# constraints.txt pins the CPU build of torch on this machine's disk: no CUDA download.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench,dev]'
+	touch $@
+
+data:
+	@sh scripts/ensure-data.sh
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,190 @@
+"""The ``layerwise`` command.
+
+Subcommands:
+    schedule RECIPE   show a schedule before training (JSON and/or PNG plot)
+    bench NAME        run a named benchmark; with --json the last stdout line is its JSON
+    train             a short training run of a task under a layer-wise schedule (the main job)
+
+Example:
+    $ layerwise schedule llr --groups 3 --steps 100 --start 2,1,0.5 --end 0.5,1,2 \\
+          --windows 0-0.1,0-1,0-1 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import recipes
+
+__all__ = ["main"]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _windows(text: str) -> list[tuple[float, float]]:
+    windows = []
+    for item in text.split(","):
+        parts = item.strip().split("-")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected windows like 0-0.1,0-1 (start-end), got {item!r}")
+        try:
+            windows.append((float(parts[0]), float(parts[1])))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected numbers in window {item!r}") from exc
+    return windows
+
+
+def _add_schedule(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("schedule", help="show every group's LR over a run (JSON, PNG)")
+    p.add_argument("recipe", help=f"one of: {', '.join(sorted(recipes.RECIPES))}")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--groups", type=int, help="number of anonymous groups (default 4)")
+    where.add_argument("--model", help="a built-in model whose layers are the groups (resnet-cnn, transformer, mlp)")
+    p.add_argument("--steps", type=int, required=True, help="number of steps in the run")
+    p.add_argument("--lr", type=float, default=1.0, help="base learning rate (default 1.0)")
+    p.add_argument("--policy", default="constant", help=f"global policy: {', '.join(sorted(recipes.POLICIES))}")
+    p.add_argument("--warmup", type=float, default=0.0, help="linear warm-up, fraction of training")
+    p.add_argument("--ratio", type=float, help="discriminative: ratio between neighbouring groups (2.6)")
+    p.add_argument("--lo", type=float, help="discriminative: first group's multiplier (with --hi)")
+    p.add_argument("--hi", type=float, help="discriminative: last group's multiplier (with --lo)")
+    p.add_argument("--start", type=_floats, help="llr: per-group start multipliers, e.g. 2,1,0.5")
+    p.add_argument("--end", type=_floats, help="llr: per-group end multipliers, e.g. 0.5,1,2")
+    p.add_argument("--windows", type=_windows, help="llr: per-group windows, e.g. 0-0.1,0-1,0-1")
+    p.add_argument("--first-peak", type=float, help="staggered: first group's 1cycle peak (fraction)")
+    p.add_argument("--last-peak", type=float, help="staggered: last group's 1cycle peak (fraction)")
+    p.add_argument("--json", action="store_true", help="print the schedule as one JSON object")
+    p.add_argument("--plot", type=Path, help="write a PNG plot of every group's LR")
+
+
+def _recipe_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("ratio", "lo", "hi", "start", "end", "windows", "first_peak", "last_peak")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _group_names(args: argparse.Namespace) -> list[str]:
+    if args.model:
+        from .bench.models import build_model
+        from .groups import by_layer
+
+        model, sample = build_model(args.model)
+        return list(by_layer(model, sample_input=sample).names)
+    count = 4 if args.groups is None else args.groups
+    if count < 1:
+        raise ValueError(f"--groups: must be >= 1, got {count}")
+    return [f"group{g}" for g in range(count)]
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise ValueError(f"--steps: must be >= 1, got {args.steps}")
+    if not args.lr >= 0 or args.lr == float("inf"):
+        raise ValueError(f"--lr: must be finite and >= 0, got {args.lr}")
+    names = _group_names(args)
+    policy = recipes.make_policy(args.policy, args.warmup) if args.policy != "constant" or args.warmup else None
+    schedule = recipes.build(args.recipe, len(names), policy=policy, **_recipe_options(args))
+    table = args.lr * schedule.table(args.steps, len(names))
+    frozen_at = schedule.zero_from(args.steps, len(names))
+    if args.plot:
+        from .plotting import plot_schedule
+
+        plot_schedule(table, names, args.plot, frozen_at=frozen_at, title=f"{args.recipe} ({args.policy})")
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"groups": names, "steps": args.steps, "lr": table.tolist(), "frozen_at": frozen_at}))
+    elif not args.plot:
+        for name, row in zip(names, table):
+            print(f"{name:>24}  start {row[0]:.4g}  min {row.min():.4g}  max {row.max():.4g}  end {row[-1]:.4g}")
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench.suite import BENCHES
+
+    p = sub.add_parser("bench", help="run a benchmark and print its results")
+    p.add_argument("name", help=f"one of: {', '.join(sorted(BENCHES))}")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster version")
+    p.add_argument("--json", action="store_true", help="end stdout with one JSON line of the results")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.suite import run_bench
+
+    result = run_bench(args.name, quick=args.quick)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a task once under a layer-wise schedule (the main job)")
+    p.add_argument("--task", default="fashion-mnist")
+    p.add_argument("--recipe", default="llr", help=f"one of: {', '.join(sorted(recipes.RECIPES))}")
+    p.add_argument("--policy", default="onecycle", help=f"one of: {', '.join(sorted(recipes.POLICIES))}")
+    p.add_argument("--epochs", type=int, help="epochs (default: the task's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a slice of the data and one epoch")
+    p.add_argument("--data", help="directory with the task's data files")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="where result.json and lr.png go")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .bench.train import train
+    from .plotting import plot_schedule
+
+    result = train(
+        args.task,
+        recipe=args.recipe,
+        policy=args.policy,
+        epochs=args.epochs,
+        seed=args.seed,
+        quick=args.quick,
+        data_dir=args.data,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot = plot_schedule(
+        result.pop("lr_by_group"),
+        result["groups"],
+        args.out / "lr.png",
+        title=f"{result['task']}: {args.recipe} x {args.policy}",
+    )
+    (args.out / "result.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"{result['task']} | {args.recipe} x {args.policy} | {result['epochs']} epoch(s), {result['steps']} steps, "
+        f"{len(result['groups'])} groups\n"
+        f"  test accuracy {result['test_accuracy']:.4f}   test loss {result['test_loss']:.4f}   "
+        f"final train loss {result['final_train_loss']:.4f}\n"
+        f"  wall-clock {result['wall_clock_s']:.1f} s   median step {result['step_time']['median_ms']:.1f} ms\n"
+        f"  wrote {args.out / 'result.json'} and {plot}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="layerwise", description="Per-layer learning-rate control for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_schedule(sub)
+    _add_bench(sub)
+    _add_train(sub)
+    args = parser.parse_args(argv)
+    handlers = {"schedule": _schedule, "bench": _bench, "train": _train}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"layerwise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
