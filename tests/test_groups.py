@@ -144,8 +144,9 @@ def test_kind_head_lora_and_explicit():
     assert part.excluded == ("base.weight", "base.bias")
     assert part["other"].param_names == ("classifier.weight", "classifier.bias")
 
-    exp = groups.explicit(model, {"features": [model.stem, model.layer1], "top": ["fc.weight", model.fc.bias]},
-                          rest="middle")
+    exp = groups.explicit(
+        model, {"features": [model.stem, model.layer1], "top": ["fc.weight", model.fc.bias]}, rest="middle"
+    )
     assert exp.names == ("features", "top", "middle")
     assert covered(exp) == trainable(model)
     with pytest.raises(ValueError, match="in no group"):

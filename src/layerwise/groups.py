@@ -292,7 +292,7 @@ class _FirstUse(TorchFunctionMode):
             for item in value.values():
                 self._visit(item)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         self._visit(args)
         if kwargs:
             self._visit(kwargs)
@@ -348,8 +348,7 @@ def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Mod
     unused = [mname for mname, _, _ in entries if mname not in rank]
     if unused:
         warnings.warn(
-            f"layerwise: the sample forward pass used no parameter of modules {unused}; "
-            "they are placed last",
+            f"layerwise: the sample forward pass used no parameter of modules {unused}; they are placed last",
             stacklevel=3,
         )
     ordered = sorted(entries, key=lambda e: rank.get(e[0], len(rank)))

@@ -58,7 +58,8 @@ class LayerwiseLR(LRScheduler):
 
     ``lr_at(step)`` gives every group's LR at any step without stepping; the
     scheduler's ``state_dict`` holds plain numbers only (the schedule is
-    configuration: build the same one, then ``load_state_dict``).
+    configuration: build the same one, then ``load_state_dict``, which also writes
+    the resumed step's LRs into the optimizer, so the loading order does not matter).
     """
 
     def __init__(
@@ -140,7 +141,9 @@ class LayerwiseLR(LRScheduler):
             return
         self._step_count += 1
         self.last_epoch += 1
-        values = self.get_lr()
+        self._write(self.get_lr())
+
+    def _write(self, values: list[float]) -> None:
         for group, lr in zip(self.optimizer.param_groups, values):
             if isinstance(group["lr"], Tensor):
                 group["lr"].fill_(lr)
@@ -164,3 +167,5 @@ class LayerwiseLR(LRScheduler):
                 f"this scheduler has total_steps={self.total_steps}"
             )
         self.__dict__.update(state_dict)
+        # closed form: the optimizer gets this step's LRs whatever the order things were loaded in
+        self._write(self.get_lr())
