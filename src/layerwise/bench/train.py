@@ -30,7 +30,7 @@ def _progress(total: int, desc: str, enabled: bool):
         from tqdm.auto import tqdm
     except ImportError:
         return nullcontext(None)
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 @torch.no_grad()
@@ -115,7 +115,8 @@ def train(
                 losses.append(loss.item())
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1)
+                    if i % 25 == 0:
+                        bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1, refresh=False)
             metrics = evaluate(model, data.test, task)
             history.append(
                 {
