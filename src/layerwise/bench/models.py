@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "BasicBlock", "ResNetCNN", "TransformerClassifier", "build_model"]
+__all__ = ["MODELS", "BasicBlock", "DenseLayer", "DenseNetBC", "ResNetCNN", "Transition", "TransformerClassifier", "build_model"]
 
 
 class BasicBlock(nn.Module):
@@ -75,6 +75,62 @@ class TransformerClassifier(nn.Module):
         return self.head(self.norm(self.encoder(x)).mean(dim=1))
 
 
+class DenseLayer(nn.Module):
+    """DenseNet-BC bottleneck layer in FreezeOut's order: ReLU-BN-Conv1x1, ReLU-BN-Conv3x3, concat."""
+
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.bn1(torch.relu(x)))
+        out = self.conv2(self.bn2(torch.relu(out)))
+        return torch.cat([x, out], 1)
+
+
+class Transition(nn.Module):
+    """ReLU-BN-Conv1x1 (compression) then 2x2 average pooling."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(self.conv(self.bn(torch.relu(x))), 2)
+
+
+class DenseNetBC(nn.Module):
+    """DenseNet-BC (FreezeOut's architecture) scaled to a CPU: 3 dense blocks of
+    ``layers_per_block`` bottleneck layers, growth rate ``growth``, compression 0.5.
+
+    ``features`` is a flat ``nn.Sequential`` (stem, dense layers, transitions, final BN), so
+    ``by_block(model, depth=2)`` gives one group per dense layer or transition, plus ``fc``.
+    """
+
+    def __init__(self, growth: int = 12, layers_per_block: int = 4, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        channels = 2 * growth
+        features: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)]
+        for block in range(3):
+            for _ in range(layers_per_block):
+                features.append(DenseLayer(channels, growth))
+                channels += growth
+            if block < 2:
+                features.append(Transition(channels, channels // 2))
+                channels //= 2
+        features.append(nn.BatchNorm2d(channels))
+        self.features = nn.Sequential(*features)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.features(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def _resnet() -> tuple[nn.Module, torch.Tensor]:
     return ResNetCNN(), torch.zeros(2, 1, 28, 28)
 
@@ -95,8 +151,13 @@ def _mlp() -> tuple[nn.Module, torch.Tensor]:
     return model, torch.zeros(2, 1, 28, 28)
 
 
+def _densenet() -> tuple[nn.Module, torch.Tensor]:
+    return DenseNetBC(), torch.zeros(2, 1, 28, 28)
+
+
 MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
     "resnet-cnn": _resnet,
+    "densenet-bc": _densenet,
     "transformer": _transformer,
     "mlp": _mlp,
 }

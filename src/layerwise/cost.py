@@ -1,0 +1,148 @@
+"""Per-group compute cost and FreezeOut's predicted saving, before training.
+
+Two predictions of the wall-clock saving of a freezing schedule:
+
+* :func:`paper_saving`: FreezeOut's eq. (2)-(3), ``1 - sum((1 + t_i) c_i) / sum(2 c_i)``,
+  with ``c_i`` the forward FLOPs of group ``i`` (``torch.utils.flop_counter``) and ``t_i``
+  the fraction of training it trains; it assumes backward costs as much as forward.
+* :func:`timed_saving`: integrates step times measured on this machine with the first
+  ``k`` groups frozen (:func:`prefix_step_times`), so it includes the real
+  backward/forward ratio, the optimizer step and everything the FLOP count leaves out.
+
+Example:
+    >>> flops = group_flops(model, part, torch.zeros(8, 1, 28, 28))  # doctest: +SKIP
+    >>> paper_saving(freezeout.train_fractions(), flops)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .freezing import Freezer
+from .groups import Partition
+
+__all__ = ["group_flops", "paper_saving", "prefix_step_times", "timed_saving"]
+
+
+def group_flops(model: nn.Module, partition: Partition, sample_input: Any) -> list[int]:
+    """Forward FLOPs of each group's modules on ``sample_input`` (in partition order).
+
+    A module counts for the group owning its parameters; FLOPs of ops outside any
+    parameter-owning module (activations, pooling, residual adds) belong to no group.
+    """
+    counter = FlopCounterMode(model, display=False, depth=None)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(*sample_input) if isinstance(sample_input, tuple) else model(sample_input)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    prefix = type(model).__name__
+    counts = {
+        name[len(prefix) + 1 :] if name != prefix else "": sum(ops.values())
+        for name, ops in counter.get_flop_counts().items()
+        if name == prefix or name.startswith(prefix + ".")
+    }
+    owners = {pname.rpartition(".")[0] for group in partition for pname in group.param_names}
+
+    def own_flops(module_name: str) -> int:
+        """FLOPs of a module minus those of its descendants that own parameters themselves."""
+        total = counts.get(module_name, 0)
+        inner = [
+            o for o in owners
+            if o != module_name and (module_name == "" or o.startswith(module_name + "."))
+        ]
+        outermost = [o for o in inner if not any(o != x and o.startswith(x + ".") for x in inner)]
+        return total - sum(counts.get(o, 0) for o in outermost)
+
+    return [
+        sum(own_flops(m) for m in dict.fromkeys(p.rpartition(".")[0] for p in group.param_names))
+        for group in partition
+    ]
+
+
+def paper_saving(train_fractions: Sequence[float], flops: Sequence[float]) -> float:
+    """FreezeOut eq. (2)-(3): ``1 - sum((1 + t_i) c_i) / sum(2 c_i)``.
+
+    Example:
+        >>> paper_saving([0.5, 1.0], [1.0, 1.0])
+        0.125
+    """
+    if len(train_fractions) != len(flops):
+        raise ValueError(f"train_fractions, flops: lengths differ ({len(train_fractions)} vs {len(flops)})")
+    total = sum(2.0 * c for c in flops)
+    if total <= 0:
+        raise ValueError("flops: the groups have no forward cost to save on")
+    return 1.0 - sum((1.0 + t) * c for t, c in zip(train_fractions, flops)) / total
+
+
+def timed_saving(train_fractions: Sequence[float], step_times: Sequence[float]) -> float:
+    """Saving predicted from measured step times.
+
+    ``step_times[k]`` is the time of a training step with the first ``k`` groups frozen;
+    group ``k`` trains for the first ``train_fractions[k]`` of the run (non-decreasing).
+
+    Example:
+        >>> timed_saving([0.5, 1.0], [1.0, 0.6])
+        0.2
+    """
+    if len(train_fractions) != len(step_times):
+        raise ValueError("train_fractions, step_times: one entry per group each")
+    if list(train_fractions) != sorted(train_fractions):
+        raise ValueError("train_fractions: groups must freeze in data-flow order (non-decreasing)")
+    mean, previous = 0.0, 0.0
+    for k, fraction in enumerate(train_fractions):
+        mean += step_times[k] * (min(fraction, 1.0) - previous)
+        previous = min(fraction, 1.0)
+    mean += step_times[-1] * (1.0 - previous)  # the rest of the run, if the last group stops early
+    return 1.0 - mean / step_times[0]
+
+
+def prefix_step_times(
+    model: nn.Module,
+    param_groups: list[dict[str, Any]],
+    batch: tuple[torch.Tensor, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    *,
+    warmup: int = 2,
+    repeats: int = 5,
+) -> list[float]:
+    """Median step time (forward, backward, SGD step) with the first k groups frozen, k = 0..K-1.
+
+    Runs on a deep copy of ``model``; ``param_groups`` are the model's groups in data-flow
+    order (``name`` keys; parameters are matched by position in ``model.parameters()``).
+    """
+    twin = copy.deepcopy(model).train()
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    twin_params = list(twin.parameters())
+    groups = [
+        {"name": g["name"], "params": [twin_params[index[id(p)]] for p in g["params"]]} for g in param_groups
+    ]
+    optimizer = torch.optim.SGD(groups, lr=1e-6, momentum=0.9)
+    freezer = Freezer(twin, optimizer)
+    names = freezer.names
+    x, y = batch
+    times = []
+    for k in range(len(names)):
+        if k:
+            freezer.freeze(names[k - 1])
+        samples = []
+        for r in range(warmup + repeats):
+            start = time.perf_counter()
+            loss = loss_fn(twin(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if r >= warmup:
+                samples.append(time.perf_counter() - start)
+        times.append(sorted(samples)[len(samples) // 2])
+    return times

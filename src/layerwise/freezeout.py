@@ -1,0 +1,172 @@
+"""FreezeOut: each layer's LR anneals to zero on its own cosine schedule, then the layer freezes.
+
+Group ``i`` (in data-flow order) follows
+``alpha_i(t) = alpha_i(0) / 2 * (1 + cos(pi * t / t_i))`` for ``t < t_i`` and is frozen from
+``t_i`` on. The ``t_i`` are spaced linearly from ``t0`` (first group) to 1 (last group,
+the head, which trains to the end of the run); the ``cubic`` strategy cubes them (``t0``
+given uncubed: 0.8 -> 0.512). With ``scale_lr``, ``alpha_i(0) = alpha / t_i``. Defaults are
+the paper's recommendation: cubic, scaled, ``t0 = 0.8``.
+
+Example:
+    >>> part = layerwise.by_block(model, sample_input=x)  # doctest: +SKIP
+    >>> opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9, nesterov=True)  # doctest: +SKIP
+    >>> freezeout = FreezeOut(model, opt, total_steps=epochs * len(loader))  # doctest: +SKIP
+    >>> for x, y in loader:  # doctest: +SKIP
+    ...     loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step(); freezeout.step()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+from torch.optim import Optimizer
+
+from . import recipes
+from .freezing import Freezer
+from .scheduler import LayerwiseLR, group_depths
+from .schedules import Constant, LayerSchedule, Policy
+
+__all__ = ["STRATEGIES", "FreezeOut", "FreezeOutRule", "freeze_times"]
+
+STRATEGIES = ("linear", "cubic")
+
+
+def freeze_times(num_groups: int, t0: float = 0.8, strategy: str = "cubic") -> list[float]:
+    """Fraction of training at which each group's LR reaches zero (``t_i``).
+
+    Example:
+        >>> [round(t, 3) for t in freeze_times(3, 0.8, "cubic")]
+        [0.512, 0.729, 1.0]
+    """
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
+    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not (0 < t0 <= 1):
+        raise ValueError(f"t0: must be in (0, 1], got {t0!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: must be one of {STRATEGIES}, got {strategy!r}")
+    linear = np.linspace(t0, 1.0, num_groups) if num_groups > 1 else np.array([1.0])
+    times = linear**3 if strategy == "cubic" else linear
+    return times.tolist()
+
+
+@dataclass(frozen=True)
+class FreezeOutRule:
+    """FreezeOut's per-group multipliers: a cosine from ``scale_i`` to 0 at ``times[i]``, then 0.
+
+    ``scale_i = 1 / times[i]`` with ``scale_lr``, else 1.
+    """
+
+    times: Sequence[float]
+    scale_lr: bool = True
+    _arrays: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        times = tuple(float(t) for t in self.times)
+        if not times or any(not (0 < t <= 1) or math.isnan(t) for t in times):
+            raise ValueError(f"times: each t_i must be in (0, 1], got {times}")
+        object.__setattr__(self, "times", times)
+        array = np.array(times)
+        scale = 1.0 / array if self.scale_lr else np.ones_like(array)
+        object.__setattr__(self, "_arrays", (array, 1.0 / array, scale))
+
+    @classmethod
+    def build(cls, num_groups: int, t0: float = 0.8, strategy: str = "cubic", scale_lr: bool = True) -> FreezeOutRule:
+        if not isinstance(scale_lr, bool):
+            raise TypeError(f"scale_lr: expected True or False, got {type(scale_lr).__name__}")
+        return cls(freeze_times(num_groups, t0, strategy), scale_lr)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.times)
+
+    def multipliers(self, p: float, num_groups: int) -> np.ndarray:
+        times, inv_times, scale = self._arrays
+        x = np.minimum(p * inv_times, 1.0)
+        return np.where(p < times, scale * 0.5 * (1.0 + np.cos(np.pi * x)), 0.0)
+
+
+@recipes.register("freezeout")
+def _freezeout_recipe(
+    num_groups: int, policy: Policy, t0: float = 0.8, strategy: str = "cubic", scale_lr: bool = True
+) -> LayerSchedule:
+    if policy != Constant():
+        raise ValueError("policy: FreezeOut's per-layer cosine is the whole schedule; it takes no global policy")
+    return LayerSchedule(Constant(), FreezeOutRule.build(num_groups, t0, strategy, scale_lr))
+
+
+class FreezeOut:
+    """FreezeOut on any model and optimizer whose param groups are the layers.
+
+    Groups are ordered by their ``depth`` key (as written by
+    :meth:`layerwise.groups.Partition.param_groups`), else by position. Call
+    :meth:`step` after every ``optimizer.step()``: it advances the per-layer LRs and
+    freezes (for real, see :class:`~layerwise.freezing.Freezer`) every group whose LR
+    has just reached zero, so the next forward/backward skips it.
+
+    Args:
+        model: the model being trained.
+        optimizer: its optimizer, one named param group (or several with the same
+            ``name`` and ``depth``) per layer.
+        total_steps: ``step()`` calls in the run (epochs x batches per epoch).
+        t0: when the first group freezes, as a fraction of training, before cubing.
+        strategy: ``"cubic"`` or ``"linear"`` spacing of the freeze times.
+        scale_lr: start group ``i`` at ``lr / t_i`` so every group travels alike.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        total_steps: int,
+        *,
+        t0: float = 0.8,
+        strategy: str = "cubic",
+        scale_lr: bool = True,
+    ) -> None:
+        self.freezer = Freezer(model, optimizer)  # checks the types and group names; changes nothing
+        rule = FreezeOutRule.build(max(group_depths(optimizer.param_groups)) + 1, t0, strategy, scale_lr)
+        self.scheduler = LayerwiseLR(optimizer, total_steps, layers=rule)
+        self.optimizer = optimizer
+        self.t0, self.strategy, self.scale_lr = t0, strategy, scale_lr
+        self.frozen_at: list[int | None] = self.scheduler.zero_from()
+        """Per param group: the step from which it is frozen (None: trains to the end)."""
+
+    @property
+    def times(self) -> tuple[float, ...]:
+        """Per layer (depth): the fraction of training at which its LR reaches zero."""
+        return self.scheduler.schedule.layers.times
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        return self.freezer.frozen
+
+    def _freeze_due(self) -> None:
+        step = self.scheduler.last_epoch
+        due = [
+            group["name"]
+            for group, at in zip(self.optimizer.param_groups, self.frozen_at)
+            if at is not None and at <= step and not self.freezer.is_frozen(group["name"])
+        ]
+        if due:
+            self.freezer.freeze(*dict.fromkeys(due))
+
+    def step(self) -> None:
+        """Advance one step: set every group's LR and freeze the groups that reached zero."""
+        self.scheduler.step()
+        self._freeze_due()
+
+    def lr_at(self, step: int) -> list[float]:
+        """Every param group's LR at ``step`` (closed form)."""
+        return self.scheduler.lr_at(step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(), "freezer": self.freezer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.freezer.load_state_dict(state["freezer"])

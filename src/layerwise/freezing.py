@@ -1,0 +1,198 @@
+"""Freeze and unfreeze named parameter groups for real, during training.
+
+A frozen group's parameters get ``requires_grad=False`` and ``grad=None`` (so every
+torch optimizer skips them), their optimizer state (momentum, Adam moments) is
+released, and the modules made only of frozen parameters run in inference mode
+(BatchNorm uses its running statistics and stops updating them; Dropout is off) even
+after ``model.train()``. When the frozen groups form a prefix of the network, nothing
+before the first trainable layer requires grad, so autograd neither records nor
+traverses it: the backward pass really gets shorter.
+
+Example:
+    >>> freezer = Freezer(model, optimizer)  # doctest: +SKIP
+    >>> freezer.freeze("stem", "layer1")  # doctest: +SKIP
+    >>> torch.save({"freezer": freezer.state_dict(), ...}, path)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+from torch.optim import Optimizer
+
+__all__ = ["Freezer", "GradualUnfreezing"]
+
+
+class Freezer:
+    """Freezes the optimizer's named param groups (their ``name`` key) on ``model``.
+
+    Several param-group dicts may share a name (a layer split into decay / no-decay
+    halves): they freeze together.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Optimizer) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        unnamed = [i for i, g in enumerate(optimizer.param_groups) if "name" not in g]
+        if unnamed:
+            raise ValueError(
+                f"optimizer: param groups {unnamed} have no 'name'; build them with "
+                "Partition.param_groups() or add a 'name' key"
+            )
+        self.model = model
+        self.optimizer = optimizer
+        self._frozen: list[str] = []
+        self._hooks: dict[int, tuple[Any, nn.Module, bool]] = {}  # module id -> (hook, module, mode)
+
+    @property
+    def names(self) -> list[str]:
+        """Group names in optimizer order (each once)."""
+        return list(dict.fromkeys(g["name"] for g in self.optimizer.param_groups))
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """Names of the frozen groups, in the order they were frozen."""
+        return tuple(self._frozen)
+
+    def is_frozen(self, name: str) -> bool:
+        return name in self._frozen
+
+    def _params(self, names: Iterable[str]) -> list[nn.Parameter]:
+        wanted = set(names)
+        return [p for g in self.optimizer.param_groups if g["name"] in wanted for p in g["params"]]
+
+    def _check(self, names: tuple[str, ...], argument: str) -> None:
+        known = self.names
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"{argument}: group names are strings, got {type(name).__name__}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{argument}: no group named {unknown}; groups: {known}")
+
+    def freeze(self, *names: str) -> None:
+        """Freeze the named groups (already frozen ones are left as they are)."""
+        self._check(names, "freeze")
+        new = [n for n in dict.fromkeys(names) if n not in self._frozen]
+        if not new:
+            return
+        for param in self._params(new):
+            param.requires_grad_(False)
+            param.grad = None
+            self.optimizer.state.pop(param, None)
+        self._frozen.extend(new)
+        self._update_modules()
+
+    def unfreeze(self, *names: str) -> None:
+        """Bring frozen groups back with fresh optimizer state (their LR is the group's ``lr``)."""
+        self._check(names, "unfreeze")
+        never = [n for n in names if n not in self._frozen]
+        if never:
+            raise ValueError(f"unfreeze: groups {never} are not frozen; frozen: {list(self._frozen)}")
+        for param in self._params(names):
+            param.requires_grad_(True)
+            self.optimizer.state.pop(param, None)
+        self._frozen = [n for n in self._frozen if n not in names]
+        self._update_modules()
+
+    def _update_modules(self) -> None:
+        """Keep exactly the maximal fully-frozen modules in inference mode.
+
+        A module leaving that set goes back to its parent's mode (the model's own mode,
+        as it was when it froze, if the whole model was frozen).
+        """
+        frozen_ids = {id(p) for p in self._params(self._frozen)}
+        parent_of = {id(child): module for module in self.model.modules() for child in module.children()}
+        targets: dict[int, nn.Module] = {}
+        covered: set[int] = set()
+        for module in self.model.modules():  # parents come before their children
+            if id(module) in covered:
+                continue
+            params = list(module.parameters())
+            if params and all(id(p) in frozen_ids for p in params):
+                targets[id(module)] = module
+                covered.update(id(m) for m in module.modules())
+        for key in list(self._hooks):
+            if key not in targets:
+                handle, module, mode = self._hooks.pop(key)
+                handle.remove()
+                parent = parent_of.get(key)
+                module.train(mode if parent is None else parent.training)
+        for key, module in targets.items():
+            if key not in self._hooks:
+                self._hooks[key] = (module.register_forward_pre_hook(_inference_mode), module, module.training)
+            module.train(False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The frozen set; save it beside the model and optimizer state."""
+        return {"frozen": list(self._frozen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Freeze exactly the saved groups (unfreezing any others)."""
+        frozen = list(state.get("frozen", ()))
+        self._check(tuple(frozen), "state_dict['frozen']")
+        thaw = [n for n in self._frozen if n not in frozen]
+        if thaw:
+            self.unfreeze(*thaw)
+        self.freeze(*frozen)
+        self._frozen = frozen
+
+
+def _inference_mode(module: nn.Module, _args: Any) -> None:
+    if module.training:
+        module.train(False)
+
+
+class GradualUnfreezing:
+    """ULMFiT/fastai gradual unfreezing: train the head first, then one more group every ``every`` steps.
+
+    At construction every group except the last ``start`` groups is frozen; each
+    ``step()`` counts one step (a batch or an epoch: your choice) and every ``every``
+    steps the next group towards the input is unfrozen.
+
+    Example:
+        >>> unfreezing = GradualUnfreezing(Freezer(model, opt), every=1)  # doctest: +SKIP
+        >>> for epoch in range(epochs):  # doctest: +SKIP
+        ...     train_one_epoch(); unfreezing.step()
+    """
+
+    def __init__(self, freezer: Freezer, every: int, *, start: int = 1) -> None:
+        if not isinstance(freezer, Freezer):
+            raise TypeError(f"freezer: expected a Freezer, got {type(freezer).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every: must be an int >= 1, got {every!r}")
+        count = len(freezer.names)
+        if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= count:
+            raise ValueError(f"start: must be an int between 1 and the number of groups ({count}), got {start!r}")
+        self.freezer = freezer
+        self.every = every
+        self.start = start
+        self.steps = 0
+        self._apply()
+
+    def _trainable_count(self) -> int:
+        return min(len(self.freezer.names), self.start + self.steps // self.every)
+
+    def _apply(self) -> None:
+        names = self.freezer.names
+        keep = self._trainable_count()
+        should_freeze = names[: len(names) - keep]
+        thaw = [n for n in self.freezer.frozen if n not in should_freeze]
+        if thaw:
+            self.freezer.unfreeze(*thaw)
+        self.freezer.freeze(*should_freeze)
+
+    def step(self) -> None:
+        self.steps += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "freezer": self.freezer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.freezer.load_state_dict(state["freezer"])
