@@ -10,6 +10,8 @@ Example:
 """
 
 from . import groups, schedules
+from .freezeout import FreezeOut, FreezeOutRule, freeze_times
+from .freezing import Freezer, GradualUnfreezing
 from .groups import (
     Group,
     Partition,
@@ -47,7 +49,11 @@ __all__ = [
     "Cosine",
     "DepthRamp",
     "Discriminative",
+    "FreezeOut",
+    "FreezeOutRule",
+    "Freezer",
     "GeometricRange",
+    "GradualUnfreezing",
     "Group",
     "LayerSchedule",
     "LayerwiseLR",
@@ -68,6 +74,7 @@ __all__ = [
     "by_lora",
     "by_patterns",
     "explicit",
+    "freeze_times",
     "groups",
     "schedules",
 ]

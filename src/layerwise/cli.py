@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import freezeout as _freezeout  # noqa: F401 - registers the freezeout recipe
 from . import recipes
 
 __all__ = ["main"]
@@ -62,26 +63,59 @@ def _add_schedule(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--windows", type=_windows, help="llr: per-group windows, e.g. 0-0.1,0-1,0-1")
     p.add_argument("--first-peak", type=float, help="staggered: first group's 1cycle peak (fraction)")
     p.add_argument("--last-peak", type=float, help="staggered: last group's 1cycle peak (fraction)")
+    p.add_argument("--t0", type=float, help="freezeout: first group's freeze point, fraction (default 0.8)")
+    p.add_argument("--strategy", help="freezeout: linear or cubic spacing of freeze points (default cubic)")
+    p.add_argument(
+        "--scale-lr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="freezeout: start group i at lr / t_i (default on)",
+    )
+    p.add_argument("--depth", type=int, help="with --model: groups are the modules at this depth (default: layers)")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --model: also time steps with frozen prefixes here and predict the saving from them",
+    )
     p.add_argument("--json", action="store_true", help="print the schedule as one JSON object")
     p.add_argument("--plot", type=Path, help="write a PNG plot of every group's LR")
 
 
 def _recipe_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("ratio", "lo", "hi", "start", "end", "windows", "first_peak", "last_peak")
+    names = ("ratio", "lo", "hi", "start", "end", "windows", "first_peak", "last_peak", "t0", "strategy", "scale_lr")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def _group_names(args: argparse.Namespace) -> list[str]:
-    if args.model:
-        from .bench.models import build_model
-        from .groups import by_layer
+def _model_partition(args: argparse.Namespace):
+    from .bench.models import build_model
+    from .groups import by_block, by_layer
 
-        model, sample = build_model(args.model)
-        return list(by_layer(model, sample_input=sample).names)
-    count = 4 if args.groups is None else args.groups
-    if count < 1:
-        raise ValueError(f"--groups: must be >= 1, got {count}")
-    return [f"group{g}" for g in range(count)]
+    model, sample = build_model(args.model)
+    if args.depth is None:
+        return model, sample, by_layer(model, sample_input=sample)
+    return model, sample, by_block(model, depth=args.depth, sample_input=sample)
+
+
+def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list[int | None]) -> dict[str, float]:
+    """Predicted wall-clock saving of a freezing schedule on the built-in model."""
+    import torch
+
+    from .cost import group_flops, paper_saving, prefix_step_times, timed_saving
+
+    fractions = [args.steps if at is None else at for at in frozen_at]
+    fractions = [f / args.steps for f in fractions]
+    batch = torch.randn(64, *sample.shape[1:]) if sample.is_floating_point() else sample[:1].repeat(32, 1)
+    result = {"predicted_saving_paper": paper_saving(fractions, group_flops(model, partition, batch[:1]))}
+    if args.measure:
+        if fractions != sorted(fractions):
+            raise ValueError("--measure: groups must freeze in data-flow order for a timed prediction")
+        with torch.no_grad():
+            classes = model(batch[:1]).shape[-1]
+        target = torch.randint(0, classes, (len(batch),))
+        times = prefix_step_times(model, partition.param_groups(), (batch, target))
+        result["predicted_saving_timed"] = timed_saving(fractions, times)
+        result["prefix_step_ms"] = [round(t * 1e3, 3) for t in times]
+    return result
 
 
 def _schedule(args: argparse.Namespace) -> int:
@@ -89,21 +123,40 @@ def _schedule(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps: must be >= 1, got {args.steps}")
     if not args.lr >= 0 or args.lr == float("inf"):
         raise ValueError(f"--lr: must be finite and >= 0, got {args.lr}")
-    names = _group_names(args)
+    if args.model:
+        model, sample, partition = _model_partition(args)
+        names = list(partition.names)
+    else:
+        if args.depth is not None or args.measure:
+            raise ValueError("--depth and --measure need --model")
+        count = 4 if args.groups is None else args.groups
+        if count < 1:
+            raise ValueError(f"--groups: must be >= 1, got {count}")
+        names = [f"group{g}" for g in range(count)]
     policy = recipes.make_policy(args.policy, args.warmup) if args.policy != "constant" or args.warmup else None
     schedule = recipes.build(args.recipe, len(names), policy=policy, **_recipe_options(args))
     table = args.lr * schedule.table(args.steps, len(names))
     frozen_at = schedule.zero_from(args.steps, len(names))
+    report: dict[str, Any] = {"groups": names, "steps": args.steps, "lr": table.tolist(), "frozen_at": frozen_at}
+    if args.model and any(at is not None for at in frozen_at):
+        report.update(_savings(args, model, sample, partition, frozen_at))
     if args.plot:
         from .plotting import plot_schedule
 
         plot_schedule(table, names, args.plot, frozen_at=frozen_at, title=f"{args.recipe} ({args.policy})")
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps({"groups": names, "steps": args.steps, "lr": table.tolist(), "frozen_at": frozen_at}))
-    elif not args.plot:
-        for name, row in zip(names, table):
-            print(f"{name:>24}  start {row[0]:.4g}  min {row.min():.4g}  max {row.max():.4g}  end {row[-1]:.4g}")
+        print(json.dumps(report))
+        return 0
+    if not args.plot:
+        for name, row, at in zip(names, table, frozen_at):
+            frozen = "" if at is None else f"  frozen from step {at}"
+            print(
+                f"{name:>24}  start {row[0]:.4g}  min {row.min():.4g}  max {row.max():.4g}  end {row[-1]:.4g}{frozen}"
+            )
+    for key in ("predicted_saving_paper", "predicted_saving_timed"):
+        if key in report:
+            print(f"{key.replace('_', ' ')}: {100 * report[key]:.1f} % of training wall-clock")
     return 0
 
 

@@ -37,7 +37,7 @@ def group_flops(model: nn.Module, partition: Partition, sample_input: Any) -> li
     A module counts for the group owning its parameters; FLOPs of ops outside any
     parameter-owning module (activations, pooling, residual adds) belong to no group.
     """
-    counter = FlopCounterMode(model, display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=None)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -57,16 +57,12 @@ def group_flops(model: nn.Module, partition: Partition, sample_input: Any) -> li
     def own_flops(module_name: str) -> int:
         """FLOPs of a module minus those of its descendants that own parameters themselves."""
         total = counts.get(module_name, 0)
-        inner = [
-            o for o in owners
-            if o != module_name and (module_name == "" or o.startswith(module_name + "."))
-        ]
+        inner = [o for o in owners if o != module_name and (module_name == "" or o.startswith(module_name + "."))]
         outermost = [o for o in inner if not any(o != x and o.startswith(x + ".") for x in inner)]
         return total - sum(counts.get(o, 0) for o in outermost)
 
     return [
-        sum(own_flops(m) for m in dict.fromkeys(p.rpartition(".")[0] for p in group.param_names))
-        for group in partition
+        sum(own_flops(m) for m in dict.fromkeys(p.rpartition(".")[0] for p in group.param_names)) for group in partition
     ]
 
 
@@ -124,9 +120,7 @@ def prefix_step_times(
     twin = copy.deepcopy(model).train()
     index = {id(p): i for i, p in enumerate(model.parameters())}
     twin_params = list(twin.parameters())
-    groups = [
-        {"name": g["name"], "params": [twin_params[index[id(p)]] for p in g["params"]]} for g in param_groups
-    ]
+    groups = [{"name": g["name"], "params": [twin_params[index[id(p)]] for p in g["params"]]} for g in param_groups]
     optimizer = torch.optim.SGD(groups, lr=1e-6, momentum=0.9)
     freezer = Freezer(twin, optimizer)
     names = freezer.names

@@ -12,7 +12,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "BasicBlock", "DenseLayer", "DenseNetBC", "ResNetCNN", "Transition", "TransformerClassifier", "build_model"]
+__all__ = [
+    "MODELS",
+    "BasicBlock",
+    "DenseLayer",
+    "DenseNetBC",
+    "ResNetCNN",
+    "TransformerClassifier",
+    "Transition",
+    "build_model",
+]
 
 
 class BasicBlock(nn.Module):
