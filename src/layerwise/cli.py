@@ -167,12 +167,22 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help=f"one of: {', '.join(sorted(BENCHES))}")
     p.add_argument("--quick", action="store_true", help="a smaller, faster version")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line of the results")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a bench option (repeatable)")
 
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench.suite import run_bench
 
-    result = run_bench(args.name, quick=args.quick)
+    options = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    result = run_bench(args.name, quick=args.quick, **options)
     if args.json:
         print(json.dumps(result))
     else:

@@ -17,18 +17,19 @@ import torch
 
 from .. import recipes
 from ..scheduler import LayerwiseLR
+from .freezeout_bench import run_freezeout_bench
 from .timing import measure
 from .train import train
 
 __all__ = ["BENCHES", "machine_info", "run_bench"]
 
-BENCHES: dict[str, Callable[[bool], dict[str, Any]]] = {}
+Bench = Callable[..., dict[str, Any]]
+BENCHES: dict[str, Bench] = {"freezeout": run_freezeout_bench}
+"""Name -> ``fn(quick, **options) -> results``."""
 
 
-def _bench(
-    name: str,
-) -> Callable[[Callable[[bool], dict[str, Any]]], Callable[[bool], dict[str, Any]]]:
-    def add(fn: Callable[[bool], dict[str, Any]]) -> Callable[[bool], dict[str, Any]]:
+def _bench(name: str) -> Callable[[Bench], Bench]:
+    def add(fn: Bench) -> Bench:
         BENCHES[name] = fn
         return fn
 
@@ -46,10 +47,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_bench(name: str, quick: bool = False) -> dict[str, Any]:
+def run_bench(name: str, quick: bool = False, **options: Any) -> dict[str, Any]:
     if name not in BENCHES:
         raise ValueError(f"bench: unknown {name!r}; choose from {sorted(BENCHES)}")
-    return {"bench": name, "quick": quick, **BENCHES[name](quick), "machine": machine_info()}
+    try:
+        results = BENCHES[name](quick, **options)
+    except TypeError as exc:
+        if options and "unexpected keyword" in str(exc):
+            raise ValueError(f"--set: bench {name!r} has no such option ({exc})") from exc
+        raise
+    return {"bench": name, "quick": quick, "options": options, **results, "machine": machine_info()}
 
 
 def _optimizer(num_groups: int) -> torch.optim.Optimizer:

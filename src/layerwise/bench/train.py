@@ -15,8 +15,10 @@ from typing import Any
 import torch
 
 from .. import recipes
-from ..groups import by_layer
+from ..freezeout import FreezeOut
+from ..groups import by_block, by_layer
 from ..scheduler import LayerwiseLR
+from .models import build_model
 from .tasks import Task, TaskData, get_task
 from .timing import peak_memory_mb, summarize_ms
 
@@ -60,7 +62,10 @@ def train(
     recipe: str = "llr",
     policy: str = "onecycle",
     recipe_options: dict[str, Any] | None = None,
+    model: str | None = None,
+    depth: int | None = None,
     epochs: int | None = None,
+    train_size: int | None = None,
     seed: int = 0,
     quick: bool = False,
     data_dir: str | None = None,
@@ -69,9 +74,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``task`` once with a layer-wise schedule; return a JSON-ready result.
 
-    Groups are the model's layers in traced execution order; the optimizer is SGD with
-    Nesterov momentum, weight decay off for biases and norms; the scheduler steps every
-    batch.
+    Groups are the model's layers in traced execution order (or its modules at ``depth``);
+    the optimizer is SGD with Nesterov momentum, weight decay off for biases and norms;
+    the schedule steps every batch. ``recipe="freezeout"`` runs :class:`FreezeOut` (real
+    freezing); ``model`` swaps in a built-in model; ``train_size`` keeps the first images.
     """
     task = get_task(task) if isinstance(task, str) else task
     epochs = epochs or (task.quick_epochs if quick else task.epochs)
@@ -79,18 +85,28 @@ def train(
         raise ValueError(f"epochs: must be >= 1, got {epochs}")
     data = data or task.load_data(data_dir, quick)
     torch.manual_seed(seed)
-    model = task.make_model()
-    partition = by_layer(model, sample_input=task.sample_input())
+    if model is None:
+        net, sample = task.make_model(), task.sample_input()
+    else:
+        net, sample = build_model(model)
+    partition = by_layer(net, sample_input=sample) if depth is None else by_block(net, depth, sample_input=sample)
     optimizer = torch.optim.SGD(
         partition.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm")),
         momentum=0.9,
         nesterov=True,
     )
     x_train, y_train = data.train
+    if train_size is not None:
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
     steps_per_epoch = -(-len(x_train) // task.batch_size)
     total = epochs * steps_per_epoch
-    schedule = recipes.build(recipe, len(partition), policy=recipes.make_policy(policy), **(recipe_options or {}))
-    scheduler = LayerwiseLR(optimizer, total, schedule=schedule)
+    if recipe == "freezeout":
+        if policy not in ("constant", "cosine"):
+            raise ValueError("policy: FreezeOut brings its own per-layer cosine; use 'constant'")
+        scheduler: LayerwiseLR | FreezeOut = FreezeOut(net, optimizer, total, **(recipe_options or {}))
+    else:
+        schedule = recipes.build(recipe, len(partition), policy=recipes.make_policy(policy), **(recipe_options or {}))
+        scheduler = LayerwiseLR(optimizer, total, schedule=schedule)
     order = torch.Generator().manual_seed(seed)
 
     step_times: list[float] = []
@@ -100,13 +116,13 @@ def train(
     start = time.perf_counter()
     with _progress(total, f"{task.name} {recipe}", progress) as bar:
         for epoch in range(epochs):
-            model.train()
+            net.train()
             perm = torch.randperm(len(x_train), generator=order)
             for i in range(steps_per_epoch):
                 idx = perm[i * task.batch_size : (i + 1) * task.batch_size]
                 t0 = time.perf_counter()
                 lr_trace.append([g["lr"] for g in optimizer.param_groups])
-                loss = task.loss(model(x_train[idx]), y_train[idx])
+                loss = task.loss(net(x_train[idx]), y_train[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -117,7 +133,7 @@ def train(
                     bar.update(1)
                     if i % 25 == 0:
                         bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1, refresh=False)
-            metrics = evaluate(model, data.test, task)
+            metrics = evaluate(net, data.test, task)
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -136,8 +152,11 @@ def train(
         "seed": seed,
         "epochs": epochs,
         "steps": total,
+        "model": model or type(net).__name__,
         "groups": list(partition.names),
+        "frozen_at": scheduler.frozen_at if isinstance(scheduler, FreezeOut) else None,
         "wall_clock_s": round(wall, 3),
+        "train_seconds": round(sum(step_times), 3),
         "step_time": summarize_ms(step_times[min(10, len(step_times) - 1) :]),
         "final_train_loss": sum(tail) / len(tail),
         "test_accuracy": history[-1]["test_accuracy"],

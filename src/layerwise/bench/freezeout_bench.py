@@ -1,0 +1,201 @@
+"""``layerwise bench freezeout``: FreezeOut's wall-clock saving and accuracy cost, measured.
+
+Quick (timing only, the default setting): the foundation CNN trains the same steps on the
+same batches as a uniform-cosine baseline and as FreezeOut, alternating, and the measured
+saving sits beside the paper's FLOP prediction and the prediction from step times timed
+here with frozen prefixes. Full: baseline vs the four strategies (linear/cubic x
+scaled/unscaled) x t0 on the CNN and a DenseNet-BC, over several seeds, with test accuracy.
+
+Example:
+    $ layerwise bench freezeout --quick --json
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cost import group_flops, paper_saving, prefix_step_times, timed_saving
+from ..freezeout import FreezeOut
+from ..groups import by_block
+from .models import build_model
+from .tasks import TaskData, get_task
+from .train import train
+
+__all__ = ["DEPTHS", "Predictor", "run_freezeout_bench"]
+
+DEPTHS = {"resnet-cnn": 1, "densenet-bc": 2}
+"""Partition depth per model: the CNN's stages, the DenseNet's dense layers and transitions."""
+
+DEFAULT = {"t0": 0.8, "strategy": "cubic", "scale_lr": True}
+
+
+class Predictor:
+    """Predicts a setting's saving on a model: FLOPs (paper) and frozen-prefix step times (timed).
+
+    The FLOP counts and step times are measured once per model and reused for every setting.
+    """
+
+    def __init__(self, model_name: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        model, sample = build_model(model_name)
+        partition = by_block(model, DEPTHS[model_name], sample_input=sample)
+        self.model, self.groups = model, partition.param_groups(lr=0.1)
+        self.flops = group_flops(model, partition, sample[:1])
+        self.step_times = prefix_step_times(model, self.groups, batch)
+
+    def __call__(self, steps: int, **settings: Any) -> dict[str, Any]:
+        optimizer = torch.optim.SGD([dict(g) for g in self.groups], lr=0.1)
+        frozen_at = FreezeOut(copy.deepcopy(self.model), optimizer, steps, **settings).frozen_at
+        fractions = [1.0 if at is None else at / steps for at in frozen_at]
+        return {
+            "predicted_saving_paper": paper_saving(fractions, self.flops),
+            "predicted_saving_timed": timed_saving(fractions, self.step_times),
+            "prefix_step_ms": [round(t * 1e3, 2) for t in self.step_times],
+        }
+
+
+def _run(model_name: str, data: TaskData, recipe: str, options: dict, seed: int, epochs: int) -> dict:
+    policy = "constant" if recipe == "freezeout" else "cosine"
+    result = train(
+        "fashion-mnist",
+        recipe=recipe,
+        policy=policy,
+        recipe_options=options,
+        model=model_name,
+        depth=DEPTHS[model_name],
+        epochs=epochs,
+        seed=seed,
+        data=data,
+        progress=False,
+    )
+    result.pop("lr_by_group")
+    return result
+
+
+def _quick(data: TaskData, model_name: str, steps: int, repeats: int) -> dict[str, Any]:
+    batch = get_task("fashion-mnist").batch_size
+    subset = TaskData(
+        (data.train[0][: steps * batch], data.train[1][: steps * batch]), (data.test[0][:500], data.test[1][:500])
+    )
+    base, fo = [], []
+    for seed in range(repeats):  # alternate, so drifts of the machine hit both alike
+        base.append(_run(model_name, subset, "constant", {}, seed, 1)["train_seconds"])
+        fo.append(_run(model_name, subset, "freezeout", dict(DEFAULT), seed, 1)["train_seconds"])
+    measured = 1.0 - statistics.median(fo) / statistics.median(base)
+    pred = Predictor(model_name, (data.train[0][:batch], data.train[1][:batch]))(steps, **DEFAULT)
+    return {
+        "model": model_name,
+        "setting": DEFAULT,
+        "steps": steps,
+        "baseline_train_s": [round(t, 3) for t in base],
+        "freezeout_train_s": [round(t, 3) for t in fo],
+        "measured_saving": measured,
+        **pred,
+        "measured_vs_timed_relative_gap": abs(measured - pred["predicted_saving_timed"])
+        / pred["predicted_saving_timed"],
+    }
+
+
+def _summary(runs: list[dict], baseline: list[dict]) -> dict[str, Any]:
+    errors = [1 - r["test_accuracy"] for r in runs]
+    base_errors = [1 - r["test_accuracy"] for r in baseline]
+    savings = [1 - r["train_seconds"] / b["train_seconds"] for r, b in zip(runs, baseline)]
+    return {
+        "test_accuracy_mean": statistics.mean(r["test_accuracy"] for r in runs),
+        "test_accuracy_std": statistics.stdev(r["test_accuracy"] for r in runs) if len(runs) > 1 else 0.0,
+        "test_error_relative_to_baseline": statistics.mean(errors) / statistics.mean(base_errors) - 1,
+        "measured_saving_mean": statistics.mean(savings),
+        "measured_saving_std": statistics.stdev(savings) if len(savings) > 1 else 0.0,
+        "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs),
+    }
+
+
+def _full(data: TaskData, models: list[str], seeds: int, epochs: int, t0s: list[float], out: Path) -> dict:
+    report: dict[str, Any] = {"epochs": epochs, "train_size": len(data.train[0]), "seeds": seeds, "models": {}}
+    for model_name in models:
+        configs = [
+            {"t0": t0, "strategy": strategy, "scale_lr": scale}
+            for strategy, scale, t0 in product(("linear", "cubic"), (True, False), t0s)
+        ]
+        baseline = [_run(model_name, data, "constant", {}, seed, epochs) for seed in range(seeds)]
+        steps = baseline[0]["steps"]
+        predict = Predictor(model_name, (data.train[0][:128], data.train[1][:128]))
+        rows = []
+        for config in configs:
+            runs = [_run(model_name, data, "freezeout", config, seed, epochs) for seed in range(seeds)]
+            rows.append({**config, **_summary(runs, baseline), **predict(steps, **config)})
+        report["models"][model_name] = {
+            "steps": steps,
+            "baseline": _summary(baseline, baseline)
+            | {"train_seconds_mean": statistics.mean(b["train_seconds"] for b in baseline)},
+            "freezeout": rows,
+        }
+    _plot(report, out / "freezeout_saving_vs_error.png")
+    report["plot"] = str(out / "freezeout_saving_vs_error.png")
+    return report
+
+
+def _plot(report: dict, path: Path) -> None:
+    from ..plotting import _pyplot
+
+    plt = _pyplot()
+    models = report["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), dpi=110, squeeze=False)
+    markers = {("linear", True): "o", ("linear", False): "s", ("cubic", True): "^", ("cubic", False): "D"}
+    for ax, (name, entry) in zip(axes[0], models.items()):
+        base_err = 100 * (1 - entry["baseline"]["test_accuracy_mean"])
+        ax.axhline(base_err, color="grey", ls="--", lw=1, label="baseline")
+        ax.axhline(base_err * 1.03, color="grey", ls=":", lw=1, label="baseline + 3 % relative")
+        for row in entry["freezeout"]:
+            key = (row["strategy"], row["scale_lr"])
+            label = f"{row['strategy']} {'scaled' if row['scale_lr'] else 'unscaled'} t0={row['t0']}"
+            ax.errorbar(
+                100 * row["measured_saving_mean"],
+                100 * (1 - row["test_accuracy_mean"]),
+                xerr=100 * row["measured_saving_std"],
+                yerr=100 * row["test_accuracy_std"],
+                fmt=markers[key],
+                ms=6,
+                capsize=2,
+                label=label,
+                alpha=0.85 if row["t0"] == 0.8 else 0.5,
+            )
+        ax.set_xlabel("measured wall-clock saving (%)")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(f"FreezeOut on Fashion-MNIST: {name}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_freezeout_bench(
+    quick: bool,
+    *,
+    models: str = "resnet-cnn,densenet-bc",
+    seeds: int = 3,
+    epochs: int = 3,
+    train_size: int = 6000,
+    t0s: str = "0.5,0.8",
+    steps: int = 90,
+    repeats: int = 2,
+    out: str = "runs/bench-freezeout",
+) -> dict[str, Any]:
+    """The benchmark entry point; options come from ``layerwise bench freezeout --set key=value``."""
+    task = get_task("fashion-mnist")
+    data = task.load_data(None, False)
+    if quick:
+        return _quick(data, "resnet-cnn", steps, repeats)
+    names = [m for m in models.split(",") if m]
+    unknown = [m for m in names if m not in DEPTHS]
+    if unknown:
+        raise ValueError(f"models: unknown {unknown}; choose from {sorted(DEPTHS)}")
+    subset = TaskData((data.train[0][:train_size], data.train[1][:train_size]), data.test)
+    return _full(subset, names, seeds, epochs, [float(t) for t in t0s.split(",")], Path(out))
