@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import statistics
 from itertools import product
 from pathlib import Path
@@ -50,7 +49,7 @@ class Predictor:
 
     def __call__(self, steps: int, **settings: Any) -> dict[str, Any]:
         optimizer = torch.optim.SGD([dict(g) for g in self.groups], lr=0.1)
-        frozen_at = FreezeOut(copy.deepcopy(self.model), optimizer, steps, **settings).frozen_at
+        frozen_at = FreezeOut(self.model, optimizer, steps, **settings).frozen_at  # nothing steps
         fractions = [1.0 if at is None else at / steps for at in frozen_at]
         return {
             "predicted_saving_paper": paper_saving(fractions, self.flops),
