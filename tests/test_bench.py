@@ -81,6 +81,25 @@ def test_train_run_is_seeded_and_reports_everything():
     assert first["memory"]["peak_rss_mb"] > 0
 
 
+def test_train_with_freezeout_freezes_for_real():
+    register_task(tiny_task())
+    try:
+        result = train(
+            "tiny",
+            recipe="freezeout",
+            policy="constant",
+            recipe_options={"t0": 0.5, "strategy": "linear"},
+            progress=False,
+        )
+    finally:
+        TASKS.pop("tiny")
+    # per param group (weights and biases split for weight decay); 24 steps, linear t0 = 0.5
+    assert result["frozen_at"] == [12, 12, None, None]
+    lr = np.array(result["lr_by_group"])
+    assert lr[0, 12:].max() == 0.0 and lr[1, -1] > 0
+    assert result["train_seconds"] <= result["wall_clock_s"]
+
+
 def test_registry_rejects_unknowns():
     assert get_task("fashion-mnist").name == "fashion-mnist"
     with pytest.raises(ValueError, match="task"):

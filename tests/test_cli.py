@@ -100,3 +100,49 @@ def test_console_script_bench_scheduler_json():
     assert result["bench"] == "scheduler" and result["groups"] == 100
     assert result["step_overhead_ms"] > 0
     assert set(result["per_recipe_ms"]) == {"constant", "discriminative", "llr", "staggered"}
+
+
+def test_schedule_freezeout_json_and_predicted_saving(capsys):
+    out = run_json(capsys, "schedule", "freezeout", "--groups", "5", "--steps", "100", "--json")
+    assert out["frozen_at"] == [52, 62, 73, 86, None]  # cubic, t0 = 0.8 -> 0.512 of training
+    assert out["lr"][0][0] == pytest.approx(1 / 0.512)  # scaled
+    assert out["lr"][0][52] == 0.0 and out["lr"][4][99] > 0
+    linear = run_json(
+        capsys,
+        "schedule",
+        "freezeout",
+        "--groups",
+        "3",
+        "--steps",
+        "10",
+        "--t0",
+        "0.5",
+        "--strategy",
+        "linear",
+        "--no-scale-lr",
+        "--json",
+    )
+    assert linear["frozen_at"] == [5, 8, None]
+    assert [row[0] for row in linear["lr"]] == [1.0, 1.0, 1.0]
+    model = run_json(
+        capsys, "schedule", "freezeout", "--model", "resnet-cnn", "--depth", "1", "--steps", "50", "--json"
+    )
+    assert model["groups"] == ["stem", "layer1", "layer2", "layer3", "fc"]
+    assert 0.05 < model["predicted_saving_paper"] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["schedule", "freezeout", "--groups", "3", "--steps", "10", "--t0", "1.5"], "t0"),
+        (["schedule", "freezeout", "--groups", "3", "--steps", "10", "--t0", "0"], "t0"),
+        (["schedule", "freezeout", "--groups", "3", "--steps", "10", "--strategy", "quadratic"], "strategy"),
+        (["schedule", "freezeout", "--groups", "3", "--steps", "10", "--policy", "cosine"], "policy"),
+        (["schedule", "freezeout", "--groups", "3", "--steps", "10", "--measure"], "--model"),
+        (["bench", "scheduler", "--set", "nope=1"], "no such option"),
+        (["bench", "scheduler", "--set", "nope"], "KEY=VALUE"),
+    ],
+)
+def test_freezeout_and_bench_bad_input(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

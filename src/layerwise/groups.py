@@ -67,7 +67,7 @@ class Group:
 
     name: str
     param_names: tuple[str, ...]
-    params: tuple[nn.Parameter, ...] = field(repr=False)
+    params: tuple[nn.Parameter, ...] = field(repr=False, compare=False)
     depth: int
 
     @property

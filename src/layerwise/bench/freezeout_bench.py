@@ -81,10 +81,12 @@ def _quick(data: TaskData, model_name: str, steps: int, repeats: int) -> dict[st
     subset = TaskData(
         (data.train[0][: steps * batch], data.train[1][: steps * batch]), (data.test[0][:500], data.test[1][:500])
     )
-    base, fo = [], []
+    base_runs, fo_runs = [], []
     for seed in range(repeats):  # alternate, so drifts of the machine hit both alike
-        base.append(_run(model_name, subset, "constant", {}, seed, 1)["train_seconds"])
-        fo.append(_run(model_name, subset, "freezeout", dict(DEFAULT), seed, 1)["train_seconds"])
+        base_runs.append(_run(model_name, subset, "constant", {}, seed, 1))
+        fo_runs.append(_run(model_name, subset, "freezeout", dict(DEFAULT), seed, 1))
+    base = [r["train_seconds"] for r in base_runs]
+    fo = [r["train_seconds"] for r in fo_runs]
     measured = 1.0 - statistics.median(fo) / statistics.median(base)
     pred = Predictor(model_name, (data.train[0][:batch], data.train[1][:batch]))(steps, **DEFAULT)
     return {
@@ -94,6 +96,10 @@ def _quick(data: TaskData, model_name: str, steps: int, repeats: int) -> dict[st
         "baseline_train_s": [round(t, 3) for t in base],
         "freezeout_train_s": [round(t, 3) for t in fo],
         "measured_saving": measured,
+        "optimizer_state_mb_at_end": {
+            "baseline": base_runs[-1]["memory"]["optimizer_state_mb_at_end"],
+            "freezeout": fo_runs[-1]["memory"]["optimizer_state_mb_at_end"],
+        },
         **pred,
         "measured_vs_timed_relative_gap": abs(measured - pred["predicted_saving_timed"])
         / pred["predicted_saving_timed"],
@@ -114,25 +120,23 @@ def _summary(runs: list[dict], baseline: list[dict]) -> dict[str, Any]:
     }
 
 
-def _full(data: TaskData, models: list[str], seeds: int, epochs: int, t0s: list[float], out: Path) -> dict:
+def _full(data: TaskData, models: list[str], seeds: int, epochs: int, configs: list[dict], out: Path) -> dict:
     report: dict[str, Any] = {"epochs": epochs, "train_size": len(data.train[0]), "seeds": seeds, "models": {}}
     for model_name in models:
-        configs = [
-            {"t0": t0, "strategy": strategy, "scale_lr": scale}
-            for strategy, scale, t0 in product(("linear", "cubic"), (True, False), t0s)
-        ]
-        baseline = [_run(model_name, data, "constant", {}, seed, epochs) for seed in range(seeds)]
+        baseline, runs = [], [[] for _ in configs]
+        for seed in range(seeds):  # seed by seed, so a drift of the machine's speed hits every setting alike
+            baseline.append(_run(model_name, data, "constant", {}, seed, epochs))
+            for config, config_runs in zip(configs, runs):
+                config_runs.append(_run(model_name, data, "freezeout", config, seed, epochs))
         steps = baseline[0]["steps"]
         predict = Predictor(model_name, (data.train[0][:128], data.train[1][:128]))
-        rows = []
-        for config in configs:
-            runs = [_run(model_name, data, "freezeout", config, seed, epochs) for seed in range(seeds)]
-            rows.append({**config, **_summary(runs, baseline), **predict(steps, **config)})
         report["models"][model_name] = {
             "steps": steps,
-            "baseline": _summary(baseline, baseline)
-            | {"train_seconds_mean": statistics.mean(b["train_seconds"] for b in baseline)},
-            "freezeout": rows,
+            "baseline": _summary(baseline, baseline),
+            "freezeout": [
+                {**config, **_summary(config_runs, baseline), **predict(steps, **config)}
+                for config, config_runs in zip(configs, runs)
+            ],
         }
     _plot(report, out / "freezeout_saving_vs_error.png")
     report["plot"] = str(out / "freezeout_saving_vs_error.png")
@@ -183,6 +187,7 @@ def run_freezeout_bench(
     epochs: int = 3,
     train_size: int = 6000,
     t0s: str = "0.5,0.8",
+    configs: str = "all",
     steps: int = 90,
     repeats: int = 2,
     out: str = "runs/bench-freezeout",
@@ -196,5 +201,14 @@ def run_freezeout_bench(
     unknown = [m for m in names if m not in DEPTHS]
     if unknown:
         raise ValueError(f"models: unknown {unknown}; choose from {sorted(DEPTHS)}")
+    if configs == "default":
+        settings = [dict(DEFAULT)]
+    elif configs == "all":
+        settings = [
+            {"t0": float(t0), "strategy": strategy, "scale_lr": scale}
+            for strategy, scale, t0 in product(("linear", "cubic"), (True, False), str(t0s).split(","))
+        ]
+    else:
+        raise ValueError(f"configs: 'all' (4 strategies x t0s) or 'default', got {configs!r}")
     subset = TaskData((data.train[0][:train_size], data.train[1][:train_size]), data.test)
-    return _full(subset, names, seeds, epochs, [float(t) for t in t0s.split(",")], Path(out))
+    return _full(subset, names, seeds, epochs, settings, Path(out))

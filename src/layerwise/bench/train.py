@@ -163,5 +163,13 @@ def train(
         "test_loss": history[-1]["test_loss"],
         "history": history,
         "lr_by_group": [[row[depth_of_group.index(d)] for row in lr_trace] for d in range(len(partition))],
-        "memory": peak_memory_mb(),
+        "memory": {**peak_memory_mb(), "optimizer_state_mb_at_end": round(_state_mb(optimizer), 4)},
     }
+
+
+def _state_mb(optimizer: torch.optim.Optimizer) -> float:
+    """Size of the optimizer's per-parameter state tensors (momentum buffers, moments)."""
+    return (
+        sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+        / 2**20
+    )
