@@ -188,7 +188,7 @@ def run_freezeout_bench(
     train_size: int = 6000,
     t0s: str = "0.5,0.8",
     configs: str = "all",
-    steps: int = 90,
+    steps: int = 60,
     repeats: int = 2,
     out: str = "runs/bench-freezeout",
 ) -> dict[str, Any]:
