@@ -100,10 +100,9 @@ def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list
     """Predicted wall-clock saving of a freezing schedule on the built-in model."""
     import torch
 
-    from .cost import group_flops, paper_saving, prefix_step_times, timed_saving
+    from .cost import group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
 
-    fractions = [args.steps if at is None else at for at in frozen_at]
-    fractions = [f / args.steps for f in fractions]
+    fractions = train_fractions(frozen_at, args.steps)
     batch = torch.randn(64, *sample.shape[1:]) if sample.is_floating_point() else sample[:1].repeat(32, 1)
     result = {"predicted_saving_paper": paper_saving(fractions, group_flops(model, partition, batch[:1]))}
     if args.measure:

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .freezing import Freezer
 from .groups import Partition
 
-__all__ = ["group_flops", "paper_saving", "prefix_step_times", "timed_saving"]
+__all__ = ["group_flops", "paper_saving", "prefix_step_times", "timed_saving", "train_fractions"]
 
 
 def group_flops(model: nn.Module, partition: Partition, sample_input: Any) -> list[int]:
@@ -64,6 +64,16 @@ def group_flops(model: nn.Module, partition: Partition, sample_input: Any) -> li
     return [
         sum(own_flops(m) for m in dict.fromkeys(p.rpartition(".")[0] for p in group.param_names)) for group in partition
     ]
+
+
+def train_fractions(frozen_at: Sequence[int | None], total_steps: int) -> list[float]:
+    """Fraction of the run each group trains, from its freeze step (None: to the end).
+
+    Example:
+        >>> train_fractions([25, None], 100)
+        [0.25, 1.0]
+    """
+    return [1.0 if at is None else at / total_steps for at in frozen_at]
 
 
 def paper_saving(train_fractions: Sequence[float], flops: Sequence[float]) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..cost import group_flops, paper_saving, prefix_step_times, timed_saving
+from ..cost import group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
 from ..freezeout import FreezeOut
 from ..groups import by_block
 from .models import build_model
@@ -50,7 +50,7 @@ class Predictor:
     def __call__(self, steps: int, **settings: Any) -> dict[str, Any]:
         optimizer = torch.optim.SGD([dict(g) for g in self.groups], lr=0.1)
         frozen_at = FreezeOut(self.model, optimizer, steps, **settings).frozen_at  # nothing steps
-        fractions = [1.0 if at is None else at / steps for at in frozen_at]
+        fractions = train_fractions(frozen_at, steps)
         return {
             "predicted_saving_paper": paper_saving(fractions, self.flops),
             "predicted_saving_timed": timed_saving(fractions, self.step_times),
