@@ -24,6 +24,7 @@ from .groups import (
     by_patterns,
     explicit,
 )
+from .hidlr import HiDLR
 from .scheduler import LayerwiseLR
 from .schedules import (
     Constant,
@@ -55,6 +56,7 @@ __all__ = [
     "GeometricRange",
     "GradualUnfreezing",
     "Group",
+    "HiDLR",
     "LayerSchedule",
     "LayerwiseLR",
     "Linear",

@@ -1,0 +1,391 @@
+"""``HiDLR``: per-group learning rates found from the loss curvature, on top of any optimizer.
+
+Hessian-informed differential learning rates (Xu, Bu, Zhang, Barnett; Algorithm 1). Every
+``update_every`` steps, on the current batch:
+
+1. the base optimizer's own update ``d_k`` for every group is taken at learning rate 1 (so
+   momentum and Adam's preconditioning are in it), then parameters *and* optimizer state are
+   restored: the base optimizer's state advances exactly once per step;
+2. the loss is probed at ``w + v * eta_k * d_k`` for ``v`` in ``(-2, -1, 1, 2)``, one group at a
+   time (``4K`` forward passes of the closure under ``torch.no_grad``);
+3. a quadratic is fitted to the probe losses by least squares (:mod:`layerwise.quadfit`) and
+   ``eta*_k = b_k / A_kk``;
+4. if every ``A_kk > 0``, ``b_k > 0`` and ``R^2 > min_r2``: ``eta <- gamma * eta + (1 - gamma) * eta*``,
+   else the previous learning rates stay and the rejection is counted;
+5. parameters are restored bitwise and the real step is taken with the accepted learning rates.
+
+Groups are the optimizer's param groups; dicts that share a ``name`` (a layer split into
+decay / no-decay parts by :meth:`Partition.param_groups`) form one group.
+
+Example:
+    >>> import torch, layerwise
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+    >>> part = layerwise.by_layer(model, sample_input=x)
+    >>> opt = layerwise.HiDLR(torch.optim.SGD(part.param_groups(lr=0.01), momentum=0.9), update_every=4)
+    >>> loss_fn = lambda: torch.nn.functional.mse_loss(model(x), y)
+    >>> for _ in range(8):
+    ...     opt.zero_grad()
+    ...     loss_fn().backward()
+    ...     _ = opt.step(loss_fn)
+    >>> opt.stats["forward_passes"]
+    16
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .groups import Partition
+from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
+from .schedules import LayerSchedule, Policy
+
+__all__ = ["HiDLR"]
+
+log = logging.getLogger(__name__)
+
+
+def _set_lr(group: dict[str, Any], value: float) -> None:
+    if isinstance(group["lr"], Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
+
+
+def _group_names(param_groups: Sequence[dict[str, Any]]) -> list[str]:
+    """Name of every param group dict: its ``name`` key, else ``group<i>``."""
+    return [str(g.get("name", f"group{i}")) for i, g in enumerate(param_groups)]
+
+
+def _check_partition(partition: Partition, param_groups: Sequence[dict[str, Any]]) -> None:
+    want = {g.name: {id(p) for p in g.params} for g in partition}
+    have: dict[str, set[int]] = {}
+    for name, group in zip(_group_names(param_groups), param_groups):
+        have.setdefault(name, set()).update(id(p) for p in group["params"])
+    if want != have:
+        raise ValueError(
+            f"groups: the optimizer's param groups {list(have)} do not hold the partition's groups "
+            f"{list(want)} (build the optimizer from groups.param_groups(...))"
+        )
+
+
+class HiDLR(Optimizer):
+    """Wraps ``optimizer``; finds each group's learning rate from probe losses every few steps.
+
+    Args:
+        optimizer: any torch optimizer; its param groups (merged by ``name``) are the K groups,
+            and their current LRs are the starting ``eta``.
+        update_every: Phi, probe every this many steps (the first step probes).
+        gamma: smoothing, ``eta <- gamma * eta + (1 - gamma) * eta*``; in [0, 1).
+        min_r2: acceptance threshold on the fit's R^2.
+        probes: the probing vector v (at least three distinct non-zero values).
+        full_matrix: also probe pairs of groups and fit the full K x K curvature (O(K^2) forwards).
+        clip: optional ``(low, high)`` range for ``eta*``.
+        schedule: a global :class:`Policy` or a :class:`LayerSchedule` of progress; the applied LR
+            is ``eta_k * factor_k(step / total_steps)``. A group whose factor is 0 is not probed.
+        total_steps: run length, required with ``schedule``.
+        groups: the partition the optimizer was built from; checked against its param groups.
+        model: restore this model's buffers (BatchNorm statistics) after probing.
+        sync: average probe losses across ``torch.distributed`` ranks (default: when initialised).
+
+    ``step(closure)``: ``closure()`` must return the scalar loss of the current batch *without*
+    calling ``backward`` (it runs under ``torch.no_grad``); it is only called on probing steps.
+    ``param_groups`` are the base optimizer's, so ``lr`` shows the applied rate to loggers.
+    HiDLR owns ``lr``: combine with schedules through ``schedule``, not a torch ``LRScheduler``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        update_every: int = 8,
+        gamma: float = 0.9,
+        min_r2: float = 0.95,
+        probes: Sequence[float] = PROBES,
+        full_matrix: bool = False,
+        clip: tuple[float, float] | None = None,
+        schedule: Policy | LayerSchedule | None = None,
+        total_steps: int | None = None,
+        groups: Partition | None = None,
+        model: nn.Module | None = None,
+        sync: bool | None = None,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, HiDLR):
+            raise TypeError("optimizer: already a HiDLR; wrap the base optimizer once")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every: must be an int >= 1, got {update_every!r}")
+        if not isinstance(gamma, (int, float)) or not 0.0 <= gamma < 1.0:
+            raise ValueError(f"gamma: must be in [0, 1), got {gamma!r}")
+        if not isinstance(min_r2, (int, float)) or not min_r2 < 1.0:
+            raise ValueError(f"min_r2: must be a number < 1, got {min_r2!r}")
+        probes = tuple(float(v) for v in probes)
+        if len({v for v in probes if v != 0.0}) < 3 or 0.0 in probes or len(set(probes)) != len(probes):
+            raise ValueError(f"probes: need at least 3 distinct non-zero values, got {probes}")
+        if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1]):
+            raise ValueError(f"clip: expected (low, high) with 0 <= low < high, got {clip!r}")
+        if schedule is not None:
+            if not (isinstance(schedule, LayerSchedule) or callable(schedule)):
+                raise TypeError(f"schedule: expected a Policy or LayerSchedule, got {type(schedule).__name__}")
+            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+                raise ValueError(f"total_steps: an int >= 1 is required with schedule, got {total_steps!r}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        names = _group_names(optimizer.param_groups)
+        self._names = list(dict.fromkeys(names))
+        if isinstance(schedule, LayerSchedule):
+            schedule.check_groups(len(self._names))
+        if groups is not None:
+            if not isinstance(groups, Partition):
+                raise TypeError(f"groups: expected a Partition, got {type(groups).__name__}")
+            _check_partition(groups, optimizer.param_groups)
+
+        # Optimizer's hook machinery without its param bookkeeping: the groups stay the base's.
+        self.defaults = optimizer.defaults
+        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._patch_step_function()
+
+        self.optimizer = optimizer
+        self.update_every = update_every
+        self.gamma = float(gamma)
+        self.min_r2 = float(min_r2)
+        self.full_matrix = bool(full_matrix)
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.schedule = schedule
+        self.total_steps = total_steps
+        self.model = model
+        self.sync = sync
+        self._plan_cache: dict[int, np.ndarray] = {}
+        self._probes = probes
+        self._member = [self._names.index(n) for n in names]
+        lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.eta = [max(lr for lr, m in zip(lrs, self._member) if m == k) for k in range(len(self._names))]
+        self._ratio = [lr / self.eta[m] if self.eta[m] > 0 else 0.0 for lr, m in zip(lrs, self._member)]
+        self.step_count = 0
+        self.stats: dict[str, Any] = {
+            "probe_rounds": 0,
+            "forward_passes": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "rejections": dict.fromkeys(REJECTION_REASONS, 0),
+        }
+        self.history: list[dict[str, Any]] = []
+        self.last_fit: QuadraticFit | None = None
+
+    # -- the base optimizer's view -------------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @property
+    def group_names(self) -> list[str]:
+        """Names of the K groups, in order."""
+        return list(self._names)
+
+    @property
+    def lrs(self) -> dict[str, float]:
+        """Current found (unscheduled) learning rate of every group."""
+        return dict(zip(self._names, self.eta))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; a new name starts a new group at its ``lr``."""
+        self.optimizer.add_param_group(param_group)
+        group = self.optimizer.param_groups[-1]
+        name = _group_names(self.optimizer.param_groups)[-1]
+        if name not in self._names:
+            if isinstance(self.schedule, LayerSchedule) and self.schedule.num_groups is not None:
+                self.optimizer.param_groups.pop()
+                raise ValueError(f"param_group: the schedule is written for {self.schedule.num_groups} groups")
+            self._names.append(name)
+            self.eta.append(float(group["lr"]))
+        k = self._names.index(name)
+        self._member.append(k)
+        self._ratio.append(float(group["lr"]) / self.eta[k] if self.eta[k] > 0 else 0.0)
+
+    # -- stepping ------------------------------------------------------------------------
+
+    def _factors(self) -> np.ndarray:
+        num_groups = len(self._names)
+        if self.schedule is None:
+            return np.ones(num_groups)
+        p = min(self.step_count / self.total_steps, 1.0)
+        if isinstance(self.schedule, LayerSchedule):
+            return np.asarray(self.schedule.factors(p, num_groups), dtype=float)
+        return np.full(num_groups, float(self.schedule(p)))
+
+    def _apply_lrs(self, factors: np.ndarray) -> None:
+        for group, k, ratio in zip(self.optimizer.param_groups, self._member, self._ratio):
+            _set_lr(group, self.eta[k] * float(factors[k]) * ratio)
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # type: ignore[override]
+        """One optimizer step; probes first when ``step_count % update_every == 0``."""
+        factors = self._factors()
+        if self.step_count % self.update_every == 0:
+            if closure is None:
+                raise TypeError(
+                    "closure: HiDLR.step(closure) needs a closure on probing steps (every update_every "
+                    "steps, the first included): a function returning the batch loss without backward"
+                )
+            self._probe(closure, factors)
+        self._apply_lrs(factors)
+        self.optimizer.step()
+        self.step_count += 1
+
+    @torch.no_grad()
+    def _probe(self, closure: Callable[[], Tensor], factors: np.ndarray) -> None:
+        opt = self.optimizer
+        members = [
+            [p for group, m in zip(opt.param_groups, self._member) if m == k for p in group["params"] if p.grad is not None]
+            for k in range(len(self._names))
+        ]
+        active = [k for k, params in enumerate(members) if params and factors[k] > 0 and self.eta[k] > 0]
+        if not active:
+            return
+        params = [p for k in active for p in members[k]]
+        stepped = params + [p for k, group_params in enumerate(members) if k not in active for p in group_params]
+        start = [p.detach().clone() for p in stepped]
+        saved_state = {p: self._copy_state(opt.state[p]) for p in stepped if p in opt.state}
+        saved_lrs = [float(g["lr"]) for g in opt.param_groups]
+        buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
+        try:
+            for group, k, ratio in zip(opt.param_groups, self._member, self._ratio):
+                _set_lr(group, ratio if k in active else 0.0)
+            opt.step()
+            direction = torch._foreach_sub(params, start[: len(params)])
+            torch._foreach_copy_(stepped, start)
+            losses = self._probe_losses(closure, members, active, params, start, direction)
+        finally:
+            torch._foreach_copy_(stepped, start)
+            for p in stepped:
+                if p in saved_state:
+                    opt.state[p] = saved_state[p]
+                else:
+                    opt.state.pop(p, None)
+            for group, lr in zip(opt.param_groups, saved_lrs):
+                _set_lr(group, lr)
+            if self.model is not None:
+                torch._foreach_copy_(list(self.model.buffers()), buffers)
+        self._update_eta(active, losses)
+
+    @staticmethod
+    def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
+        return {key: value.clone() if isinstance(value, Tensor) else value for key, value in state.items()}
+
+    def _probe_losses(self, closure, members, active, params, start, direction) -> np.ndarray:
+        plan = self._plan(len(active))
+        index = {id(p): i for i, p in enumerate(params)}
+        slots = [[index[id(p)] for p in members[k]] for k in active]
+        eta = np.array([self.eta[k] for k in active])
+        losses = []
+        for row in plan:
+            moved = [j for j in range(len(active)) if row[j] != 0.0]
+            for j in moved:
+                torch._foreach_add_(
+                    [params[i] for i in slots[j]], [direction[i] for i in slots[j]], alpha=float(row[j] * eta[j])
+                )
+            losses.append(self._call(closure))
+            for j in moved:
+                torch._foreach_copy_([params[i] for i in slots[j]], [start[i] for i in slots[j]])
+        values = torch.stack(losses).double()
+        if self.sync is not False and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(values)
+            values /= torch.distributed.get_world_size()
+        self.stats["forward_passes"] += len(plan)
+        return values.cpu().numpy()
+
+    def _plan(self, num_active: int) -> np.ndarray:
+        if num_active not in self._plan_cache:
+            self._plan_cache[num_active] = probe_plan(num_active, self._probes, full_matrix=self.full_matrix)
+        return self._plan_cache[num_active]
+
+    @staticmethod
+    def _call(closure: Callable[[], Tensor]) -> Tensor:
+        try:
+            loss = closure()
+        except RuntimeError as err:
+            if "does not require grad" in str(err) or "does not have a grad_fn" in str(err):
+                raise ValueError(
+                    "closure: must only compute the loss; HiDLR calls it under torch.no_grad() "
+                    "on probing steps, so it must not call backward()"
+                ) from err
+            raise
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise TypeError(f"closure: must return a scalar loss tensor, got {shape}")
+        return loss.detach().reshape(())
+
+    def _update_eta(self, active: list[int], losses: np.ndarray) -> None:
+        eta = np.array([self.eta[k] for k in active])
+        fit = fit_quadratic(
+            self._plan(len(active)), losses, eta, full_matrix=self.full_matrix, min_r2=self.min_r2, clip=self.clip
+        )
+        self.last_fit = fit
+        self.stats["probe_rounds"] += 1
+        if fit.accepted:
+            for k, star in zip(active, fit.eta_star):
+                self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * float(star)
+            self.stats["accepted"] += 1
+        else:
+            self.stats["rejected"] += 1
+            self.stats["rejections"][fit.reason] += 1
+            level = logging.WARNING if fit.reason == "nonfinite" else logging.DEBUG
+            log.log(level, "Hi-DLR step %d: fit rejected (%s, R2=%.3f); keeping LRs", self.step_count, fit.reason, fit.r2)
+        self.history.append(
+            {"step": self.step_count, "eta": list(self.eta), "accepted": fit.accepted, "reason": fit.reason, "r2": fit.r2}
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The base optimizer's state dict plus Hi-DLR's LRs, step count, counters and history."""
+        stats = dict(self.stats, rejections=dict(self.stats["rejections"]))
+        return {
+            "base": self.optimizer.state_dict(),
+            "hidlr": {
+                "names": list(self._names),
+                "eta": list(self.eta),
+                "step_count": self.step_count,
+                "stats": stats,
+                "history": [dict(h) for h in self.history],
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Restore a :meth:`state_dict`; the groups must have the same names."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"base", "hidlr"}:
+            raise ValueError("state_dict: expected a HiDLR state dict with keys 'base' and 'hidlr'")
+        saved = state_dict["hidlr"]
+        if list(saved["names"]) != self._names:
+            raise ValueError(f"state_dict: saved for groups {saved['names']}, this optimizer has {self._names}")
+        self.optimizer.load_state_dict(state_dict["base"])
+        self.eta = [float(v) for v in saved["eta"]]
+        self.step_count = int(saved["step_count"])
+        self.stats = dict(saved["stats"], rejections=dict(saved["stats"]["rejections"]))
+        self.history = [dict(h) for h in saved["history"]]
+        self._apply_lrs(self._factors())
+
+    def __repr__(self) -> str:
+        lrs = ", ".join(f"{n}={v:.3g}" for n, v in self.lrs.items())
+        return f"HiDLR({type(self.optimizer).__name__}, update_every={self.update_every}, gamma={self.gamma}, lrs: {lrs})"

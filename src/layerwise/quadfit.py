@@ -1,0 +1,130 @@
+"""Probing plans and the least-squares quadratic fit behind Hi-DLR.
+
+Around the current weights ``w`` and per-group update directions ``d_k`` (the base
+optimizer's step at learning rate 1), the loss along ``w + sum_k xi_k d_k`` is modelled as
+
+    L(xi) = c - xi . b + 1/2 xi^T A xi            (Hi-DLR paper, eq. 2.3 / 3.1)
+
+so ``b_k = G_k . g_k`` and ``A_kl = g_k^T H_kl g_l``. Probes sit at ``xi = u * eta`` for the
+rows ``u`` of a plan (multiples of the previous learning rates ``eta``). The intercept ``c``
+is fitted with the rest, so no extra forward pass at ``w`` is needed. The fit runs in the
+plan's units ``u`` (well conditioned whatever the scale of ``eta``) and is converted back.
+
+Example:
+    >>> import numpy as np
+    >>> plan = probe_plan(1)
+    >>> losses = np.array([(1 - 0.5 * u) ** 2 for u in plan[:, 0]])  # minimum at xi = 2
+    >>> fit = fit_quadratic(plan, losses, np.array([1.0]))
+    >>> fit.accepted, round(float(fit.eta_star[0]), 6)
+    (True, 2.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+__all__ = ["PROBES", "REJECTION_REASONS", "QuadraticFit", "fit_quadratic", "probe_plan"]
+
+PROBES: tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0)
+"""The paper's probing vector v (Algorithm 1, line 6)."""
+
+REJECTION_REASONS = ("nonfinite", "singular", "curvature", "slope", "r2")
+"""Why a fit is rejected, in the order they are checked."""
+
+
+def probe_plan(num_groups: int, probes: Sequence[float] = PROBES, *, full_matrix: bool = False) -> np.ndarray:
+    """Rows of probe multipliers ``u`` (shape ``(J, K)``), each a probe at ``xi = u * eta``.
+
+    The diagonal plan is the paper's ``E = [e_k (x) v]``: each probe moves one group. With
+    ``full_matrix``, two probes per pair of groups, ``(+1, +1)`` and ``(-1, -1)``, add the
+    off-diagonal curvature (``4K + K(K-1)`` probes in all).
+    """
+    rows = [np.eye(num_groups)[k] * v for k in range(num_groups) for v in probes]
+    if full_matrix:
+        for i, j in combinations(range(num_groups), 2):
+            for sign in (1.0, -1.0):
+                row = np.zeros(num_groups)
+                row[[i, j]] = sign
+                rows.append(row)
+    return np.array(rows, dtype=float).reshape(-1, num_groups)
+
+
+@dataclass(frozen=True)
+class QuadraticFit:
+    """Result of one fit, in learning-rate units.
+
+    Attributes:
+        b: slopes ``G_k . g_k`` (positive when ``-d_k`` is a descent direction), or None.
+        A: curvature matrix (diagonal unless ``full_matrix``), or None.
+        r2: coefficient of determination of the fit over the probe losses (nan if not fitted).
+        eta_star: the minimiser ``A^-1 b`` (``b_k / A_kk`` for the diagonal fit), clipped; or None.
+        reason: None when accepted, else one of :data:`REJECTION_REASONS`.
+    """
+
+    b: np.ndarray | None
+    A: np.ndarray | None
+    r2: float
+    eta_star: np.ndarray | None
+    reason: str | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+def _design(plan: np.ndarray, full_matrix: bool) -> np.ndarray:
+    """Columns: intercept, -u_k, u_k^2 / 2, and u_i u_j for i < j when ``full_matrix``."""
+    cols = [np.ones(len(plan)), *(-plan.T), *(0.5 * plan.T**2)]
+    if full_matrix:
+        cols += [plan[:, i] * plan[:, j] for i, j in combinations(range(plan.shape[1]), 2)]
+    return np.stack(cols, 1)
+
+
+def fit_quadratic(
+    plan: np.ndarray,
+    losses: np.ndarray,
+    eta: np.ndarray,
+    *,
+    full_matrix: bool = False,
+    min_r2: float = 0.95,
+    clip: tuple[float, float] | None = None,
+) -> QuadraticFit:
+    """Least-squares fit of the probe losses and the acceptance test of Algorithm 1.
+
+    Accepted when the fit has full rank, ``A`` is positive definite, every ``b_k > 0``, every
+    ``eta*_k > 0`` and ``R^2 > min_r2``.
+    """
+    losses = np.asarray(losses, dtype=float)
+    eta = np.asarray(eta, dtype=float)
+    num_groups = plan.shape[1]
+    if not np.isfinite(losses).all():
+        return QuadraticFit(None, None, float("nan"), None, "nonfinite")
+    design = _design(plan, full_matrix)
+    coef, _, rank, _ = np.linalg.lstsq(design, losses, rcond=None)
+    total = float(((losses - losses.mean()) ** 2).sum())
+    if rank < design.shape[1] or total == 0.0 or not np.isfinite(coef).all():
+        return QuadraticFit(None, None, float("nan"), None, "singular")
+    r2 = 1.0 - float(((design @ coef - losses) ** 2).sum()) / total
+    beta, alpha = coef[1 : 1 + num_groups], coef[1 + num_groups : 1 + 2 * num_groups]
+    curvature = np.diag(alpha)
+    if full_matrix:
+        for value, (i, j) in zip(coef[1 + 2 * num_groups :], combinations(range(num_groups), 2)):
+            curvature[i, j] = curvature[j, i] = value
+    b = beta / eta
+    A = curvature / np.outer(eta, eta)
+    if np.linalg.eigvalsh(curvature).min() <= 0:
+        return QuadraticFit(b, A, r2, None, "curvature")
+    if (b <= 0).any():
+        return QuadraticFit(b, A, r2, None, "slope")
+    eta_star = np.linalg.solve(A, b) if full_matrix else b / np.diag(A)
+    if (eta_star <= 0).any():
+        return QuadraticFit(b, A, r2, None, "slope")
+    if clip is not None:
+        eta_star = np.clip(eta_star, *clip)
+    if not r2 > min_r2:
+        return QuadraticFit(b, A, r2, eta_star, "r2")
+    return QuadraticFit(b, A, r2, eta_star, None)
