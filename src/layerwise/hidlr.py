@@ -256,10 +256,9 @@ class HiDLR(Optimizer):
     @torch.no_grad()
     def _probe(self, closure: Callable[[], Tensor], factors: np.ndarray) -> None:
         opt = self.optimizer
-        members = [
-            [p for group, m in zip(opt.param_groups, self._member) if m == k for p in group["params"] if p.grad is not None]
-            for k in range(len(self._names))
-        ]
+        members: list[list[Tensor]] = [[] for _ in self._names]
+        for group, k in zip(opt.param_groups, self._member):
+            members[k] += [p for p in group["params"] if p.grad is not None]
         active = [k for k, params in enumerate(members) if params and factors[k] > 0 and self.eta[k] > 0]
         if not active:
             return
@@ -350,11 +349,11 @@ class HiDLR(Optimizer):
         else:
             self.stats["rejected"] += 1
             self.stats["rejections"][fit.reason] += 1
-            level = logging.WARNING if fit.reason == "nonfinite" else logging.DEBUG
-            log.log(level, "Hi-DLR step %d: fit rejected (%s, R2=%.3f); keeping LRs", self.step_count, fit.reason, fit.r2)
-        self.history.append(
-            {"step": self.step_count, "eta": list(self.eta), "accepted": fit.accepted, "reason": fit.reason, "r2": fit.r2}
-        )
+            first_nonfinite = fit.reason == "nonfinite" and self.stats["rejections"]["nonfinite"] == 1
+            level = logging.WARNING if first_nonfinite else logging.DEBUG  # then counted, logged at debug
+            log.log(level, "Hi-DLR step %d: fit rejected (%s, R2=%.3f)", self.step_count, fit.reason, fit.r2)
+        record = {"step": self.step_count, "eta": list(self.eta), "accepted": fit.accepted, "reason": fit.reason}
+        self.history.append({**record, "r2": fit.r2})
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -388,4 +387,5 @@ class HiDLR(Optimizer):
 
     def __repr__(self) -> str:
         lrs = ", ".join(f"{n}={v:.3g}" for n, v in self.lrs.items())
-        return f"HiDLR({type(self.optimizer).__name__}, update_every={self.update_every}, gamma={self.gamma}, lrs: {lrs})"
+        base = type(self.optimizer).__name__
+        return f"HiDLR({base}, update_every={self.update_every}, gamma={self.gamma}, lrs: {lrs})"

@@ -18,13 +18,14 @@ import torch
 from .. import recipes
 from ..scheduler import LayerwiseLR
 from .freezeout_bench import run_freezeout_bench
+from .hidlr_bench import run_hidlr_bench
 from .timing import measure
 from .train import train
 
 __all__ = ["BENCHES", "machine_info", "run_bench"]
 
 Bench = Callable[..., dict[str, Any]]
-BENCHES: dict[str, Bench] = {"freezeout": run_freezeout_bench}
+BENCHES: dict[str, Bench] = {"freezeout": run_freezeout_bench, "hidlr": run_hidlr_bench}
 """Name -> ``fn(quick, **options) -> results``."""
 
 
@@ -56,7 +57,7 @@ def run_bench(name: str, quick: bool = False, **options: Any) -> dict[str, Any]:
         if options and "unexpected keyword" in str(exc):
             raise ValueError(f"--set: bench {name!r} has no such option ({exc})") from exc
         raise
-    return {"bench": name, "quick": quick, "options": options, **results, "machine": machine_info()}
+    return {**results, "bench": name, "quick": quick, "options": options, "machine": machine_info()}
 
 
 def _optimizer(num_groups: int) -> torch.optim.Optimizer:

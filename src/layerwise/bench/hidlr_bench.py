@@ -1,0 +1,318 @@
+"""``layerwise bench hidlr``: Hi-DLR's cost and the paper's reproductions.
+
+Quick (timing only): the Fashion-MNIST CNN, split into K groups, trains the same batches with
+its plain optimizer and wrapped in :class:`HiDLR` (probing every ``phi`` steps), alternating
+blocks of steps; ``relative_speed`` is the ratio of median step times, next to the paper's bound
+``1 / (1 + 4K / (3 phi))`` and the prediction from this machine's timed forward pass.
+Full: the ellipse and Beale+Rosenbrock functions (App. A.1), NAM synthetic regression
+(App. B.3) and LoRA fine-tuning of MiniLM on tweet sentiment, each against the paper's grid of
+uniform learning rates and Hi-ULR, with plots of the loss and of each group's LR.
+
+Example:
+    $ layerwise bench hidlr --quick --json
+    $ layerwise bench hidlr --set problems=toys,nam
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..groups import by_depth_buckets
+from ..hidlr import HiDLR
+from .hidlr_problems import NAM, TOYS, grid, nam_synthetic_data
+from .models import ResNetCNN
+from .tasks import get_task
+
+__all__ = ["run_hidlr_bench"]
+
+NAM_GRID = (5e-4, 7e-4, 1e-3, 3e-3, 5e-3, 7e-3, 1e-2)
+"""The paper's uniform learning rates for NAM synthetic regression (App. B.3)."""
+
+
+def _cnn_step(model, opt, x, y, closure: bool) -> None:
+    def loss() -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x), y)
+
+    opt.zero_grad()
+    loss().backward()
+    opt.step(loss) if closure else opt.step()
+
+
+def _cost(K: int, phi: int, cycles: int, repeats: int) -> dict[str, Any]:
+    task = get_task("fashion-mnist")
+    train = task.load_data(None, True).train
+    batch = task.batch_size
+    steps = phi * cycles
+    batches = [(train[0][i * batch : (i + 1) * batch], train[1][i * batch : (i + 1) * batch]) for i in range(steps)]
+    torch.manual_seed(0)
+    models = [ResNetCNN(), None]
+    models[1] = copy.deepcopy(models[0])
+    opts = []
+    for model in models:
+        part = by_depth_buckets(model, K, sample_input=torch.zeros(2, 1, 28, 28))
+        opts.append(torch.optim.SGD(part.param_groups(lr=task.lr), momentum=0.9, nesterov=True, weight_decay=5e-4))
+    opts[1] = HiDLR(opts[1], update_every=phi, model=models[1])
+
+    def block(which: int) -> float:
+        start = time.perf_counter()
+        for x, y in batches:
+            _cnn_step(models[which], opts[which], x, y, closure=which == 1)
+        return (time.perf_counter() - start) / steps
+
+    block(0), block(1)  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):  # alternate, so drifts of the machine hit both alike
+        for which in (0, 1):
+            times[which].append(block(which))
+    x, y = batches[0]
+    forward = []
+    with torch.no_grad():
+        for _ in range(repeats * 2):
+            start = time.perf_counter()
+            nn.functional.cross_entropy(models[1](x), y)
+            forward.append(time.perf_counter() - start)
+    base, hidlr, fwd = (statistics.median(t) for t in (*times, forward))
+    return {
+        "relative_speed": base / hidlr,
+        "bound": 1.0 / (1.0 + 4 * K / (3 * phi)),
+        "K": K,
+        "phi": phi,
+        "predicted_from_timed_forward": base / (base + 4 * K / phi * fwd),
+        "base_step_ms": round(base * 1e3, 2),
+        "hidlr_step_ms": round(hidlr * 1e3, 2),
+        "probe_forward_ms": round(fwd * 1e3, 2),
+        "steps_per_block": steps,
+        "repeats": repeats,
+        "model": "resnet-cnn",
+        "batch_size": batch,
+        "accepted": opts[1].stats["accepted"],
+        "rejected": opts[1].stats["rejected"],
+    }
+
+
+def _toy(name: str, iterations: int, start_lr: float) -> dict[str, Any]:
+    toy = TOYS[name]
+
+    def run(lr: float, groups: int, hidlr: bool) -> tuple[list[float], list[list[float]]]:
+        x, y = (nn.Parameter(torch.tensor(v, dtype=torch.float64)) for v in toy.start)
+        params = [{"params": [x]}, {"params": [y]}] if groups == 2 else [{"params": [x, y]}]
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr)
+        if hidlr:
+            opt = HiDLR(opt, update_every=1, gamma=0.0)
+
+        def loss() -> torch.Tensor:
+            return toy.loss(x, y)
+
+        losses, lrs = [float(loss().detach())], []
+        for _ in range(iterations):
+            opt.zero_grad()
+            loss().backward()
+            opt.step(loss)
+            losses.append(float(loss().detach()))
+            lrs.append([g["lr"] for g in opt.param_groups])
+        return losses, lrs
+
+    uniform = {lr: run(lr, 1, False)[0] for lr in grid(1e-5, 12)}
+    best = min(uniform, key=lambda lr: _finite(uniform[lr][-1]))
+    hi_ulr, ulr_lrs = run(start_lr, 1, True)
+    hi_dlr, dlr_lrs = run(start_lr, 2, True)
+    first_below = next((i for i, v in enumerate(hi_dlr) if v < 1e-10), None)
+    return {
+        "iterations": iterations,
+        "best_uniform_lr": best,
+        "best_uniform_final_loss": uniform[best][-1],
+        "hi_ulr_final_loss": hi_ulr[-1],
+        "hi_dlr_final_loss": hi_dlr[-1],
+        "hi_dlr_iterations_to_1e-10": first_below,
+        "hi_dlr_lrs_final": dlr_lrs[-1],
+        "target_met": hi_dlr[-1] <= uniform[best][-1] and first_below is not None and first_below <= 3,
+        "_curves": {"uniform": uniform, "hi_ulr": hi_ulr, "hi_dlr": hi_dlr, "dlr_lrs": dlr_lrs, "ulr_lrs": ulr_lrs},
+    }
+
+
+def _finite(value: float) -> float:
+    return value if value == value and value != float("inf") else float("inf")
+
+
+def _nam_run(data, epochs: int, lr: float, mode: str, phi: int, gamma: float, seed: int) -> dict[str, Any]:
+    (x, y), (x_test, y_test) = data
+    torch.manual_seed(seed)
+    model = NAM()
+    groups = model.groups(lr) if mode.startswith("hi-dlr") else [{"params": list(model.parameters()), "lr": lr}]
+    opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr)
+    if mode != "uniform":
+        opt = HiDLR(opt, update_every=phi, gamma=gamma, full_matrix=mode == "hi-dlr-full")
+    order = torch.Generator().manual_seed(seed)
+    curve, lrs, start = [], [], time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=order)
+        for i in range(0, len(x), 256):
+            xb, yb = x[perm[i : i + 256]], y[perm[i : i + 256]]
+
+            def loss(xb=xb, yb=yb) -> torch.Tensor:
+                return nn.functional.mse_loss(model(xb), yb)
+
+            opt.zero_grad()
+            loss().backward()
+            opt.step(loss) if mode != "uniform" else opt.step()
+        with torch.no_grad():
+            curve.append(float(nn.functional.mse_loss(model(x), y)))
+        lrs.append([g["lr"] for g in opt.param_groups])
+    with torch.no_grad():
+        test = float(nn.functional.mse_loss(model(x_test), y_test))
+    stats = opt.stats if isinstance(opt, HiDLR) else None
+    return {
+        "final_train_loss": curve[-1],
+        "test_loss": test,
+        "seconds": time.perf_counter() - start,
+        "stats": stats,
+        "_curve": curve,
+        "_lrs": lrs,
+    }
+
+
+def _nam(epochs: int, phi: int, gamma: float, start_lr: float, seed: int, full_matrix: bool) -> dict[str, Any]:
+    data = (nam_synthetic_data(3000, seed=seed), nam_synthetic_data(1000, seed=seed + 100))
+    runs: dict[str, dict[str, Any]] = {
+        f"uniform {lr:g}": _nam_run(data, epochs, lr, "uniform", phi, gamma, seed) for lr in NAM_GRID
+    }
+    best = min((k for k in runs), key=lambda k: _finite(runs[k]["final_train_loss"]))
+    runs["hi-ulr"] = _nam_run(data, epochs, start_lr, "hi-ulr", phi, gamma, seed)
+    runs["hi-dlr"] = _nam_run(data, epochs, start_lr, "hi-dlr", phi, gamma, seed)
+    if full_matrix:
+        runs["hi-dlr-full"] = _nam_run(data, epochs, start_lr, "hi-dlr-full", phi, gamma, seed)
+    best_loss = runs[best]["final_train_loss"]
+    return {
+        "epochs": epochs,
+        "phi": phi,
+        "gamma": gamma,
+        "start_lr": start_lr,
+        "best_uniform": best,
+        "best_uniform_final_train_loss": best_loss,
+        "runs": runs,
+        "target_met": {k: _finite(runs[k]["final_train_loss"]) <= best_loss for k in runs if k.startswith("hi-")},
+    }
+
+
+def _strip(report: Any) -> Any:
+    """Drop the private curve entries (kept for plots) from a report."""
+    if isinstance(report, dict):
+        return {k: _strip(v) for k, v in report.items() if not k.startswith("_")}
+    return report
+
+
+def _plot_toys(toys: dict[str, Any], path: Path) -> None:
+    from ..plotting import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(toys), figsize=(6 * len(toys), 8), dpi=110, squeeze=False)
+    for col, (name, result) in enumerate(toys.items()):
+        curves = result["_curves"]
+        ax = axes[0][col]
+        for lr, losses in curves["uniform"].items():
+            ax.plot(
+                [max(v, 1e-30) for v in losses], color="0.75", lw=0.8, label="uniform LR grid" if lr == 1e-5 else None
+            )
+        ax.plot([max(v, 1e-30) for v in curves["hi_ulr"]], color="tab:blue", label="Hi-ULR")
+        ax.plot([max(v, 1e-30) for v in curves["hi_dlr"]], color="tab:red", label="Hi-DLR")
+        ax.set(yscale="log", xlabel="iteration", ylabel="loss", title=f"{name}: loss")
+        ax.legend()
+        ax = axes[1][col]
+        lrs = curves["dlr_lrs"]
+        for g, label in enumerate(("x", "y")):
+            ax.plot([row[g] for row in lrs], label=f"Hi-DLR lr_{label}")
+        ax.plot([row[0] for row in curves["ulr_lrs"]], ls="--", color="tab:blue", label="Hi-ULR lr")
+        ax.axhline(result["best_uniform_lr"], color="0.5", ls=":", label="best uniform LR")
+        ax.set(yscale="log", xlabel="iteration", ylabel="learning rate", title=f"{name}: learning rates")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_runs(report: dict[str, Any], path: Path, title: str, lr_run: str, names: list[str] | None = None) -> None:
+    from ..plotting import _pyplot
+
+    plt = _pyplot()
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
+    colors = {"hi-ulr": "tab:blue", "hi-dlr": "tab:red", "hi-dlr-full": "tab:purple"}
+    for name, run in report["runs"].items():
+        style = {"color": colors[name], "lw": 1.6} if name in colors else {"color": "0.7", "lw": 0.8}
+        ax_loss.plot(run["_curve"], label=name, **style)
+    ax_loss.set(yscale="log", xlabel="epoch" if "epochs" in report else "step", ylabel="training loss", title=title)
+    ax_loss.legend(fontsize=7, ncol=2)
+    lrs = report["runs"][lr_run]["_lrs"]
+    labels = names or [f"group {g}" for g in range(len(lrs[0]))]
+    for g, label in enumerate(labels):
+        ax_lr.plot([row[g] for row in lrs], label=label, lw=1)
+    ax_lr.set(
+        yscale="log",
+        xlabel="epoch" if "epochs" in report else "step",
+        ylabel="learning rate",
+        title=f"{lr_run}: LR per group",
+    )
+    ax_lr.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_hidlr_bench(
+    quick: bool = False,
+    K: int = 2,
+    phi: int = 8,
+    cycles: int | None = None,
+    repeats: int | None = None,
+    problems: str = "toys,nam,lora",
+    nam_epochs: int = 100,
+    nam_phi: int = 2,
+    gamma: float = 0.9,
+    full_matrix: bool = False,
+    lora_steps: int = 300,
+    out: str = "runs/bench-hidlr",
+) -> dict[str, Any]:
+    """The benchmark entry point; options come from ``layerwise bench hidlr --set key=value``."""
+    logging.getLogger("layerwise.hidlr").setLevel(logging.ERROR)  # rejections are counted in the report
+    cost = _cost(K, phi, cycles or (1 if quick else 2), repeats or (5 if quick else 11))
+    if quick:
+        return cost
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {**cost}
+    wanted = [p.strip() for p in problems.split(",") if p.strip()]
+    unknown = sorted(set(wanted) - {"toys", "nam", "lora"})
+    if unknown:
+        raise ValueError(f"problems: unknown {unknown}; choose from toys, nam, lora")
+    if "toys" in wanted:
+        toys = {name: _toy(name, 100, 1e-3) for name in TOYS}
+        _plot_toys(toys, out_dir / "hidlr_toys.png")
+        report["toys"] = _strip(toys)
+    if "nam" in wanted:
+        nam = _nam(nam_epochs, nam_phi, gamma, 1e-3, 0, full_matrix)
+        names = ["beta", *(f"f{k + 1}" for k in range(10))]
+        _plot_runs(nam, out_dir / "hidlr_nam.png", "NAM synthetic: training MSE", "hi-dlr", names)
+        if full_matrix:
+            _plot_runs(nam, out_dir / "hidlr_nam_full.png", "NAM synthetic: training MSE", "hi-dlr-full", names)
+        report["nam"] = _strip(nam)
+    if "lora" in wanted:
+        from .hidlr_lora import lora_comparison
+
+        lora = lora_comparison(lora_steps, gamma=gamma)
+        _plot_runs(
+            lora,
+            out_dir / "hidlr_lora.png",
+            "MiniLM LoRA, tweets: training loss",
+            "hi-dlr",
+            ["lora_A", "lora_B", "head"],
+        )
+        report["lora"] = _strip(lora)
+    report["plots"] = sorted(str(p) for p in out_dir.glob("hidlr_*.png"))
+    return report
