@@ -142,14 +142,17 @@ def _finite(value: float) -> float:
     return value if value == value and value != float("inf") else float("inf")
 
 
-def _nam_run(data, epochs: int, lr: float, mode: str, phi: int, gamma: float, seed: int) -> dict[str, Any]:
+def _nam_run(
+    data, epochs: int, lr: float, mode: str, phi: int, gamma: float, seed: int, clip: float | None = None
+) -> dict[str, Any]:
     (x, y), (x_test, y_test) = data
     torch.manual_seed(seed)
     model = NAM()
     groups = model.groups(lr) if mode.startswith("hi-dlr") else [{"params": list(model.parameters()), "lr": lr}]
     opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr)
     if mode != "uniform":
-        opt = HiDLR(opt, update_every=phi, gamma=gamma, full_matrix=mode == "hi-dlr-full")
+        limit = None if clip is None else (0.0, clip)
+        opt = HiDLR(opt, update_every=phi, gamma=gamma, full_matrix=mode == "hi-dlr-full", clip=limit)
     order = torch.Generator().manual_seed(seed)
     curve, lrs, start = [], [], time.perf_counter()
     for _ in range(epochs):
@@ -180,21 +183,21 @@ def _nam_run(data, epochs: int, lr: float, mode: str, phi: int, gamma: float, se
 
 
 def _nam(epochs: int, phi: int, gamma: float, start_lr: float, seed: int, full_matrix: bool) -> dict[str, Any]:
+    """The paper's grid, Hi-ULR and Hi-DLR as published, and both with eta* clipped to the grid's top LR."""
     data = (nam_synthetic_data(3000, seed=seed), nam_synthetic_data(1000, seed=seed + 100))
-    runs: dict[str, dict[str, Any]] = {
-        f"uniform {lr:g}": _nam_run(data, epochs, lr, "uniform", phi, gamma, seed) for lr in NAM_GRID
-    }
-    best = min((k for k in runs), key=lambda k: _finite(runs[k]["final_train_loss"]))
-    runs["hi-ulr"] = _nam_run(data, epochs, start_lr, "hi-ulr", phi, gamma, seed)
-    runs["hi-dlr"] = _nam_run(data, epochs, start_lr, "hi-dlr", phi, gamma, seed)
-    if full_matrix:
-        runs["hi-dlr-full"] = _nam_run(data, epochs, start_lr, "hi-dlr-full", phi, gamma, seed)
+    runs = {f"uniform {lr:g}": _nam_run(data, epochs, lr, "uniform", phi, gamma, seed) for lr in NAM_GRID}
+    best = min(runs, key=lambda k: _finite(runs[k]["final_train_loss"]))
+    clip = max(NAM_GRID)
+    for mode in ("hi-ulr", "hi-dlr", *(["hi-dlr-full"] if full_matrix else [])):
+        runs[mode] = _nam_run(data, epochs, start_lr, mode, phi, gamma, seed)
+        runs[f"{mode} clip"] = _nam_run(data, epochs, start_lr, mode, phi, gamma, seed, clip=clip)
     best_loss = runs[best]["final_train_loss"]
     return {
         "epochs": epochs,
         "phi": phi,
         "gamma": gamma,
         "start_lr": start_lr,
+        "clip": [0.0, clip],
         "best_uniform": best,
         "best_uniform_final_train_loss": best_loss,
         "runs": runs,
@@ -217,19 +220,23 @@ def _plot_toys(toys: dict[str, Any], path: Path) -> None:
     for col, (name, result) in enumerate(toys.items()):
         curves = result["_curves"]
         ax = axes[0][col]
+        top = 10 * curves["hi_dlr"][0]
+
+        def shown(losses: list[float], top: float = top) -> list[float]:  # diverged runs leave the plot
+            return [min(max(v, 1e-16), 10 * top) if v == v else 10 * top for v in losses]
+
         for lr, losses in curves["uniform"].items():
-            ax.plot(
-                [max(v, 1e-30) for v in losses], color="0.75", lw=0.8, label="uniform LR grid" if lr == 1e-5 else None
-            )
-        ax.plot([max(v, 1e-30) for v in curves["hi_ulr"]], color="tab:blue", label="Hi-ULR")
-        ax.plot([max(v, 1e-30) for v in curves["hi_dlr"]], color="tab:red", label="Hi-DLR")
+            ax.plot(shown(losses), color="0.75", lw=0.8, label="uniform LR grid" if lr == 1e-5 else None)
+        ax.plot(shown(curves["hi_ulr"]), color="tab:blue", label="Hi-ULR")
+        ax.plot(shown(curves["hi_dlr"]), color="tab:red", label="Hi-DLR")
+        ax.set_ylim(1e-16, top)
         ax.set(yscale="log", xlabel="iteration", ylabel="loss", title=f"{name}: loss")
         ax.legend()
         ax = axes[1][col]
         lrs = curves["dlr_lrs"]
         for g, label in enumerate(("x", "y")):
             ax.plot([row[g] for row in lrs], label=f"Hi-DLR lr_{label}")
-        ax.plot([row[0] for row in curves["ulr_lrs"]], ls="--", color="tab:blue", label="Hi-ULR lr")
+        ax.plot([row[0] for row in curves["ulr_lrs"]], ls="--", color="black", lw=0.8, label="Hi-ULR lr")
         ax.axhline(result["best_uniform_lr"], color="0.5", ls=":", label="best uniform LR")
         ax.set(yscale="log", xlabel="iteration", ylabel="learning rate", title=f"{name}: learning rates")
         ax.legend(fontsize=8)
@@ -245,7 +252,11 @@ def _plot_runs(report: dict[str, Any], path: Path, title: str, lr_run: str, name
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
     colors = {"hi-ulr": "tab:blue", "hi-dlr": "tab:red", "hi-dlr-full": "tab:purple"}
     for name, run in report["runs"].items():
-        style = {"color": colors[name], "lw": 1.6} if name in colors else {"color": "0.7", "lw": 0.8}
+        method, _, variant = name.partition(" ")
+        if method in colors:
+            style = {"color": colors[method], "lw": 1.6, "ls": "--" if variant else "-"}
+        else:
+            style = {"color": "0.7", "lw": 0.8}
         ax_loss.plot(run["_curve"], label=name, **style)
     ax_loss.set(yscale="log", xlabel="epoch" if "epochs" in report else "step", ylabel="training loss", title=title)
     ax_loss.legend(fontsize=7, ncol=2)
@@ -298,9 +309,7 @@ def run_hidlr_bench(
     if "nam" in wanted:
         nam = _nam(nam_epochs, nam_phi, gamma, 1e-3, 0, full_matrix)
         names = ["beta", *(f"f{k + 1}" for k in range(10))]
-        _plot_runs(nam, out_dir / "hidlr_nam.png", "NAM synthetic: training MSE", "hi-dlr", names)
-        if full_matrix:
-            _plot_runs(nam, out_dir / "hidlr_nam_full.png", "NAM synthetic: training MSE", "hi-dlr-full", names)
+        _plot_runs(nam, out_dir / "hidlr_nam.png", "NAM synthetic: training MSE", "hi-dlr clip", names)
         report["nam"] = _strip(nam)
     if "lora" in wanted:
         from .hidlr_lora import lora_comparison
