@@ -402,3 +402,53 @@ def test_bad_closure_leaves_model_and_optimizer_untouched(closure, error, match)
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(after[1]["state"][key][field]))
     with pytest.raises(TypeError, match="closure"):
         opt.step()
+
+
+def test_joint_scale_corrects_the_diagonal_overshoot_of_coupled_groups():
+    def run(joint):
+        x = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        y = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        opt = HiDLR(
+            torch.optim.SGD([{"params": [x]}, {"params": [y]}], lr=0.01), update_every=1, gamma=0.0, joint_scale=joint
+        )
+
+        def loss():
+            return ((x + y - 1) ** 2).sum()
+
+        opt.zero_grad()
+        loss().backward()
+        opt.step(loss)
+        return float(loss().detach()), opt
+
+    overshoot, plain = run(False)
+    assert plain.eta == pytest.approx([0.5, 0.5])  # each group alone would solve it: together they overshoot
+    assert overshoot == pytest.approx(1.0)
+    exact, joint = run(True)
+    assert joint.eta == pytest.approx([0.25, 0.25])
+    assert exact == pytest.approx(0.0, abs=1e-20)
+    assert joint.stats["forward_passes"] == 4 * 2 + 4
+
+
+def test_per_group_acceptance_updates_only_the_groups_that_pass():
+    plan = probe_plan(2)
+    u1, u2 = plan[:, 0], plan[:, 1]
+    one_concave = 1 - u1 + u1**2 - u2 - u2**2
+    assert fit_quadratic(plan, one_concave, np.array([0.1, 0.2])).reason == "curvature"
+    fit = fit_quadratic(plan, one_concave, np.array([0.1, 0.2]), per_group=True)
+    assert fit.accepted and fit.groups.tolist() == [True, False]
+    assert fit.eta_star[0] == pytest.approx(0.1 * 1 / 2)
+
+    x = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    y = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = HiDLR(torch.optim.SGD([{"params": [x]}, {"params": [y]}], lr=0.01), update_every=1, gamma=0.0, per_group=True)
+
+    def loss():
+        return (x**2 - torch.cos(3 * y)).sum()  # at y = 1 the curvature 9 cos(3) of -cos(3y) is negative
+
+    opt.zero_grad()
+    loss().backward()
+    opt.step(loss)
+    assert opt.eta[0] == pytest.approx(0.5, rel=1e-3) and opt.eta[1] == 0.01
+    assert opt.stats["accepted"] == 1 and opt.stats["groups_kept"] == 1
+    with pytest.raises(ValueError, match="per_group"):
+        HiDLR(torch.optim.SGD([x], lr=0.1), per_group=True, full_matrix=True)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,9 @@ from .schedules import LayerSchedule, Policy
 __all__ = ["HiDLR"]
 
 log = logging.getLogger(__name__)
+
+_JOINT = (-1.0, -0.5, 0.5, 1.0)
+"""Step multipliers probed along the combined step with ``joint_scale``."""
 
 
 def _set_lr(group: dict[str, Any], value: float) -> None:
@@ -89,6 +93,12 @@ class HiDLR(Optimizer):
         probes: the probing vector v (at least three distinct non-zero values).
         full_matrix: also probe pairs of groups and fit the full K x K curvature (O(K^2) forwards).
         clip: optional ``(low, high)`` range for ``eta*``.
+        joint_scale: after an accepted fit, probe the loss along the combined step ``sum_k eta*_k d_k``
+            at ``s`` in (-1, -1/2, 1/2, 1) and rescale ``eta*`` by the fitted 1-D minimiser ``s*``
+            (4 more forward passes). Corrects the diagonal fit's overshoot when groups' updates
+            interact (off-diagonal curvature); not in the paper, off by default.
+        per_group: accept each group whose own curvature and slope are positive, instead of all or
+            none (the paper); the others keep their LR. Diagonal fit only; off by default.
         schedule: a global :class:`Policy` or a :class:`LayerSchedule` of progress; the applied LR
             is ``eta_k * factor_k(step / total_steps)``. A group whose factor is 0 is not probed.
         total_steps: run length, required with ``schedule``.
@@ -112,6 +122,8 @@ class HiDLR(Optimizer):
         probes: Sequence[float] = PROBES,
         full_matrix: bool = False,
         clip: tuple[float, float] | None = None,
+        joint_scale: bool = False,
+        per_group: bool = False,
         schedule: Policy | LayerSchedule | None = None,
         total_steps: int | None = None,
         groups: Partition | None = None,
@@ -165,6 +177,10 @@ class HiDLR(Optimizer):
         self.min_r2 = float(min_r2)
         self.full_matrix = bool(full_matrix)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.joint_scale = bool(joint_scale)
+        if per_group and full_matrix:
+            raise ValueError("per_group: needs the diagonal fit (full_matrix=False)")
+        self.per_group = bool(per_group)
         self.schedule = schedule
         self.total_steps = total_steps
         self.model = model
@@ -181,7 +197,8 @@ class HiDLR(Optimizer):
             "forward_passes": 0,
             "accepted": 0,
             "rejected": 0,
-            "rejections": dict.fromkeys(REJECTION_REASONS, 0),
+            "groups_kept": 0,
+            "rejections": dict.fromkeys((*REJECTION_REASONS, "joint"), 0),
         }
         self.history: list[dict[str, Any]] = []
         self.last_fit: QuadraticFit | None = None
@@ -274,7 +291,22 @@ class HiDLR(Optimizer):
             opt.step()
             direction = torch._foreach_sub(params, start[: len(params)])
             torch._foreach_copy_(stepped, start)
-            losses = self._probe_losses(closure, members, active, params, start, direction)
+            index = {id(p): i for i, p in enumerate(params)}
+            slots = [[index[id(p)] for p in members[k]] for k in active]
+            moves = (params, start, direction, slots)
+            eta = np.array([self.eta[k] for k in active])
+            plan = self._plan(len(active))
+            fit = fit_quadratic(
+                plan,
+                self._losses(closure, plan * eta, moves),
+                eta,
+                full_matrix=self.full_matrix,
+                min_r2=self.min_r2,
+                clip=self.clip,
+                per_group=self.per_group,
+            )
+            if fit.accepted and self.joint_scale and len(active) > 1:
+                fit = self._rescale(closure, fit, moves)
         finally:
             torch._foreach_copy_(stepped, start)
             for p in stepped:
@@ -286,23 +318,21 @@ class HiDLR(Optimizer):
                 _set_lr(group, lr)
             if self.model is not None:
                 torch._foreach_copy_(list(self.model.buffers()), buffers)
-        self._update_eta(active, losses)
+        self._update_eta(active, fit)
 
     @staticmethod
     def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
         return {key: value.clone() if isinstance(value, Tensor) else value for key, value in state.items()}
 
-    def _probe_losses(self, closure, members, active, params, start, direction) -> np.ndarray:
-        plan = self._plan(len(active))
-        index = {id(p): i for i, p in enumerate(params)}
-        slots = [[index[id(p)] for p in members[k]] for k in active]
-        eta = np.array([self.eta[k] for k in active])
+    def _losses(self, closure: Callable[[], Tensor], steps: np.ndarray, moves: tuple) -> np.ndarray:
+        """Loss at ``w + sum_j steps[i, j] d_j`` for every row ``i`` (parameters restored after each)."""
+        params, start, direction, slots = moves
         losses = []
-        for row in plan:
-            moved = [j for j in range(len(active)) if row[j] != 0.0]
+        for row in steps:
+            moved = [j for j in range(len(slots)) if row[j] != 0.0]
             for j in moved:
                 torch._foreach_add_(
-                    [params[i] for i in slots[j]], [direction[i] for i in slots[j]], alpha=float(row[j] * eta[j])
+                    [params[i] for i in slots[j]], [direction[i] for i in slots[j]], alpha=float(row[j])
                 )
             losses.append(self._call(closure))
             for j in moved:
@@ -311,8 +341,18 @@ class HiDLR(Optimizer):
         if self.sync is not False and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(values)
             values /= torch.distributed.get_world_size()
-        self.stats["forward_passes"] += len(plan)
+        self.stats["forward_passes"] += len(steps)
         return values.cpu().numpy()
+
+    def _rescale(self, closure: Callable[[], Tensor], fit: QuadraticFit, moves: tuple) -> QuadraticFit:
+        """1-D quadratic fit along the combined step ``eta*``: scale ``eta*`` by its minimiser."""
+        line = np.array(_JOINT)[:, None]
+        step = np.where(fit.groups, fit.eta_star, 0.0)  # groups that did not pass stay put
+        along = fit_quadratic(line, self._losses(closure, line * step, moves), np.ones(1), min_r2=self.min_r2)
+        if not along.accepted:
+            return replace(fit, eta_star=None, reason="joint")
+        star = fit.eta_star * float(along.eta_star[0])
+        return replace(fit, eta_star=star if self.clip is None else np.clip(star, *self.clip))
 
     def _plan(self, num_active: int) -> np.ndarray:
         if num_active not in self._plan_cache:
@@ -335,17 +375,15 @@ class HiDLR(Optimizer):
             raise TypeError(f"closure: must return a scalar loss tensor, got {shape}")
         return loss.detach().reshape(())
 
-    def _update_eta(self, active: list[int], losses: np.ndarray) -> None:
-        eta = np.array([self.eta[k] for k in active])
-        fit = fit_quadratic(
-            self._plan(len(active)), losses, eta, full_matrix=self.full_matrix, min_r2=self.min_r2, clip=self.clip
-        )
+    def _update_eta(self, active: list[int], fit: QuadraticFit) -> None:
         self.last_fit = fit
         self.stats["probe_rounds"] += 1
         if fit.accepted:
-            for k, star in zip(active, fit.eta_star):
-                self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * float(star)
+            for k, star, passed in zip(active, fit.eta_star, fit.groups):
+                if passed:
+                    self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * float(star)
             self.stats["accepted"] += 1
+            self.stats["groups_kept"] += int((~fit.groups).sum())
         else:
             self.stats["rejected"] += 1
             self.stats["rejections"][fit.reason] += 1

@@ -63,6 +63,7 @@ class QuadraticFit:
         r2: coefficient of determination of the fit over the probe losses (nan if not fitted).
         eta_star: the minimiser ``A^-1 b`` (``b_k / A_kk`` for the diagonal fit), clipped; or None.
         reason: None when accepted, else one of :data:`REJECTION_REASONS`.
+        groups: with ``per_group``, which groups passed (their ``eta_star`` entries are valid).
     """
 
     b: np.ndarray | None
@@ -70,6 +71,7 @@ class QuadraticFit:
     r2: float
     eta_star: np.ndarray | None
     reason: str | None
+    groups: np.ndarray | None = None
 
     @property
     def accepted(self) -> bool:
@@ -92,11 +94,13 @@ def fit_quadratic(
     full_matrix: bool = False,
     min_r2: float = 0.95,
     clip: tuple[float, float] | None = None,
+    per_group: bool = False,
 ) -> QuadraticFit:
     """Least-squares fit of the probe losses and the acceptance test of Algorithm 1.
 
     Accepted when the fit has full rank, ``A`` is positive definite, every ``b_k > 0``, every
-    ``eta*_k > 0`` and ``R^2 > min_r2``.
+    ``eta*_k > 0`` and ``R^2 > min_r2``. With ``per_group`` (diagonal fit only) the groups with
+    ``A_kk > 0`` and ``b_k > 0`` pass on their own (``groups``); it is rejected when none does.
     """
     losses = np.asarray(losses, dtype=float)
     eta = np.asarray(eta, dtype=float)
@@ -116,6 +120,14 @@ def fit_quadratic(
             curvature[i, j] = curvature[j, i] = value
     b = beta / eta
     A = curvature / np.outer(eta, eta)
+    if per_group and not full_matrix:
+        passed = (alpha > 0) & (beta > 0)
+        if not passed.any():
+            return QuadraticFit(b, A, r2, None, "curvature" if (alpha <= 0).any() else "slope")
+        eta_star = np.where(passed, b / np.where(passed, np.diag(A), 1.0), 0.0)
+        if clip is not None:
+            eta_star = np.where(passed, np.clip(eta_star, *clip), 0.0)
+        return QuadraticFit(b, A, r2, eta_star, None if r2 > min_r2 else "r2", passed)
     if np.linalg.eigvalsh(curvature).min() <= 0:
         return QuadraticFit(b, A, r2, None, "curvature")
     if (b <= 0).any():
@@ -125,6 +137,5 @@ def fit_quadratic(
         return QuadraticFit(b, A, r2, None, "slope")
     if clip is not None:
         eta_star = np.clip(eta_star, *clip)
-    if not r2 > min_r2:
-        return QuadraticFit(b, A, r2, eta_star, "r2")
-    return QuadraticFit(b, A, r2, eta_star, None)
+    passed = np.ones(num_groups, dtype=bool)
+    return QuadraticFit(b, A, r2, eta_star, None if r2 > min_r2 else "r2", passed)

@@ -142,17 +142,15 @@ def _finite(value: float) -> float:
     return value if value == value and value != float("inf") else float("inf")
 
 
-def _nam_run(
-    data, epochs: int, lr: float, mode: str, phi: int, gamma: float, seed: int, clip: float | None = None
-) -> dict[str, Any]:
+def _nam_run(data, epochs: int, lr: float, mode: str, seed: int, **options: Any) -> dict[str, Any]:
+    """One NAM run: ``mode`` is uniform, hi-ulr or hi-dlr; ``options`` go to :class:`HiDLR`."""
     (x, y), (x_test, y_test) = data
     torch.manual_seed(seed)
     model = NAM()
     groups = model.groups(lr) if mode.startswith("hi-dlr") else [{"params": list(model.parameters()), "lr": lr}]
     opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr)
     if mode != "uniform":
-        limit = None if clip is None else (0.0, clip)
-        opt = HiDLR(opt, update_every=phi, gamma=gamma, full_matrix=mode == "hi-dlr-full", clip=limit)
+        opt = HiDLR(opt, **options)
     order = torch.Generator().manual_seed(seed)
     curve, lrs, start = [], [], time.perf_counter()
     for _ in range(epochs):
@@ -182,22 +180,30 @@ def _nam_run(
     }
 
 
-def _nam(epochs: int, phi: int, gamma: float, start_lr: float, seed: int, full_matrix: bool) -> dict[str, Any]:
-    """The paper's grid, Hi-ULR and Hi-DLR as published, and both with eta* clipped to the grid's top LR."""
+def _nam(epochs: int, phi: int, gamma: float, start_lr: float, seed: int) -> dict[str, Any]:
+    """The paper's grid; Hi-ULR and Hi-DLR as published; clipped to the grid's top LR; and Hi-DLR
+    with this library's ``joint_scale`` and ``per_group`` on top of the clip."""
     data = (nam_synthetic_data(3000, seed=seed), nam_synthetic_data(1000, seed=seed + 100))
-    runs = {f"uniform {lr:g}": _nam_run(data, epochs, lr, "uniform", phi, gamma, seed) for lr in NAM_GRID}
+    runs = {f"uniform {lr:g}": _nam_run(data, epochs, lr, "uniform", seed) for lr in NAM_GRID}
     best = min(runs, key=lambda k: _finite(runs[k]["final_train_loss"]))
-    clip = max(NAM_GRID)
-    for mode in ("hi-ulr", "hi-dlr", *(["hi-dlr-full"] if full_matrix else [])):
-        runs[mode] = _nam_run(data, epochs, start_lr, mode, phi, gamma, seed)
-        runs[f"{mode} clip"] = _nam_run(data, epochs, start_lr, mode, phi, gamma, seed, clip=clip)
+    paper = {"update_every": phi, "gamma": gamma}
+    clip = {**paper, "clip": (0.0, max(NAM_GRID))}
+    variants = {
+        "hi-ulr": ("hi-ulr", paper),
+        "hi-dlr": ("hi-dlr", paper),
+        "hi-ulr clip": ("hi-ulr", clip),
+        "hi-dlr clip": ("hi-dlr", clip),
+        "hi-dlr clip+joint+per-group": ("hi-dlr", {**clip, "joint_scale": True, "per_group": True}),
+    }
+    for name, (mode, options) in variants.items():
+        runs[name] = _nam_run(data, epochs, start_lr, mode, seed, **options)
     best_loss = runs[best]["final_train_loss"]
     return {
         "epochs": epochs,
         "phi": phi,
         "gamma": gamma,
         "start_lr": start_lr,
-        "clip": [0.0, clip],
+        "clip": [0.0, max(NAM_GRID)],
         "best_uniform": best,
         "best_uniform_final_train_loss": best_loss,
         "runs": runs,
@@ -250,11 +256,11 @@ def _plot_runs(report: dict[str, Any], path: Path, title: str, lr_run: str, name
 
     plt = _pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
-    colors = {"hi-ulr": "tab:blue", "hi-dlr": "tab:red", "hi-dlr-full": "tab:purple"}
+    colors = {"hi-ulr": "tab:blue", "hi-dlr": "tab:red"}
     for name, run in report["runs"].items():
         method, _, variant = name.partition(" ")
         if method in colors:
-            style = {"color": colors[method], "lw": 1.6, "ls": "--" if variant else "-"}
+            style = {"color": colors[method], "lw": 1.6, "ls": {"": "-", "clip": "--"}.get(variant, ":")}
         else:
             style = {"color": "0.7", "lw": 0.8}
         ax_loss.plot(run["_curve"], label=name, **style)
@@ -286,7 +292,6 @@ def run_hidlr_bench(
     nam_epochs: int = 100,
     nam_phi: int = 2,
     gamma: float = 0.9,
-    full_matrix: bool = False,
     lora_steps: int = 300,
     out: str = "runs/bench-hidlr",
 ) -> dict[str, Any]:
@@ -307,9 +312,9 @@ def run_hidlr_bench(
         _plot_toys(toys, out_dir / "hidlr_toys.png")
         report["toys"] = _strip(toys)
     if "nam" in wanted:
-        nam = _nam(nam_epochs, nam_phi, gamma, 1e-3, 0, full_matrix)
+        nam = _nam(nam_epochs, nam_phi, gamma, 1e-3, 0)
         names = ["beta", *(f"f{k + 1}" for k in range(10))]
-        _plot_runs(nam, out_dir / "hidlr_nam.png", "NAM synthetic: training MSE", "hi-dlr clip", names)
+        _plot_runs(nam, out_dir / "hidlr_nam.png", "NAM synthetic: training MSE", "hi-dlr clip+joint+per-group", names)
         report["nam"] = _strip(nam)
     if "lora" in wanted:
         from .hidlr_lora import lora_comparison
