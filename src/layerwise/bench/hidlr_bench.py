@@ -264,6 +264,8 @@ def _plot_runs(report: dict[str, Any], path: Path, title: str, lr_run: str, name
         else:
             style = {"color": "0.7", "lw": 0.8}
         ax_loss.plot(run["_curve"], label=name, **style)
+    start = min(run["_curve"][0] for run in report["runs"].values())
+    ax_loss.set_ylim(top=3 * start)  # a diverged run leaves the plot instead of squashing it
     ax_loss.set(yscale="log", xlabel="epoch" if "epochs" in report else "step", ylabel="training loss", title=title)
     ax_loss.legend(fontsize=7, ncol=2)
     lrs = report["runs"][lr_run]["_lrs"]
