@@ -25,6 +25,7 @@ from .groups import (
     explicit,
 )
 from .hidlr import HiDLR
+from .multirate import Multirate
 from .scheduler import LayerwiseLR
 from .schedules import (
     Constant,
@@ -61,6 +62,7 @@ __all__ = [
     "LayerwiseLR",
     "Linear",
     "LinearInTime",
+    "Multirate",
     "OneCycle",
     "Partition",
     "StaggeredOneCycle",

@@ -1,0 +1,293 @@
+"""``Multirate``: fast parameters step every step, slow ones get a gradient every ``k`` steps.
+
+Vlaar & Leimkuhler, *Multirate training of neural networks* (Algorithms 1, 2, A3; §3.1). Each
+part (a *level*) has a period: the fast part 1, the slow part ``k``. On a step where a level's
+period divides the step count, it needs a gradient; on the others its parameters do not require
+grad, so backward stops before them and, where they come first in the network, their forward
+builds no graph. The user's loop stays ``loss.backward(); opt.step()``: after each step the
+optimizer sets ``requires_grad`` for the next one.
+
+Every level runs its own base optimizer (SGD by default, any torch optimizer works). When a
+level refreshes, its base optimizer's update ``delta`` is computed once, with the level's step
+``h * period / k`` (``h`` for the slow part; ``slow_lr`` uncouples it), then:
+
+- ``drift=True`` (Algorithm 1, default): ``delta / period`` is applied on each of the ``period``
+  steps of the cycle, the refresh step included (linear drift). With SGD this is exactly
+  ``p_S := mu p_S + grad_S (+ omega theta_S)`` every k steps and ``theta_S -= h/k p_S`` every step.
+- ``drift=False`` (Algorithm 2): ``delta`` is applied at once on the refresh step.
+
+The fast part steps with ``h / k`` every step. With Adam or AdamW as the base, the slow part's
+Adam update (moments advanced once per refresh, with the refresh's gradient) is computed every
+k steps and applied as linear drift over the cycle.
+
+Example:
+    >>> import torch
+    >>> from layerwise import Multirate
+    >>> body, head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    >>> opt = Multirate(head.parameters(), body.parameters(), lr=0.1, k=5, momentum=0.9)
+    >>> [p.requires_grad for p in body.parameters()]  # step 0 refreshes the slow part
+    [True, True]
+    >>> head(body(torch.randn(3, 4))).sum().backward(); opt.step()
+    >>> [p.requires_grad for p in body.parameters()]  # steps 1..4 are fast steps
+    [False, False]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from .groups import Partition
+
+__all__ = ["Multirate"]
+
+Params = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+def _groups(argument: str, params: Params) -> list[dict[str, Any]]:
+    if isinstance(params, Tensor):
+        raise TypeError(f"{argument}: expected an iterable of parameters or param-group dicts, got a Tensor")
+    items = list(params)
+    if not items:
+        raise ValueError(f"{argument}: is empty; every part needs at least one parameter")
+    if all(isinstance(item, dict) for item in items):
+        groups = [dict(item) for item in items]
+        for group in groups:
+            group["params"] = list(group["params"])
+    elif all(isinstance(item, Tensor) for item in items):
+        groups = [{"params": items}]
+    else:
+        raise TypeError(f"{argument}: mix of tensors and dicts; give parameters or param-group dicts")
+    if not any(group["params"] for group in groups):
+        raise ValueError(f"{argument}: is empty; every part needs at least one parameter")
+    return groups
+
+
+def _check_nonnegative(argument: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{argument}: must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class Multirate(Optimizer):
+    """Multirate optimizer over parts of different periods (fastest first).
+
+    Args:
+        fast: the fast part: parameters or param-group dicts.
+        slow: the slow part; more parts with ``levels`` instead.
+        lr: ``h``, the slow step; the fast part steps ``h / k`` (the per-step rate of every part).
+        k: the slow part's period, an int >= 1.
+        slow_lr: uncoupled slow step ``h_S`` (default ``h``).
+        drift: linear drift of the slow part between refreshes (Algorithm 1) or one jump (Algorithm 2).
+        base: the base optimizer class of every part (``torch.optim.SGD``).
+        model: if given, every trainable parameter of it must be in a part.
+        **base_options: passed to ``base``: ``momentum``, ``weight_decay`` (Algorithm A3), ``betas``...
+
+    ``Multirate.levels([fast, mid, slow], lr, ratios=[K1, K2])`` builds more than two scales:
+    part ``i`` has period ``K1 * ... * Ki`` (§3.1). ``Multirate.from_partition(part, fast=["head"])``
+    takes the named groups as fast and the rest as slow; slow biases (App. D.2) are
+    ``from_partition(by_kind(model), fast=["weight", "norm"])``.
+    """
+
+    def __init__(
+        self,
+        fast: Params,
+        slow: Params,
+        lr: float,
+        k: int,
+        *,
+        slow_lr: float | None = None,
+        drift: bool = True,
+        base: type[Optimizer] = torch.optim.SGD,
+        model: nn.Module | None = None,
+        **base_options: Any,
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: must be an int >= 1, got {k!r}")
+        self._setup([fast, slow], ["fast", "slow"], [1, k], lr, slow_lr, drift, base, base_options, model)
+
+    @classmethod
+    def levels(
+        cls,
+        parts: Sequence[Params],
+        lr: float,
+        ratios: Sequence[int],
+        *,
+        drift: bool = True,
+        base: type[Optimizer] = torch.optim.SGD,
+        **base_options: Any,
+    ) -> Multirate:
+        """``len(parts)`` time scales, fastest first; ``ratios[i]`` = period of part i+1 / period of part i."""
+        if len(ratios) != len(parts) - 1 or len(parts) < 2:
+            raise ValueError(f"ratios: need one ratio per pair of adjacent parts ({len(parts) - 1}), got {len(ratios)}")
+        bad = [r for r in ratios if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+        if bad:
+            raise ValueError(f"ratios: must be ints >= 1, got {bad}")
+        periods = [math.prod(ratios[:i]) for i in range(len(parts))]
+        self = cls.__new__(cls)
+        names = ["fast", *(f"level{i}" for i in range(1, len(parts) - 1)), "slow"]
+        self._setup(list(parts), names, periods, lr, None, drift, base, base_options)
+        return self
+
+    @classmethod
+    def from_partition(
+        cls, partition: Partition, fast: Sequence[str] = ("head",), *, lr: float, k: int, **options: Any
+    ) -> Multirate:
+        """Groups named in ``fast`` step every step, the others every ``k`` steps."""
+        unknown = sorted(set(fast) - set(partition.names))
+        if unknown:
+            raise ValueError(f"fast: no groups {unknown} in the partition; it has {list(partition.names)}")
+        groups = [{k: v for k, v in g.items() if k != "lr"} for g in partition.param_groups()]
+        fast_groups = [g for g in groups if g["name"] in fast]
+        slow_groups = [g for g in groups if g["name"] not in fast]
+        if not slow_groups:
+            raise ValueError("fast: names every group; the slow part would be empty")
+        return cls(fast_groups, slow_groups, lr, k, **options)
+
+    def _setup(self, parts, names, periods, lr, slow_lr, drift, base, base_options, model=None) -> None:
+        lr = _check_nonnegative("lr", lr)
+        if slow_lr is not None:
+            slow_lr = _check_nonnegative("slow_lr", slow_lr)
+        for key in ("momentum", "weight_decay"):
+            if key in base_options:
+                _check_nonnegative(key, base_options[key])
+        if not (isinstance(base, type) and issubclass(base, Optimizer)):
+            raise TypeError(f"base: expected a torch.optim.Optimizer class, got {base!r}")
+        level_groups = [_groups(name, part) for name, part in zip(names, parts)]
+        seen: dict[int, str] = {}
+        for name, groups in zip(names, level_groups):
+            for group in groups:
+                for p in group["params"]:
+                    if id(p) in seen:
+                        raise ValueError(f"{seen[id(p)]}, {name}: a parameter is in both parts")
+                    seen[id(p)] = name
+        if model is not None:
+            missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+            if missing:
+                raise ValueError(f"{', '.join(names)}: parameters in neither part: {missing}")
+        top = periods[-1]
+        optimizers = []
+        for i, groups in enumerate(level_groups):
+            for group in groups:  # a group's own lr is its h; every level steps h * period / top
+                group["lr"] = group.get("lr", lr) * periods[i] / top
+                if slow_lr is not None and i == len(level_groups) - 1:
+                    group["lr"] = slow_lr
+            optimizers.append(base(groups, **base_options))
+
+        self.defaults = {"lr": lr, "drift": drift}
+        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
+        self._patch_step_function()
+        self.optimizers = optimizers
+        self.names = names
+        self.periods = periods
+        self.drift = bool(drift)
+        self.step_count = 0
+        self._drift: list[list[Tensor] | None] = [None] * len(optimizers)
+        self._prepare()
+
+    # -- the base optimizers' view --------------------------------------------------------
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def _params(self, level: int) -> list[Tensor]:
+        return [p for group in self.optimizers[level].param_groups for p in group["params"]]
+
+    def refreshes(self, level: int, step: int | None = None) -> bool:
+        """Whether part ``level`` gets a gradient on ``step`` (default: the next step)."""
+        return (self.step_count if step is None else step) % self.periods[level] == 0
+
+    def _prepare(self) -> None:
+        """Parts that do not refresh on the next step stop requiring grad."""
+        for level in range(len(self.optimizers)):
+            needed = self.refreshes(level)
+            for p in self._params(level):
+                p.requires_grad_(needed)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    # -- stepping ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _refresh(self, level: int) -> None:
+        """The level's base update from the fresh gradient, kept as drift (restored parameters)."""
+        params = [p for p in self._params(level) if p.grad is not None]
+        before = [p.detach().clone() for p in params]
+        self.optimizers[level].step()
+        delta = torch._foreach_sub(params, before)
+        torch._foreach_copy_(params, before)
+        if self.drift:
+            torch._foreach_div_(delta, float(self.periods[level]))
+        self._drift[level] = list(zip(params, delta))  # type: ignore[assignment]
+
+    def step(self, closure=None):  # type: ignore[override]
+        """One step: the fast part steps, the other parts refresh or drift."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for level in range(len(self.optimizers)):
+            if self.periods[level] == 1:
+                self.optimizers[level].step()
+                continue
+            if self.refreshes(level):
+                self._refresh(level)
+            pairs = self._drift[level]
+            if pairs and (self.drift or self.refreshes(level)):
+                with torch.no_grad():
+                    torch._foreach_add_([p for p, _ in pairs], [d for _, d in pairs])
+        self.step_count += 1
+        self._prepare()
+        return loss
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """Every part's base state, the step count and the drift of the current cycle."""
+        index = {
+            id(p): i for i, p in enumerate(p for level in range(len(self.optimizers)) for p in self._params(level))
+        }
+        drift = [None if pairs is None else [(index[id(p)], d.clone()) for p, d in pairs] for pairs in self._drift]
+        return {
+            "parts": [opt.state_dict() for opt in self.optimizers],
+            "step_count": self.step_count,
+            "drift": drift,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        if not isinstance(state_dict, dict) or set(state_dict) != {"parts", "step_count", "drift"}:
+            raise ValueError("state_dict: expected a Multirate state dict with keys 'parts', 'step_count', 'drift'")
+        if len(state_dict["parts"]) != len(self.optimizers):
+            raise ValueError(
+                f"state_dict: saved with {len(state_dict['parts'])} parts, this one has {len(self.optimizers)}"
+            )
+        for opt, saved in zip(self.optimizers, state_dict["parts"]):
+            opt.load_state_dict(saved)
+        params = [p for level in range(len(self.optimizers)) for p in self._params(level)]
+        self._drift = [
+            None if pairs is None else [(params[i], d.to(params[i])) for i, d in pairs] for pairs in state_dict["drift"]
+        ]
+        self.step_count = int(state_dict["step_count"])
+        self._prepare()
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n}: period {p}" for n, p in zip(self.names, self.periods))
+        return f"Multirate({type(self.optimizers[0]).__name__}; {parts}; drift={self.drift})"
