@@ -21,7 +21,7 @@ setup: $(STAMP)
 # constraints.txt pins the CPU build of torch on this machine's disk: no CUDA download.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench,pretrained,dev]'
 	touch $@
 
 data:

@@ -163,7 +163,7 @@ def test_three_levels_recursive_periods():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.1, 0.3])
     data = batches(13)
     needs = []
-    for t, (x, y) in enumerate(data):
+    for x, y in data:
         needs.append((first.weight.requires_grad, second.weight.requires_grad))
         opt.zero_grad()
         loss_of(model, x, y).backward()

@@ -294,7 +294,7 @@ def run_hidlr_bench(
     nam_epochs: int = 100,
     nam_phi: int = 2,
     gamma: float = 0.9,
-    lora_steps: int = 300,
+    lora_steps: int = 150,
     out: str = "runs/bench-hidlr",
 ) -> dict[str, Any]:
     """The benchmark entry point; options come from ``layerwise bench hidlr --set key=value``."""

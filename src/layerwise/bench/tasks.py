@@ -96,3 +96,5 @@ register_task(
         load_data=_fashion_data,
     )
 )
+
+from . import pretrained_tasks  # noqa: E402, F401  (registers the pretrained-model tasks; imports no heavy library)
