@@ -46,7 +46,8 @@ def _evaluate(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> tupl
     return loss / len(ids), correct / len(ids)
 
 
-def _run(data, batches, lr: float, mode: str, phi: int, gamma: float, seed: int) -> dict[str, Any]:
+def _run(data, batches, lr: float, mode: str, seed: int, **options: Any) -> dict[str, Any]:
+    """One run: ``mode`` is uniform, hi-ulr or hi-dlr; ``options`` go to :class:`HiDLR`."""
     (train_ids, train_labels), (test_ids, test_labels) = data
     model = _model(seed)
     part = by_lora(model)
@@ -56,7 +57,7 @@ def _run(data, batches, lr: float, mode: str, phi: int, gamma: float, seed: int)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr, "weight_decay": 0.01}]
     opt: torch.optim.Optimizer = torch.optim.AdamW(groups)
     if mode != "uniform":
-        opt = HiDLR(opt, update_every=phi, gamma=gamma)
+        opt = HiDLR(opt, **options)
     curve, lrs, start = [], [], time.perf_counter()
     for index in batches:
         x, y = train_ids[index], train_labels[index]
@@ -98,7 +99,8 @@ def lora_comparison(
     eval_size: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Uniform AdamW LRs of :data:`LORA_GRID` vs Hi-ULR vs Hi-DLR, ``steps`` steps each.
+    """Uniform AdamW LRs of :data:`LORA_GRID` vs Hi-ULR and Hi-DLR as published, with ``eta*`` clipped
+    to the grid's top LR, and Hi-DLR with ``joint_scale`` and ``per_group`` on top; ``steps`` steps each.
 
     ``final_train_loss`` is measured after training on a fixed ``eval_size`` slice of the
     training set (eval mode); test metrics on ``eval_size`` held-out tweets.
@@ -108,10 +110,19 @@ def lora_comparison(
     order = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train[0]), generator=order)
     batches = [perm[(i * batch_size) % len(perm) :][:batch_size] for i in range(steps)]
-    runs = {f"uniform {lr:g}": _run(data, batches, lr, "uniform", phi, gamma, seed) for lr in LORA_GRID}
+    runs = {f"uniform {lr:g}": _run(data, batches, lr, "uniform", seed) for lr in LORA_GRID}
     best = min(runs, key=lambda k: runs[k]["final_train_loss"])
-    runs["hi-ulr"] = _run(data, batches, start_lr, "hi-ulr", phi, gamma, seed)
-    runs["hi-dlr"] = _run(data, batches, start_lr, "hi-dlr", phi, gamma, seed)
+    paper = {"update_every": phi, "gamma": gamma}
+    clip = {**paper, "clip": (0.0, max(LORA_GRID))}
+    variants = {
+        "hi-ulr": ("hi-ulr", paper),
+        "hi-dlr": ("hi-dlr", paper),
+        "hi-ulr clip": ("hi-ulr", clip),
+        "hi-dlr clip": ("hi-dlr", clip),
+        "hi-dlr clip+joint+per-group": ("hi-dlr", {**clip, "joint_scale": True, "per_group": True}),
+    }
+    for name, (mode, options) in variants.items():
+        runs[name] = _run(data, batches, start_lr, mode, seed, **options)
     best_loss = runs[best]["final_train_loss"]
     return {
         "model": "all-MiniLM-L6-v2 + LoRA(query, value; r=8, alpha=16), AdamW(weight_decay=0.01)",
@@ -124,5 +135,6 @@ def lora_comparison(
         "best_uniform": best,
         "best_uniform_final_train_loss": best_loss,
         "runs": runs,
-        "target_met": {k: runs[k]["final_train_loss"] <= best_loss for k in ("hi-ulr", "hi-dlr")},
+        "clip": [0.0, max(LORA_GRID)],
+        "target_met": {k: runs[k]["final_train_loss"] <= best_loss for k in runs if k.startswith("hi-")},
     }

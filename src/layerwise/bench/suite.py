@@ -19,13 +19,18 @@ from .. import recipes
 from ..scheduler import LayerwiseLR
 from .freezeout_bench import run_freezeout_bench
 from .hidlr_bench import run_hidlr_bench
+from .multirate_bench import run_multirate_bench
 from .timing import measure
 from .train import train
 
 __all__ = ["BENCHES", "machine_info", "run_bench"]
 
 Bench = Callable[..., dict[str, Any]]
-BENCHES: dict[str, Bench] = {"freezeout": run_freezeout_bench, "hidlr": run_hidlr_bench}
+BENCHES: dict[str, Bench] = {
+    "freezeout": run_freezeout_bench,
+    "hidlr": run_hidlr_bench,
+    "multirate": run_multirate_bench,
+}
 """Name -> ``fn(quick, **options) -> results``."""
 
 
