@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -48,6 +47,7 @@ from torch.optim import Optimizer
 from .groups import Partition
 from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
+from .wrapping import init_hooks
 
 __all__ = ["HiDLR"]
 
@@ -161,15 +161,7 @@ class HiDLR(Optimizer):
                 raise TypeError(f"groups: expected a Partition, got {type(groups).__name__}")
             _check_partition(groups, optimizer.param_groups)
 
-        # Optimizer's hook machinery without its param bookkeeping: the groups stay the base's.
-        self.defaults = optimizer.defaults
-        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._patch_step_function()
+        init_hooks(self, optimizer.defaults)
 
         self.optimizer = optimizer
         self.update_every = update_every

@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .groups import Partition
+from .wrapping import init_hooks
 
 __all__ = ["Multirate"]
 
@@ -180,14 +180,7 @@ class Multirate(Optimizer):
                     group["lr"] = slow_lr
             optimizers.append(base(groups, **base_options))
 
-        self.defaults = {"lr": lr, "drift": drift}
-        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._patch_step_function()
+        init_hooks(self, {"lr": lr, "drift": drift})
         self.optimizers = optimizers
         self.names = names
         self.periods = periods

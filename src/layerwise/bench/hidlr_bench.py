@@ -27,7 +27,7 @@ from torch import nn
 
 from ..groups import by_depth_buckets
 from ..hidlr import HiDLR
-from .hidlr_problems import NAM, TOYS, grid, nam_synthetic_data
+from .hidlr_problems import NAM, TOYS, grid, hidlr_variants, nam_synthetic_data
 from .models import ResNetCNN
 from .tasks import get_task
 
@@ -186,15 +186,7 @@ def _nam(epochs: int, phi: int, gamma: float, start_lr: float, seed: int) -> dic
     data = (nam_synthetic_data(3000, seed=seed), nam_synthetic_data(1000, seed=seed + 100))
     runs = {f"uniform {lr:g}": _nam_run(data, epochs, lr, "uniform", seed) for lr in NAM_GRID}
     best = min(runs, key=lambda k: _finite(runs[k]["final_train_loss"]))
-    paper = {"update_every": phi, "gamma": gamma}
-    clip = {**paper, "clip": (0.0, max(NAM_GRID))}
-    variants = {
-        "hi-ulr": ("hi-ulr", paper),
-        "hi-dlr": ("hi-dlr", paper),
-        "hi-ulr clip": ("hi-ulr", clip),
-        "hi-dlr clip": ("hi-dlr", clip),
-        "hi-dlr clip+joint+per-group": ("hi-dlr", {**clip, "joint_scale": True, "per_group": True}),
-    }
+    variants = hidlr_variants(phi, gamma, max(NAM_GRID))
     for name, (mode, options) in variants.items():
         runs[name] = _nam_run(data, epochs, start_lr, mode, seed, **options)
     best_loss = runs[best]["final_train_loss"]

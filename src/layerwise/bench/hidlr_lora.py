@@ -18,6 +18,7 @@ from torch import nn
 
 from ..groups import by_lora
 from ..hidlr import HiDLR
+from .hidlr_problems import hidlr_variants
 from .lora import add_lora
 from .pretrained import minilm_classifier
 from .tweets import load_tweet_data
@@ -112,15 +113,7 @@ def lora_comparison(
     batches = [perm[(i * batch_size) % len(perm) :][:batch_size] for i in range(steps)]
     runs = {f"uniform {lr:g}": _run(data, batches, lr, "uniform", seed) for lr in LORA_GRID}
     best = min(runs, key=lambda k: runs[k]["final_train_loss"])
-    paper = {"update_every": phi, "gamma": gamma}
-    clip = {**paper, "clip": (0.0, max(LORA_GRID))}
-    variants = {
-        "hi-ulr": ("hi-ulr", paper),
-        "hi-dlr": ("hi-dlr", paper),
-        "hi-ulr clip": ("hi-ulr", clip),
-        "hi-dlr clip": ("hi-dlr", clip),
-        "hi-dlr clip+joint+per-group": ("hi-dlr", {**clip, "joint_scale": True, "per_group": True}),
-    }
+    variants = hidlr_variants(phi, gamma, max(LORA_GRID))
     for name, (mode, options) in variants.items():
         runs[name] = _run(data, batches, start_lr, mode, seed, **options)
     best_loss = runs[best]["final_train_loss"]

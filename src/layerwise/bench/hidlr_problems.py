@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NAM", "TOYS", "Toy", "grid", "nam_synthetic_data"]
+__all__ = ["NAM", "TOYS", "Toy", "grid", "hidlr_variants", "nam_synthetic_data"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +100,17 @@ class NAM(nn.Module):
 def grid(start: float, count: int) -> list[float]:
     """The paper's toy grid ``start * 10^(k/2)``, k = 0..count-1 (App. A.1)."""
     return [start * math.pow(10.0, k / 2) for k in range(count)]
+
+
+def hidlr_variants(phi: int, gamma: float, clip_top: float) -> dict[str, tuple[str, dict]]:
+    """Name -> (mode, HiDLR options) of the compared variants: as published, ``eta*`` clipped to
+    ``[0, clip_top]``, and clipped with this library's ``joint_scale`` and ``per_group``."""
+    paper = {"update_every": phi, "gamma": gamma}
+    clip = {**paper, "clip": (0.0, clip_top)}
+    return {
+        "hi-ulr": ("hi-ulr", paper),
+        "hi-dlr": ("hi-dlr", paper),
+        "hi-ulr clip": ("hi-ulr", clip),
+        "hi-dlr clip": ("hi-dlr", clip),
+        "hi-dlr clip+joint+per-group": ("hi-dlr", {**clip, "joint_scale": True, "per_group": True}),
+    }
