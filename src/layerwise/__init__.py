@@ -26,6 +26,7 @@ from .groups import (
 )
 from .hidlr import HiDLR
 from .multirate import Multirate
+from .random_subsets import RandomSubsetMultirate
 from .scheduler import LayerwiseLR
 from .schedules import (
     Constant,
@@ -65,6 +66,7 @@ __all__ = [
     "Multirate",
     "OneCycle",
     "Partition",
+    "RandomSubsetMultirate",
     "StaggeredOneCycle",
     "StepDrops",
     "Triangular",

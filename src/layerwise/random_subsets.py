@@ -1,0 +1,178 @@
+"""``RandomSubsetMultirate``: multirate regularisation with random slow subsets (Vlaar & Leimkuhler §5.1).
+
+Every cycle a new random subset of the entries of each chosen weight tensor is slow (entry by
+entry with the tensor's probability). During the cycle's ``k`` fast steps the slow entries are
+set to zero and only the fast entries are updated (step ``h``). Then the slow entries get their
+values back and one step updates all entries together: the fast ones with ``h``, the slow ones
+with ``h * k`` (or an uncoupled ``slow_lr``). A cycle is ``k + 1`` optimizer steps; then a new
+subset is drawn. Use :meth:`full_weights` to evaluate mid-cycle with every weight in place.
+
+The base algorithm is torch SGD (``momentum``, ``weight_decay`` allowed): the slow entries' larger
+step is applied by scaling their gradient by ``slow_lr / h`` on the joint step.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
+    >>> opt = RandomSubsetMultirate(net.parameters(), lr=0.1, k=5,
+    ...                             probabilities={net[0].weight: 0.8, net[2].weight: 0.5})
+    >>> with opt.full_weights():
+    ...     pass  # evaluate here
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .wrapping import init_hooks
+
+__all__ = ["RandomSubsetMultirate"]
+
+
+class RandomSubsetMultirate(Optimizer):
+    """SGD where random subsets of chosen tensors are slow and deactivated for ``k`` steps.
+
+    Args:
+        params: the parameters (or param-group dicts) to optimize.
+        lr: ``h``, the fast step.
+        k: fast steps per cycle, an int >= 1.
+        probabilities: ``{parameter: p}``: each entry of the tensor is slow with probability p.
+        slow_lr: the slow entries' step on the joint step (default ``h * k``).
+        seed: seed of the optimizer's own generator (its state is in ``state_dict``).
+        **sgd_options: ``momentum``, ``weight_decay``... for the base ``torch.optim.SGD``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        k: int,
+        probabilities: Mapping[Tensor, float],
+        *,
+        slow_lr: float | None = None,
+        seed: int = 0,
+        **sgd_options: Any,
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: must be an int >= 1, got {k!r}")
+        for name, value in (("lr", lr), ("slow_lr", slow_lr)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            ):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+        base = torch.optim.SGD(params, lr=lr, **sgd_options)
+        owned = {id(p) for g in base.param_groups for p in g["params"]}
+        if not probabilities:
+            raise ValueError("probabilities: give at least one {parameter: probability}")
+        for p, prob in probabilities.items():
+            if id(p) not in owned:
+                raise ValueError("probabilities: names a tensor that is not among params")
+            if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+                raise ValueError(f"probabilities: each probability must be in [0, 1], got {prob!r}")
+        init_hooks(self, base.defaults)
+        self.optimizer = base
+        self.k = k
+        self.lr = float(lr)
+        self.slow_lr = float(lr * k if slow_lr is None else slow_lr)
+        self.probabilities = [(p, float(prob)) for p, prob in probabilities.items()]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step_count = 0
+        self._masks: list[Tensor] = []  # True = slow, per entry
+        self._kept: list[Tensor] = []  # the slow entries' values while they are zeroed
+        self._draw()
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def joint_step(self) -> bool:
+        """Whether the next step is the cycle's joint step (slow entries back in place)."""
+        return self.step_count % (self.k + 1) == self.k
+
+    @torch.no_grad()
+    def _draw(self) -> None:
+        """New slow subsets; their entries are kept aside and zeroed."""
+        self._masks = [
+            torch.rand(p.shape, generator=self.generator).lt(prob).to(p.device) for p, prob in self.probabilities
+        ]
+        self._kept = [
+            torch.where(mask, p, torch.zeros_like(p)) for (p, _), mask in zip(self.probabilities, self._masks)
+        ]
+        for (p, _), mask in zip(self.probabilities, self._masks):
+            p.masked_fill_(mask, 0.0)
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        for (p, _), mask, kept in zip(self.probabilities, self._masks, self._kept):
+            p.copy_(torch.where(mask, kept, p))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        """A fast step (slow entries stay zero) or the joint step (slow entries move ``slow_lr``)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        joint = self.joint_step
+        for (p, _), mask in zip(self.probabilities, self._masks):
+            if p.grad is not None:
+                slow = self.slow_lr / self.lr if self.lr else 0.0
+                p.grad.mul_(torch.where(mask, slow if joint else 0.0, 1.0).to(p.grad.dtype))
+        self.optimizer.step()
+        if not joint:  # the slow entries stay deactivated (weight decay or momentum may have moved them)
+            for (p, _), mask in zip(self.probabilities, self._masks):
+                p.masked_fill_(mask, 0.0)
+        self.step_count += 1
+        if self.joint_step:
+            self._restore()
+        elif joint:
+            self._draw()
+        return loss
+
+    @contextmanager
+    def full_weights(self) -> Iterator[None]:
+        """Every weight in place for the block (evaluation mid-cycle); the zeros come back after."""
+        if self.joint_step:
+            yield
+            return
+        current = [p.detach().clone() for p, _ in self.probabilities]
+        self._restore()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (p, _), saved in zip(self.probabilities, current):
+                    p.copy_(saved)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            "base": self.optimizer.state_dict(),
+            "step_count": self.step_count,
+            "generator": self.generator.get_state(),
+            "masks": [m.clone() for m in self._masks],
+            "kept": [v.clone() for v in self._kept],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        expected = {"base", "step_count", "generator", "masks", "kept"}
+        if not isinstance(state_dict, dict) or set(state_dict) != expected:
+            raise ValueError(f"state_dict: expected a RandomSubsetMultirate state dict with keys {sorted(expected)}")
+        self.optimizer.load_state_dict(state_dict["base"])
+        self.step_count = int(state_dict["step_count"])
+        self.generator.set_state(state_dict["generator"])
+        self._masks = [m.to(p.device) for m, (p, _) in zip(state_dict["masks"], self.probabilities)]
+        self._kept = [v.to(p) for v, (p, _) in zip(state_dict["kept"], self.probabilities)]
