@@ -88,4 +88,4 @@ def run_multirate_bench(
             "bench multirate: only --quick (timing) is built so far; the accuracy-at-equal-epochs "
             "comparison is not implemented yet"
         )
-    return _timing(task, k, cycles or 2, repeats or 2, batch_size)
+    return _timing(task, k, cycles or 2, repeats or 3, batch_size)
