@@ -361,3 +361,12 @@ def test_random_subsets_bad_input():
     with pytest.raises(ValueError, match="probabilities"):
         layerwise.RandomSubsetMultirate(model.head.parameters(), lr=0.1, k=2, probabilities={model.body[0].weight: 0.5})
     assert not (model.head.weight == 0).any()
+
+
+def test_unused_parameters_with_no_grad_do_not_crash():
+    model = make()
+    unused = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = Multirate(model.head.parameters(), [*model.body.parameters(), unused], lr=0.1, k=2, momentum=0.9)
+    run(opt, model, batches(5))
+    assert torch.equal(unused.detach(), torch.ones(3, dtype=torch.float64))
+    assert opt.step_count == 5
