@@ -2,9 +2,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-from layerwise.bench.suite import run_bench
+import torch
 
 
 def test_bench_multirate_quick_json_last_line():
@@ -18,6 +16,17 @@ def test_bench_multirate_quick_json_last_line():
     assert 0.5 < result["speedup"] < 2.5
 
 
-def test_bench_multirate_full_run_says_it_is_not_built():
-    with pytest.raises(ValueError, match="not implemented"):
-        run_bench("multirate", quick=False)
+def test_subset_study_runs_and_evaluates_with_full_weights(monkeypatch):
+    from layerwise.bench import multirate_bench
+    from layerwise.bench.tasks import TaskData
+
+    g = torch.Generator().manual_seed(0)
+    data = TaskData(
+        (torch.randn(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)),
+        (torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)),
+    )
+    monkeypatch.setattr(multirate_bench, "get_task", lambda name: type("T", (), {"load_data": lambda *a: data})())
+    report = multirate_bench._subsets(epochs=1, seeds=2, hidden=16, k=2)
+    assert set(report["methods"]) == {"sgd", "random-subset multirate k=2"}
+    for summary in report["methods"].values():
+        assert len(summary["test_accuracies"]) == 2 and 0.0 <= summary["test_accuracy_mean"] <= 1.0
