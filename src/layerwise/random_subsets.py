@@ -82,6 +82,8 @@ class RandomSubsetMultirate(Optimizer):
         self.slow_lr = float(lr * k if slow_lr is None else slow_lr)
         self.probabilities = [(p, float(prob)) for p, prob in probabilities.items()]
         self.generator = torch.Generator().manual_seed(seed)
+        group_options = [(g.get("momentum", 0.0), g.get("weight_decay", 0.0)) for g in base.param_groups]
+        self._may_move_zeros = any(m != 0.0 or wd != 0.0 for m, wd in group_options)
         self.step_count = 0
         self._masks: list[Tensor] = []  # True = slow, per entry
         self._kept: list[Tensor] = []  # the slow entries' values while they are zeroed
@@ -114,6 +116,14 @@ class RandomSubsetMultirate(Optimizer):
         ]
         for (p, _), mask in zip(self.probabilities, self._masks):
             p.masked_fill_(mask, 0.0)
+        self._scales()
+
+    def _scales(self) -> None:
+        """Gradient factors of the cycle: 0 on slow entries for fast steps, ``slow_lr / h`` on the joint step."""
+        slow = self.slow_lr / self.lr if self.lr else 0.0
+        pairs = [(p, m) for (p, _), m in zip(self.probabilities, self._masks)]
+        self._fast_scales = [(~m).to(p.dtype) for p, m in pairs]
+        self._joint_scales = [torch.where(m, slow, 1.0).to(p.dtype) for p, m in pairs]
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -128,12 +138,11 @@ class RandomSubsetMultirate(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         joint = self.joint_step
-        for (p, _), mask in zip(self.probabilities, self._masks):
+        for (p, _), scale in zip(self.probabilities, self._joint_scales if joint else self._fast_scales):
             if p.grad is not None:
-                slow = self.slow_lr / self.lr if self.lr else 0.0
-                p.grad.mul_(torch.where(mask, slow if joint else 0.0, 1.0).to(p.grad.dtype))
+                p.grad.mul_(scale)
         self.optimizer.step()
-        if not joint:  # the slow entries stay deactivated (weight decay or momentum may have moved them)
+        if not joint and self._may_move_zeros:  # momentum or weight decay could move the deactivated entries
             for (p, _), mask in zip(self.probabilities, self._masks):
                 p.masked_fill_(mask, 0.0)
         self.step_count += 1
@@ -176,3 +185,4 @@ class RandomSubsetMultirate(Optimizer):
         self.generator.set_state(state_dict["generator"])
         self._masks = [m.to(p.device) for m, (p, _) in zip(state_dict["masks"], self.probabilities)]
         self._kept = [v.to(p) for v, (p, _) in zip(state_dict["kept"], self.probabilities)]
+        self._scales()
