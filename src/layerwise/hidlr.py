@@ -47,7 +47,7 @@ from torch.optim import Optimizer
 from .groups import Partition
 from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
-from .wrapping import init_hooks
+from .wrapping import Wrapper, init_hooks
 
 __all__ = ["HiDLR"]
 
@@ -81,7 +81,7 @@ def _check_partition(partition: Partition, param_groups: Sequence[dict[str, Any]
         )
 
 
-class HiDLR(Optimizer):
+class HiDLR(Wrapper):
     """Wraps ``optimizer``; finds each group's learning rate from probe losses every few steps.
 
     Args:
@@ -198,14 +198,6 @@ class HiDLR(Optimizer):
     # -- the base optimizer's view -------------------------------------------------------
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    @property
     def group_names(self) -> list[str]:
         """Names of the K groups, in order."""
         return list(self._names)
@@ -214,9 +206,6 @@ class HiDLR(Optimizer):
     def lrs(self) -> dict[str, float]:
         """Current found (unscheduled) learning rate of every group."""
         return dict(zip(self._names, self.eta))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer; a new name starts a new group at its ``lr``."""

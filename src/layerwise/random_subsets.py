@@ -28,14 +28,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from .wrapping import init_hooks
+from .wrapping import Wrapper, init_hooks
 
 __all__ = ["RandomSubsetMultirate"]
 
 
-class RandomSubsetMultirate(Optimizer):
+class RandomSubsetMultirate(Wrapper):
     """SGD where random subsets of chosen tensors are slow and deactivated for ``k`` steps.
 
     Args:
@@ -88,17 +87,6 @@ class RandomSubsetMultirate(Optimizer):
         self._masks: list[Tensor] = []  # True = slow, per entry
         self._kept: list[Tensor] = []  # the slow entries' values while they are zeroed
         self._draw()
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     @property
     def joint_step(self) -> bool:

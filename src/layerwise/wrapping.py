@@ -18,7 +18,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-__all__ = ["init_hooks"]
+__all__ = ["Wrapper", "init_hooks"]
 
 
 def init_hooks(optimizer: Optimizer, defaults: dict[str, Any]) -> None:
@@ -31,3 +31,25 @@ def init_hooks(optimizer: Optimizer, defaults: dict[str, Any]) -> None:
     optimizer._optimizer_load_state_dict_pre_hooks = OrderedDict()
     optimizer._optimizer_load_state_dict_post_hooks = OrderedDict()
     optimizer._patch_step_function()
+
+
+class Wrapper(Optimizer):
+    """Base of optimizers that keep their parameters in one wrapped ``self.optimizer``.
+
+    ``param_groups``, ``state`` and ``zero_grad`` are the wrapped optimizer's, so schedulers,
+    loggers and ``GradScaler`` see its groups; subclasses call :func:`init_hooks` and set
+    ``self.optimizer`` in ``__init__``.
+    """
+
+    optimizer: Optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
