@@ -30,3 +30,18 @@ def test_subset_study_runs_and_evaluates_with_full_weights(monkeypatch):
     assert set(report["methods"]) == {"sgd", "random-subset multirate k=2"}
     for summary in report["methods"].values():
         assert len(summary["test_accuracies"]) == 2 and 0.0 <= summary["test_accuracy_mean"] <= 1.0
+
+
+def test_finetune_methods_train_the_right_parts():
+    from layerwise.bench.multirate_bench import _finetune_run
+    from layerwise.bench.tasks import TaskData
+
+    g = torch.Generator().manual_seed(0)
+    data = TaskData(
+        (torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)),
+        (torch.rand(50, 1, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g)),
+    )
+    for method in ("full", "multirate k=2, fast = head", "multirate k=2, fast = head + last block", "head only"):
+        result = _finetune_run(data, method, seed=0, epochs=1, k=2, lr=1e-3)
+        assert len(result["step_times"]) == 2 and len(result["curve"]) == 1
+        assert 0.0 <= result["test_accuracy"] <= 1.0
