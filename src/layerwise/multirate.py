@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .groups import Partition
+from .schedules import _finite_nonneg
 from .wrapping import init_hooks
 
 __all__ = ["Multirate"]
@@ -67,12 +68,6 @@ def _groups(argument: str, params: Params) -> list[dict[str, Any]]:
     if not any(group["params"] for group in groups):
         raise ValueError(f"{argument}: is empty; every part needs at least one parameter")
     return groups
-
-
-def _check_nonnegative(argument: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{argument}: must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 class Multirate(Optimizer):
@@ -151,12 +146,12 @@ class Multirate(Optimizer):
         return cls(fast_groups, slow_groups, lr, k, **options)
 
     def _setup(self, parts, names, periods, lr, slow_lr, drift, base, base_options, model=None) -> None:
-        lr = _check_nonnegative("lr", lr)
+        lr = _finite_nonneg("lr", lr)
         if slow_lr is not None:
-            slow_lr = _check_nonnegative("slow_lr", slow_lr)
+            slow_lr = _finite_nonneg("slow_lr", slow_lr)
         for key in ("momentum", "weight_decay"):
             if key in base_options:
-                _check_nonnegative(key, base_options[key])
+                _finite_nonneg(key, base_options[key])
         if not (isinstance(base, type) and issubclass(base, Optimizer)):
             raise TypeError(f"base: expected a torch.optim.Optimizer class, got {base!r}")
         level_groups = [_groups(name, part) for name, part in zip(names, parts)]

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .schedules import _finite_nonneg
 from .wrapping import Wrapper, init_hooks
 
 __all__ = ["RandomSubsetMultirate"]
@@ -60,11 +60,9 @@ class RandomSubsetMultirate(Wrapper):
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k: must be an int >= 1, got {k!r}")
-        for name, value in (("lr", lr), ("slow_lr", slow_lr)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
-            ):
-                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+        _finite_nonneg("lr", lr)
+        if slow_lr is not None:
+            _finite_nonneg("slow_lr", slow_lr)
         base = torch.optim.SGD(params, lr=lr, **sgd_options)
         owned = {id(p) for g in base.param_groups for p in g["params"]}
         if not probabilities:
