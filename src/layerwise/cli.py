@@ -3,7 +3,8 @@
 Subcommands:
     schedule RECIPE   show a schedule before training (JSON and/or PNG plot)
     bench NAME        run a named benchmark; with --json the last stdout line is its JSON
-    train             a short training run of a task under a layer-wise schedule (the main job)
+    train             a short training run of a task under a layer-wise schedule
+    compare           train a task with several techniques side by side and report (the main job)
 
 Example:
     $ layerwise schedule llr --groups 3 --steps 100 --start 2,1,0.5 --end 0.5,1,2 \\
@@ -233,19 +234,81 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="train a task with several techniques side by side (the main job)")
+    p.add_argument("--task", default="fashion-mnist", help="a registered task (see --list)")
+    p.add_argument("--methods", help="comma-separated methods (default: every one that applies to the task)")
+    p.add_argument("--study", help="a built-in study instead of --methods: llr (Smith's layer-LR experiment)")
+    p.add_argument("--seeds", type=int, help="seeds per method (default 1; the llr study: 3)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the task's)")
+    p.add_argument("--train-size", type=int, help="train on the first N examples (default: the task's budget)")
+    p.add_argument("--policy", default="cosine", help=f"global LR policy: {', '.join(sorted(recipes.POLICIES))}")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting")
+    p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
+    p.add_argument("--out", type=Path, help="output directory (default runs/compare or runs/study-NAME)")
+    p.add_argument("--list", action="store_true", help="list the tasks and methods and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .bench.tasks import TASKS
+    from .compare import METHODS, compare, parse_overrides
+
+    if args.list:
+        print("tasks:")
+        for name, task in TASKS.items():
+            print(f"  {name:18} {task.description}")
+        print("methods:")
+        for name, method in METHODS.items():
+            print(f"  {name:18} {method.description}; settings {dict(method.defaults)}")
+        return 0
+    common = {
+        "epochs": args.epochs,
+        "train_size": args.train_size,
+        "quick": args.quick,
+        "progress": not args.no_progress,
+    }
+    if args.study:
+        from .compare.study import run_study
+
+        if args.methods or args.set:
+            raise ValueError("--study: runs its own variants; drop --methods and --set")
+        result = run_study(args.study, seeds=args.seeds or 3, out=args.out, **common)
+        print(result["text"])
+        return 0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    result = compare(
+        args.task,
+        methods,
+        settings=parse_overrides(args.set),
+        seeds=args.seeds or 1,
+        policy=args.policy,
+        out=args.out or Path("runs/compare"),
+        **common,
+    )
+    paths = result["paths"]
+    print(f"\n{result['setting']}\n\n{result['table']}\n")
+    print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots'])} plots, run records in {paths['runs']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="layerwise", description="Per-layer learning-rate control for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_schedule(sub)
     _add_bench(sub)
     _add_train(sub)
+    _add_compare(sub)
     args = parser.parse_args(argv)
-    handlers = {"schedule": _schedule, "bench": _bench, "train": _train}
+    handlers = {"schedule": _schedule, "bench": _bench, "train": _train, "compare": _compare}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"layerwise {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"layerwise {args.command}: interrupted; finished runs are kept, rerun to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -297,7 +297,7 @@ class HiDLR(Wrapper):
                     opt.state.pop(p, None)
             for group, lr in zip(opt.param_groups, saved_lrs):
                 _set_lr(group, lr)
-            if self.model is not None:
+            if buffers:
                 torch._foreach_copy_(list(self.model.buffers()), buffers)
         self._update_eta(active, fit)
 

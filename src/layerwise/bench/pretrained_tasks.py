@@ -63,6 +63,7 @@ register_task(
         batch_size=32,
         lr=5e-5,
         weight_decay=0.01,
+        optimizer="adamw",
     )
 )
 
@@ -81,5 +82,6 @@ register_task(
         batch_size=64,
         lr=1e-3,
         weight_decay=0.01,
+        optimizer="adamw",
     )
 )

@@ -16,10 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..groups import Partition, by_layer
 from .fashion_mnist import load_fashion_mnist
 from .models import ResNetCNN
 
-__all__ = ["TASKS", "Task", "TaskData", "get_task", "register_task"]
+__all__ = ["OPTIMIZERS", "TASKS", "Task", "TaskData", "get_task", "make_optimizer", "register_task"]
+
+OPTIMIZERS = ("sgd", "adamw", "gd")
+"""``sgd``: SGD with Nesterov momentum 0.9; ``adamw``: AdamW; ``gd``: plain gradient descent."""
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -42,7 +46,12 @@ class Task:
         load_data: ``load_data(data_dir, quick) -> TaskData``.
         loss: loss function ``loss(outputs, targets)``.
         epochs: default epochs; ``quick_epochs`` for ``--quick``.
-        batch_size, lr, weight_decay: default training settings (SGD with Nesterov momentum).
+        batch_size, lr, weight_decay: default training settings.
+        optimizer: one of :data:`OPTIMIZERS`.
+        metric: ``"accuracy"`` (classification, higher is better) or ``"loss"`` (lower is better).
+        partition: ``partition(model, sample_input) -> Partition``; default: the layers in data-flow order.
+        head: the last group is an output head (what Multirate trains fast by default).
+        train_size: examples ``layerwise compare`` trains on by default (None: all).
     """
 
     name: str
@@ -56,6 +65,30 @@ class Task:
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    metric: str = "accuracy"
+    partition: Callable[[nn.Module, Any], Partition] | None = None
+    head: bool = True
+    train_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: unknown {self.optimizer!r}; choose from {list(OPTIMIZERS)}")
+        if self.metric not in ("accuracy", "loss"):
+            raise ValueError(f"metric: expected 'accuracy' or 'loss', got {self.metric!r}")
+
+    def groups(self, model: nn.Module) -> Partition:
+        """The task's partition of ``model`` (layers in data-flow order unless the task says otherwise)."""
+        sample = self.sample_input()
+        return by_layer(model, sample_input=sample) if self.partition is None else self.partition(model, sample)
+
+
+def make_optimizer(task: Task, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The task's optimizer over ``param_groups`` (their ``lr`` and ``weight_decay`` win)."""
+    if task.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=task.lr, weight_decay=task.weight_decay)
+    momentum = 0.9 if task.optimizer == "sgd" else 0.0
+    return torch.optim.SGD(param_groups, lr=task.lr, momentum=momentum, nesterov=momentum > 0)
 
 
 TASKS: dict[str, Task] = {}
@@ -94,7 +127,8 @@ register_task(
         make_model=ResNetCNN,
         sample_input=lambda: torch.zeros(2, 1, 28, 28),
         load_data=_fashion_data,
+        train_size=20000,
     )
 )
 
-from . import pretrained_tasks  # noqa: E402, F401  (registers the pretrained-model tasks; imports no heavy library)
+from . import hidlr_tasks, pretrained_tasks  # noqa: E402, F401  (register more tasks; import no heavy library)

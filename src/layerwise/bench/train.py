@@ -19,7 +19,7 @@ from ..freezeout import FreezeOut
 from ..groups import by_block, by_layer
 from ..scheduler import LayerwiseLR
 from .models import build_model
-from .tasks import Task, TaskData, get_task
+from .tasks import Task, TaskData, get_task, make_optimizer
 from .timing import peak_memory_mb, summarize_ms
 
 __all__ = ["evaluate", "train"]
@@ -42,7 +42,10 @@ def evaluate(
     task: Task,
     batch_size: int = 1000,
 ) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` on ``split`` (eval mode, restored afterwards)."""
+    """Mean loss (and accuracy, for classification tasks) of ``model`` on ``split``.
+
+    The model is in eval mode meanwhile and goes back to its previous mode afterwards.
+    """
     was_training = model.training
     model.eval()
     x, y = split
@@ -50,10 +53,14 @@ def evaluate(
     for start in range(0, len(x), batch_size):
         out = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
-        loss_sum += float(task.loss(out, target, reduction="sum"))
-        correct += int((out.argmax(1) == target).sum())
+        loss_sum += float(task.loss(out, target)) * len(target)
+        if task.metric == "accuracy":
+            correct += int((out.argmax(1) == target).sum())
     model.train(was_training)
-    return {"loss": loss_sum / len(x), "accuracy": correct / len(x)}
+    result = {"loss": loss_sum / len(x)}
+    if task.metric == "accuracy":
+        result["accuracy"] = correct / len(x)
+    return result
 
 
 def train(
@@ -75,7 +82,8 @@ def train(
     """Train ``task`` once with a layer-wise schedule; return a JSON-ready result.
 
     Groups are the model's layers in traced execution order (or its modules at ``depth``);
-    the optimizer is SGD with Nesterov momentum, weight decay off for biases and norms;
+    the optimizer is the task's (SGD with Nesterov momentum by default), weight decay off for
+    biases and norms;
     the schedule steps every batch. ``recipe="freezeout"`` runs :class:`FreezeOut` (real
     freezing); ``model`` swaps in a built-in model; ``train_size`` keeps the first images.
     """
@@ -90,10 +98,8 @@ def train(
     else:
         net, sample = build_model(model)
     partition = by_layer(net, sample_input=sample) if depth is None else by_block(net, depth, sample_input=sample)
-    optimizer = torch.optim.SGD(
-        partition.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm")),
-        momentum=0.9,
-        nesterov=True,
+    optimizer = make_optimizer(
+        task, partition.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm"))
     )
     x_train, y_train = data.train
     if train_size is not None:
@@ -139,7 +145,7 @@ def train(
                     "epoch": epoch + 1,
                     "seconds": time.perf_counter() - start,
                     "test_loss": metrics["loss"],
-                    "test_accuracy": metrics["accuracy"],
+                    "test_accuracy": metrics.get("accuracy"),
                 }
             )
     wall = time.perf_counter() - start

@@ -1,0 +1,158 @@
+"""One training run of a task with one method: same seed, data order and step budget for every method.
+
+The loop is the standard one (``loss.backward(); optimizer.step(); scheduler.step()``), with a
+loss closure for the methods that probe losses. Only the training steps are timed; the test
+evaluations in between are not.
+
+Example:
+    >>> from layerwise.compare.runner import run_one
+    >>> record = run_one("ellipse", "hidlr", seed=0)  # doctest: +SKIP
+    >>> record["test_metric"], record["wall_clock_s"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from ..bench.tasks import Task, TaskData, get_task
+from ..bench.train import evaluate
+from ..hidlr import HiDLR
+from .methods import build_setup, resolve_settings
+
+__all__ = ["group_lrs", "run_one"]
+
+LR_SAMPLES = 200
+"""At most this many sampled steps of every group's LR are kept per run."""
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each named group's current LR (param-group dicts sharing a name report the first one's)."""
+    lrs: dict[str, float] = {}
+    for index, group in enumerate(optimizer.param_groups):
+        lrs.setdefault(str(group.get("name", index)), float(group["lr"]))
+    return lrs
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def run_one(
+    task: str | Task,
+    method: str,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    train_size: int | None = None,
+    policy: str = "cosine",
+    quick: bool = False,
+    data: TaskData | None = None,
+    eval_points: int = 4,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``task`` with ``method`` once and return a JSON-ready record of the run.
+
+    Args:
+        settings: overrides of the method's default settings.
+        epochs: default: the task's (its quick epochs with ``quick``).
+        train_size: keep the first examples of the train split (default: all).
+        policy: the global LR policy every scheduled method shares.
+        eval_points: test evaluations, evenly spaced over the run (the last one at its end).
+        on_step: ``on_step(step, total, loss)`` after every step (progress bars).
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    settings = resolve_settings(method, settings)
+    epochs = epochs or (task.quick_epochs if quick else task.epochs)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs: must be an int >= 1, got {epochs!r}")
+    data = data or task.load_data(None, quick)
+    x_train, y_train = data.train
+    if train_size is not None:
+        x_train, y_train = x_train[:train_size], y_train[:train_size]
+    steps_per_epoch = -(-len(x_train) // task.batch_size)
+    total = epochs * steps_per_epoch
+    torch.manual_seed(seed)
+    model = task.make_model()
+    setup = build_setup(task, model, method, total, policy, settings)
+    optimizer = setup.optimizer
+    names = list(group_lrs(optimizer))
+    evaluate_at = {max(1, round(total * i / eval_points)) for i in range(1, eval_points + 1)}
+    lr_every = max(1, total // LR_SAMPLES)
+    order = torch.Generator().manual_seed(seed)
+
+    losses: list[float] = []
+    curve: list[dict[str, float]] = []
+    lr_steps: list[int] = []
+    lr_trace: dict[str, list[float]] = {n: [] for n in names}
+    frozen_at: dict[str, int] = {}
+    seconds, step, diverged_at = 0.0, 0, None
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_train), generator=order)
+        for i in range(steps_per_epoch):
+            idx = perm[i * task.batch_size : (i + 1) * task.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if step % lr_every == 0:
+                lr_steps.append(step)
+                for name, lr in group_lrs(optimizer).items():
+                    lr_trace[name].append(lr)
+            start = time.perf_counter()
+            loss = task.loss(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if setup.closure:
+                optimizer.step(lambda xb=xb, yb=yb: task.loss(model(xb), yb))
+            else:
+                optimizer.step()
+            if setup.scheduler is not None:
+                setup.scheduler.step()
+            seconds += time.perf_counter() - start
+            step += 1
+            value = loss.item()
+            losses.append(value if math.isfinite(value) else None)
+            if setup.freezer is not None:
+                for name in set(setup.freezer.frozen) - set(frozen_at):
+                    frozen_at[name] = step
+            if on_step is not None:
+                on_step(step, total, value)
+            if not math.isfinite(value):
+                diverged_at = step
+                break
+            if step in evaluate_at:
+                metrics = evaluate(model, data.test, task)
+                curve.append({"step": step, "seconds": seconds, **{f"test_{k}": v for k, v in metrics.items()}})
+        if diverged_at is not None:
+            break
+    final = curve[-1] if curve and diverged_at is None else {}
+    tail = [v if v is not None else math.nan for v in losses[-max(1, steps_per_epoch // 10) :]]
+    record: dict[str, Any] = {
+        "task": task.name,
+        "method": method,
+        "settings": dict(settings),
+        "seed": seed,
+        "epochs": epochs,
+        "steps": total,
+        "train_size": len(x_train),
+        "policy": policy,
+        "metric": task.metric,
+        "groups": names,
+        "wall_clock_s": seconds,
+        "test_metric": _finite_or_none(final.get(f"test_{task.metric}")),
+        "test_loss": _finite_or_none(final.get("test_loss")),
+        "final_train_loss": _finite_or_none(sum(tail) / len(tail)),
+        "diverged_at": diverged_at,
+        "curve": curve,
+        "train_loss": losses,
+        "lr_steps": lr_steps,
+        "lr": lr_trace,
+        "frozen_at": frozen_at,
+    }
+    if isinstance(optimizer, HiDLR):
+        record["hidlr"] = {k: v for k, v in optimizer.stats.items()}
+    return record

@@ -1,0 +1,87 @@
+"""Runs of a comparison, stored as they finish in one SQLite file (``DIR/runs.sqlite``).
+
+The file remembers the configuration it was made for (task, budget, policy); opening it with a
+different one raises ValueError instead of mixing results. Every run is keyed by its method,
+settings and seed: a finished run is never redone, a failed one is kept with its error until
+it is tried again.
+
+Example:
+    >>> store = RunStore("runs/compare/runs.sqlite", {"task": "fashion-mnist"})  # doctest: +SKIP
+    >>> store.save(store.key("baseline", {}, 0), record)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY, method TEXT NOT NULL, seed INTEGER NOT NULL, status TEXT NOT NULL,
+    record TEXT, error TEXT, finished REAL NOT NULL
+);
+"""
+
+
+class RunStore:
+    """The runs of one comparison configuration (``config``: a JSON-ready dict)."""
+
+    def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        wanted = json.dumps(config, sort_keys=True)
+        self._db = sqlite3.connect(self.path)
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM config WHERE key = 'config'").fetchone()
+        if row is None:
+            with self._db:
+                self._db.execute("INSERT INTO config VALUES ('config', ?)", (wanted,))
+        elif row[0] != wanted:
+            self._db.close()
+            raise ValueError(
+                f"--out: {self.path.parent} holds runs of a different configuration ({row[0]}); "
+                f"this one is {wanted}. Choose another --out or delete {self.path}"
+            )
+        self.config = config
+
+    @staticmethod
+    def key(method: str, settings: dict[str, Any], seed: int) -> str:
+        return f"{method}|{json.dumps(settings, sort_keys=True)}|{seed}"
+
+    def finished(self, key: str) -> dict[str, Any] | None:
+        """The record of a finished run, or None (never run, or failed)."""
+        row = self._db.execute("SELECT record FROM runs WHERE key = ? AND status = 'ok'", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def error(self, key: str) -> str | None:
+        row = self._db.execute("SELECT error FROM runs WHERE key = ? AND status = 'failed'", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def save(self, key: str, record: dict[str, Any]) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, 'ok', ?, NULL, ?)",
+                (key, record["method"], record["seed"], json.dumps(record), time.time()),
+            )
+
+    def fail(self, key: str, method: str, seed: int, error: str) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, 'failed', NULL, ?, ?)",
+                (key, method, seed, error, time.time()),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
