@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: main test setup data bench clean
 
 main: setup data
-	$(BIN)/layerwise train
+	$(BIN)/layerwise compare
 
 test: setup data
 	$(BIN)/ruff check src tests

@@ -104,9 +104,12 @@ def _llr(
     start: Sequence[float] | None = None,
     end: Sequence[float] | None = None,
     windows: Sequence[Sequence[float]] | None = None,
+    first: float = 1.5,
+    last: float = 0.5,
 ) -> LayerSchedule:
+    """Per-group ``start``/``end`` lists, or a depth ramp ``first`` -> ``last`` that reverses by the end."""
     if start is None and end is None:
-        rule = DepthRamp(num_groups, 1.5, 0.5, reverse=True, window=(0, 1))
+        rule = DepthRamp(num_groups, first, last, reverse=True, window=(0, 1))
         if windows is not None:
             rule = LinearInTime(rule.start, rule.end, windows)
     else:

@@ -25,33 +25,37 @@ __all__ = [
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv-BN layers with a (projected) shortcut."""
+    """ResNet basic block: two 3x3 conv-BN layers with a (projected) shortcut; ``residual=False``
+    drops the shortcut (a plain two-layer conv block)."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, residual: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
+        self.shortcut: nn.Module | None = nn.Identity() if residual else None
+        if residual and (stride != 1 or cin != cout):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return torch.relu(out if self.shortcut is None else out + self.shortcut(x))
 
 
 class ResNetCNN(nn.Module):
-    """A small ResNet for 28x28 grey images: stem, three stages, linear head."""
+    """A small ResNet for 28x28 grey images: stem, three stages, linear head.
 
-    def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 1) -> None:
+    ``residual=False`` gives the same network without shortcuts: a plain 7-layer CNN.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 1, residual: bool = True) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.layer1 = BasicBlock(width, width)
-        self.layer2 = BasicBlock(width, 2 * width, stride=2)
-        self.layer3 = BasicBlock(2 * width, 4 * width, stride=2)
+        self.layer1 = BasicBlock(width, width, residual=residual)
+        self.layer2 = BasicBlock(width, 2 * width, stride=2, residual=residual)
+        self.layer3 = BasicBlock(2 * width, 4 * width, stride=2, residual=residual)
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,6 +148,10 @@ def _resnet() -> tuple[nn.Module, torch.Tensor]:
     return ResNetCNN(), torch.zeros(2, 1, 28, 28)
 
 
+def _plain() -> tuple[nn.Module, torch.Tensor]:
+    return ResNetCNN(residual=False), torch.zeros(2, 1, 28, 28)
+
+
 def _transformer() -> tuple[nn.Module, torch.Tensor]:
     return TransformerClassifier(), torch.zeros(2, 16, dtype=torch.long)
 
@@ -166,6 +174,7 @@ def _densenet() -> tuple[nn.Module, torch.Tensor]:
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor]]] = {
     "resnet-cnn": _resnet,
+    "plain-cnn": _plain,
     "densenet-bc": _densenet,
     "transformer": _transformer,
     "mlp": _mlp,

@@ -131,4 +131,15 @@ register_task(
     )
 )
 
+register_task(
+    Task(
+        name="fashion-mnist-plain",
+        description="Fashion-MNIST, the same network without its residual shortcuts (a plain CNN), from scratch",
+        make_model=lambda: ResNetCNN(residual=False),
+        sample_input=lambda: torch.zeros(2, 1, 28, 28),
+        load_data=_fashion_data,
+        train_size=20000,
+    )
+)
+
 from . import hidlr_tasks, pretrained_tasks  # noqa: E402, F401  (register more tasks; import no heavy library)

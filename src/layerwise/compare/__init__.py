@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from ..bench.tasks import Task, get_task
+from ..bench.tasks import Task, TaskData, get_task
 from .methods import METHODS, Method, check_methods, register_method, resolve_settings
 from .report import markdown_table, plot_all, summarize, write_html
 from .runner import run_one
@@ -75,10 +75,12 @@ def compare_variants(
     eval_points: int = 4,
     progress: bool = True,
     title: str | None = None,
+    data: TaskData | None = None,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
-    Returns ``{"rows", "table", "outcomes", "paths"}``; see :func:`compare` for the arguments.
+    ``data`` replaces the task's own (loaded once otherwise). Returns ``{"rows", "table",
+    "setting", "outcomes", "paths"}``; see :func:`compare` for the other arguments.
     """
     task = get_task(task) if isinstance(task, str) else task
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -109,7 +111,8 @@ def compare_variants(
             for seed in range(seeds)
             if store.finished(RunStore.key(method, settings, seed)) is None
         ]
-        data = task.load_data(None, quick) if todo else None
+        if todo and data is None:
+            data = task.load_data(None, quick)
         with _bar(len(todo), f"compare {task.name}", progress) as runs_bar:
             for label, method, settings, seed in todo:
                 key = RunStore.key(method, settings, seed)

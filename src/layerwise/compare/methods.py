@@ -113,9 +113,12 @@ def _groups(task: Task, partition: Partition) -> list[dict[str, Any]]:
 
 
 def _scheduled(recipe: str, *, uses_policy: bool = True) -> Callable[..., Setup]:
+    """A recipe's schedule; its ``policy`` setting (None: the comparison's) picks the global policy."""
+
     def build(task, model, partition, total_steps, policy, settings) -> Setup:
         del model
         optimizer = make_optimizer(task, _groups(task, partition))
+        policy = settings.pop("policy", None) or policy
         global_policy = recipes.make_policy(policy) if uses_policy else None
         schedule = recipes.build(recipe, len(partition), policy=global_policy, **settings)
         return Setup(optimizer, LayerwiseLR(optimizer, total_steps, schedule=schedule))
@@ -224,19 +227,20 @@ _HIDLR_DEFAULTS = {
 }
 
 for _method in (
-    Method("baseline", "uniform LR under the global policy", _scheduled("constant")),
+    Method("baseline", "uniform LR under the global policy", _scheduled("constant"), {"policy": None}),
     Method(
         "discriminative",
         "ULMFiT discriminative LRs: each group 1/ratio of the next (the head at the full LR), times the policy",
         _scheduled("discriminative"),
-        {"ratio": 2.6},
+        {"ratio": 2.6, "policy": None},
         _needs_groups(2),
     ),
     Method(
         "llr",
-        "Smith's layer LRs: multipliers 1.5 -> 0.5 across depth that reverse linearly by the end, times the policy",
+        "Smith's layer LRs: multipliers `first` -> `last` across depth that reverse linearly by the end, "
+        "times the policy",
         _scheduled("llr"),
-        {},
+        {"first": 1.5, "last": 0.5, "policy": None},
         _needs_groups(2),
     ),
     Method(
