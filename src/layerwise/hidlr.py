@@ -44,10 +44,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .group_rates import GroupRates, set_lr
 from .groups import Partition
 from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
-from .wrapping import Wrapper, init_hooks
 
 __all__ = ["HiDLR"]
 
@@ -57,31 +57,7 @@ _JOINT = (-1.0, -0.5, 0.5, 1.0)
 """Step multipliers probed along the combined step with ``joint_scale``."""
 
 
-def _set_lr(group: dict[str, Any], value: float) -> None:
-    if isinstance(group["lr"], Tensor):
-        group["lr"].fill_(value)
-    else:
-        group["lr"] = value
-
-
-def _group_names(param_groups: Sequence[dict[str, Any]]) -> list[str]:
-    """Name of every param group dict: its ``name`` key, else ``group<i>``."""
-    return [str(g.get("name", f"group{i}")) for i, g in enumerate(param_groups)]
-
-
-def _check_partition(partition: Partition, param_groups: Sequence[dict[str, Any]]) -> None:
-    want = {g.name: {id(p) for p in g.params} for g in partition}
-    have: dict[str, set[int]] = {}
-    for name, group in zip(_group_names(param_groups), param_groups):
-        have.setdefault(name, set()).update(id(p) for p in group["params"])
-    if want != have:
-        raise ValueError(
-            f"groups: the optimizer's param groups {list(have)} do not hold the partition's groups "
-            f"{list(want)} (build the optimizer from groups.param_groups(...))"
-        )
-
-
-class HiDLR(Wrapper):
+class HiDLR(GroupRates):
     """Wraps ``optimizer``; finds each group's learning rate from probe losses every few steps.
 
     Args:
@@ -145,45 +121,22 @@ class HiDLR(Wrapper):
             raise ValueError(f"probes: need at least 3 distinct non-zero values, got {probes}")
         if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1]):
             raise ValueError(f"clip: expected (low, high) with 0 <= low < high, got {clip!r}")
-        if schedule is not None:
-            if not (isinstance(schedule, LayerSchedule) or callable(schedule)):
-                raise TypeError(f"schedule: expected a Policy or LayerSchedule, got {type(schedule).__name__}")
-            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-                raise ValueError(f"total_steps: an int >= 1 is required with schedule, got {total_steps!r}")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        names = _group_names(optimizer.param_groups)
-        self._names = list(dict.fromkeys(names))
-        if isinstance(schedule, LayerSchedule):
-            schedule.check_groups(len(self._names))
-        if groups is not None:
-            if not isinstance(groups, Partition):
-                raise TypeError(f"groups: expected a Partition, got {type(groups).__name__}")
-            _check_partition(groups, optimizer.param_groups)
-
-        init_hooks(self, optimizer.defaults)
-
-        self.optimizer = optimizer
+        if per_group and full_matrix:
+            raise ValueError("per_group: needs the diagonal fit (full_matrix=False)")
+        self._setup_rates(optimizer, schedule, total_steps, groups)
         self.update_every = update_every
         self.gamma = float(gamma)
         self.min_r2 = float(min_r2)
         self.full_matrix = bool(full_matrix)
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.joint_scale = bool(joint_scale)
-        if per_group and full_matrix:
-            raise ValueError("per_group: needs the diagonal fit (full_matrix=False)")
         self.per_group = bool(per_group)
-        self.schedule = schedule
-        self.total_steps = total_steps
         self.model = model
         self.sync = sync
         self._plan_cache: dict[int, np.ndarray] = {}
         self._probes = probes
-        self._member = [self._names.index(n) for n in names]
-        lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        self.eta = [max(lr for lr, m in zip(lrs, self._member) if m == k) for k in range(len(self._names))]
-        self._ratio = [lr / self.eta[m] if self.eta[m] > 0 else 0.0 for lr, m in zip(lrs, self._member)]
-        self.step_count = 0
         self.stats: dict[str, Any] = {
             "probe_rounds": 0,
             "forward_passes": 0,
@@ -195,47 +148,7 @@ class HiDLR(Wrapper):
         self.history: list[dict[str, Any]] = []
         self.last_fit: QuadraticFit | None = None
 
-    # -- the base optimizer's view -------------------------------------------------------
-
-    @property
-    def group_names(self) -> list[str]:
-        """Names of the K groups, in order."""
-        return list(self._names)
-
-    @property
-    def lrs(self) -> dict[str, float]:
-        """Current found (unscheduled) learning rate of every group."""
-        return dict(zip(self._names, self.eta))
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the base optimizer; a new name starts a new group at its ``lr``."""
-        self.optimizer.add_param_group(param_group)
-        group = self.optimizer.param_groups[-1]
-        name = _group_names(self.optimizer.param_groups)[-1]
-        if name not in self._names:
-            if isinstance(self.schedule, LayerSchedule) and self.schedule.num_groups is not None:
-                self.optimizer.param_groups.pop()
-                raise ValueError(f"param_group: the schedule is written for {self.schedule.num_groups} groups")
-            self._names.append(name)
-            self.eta.append(float(group["lr"]))
-        k = self._names.index(name)
-        self._member.append(k)
-        self._ratio.append(float(group["lr"]) / self.eta[k] if self.eta[k] > 0 else 0.0)
-
     # -- stepping ------------------------------------------------------------------------
-
-    def _factors(self) -> np.ndarray:
-        num_groups = len(self._names)
-        if self.schedule is None:
-            return np.ones(num_groups)
-        p = min(self.step_count / self.total_steps, 1.0)
-        if isinstance(self.schedule, LayerSchedule):
-            return np.asarray(self.schedule.factors(p, num_groups), dtype=float)
-        return np.full(num_groups, float(self.schedule(p)))
-
-    def _apply_lrs(self, factors: np.ndarray) -> None:
-        for group, k, ratio in zip(self.optimizer.param_groups, self._member, self._ratio):
-            _set_lr(group, self.eta[k] * float(factors[k]) * ratio)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # type: ignore[override]
         """One optimizer step; probes first when ``step_count % update_every == 0``."""
@@ -254,9 +167,7 @@ class HiDLR(Wrapper):
     @torch.no_grad()
     def _probe(self, closure: Callable[[], Tensor], factors: np.ndarray) -> None:
         opt = self.optimizer
-        members: list[list[Tensor]] = [[] for _ in self._names]
-        for group, k in zip(opt.param_groups, self._member):
-            members[k] += [p for p in group["params"] if p.grad is not None]
+        members = self._members()
         active = [k for k, params in enumerate(members) if params and factors[k] > 0 and self.eta[k] > 0]
         if not active:
             return
@@ -268,7 +179,7 @@ class HiDLR(Wrapper):
         buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
         try:
             for group, k, ratio in zip(opt.param_groups, self._member, self._ratio):
-                _set_lr(group, ratio if k in active else 0.0)
+                set_lr(group, ratio if k in active else 0.0)
             opt.step()
             direction = torch._foreach_sub(params, start[: len(params)])
             torch._foreach_copy_(stepped, start)
@@ -296,7 +207,7 @@ class HiDLR(Wrapper):
                 else:
                     opt.state.pop(p, None)
             for group, lr in zip(opt.param_groups, saved_lrs):
-                _set_lr(group, lr)
+                set_lr(group, lr)
             if buffers:
                 torch._foreach_copy_(list(self.model.buffers()), buffers)
         self._update_eta(active, fit)

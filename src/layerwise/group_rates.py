@@ -1,0 +1,136 @@
+"""Shared base of optimizers that find one learning rate per named group (``HiDLR``, ``SecantLR``).
+
+Groups are the wrapped optimizer's param groups; dicts sharing a ``name`` (a layer split into
+decay / no-decay halves by :meth:`Partition.param_groups`) form one group. Each group ``k`` has
+a found rate ``eta_k``; the applied LR of a dict is ``eta_k * factor_k * ratio``, where
+``factor_k`` comes from an optional schedule of progress and ``ratio`` keeps the dict's initial
+LR relative to its group's.
+
+Example:
+    >>> class Fixed(GroupRates):
+    ...     def __init__(self, optimizer):
+    ...         self._setup_rates(optimizer)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .groups import Partition
+from .schedules import LayerSchedule, Policy
+from .wrapping import Wrapper, init_hooks
+
+__all__ = ["GroupRates", "check_partition", "group_names", "set_lr"]
+
+
+def set_lr(group: dict[str, Any], value: float) -> None:
+    """Write ``value`` into a param group's ``lr`` (in place when it is a tensor)."""
+    if isinstance(group["lr"], Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
+
+
+def group_names(param_groups: Sequence[dict[str, Any]]) -> list[str]:
+    """Name of every param group dict: its ``name`` key, else ``group<i>``."""
+    return [str(g.get("name", f"group{i}")) for i, g in enumerate(param_groups)]
+
+
+def check_partition(partition: Partition, param_groups: Sequence[dict[str, Any]]) -> None:
+    """Raise ValueError unless the param groups hold exactly the partition's groups."""
+    if not isinstance(partition, Partition):
+        raise TypeError(f"groups: expected a Partition, got {type(partition).__name__}")
+    want = {g.name: {id(p) for p in g.params} for g in partition}
+    have: dict[str, set[int]] = {}
+    for name, group in zip(group_names(param_groups), param_groups):
+        have.setdefault(name, set()).update(id(p) for p in group["params"])
+    if want != have:
+        raise ValueError(
+            f"groups: the optimizer's param groups {list(have)} do not hold the partition's groups "
+            f"{list(want)} (build the optimizer from groups.param_groups(...))"
+        )
+
+
+class GroupRates(Wrapper):
+    """A wrapping optimizer with one found learning rate ``eta_k`` per named group."""
+
+    def _setup_rates(
+        self,
+        optimizer: Optimizer,
+        schedule: Policy | LayerSchedule | None = None,
+        total_steps: int | None = None,
+        groups: Partition | None = None,
+    ) -> None:
+        """Validate the shared arguments, then take ``optimizer`` over (call last in ``__init__``)."""
+        if schedule is not None:
+            if not (isinstance(schedule, LayerSchedule) or callable(schedule)):
+                raise TypeError(f"schedule: expected a Policy or LayerSchedule, got {type(schedule).__name__}")
+            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+                raise ValueError(f"total_steps: an int >= 1 is required with schedule, got {total_steps!r}")
+        names = group_names(optimizer.param_groups)
+        unique = list(dict.fromkeys(names))
+        if isinstance(schedule, LayerSchedule):
+            schedule.check_groups(len(unique))
+        if groups is not None:
+            check_partition(groups, optimizer.param_groups)
+        init_hooks(self, optimizer.defaults)
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.total_steps = total_steps
+        self._names = unique
+        self._member = [unique.index(n) for n in names]
+        lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.eta = [max(lr for lr, m in zip(lrs, self._member) if m == k) for k in range(len(unique))]
+        self._ratio = [lr / self.eta[m] if self.eta[m] > 0 else 0.0 for lr, m in zip(lrs, self._member)]
+        self.step_count = 0
+
+    @property
+    def group_names(self) -> list[str]:
+        """Names of the K groups, in order."""
+        return list(self._names)
+
+    @property
+    def lrs(self) -> dict[str, float]:
+        """Current found (unscheduled) learning rate of every group."""
+        return dict(zip(self._names, self.eta))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; a new name starts a new group at its ``lr``."""
+        self.optimizer.add_param_group(param_group)
+        group = self.optimizer.param_groups[-1]
+        name = group_names(self.optimizer.param_groups)[-1]
+        if name not in self._names:
+            if isinstance(self.schedule, LayerSchedule) and self.schedule.num_groups is not None:
+                self.optimizer.param_groups.pop()
+                raise ValueError(f"param_group: the schedule is written for {self.schedule.num_groups} groups")
+            self._names.append(name)
+            self.eta.append(float(group["lr"]))
+        k = self._names.index(name)
+        self._member.append(k)
+        self._ratio.append(float(group["lr"]) / self.eta[k] if self.eta[k] > 0 else 0.0)
+
+    def _factors(self) -> np.ndarray:
+        """Every group's schedule factor at the current step (ones without a schedule)."""
+        num_groups = len(self._names)
+        if self.schedule is None:
+            return np.ones(num_groups)
+        p = min(self.step_count / self.total_steps, 1.0)
+        if isinstance(self.schedule, LayerSchedule):
+            return np.asarray(self.schedule.factors(p, num_groups), dtype=float)
+        return np.full(num_groups, float(self.schedule(p)))
+
+    def _apply_lrs(self, factors: np.ndarray) -> None:
+        for group, k, ratio in zip(self.optimizer.param_groups, self._member, self._ratio):
+            set_lr(group, self.eta[k] * float(factors[k]) * ratio)
+
+    def _members(self) -> list[list[Tensor]]:
+        """Each group's parameters that have a gradient now."""
+        members: list[list[Tensor]] = [[] for _ in self._names]
+        for group, k in zip(self.optimizer.param_groups, self._member):
+            members[k] += [p for p in group["params"] if p.grad is not None]
+        return members
