@@ -44,6 +44,7 @@ from .schedules import (
     Uniform,
     Warmup,
 )
+from .secant import SecantLR
 
 __version__ = "0.1.0"
 
@@ -67,6 +68,7 @@ __all__ = [
     "OneCycle",
     "Partition",
     "RandomSubsetMultirate",
+    "SecantLR",
     "StaggeredOneCycle",
     "StepDrops",
     "Triangular",

@@ -30,6 +30,7 @@ from ..groups import Partition, by_depth_buckets
 from ..hidlr import HiDLR
 from ..multirate import Multirate
 from ..scheduler import LayerwiseLR
+from ..secant import SecantLR
 
 __all__ = ["METHODS", "Method", "Setup", "build_setup", "check_methods", "register_method", "resolve_settings"]
 
@@ -192,6 +193,22 @@ def _hidlr(task, model, partition, total_steps, policy, settings) -> Setup:
     return Setup(optimizer, closure=True)
 
 
+def _secant(task, model, partition, total_steps, policy, settings) -> Setup:
+    mode = settings["mode"] or ("bb" if task.optimizer == "gd" else "line")
+    clip = settings["clip"]
+    optimizer = SecantLR(
+        make_optimizer(task, _groups(task, partition)),
+        mode=mode,
+        beta=settings["beta"],
+        gamma=settings["gamma"],
+        scale=settings["scale"],
+        clip=None if clip is None else (0.0, clip * task.lr),
+        schedule=recipes.make_policy(policy),
+        total_steps=total_steps,
+    )
+    return Setup(optimizer)
+
+
 class FreezeWhenZero:
     """Freezes each group from the step at which its schedule factor stays 0 (a ``step()`` per batch)."""
 
@@ -270,6 +287,14 @@ for _method in (
         "on `groups` layer buckets; eta* clipped to `clip` x the task LR; times the policy",
         _hidlr,
         _HIDLR_DEFAULTS,
+    ),
+    Method(
+        "secant",
+        "Smith's secant layer LRs: each group's LR from running averages of its weight and gradient changes "
+        "(mode bb = 1/curvature for gradient descent, line = secant line minimum for other optimizers; "
+        "None picks by the task's optimizer), clipped to `clip` x the task LR, times the policy",
+        _secant,
+        {"mode": None, "beta": 0.9, "gamma": 0.9, "scale": 1.0, "clip": 10.0},
     ),
     Method(
         "freezeout+hidlr",

@@ -1,0 +1,254 @@
+"""``SecantLR``: per-group learning rates from the curvature along each group's own steps.
+
+L. N. Smith's recommendation (estimate each layer's learning rate from the running average of
+its weight changes, as in his super-convergence paper), made a per-group Barzilai-Borwein step
+on top of any optimizer. No extra forward or backward pass: after every step, for each group k,
+
+    dw_k = w_k(t) - w_k(t-1)      (the base optimizer's actual update: momentum, Adam included)
+    dg_k = g_k(t) - g_k(t-1)
+
+and running averages (exponential, factor ``beta``) of ``<dg, dw>``, ``<dw, dw>`` and
+``lr(t-1) * <-g(t-1), dw>`` give
+
+* ``mode="bb"``: the curvature along the direction of travel ``c_k = <dg, dw> / <dw, dw>`` and
+  ``eta*_k = scale / c_k`` (the Barzilai-Borwein step; for plain gradient descent);
+* ``mode="line"``: the minimiser of the secant model of the loss along the step just taken,
+  ``eta*_k = scale * lr(t-1) * <-g(t-1), dw> / <dg, dw>``, i.e. the multiplier on the current
+  rate that would have landed on the 1-D minimum (any optimizer: Adam, momentum SGD).
+
+Safety as in :class:`~layerwise.HiDLR`: a non-finite or non-positive estimate is rejected and
+counted (the group keeps its rate), accepted ones are smoothed ``eta <- gamma * eta + (1 - gamma)
+* eta*`` and optionally clipped; a schedule multiplies the found rates; ``state_dict`` holds
+everything needed to resume exactly (including the previous weights and gradients).
+
+Example:
+    >>> import torch, layerwise
+    >>> w = torch.nn.Parameter(torch.tensor([4.0, -2.0]))
+    >>> opt = layerwise.SecantLR(torch.optim.SGD([w], lr=0.01), gamma=0.0)
+    >>> for _ in range(3):
+    ...     opt.zero_grad(); (2.5 * (w ** 2).sum()).backward(); opt.step()
+    >>> round(opt.curvature["group0"], 6), round(opt.lrs["group0"], 6)
+    (5.0, 0.2)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .group_rates import GroupRates
+from .groups import Partition
+from .schedules import LayerSchedule, Policy
+
+__all__ = ["SecantLR"]
+
+MODES = ("bb", "line")
+
+
+class SecantLR(GroupRates):
+    """Wraps ``optimizer``; sets each group's learning rate from secant curvature estimates.
+
+    Args:
+        optimizer: any torch optimizer; its param groups (merged by ``name``) are the groups and
+            their LRs the starting rates.
+        mode: ``"bb"`` (``1 / c_k``, for gradient descent) or ``"line"`` (the secant line minimum
+            along the optimizer's own step, for any optimizer).
+        beta: running-average factor of the inner products, in [0, 1).
+        gamma: smoothing of the rate, ``eta <- gamma * eta + (1 - gamma) * eta*``, in [0, 1).
+        scale: safety factor on every estimate (> 0).
+        update_every: apply a new estimate every this many steps (the averages move every step).
+        clip: optional ``(low, high)`` range for ``eta*``.
+        schedule, total_steps: a :class:`Policy` or :class:`LayerSchedule` multiplying the found rates.
+        groups: the partition the optimizer was built from; checked against its param groups.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        mode: str = "bb",
+        beta: float = 0.9,
+        gamma: float = 0.9,
+        scale: float = 1.0,
+        update_every: int = 1,
+        clip: tuple[float, float] | None = None,
+        schedule: Policy | LayerSchedule | None = None,
+        total_steps: int | None = None,
+        groups: Partition | None = None,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, GroupRates):
+            raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+        for name, value in (("beta", beta), ("gamma", gamma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < math.inf:
+            raise ValueError(f"scale: must be a finite number > 0, got {scale!r}")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every: must be an int >= 1, got {update_every!r}")
+        if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1]):
+            raise ValueError(f"clip: expected (low, high) with 0 <= low < high, got {clip!r}")
+        self._setup_rates(optimizer, schedule, total_steps, groups)
+        self.mode = mode
+        self.beta, self.gamma, self.scale = float(beta), float(gamma), float(scale)
+        self.update_every = update_every
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        count = len(self._names)
+        self._sums = torch.zeros(count, 3, dtype=torch.float64)  # running <dg,dw>, <dw,dw>, lr<-g,dw>
+        self._weight = torch.zeros(count, dtype=torch.float64)  # bias correction of the averages
+        self._prev: list[dict[str, Any] | None] = [None] * count
+        self.stats: dict[str, Any] = {
+            "estimates": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "rejections": {"nonpositive": 0, "nonfinite": 0},
+        }
+
+    @property
+    def curvature(self) -> dict[str, float | None]:
+        """Every group's current curvature estimate ``<dg, dw> / <dw, dw>`` (None before two steps)."""
+        out: dict[str, float | None] = {}
+        for k, name in enumerate(self._names):
+            num, den = float(self._sums[k, 0]), float(self._sums[k, 1])
+            out[name] = num / den if self._weight[k] > 0 and den > 0 else None
+        return out
+
+    def _estimate(self, k: int) -> float:
+        dgdw, dwdw, line = (float(v) for v in self._sums[k])
+        if self.mode == "bb":
+            return self.scale * dwdw / dgdw if dgdw > 0 else (math.nan if math.isnan(dgdw) else -1.0)
+        return self.scale * line / dgdw if dgdw > 0 else (math.nan if math.isnan(dgdw) else -1.0)
+
+    @torch.no_grad()
+    def _observe(self, members: list[list[Tensor]]) -> None:
+        """Fold this step's weight and gradient changes into each group's running averages."""
+        for k, params in enumerate(members):
+            prev = self._prev[k]
+            if not params or prev is None or prev["params"] != [id(p) for p in params]:
+                continue
+            dw = torch._foreach_sub([p.detach() for p in params], prev["w"])
+            dg = torch._foreach_sub([p.grad for p in params], prev["g"])
+            terms = torch.stack(
+                [
+                    torch.stack([(a * b).sum() for a, b in zip(dg, dw)]).sum(),
+                    torch.stack([(b * b).sum() for b in dw]).sum(),
+                    -torch.stack([(g * b).sum() for g, b in zip(prev["g"], dw)]).sum() * prev["lr"],
+                ]
+            ).to(torch.float64)
+            self._sums[k] = self.beta * self._sums[k] + (1.0 - self.beta) * terms
+            self._weight[k] = self.beta * self._weight[k] + (1.0 - self.beta)
+
+    def _update_eta(self, members: list[list[Tensor]]) -> None:
+        for k, params in enumerate(members):
+            if not params or self._weight[k] == 0:
+                continue
+            self.stats["estimates"] += 1
+            eta_star = self._estimate(k)
+            if not math.isfinite(eta_star) or eta_star <= 0.0:
+                self.stats["rejected"] += 1
+                self.stats["rejections"]["nonfinite" if not math.isfinite(eta_star) else "nonpositive"] += 1
+                continue
+            if self.clip is not None:
+                eta_star = min(max(eta_star, self.clip[0]), self.clip[1])
+            self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * eta_star
+            self.stats["accepted"] += 1
+
+    @torch.no_grad()
+    def _remember(self, members: list[list[Tensor]], factors) -> None:
+        """Keep this step's weights, gradients and applied rate for the next secant."""
+        for k, params in enumerate(members):
+            if not params:
+                self._prev[k] = None
+                continue
+            prev = self._prev[k]
+            ids = [id(p) for p in params]
+            if prev is None or prev["params"] != ids:
+                prev = {"params": ids, "w": [p.detach().clone() for p in params], "g": [p.grad.clone() for p in params]}
+                self._prev[k] = prev
+            else:
+                torch._foreach_copy_(prev["w"], [p.detach() for p in params])
+                torch._foreach_copy_(prev["g"], [p.grad for p in params])
+            prev["lr"] = self.eta[k] * float(factors[k])
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Observe the last step's secant, maybe update the rates, then take the base step."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        members = self._members()
+        self._observe(members)
+        if self.step_count % self.update_every == 0:
+            self._update_eta(members)
+        factors = self._factors()
+        self._apply_lrs(factors)
+        self._remember(members, factors)
+        self.optimizer.step()
+        self.step_count += 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The base optimizer's state plus the rates, running averages, counters and last weights/grads."""
+        index = {id(p): i for i, p in enumerate(p for g in self.optimizer.param_groups for p in g["params"])}
+        prev = [
+            None
+            if pr is None
+            else {
+                "params": [index[i] for i in pr["params"]],
+                "w": [w.clone() for w in pr["w"]],
+                "g": [g.clone() for g in pr["g"]],
+                "lr": pr["lr"],
+            }
+            for pr in self._prev
+        ]
+        return {
+            "base": self.optimizer.state_dict(),
+            "secant": {
+                "names": list(self._names),
+                "eta": list(self.eta),
+                "step_count": self.step_count,
+                "sums": self._sums.clone(),
+                "weight": self._weight.clone(),
+                "prev": prev,
+                "stats": dict(self.stats, rejections=dict(self.stats["rejections"])),
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Restore a :meth:`state_dict`; the groups must have the same names."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"base", "secant"}:
+            raise ValueError("state_dict: expected a SecantLR state dict with keys 'base' and 'secant'")
+        saved = state_dict["secant"]
+        if list(saved["names"]) != self._names:
+            raise ValueError(f"state_dict: saved for groups {saved['names']}, this optimizer has {self._names}")
+        self.optimizer.load_state_dict(state_dict["base"])
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.eta = [float(v) for v in saved["eta"]]
+        self.step_count = int(saved["step_count"])
+        self._sums = saved["sums"].clone().to(torch.float64)
+        self._weight = saved["weight"].clone().to(torch.float64)
+        self._prev = [
+            None
+            if pr is None
+            else {
+                "params": [id(params[i]) for i in pr["params"]],
+                "w": [w.clone() for w in pr["w"]],
+                "g": [g.clone() for g in pr["g"]],
+                "lr": float(pr["lr"]),
+            }
+            for pr in saved["prev"]
+        ]
+        self.stats = dict(saved["stats"], rejections=dict(saved["stats"]["rejections"]))
+        self._apply_lrs(self._factors())
+
+    def __repr__(self) -> str:
+        lrs = ", ".join(f"{n}={v:.3g}" for n, v in self.lrs.items())
+        return f"SecantLR({type(self.optimizer).__name__}, mode={self.mode!r}, lrs: {lrs})"
