@@ -91,7 +91,7 @@ def test_every_method_runs_on_the_tiny_task():
     multirate = run_one("tiny-blobs", "multirate", {"k": 4}, seed=0, policy="constant")
     assert multirate["lr"]["4"][0] == pytest.approx(0.05) and multirate["lr"]["0"][0] == pytest.approx(0.2)
     hidlr = run_one("tiny-blobs", "hidlr", {"update_every": 4}, seed=0)
-    assert hidlr["hidlr"]["probe_rounds"] == 4
+    assert hidlr["found_lr_stats"]["probe_rounds"] == 4
 
 
 def test_compare_writes_table_records_plots_and_html(tmp_path):

@@ -45,6 +45,7 @@ from .schedules import (
     Warmup,
 )
 from .secant import SecantLR
+from .telemetry import LayerMonitor
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "GradualUnfreezing",
     "Group",
     "HiDLR",
+    "LayerMonitor",
     "LayerSchedule",
     "LayerwiseLR",
     "Linear",

@@ -5,6 +5,7 @@ Subcommands:
     bench NAME        run a named benchmark; with --json the last stdout line is its JSON
     train             a short training run of a task under a layer-wise schedule
     compare           train a task with several techniques side by side and report (the main job)
+    plot RUN_DIR      draw the per-group telemetry of a finished run
 
 Example:
     $ layerwise schedule llr --groups 3 --steps 100 --start 2,1,0.5 --end 0.5,1,2 \\
@@ -246,6 +247,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting")
     p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
     p.add_argument("--out", type=Path, help="output directory (default runs/compare or runs/study-NAME)")
+    p.add_argument("--telemetry", type=int, metavar="N", help="record per-group telemetry every N steps")
     p.add_argument("--list", action="store_true", help="list the tasks and methods and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -267,6 +269,7 @@ def _compare(args: argparse.Namespace) -> int:
         "train_size": args.train_size,
         "quick": args.quick,
         "progress": not args.no_progress,
+        "telemetry_every": args.telemetry,
     }
     if args.study:
         from .compare.study import run_study
@@ -292,6 +295,32 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw the per-group telemetry of a finished run (heatmaps, lines)")
+    p.add_argument("run_dir", type=Path, help="a directory with telemetry.json, or a compare --telemetry output")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plotting import plot_telemetry
+
+    sources = []
+    if (args.run_dir / "telemetry.json").is_file():
+        sources.append(("", json.loads((args.run_dir / "telemetry.json").read_text())))
+    for path in sorted((args.run_dir / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("telemetry"):
+            sources.append((path.stem, record["telemetry"]))
+    if not sources:
+        raise ValueError(
+            f"run_dir: no telemetry in {args.run_dir}; record some with `layerwise compare --telemetry N --out DIR` "
+            "or LayerMonitor(...).save(DIR / 'telemetry.json')"
+        )
+    for name, data in sources:
+        paths = plot_telemetry(data, args.run_dir / "telemetry" / name, title=name)
+        print(f"wrote {len(paths)} plots to {args.run_dir / 'telemetry' / name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="layerwise", description="Per-layer learning-rate control for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,8 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_bench(sub)
     _add_train(sub)
     _add_compare(sub)
+    _add_plot(sub)
     args = parser.parse_args(argv)
-    handlers = {"schedule": _schedule, "bench": _bench, "train": _train, "compare": _compare}
+    handlers = {"schedule": _schedule, "bench": _bench, "train": _train, "compare": _compare, "plot": _plot}
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_schedule"]
+__all__ = ["plot_schedule", "plot_telemetry"]
 
 
 def _pyplot():
@@ -64,3 +64,64 @@ def plot_schedule(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+_LOG_SCALED = {"lr", "grad_norm", "weight_norm", "relative_update", "adam_step"}
+
+
+def _telemetry_rows(values: dict[str, list], groups: Sequence[str], pick: int | None) -> np.ndarray:
+    """Groups x samples; quantile lists reduced to entry ``pick``; missing values are NaN."""
+    rows = []
+    for name in groups:
+        row = [np.nan if v is None else (v[pick] if isinstance(v, list) else v) for v in values[name]]
+        rows.append(np.asarray(row, dtype=float))
+    return np.stack(rows) if rows else np.zeros((0, 0))
+
+
+def plot_telemetry(data: dict, out: str | Path, title: str = "") -> list[Path]:
+    """One PNG per quantity of a :class:`~layerwise.telemetry.LayerMonitor` record: a heatmap
+    (groups x time) above one line per group. ``adam_step`` shows its middle quantile."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps, groups = np.asarray(data["steps"]), data["groups"]
+    middle = len(data.get("quantiles", [0.5])) // 2
+    paths = []
+    for quantity, values in data["history"].items():
+        table = _telemetry_rows(values, groups, middle if quantity == "adam_step" else None)
+        if table.size == 0 or np.all(np.isnan(table)):
+            continue
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), dpi=100, height_ratios=(1, 1))
+        positive = table[np.isfinite(table) & (table > 0)]
+        log = quantity in _LOG_SCALED and positive.size and positive.min() < positive.max()
+        norm = LogNorm(positive.min(), positive.max()) if log else None
+        image = top.imshow(
+            np.where(table > 0, table, np.nan) if log else table,
+            aspect="auto",
+            norm=norm,
+            cmap="viridis",
+            interpolation="nearest",
+            extent=(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1, len(groups) - 0.5, -0.5),
+        )
+        top.set_yticks(range(len(groups)), groups, fontsize=max(4, 9 - len(groups) // 8))
+        top.set_xlabel("step")
+        fig.colorbar(image, ax=top)
+        colors = plt.cm.viridis(np.linspace(0, 0.9, len(groups)))
+        for color, name, row in zip(colors, groups, table):
+            bottom.plot(steps, row, color=color, lw=1.1, label=name)
+        if log:
+            bottom.set_yscale("log")
+        bottom.set_xlabel("step")
+        bottom.set_ylabel(quantity + (" (median)" if quantity == "adam_step" else ""))
+        bottom.grid(alpha=0.3)
+        if len(groups) <= 12:
+            bottom.legend(fontsize=7, ncol=2)
+        fig.suptitle(f"{title} {quantity} per group (first group dark)".strip(), fontsize=10)
+        fig.tight_layout()
+        path = out / f"{quantity}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

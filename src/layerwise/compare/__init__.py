@@ -73,6 +73,7 @@ def compare_variants(
     quick: bool = False,
     out: str | Path = "runs/compare",
     eval_points: int = 4,
+    telemetry_every: int | None = None,
     progress: bool = True,
     title: str | None = None,
     data: TaskData | None = None,
@@ -102,6 +103,7 @@ def compare_variants(
         "quick": quick,
         "policy": policy,
         "eval_points": eval_points,
+        **({"telemetry_every": telemetry_every} if telemetry_every else {}),
     }
     outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
     with RunStore(out / "runs.sqlite", config) as store:
@@ -137,6 +139,7 @@ def compare_variants(
                             quick=quick,
                             data=data,
                             eval_points=eval_points,
+                            telemetry_every=telemetry_every,
                             on_step=on_step,
                         )
                     except Exception:

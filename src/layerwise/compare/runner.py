@@ -22,6 +22,8 @@ import torch
 from ..bench.tasks import Task, TaskData, get_task
 from ..bench.train import evaluate
 from ..hidlr import HiDLR
+from ..secant import SecantLR
+from ..telemetry import LayerMonitor
 from .methods import build_setup, resolve_settings
 
 __all__ = ["group_lrs", "run_one"]
@@ -54,6 +56,7 @@ def run_one(
     quick: bool = False,
     data: TaskData | None = None,
     eval_points: int = 4,
+    telemetry_every: int | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` with ``method`` once and return a JSON-ready record of the run.
@@ -64,6 +67,8 @@ def run_one(
         train_size: keep the first examples of the train split (default: all).
         policy: the global LR policy every scheduled method shares.
         eval_points: test evaluations, evenly spaced over the run (the last one at its end).
+        telemetry_every: attach a :class:`LayerMonitor` recording every this many steps
+            (its records go to ``record["telemetry"]``).
         on_step: ``on_step(step, total, loss)`` after every step (progress bars).
     """
     task = get_task(task) if isinstance(task, str) else task
@@ -82,6 +87,7 @@ def run_one(
     setup = build_setup(task, model, method, total, policy, settings)
     optimizer = setup.optimizer
     names = list(group_lrs(optimizer))
+    monitor = None if telemetry_every is None else LayerMonitor(optimizer, every=telemetry_every)
     evaluate_at = {max(1, round(total * i / eval_points)) for i in range(1, eval_points + 1)}
     lr_every = max(1, total // LR_SAMPLES)
     order = torch.Generator().manual_seed(seed)
@@ -153,6 +159,9 @@ def run_one(
         "lr": lr_trace,
         "frozen_at": frozen_at,
     }
-    if isinstance(optimizer, HiDLR):
-        record["hidlr"] = {k: v for k, v in optimizer.stats.items()}
+    if isinstance(optimizer, (HiDLR, SecantLR)):
+        record["found_lr_stats"] = dict(optimizer.stats)
+    if monitor is not None:
+        monitor.remove()
+        record["telemetry"] = monitor.to_dict()
     return record
