@@ -20,6 +20,7 @@ from ..scheduler import LayerwiseLR
 from .freezeout_bench import run_freezeout_bench
 from .hidlr_bench import run_hidlr_bench
 from .multirate_bench import run_multirate_bench
+from .telemetry_bench import run_telemetry_bench
 from .timing import measure
 from .train import train
 
@@ -30,6 +31,7 @@ BENCHES: dict[str, Bench] = {
     "freezeout": run_freezeout_bench,
     "hidlr": run_hidlr_bench,
     "multirate": run_multirate_bench,
+    "telemetry": run_telemetry_bench,
 }
 """Name -> ``fn(quick, **options) -> results``."""
 

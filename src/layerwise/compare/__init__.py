@@ -35,9 +35,9 @@ Variant = tuple[str, str, dict[str, Any]]
 
 
 def default_methods(task: Task) -> list[str]:
-    """Every registered method that applies to ``task``, in registry order."""
+    """Every registered default method that applies to ``task``, in registry order."""
     partition = task.groups(task.make_model())
-    return [name for name, method in METHODS.items() if method.applies(task, partition) is None]
+    return [name for name, m in METHODS.items() if m.default and m.applies(task, partition) is None]
 
 
 def _bar(total: int, desc: str, enabled: bool, position: int = 0):

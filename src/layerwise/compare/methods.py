@@ -57,7 +57,8 @@ class Method:
     """A named technique: default settings, a builder and the tasks it applies to.
 
     ``build(task, model, partition, total_steps, policy, settings) -> Setup``; ``applies(task,
-    partition)`` returns why the method does not apply to the task, or None.
+    partition)`` returns why the method does not apply to the task, or None; ``default``: part of
+    a comparison that names no methods.
     """
 
     name: str
@@ -65,6 +66,7 @@ class Method:
     build: Callable[..., Setup]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     applies: Callable[[Task, Partition], str | None] = lambda task, partition: None
+    default: bool = True
 
 
 METHODS: dict[str, Method] = {}
@@ -141,6 +143,13 @@ def _freezeout(task, model, partition, total_steps, policy, settings) -> Setup:
     optimizer = make_optimizer(task, _groups(task, partition))
     freezeout = FreezeOut(model, optimizer, total_steps, **settings)
     return Setup(optimizer, freezeout, freezer=freezeout.freezer)
+
+
+def _adamw(task, model, partition, total_steps, policy, settings) -> Setup:
+    del model
+    groups = partition.param_groups(lr=settings["lr"], weight_decay=settings["weight_decay"], no_decay=("bias", "norm"))
+    optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
+    return Setup(optimizer, LayerwiseLR(optimizer, total_steps, policy=recipes.make_policy(policy)))
 
 
 def _multirate(task, model, partition, total_steps, policy, settings) -> Setup:
@@ -245,6 +254,13 @@ _HIDLR_DEFAULTS = {
 
 for _method in (
     Method("baseline", "uniform LR under the global policy", _scheduled("constant"), {"policy": None}),
+    Method(
+        "adamw",
+        "uniform AdamW at `lr` (instead of the task's optimizer) under the global policy",
+        _adamw,
+        {"lr": 1e-3, "weight_decay": 0.01},
+        default=False,
+    ),
     Method(
         "discriminative",
         "ULMFiT discriminative LRs: each group 1/ratio of the next (the head at the full LR), times the policy",
