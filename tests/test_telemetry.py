@@ -142,3 +142,25 @@ def test_bad_input_is_refused():
     with pytest.raises(TypeError, match=r"optimizer: expected a torch\.optim\.Optimizer"):
         LayerMonitor([p for p in model.parameters()])
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def test_real_tensorboard_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    model = _model()
+    part = layerwise.by_layer(model, sample_input=torch.zeros(1, 3))
+    opt = torch.optim.SGD(part.param_groups(lr=0.1))
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    monitor = LayerMonitor(opt, every=2, quantities=["lr", "relative_update"], writer=writer)
+    for _ in range(4):
+        _step(model, opt, torch.randn(4, 3), torch.randn(4, 1))
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    name = part.names[1]
+    assert f"relative_update/{name}" in events.Tags()["scalars"]
+    logged = [(e.step, e.value) for e in events.Scalars(f"relative_update/{name}")]
+    expected = list(zip(monitor.steps, monitor.history["relative_update"][name]))
+    assert [s for s, _ in logged] == [s for s, _ in expected] == [0, 2]
+    assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)

@@ -248,6 +248,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
     p.add_argument("--out", type=Path, help="output directory (default runs/compare or runs/study-NAME)")
     p.add_argument("--telemetry", type=int, metavar="N", help="record per-group telemetry every N steps")
+    p.add_argument("--tensorboard", action="store_true", help="with --telemetry: also log it to OUT/tensorboard")
     p.add_argument("--list", action="store_true", help="list the tasks and methods and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -269,13 +270,14 @@ def _compare(args: argparse.Namespace) -> int:
         "train_size": args.train_size,
         "quick": args.quick,
         "progress": not args.no_progress,
-        "telemetry_every": args.telemetry,
     }
+    if args.tensorboard and not args.telemetry:
+        raise ValueError("--tensorboard: needs --telemetry N (what to log, how often)")
     if args.study:
         from .compare.study import run_study
 
-        if args.methods or args.set:
-            raise ValueError("--study: runs its own variants; drop --methods and --set")
+        if args.methods or args.set or args.telemetry:
+            raise ValueError("--study: runs its own variants; drop --methods, --set and --telemetry")
         result = run_study(args.study, seeds=args.seeds or 3, out=args.out, **common)
         print(result["text"])
         return 0
@@ -287,6 +289,8 @@ def _compare(args: argparse.Namespace) -> int:
         seeds=args.seeds or 1,
         policy=args.policy,
         out=args.out or Path("runs/compare"),
+        telemetry_every=args.telemetry,
+        tensorboard=args.tensorboard,
         **common,
     )
     paths = result["paths"]

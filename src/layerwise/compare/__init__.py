@@ -74,6 +74,7 @@ def compare_variants(
     out: str | Path = "runs/compare",
     eval_points: int = 4,
     telemetry_every: int | None = None,
+    tensorboard: bool = False,
     progress: bool = True,
     title: str | None = None,
     data: TaskData | None = None,
@@ -140,6 +141,7 @@ def compare_variants(
                             data=data,
                             eval_points=eval_points,
                             telemetry_every=telemetry_every,
+                            tensorboard=out / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None,
                             on_step=on_step,
                         )
                     except Exception:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +58,7 @@ def run_one(
     data: TaskData | None = None,
     eval_points: int = 4,
     telemetry_every: int | None = None,
+    tensorboard: str | Path | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` with ``method`` once and return a JSON-ready record of the run.
@@ -69,6 +71,7 @@ def run_one(
         eval_points: test evaluations, evenly spaced over the run (the last one at its end).
         telemetry_every: attach a :class:`LayerMonitor` recording every this many steps
             (its records go to ``record["telemetry"]``).
+        tensorboard: also log the telemetry there (a ``SummaryWriter`` log directory).
         on_step: ``on_step(step, total, loss)`` after every step (progress bars).
     """
     task = get_task(task) if isinstance(task, str) else task
@@ -87,7 +90,14 @@ def run_one(
     setup = build_setup(task, model, method, total, policy, settings)
     optimizer = setup.optimizer
     names = list(group_lrs(optimizer))
-    monitor = None if telemetry_every is None else LayerMonitor(optimizer, every=telemetry_every)
+    writer = None
+    if tensorboard is not None:
+        if telemetry_every is None:
+            raise ValueError("tensorboard: needs telemetry_every (what to log, how often)")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(tensorboard))
+    monitor = None if telemetry_every is None else LayerMonitor(optimizer, every=telemetry_every, writer=writer)
     evaluate_at = {max(1, round(total * i / eval_points)) for i in range(1, eval_points + 1)}
     lr_every = max(1, total // LR_SAMPLES)
     order = torch.Generator().manual_seed(seed)
@@ -163,5 +173,7 @@ def run_one(
         record["found_lr_stats"] = dict(optimizer.stats)
     if monitor is not None:
         monitor.remove()
+        if writer is not None:
+            writer.close()
         record["telemetry"] = monitor.to_dict()
     return record
