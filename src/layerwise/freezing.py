@@ -93,9 +93,14 @@ class Freezer:
         never = [n for n in names if n not in self._frozen]
         if never:
             raise ValueError(f"unfreeze: groups {never} are not frozen; frozen: {list(self._frozen)}")
+        self._thaw(names, fresh_state=True)
+
+    def _thaw(self, names: Iterable[str], fresh_state: bool) -> None:
+        names = set(names)
         for param in self._params(names):
             param.requires_grad_(True)
-            self.optimizer.state.pop(param, None)
+            if fresh_state:
+                self.optimizer.state.pop(param, None)
         self._frozen = [n for n in self._frozen if n not in names]
         self._update_modules()
 
@@ -132,12 +137,13 @@ class Freezer:
         return {"frozen": list(self._frozen)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Freeze exactly the saved groups (unfreezing any others)."""
+        """Freeze exactly the saved groups; others are unfrozen keeping their optimizer state, so the
+        optimizer's state dict may be loaded before or after this one."""
         frozen = list(state.get("frozen", ()))
         self._check(tuple(frozen), "state_dict['frozen']")
         thaw = [n for n in self._frozen if n not in frozen]
         if thaw:
-            self.unfreeze(*thaw)
+            self._thaw(thaw, fresh_state=False)
         self.freeze(*frozen)
         self._frozen = frozen
 

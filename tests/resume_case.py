@@ -1,0 +1,125 @@
+"""Training cases for the checkpoint/resume test: ``python tests/resume_case.py CASE first|second DIR``.
+
+``first`` trains ``HALF`` steps and saves model + optimizer + technique state with ``torch.save``;
+``second`` (a new process) builds everything afresh, loads that checkpoint, trains ``HALF`` more
+steps and saves the parameters. :func:`straight` trains ``2 * HALF`` steps in one go.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import layerwise
+from layerwise import (
+    FreezeOut,
+    Freezer,
+    GradualUnfreezing,
+    HiDLR,
+    LayerwiseLR,
+    Multirate,
+    RandomSubsetMultirate,
+    SecantLR,
+    recipes,
+)
+
+HALF = 7
+TOTAL = 2 * HALF
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.mid = nn.Linear(4 * 16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.head(torch.relu(self.mid(x.flatten(1))))
+
+
+def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def build(case: str):
+    """(model, optimizer, technique objects with state_dict) for ``case``."""
+    torch.manual_seed(0)
+    model = Net()
+    part = layerwise.by_layer(model, sample_input=torch.zeros(2, 1, 4, 4))
+    if case == "llr":
+        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+        schedule = recipes.build("llr", len(part), policy=recipes.make_policy("onecycle"))
+        return model, opt, {"sched": LayerwiseLR(opt, TOTAL, schedule=schedule)}
+    if case == "freezeout":
+        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+        return model, opt, {"freezeout": FreezeOut(model, opt, TOTAL, t0=0.3, strategy="linear")}
+    if case == "unfreezing":
+        opt = torch.optim.Adam(part.param_groups(lr=0.01))
+        return model, opt, {"unfreezing": GradualUnfreezing(Freezer(model, opt), every=3)}
+    if case == "multirate":
+        opt = Multirate.from_partition(part, fast=["head"], lr=0.3, k=3, momentum=0.9, weight_decay=1e-3)
+        return model, opt, {}
+    if case == "hidlr":
+        opt = HiDLR(torch.optim.AdamW(part.param_groups(lr=0.01)), update_every=2, clip=(0, 0.1), model=model)
+        return model, opt, {}
+    if case == "random-subsets":
+        probabilities = {model.mid.weight: 0.5, model.conv.weight: 0.8}
+        opt = RandomSubsetMultirate(model.parameters(), lr=0.05, k=3, probabilities=probabilities, momentum=0.9)
+        return model, opt, {}
+    if case == "secant":
+        opt = SecantLR(torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9), mode="line", clip=(0, 0.5))
+        return model, opt, {}
+    raise ValueError(f"case: unknown {case!r}")
+
+
+CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant")
+
+
+def train(model, opt, techniques, start: int, count: int) -> None:
+    model.train()
+    for step in range(start, start + count):
+        x, y = _batch(step)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if isinstance(opt, HiDLR):
+            opt.step(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
+        else:
+            opt.step()
+        for technique in techniques.values():
+            technique.step()
+
+
+def straight(case: str) -> list[torch.Tensor]:
+    model, opt, techniques = build(case)
+    train(model, opt, techniques, 0, TOTAL)
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def main(case: str, phase: str, directory: str) -> None:
+    model, opt, techniques = build(case)
+    checkpoint = Path(directory) / "checkpoint.pt"
+    if phase == "first":
+        train(model, opt, techniques, 0, HALF)
+        state = {"model": model.state_dict(), "opt": opt.state_dict()}
+        state.update({name: t.state_dict() for name, t in techniques.items()})
+        torch.save(state, checkpoint)
+        return
+    state = torch.load(checkpoint)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    for name, technique in techniques.items():
+        technique.load_state_dict(state[name])
+    train(model, opt, techniques, HALF, HALF)
+    torch.save([t.detach().clone() for t in model.state_dict().values()], Path(directory) / "final.pt")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,35 @@
+"""Exact resume in a new process: N steps, torch.save, new process loads and trains N more == 2N straight."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import resume_case
+
+SCRIPT = Path(__file__).with_name("resume_case.py")
+
+
+@pytest.mark.parametrize("case", resume_case.CASES)
+def test_resume_in_a_new_process_is_bitwise_exact(case, tmp_path):
+    resume_case.main(case, "first", str(tmp_path))
+    checkpoint = torch.load(tmp_path / "checkpoint.pt")
+    subprocess.run([sys.executable, str(SCRIPT), case, "second", str(tmp_path)], check=True, timeout=120)
+    resumed = torch.load(tmp_path / "final.pt")
+    straight = resume_case.straight(case)
+    assert len(resumed) == len(straight)
+    for a, b in zip(resumed, straight):
+        assert torch.equal(a, b), case
+    # the checkpoint was taken in the middle of what each technique does
+    if case == "freezeout":
+        assert 0 < len(checkpoint["freezeout"]["freezer"]["frozen"]) < 3
+    if case == "unfreezing":
+        assert checkpoint["unfreezing"]["steps"] == resume_case.HALF
+    if case == "multirate":
+        assert checkpoint["opt"]["step_count"] % 3 != 0
+    if case == "hidlr":
+        assert checkpoint["opt"]["hidlr"]["stats"]["accepted"] + checkpoint["opt"]["hidlr"]["stats"]["rejected"] > 0
+    if case == "secant":
+        assert checkpoint["opt"]["secant"]["stats"]["estimates"] > 0
