@@ -102,9 +102,9 @@ class SecantLR(GroupRates):
         self.update_every = update_every
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         count = len(self._names)
-        self._sums = torch.zeros(count, 3, dtype=torch.float64)  # running <dg,dw>, <dw,dw>, lr<-g,dw>
-        self._weight = torch.zeros(count, dtype=torch.float64)  # bias correction of the averages
-        self._prev: list[dict[str, Any] | None] = [None] * count
+        self._sums = [[0.0, 0.0, 0.0] for _ in range(count)]  # running <dg,dw>, <dw,dw>, lr <-g,dw>
+        self._seen = [False] * count  # whether a group's averages hold a secant yet
+        self._prev: list[dict[str, Any] | None] = [None] * count  # flat weights, grads, applied lr
         self.stats: dict[str, Any] = {
             "estimates": 0,
             "accepted": 0,
@@ -117,38 +117,51 @@ class SecantLR(GroupRates):
         """Every group's current curvature estimate ``<dg, dw> / <dw, dw>`` (None before two steps)."""
         out: dict[str, float | None] = {}
         for k, name in enumerate(self._names):
-            num, den = float(self._sums[k, 0]), float(self._sums[k, 1])
-            out[name] = num / den if self._weight[k] > 0 and den > 0 else None
+            dgdw, dwdw, _ = self._sums[k]
+            out[name] = dgdw / dwdw if self._seen[k] and dwdw > 0 else None
         return out
 
     def _estimate(self, k: int) -> float:
-        dgdw, dwdw, line = (float(v) for v in self._sums[k])
-        if self.mode == "bb":
-            return self.scale * dwdw / dgdw if dgdw > 0 else (math.nan if math.isnan(dgdw) else -1.0)
-        return self.scale * line / dgdw if dgdw > 0 else (math.nan if math.isnan(dgdw) else -1.0)
+        dgdw, dwdw, line = self._sums[k]
+        if math.isnan(dgdw):
+            return math.nan
+        if dgdw <= 0.0:
+            return -1.0
+        return self.scale * (dwdw if self.mode == "bb" else line) / dgdw
+
+    @staticmethod
+    def _flat(tensors: list[Tensor]) -> Tensor:
+        return torch.cat([t.detach().reshape(-1) for t in tensors])
 
     @torch.no_grad()
-    def _observe(self, members: list[list[Tensor]]) -> None:
-        """Fold this step's weight and gradient changes into each group's running averages."""
+    def _observe(self, members: list[list[Tensor]]) -> list[tuple[Tensor, Tensor] | None]:
+        """Fold this step's weight and gradient changes into each group's running averages.
+
+        Returns each group's flat (weights, gradients) now, kept for the next step's secant.
+        """
+        now: list[tuple[Tensor, Tensor] | None] = []
+        terms, which = [], []
         for k, params in enumerate(members):
-            prev = self._prev[k]
-            if not params or prev is None or prev["params"] != [id(p) for p in params]:
+            if not params:
+                now.append(None)
                 continue
-            dw = torch._foreach_sub([p.detach() for p in params], prev["w"])
-            dg = torch._foreach_sub([p.grad for p in params], prev["g"])
-            terms = torch.stack(
-                [
-                    torch.stack([(a * b).sum() for a, b in zip(dg, dw)]).sum(),
-                    torch.stack([(b * b).sum() for b in dw]).sum(),
-                    -torch.stack([(g * b).sum() for g, b in zip(prev["g"], dw)]).sum() * prev["lr"],
-                ]
-            ).to(torch.float64)
-            self._sums[k] = self.beta * self._sums[k] + (1.0 - self.beta) * terms
-            self._weight[k] = self.beta * self._weight[k] + (1.0 - self.beta)
+            w, g = self._flat(params), self._flat([p.grad for p in params])
+            now.append((w, g))
+            prev = self._prev[k]
+            if prev is None or prev["params"] != [id(p) for p in params]:
+                continue
+            dw, dg = w - prev["w"], g - prev["g"]
+            terms.append(torch.stack([dg.dot(dw), dw.dot(dw), -prev["g"].dot(dw) * prev["lr"]]))
+            which.append(k)
+        if terms:
+            for k, values in zip(which, torch.stack(terms).double().tolist()):
+                self._sums[k] = [self.beta * s + (1.0 - self.beta) * v for s, v in zip(self._sums[k], values)]
+                self._seen[k] = True
+        return now
 
     def _update_eta(self, members: list[list[Tensor]]) -> None:
         for k, params in enumerate(members):
-            if not params or self._weight[k] == 0:
+            if not params or not self._seen[k]:
                 continue
             self.stats["estimates"] += 1
             eta_star = self._estimate(k)
@@ -161,22 +174,14 @@ class SecantLR(GroupRates):
             self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * eta_star
             self.stats["accepted"] += 1
 
-    @torch.no_grad()
-    def _remember(self, members: list[list[Tensor]], factors) -> None:
+    def _remember(self, members: list[list[Tensor]], now: list, factors) -> None:
         """Keep this step's weights, gradients and applied rate for the next secant."""
         for k, params in enumerate(members):
-            if not params:
+            if now[k] is None:
                 self._prev[k] = None
                 continue
-            prev = self._prev[k]
-            ids = [id(p) for p in params]
-            if prev is None or prev["params"] != ids:
-                prev = {"params": ids, "w": [p.detach().clone() for p in params], "g": [p.grad.clone() for p in params]}
-                self._prev[k] = prev
-            else:
-                torch._foreach_copy_(prev["w"], [p.detach() for p in params])
-                torch._foreach_copy_(prev["g"], [p.grad for p in params])
-            prev["lr"] = self.eta[k] * float(factors[k])
+            w, g = now[k]
+            self._prev[k] = {"params": [id(p) for p in params], "w": w, "g": g, "lr": self.eta[k] * float(factors[k])}
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """Observe the last step's secant, maybe update the rates, then take the base step."""
@@ -185,12 +190,12 @@ class SecantLR(GroupRates):
             with torch.enable_grad():
                 loss = closure()
         members = self._members()
-        self._observe(members)
+        now = self._observe(members)
         if self.step_count % self.update_every == 0:
             self._update_eta(members)
         factors = self._factors()
         self._apply_lrs(factors)
-        self._remember(members, factors)
+        self._remember(members, now, factors)
         self.optimizer.step()
         self.step_count += 1
         return loss
@@ -203,8 +208,8 @@ class SecantLR(GroupRates):
             if pr is None
             else {
                 "params": [index[i] for i in pr["params"]],
-                "w": [w.clone() for w in pr["w"]],
-                "g": [g.clone() for g in pr["g"]],
+                "w": pr["w"].clone(),
+                "g": pr["g"].clone(),
                 "lr": pr["lr"],
             }
             for pr in self._prev
@@ -215,8 +220,8 @@ class SecantLR(GroupRates):
                 "names": list(self._names),
                 "eta": list(self.eta),
                 "step_count": self.step_count,
-                "sums": self._sums.clone(),
-                "weight": self._weight.clone(),
+                "sums": [list(s) for s in self._sums],
+                "seen": list(self._seen),
                 "prev": prev,
                 "stats": dict(self.stats, rejections=dict(self.stats["rejections"])),
             },
@@ -233,15 +238,15 @@ class SecantLR(GroupRates):
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.eta = [float(v) for v in saved["eta"]]
         self.step_count = int(saved["step_count"])
-        self._sums = saved["sums"].clone().to(torch.float64)
-        self._weight = saved["weight"].clone().to(torch.float64)
+        self._sums = [[float(v) for v in s] for s in saved["sums"]]
+        self._seen = [bool(v) for v in saved["seen"]]
         self._prev = [
             None
             if pr is None
             else {
                 "params": [id(params[i]) for i in pr["params"]],
-                "w": [w.clone() for w in pr["w"]],
-                "g": [g.clone() for g in pr["g"]],
+                "w": pr["w"].clone(),
+                "g": pr["g"].clone(),
                 "lr": float(pr["lr"]),
             }
             for pr in saved["prev"]
