@@ -1,0 +1,98 @@
+"""Data-parallel training that follows ``requires_grad``: freezing and Multirate under DDP.
+
+``DistributedDataParallel`` registers the parameters that require grad when it is built and
+expects a gradient for every one of them in every backward. Freezing (FreezeOut, gradual
+unfreezing) and Multirate change that set during training, which makes a plain DDP either fail
+("Expected to have finished reduction") or, with ``find_unused_parameters=True``, keep
+all-reducing zero gradients for the frozen or slow parameters.
+
+:func:`wrap` returns a module that keeps one DDP per set of trainable parameters, built the first
+time the set occurs (``init_sync=False``: the parameters are already equal on every rank) and
+reused after: a FreezeOut run builds one per freeze event, a Multirate run two (fast steps, slow
+steps). Each all-reduces exactly the parameters that require grad, so frozen and slow parameters
+cost no communication; :attr:`DistributedModel.bytes_reduced` counts what was sent. Forward
+passes without grad (evaluation, Hi-DLR's probes) run the module directly.
+
+Example:
+    >>> dist.init_process_group("gloo")  # doctest: +SKIP
+    >>> model = layerwise.distributed.wrap(net)  # instead of DistributedDataParallel(net)  # doctest: +SKIP
+    >>> opt = Multirate.from_partition(by_head(net, sample_input=x), lr=0.1, k=4)  # doctest: +SKIP
+    >>> loss_fn(model(x), y).backward(); opt.step()  # the usual loop  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["DistributedModel", "wrap"]
+
+
+class DistributedModel(nn.Module):
+    """``module`` data-parallel over the default process group, one DDP per trainable set.
+
+    ``state_dict`` and attribute access are the wrapped module's (as with ``DDP.module``).
+    """
+
+    def __init__(self, module: nn.Module, **ddp_options: Any) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
+        if isinstance(module, (DistributedDataParallel, DistributedModel)):
+            raise TypeError("module: already data-parallel; wrap the plain model")
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("wrap: call torch.distributed.init_process_group first")
+        if "find_unused_parameters" in ddp_options:
+            raise ValueError("find_unused_parameters: not needed (one DDP per trainable set); leave it out")
+        super().__init__()
+        self.module = module
+        self._options = ddp_options
+        self._params = list(module.parameters())
+        self._replicas: dict[tuple[bool, ...], DistributedDataParallel] = {}
+        self.bytes_reduced = 0
+        """Bytes of gradient buckets all-reduced so far by this rank."""
+        for p in self._params:  # one initial sync of every parameter and buffer from rank 0
+            dist.broadcast(p.data, 0)
+        for b in module.buffers():
+            dist.broadcast(b.data, 0)
+
+    @property
+    def replicas(self) -> int:
+        """How many DDP wrappers (trainable sets) were built so far."""
+        return len(self._replicas)
+
+    def _count(self, state, bucket):  # no annotations: DDP checks them, and they are strings here
+        buffer = bucket.buffer()
+        self.bytes_reduced += buffer.numel() * buffer.element_size()
+        return allreduce_hook(state, bucket)
+
+    def _replica(self, signature: tuple[bool, ...]) -> DistributedDataParallel:
+        replica = self._replicas.get(signature)
+        if replica is None:
+            replica = DistributedDataParallel(self.module, init_sync=False, **self._options)
+            replica.register_comm_hook(None, self._count)
+            self._replicas[signature] = replica
+        return replica
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        signature = tuple(p.requires_grad for p in self._params)
+        if not torch.is_grad_enabled() or not any(signature):
+            return self.module(*args, **kwargs)
+        replica = self._replica(signature)
+        replica.training = self.training  # the flag only: frozen modules keep their inference mode
+        return replica(*args, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def wrap(module: nn.Module, **ddp_options: Any) -> DistributedModel:
+    """Data-parallel ``module`` that stays correct when layers freeze or parts go slow (see module docs)."""
+    return DistributedModel(module, **ddp_options)

@@ -1,0 +1,122 @@
+"""Every technique under data parallelism (gloo, 2 processes) equals one process with the global batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import layerwise
+from layerwise import FreezeOut, Freezer, GradualUnfreezing, HiDLR, LayerwiseLR, Multirate, SecantLR, recipes
+from layerwise.distributed import wrap
+
+STEPS = 9
+CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "secant")
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _build(case: str, net: nn.Module):
+    part = layerwise.by_layer(net, sample_input=torch.zeros(2, 6))
+    if case == "llr":
+        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+        return opt, LayerwiseLR(opt, STEPS, schedule=recipes.build("llr", 3, policy=recipes.make_policy("onecycle")))
+    if case == "freezeout":
+        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+        return opt, FreezeOut(net, opt, STEPS, t0=0.3, strategy="linear")
+    if case == "unfreezing":
+        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+        return opt, GradualUnfreezing(Freezer(net, opt), every=3)
+    if case == "multirate":
+        return Multirate.from_partition(part, fast=[part.names[-1]], lr=0.3, k=3, momentum=0.9), None
+    if case == "hidlr":
+        return HiDLR(torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9), update_every=2, clip=(0, 0.5)), None
+    if case == "secant":
+        return SecantLR(torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9), mode="line", clip=(0, 0.5)), None
+    raise ValueError(case)
+
+
+def _batch(step: int):
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+
+def _train(case: str, rank: int | None):
+    net = _net()
+    model = net if rank is None else wrap(net)
+    opt, technique = _build(case, net)
+    sent = []
+    for step in range(STEPS):
+        x, y = _batch(step)
+        if rank is not None:  # each rank takes its half of the global batch
+            x, y = x[rank * 8 : (rank + 1) * 8], y[rank * 8 : (rank + 1) * 8]
+        before = model.bytes_reduced if rank is not None else 0
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if isinstance(opt, HiDLR):
+            opt.step(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
+        else:
+            opt.step()
+        if technique is not None:
+            technique.step()
+        sent.append(model.bytes_reduced - before if rank is not None else 0)
+    lrs = [g["lr"] for g in opt.param_groups]
+    replicas = model.replicas if rank is not None else 0
+    return [p.detach().clone() for p in net.parameters()], lrs, sent, replicas
+
+
+def _worker(rank: int, port: int, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    for case in CASES:
+        out[(case, rank)] = _train(case, rank)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(port, out), nprocs=2, join=True)
+    return dict(out)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_equal_one_with_the_global_batch(case, two_ranks):
+    single, single_lrs, _, _ = _train(case, None)
+    for rank in (0, 1):
+        params, lrs, _, _ = two_ranks[(case, rank)]
+        for a, b in zip(params, single):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert lrs == pytest.approx(single_lrs, rel=1e-5)
+    assert two_ranks[(case, 0)][1] == two_ranks[(case, 1)][1]  # every rank applies the same LRs
+
+
+def test_frozen_and_slow_parameters_are_not_all_reduced(two_ranks):
+    net = _net()
+    sizes = [p.numel() * 4 for p in net.parameters()]
+    _, _, sent, replicas = two_ranks[("multirate", 0)]
+    head = sum(sizes[-2:])
+    assert sent == [sum(sizes), head, head] * 3  # slow steps everything, fast steps the head only
+    assert replicas == 2
+    _, _, sent, replicas = two_ranks[("freezeout", 0)]
+    assert sent[0] == sum(sizes) and sent[-1] == head and replicas == 3  # all, then without layer 0, then head
+    _, _, sent, _ = two_ranks[("unfreezing", 0)]
+    assert sent[0] == head and sent[-1] == sum(sizes)
+
+
+def test_wrap_refuses_bad_input():
+    with pytest.raises(TypeError, match=r"module: expected an nn\.Module"):
+        wrap("model")
+    with pytest.raises(RuntimeError, match="init_process_group first"):
+        wrap(_net())
