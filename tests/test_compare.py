@@ -247,3 +247,33 @@ def test_registered_tasks_are_available():
         "ellipse",
         "beale-rosenbrock",
     } <= set(TASKS)
+
+
+def test_welch_matches_scipy_and_the_study_reads_its_outcomes():
+    from scipy import stats
+
+    from layerwise.compare.study import _analyse, llr_variants, welch
+
+    a, b = [0.81, 0.83, 0.82], [0.78, 0.80, 0.79]
+    test = welch(a, b)
+    assert test["diff"] == pytest.approx(0.03)
+    assert test["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (test["low"], test["high"]) == pytest.approx((interval.low, interval.high))
+    assert welch([1.0], [2.0, 3.0])["p"] is None
+
+    def record(final, reach_step):
+        curve = [{"step": s, "test_accuracy": final if s >= reach_step else 0.1} for s in (10, 20, 30)]
+        return {"test_metric": final, "curve": curve}
+
+    labels = [label for label, _, _ in llr_variants()]
+    assert labels[0] == "step uniform" and labels[-1] == "staggered 1cycle"
+    outcomes = {label: {"records": [record(0.80 + 0.001 * s, 20) for s in range(3)], "errors": []} for label in labels}
+    outcomes["step first-high"]["records"] = [record(0.90 + 0.001 * s, 10) for s in range(3)]
+    lines, findings = _analyse(outcomes)
+    by_variant = {f["variant"]: f for f in findings}
+    assert by_variant["step first-high"]["accuracy"]["p"] < 0.05
+    assert by_variant["step first-high"]["accuracy"]["diff"] == pytest.approx(0.10)
+    assert by_variant["step first-low"]["accuracy"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert by_variant["staggered 1cycle"]["reference"] == "onecycle uniform"
+    assert any(line.startswith("| step first-high |") and "significant (p < 0.05)" in line for line in lines)
