@@ -243,6 +243,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help="seeds per method (default 1; the llr study: 3)")
     p.add_argument("--epochs", type=int, help="epochs (default: the task's)")
     p.add_argument("--train-size", type=int, help="train on the first N examples (default: the task's budget)")
+    p.add_argument("--test-size", type=int, default=5000, help="evaluate on the first N test examples (0: all)")
     p.add_argument("--policy", default="cosine", help=f"global LR policy: {', '.join(sorted(recipes.POLICIES))}")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting")
     p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
@@ -291,6 +292,7 @@ def _compare(args: argparse.Namespace) -> int:
         out=args.out or Path("runs/compare"),
         telemetry_every=args.telemetry,
         tensorboard=args.tensorboard,
+        test_size=args.test_size or None,
         **common,
     )
     paths = result["paths"]

@@ -127,7 +127,7 @@ register_task(
         make_model=ResNetCNN,
         sample_input=lambda: torch.zeros(2, 1, 28, 28),
         load_data=_fashion_data,
-        train_size=20000,
+        train_size=16000,
     )
 )
 
@@ -138,7 +138,7 @@ register_task(
         make_model=lambda: ResNetCNN(residual=False),
         sample_input=lambda: torch.zeros(2, 1, 28, 28),
         load_data=_fashion_data,
-        train_size=20000,
+        train_size=16000,
     )
 )
 

@@ -73,6 +73,7 @@ def compare_variants(
     quick: bool = False,
     out: str | Path = "runs/compare",
     eval_points: int = 4,
+    test_size: int | None = 5000,
     telemetry_every: int | None = None,
     tensorboard: bool = False,
     progress: bool = True,
@@ -81,8 +82,9 @@ def compare_variants(
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
-    ``data`` replaces the task's own (loaded once otherwise). Returns ``{"rows", "table",
-    "setting", "outcomes", "paths"}``; see :func:`compare` for the other arguments.
+    ``test_size``: evaluate on the first this many test examples (None: all). ``data`` replaces
+    the task's own (loaded once otherwise; ``test_size`` does not apply to it). Returns
+    ``{"rows", "table", "setting", "outcomes", "paths"}``; see :func:`compare` for the others.
     """
     task = get_task(task) if isinstance(task, str) else task
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -97,6 +99,7 @@ def compare_variants(
         train_size = task.train_size
     epochs = epochs or (task.quick_epochs if quick else task.epochs)
     out = Path(out)
+    own_data = data is None
     config = {
         "task": task.name,
         "epochs": epochs,
@@ -105,6 +108,7 @@ def compare_variants(
         "policy": policy,
         "eval_points": eval_points,
         **({"telemetry_every": telemetry_every} if telemetry_every else {}),
+        **({"test_size": test_size} if own_data else {}),
     }
     outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
     with RunStore(out / "runs.sqlite", config) as store:
@@ -116,6 +120,8 @@ def compare_variants(
         ]
         if todo and data is None:
             data = task.load_data(None, quick)
+            if test_size is not None:
+                data = TaskData(data.train, (data.test[0][:test_size], data.test[1][:test_size]))
         with _bar(len(todo), f"compare {task.name}", progress) as runs_bar:
             for label, method, settings, seed in todo:
                 key = RunStore.key(method, settings, seed)
@@ -167,8 +173,9 @@ def compare_variants(
     table = markdown_table(rows, task.metric)
     title = title or f"layerwise compare: {task.name}"
     used = next((r["train_size"] for o in outcomes.values() for r in o["records"]), train_size)
+    tested = next((r["test_examples"] for o in outcomes.values() for r in o["records"]), "the")
     setting = (
-        f"{task.description}. {epochs} epoch(s), {used or 'all'} training examples, batch "
+        f"{task.description}. {epochs} epoch(s), {used or 'all'} training examples, {tested} test examples, batch "
         f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, global policy {policy}, {seeds} seed(s); "
         f"speed-up = {baseline}'s training wall-clock / the method's."
     )

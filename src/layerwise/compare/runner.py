@@ -155,6 +155,7 @@ def run_one(
         "epochs": epochs,
         "steps": total,
         "train_size": len(x_train),
+        "test_examples": len(data.test[1]),
         "policy": policy,
         "metric": task.metric,
         "groups": names,
