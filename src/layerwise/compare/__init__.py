@@ -22,7 +22,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from ..bench.tasks import Task, TaskData, get_task
+import torch
+
+from ..bench.tasks import Task, TaskData, get_task, make_optimizer
 from .methods import METHODS, Method, check_methods, register_method, resolve_settings
 from .report import markdown_table, plot_all, summarize, write_html
 from .runner import run_one
@@ -56,6 +58,18 @@ def _bar(total: int, desc: str, enabled: bool, position: int = 0):
         dynamic_ncols=True,
         mininterval=1.0,
     )
+
+
+def _warm_up(task: Task, data: TaskData, steps: int = 10) -> None:
+    """A few untimed training steps, so the first timed run does not pay for thread pools and caches."""
+    model = task.make_model()
+    optimizer = make_optimizer(task, [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    x, y = data.train
+    for step in range(steps):
+        index = torch.arange(step * task.batch_size, (step + 1) * task.batch_size) % len(x)
+        optimizer.zero_grad()
+        task.loss(model(x[index]), y[index]).backward()
+        optimizer.step()
 
 
 def _slug(label: str) -> str:
@@ -122,6 +136,8 @@ def compare_variants(
             data = task.load_data(None, quick)
             if test_size is not None:
                 data = TaskData(data.train, (data.test[0][:test_size], data.test[1][:test_size]))
+        if todo:
+            _warm_up(task, data)
         with _bar(len(todo), f"compare {task.name}", progress) as runs_bar:
             for label, method, settings, seed in todo:
                 key = RunStore.key(method, settings, seed)
