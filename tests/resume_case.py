@@ -82,17 +82,21 @@ def build(case: str):
 CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant")
 
 
+def take_step(model, opt, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One standard training step (with the loss closure Hi-DLR probes)."""
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    if isinstance(opt, HiDLR):
+        opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+    else:
+        opt.step()
+
+
 def train(model, opt, techniques, start: int, count: int) -> None:
     model.train()
     for step in range(start, start + count):
-        x, y = _batch(step)
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        if isinstance(opt, HiDLR):
-            opt.step(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
-        else:
-            opt.step()
+        take_step(model, opt, *_batch(step))
         for technique in techniques.values():
             technique.step()
 

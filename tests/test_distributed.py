@@ -12,6 +12,7 @@ from torch import nn
 import layerwise
 from layerwise import FreezeOut, Freezer, GradualUnfreezing, HiDLR, LayerwiseLR, Multirate, SecantLR, recipes
 from layerwise.distributed import wrap
+from resume_case import take_step
 
 STEPS = 9
 CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "secant")
@@ -57,13 +58,7 @@ def _train(case: str, rank: int | None):
         if rank is not None:  # each rank takes its half of the global batch
             x, y = x[rank * 8 : (rank + 1) * 8], y[rank * 8 : (rank + 1) * 8]
         before = model.bytes_reduced if rank is not None else 0
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        if isinstance(opt, HiDLR):
-            opt.step(lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
-        else:
-            opt.step()
+        take_step(model, opt, x, y)
         if technique is not None:
             technique.step()
         sent.append(model.bytes_reduced - before if rank is not None else 0)
