@@ -160,6 +160,10 @@ class FreezeOut:
         self.scheduler.step()
         self._freeze_due()
 
+    def get_last_lr(self) -> list[float]:
+        """Every param group's current LR (as torch schedulers report it; trainers log it)."""
+        return self.scheduler.get_last_lr()
+
     def lr_at(self, step: int) -> list[float]:
         """Every param group's LR at ``step`` (closed form)."""
         return self.scheduler.lr_at(step)

@@ -147,12 +147,15 @@ class HiDLR(GroupRates):
         }
         self.history: list[dict[str, Any]] = []
         self.last_fit: QuadraticFit | None = None
+        self.closure: Callable[[], Tensor] | None = None
+        """Used when ``step()`` gets no closure (set by trainers that own the loop)."""
 
     # -- stepping ------------------------------------------------------------------------
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # type: ignore[override]
         """One optimizer step; probes first when ``step_count % update_every == 0``."""
         factors = self._factors()
+        closure = closure if closure is not None else self.closure
         if self.step_count % self.update_every == 0:
             if closure is None:
                 raise TypeError(

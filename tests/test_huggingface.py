@@ -1,0 +1,116 @@
+"""transformers.Trainer with layerwise techniques, on the pretrained MiniLM for a few steps."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import layerwise
+from layerwise import FreezeOut, HiDLR, LayerwiseLR, Multirate, recipes
+from layerwise.bench.pretrained import minilm_classifier
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import transformers
+
+from layerwise.integrations.huggingface import LayerwiseTrainer
+
+STEPS = 4
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 5000, (STEPS * 4, 12), generator=g)
+    ids[:, 0] = 101
+    labels = torch.randint(0, 3, (STEPS * 4,), generator=g)
+    return [{"input_ids": i, "labels": int(y)} for i, y in zip(ids, labels)]
+
+
+def _loss(outputs, labels, num_items_in_batch=None):
+    return nn.functional.cross_entropy(outputs, labels)
+
+
+def _trainer(tmp_path, model, optimizers):
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=STEPS,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        remove_unused_columns=False,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    return LayerwiseTrainer(
+        model=model, args=args, train_dataset=_data(), optimizers=optimizers, compute_loss_func=_loss
+    )
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    torch.manual_seed(0)
+    return minilm_classifier(num_labels=3)
+
+
+def _fresh(minilm):
+    model = minilm_classifier(num_labels=3)
+    model.load_state_dict(minilm.state_dict())
+    part = layerwise.by_block(model, depth=3, sample_input=torch.tensor([[101, 2000, 102]]))
+    return model, part
+
+
+def _lr_logs(trainer):
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_llr_schedule_replaces_the_trainers_scheduler_and_every_group_is_logged(tmp_path, minilm):
+    model, part = _fresh(minilm)
+    opt = torch.optim.AdamW(part.param_groups(lr=1e-4))
+    sched = LayerwiseLR(opt, STEPS, schedule=recipes.build("llr", len(part)))
+    trainer = _trainer(tmp_path, model, (opt, sched))
+    trainer.train()
+    logs = _lr_logs(trainer)
+    assert len(logs) == STEPS
+    for step, entry in enumerate(logs, start=1):
+        for name, lr in zip(part.names, sched.lr_at(step)):
+            assert entry[f"lr/{name}"] == pytest.approx(lr)
+        assert entry["frozen_groups"] == 0
+
+
+def test_freezeout_freezes_groups_as_the_trainer_steps_it(tmp_path, minilm):
+    model, part = _fresh(minilm)
+    opt = torch.optim.AdamW(part.param_groups(lr=1e-4))
+    freezeout = FreezeOut(model, opt, STEPS, t0=0.3, strategy="linear")
+    trainer = _trainer(tmp_path, model, (opt, freezeout))
+    trainer.train()
+    frozen = [entry["frozen_groups"] for entry in _lr_logs(trainer)]
+    # the last body group reaches zero at the very end, the head trains on: two of four frozen in the run
+    assert frozen == [0, 1, 2, 2] and len(part) == 4
+    assert freezeout.frozen and not any(p.requires_grad for p in part[0].params)
+
+
+def test_hidlr_gets_the_batch_closure_and_multirate_steps_through_the_trainer(tmp_path, minilm):
+    model, part = _fresh(minilm)
+    hidlr = HiDLR(torch.optim.AdamW(part.param_groups(lr=1e-4)), update_every=2, clip=(0, 1e-3), model=model)
+    _trainer(tmp_path / "h", model, (hidlr, None)).train()
+    assert hidlr.stats["probe_rounds"] == 2 and hidlr.stats["forward_passes"] >= 2 * 4 * len(part)
+    model, part = _fresh(minilm)
+    head = layerwise.by_head(model, sample_input=torch.tensor([[101, 2000, 102]]))
+    multirate = Multirate.from_partition(head, lr=1e-4, k=2, base=torch.optim.AdamW)
+    before = [p.detach().clone() for p in head["body"].params]
+    _trainer(tmp_path / "m", model, (multirate, None)).train()
+    assert multirate.step_count == STEPS
+    assert any(not torch.equal(a, p) for a, p in zip(before, head["body"].params))
+
+
+def test_import_layerwise_imports_no_framework():
+    code = (
+        "import sys, layerwise, layerwise.compare; print(any(m in sys.modules for m in ('transformers', 'lightning')))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
