@@ -168,8 +168,8 @@ class LayerMonitor:
             }
             if "relative_update" in self.quantities and self._before is not None:
                 before = self._before[k]
-                change = _norm(torch._foreach_sub(weights, before))
-                row["relative_update"] = float(change / _norm(before)) if float(_norm(before)) > 0 else 0.0
+                change, start = float(_norm(torch._foreach_sub(weights, before))), float(_norm(before))
+                row["relative_update"] = change / start if start > 0 else 0.0
             if "rotation" in self.quantities:
                 initial = self._initial[k]  # in float64: 1 - cos cancels badly in float32
                 dot = sum(float((w.double() * w0.double()).sum()) for w, w0 in zip(weights, initial))

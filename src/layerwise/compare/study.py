@@ -78,6 +78,18 @@ def _verdict(test: dict[str, float | None]) -> str:
     return "significant (p < 0.05)" if test["p"] < 0.05 else "no significant difference"
 
 
+def _ci(test: dict[str, Any] | None, scale: float = 1.0, spec: str = ".2f") -> tuple[str, str]:
+    """A comparison as table cells: the difference with its interval, and the verdict."""
+    if test is None:
+        return "reference", ""
+    if test["diff"] is None:
+        return "—", "too few runs"
+    return (
+        f"{test['diff'] * scale:+{spec}} [{test['low'] * scale:+{spec}}, {test['high'] * scale:+{spec}}]",
+        f"{_verdict(test)}, p = {test['p']:.2g}",
+    )
+
+
 def _analyse(outcomes: dict[str, dict[str, list]]) -> tuple[list[str], list[dict[str, Any]]]:
     finals = {
         label: [r["test_metric"] for r in o["records"] if r["test_metric"] is not None] for label, o in outcomes.items()
@@ -107,18 +119,8 @@ def _analyse(outcomes: dict[str, dict[str, list]]) -> tuple[list[str], list[dict
             f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
         )
 
-        def ci(test, scale=1.0, spec=".2f"):
-            if test is None:
-                return "reference", ""
-            if test["diff"] is None:
-                return "—", "too few runs"
-            return (
-                f"{test['diff'] * scale:+{spec}} [{test['low'] * scale:+{spec}}, {test['high'] * scale:+{spec}}]",
-                f"{_verdict(test)}, p = {test['p']:.2g}",
-            )
-
-        acc_ci, acc_v = ci(acc, 100.0)
-        speed_ci, speed_v = ci(speed, 1.0, ".0f")
+        acc_ci, acc_v = _ci(acc, 100.0)
+        speed_ci, speed_v = _ci(speed, 1.0, ".0f")
         lines.append(f"| {label} | {len(mine)} | {mean} | {acc_ci} | {acc_v} | {step_text} | {speed_ci} | {speed_v} |")
         if label != reference:
             findings.append(
