@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from . import recipes
-from .freezing import Freezer
+from .freezing import Freezer, freeze_due
 from .scheduler import LayerwiseLR, group_depths
 from .schedules import Constant, LayerSchedule, Policy
 
@@ -146,14 +146,8 @@ class FreezeOut:
         return self.freezer.frozen
 
     def _freeze_due(self) -> None:
-        step = self.scheduler.last_epoch
-        due = [
-            group["name"]
-            for group, at in zip(self.optimizer.param_groups, self.frozen_at)
-            if at is not None and at <= step and not self.freezer.is_frozen(group["name"])
-        ]
-        if due:
-            self.freezer.freeze(*dict.fromkeys(due))
+        names = [group["name"] for group in self.optimizer.param_groups]
+        freeze_due(self.freezer, names, self.frozen_at, self.scheduler.last_epoch)
 
     def step(self) -> None:
         """Advance one step: set every group's LR and freeze the groups that reached zero."""

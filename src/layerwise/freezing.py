@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-__all__ = ["Freezer", "GradualUnfreezing"]
+__all__ = ["Freezer", "GradualUnfreezing", "freeze_due"]
 
 
 class Freezer:
@@ -146,6 +146,13 @@ class Freezer:
             self._thaw(thaw, fresh_state=False)
         self.freeze(*frozen)
         self._frozen = frozen
+
+
+def freeze_due(freezer: Freezer, names: Iterable[str], frozen_at: Iterable[int | None], step: int) -> None:
+    """Freeze every named group whose freeze step (None: never) is at or before ``step``."""
+    due = [n for n, at in zip(names, frozen_at) if at is not None and at <= step and not freezer.is_frozen(n)]
+    if due:
+        freezer.freeze(*dict.fromkeys(due))
 
 
 def _inference_mode(module: nn.Module, _args: Any) -> None:

@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 from .. import recipes
 from ..bench.tasks import Task, make_optimizer
 from ..freezeout import FreezeOut
-from ..freezing import Freezer
+from ..freezing import Freezer, freeze_due
 from ..groups import Partition, by_depth_buckets
 from ..hidlr import HiDLR
 from ..multirate import Multirate
@@ -226,9 +226,7 @@ class FreezeWhenZero:
 
     def step(self) -> None:
         self.steps += 1
-        due = [n for n, at in zip(self.names, self.frozen_at) if at is not None and at <= self.steps]
-        if due:
-            self.freezer.freeze(*due)
+        freeze_due(self.freezer, self.names, self.frozen_at, self.steps)
 
 
 def _freezeout_hidlr(task, model, partition, total_steps, policy, settings) -> Setup:
