@@ -48,11 +48,17 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 1, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
-def build(case: str):
-    """(model, optimizer, technique objects with state_dict) for ``case``."""
+def build(case: str, partition: str = "layers"):
+    """(model, optimizer, technique objects with state_dict) for ``case``.
+
+    ``partition="coarse"`` groups the same model into ``features`` and ``head`` instead of layers.
+    """
     torch.manual_seed(0)
     model = Net()
-    part = layerwise.by_layer(model, sample_input=torch.zeros(2, 1, 4, 4))
+    if partition == "coarse":
+        part = layerwise.by_patterns(model, {"^(conv|bn|mid)": "features", "^head": "head"})
+    else:
+        part = layerwise.by_layer(model, sample_input=torch.zeros(2, 1, 4, 4))
     if case == "llr":
         opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
         schedule = recipes.build("llr", len(part), policy=recipes.make_policy("onecycle"))

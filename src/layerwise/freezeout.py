@@ -30,6 +30,7 @@ from . import recipes
 from .freezing import Freezer, freeze_due
 from .scheduler import LayerwiseLR, group_depths
 from .schedules import Constant, LayerSchedule, Policy
+from .state_check import check_state, stamp
 
 __all__ = ["STRATEGIES", "FreezeOut", "FreezeOutRule", "freeze_times"]
 
@@ -162,9 +163,18 @@ class FreezeOut:
         """Every param group's LR at ``step`` (closed form)."""
         return self.scheduler.lr_at(step)
 
+    def _identity(self) -> dict[str, Any]:
+        settings = {"t0": self.t0, "strategy": self.strategy, "scale_lr": self.scale_lr}
+        return stamp("FreezeOut", self.freezer.names, {**settings, "total_steps": self.scheduler.total_steps})
+
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler.state_dict(), "freezer": self.freezer.state_dict()}
+        return {**self._identity(), "scheduler": self.scheduler.state_dict(), "freezer": self.freezer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
+        identity = self._identity()
+        check_state(state, "FreezeOut", identity["groups"], identity["settings"], keys=("scheduler", "freezer"))
+        self.scheduler.check_state_dict(state["scheduler"])
+        self.freezer.check_state_dict(state["freezer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.freezer.load_state_dict(state["freezer"])

@@ -19,8 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
+
+from .state_check import check_state, stamp
 
 __all__ = ["Freezer", "GradualUnfreezing", "freeze_due"]
 
@@ -42,6 +45,13 @@ class Freezer:
             raise ValueError(
                 f"optimizer: param groups {unnamed} have no 'name'; build them with "
                 "Partition.param_groups() or add a 'name' key"
+            )
+        owned = {id(p) for p in model.parameters()}
+        strays = sorted({g["name"] for g in optimizer.param_groups for p in g["params"] if id(p) not in owned})
+        if strays:
+            raise ValueError(
+                f"optimizer: groups {strays} hold parameters that are not model's ({type(model).__name__}); "
+                "build the optimizer from this model's parameters (a DDP model's are its .module's)"
             )
         self.model = model
         self.optimizer = optimizer
@@ -68,11 +78,23 @@ class Freezer:
     def _check(self, names: tuple[str, ...], argument: str) -> None:
         known = self.names
         for name in names:
+            if isinstance(name, torch.Tensor):
+                raise TypeError(f"{argument}: takes group names, not tensors; {self._whereabouts(name)}")
             if not isinstance(name, str):
                 raise TypeError(f"{argument}: group names are strings, got {type(name).__name__}")
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ValueError(f"{argument}: no group named {unknown}; groups: {known}")
+            params = dict(self.model.named_parameters())
+            hints = "".join(f"; {self._whereabouts(params[n])}" for n in unknown if n in params)
+            raise ValueError(f"{argument}: no group named {unknown}; groups: {known}{hints}")
+
+    def _whereabouts(self, param: torch.Tensor) -> str:
+        """Which group a parameter belongs to, for error messages."""
+        name = next((n for n, p in self.model.named_parameters() if p is param), "the tensor")
+        group = next((g["name"] for g in self.optimizer.param_groups if any(p is param for p in g["params"])), None)
+        if group is None:
+            return f"parameter {name!r} is in no param group of the optimizer, so it is never trained or frozen"
+        return f"parameter {name!r} is in group {group!r}: freeze or unfreeze the group"
 
     def freeze(self, *names: str) -> None:
         """Freeze the named groups (already frozen ones are left as they are)."""
@@ -134,13 +156,18 @@ class Freezer:
 
     def state_dict(self) -> dict[str, Any]:
         """The frozen set; save it beside the model and optimizer state."""
-        return {"frozen": list(self._frozen)}
+        return {**stamp("Freezer", self.names), "frozen": list(self._frozen)}
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ValueError unless ``state`` is a Freezer's, for these groups."""
+        check_state(state, "Freezer", self.names, keys=("frozen",))
+        self._check(tuple(state["frozen"]), "state_dict['frozen']")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Freeze exactly the saved groups; others are unfrozen keeping their optimizer state, so the
         optimizer's state dict may be loaded before or after this one."""
-        frozen = list(state.get("frozen", ()))
-        self._check(tuple(frozen), "state_dict['frozen']")
+        self.check_state_dict(state)
+        frozen = list(state["frozen"])
         thaw = [n for n in self._frozen if n not in frozen]
         if thaw:
             self._thaw(thaw, fresh_state=False)
@@ -203,9 +230,15 @@ class GradualUnfreezing:
         self.steps += 1
         self._apply()
 
+    def _identity(self) -> dict[str, Any]:
+        return stamp("GradualUnfreezing", self.freezer.names, {"every": self.every, "start": self.start})
+
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "freezer": self.freezer.state_dict()}
+        return {**self._identity(), "steps": self.steps, "freezer": self.freezer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = int(state["steps"])
+        """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
+        identity = self._identity()
+        check_state(state, "GradualUnfreezing", identity["groups"], identity["settings"], keys=("steps", "freezer"))
         self.freezer.load_state_dict(state["freezer"])
+        self.steps = int(state["steps"])

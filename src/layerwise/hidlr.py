@@ -48,6 +48,7 @@ from .group_rates import GroupRates, set_lr
 from .groups import Partition
 from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
+from .state_check import check_optimizer_state, check_state, stamp
 
 __all__ = ["HiDLR"]
 
@@ -294,6 +295,7 @@ class HiDLR(GroupRates):
         """The base optimizer's state dict plus Hi-DLR's LRs, step count, counters and history."""
         stats = dict(self.stats, rejections=dict(self.stats["rejections"]))
         return {
+            **self._identity(),
             "base": self.optimizer.state_dict(),
             "hidlr": {
                 "names": list(self._names),
@@ -304,13 +306,15 @@ class HiDLR(GroupRates):
             },
         }
 
+    def _identity(self) -> dict[str, Any]:
+        return stamp("HiDLR", self._names, {"base": type(self.optimizer).__name__})
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """Restore a :meth:`state_dict`; the groups must have the same names."""
-        if not isinstance(state_dict, dict) or set(state_dict) != {"base", "hidlr"}:
-            raise ValueError("state_dict: expected a HiDLR state dict with keys 'base' and 'hidlr'")
+        """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
+        identity = self._identity()
+        check_state(state_dict, "HiDLR", identity["groups"], identity["settings"], keys=("base", "hidlr"))
+        check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["hidlr"]
-        if list(saved["names"]) != self._names:
-            raise ValueError(f"state_dict: saved for groups {saved['names']}, this optimizer has {self._names}")
         self.optimizer.load_state_dict(state_dict["base"])
         self.eta = [float(v) for v in saved["eta"]]
         self.step_count = int(saved["step_count"])

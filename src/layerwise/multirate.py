@@ -42,8 +42,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .group_rates import group_names
 from .groups import Partition
 from .schedules import _finite_nonneg
+from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import init_hooks
 
 __all__ = ["Multirate"]
@@ -255,18 +257,24 @@ class Multirate(Optimizer):
         }
         drift = [None if pairs is None else [(index[id(p)], d.clone()) for p, d in pairs] for pairs in self._drift]
         return {
+            **self._identity(),
             "parts": [opt.state_dict() for opt in self.optimizers],
             "step_count": self.step_count,
             "drift": drift,
         }
 
+    def _identity(self) -> dict[str, Any]:
+        settings = {"parts": list(self.names), "periods": list(self.periods), "drift": self.drift}
+        settings["base"] = type(self.optimizers[0]).__name__
+        return stamp("Multirate", group_names(self.param_groups), settings)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        if not isinstance(state_dict, dict) or set(state_dict) != {"parts", "step_count", "drift"}:
-            raise ValueError("state_dict: expected a Multirate state dict with keys 'parts', 'step_count', 'drift'")
-        if len(state_dict["parts"]) != len(self.optimizers):
-            raise ValueError(
-                f"state_dict: saved with {len(state_dict['parts'])} parts, this one has {len(self.optimizers)}"
-            )
+        """Resume (mid-cycle too); a state of another technique, partition or setting raises ValueError."""
+        identity = self._identity()
+        keys = ("parts", "step_count", "drift")
+        check_state(state_dict, "Multirate", identity["groups"], identity["settings"], keys=keys)
+        for name, opt, saved in zip(self.names, self.optimizers, state_dict["parts"]):
+            check_optimizer_state(opt, saved, f"state_dict['parts'] ({name})")
         for opt, saved in zip(self.optimizers, state_dict["parts"]):
             opt.load_state_dict(saved)
         params = [p for level in range(len(self.optimizers)) for p in self._params(level)]

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .group_rates import group_names
 from .schedules import _finite_nonneg
+from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import Wrapper, init_hooks
 
 __all__ = ["RandomSubsetMultirate"]
@@ -155,6 +157,7 @@ class RandomSubsetMultirate(Wrapper):
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {
+            **self._identity(),
             "base": self.optimizer.state_dict(),
             "step_count": self.step_count,
             "generator": self.generator.get_state(),
@@ -162,10 +165,17 @@ class RandomSubsetMultirate(Wrapper):
             "kept": [v.clone() for v in self._kept],
         }
 
+    def _identity(self) -> dict[str, Any]:
+        shapes = [list(p.shape) for p, _ in self.probabilities]
+        names = group_names(self.optimizer.param_groups)
+        return stamp("RandomSubsetMultirate", names, {"k": self.k, "subsets": shapes})
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        expected = {"base", "step_count", "generator", "masks", "kept"}
-        if not isinstance(state_dict, dict) or set(state_dict) != expected:
-            raise ValueError(f"state_dict: expected a RandomSubsetMultirate state dict with keys {sorted(expected)}")
+        """Resume (RNG included); another technique's state, other groups or subsets raise ValueError."""
+        identity = self._identity()
+        keys = ("base", "step_count", "generator", "masks", "kept")
+        check_state(state_dict, "RandomSubsetMultirate", identity["groups"], identity["settings"], keys=keys)
+        check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         self.optimizer.load_state_dict(state_dict["base"])
         self.step_count = int(state_dict["step_count"])
         self.generator.set_state(state_dict["generator"])

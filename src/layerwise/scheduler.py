@@ -26,7 +26,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from .group_rates import group_names
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
+from .state_check import check_state, stamp
 
 __all__ = ["LayerwiseLR", "group_depths"]
 
@@ -158,14 +160,23 @@ class LayerwiseLR(LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         skip = ("optimizer", "schedule", "_cache", "_cache_key")
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        own = {k: v for k, v in self.__dict__.items() if k not in skip}
+        return {**self._identity(), **own}
+
+    def _identity(self) -> dict[str, Any]:
+        return stamp("LayerwiseLR", group_names(self.optimizer.param_groups), {"total_steps": self.total_steps})
+
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raise ValueError unless ``state_dict`` is this scheduler's kind, for its groups and length."""
+        identity = self._identity()
+        check_state(
+            state_dict, "LayerwiseLR", identity["groups"], identity["settings"], keys=("last_epoch", "base_lrs")
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("total_steps") != self.total_steps:
-            raise ValueError(
-                f"state_dict: saved for total_steps={state_dict.get('total_steps')}, "
-                f"this scheduler has total_steps={self.total_steps}"
-            )
-        self.__dict__.update(state_dict)
+        """Resume at the saved step; a state of another technique, partition or length raises ValueError."""
+        self.check_state_dict(state_dict)
+        identity = self._identity()
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in identity})
         # closed form: the optimizer gets this step's LRs whatever the order things were loaded in
         self._write(self.get_lr())

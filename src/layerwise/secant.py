@@ -44,6 +44,7 @@ from torch.optim import Optimizer
 from .group_rates import GroupRates
 from .groups import Partition
 from .schedules import LayerSchedule, Policy
+from .state_check import check_optimizer_state, check_state, stamp
 
 __all__ = ["SecantLR"]
 
@@ -215,6 +216,7 @@ class SecantLR(GroupRates):
             for pr in self._prev
         ]
         return {
+            **self._identity(),
             "base": self.optimizer.state_dict(),
             "secant": {
                 "names": list(self._names),
@@ -227,13 +229,15 @@ class SecantLR(GroupRates):
             },
         }
 
+    def _identity(self) -> dict[str, Any]:
+        return stamp("SecantLR", self._names, {"base": type(self.optimizer).__name__})
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """Restore a :meth:`state_dict`; the groups must have the same names."""
-        if not isinstance(state_dict, dict) or set(state_dict) != {"base", "secant"}:
-            raise ValueError("state_dict: expected a SecantLR state dict with keys 'base' and 'secant'")
+        """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
+        identity = self._identity()
+        check_state(state_dict, "SecantLR", identity["groups"], identity["settings"], keys=("base", "secant"))
+        check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["secant"]
-        if list(saved["names"]) != self._names:
-            raise ValueError(f"state_dict: saved for groups {saved['names']}, this optimizer has {self._names}")
         self.optimizer.load_state_dict(state_dict["base"])
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.eta = [float(v) for v in saved["eta"]]

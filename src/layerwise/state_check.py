@@ -1,0 +1,66 @@
+"""Every technique's ``state_dict`` says who wrote it; loading checks that first, before it loads anything.
+
+A checkpoint written by another technique, for another partition (other group names)
+or with another configuration raises a ``ValueError`` naming what differs, and the
+object loading it is left exactly as it was.
+
+Example:
+    >>> state = {**stamp("FreezeOut", ["stem", "head"], {"t0": 0.8}), "steps": 3}
+    >>> check_state(state, "FreezeOut", ["stem", "head"], {"t0": 0.8}, keys=("steps",))
+    >>> check_state(state, "FreezeOut", ["stem", "body", "head"], {"t0": 0.8}, keys=("steps",))
+    Traceback (most recent call last):
+    ...
+    ValueError: state_dict: saved for groups ['stem', 'head'], this FreezeOut has ['stem', 'body', 'head']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["check_optimizer_state", "check_state", "stamp"]
+
+
+def stamp(technique: str, groups: Sequence[str], settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The identity a state dict carries: the technique, its group names and the settings resuming depends on."""
+    return {"technique": technique, "groups": list(groups), "settings": dict(settings or {})}
+
+
+def check_state(
+    state: Any,
+    technique: str,
+    groups: Sequence[str],
+    settings: Mapping[str, Any] | None = None,
+    *,
+    keys: Sequence[str] = (),
+) -> None:
+    """Raise unless ``state`` was written by ``technique`` for these groups and settings and holds ``keys``."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict: expected a dict written by {technique}.state_dict(), got {type(state).__name__}")
+    written_by = state.get("technique")
+    if written_by != technique:
+        source = f"by {written_by}" if written_by else "by something else (it has no 'technique' entry)"
+        raise ValueError(f"state_dict: written {source}; this is a {technique}")
+    saved_groups = list(state.get("groups", ()))
+    if saved_groups != list(groups):
+        raise ValueError(f"state_dict: saved for groups {saved_groups}, this {technique} has {list(groups)}")
+    saved_settings = state.get("settings", {})
+    for key, value in (settings or {}).items():
+        if saved_settings.get(key) != value:
+            raise ValueError(
+                f"state_dict: saved with {key}={saved_settings.get(key)!r}, this {technique} has {key}={value!r}"
+            )
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"state_dict: {technique} state is missing {missing}")
+
+
+def check_optimizer_state(optimizer: Any, state: Any, argument: str) -> None:
+    """Raise ValueError unless a torch optimizer state dict fits ``optimizer``'s groups (torch's check, made early)."""
+    groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    if groups is None:
+        raise ValueError(f"{argument}: expected a torch optimizer state dict with 'param_groups'")
+    saved = [len(g["params"]) for g in groups]
+    have = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != have:
+        raise ValueError(f"{argument}: saved param groups hold {saved} parameters, this optimizer's hold {have}")
