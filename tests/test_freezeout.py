@@ -82,7 +82,8 @@ def test_closed_form_values():
 def test_schedule_matches_reference_loop(strategy, scale, t0):
     params = [{"params": [nn.Parameter(torch.zeros(1))], "name": f"g{i}"} for i in range(5)]
     opt = torch.optim.SGD(params, lr=0.2)
-    fo = FreezeOut(nn.Module(), opt, 100, t0=t0, strategy=strategy, scale_lr=scale)
+    model = nn.ParameterList([group["params"][0] for group in params])
+    fo = FreezeOut(model, opt, 100, t0=t0, strategy=strategy, scale_lr=scale)
     got = []
     for _ in range(100):
         got.append([g["lr"] for g in opt.param_groups])

@@ -56,7 +56,26 @@ class Freezer:
         self.model = model
         self.optimizer = optimizer
         self._frozen: list[str] = []
+        self._frozen_params: list[nn.Parameter] = []
         self._hooks: dict[int, tuple[Any, nn.Module, bool]] = {}  # module id -> (hook, module, mode)
+        optimizer.register_step_pre_hook(self._refuse_stale_gradients)
+
+    def _refuse_stale_gradients(self, _optimizer: Optimizer, _args: Any, _kwargs: Any) -> None:
+        """Before every optimizer step: a frozen parameter must not hold a gradient (momentum and weight
+        decay would move it); autograd never writes one, code outside it might."""
+        if any(p.grad is not None for p in self._frozen_params):
+            stale = sorted(
+                {
+                    g["name"]
+                    for g in self.optimizer.param_groups
+                    if g["name"] in self._frozen and any(p.grad is not None for p in g["params"])
+                }
+            )
+            raise RuntimeError(
+                f"Freezer: frozen groups {stale} got gradients after they froze (written outside autograd, "
+                "e.g. by a communication hook or by hand), so the optimizer would move them; nothing was "
+                "stepped. Set their .grad to None, or unfreeze them."
+            )
 
     @property
     def names(self) -> list[str]:
@@ -107,6 +126,7 @@ class Freezer:
             param.grad = None
             self.optimizer.state.pop(param, None)
         self._frozen.extend(new)
+        self._frozen_params = self._params(self._frozen)
         self._update_modules()
 
     def unfreeze(self, *names: str) -> None:
@@ -124,6 +144,7 @@ class Freezer:
             if fresh_state:
                 self.optimizer.state.pop(param, None)
         self._frozen = [n for n in self._frozen if n not in names]
+        self._frozen_params = self._params(self._frozen)
         self._update_modules()
 
     def _update_modules(self) -> None:
@@ -147,11 +168,13 @@ class Freezer:
             if key not in targets:
                 handle, module, mode = self._hooks.pop(key)
                 handle.remove()
+                del module.__dict__["train"]
                 parent = parent_of.get(key)
                 module.train(mode if parent is None else parent.training)
         for key, module in targets.items():
             if key not in self._hooks:
                 self._hooks[key] = (module.register_forward_pre_hook(_inference_mode), module, module.training)
+                module.__dict__["train"] = _StayInInference(module)
             module.train(False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -182,7 +205,18 @@ def freeze_due(freezer: Freezer, names: Iterable[str], frozen_at: Iterable[int |
         freezer.freeze(*dict.fromkeys(due))
 
 
+class _StayInInference:
+    """A frozen module's ``train``: ``model.train()`` leaves it in inference mode (picklable, unlike a lambda)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return nn.Module.train(self.module, False)
+
+
 def _inference_mode(module: nn.Module, _args: Any) -> None:
+    """Backstop for code that sets ``module.training`` directly (Lightning restoring modes)."""
     if module.training:
         module.train(False)
 

@@ -41,6 +41,20 @@ def group_names(param_groups: Sequence[dict[str, Any]]) -> list[str]:
     return [str(g.get("name", f"group{i}")) for i, g in enumerate(param_groups)]
 
 
+def lr_log(param_groups: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """What trainer integrations log each step: ``lr/<group>`` per named group and ``frozen_groups``.
+
+    Param-group dicts sharing a name report the first one's LR; a group is frozen when none of its
+    parameters requires grad.
+    """
+    lrs: dict[str, float] = {}
+    frozen: dict[str, bool] = {}
+    for name, group in zip(group_names(param_groups), param_groups):
+        lrs.setdefault(f"lr/{name}", float(group["lr"]))
+        frozen[name] = frozen.get(name, True) and not any(p.requires_grad for p in group["params"])
+    return {**lrs, "frozen_groups": float(sum(frozen.values()))}
+
+
 def check_partition(partition: Partition, param_groups: Sequence[dict[str, Any]]) -> None:
     """Raise ValueError unless the param groups hold exactly the partition's groups."""
     if not isinstance(partition, Partition):

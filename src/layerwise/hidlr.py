@@ -85,6 +85,9 @@ class HiDLR(GroupRates):
 
     ``step(closure)``: ``closure()`` must return the scalar loss of the current batch *without*
     calling ``backward`` (it runs under ``torch.no_grad``); it is only called on probing steps.
+    Trainers that own the loop set :attr:`closure` to that loss closure instead; then a closure
+    given to ``step`` is the trainer's own torch-style one (forward and backward, as Lightning
+    passes it): it runs first, with grad, and its loss is returned.
     ``param_groups`` are the base optimizer's, so ``lr`` shows the applied rate to loggers.
     HiDLR owns ``lr``: combine with schedules through ``schedule``, not a torch ``LRScheduler``.
     """
@@ -149,24 +152,29 @@ class HiDLR(GroupRates):
         self.history: list[dict[str, Any]] = []
         self.last_fit: QuadraticFit | None = None
         self.closure: Callable[[], Tensor] | None = None
-        """Used when ``step()`` gets no closure (set by trainers that own the loop)."""
+        """The probes' loss closure of the current batch, set by trainers that own the loop."""
 
     # -- stepping ------------------------------------------------------------------------
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """One optimizer step; probes first when ``step_count % update_every == 0``."""
+        loss = None
+        probe = closure if self.closure is None else self.closure
+        if closure is not None and self.closure is not None:
+            with torch.enable_grad():
+                loss = closure()  # the trainer's closure: gradients for this step
         factors = self._factors()
-        closure = closure if closure is not None else self.closure
         if self.step_count % self.update_every == 0:
-            if closure is None:
+            if probe is None:
                 raise TypeError(
                     "closure: HiDLR.step(closure) needs a closure on probing steps (every update_every "
                     "steps, the first included): a function returning the batch loss without backward"
                 )
-            self._probe(closure, factors)
+            self._probe(probe, factors)
         self._apply_lrs(factors)
         self.optimizer.step()
         self.step_count += 1
+        return loss
 
     @torch.no_grad()
     def _probe(self, closure: Callable[[], Tensor], factors: np.ndarray) -> None:

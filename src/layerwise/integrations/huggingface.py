@@ -24,7 +24,7 @@ from typing import Any
 
 from transformers import Trainer
 
-from ..group_rates import group_names
+from ..group_rates import lr_log
 from ..hidlr import HiDLR
 
 __all__ = ["LayerwiseTrainer"]
@@ -52,14 +52,5 @@ class LayerwiseTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         optimizer = _unwrap(self.optimizer) if self.optimizer is not None else None
         if optimizer is not None and "loss" in logs:
-            seen: set[str] = set()
-            frozen = 0
-            for name, group in zip(group_names(optimizer.param_groups), optimizer.param_groups):
-                if name in seen:
-                    continue
-                seen.add(name)
-                lr = group["lr"]
-                logs[f"lr/{name}"] = float(lr)
-                frozen += not any(p.requires_grad for p in group["params"])
-            logs["frozen_groups"] = frozen
+            logs.update(lr_log(optimizer.param_groups))
         super().log(logs, *args, **kwargs)

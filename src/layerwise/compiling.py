@@ -1,0 +1,67 @@
+"""``torch.compile`` with techniques that change which parameters require grad.
+
+What holds (torch 2.13, tested against the same training uncompiled): Dynamo guards every
+parameter's ``requires_grad``, so a compiled model recompiles when a group freezes or unfreezes
+and when a Multirate step changes kind, and it trains exactly the parameters an eager model
+trains. Schedules and Hi-DLR (whose probes run under ``torch.no_grad``: one more graph) compile
+as they are.
+
+The cost is one compilation per distinct trainable set (:func:`trainable_sets`). After
+``torch._dynamo.config.recompile_limit`` of them (8 by default) Dynamo stops compiling the model
+and runs it eagerly, still correctly, with a warning: a FreezeOut over more than a handful of
+groups gets there. :func:`allow_recompiles` raises the limit to what a technique needs.
+
+A frozen parameter never trains by mistake: autograd skips a leaf that stopped requiring grad
+even in a graph recorded before the freeze, and the :class:`~layerwise.Freezer` checks before
+every optimizer step that no frozen parameter holds a gradient (one written by code outside
+autograd would let weight decay or momentum move it) and raises if one does.
+
+Example:
+    >>> fo = FreezeOut(model, opt, total_steps)  # doctest: +SKIP
+    >>> allow_recompiles(fo)  # doctest: +SKIP
+    >>> compiled = torch.compile(model)  # train with compiled(x); the technique holds model  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from functools import reduce
+from typing import Any
+
+from .freezeout import FreezeOut
+from .freezing import GradualUnfreezing
+from .multirate import Multirate
+
+__all__ = ["allow_recompiles", "trainable_sets"]
+
+
+def trainable_sets(technique: Any) -> int:
+    """How many distinct sets of parameters requiring grad ``technique`` trains over a run.
+
+    FreezeOut: one per freeze event plus the start; gradual unfreezing: one per unfreezing plus
+    the start; Multirate: the distinct patterns of refreshing levels in a cycle; anything else 1.
+    """
+    if isinstance(technique, FreezeOut):
+        return len({at for at in technique.frozen_at if at is not None}) + 1
+    if isinstance(technique, GradualUnfreezing):
+        return len(technique.freezer.names) - technique.start + 1
+    if isinstance(technique, Multirate):
+        cycle = reduce(math.lcm, technique.periods, 1)
+        return len({tuple(step % period == 0 for period in technique.periods) for step in range(cycle)})
+    return 1
+
+
+def allow_recompiles(technique: Any, extra: int = 2) -> int:
+    """Raise Dynamo's recompile limit so a compiled model keeps compiling through ``technique``'s run.
+
+    ``extra`` counts the other graphs of the run (``model.eval()``, ``torch.no_grad`` forwards).
+    Never lowers the limit; returns the limit now in force.
+    """
+    if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+        raise ValueError(f"extra: must be an int >= 0, got {extra!r}")
+    import torch._dynamo  # only when asked: importing it costs a second
+
+    config = torch._dynamo.config
+    needed = trainable_sets(technique) + extra
+    config.recompile_limit = max(config.recompile_limit, needed)
+    return config.recompile_limit

@@ -1,0 +1,148 @@
+"""PyTorch Lightning with layerwise techniques (``pip install lightning``).
+
+Where each technique goes:
+
+* :class:`~layerwise.LayerwiseLR` is a torch ``LRScheduler``: return it from
+  ``configure_optimizers`` with ``"interval": "step"``.
+* :class:`~layerwise.Multirate`, :class:`~layerwise.HiDLR` and :class:`~layerwise.SecantLR` are
+  optimizers: return them from ``configure_optimizers``.
+* :class:`~layerwise.FreezeOut` and :class:`~layerwise.GradualUnfreezing` need the optimizer
+  Lightning builds: give :class:`LayerwiseCallback` a factory ``(module, optimizer) -> technique``.
+
+:class:`LayerwiseCallback` steps that technique after every optimizer step (so gradient
+accumulation is respected) or every epoch; logs ``lr/<group>`` and ``frozen_groups`` on every
+step through all of the Trainer's loggers; gives Hi-DLR its probe closure (the module's
+``training_step`` on the current batch, under ``torch.no_grad`` and with its logging muted); and
+saves and restores the technique's state in Lightning checkpoints. Frozen modules stay in
+inference mode when Lightning switches the model back to ``train()`` after validation (the
+:class:`~layerwise.Freezer`'s forward pre-hook).
+
+Example:
+    >>> callback = LayerwiseCallback(  # doctest: +SKIP
+    ...     lambda module, opt: FreezeOut(module, opt, module.trainer.estimated_stepping_batches))
+    >>> lightning.Trainer(max_epochs=10, callbacks=[callback]).fit(module, data)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..group_rates import lr_log
+from ..hidlr import HiDLR
+
+__all__ = ["LayerwiseCallback"]
+
+INTERVALS = ("step", "epoch")
+
+
+@contextmanager
+def _logging_muted(module: LightningModule):
+    """``module.log``/``log_dict`` do nothing inside (probe forwards must not log)."""
+    module.__dict__["log"] = module.__dict__["log_dict"] = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del module.__dict__["log"], module.__dict__["log_dict"]
+
+
+def _loss_of(output: Any) -> Tensor:
+    loss = output["loss"] if isinstance(output, dict) else output
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"training_step: HiDLR needs the loss tensor (or a dict with 'loss'), got {output!r}")
+    return loss
+
+
+class LayerwiseCallback(Callback):
+    """Applies a layerwise technique inside ``lightning.Trainer.fit`` and logs every group's LR.
+
+    Args:
+        technique: ``(module, optimizer) -> object with step()/state_dict()/load_state_dict()``,
+            called once the Trainer has built the optimizer; or ``None`` to only log (and feed
+            Hi-DLR) when the technique is the optimizer or scheduler itself.
+        interval: step the technique after every optimizer step (``"step"``) or every epoch.
+        log: log ``lr/<group>`` and ``frozen_groups`` on every optimizer step.
+    """
+
+    def __init__(
+        self,
+        technique: Callable[[LightningModule, Optimizer], Any] | None = None,
+        *,
+        interval: str = "step",
+        log: bool = True,
+    ) -> None:
+        if technique is not None and not callable(technique):
+            raise TypeError(
+                f"technique: expected a function (module, optimizer) -> technique, got {type(technique).__name__}"
+            )
+        if interval not in INTERVALS:
+            raise ValueError(f"interval: must be one of {INTERVALS}, got {interval!r}")
+        self.factory = technique
+        self.interval = interval
+        self.log = log
+        self.technique: Any = None
+        self._pending: dict[str, Any] | None = None
+        self._last_step = 0
+
+    @staticmethod
+    def _optimizer(trainer: Trainer) -> Optimizer:
+        if len(trainer.optimizers) != 1:
+            count = len(trainer.optimizers)
+            raise ValueError(f"LayerwiseCallback: expects exactly one optimizer, the Trainer has {count}")
+        return trainer.optimizers[0]
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        optimizer = self._optimizer(trainer)
+        if self.factory is not None and self.technique is None:
+            self.technique = self.factory(pl_module, optimizer)
+            if not callable(getattr(self.technique, "step", None)):
+                raise TypeError(f"technique: the factory returned {type(self.technique).__name__}, which has no step()")
+        if self._pending is not None:
+            self.load_state_dict(self._pending)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        optimizer = self._optimizer(trainer)
+        if isinstance(optimizer, HiDLR):
+
+            def closure() -> Tensor:
+                with _logging_muted(pl_module):
+                    return _loss_of(pl_module.training_step(batch, batch_idx))
+
+            optimizer.closure = closure
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self._last_step:  # accumulating gradients: no optimizer step yet
+            return
+        self._last_step = trainer.global_step
+        if self.technique is not None and self.interval == "step":
+            self.technique.step()
+        if self.log:
+            pl_module.log_dict(lr_log(self._optimizer(trainer).param_groups), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.technique is not None and self.interval == "epoch":
+            self.technique.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.technique is None else {"technique": self.technique.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the technique (once built: Lightning may restore callbacks before the optimizer exists)."""
+        if "technique" not in state_dict:
+            return
+        if self.technique is None:
+            self._pending = state_dict
+            return
+        self.technique.load_state_dict(state_dict["technique"])
+        self._pending = None
