@@ -115,3 +115,16 @@ def test_wrap_refuses_bad_input():
         wrap("model")
     with pytest.raises(RuntimeError, match="init_process_group first"):
         wrap(_net())
+
+
+def test_the_ddp_bench_counts_only_trainable_bytes_with_wrap():
+    from layerwise.bench.ddp_bench import run_ddp_bench
+
+    result = run_ddp_bench(width=16, depth=3, batch=4, warmup=1, repeats=1, number=1)
+    every = (3 * (16 * 16 + 16) + 16 * 10 + 10) * 4
+    sent = {phase: result["phases"][phase]["bytes_all_reduced_per_step"] for phase in result["phases"]}
+    assert sent["all_trainable"] == {"wrap": every, "find_unused": every}
+    assert sent["frozen_prefix"] == {"wrap": (16 * 16 + 16 + 16 * 10 + 10) * 4, "find_unused": every}
+    assert sent["head_only"] == {"wrap": (16 * 10 + 10) * 4, "find_unused": every}
+    with pytest.raises(ValueError, match="depth: must be >= 3"):
+        run_ddp_bench(depth=2)

@@ -17,6 +17,7 @@ import torch
 
 from .. import recipes
 from ..scheduler import LayerwiseLR
+from .ddp_bench import run_ddp_bench
 from .freezeout_bench import run_freezeout_bench
 from .hidlr_bench import run_hidlr_bench
 from .multirate_bench import run_multirate_bench
@@ -28,6 +29,7 @@ __all__ = ["BENCHES", "machine_info", "run_bench"]
 
 Bench = Callable[..., dict[str, Any]]
 BENCHES: dict[str, Bench] = {
+    "ddp": run_ddp_bench,
     "freezeout": run_freezeout_bench,
     "hidlr": run_hidlr_bench,
     "multirate": run_multirate_bench,
