@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -32,16 +33,36 @@ def test_subset_study_runs_and_evaluates_with_full_weights(monkeypatch):
         assert len(summary["test_accuracies"]) == 2 and 0.0 <= summary["test_accuracy_mean"] <= 1.0
 
 
-def test_finetune_methods_train_the_right_parts():
-    from layerwise.bench.multirate_bench import _finetune_run
+@pytest.mark.parametrize("task", ["effnet-fashion", "minilm-sentiment"])
+def test_finetune_methods_train_the_right_parts(task):
+    from layerwise.bench.multirate_bench import FINETUNE_PARTS, _finetune_run
     from layerwise.bench.tasks import TaskData
 
     g = torch.Generator().manual_seed(0)
-    data = TaskData(
-        (torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)),
-        (torch.rand(50, 1, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g)),
-    )
+    if task == "effnet-fashion":
+        data = TaskData(
+            (torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)),
+            (torch.rand(50, 1, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g)),
+        )
+    else:
+        ids = torch.randint(1000, 5000, (64 + 20, 12), generator=g)
+        ids[:, 0] = 101
+        labels = torch.randint(0, 3, (84,), generator=g)
+        data = TaskData((ids[:64], labels[:64]), (ids[64:], labels[64:]))
+    assert [name for _, name in FINETUNE_PARTS[task]] == ["head", "last block"]
     for method in ("full", "multirate k=2, fast = head", "multirate k=2, fast = head + last block", "head only"):
-        result = _finetune_run(data, method, seed=0, epochs=1, k=2, lr=1e-3)
+        result = _finetune_run(task, data, method, seed=0, epochs=1, k=2, lr=1e-3)
         assert len(result["step_times"]) == 2 and len(result["curve"]) == 1
         assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_the_target_asks_for_full_accuracy_within_half_a_point_by_55_percent_of_the_time():
+    from layerwise.bench.multirate_bench import _target
+
+    full = {"test_accuracy_mean": 0.80, "train_seconds_mean": 100.0}
+    early = [{"curve": [(30.0, 0.70), (54.0, 0.796)]}, {"curve": [(30.0, 0.72), (56.0, 0.796)]}]
+    assert _target(full, early, 0.5, 0.55)  # mean: 55 s, 79.6 %
+    late = [{"curve": [(30.0, 0.70), (60.0, 0.80)]}]
+    assert not _target(full, late, 0.5, 0.55)
+    short = [{"curve": [(30.0, 0.79), (50.0, 0.794)]}]
+    assert not _target(full, short, 0.5, 0.55)
