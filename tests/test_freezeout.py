@@ -176,3 +176,16 @@ def test_cost_predictions():
     times = prefix_step_times(model, opt.param_groups, (torch.randn(8, 6), torch.randint(0, 3, (8,))), repeats=1)
     assert len(times) == 4 and all(t > 0 for t in times)
     assert all(p.requires_grad for p in model.parameters())  # measured on a copy
+
+
+def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_state():
+    from layerwise.bench.freezeout_bench import _lockstep
+    from layerwise.bench.tasks import TaskData
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
+    result = _lockstep("resnet-cnn", TaskData((x, y), (x[:10], y[:10])), steps=8, seed=0)
+    assert len(result["times"]["baseline"]) == len(result["times"]["freezeout"]) == 8
+    assert result["frozen"] == ["stem", "layer1", "layer2", "layer3"]
+    state = result["optimizer_state_mb_at_end"]
+    assert state["freezeout"] < state["baseline"] / 10

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -120,33 +121,39 @@ def prefix_step_times(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
     *,
     warmup: int = 2,
-    repeats: int = 5,
+    repeats: int = 7,
 ) -> list[float]:
     """Median step time (forward, backward, SGD step) with the first k groups frozen, k = 0..K-1.
 
-    Runs on a deep copy of ``model``; ``param_groups`` are the model's groups in data-flow
-    order (``name`` keys; parameters are matched by position in ``model.parameters()``).
+    Runs on K deep copies of ``model`` (copy k with its first k groups frozen), stepped round-robin
+    so a drift of the machine's speed hits every k alike. ``param_groups`` are the model's groups
+    in data-flow order (``name`` keys; parameters are matched by position in ``model.parameters()``).
     """
-    twin = copy.deepcopy(model).train()
     index = {id(p): i for i, p in enumerate(model.parameters())}
-    twin_params = list(twin.parameters())
-    groups = [{"name": g["name"], "params": [twin_params[index[id(p)]] for p in g["params"]]} for g in param_groups]
-    optimizer = torch.optim.SGD(groups, lr=1e-6, momentum=0.9)
-    freezer = Freezer(twin, optimizer)
-    names = freezer.names
-    x, y = batch
-    times = []
-    for k in range(len(names)):
+    steppers = []
+    for k in range(len(dict.fromkeys(g["name"] for g in param_groups))):
+        twin = copy.deepcopy(model).train()
+        twin_params = list(twin.parameters())
+        groups = [{"name": g["name"], "params": [twin_params[index[id(p)]] for p in g["params"]]} for g in param_groups]
+        optimizer = torch.optim.SGD(groups, lr=1e-6, momentum=0.9)
+        freezer = Freezer(twin, optimizer)
         if k:
-            freezer.freeze(names[k - 1])
-        samples = []
-        for r in range(warmup + repeats):
-            start = time.perf_counter()
-            loss = loss_fn(twin(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            freezer.freeze(*freezer.names[:k])
+        steppers.append((twin, optimizer))
+    x, y = batch
+
+    def step(twin: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        start = time.perf_counter()
+        loss = loss_fn(twin(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    samples: list[list[float]] = [[] for _ in steppers]
+    for r in range(warmup + repeats):
+        for k, (twin, optimizer) in enumerate(steppers):
+            elapsed = step(twin, optimizer)
             if r >= warmup:
-                samples.append(time.perf_counter() - start)
-        times.append(sorted(samples)[len(samples) // 2])
-    return times
+                samples[k].append(elapsed)
+    return [statistics.median(s) for s in samples]

@@ -22,7 +22,7 @@ from .models import build_model
 from .tasks import Task, TaskData, get_task, make_optimizer
 from .timing import peak_memory_mb, summarize_ms
 
-__all__ = ["evaluate", "train"]
+__all__ = ["evaluate", "optimizer_state_mb", "train"]
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -169,11 +169,11 @@ def train(
         "test_loss": history[-1]["test_loss"],
         "history": history,
         "lr_by_group": [[row[depth_of_group.index(d)] for row in lr_trace] for d in range(len(partition))],
-        "memory": {**peak_memory_mb(), "optimizer_state_mb_at_end": round(_state_mb(optimizer), 4)},
+        "memory": {**peak_memory_mb(), "optimizer_state_mb_at_end": round(optimizer_state_mb(optimizer), 4)},
     }
 
 
-def _state_mb(optimizer: torch.optim.Optimizer) -> float:
+def optimizer_state_mb(optimizer: torch.optim.Optimizer) -> float:
     """Size of the optimizer's per-parameter state tensors (momentum buffers, moments)."""
     return (
         sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
