@@ -57,7 +57,7 @@ def _freezeout_run(groups: int, budget: bool):
     opt = torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9)
     fo = FreezeOut(model, opt, 3 * groups, t0=0.2, strategy="linear")
     if budget:
-        allow_recompiles(fo, extra=0)
+        allow_recompiles(fo, modes=1)
     forward = torch.compile(model, backend="eager")
     g = torch.Generator().manual_seed(0)
     for _ in range(3 * groups):
@@ -91,6 +91,23 @@ def test_trainable_sets_of_multirate_levels():
     assert trainable_sets(levels) == 3  # all, fast+middle, fast
     with pytest.raises(ValueError, match="extra: must be an int >= 0, got -1"):
         allow_recompiles(levels, extra=-1)
+    with pytest.raises(ValueError, match="modes: must be an int >= 1, got 0"):
+        allow_recompiles(levels, modes=0)
+
+
+def test_evaluation_between_freezes_is_budgeted_and_train_after_a_freeze_costs_no_graph():
+    model, opt, techniques = build("freezeout")
+    fo = techniques["freezeout"]
+    assert allow_recompiles(fo) >= 2 * trainable_sets(fo)
+    forward = torch.compile(model, backend="eager")
+    for step in range(TOTAL):
+        model.train()  # frozen modules stay in eval: no guard on their mode fails
+        take_step(forward, opt, *_batch(step))
+        fo.step()
+        model.eval()
+        with torch.no_grad():
+            forward(_batch(step)[0])
+    assert counters["stats"]["unique_graphs"] == 2 * trainable_sets(fo)
 
 
 def test_a_graph_recorded_before_a_freeze_does_not_train_the_frozen_groups():

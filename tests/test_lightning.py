@@ -223,6 +223,32 @@ def test_resuming_from_a_lightning_checkpoint_equals_training_straight(tmp_path,
         assert callback.technique.frozen == ("stem", "mid")
 
 
+class NoIndex(Tiny):
+    def training_step(self, batch):  # Lightning passes batch_idx only when the signature takes it
+        return super().training_step(batch, None)
+
+
+def test_hidlr_probes_a_training_step_without_batch_idx_and_the_closure_is_released_at_the_end(tmp_path):
+    module = NoIndex(_hidlr)
+    trainer = _fit(module, [LayerwiseCallback()], tmp_path)
+    _assert_same(module, _reference(_hidlr))
+    assert trainer.optimizers[0].closure is None
+
+
+def test_the_same_callback_resumes_a_new_fit_from_a_checkpoint_but_refuses_a_silent_restart(tmp_path):
+    first = Tiny(_sgd)
+    callback = LayerwiseCallback(_freezeout)
+    trainer = _fit(first, [callback], tmp_path / "first", epochs=1)
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    with pytest.raises(ValueError, match="built a new optimizer for a technique already under way"):
+        _fit(Tiny(_sgd), [callback], tmp_path / "again", epochs=1)
+    resumed = Tiny(_sgd)
+    _fit(resumed, [callback], tmp_path / "second", ckpt_path=tmp_path / "half.ckpt")
+    _assert_same(resumed, _reference(_sgd, technique=_freezeout_plain))
+    with pytest.raises(ValueError, match="the checkpoint holds a technique's state; no technique was given"):
+        _fit(Tiny(_sgd), [LayerwiseCallback()], tmp_path / "third", ckpt_path=tmp_path / "half.ckpt")
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match=r"interval: must be one of \('step', 'epoch'\), got 'batch'"):
         LayerwiseCallback(interval="batch")

@@ -6,10 +6,11 @@ and when a Multirate step changes kind, and it trains exactly the parameters an 
 trains. Schedules and Hi-DLR (whose probes run under ``torch.no_grad``: one more graph) compile
 as they are.
 
-The cost is one compilation per distinct trainable set (:func:`trainable_sets`). After
-``torch._dynamo.config.recompile_limit`` of them (8 by default) Dynamo stops compiling the model
-and runs it eagerly, still correctly, with a warning: a FreezeOut over more than a handful of
-groups gets there. :func:`allow_recompiles` raises the limit to what a technique needs.
+The cost is one compilation per distinct trainable set (:func:`trainable_sets`) and way of
+calling the model (training, evaluation). After ``torch._dynamo.config.recompile_limit`` of them
+(8 by default) Dynamo stops compiling the model and runs it eagerly, still correctly, with a
+warning: a FreezeOut over a handful of groups with evaluation between freezes gets there.
+:func:`allow_recompiles` raises the limit to what a technique needs.
 
 A frozen parameter never trains by mistake: autograd skips a leaf that stopped requiring grad
 even in a graph recorded before the freeze, and the :class:`~layerwise.Freezer` checks before
@@ -36,10 +37,11 @@ __all__ = ["allow_recompiles", "trainable_sets"]
 
 
 def trainable_sets(technique: Any) -> int:
-    """How many distinct sets of parameters requiring grad ``technique`` trains over a run.
+    """How many distinct sets of parameters requiring grad ``technique`` trains over a run, at most.
 
     FreezeOut: one per freeze event plus the start; gradual unfreezing: one per unfreezing plus
-    the start; Multirate: the distinct patterns of refreshing levels in a cycle; anything else 1.
+    the start (if the run is long enough); Multirate: the distinct patterns of refreshing levels in
+    a cycle; anything else 1.
     """
     if isinstance(technique, FreezeOut):
         return len({at for at in technique.frozen_at if at is not None}) + 1
@@ -51,17 +53,20 @@ def trainable_sets(technique: Any) -> int:
     return 1
 
 
-def allow_recompiles(technique: Any, extra: int = 2) -> int:
+def allow_recompiles(technique: Any, modes: int = 2, extra: int = 0) -> int:
     """Raise Dynamo's recompile limit so a compiled model keeps compiling through ``technique``'s run.
 
-    ``extra`` counts the other graphs of the run (``model.eval()``, ``torch.no_grad`` forwards).
-    Never lowers the limit; returns the limit now in force.
+    Every trainable set is compiled once per way the model is called: ``modes`` counts them
+    (training and evaluation: 2; add one for Hi-DLR's ``no_grad`` probes). ``extra`` adds graphs
+    made once. Never lowers the limit; returns the limit now in force.
     """
-    if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
-        raise ValueError(f"extra: must be an int >= 0, got {extra!r}")
+    for name, value, least in (("modes", modes, 1), ("extra", extra, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name}: must be an int >= {least}, got {value!r}")
     import torch._dynamo  # only when asked: importing it costs a second
 
     config = torch._dynamo.config
-    needed = trainable_sets(technique) + extra
-    config.recompile_limit = max(config.recompile_limit, needed)
-    return config.recompile_limit
+    key = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    needed = trainable_sets(technique) * modes + extra
+    setattr(config, key, max(getattr(config, key), needed))
+    return getattr(config, key)

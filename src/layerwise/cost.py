@@ -126,7 +126,8 @@ def prefix_step_times(
     """Median step time (forward, backward, SGD step) with the first k groups frozen, k = 0..K-1.
 
     Runs on K deep copies of ``model`` (copy k with its first k groups frozen), stepped round-robin
-    so a drift of the machine's speed hits every k alike. ``param_groups`` are the model's groups
+    so a drift of the machine's speed hits every k alike (all K copies and their optimizer state
+    are in memory at once). ``param_groups`` are the model's groups
     in data-flow order (``name`` keys; parameters are matched by position in ``model.parameters()``).
     """
     index = {id(p): i for i, p in enumerate(model.parameters())}

@@ -4,7 +4,8 @@ A frozen group's parameters get ``requires_grad=False`` and ``grad=None`` (so ev
 torch optimizer skips them), their optimizer state (momentum, Adam moments) is
 released, and the modules made only of frozen parameters run in inference mode
 (BatchNorm uses its running statistics and stops updating them; Dropout is off) even
-after ``model.train()``. When the frozen groups form a prefix of the network, nothing
+after ``model.train()`` (their ``train`` is replaced while they are frozen: save the model's
+``state_dict``, not the pickled module). When the frozen groups form a prefix of the network, nothing
 before the first trainable layer requires grad, so autograd neither records nor
 traverses it: the backward pass really gets shorter.
 
@@ -47,18 +48,25 @@ class Freezer:
                 "Partition.param_groups() or add a 'name' key"
             )
         owned = {id(p) for p in model.parameters()}
-        strays = sorted({g["name"] for g in optimizer.param_groups for p in g["params"] if id(p) not in owned})
-        if strays:
+        if not any(id(p) in owned for g in optimizer.param_groups for p in g["params"]):
             raise ValueError(
-                f"optimizer: groups {strays} hold parameters that are not model's ({type(model).__name__}); "
-                "build the optimizer from this model's parameters (a DDP model's are its .module's)"
+                f"optimizer: none of its parameters is model's ({type(model).__name__}); build the optimizer "
+                "from this model's parameters (a DDP model's are its .module's, not a copy's)"
             )
         self.model = model
         self.optimizer = optimizer
         self._frozen: list[str] = []
         self._frozen_params: list[nn.Parameter] = []
         self._hooks: dict[int, tuple[Any, nn.Module, bool]] = {}  # module id -> (hook, module, mode)
-        optimizer.register_step_pre_hook(self._refuse_stale_gradients)
+        self._guard: Any = None  # the optimizer step pre-hook, registered at the first freeze
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_guard": None}  # a copied optimizer has no hooks: register again
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._frozen:
+            self._guard = self.optimizer.register_step_pre_hook(self._refuse_stale_gradients)
 
     def _refuse_stale_gradients(self, _optimizer: Optimizer, _args: Any, _kwargs: Any) -> None:
         """Before every optimizer step: a frozen parameter must not hold a gradient (momentum and weight
@@ -127,6 +135,8 @@ class Freezer:
             self.optimizer.state.pop(param, None)
         self._frozen.extend(new)
         self._frozen_params = self._params(self._frozen)
+        if self._guard is None:
+            self._guard = self.optimizer.register_step_pre_hook(self._refuse_stale_gradients)
         self._update_modules()
 
     def unfreeze(self, *names: str) -> None:
@@ -168,7 +178,8 @@ class Freezer:
             if key not in targets:
                 handle, module, mode = self._hooks.pop(key)
                 handle.remove()
-                del module.__dict__["train"]
+                if isinstance(module.__dict__.get("train"), _StayInInference):
+                    del module.__dict__["train"]
                 parent = parent_of.get(key)
                 module.train(mode if parent is None else parent.training)
         for key, module in targets.items():

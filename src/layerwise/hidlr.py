@@ -323,6 +323,9 @@ class HiDLR(GroupRates):
         check_state(state_dict, "HiDLR", identity["groups"], identity["settings"], keys=("base", "hidlr"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["hidlr"]
+        missing = sorted({"eta", "step_count", "stats", "history"} - set(saved))
+        if missing:
+            raise ValueError(f"state_dict['hidlr']: missing {missing}")
         self.optimizer.load_state_dict(state_dict["base"])
         self.eta = [float(v) for v in saved["eta"]]
         self.step_count = int(saved["step_count"])

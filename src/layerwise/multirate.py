@@ -273,6 +273,9 @@ class Multirate(Optimizer):
         identity = self._identity()
         keys = ("parts", "step_count", "drift")
         check_state(state_dict, "Multirate", identity["groups"], identity["settings"], keys=keys)
+        if len(state_dict["parts"]) != len(self.optimizers):
+            saved_parts = len(state_dict["parts"])
+            raise ValueError(f"state_dict: {saved_parts} parts saved, this Multirate has {len(self.optimizers)}")
         for name, opt, saved in zip(self.names, self.optimizers, state_dict["parts"]):
             check_optimizer_state(opt, saved, f"state_dict['parts'] ({name})")
         for opt, saved in zip(self.optimizers, state_dict["parts"]):

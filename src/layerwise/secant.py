@@ -238,6 +238,9 @@ class SecantLR(GroupRates):
         check_state(state_dict, "SecantLR", identity["groups"], identity["settings"], keys=("base", "secant"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["secant"]
+        missing = sorted({"eta", "step_count", "sums", "seen", "prev", "stats"} - set(saved))
+        if missing:
+            raise ValueError(f"state_dict['secant']: missing {missing}")
         self.optimizer.load_state_dict(state_dict["base"])
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.eta = [float(v) for v in saved["eta"]]

@@ -12,10 +12,15 @@ Where each technique goes:
 :class:`LayerwiseCallback` steps that technique after every optimizer step (so gradient
 accumulation is respected) or every epoch; logs ``lr/<group>`` and ``frozen_groups`` on every
 step through all of the Trainer's loggers; gives Hi-DLR its probe closure (the module's
-``training_step`` on the current batch, under ``torch.no_grad`` and with its logging muted); and
-saves and restores the technique's state in Lightning checkpoints. Frozen modules stay in
-inference mode when Lightning switches the model back to ``train()`` after validation (the
-:class:`~layerwise.Freezer`'s forward pre-hook).
+``training_step`` on the current batch through the Trainer's strategy and precision context,
+under ``torch.no_grad``, with ``self.log`` muted; other side effects of ``training_step``, such
+as metric updates, happen once per probe); and saves and restores the technique's state in
+Lightning checkpoints. Frozen modules stay in inference mode when Lightning switches the model
+back to ``train()`` after validation (see :class:`~layerwise.Freezer`).
+
+Tested on one device. Lightning wraps multi-device models in a plain DDP, which fails when a
+layer freezes or a Multirate step leaves the slow part out; there, use
+``strategy="ddp_find_unused_parameters_true"`` (it all-reduces the frozen parameters' zeros).
 
 Example:
     >>> callback = LayerwiseCallback(  # doctest: +SKIP
@@ -31,6 +36,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -87,6 +93,7 @@ class LayerwiseCallback(Callback):
         self.interval = interval
         self.log = log
         self.technique: Any = None
+        self._built_for: Optimizer | None = None
         self._pending: dict[str, Any] | None = None
         self._last_step = 0
 
@@ -99,12 +106,23 @@ class LayerwiseCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         optimizer = self._optimizer(trainer)
-        if self.factory is not None and self.technique is None:
+        if self.factory is None:
+            if self._pending is not None:
+                raise ValueError("LayerwiseCallback: the checkpoint holds a technique's state; no technique was given")
+            return
+        if self._built_for is not optimizer:  # first fit, or a later fit with a new optimizer
+            if self.technique is not None and self._pending is None:
+                raise ValueError(
+                    "LayerwiseCallback: fit() built a new optimizer for a technique already under way; "
+                    "resume with fit(ckpt_path=...), or give a fresh run a new LayerwiseCallback"
+                )
             self.technique = self.factory(pl_module, optimizer)
+            self._built_for = optimizer
             if not callable(getattr(self.technique, "step", None)):
                 raise TypeError(f"technique: the factory returned {type(self.technique).__name__}, which has no step()")
         if self._pending is not None:
-            self.load_state_dict(self._pending)
+            self.technique.load_state_dict(self._pending)
+            self._pending = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_step = trainer.global_step
@@ -112,12 +130,19 @@ class LayerwiseCallback(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         optimizer = self._optimizer(trainer)
         if isinstance(optimizer, HiDLR):
+            takes_index = is_param_in_hook_signature(pl_module.training_step, "batch_idx", min_args=2)
+            args = (batch, batch_idx) if takes_index else (batch,)
 
             def closure() -> Tensor:
                 with _logging_muted(pl_module):
-                    return _loss_of(pl_module.training_step(batch, batch_idx))
+                    return _loss_of(trainer.strategy.training_step(*args))
 
             optimizer.closure = closure
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        optimizer = self._optimizer(trainer)
+        if isinstance(optimizer, HiDLR):
+            optimizer.closure = None  # release the last batch; a later step(closure) means Hi-DLR's own kind
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -138,11 +163,6 @@ class LayerwiseCallback(Callback):
         return {} if self.technique is None else {"technique": self.technique.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the technique (once built: Lightning may restore callbacks before the optimizer exists)."""
-        if "technique" not in state_dict:
-            return
-        if self.technique is None:
-            self._pending = state_dict
-            return
-        self.technique.load_state_dict(state_dict["technique"])
-        self._pending = None
+        """Restore the technique when :meth:`on_fit_start` builds it (Lightning restores callbacks first)."""
+        if "technique" in state_dict:
+            self._pending = state_dict["technique"]
