@@ -164,3 +164,12 @@ def test_a_state_with_the_right_identity_but_a_broken_inner_part_loads_nothing()
     assert "missing ['eta']" in _corrupt("hidlr", lost_rates)
     assert "missing ['sums']" in _corrupt("secant", lost_secant_sums)
     assert "missing ['steps']" in _corrupt("unfreezing", lambda s: s.pop("steps"))
+
+
+def test_freezer_accepts_parameters_outside_the_model_beside_the_models_own():
+    model, opt, _ = build("llr")
+    temperature = torch.nn.Parameter(torch.ones(()))  # e.g. a learnable loss temperature
+    opt.add_param_group({"params": [temperature], "name": "temperature"})
+    freezer = Freezer(model, opt)
+    freezer.freeze("temperature", "conv")
+    assert not temperature.requires_grad and not model.conv.weight.requires_grad
