@@ -223,7 +223,7 @@ def run_freezeout_bench(
     train_size: int = 6000,
     t0s: str = "0.5,0.8",
     configs: str = "all",
-    steps: int = 60,
+    steps: int = 48,
     repeats: int = 2,
     out: str = "runs/bench-freezeout",
 ) -> dict[str, Any]:
