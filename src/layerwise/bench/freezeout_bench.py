@@ -230,12 +230,12 @@ def run_freezeout_bench(
     """The benchmark entry point; options come from ``layerwise bench freezeout --set key=value``."""
     task = get_task("fashion-mnist")
     data = task.load_data(None, False)
-    if quick:
-        return _quick(data, "resnet-cnn", steps, repeats)
     names = [m for m in models.split(",") if m]
     unknown = [m for m in names if m not in DEPTHS]
-    if unknown:
+    if unknown or not names:
         raise ValueError(f"models: unknown {unknown}; choose from {sorted(DEPTHS)}")
+    if quick:  # the first model only (the CNN by default)
+        return _quick(data, names[0], steps, repeats)
     if configs == "default":
         settings = [dict(DEFAULT)]
     elif configs == "all":
