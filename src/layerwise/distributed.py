@@ -30,7 +30,18 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistributedModel", "wrap"]
+__all__ = ["DistributedModel", "counting_allreduce", "wrap"]
+
+
+def counting_allreduce(counter, bucket):  # no annotations: DDP checks them, and they would be strings here
+    """A DDP comm hook: the default all-reduce, adding the bucket's bytes to ``counter["bytes"]``.
+
+    Example:
+        >>> ddp.register_comm_hook({"bytes": 0}, counting_allreduce)  # doctest: +SKIP
+    """
+    buffer = bucket.buffer()
+    counter["bytes"] += buffer.numel() * buffer.element_size()
+    return allreduce_hook(None, bucket)
 
 
 class DistributedModel(nn.Module):
@@ -53,8 +64,7 @@ class DistributedModel(nn.Module):
         self._options = ddp_options
         self._params = list(module.parameters())
         self._replicas: dict[tuple[bool, ...], DistributedDataParallel] = {}
-        self.bytes_reduced = 0
-        """Bytes of gradient buckets all-reduced so far by this rank."""
+        self._sent = {"bytes": 0}
         for p in self._params:  # one initial sync of every parameter and buffer from rank 0
             dist.broadcast(p.data, 0)
         for b in module.buffers():
@@ -65,16 +75,16 @@ class DistributedModel(nn.Module):
         """How many DDP wrappers (trainable sets) were built so far."""
         return len(self._replicas)
 
-    def _count(self, state, bucket):  # no annotations: DDP checks them, and they are strings here
-        buffer = bucket.buffer()
-        self.bytes_reduced += buffer.numel() * buffer.element_size()
-        return allreduce_hook(state, bucket)
+    @property
+    def bytes_reduced(self) -> int:
+        """Bytes of gradient buckets all-reduced so far by this rank."""
+        return self._sent["bytes"]
 
     def _replica(self, signature: tuple[bool, ...]) -> DistributedDataParallel:
         replica = self._replicas.get(signature)
         if replica is None:
             replica = DistributedDataParallel(self.module, init_sync=False, **self._options)
-            replica.register_comm_hook(None, self._count)
+            replica.register_comm_hook(self._sent, counting_allreduce)
             self._replicas[signature] = replica
         return replica
 

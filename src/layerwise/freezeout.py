@@ -172,8 +172,7 @@ class FreezeOut:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
-        identity = self._identity()
-        check_state(state, "FreezeOut", identity["groups"], identity["settings"], keys=("scheduler", "freezer"))
+        check_state(state, self._identity(), keys=("scheduler", "freezer"))
         self.scheduler.check_state_dict(state["scheduler"])
         self.freezer.check_state_dict(state["freezer"])
         self.scheduler.load_state_dict(state["scheduler"])

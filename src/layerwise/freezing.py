@@ -194,7 +194,7 @@ class Freezer:
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
         """Raise ValueError unless ``state`` is a Freezer's, for these groups."""
-        check_state(state, "Freezer", self.names, keys=("frozen",))
+        check_state(state, stamp("Freezer", self.names), keys=("frozen",))
         self._check(tuple(state["frozen"]), "state_dict['frozen']")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -283,7 +283,6 @@ class GradualUnfreezing:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
-        identity = self._identity()
-        check_state(state, "GradualUnfreezing", identity["groups"], identity["settings"], keys=("steps", "freezer"))
+        check_state(state, self._identity(), keys=("steps", "freezer"))
         self.freezer.load_state_dict(state["freezer"])
         self.steps = int(state["steps"])

@@ -306,7 +306,6 @@ class HiDLR(GroupRates):
             **self._identity(),
             "base": self.optimizer.state_dict(),
             "hidlr": {
-                "names": list(self._names),
                 "eta": list(self.eta),
                 "step_count": self.step_count,
                 "stats": stats,
@@ -319,8 +318,7 @@ class HiDLR(GroupRates):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
-        identity = self._identity()
-        check_state(state_dict, "HiDLR", identity["groups"], identity["settings"], keys=("base", "hidlr"))
+        check_state(state_dict, self._identity(), keys=("base", "hidlr"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["hidlr"]
         missing = sorted({"eta", "step_count", "stats", "history"} - set(saved))

@@ -270,9 +270,7 @@ class Multirate(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Resume (mid-cycle too); a state of another technique, partition or setting raises ValueError."""
-        identity = self._identity()
-        keys = ("parts", "step_count", "drift")
-        check_state(state_dict, "Multirate", identity["groups"], identity["settings"], keys=keys)
+        check_state(state_dict, self._identity(), keys=("parts", "step_count", "drift"))
         if len(state_dict["parts"]) != len(self.optimizers):
             saved_parts = len(state_dict["parts"])
             raise ValueError(f"state_dict: {saved_parts} parts saved, this Multirate has {len(self.optimizers)}")

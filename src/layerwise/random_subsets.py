@@ -172,9 +172,7 @@ class RandomSubsetMultirate(Wrapper):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Resume (RNG included); another technique's state, other groups or subsets raise ValueError."""
-        identity = self._identity()
-        keys = ("base", "step_count", "generator", "masks", "kept")
-        check_state(state_dict, "RandomSubsetMultirate", identity["groups"], identity["settings"], keys=keys)
+        check_state(state_dict, self._identity(), keys=("base", "step_count", "generator", "masks", "kept"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         self.optimizer.load_state_dict(state_dict["base"])
         self.step_count = int(state_dict["step_count"])

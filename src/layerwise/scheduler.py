@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from .group_rates import group_names
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
-from .state_check import check_state, stamp
+from .state_check import STAMP_KEYS, check_state, stamp
 
 __all__ = ["LayerwiseLR", "group_depths"]
 
@@ -168,15 +168,11 @@ class LayerwiseLR(LRScheduler):
 
     def check_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Raise ValueError unless ``state_dict`` is this scheduler's kind, for its groups and length."""
-        identity = self._identity()
-        check_state(
-            state_dict, "LayerwiseLR", identity["groups"], identity["settings"], keys=("last_epoch", "base_lrs")
-        )
+        check_state(state_dict, self._identity(), keys=("last_epoch", "base_lrs"))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume at the saved step; a state of another technique, partition or length raises ValueError."""
         self.check_state_dict(state_dict)
-        identity = self._identity()
-        self.__dict__.update({k: v for k, v in state_dict.items() if k not in identity})
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in STAMP_KEYS})
         # closed form: the optimizer gets this step's LRs whatever the order things were loaded in
         self._write(self.get_lr())

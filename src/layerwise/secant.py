@@ -219,7 +219,6 @@ class SecantLR(GroupRates):
             **self._identity(),
             "base": self.optimizer.state_dict(),
             "secant": {
-                "names": list(self._names),
                 "eta": list(self.eta),
                 "step_count": self.step_count,
                 "sums": [list(s) for s in self._sums],
@@ -234,8 +233,7 @@ class SecantLR(GroupRates):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
-        identity = self._identity()
-        check_state(state_dict, "SecantLR", identity["groups"], identity["settings"], keys=("base", "secant"))
+        check_state(state_dict, self._identity(), keys=("base", "secant"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["secant"]
         missing = sorted({"eta", "step_count", "sums", "seen", "prev", "stats"} - set(saved))

@@ -6,8 +6,8 @@ object loading it is left exactly as it was.
 
 Example:
     >>> state = {**stamp("FreezeOut", ["stem", "head"], {"t0": 0.8}), "steps": 3}
-    >>> check_state(state, "FreezeOut", ["stem", "head"], {"t0": 0.8}, keys=("steps",))
-    >>> check_state(state, "FreezeOut", ["stem", "body", "head"], {"t0": 0.8}, keys=("steps",))
+    >>> check_state(state, stamp("FreezeOut", ["stem", "head"], {"t0": 0.8}), keys=("steps",))
+    >>> check_state(state, stamp("FreezeOut", ["stem", "body", "head"], {"t0": 0.8}), keys=("steps",))
     Traceback (most recent call last):
     ...
     ValueError: state_dict: saved for groups ['stem', 'head'], this FreezeOut has ['stem', 'body', 'head']
@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_optimizer_state", "check_state", "stamp"]
+__all__ = ["STAMP_KEYS", "check_optimizer_state", "check_state", "stamp"]
+
+STAMP_KEYS = ("technique", "groups", "settings")
+"""The entries :func:`stamp` adds to a state dict."""
 
 
 def stamp(technique: str, groups: Sequence[str], settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -26,15 +29,9 @@ def stamp(technique: str, groups: Sequence[str], settings: Mapping[str, Any] | N
     return {"technique": technique, "groups": list(groups), "settings": dict(settings or {})}
 
 
-def check_state(
-    state: Any,
-    technique: str,
-    groups: Sequence[str],
-    settings: Mapping[str, Any] | None = None,
-    *,
-    keys: Sequence[str] = (),
-) -> None:
-    """Raise unless ``state`` was written by ``technique`` for these groups and settings and holds ``keys``."""
+def check_state(state: Any, identity: Mapping[str, Any], *, keys: Sequence[str] = ()) -> None:
+    """Raise unless ``state`` carries ``identity`` (a :func:`stamp`: technique, groups, settings) and holds ``keys``."""
+    technique = identity["technique"]
     if not isinstance(state, Mapping):
         raise TypeError(f"state_dict: expected a dict written by {technique}.state_dict(), got {type(state).__name__}")
     written_by = state.get("technique")
@@ -42,10 +39,10 @@ def check_state(
         source = f"by {written_by}" if written_by else "by something else (it has no 'technique' entry)"
         raise ValueError(f"state_dict: written {source}; this is a {technique}")
     saved_groups = list(state.get("groups", ()))
-    if saved_groups != list(groups):
-        raise ValueError(f"state_dict: saved for groups {saved_groups}, this {technique} has {list(groups)}")
+    if saved_groups != identity["groups"]:
+        raise ValueError(f"state_dict: saved for groups {saved_groups}, this {technique} has {identity['groups']}")
     saved_settings = state.get("settings", {})
-    for key, value in (settings or {}).items():
+    for key, value in identity["settings"].items():
         if saved_settings.get(key) != value:
             raise ValueError(
                 f"state_dict: saved with {key}={saved_settings.get(key)!r}, this {technique} has {key}={value!r}"

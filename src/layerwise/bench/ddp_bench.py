@@ -27,10 +27,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import wrap
+from ..distributed import counting_allreduce, wrap
 
 __all__ = ["run_ddp_bench"]
 
@@ -54,13 +53,6 @@ def _set_phase(net: nn.Sequential, phase: str, depth: int) -> None:
             p.grad = None
 
 
-def _counting_hook(state, bucket):  # no annotations: DDP inspects them
-    """A DDP comm hook: all-reduce as usual, adding the bucket's bytes to ``state["bytes"]``."""
-    buffer = bucket.buffer()
-    state["bytes"] += buffer.numel() * buffer.element_size()
-    return allreduce_hook(None, bucket)
-
-
 def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -70,7 +62,7 @@ def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
     wrapped = wrap(net)
     plain_counter = {"bytes": 0}
     plain = DistributedDataParallel(net, find_unused_parameters=True)
-    plain.register_comm_hook(plain_counter, _counting_hook)
+    plain.register_comm_hook(plain_counter, counting_allreduce)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     g = torch.Generator().manual_seed(rank)
     x, y = torch.randn(batch, width, generator=g), torch.randint(0, 10, (batch,), generator=g)
