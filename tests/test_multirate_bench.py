@@ -54,6 +54,17 @@ def test_finetune_methods_train_the_right_parts(task):
         result = _finetune_run(task, data, method, seed=0, epochs=1, k=2, lr=1e-3)
         assert len(result["step_times"]) == 2 and len(result["curve"]) == 1
         assert 0.0 <= result["test_accuracy"] <= 1.0
+    sgd = _finetune_run(task, data, "multirate k=2, fast = head", seed=0, epochs=1, k=2, lr=1e-3, optimizer="sgd")
+    assert len(sgd["step_times"]) == 2
+
+
+def test_finetune_optimizer_is_checked_before_any_work(tmp_path):
+    from layerwise.bench.multirate_bench import _finetune
+
+    with pytest.raises(ValueError, match="optimizer: choose from"):
+        _finetune("effnet-fashion", 1, 1, 5, 1e-3, "adam", tmp_path)
+    with pytest.raises(ValueError, match="lr: give the per-step learning rate"):
+        _finetune("effnet-fashion", 1, 1, 5, None, "sgd", tmp_path)
 
 
 def test_the_target_asks_for_full_accuracy_within_half_a_point_by_55_percent_of_the_time():

@@ -11,6 +11,7 @@ Full, ``problems=finetune``: fine-tuning at equal epochs on ``task`` (``effnet-f
 fast = head + last block, head only; several seeds; test accuracy and wall-clock after every
 epoch, the speed-up next to eq. (6)'s limit, and whether Multirate gets within half a point of full
 fine-tuning's accuracy in at most 55 % of its wall-clock; a plot of accuracy vs wall-clock.
+``optimizer=adamw`` (default) or ``sgd`` (the paper's SGD with momentum 0.9; give ``lr``).
 
 Full, ``problems=subsets``: the random-subset regulariser of §5.1 on the paper's single-hidden-layer perceptron
 (here on Fashion-MNIST): plain SGD (h = 0.1) vs ``RandomSubsetMultirate`` (k = 5, input-layer
@@ -20,6 +21,7 @@ Example:
     $ layerwise bench multirate --quick --json
     $ layerwise bench multirate --set epochs=10 --set seeds=3
     $ layerwise bench multirate --set problems=finetune --set task=minilm-sentiment
+    $ layerwise bench multirate --set problems=finetune --set optimizer=sgd --set lr=0.01
 """
 
 from __future__ import annotations
@@ -158,24 +160,39 @@ FINETUNE_PARTS = {
 conv and its norm; MiniLM: the classifier, and the last transformer layer with the pooler)."""
 
 
-def _finetune_run(task_name: str, data, method: str, seed: int, epochs: int, k: int, lr: float) -> dict[str, Any]:
+OPTIMIZERS = ("adamw", "sgd")
+"""Base optimizers of the fine-tuning comparison: ``adamw`` (the task's weight decay) or ``sgd``, the
+paper's recipe (momentum 0.9, no weight decay; Figures 4-7)."""
+
+
+def _base(optimizer: str, task) -> tuple[type[torch.optim.Optimizer], dict[str, float]]:
+    if optimizer == "adamw":
+        return torch.optim.AdamW, {"weight_decay": task.weight_decay}
+    if optimizer == "sgd":
+        return torch.optim.SGD, {"momentum": 0.9}
+    raise ValueError(f"optimizer: choose from {list(OPTIMIZERS)}, got {optimizer!r}")
+
+
+def _finetune_run(
+    task_name: str, data, method: str, seed: int, epochs: int, k: int, lr: float, optimizer: str = "adamw"
+) -> dict[str, Any]:
     (x, y), (x_test, y_test) = data.train, data.test
     task = get_task(task_name)
+    base, options = _base(optimizer, task)
     torch.manual_seed(seed)
     model = task.make_model()
     part = by_patterns(model, FINETUNE_PARTS[task_name], rest="body")
     groups = {g.name: list(g.params) for g in part}
-    options = {"weight_decay": task.weight_decay}
     if method == "full":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=lr, **options)
+        opt: torch.optim.Optimizer = base(model.parameters(), lr=lr, **options)
     elif method == "head only":
         for p in (*groups["body"], *groups["last block"]):
             p.requires_grad_(False)
-        opt = torch.optim.AdamW(groups["head"], lr=lr, **options)
+        opt = base(groups["head"], lr=lr, **options)
     else:
         fast = groups["head"] + (groups["last block"] if method.endswith("+ last block") else [])
         slow = [p for p in model.parameters() if all(p is not q for q in fast)]
-        opt = Multirate(fast, slow, lr=lr * k, k=k, base=torch.optim.AdamW, model=model, **options)
+        opt = Multirate(fast, slow, lr=lr * k, k=k, base=base, model=model, **options)
     order = torch.Generator().manual_seed(seed)
     batch = task.batch_size
     step_times, curve, elapsed = [], [], 0.0
@@ -212,17 +229,22 @@ def _target(full: dict[str, Any], results: list[dict[str, Any]], points: float, 
     return False
 
 
-def _finetune(task_name: str, epochs: int, seeds: int, k: int, lr: float | None, out: Path) -> dict[str, Any]:
+def _finetune(
+    task_name: str, epochs: int, seeds: int, k: int, lr: float | None, optimizer: str, out: Path
+) -> dict[str, Any]:
     if task_name not in FINETUNE_PARTS:
         raise ValueError(f"task: fine-tuning runs on {sorted(FINETUNE_PARTS)}, got {task_name!r}")
     task = get_task(task_name)
+    _base(optimizer, task)
+    if lr is None and optimizer != "adamw":
+        raise ValueError(f"lr: give the per-step learning rate for optimizer={optimizer!r} (the task's is for AdamW)")
     lr = task.lr if lr is None else lr
     data = task.load_data(None, True)
     methods = ["full", f"multirate k={k}, fast = head", f"multirate k={k}, fast = head + last block", "head only"]
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for seed in range(seeds):  # seed by seed, so drifts of the machine hit every method alike
         for method in methods:
-            runs[method].append(_finetune_run(task_name, data, method, seed, epochs, k, lr))
+            runs[method].append(_finetune_run(task_name, data, method, seed, epochs, k, lr, optimizer))
     full_seconds = statistics.mean(r["train_seconds"] for r in runs["full"])
     full_step = statistics.median(t for r in runs["full"] for t in r["step_times"])
     summary = {}
@@ -246,6 +268,7 @@ def _finetune(task_name: str, epochs: int, seeds: int, k: int, lr: float | None,
     return {
         "task": f"{task_name}: {task.description}; {len(data.train[1])} train / {len(data.test[1])} test, "
         f"batch {task.batch_size}",
+        "optimizer": optimizer,
         "per_step_lr": lr,
         "epochs": epochs,
         "seeds": seeds,
@@ -289,6 +312,7 @@ def run_multirate_bench(
     problems: str = "finetune,subsets",
     finetune_epochs: int = 2,
     lr: float | None = None,
+    optimizer: str = "adamw",
     out: str = "runs/bench-multirate",
 ) -> dict[str, Any]:
     """The benchmark entry point; options come from ``layerwise bench multirate --set key=value``."""
@@ -300,7 +324,7 @@ def run_multirate_bench(
         raise ValueError(f"problems: unknown {sorted(wanted - {'finetune', 'subsets'})}; choose from finetune, subsets")
     report: dict[str, Any] = {"timing": timing}
     if "finetune" in wanted:
-        report["finetune"] = _finetune(task, finetune_epochs, seeds, k, lr, Path(out))
+        report["finetune"] = _finetune(task, finetune_epochs, seeds, k, lr, optimizer, Path(out))
     if "subsets" in wanted:
         report["random_subsets"] = _subsets(epochs, seeds, hidden, k)
     return report
