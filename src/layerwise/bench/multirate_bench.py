@@ -217,16 +217,20 @@ def _finetune_run(
     return {"test_accuracy": curve[-1][1], "train_seconds": elapsed, "curve": curve, "step_times": step_times}
 
 
+def _mean_curve(results: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(training seconds, test accuracy) after each epoch, averaged over seeds."""
+    epochs = len(results[0]["curve"])
+    return [
+        (statistics.mean(r["curve"][e][0] for r in results), statistics.mean(r["curve"][e][1] for r in results))
+        for e in range(epochs)
+    ]
+
+
 def _target(full: dict[str, Any], results: list[dict[str, Any]], points: float, fraction: float) -> bool:
     """Whether the mean curve comes within ``points`` of full fine-tuning's accuracy by ``fraction`` of its time."""
     goal = full["test_accuracy_mean"] - points / 100
-    epochs = len(results[0]["curve"])
-    for e in range(epochs):
-        seconds = statistics.mean(r["curve"][e][0] for r in results)
-        accuracy = statistics.mean(r["curve"][e][1] for r in results)
-        if accuracy >= goal and seconds <= fraction * full["train_seconds_mean"]:
-            return True
-    return False
+    limit = fraction * full["train_seconds_mean"]
+    return any(accuracy >= goal and seconds <= limit for seconds, accuracy in _mean_curve(results))
 
 
 def _finetune(
@@ -256,6 +260,7 @@ def _finetune(
             "train_seconds_mean": statistics.mean(r["train_seconds"] for r in results),
         }
         entry["wall_clock_vs_full"] = entry["train_seconds_mean"] / full_seconds
+        entry["curve_mean"] = _mean_curve(results)
         if method.startswith("multirate"):
             fast = statistics.median(t for r in results for i, t in enumerate(r["step_times"]) if i % k)
             limit = k * full_step / (full_step + (k - 1) * fast)
@@ -283,10 +288,8 @@ def _plot_finetune(runs: dict[str, list[dict[str, Any]]], path: Path, title: str
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for method, results in runs.items():
-        epochs = len(results[0]["curve"])
-        seconds = [statistics.mean(r["curve"][e][0] for r in results) for e in range(epochs)]
-        accuracy = [100 * statistics.mean(r["curve"][e][1] for r in results) for e in range(epochs)]
-        ax.plot(seconds, accuracy, marker="o", label=method)
+        seconds, accuracy = zip(*_mean_curve(results))
+        ax.plot(seconds, [100 * a for a in accuracy], marker="o", label=method)
     ax.set(
         xlabel="training wall-clock (s)",
         ylabel="test accuracy (%)",
