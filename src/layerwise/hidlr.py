@@ -48,7 +48,7 @@ from .group_rates import GroupRates, set_lr
 from .groups import Partition
 from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
-from .state_check import check_optimizer_state, check_state, stamp
+from .state_check import check_optimizer_state, check_state, require_keys, stamp
 
 __all__ = ["HiDLR"]
 
@@ -321,9 +321,7 @@ class HiDLR(GroupRates):
         check_state(state_dict, self._identity(), keys=("base", "hidlr"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["hidlr"]
-        missing = sorted({"eta", "step_count", "stats", "history"} - set(saved))
-        if missing:
-            raise ValueError(f"state_dict['hidlr']: missing {missing}")
+        require_keys(saved, ("eta", "step_count", "stats", "history"), "state_dict['hidlr']")
         self.optimizer.load_state_dict(state_dict["base"])
         self.eta = [float(v) for v in saved["eta"]]
         self.step_count = int(saved["step_count"])

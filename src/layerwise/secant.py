@@ -44,7 +44,7 @@ from torch.optim import Optimizer
 from .group_rates import GroupRates
 from .groups import Partition
 from .schedules import LayerSchedule, Policy
-from .state_check import check_optimizer_state, check_state, stamp
+from .state_check import check_optimizer_state, check_state, require_keys, stamp
 
 __all__ = ["SecantLR"]
 
@@ -236,9 +236,7 @@ class SecantLR(GroupRates):
         check_state(state_dict, self._identity(), keys=("base", "secant"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["secant"]
-        missing = sorted({"eta", "step_count", "sums", "seen", "prev", "stats"} - set(saved))
-        if missing:
-            raise ValueError(f"state_dict['secant']: missing {missing}")
+        require_keys(saved, ("eta", "step_count", "sums", "seen", "prev", "stats"), "state_dict['secant']")
         self.optimizer.load_state_dict(state_dict["base"])
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.eta = [float(v) for v in saved["eta"]]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["STAMP_KEYS", "check_optimizer_state", "check_state", "stamp"]
+__all__ = ["STAMP_KEYS", "check_optimizer_state", "check_state", "require_keys", "stamp"]
 
 STAMP_KEYS = ("technique", "groups", "settings")
 """The entries :func:`stamp` adds to a state dict."""
@@ -47,9 +47,14 @@ def check_state(state: Any, identity: Mapping[str, Any], *, keys: Sequence[str] 
             raise ValueError(
                 f"state_dict: saved with {key}={saved_settings.get(key)!r}, this {technique} has {key}={value!r}"
             )
+    require_keys(state, keys, f"state_dict: {technique} state")
+
+
+def require_keys(state: Mapping[str, Any], keys: Sequence[str], argument: str) -> None:
+    """Raise ValueError naming the ``keys`` that ``state`` lacks (``argument`` says which state)."""
     missing = [key for key in keys if key not in state]
     if missing:
-        raise ValueError(f"state_dict: {technique} state is missing {missing}")
+        raise ValueError(f"{argument} is missing {missing}")
 
 
 def check_optimizer_state(optimizer: Any, state: Any, argument: str) -> None:
