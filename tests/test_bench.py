@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from layerwise.bench import fashion_mnist
-from layerwise.bench.tasks import TASKS, Task, TaskData, get_task, register_task
 from layerwise.bench.timing import measure, peak_memory_mb
 from layerwise.bench.train import train
+from layerwise.tasks import TASKS, Task, TaskData, fashion_mnist, get_task, register_task
 
 
 def write_idx(path, array, gz=False):
@@ -70,7 +69,7 @@ def test_train_run_is_seeded_and_reports_everything():
         first = train("tiny", recipe="discriminative", policy="cosine", progress=False)
         second = train("tiny", recipe="discriminative", policy="cosine", progress=False)
     finally:
-        TASKS.pop("tiny")
+        TASKS.unregister("tiny")
     assert first["steps"] == 3 * 8 and first["groups"] == ["0", "2"]
     assert first["final_train_loss"] == second["final_train_loss"]  # same seed, same run
     assert first["test_accuracy"] > 0.8
@@ -92,7 +91,7 @@ def test_train_with_freezeout_freezes_for_real():
             progress=False,
         )
     finally:
-        TASKS.pop("tiny")
+        TASKS.unregister("tiny")
     # per param group (weights and biases split for weight decay); 24 steps, linear t0 = 0.5
     assert result["frozen_at"] == [12, 12, None, None]
     lr = np.array(result["lr_by_group"])

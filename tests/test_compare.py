@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-import layerwise.compare as compare_module
+import layerwise.compare.session as compare_module
 from layerwise import cli
-from layerwise.bench.tasks import TASKS, Task, TaskData, register_task
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Method, Setup, register_method
 from layerwise.compare.runner import run_one
+from layerwise.tasks import TASKS, Task, TaskData, register_task
 
 
 def _blobs(data_dir, quick):
@@ -44,7 +44,7 @@ TINY = register_task(
 
 
 def _run(out, methods, **options):
-    options = {"seeds": 1, "policy": "constant", "progress": False, "eval_points": 2, **options}
+    options = {"seeds": 1, "policy": "constant", "progress": False, "eval_points": 2, "budget": "steps", **options}
     return compare("tiny-blobs", methods, out=out, **options)
 
 
@@ -141,7 +141,7 @@ def test_interrupted_comparison_resumes_without_redoing_finished_runs(tmp_path, 
     assert calls == []
 
 
-def _broken(task, model, partition, total_steps, policy, settings):
+def _broken(build, settings):
     raise RuntimeError("this method is broken on purpose")
 
 
@@ -150,7 +150,7 @@ def test_a_failed_run_is_reported_and_the_others_complete(tmp_path):
     try:
         result = _run(tmp_path, ["baseline", "broken", "llr"])
     finally:
-        del METHODS["broken"]
+        METHODS.unregister("broken")
     rows = {row["method"]: row for row in result["rows"]}
     assert rows["broken"]["runs"] == 0 and rows["broken"]["failed"] == 1
     assert "this method is broken on purpose" in rows["broken"]["notes"]
@@ -159,8 +159,8 @@ def test_a_failed_run_is_reported_and_the_others_complete(tmp_path):
 
 
 def test_a_user_method_is_compared_like_the_built_in_ones(tmp_path):
-    def adam(task, model, partition, total_steps, policy, settings):
-        return Setup(torch.optim.Adam(model.parameters(), lr=settings["lr"]))
+    def adam(build, settings):
+        return Setup(torch.optim.Adam(build.model.parameters(), lr=settings["lr"]))
 
     register_method(Method("adam", "plain Adam", adam, {"lr": 1e-3}))
     try:
@@ -171,11 +171,12 @@ def test_a_user_method_is_compared_like_the_built_in_ones(tmp_path):
             out=tmp_path,
             progress=False,
             eval_points=1,
+            budget="steps",
         )
     finally:
-        del METHODS["adam"]
+        METHODS.unregister("adam")
     record = result["outcomes"]["adam"]["records"][0]
-    assert record["settings"] == {"lr": 0.01} and record["lr"]["0"][0] == 0.01
+    assert record["settings"] == {"lr": 0.01} and record["lr"]["group0"][0] == 0.01  # one naming rule: group<i>
 
 
 def test_another_configuration_in_the_same_directory_is_refused(tmp_path):
@@ -223,6 +224,8 @@ def test_cli_compare_runs_and_prints_the_table(tmp_path, capsys):
         "--out",
         str(tmp_path),
         "--no-progress",
+        "--budget",
+        "steps",
     ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out

@@ -180,7 +180,7 @@ def test_cost_predictions():
 
 def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_state():
     from layerwise.bench.freezeout_bench import _lockstep
-    from layerwise.bench.tasks import TaskData
+    from layerwise.tasks import TaskData
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from layerwise import groups
-from layerwise.bench.models import ResNetCNN, TransformerClassifier
+from layerwise.tasks.models import ResNetCNN, TransformerClassifier
 
 
 class Reversed(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerwise.bench.hidlr_bench import _toy
-from layerwise.bench.hidlr_problems import NAM, SHAPES, TOYS, grid, nam_synthetic_data
+from layerwise.tasks.hidlr_problems import NAM, SHAPES, TOYS, grid, nam_synthetic_data
 
 
 def test_toys_have_their_minimisers():

@@ -10,7 +10,7 @@ from torch import nn
 
 import layerwise
 from layerwise import FreezeOut, HiDLR, LayerwiseLR, Multirate, recipes
-from layerwise.bench.pretrained import minilm_classifier
+from layerwise.tasks.pretrained import minilm_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers

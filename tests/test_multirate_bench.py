@@ -19,7 +19,7 @@ def test_bench_multirate_quick_json_last_line():
 
 def test_subset_study_runs_and_evaluates_with_full_weights(monkeypatch):
     from layerwise.bench import multirate_bench
-    from layerwise.bench.tasks import TaskData
+    from layerwise.tasks import TaskData
 
     g = torch.Generator().manual_seed(0)
     data = TaskData(
@@ -36,7 +36,7 @@ def test_subset_study_runs_and_evaluates_with_full_weights(monkeypatch):
 @pytest.mark.parametrize("task", ["effnet-fashion", "minilm-sentiment"])
 def test_finetune_methods_train_the_right_parts(task):
     from layerwise.bench.multirate_bench import FINETUNE_PARTS, _finetune_run
-    from layerwise.bench.tasks import TaskData
+    from layerwise.tasks import TaskData
 
     g = torch.Generator().manual_seed(0)
     if task == "effnet-fashion":

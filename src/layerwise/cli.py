@@ -3,8 +3,8 @@
 Subcommands:
     schedule RECIPE   show a schedule before training (JSON and/or PNG plot)
     bench NAME        run a named benchmark; with --json the last stdout line is its JSON
-    train             a short training run of a task under a layer-wise schedule
-    compare           train a task with several techniques side by side and report (the main job)
+    train             one training run of a task under a layer-wise schedule
+    compare           train with several techniques side by side at equal cost (with no --task: the main job)
     plot RUN_DIR      draw the per-group telemetry of a finished run
 
 Example:
@@ -89,8 +89,8 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _model_partition(args: argparse.Namespace):
-    from .bench.models import build_model
     from .groups import by_block, by_layer
+    from .tasks.models import build_model
 
     model, sample = build_model(args.model)
     if args.depth is None:
@@ -192,7 +192,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a task once under a layer-wise schedule (the main job)")
+    p = sub.add_parser("train", help="train a task once under a layer-wise schedule")
     p.add_argument("--task", default="fashion-mnist")
     p.add_argument("--recipe", default="llr", help=f"one of: {', '.join(sorted(recipes.RECIPES))}")
     p.add_argument("--policy", default="onecycle", help=f"one of: {', '.join(sorted(recipes.POLICIES))}")
@@ -236,15 +236,32 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="train a task with several techniques side by side (the main job)")
-    p.add_argument("--task", default="fashion-mnist", help="a registered task (see --list)")
-    p.add_argument("--methods", help="comma-separated methods (default: every one that applies to the task)")
+    p = sub.add_parser("compare", help="train a task with several techniques side by side at equal cost (the main job)")
+    p.add_argument(
+        "--task",
+        help="a registered task (see --list) or PATH.py:FACTORY (a function returning a layerwise.tasks.Task); "
+        "default: the main job, both regimes (from scratch and fine-tuning)",
+    )
+    p.add_argument("--methods", help="comma-separated methods (default: every one that fits the task's regime)")
     p.add_argument("--study", help="a built-in study instead of --methods: llr (Smith's layer-LR experiment)")
     p.add_argument("--seeds", type=int, help="seeds per method (default 1; the llr study: 3)")
-    p.add_argument("--epochs", type=int, help="epochs (default: the task's)")
+    p.add_argument("--epochs", type=int, help="the baseline's epochs (default: the task's)")
     p.add_argument("--train-size", type=int, help="train on the first N examples (default: the task's budget)")
-    p.add_argument("--test-size", type=int, default=5000, help="evaluate on the first N test examples (0: all)")
+    p.add_argument("--test-size", type=int, help="evaluate on the first N test examples (0: all; default 5000)")
     p.add_argument("--policy", default="cosine", help=f"global LR policy: {', '.join(sorted(recipes.POLICIES))}")
+    p.add_argument(
+        "--budget",
+        default="time",
+        help="time (default): every method trains for the baseline's wall-clock; steps: for the task's epochs",
+    )
+    p.add_argument("--budget-seconds", type=float, help="with --budget time: the training budget in seconds")
+    p.add_argument("--eval-points", type=int, default=10, help="test evaluations per run (default 10)")
+    p.add_argument("--target", type=float, help="time-to-target value (accuracy as a fraction, e.g. 0.85)")
+    p.add_argument(
+        "--target-tolerance",
+        type=float,
+        help="default target = baseline's final mean minus this (accuracy points, default 0.5; loss: percent, 1)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting")
     p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
     p.add_argument("--out", type=Path, help="output directory (default runs/compare or runs/study-NAME)")
@@ -254,21 +271,30 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _print_list() -> None:
+    from .compare import METHODS
+    from .tasks import REGIMES, TASKS
+
+    print("tasks:")
+    for name, task in TASKS.items():
+        print(f"  {name:18} [{task.regime}] {task.description}")
+    print("methods (default set per regime; a method left out still runs when named):")
+    for name, method in METHODS.items():
+        print(f"  {name:18} {method.description}; settings {dict(method.defaults)}")
+        for regime in REGIMES:
+            reason = method.not_default.get(regime)
+            print(f"  {'':18}   {regime}: " + ("default" if reason is None else f"not default, {reason}"))
+
+
 def _compare(args: argparse.Namespace) -> int:
-    from .bench.tasks import TASKS
-    from .compare import METHODS, compare, parse_overrides
+    from .compare import compare, parse_overrides
 
     if args.list:
-        print("tasks:")
-        for name, task in TASKS.items():
-            print(f"  {name:18} {task.description}")
-        print("methods:")
-        for name, method in METHODS.items():
-            print(f"  {name:18} {method.description}; settings {dict(method.defaults)}")
+        _print_list()
         return 0
+    given = {"epochs": args.epochs, "train_size": args.train_size}
     common = {
-        "epochs": args.epochs,
-        "train_size": args.train_size,
+        **{k: v for k, v in given.items() if v is not None},
         "quick": args.quick,
         "progress": not args.no_progress,
     }
@@ -277,23 +303,41 @@ def _compare(args: argparse.Namespace) -> int:
     if args.study:
         from .compare.study import run_study
 
-        if args.methods or args.set or args.telemetry:
-            raise ValueError("--study: runs its own variants; drop --methods, --set and --telemetry")
+        if args.methods or args.set or args.telemetry or args.task:
+            raise ValueError("--study: runs its own tasks and variants; drop --task, --methods, --set and --telemetry")
         result = run_study(args.study, seeds=args.seeds or 3, out=args.out, **common)
         print(result["text"])
         return 0
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    result = compare(
-        args.task,
-        methods,
-        settings=parse_overrides(args.set),
-        seeds=args.seeds or 1,
-        policy=args.policy,
-        out=args.out or Path("runs/compare"),
-        telemetry_every=args.telemetry,
-        tensorboard=args.tensorboard,
-        test_size=args.test_size or None,
+    optional = {
+        "budget_seconds": args.budget_seconds,
+        "target": args.target,
+        "target_tolerance": args.target_tolerance,
+        "telemetry_every": args.telemetry,
+    }
+    options = {
         **common,
+        **{k: v for k, v in optional.items() if v is not None},
+        "seeds": args.seeds or 1,
+        "policy": args.policy,
+        "budget": args.budget,
+        "eval_points": args.eval_points,
+        "tensorboard": args.tensorboard,
+    }
+    if args.test_size is not None:
+        options["test_size"] = args.test_size or None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.task is None:
+        from .compare.main_job import run_main
+
+        result = run_main(
+            out=args.out or Path("runs/compare"), methods=methods, settings=parse_overrides(args.set), **options
+        )
+        for section in result["sections"]:
+            print(f"\n## {section['heading']}\n\n{section['setting']}\n\n{section['table']}")
+        print(f"\nwrote {result['paths']['markdown']} and {result['paths']['html']} ({result['minutes']:.1f} minutes)")
+        return 0
+    result = compare(
+        args.task, methods, settings=parse_overrides(args.set), out=args.out or Path("runs/compare"), **options
     )
     paths = result["paths"]
     print(f"\n{result['setting']}\n\n{result['table']}\n")

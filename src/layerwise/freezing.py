@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from torch.optim import Optimizer
 
 from .state_check import check_state, stamp
 
-__all__ = ["Freezer", "GradualUnfreezing", "freeze_due"]
+__all__ = ["FreezeWhenZero", "Freezer", "GradualUnfreezing", "freeze_due"]
 
 
 class Freezer:
@@ -214,6 +214,40 @@ def freeze_due(freezer: Freezer, names: Iterable[str], frozen_at: Iterable[int |
     due = [n for n, at in zip(names, frozen_at) if at is not None and at <= step and not freezer.is_frozen(n)]
     if due:
         freezer.freeze(*dict.fromkeys(due))
+
+
+class FreezeWhenZero:
+    """Freezes each group from the step at which its schedule's factor stays 0 (``step()`` once per batch).
+
+    The composable piece behind FreezeOut's freezing: any schedule with ``zero_from`` (a FreezeOut
+    rule, a cosine to zero) drives it, whatever sets the learning rates (a scheduler, Hi-DLR).
+
+    Example:
+        >>> import torch, layerwise
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+        >>> opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=torch.zeros(1, 2)).param_groups(lr=0.1))
+        >>> rule = FreezeWhenZero(Freezer(model, opt), ["0", "2"], [2, None])
+        >>> rule.step(); rule.step(); rule.freezer.frozen
+        ('0',)
+    """
+
+    def __init__(self, freezer: Freezer, names: Sequence[str], frozen_at: Sequence[int | None]) -> None:
+        if not isinstance(freezer, Freezer):
+            raise TypeError(f"freezer: expected a Freezer, got {type(freezer).__name__}")
+        if len(names) != len(frozen_at):
+            raise ValueError(f"names, frozen_at: one freeze step per group, got {len(names)} and {len(frozen_at)}")
+        freezer._check(tuple(names), "names")
+        self.freezer, self.names, self.frozen_at, self.steps = freezer, list(names), list(frozen_at), 0
+
+    @classmethod
+    def from_schedule(cls, freezer: Freezer, schedule: Any, total_steps: int) -> FreezeWhenZero:
+        """Freeze steps from ``schedule.zero_from(total_steps, groups)``, one per group of ``freezer``."""
+        names = list(freezer.names)
+        return cls(freezer, names, schedule.zero_from(total_steps, len(names)))
+
+    def step(self) -> None:
+        self.steps += 1
+        freeze_due(self.freezer, self.names, self.frozen_at, self.steps)
 
 
 class _StayInInference:

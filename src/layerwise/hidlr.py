@@ -44,8 +44,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .group_rates import GroupRates, set_lr
+from .group_rates import GroupRates
 from .groups import Partition
+from .param_groups import set_lr
 from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
 from .state_check import check_optimizer_state, check_state, require_keys, stamp

@@ -42,8 +42,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .group_rates import group_names
 from .groups import Partition
+from .param_groups import group_names
 from .schedules import _finite_nonneg
 from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import init_hooks

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .group_rates import group_names
+from .param_groups import group_names
 from .schedules import _finite_nonneg
 from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import Wrapper, init_hooks

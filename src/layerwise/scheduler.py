@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from .group_rates import group_names
+from .param_groups import group_names
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
 

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .group_rates import check_partition, group_names
 from .groups import Partition
+from .param_groups import check_partition, group_names
 
 __all__ = ["QUANTITIES", "LayerMonitor"]
 

@@ -26,8 +26,8 @@ from ..freezeout import FreezeOut
 from ..groups import by_block
 from ..scheduler import LayerwiseLR
 from ..schedules import Cosine
-from .models import build_model
-from .tasks import TaskData, get_task, make_optimizer
+from ..tasks import TaskData, get_task, make_optimizer
+from ..tasks.models import build_model
 from .train import optimizer_state_mb, train
 
 __all__ = ["DEPTHS", "Predictor", "run_freezeout_bench"]

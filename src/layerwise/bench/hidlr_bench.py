@@ -27,9 +27,9 @@ from torch import nn
 
 from ..groups import by_depth_buckets
 from ..hidlr import HiDLR
-from .hidlr_problems import NAM, TOYS, grid, hidlr_variants, nam_synthetic_data
-from .models import ResNetCNN
-from .tasks import get_task
+from ..tasks import get_task
+from ..tasks.hidlr_problems import NAM, TOYS, grid, hidlr_variants, nam_synthetic_data
+from ..tasks.models import ResNetCNN
 
 __all__ = ["run_hidlr_bench"]
 

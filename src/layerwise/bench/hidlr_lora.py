@@ -18,10 +18,10 @@ from torch import nn
 
 from ..groups import by_lora
 from ..hidlr import HiDLR
-from .hidlr_problems import hidlr_variants
-from .lora import add_lora
-from .pretrained import minilm_classifier
-from .tweets import load_tweet_data
+from ..tasks.hidlr_problems import hidlr_variants
+from ..tasks.lora import add_lora
+from ..tasks.pretrained import minilm_classifier
+from ..tasks.tweets import load_tweet_data
 
 __all__ = ["LORA_GRID", "lora_comparison"]
 

@@ -38,7 +38,7 @@ import torch
 from ..groups import by_head, by_patterns
 from ..multirate import Multirate
 from ..random_subsets import RandomSubsetMultirate
-from .tasks import get_task
+from ..tasks import get_task
 
 __all__ = ["run_multirate_bench"]
 

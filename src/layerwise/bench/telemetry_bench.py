@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ..plotting import plot_telemetry
+from ..tasks import get_task, make_optimizer
 from ..telemetry import LayerMonitor
-from .tasks import get_task, make_optimizer
 
 __all__ = ["run_telemetry_bench"]
 
@@ -115,7 +115,7 @@ def summarize_telemetry(data: dict[str, Any], total_steps: int) -> dict[str, Any
 
 
 def _layers() -> dict[str, Any]:
-    from ..compare import compare_variants
+    from ..compare import CompareConfig, compare_variants
 
     variants = [
         ("uniform SGD", "baseline", {"policy": "onecycle"}),
@@ -127,9 +127,8 @@ def _layers() -> dict[str, Any]:
         report = compare_variants(
             task_name,
             variants,
-            policy="onecycle",
+            config=CompareConfig(policy="onecycle", telemetry_every=5, eval_points=4, budget="steps"),
             out=OUT / task_name,
-            telemetry_every=5,
             progress=True,
         )
         for label, outcome in report["outcomes"].items():

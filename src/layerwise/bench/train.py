@@ -18,8 +18,8 @@ from .. import recipes
 from ..freezeout import FreezeOut
 from ..groups import by_block, by_layer
 from ..scheduler import LayerwiseLR
-from .models import build_model
-from .tasks import Task, TaskData, get_task, make_optimizer
+from ..tasks import Task, TaskData, get_task, make_optimizer
+from ..tasks.models import build_model
 from .timing import peak_memory_mb, summarize_ms
 
 __all__ = ["evaluate", "optimizer_state_mb", "train"]

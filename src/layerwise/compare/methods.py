@@ -1,38 +1,59 @@
 """The techniques ``layerwise compare`` trains side by side, each built on a fresh model of a task.
 
-A method turns ``(task, model, total_steps, policy, settings)`` into a :class:`Setup`: the
-optimizer, the object stepped after it, and whether ``optimizer.step`` wants a loss closure.
-Every method starts from the task's optimizer and learning rate, so they differ only in how
-the per-group learning rates move (and, for FreezeOut and Multirate, in which parts get a
-gradient). Register your own with :func:`register_method`.
+A :class:`Method` turns a :class:`Build` (task, model, partition, step count, global policy) and
+its settings into a :class:`Setup`: the optimizer, what is stepped after it, and whether
+``optimizer.step`` wants a loss closure. Every method starts from the task's optimizer preset and
+learning rate, so methods differ only in how the per-group learning rates move and which parts get
+a gradient. A method also declares what an equal-cost plan needs: the period over which its step
+cost repeats, and whether it costs exactly what the baseline costs. Register your own with
+:func:`register_method`.
 
 Example:
     >>> from layerwise.compare.methods import METHODS, resolve_settings
     >>> resolve_settings("freezeout", {"t0": 0.5})
     {'t0': 0.5, 'strategy': 'cubic', 'scale_lr': True}
+    >>> METHODS["multirate"].period(resolve_settings("multirate"))
+    4
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from .. import recipes
-from ..bench.tasks import Task, make_optimizer
+from .._registry import Registry
 from ..freezeout import FreezeOut
-from ..freezing import Freezer, freeze_due
+from ..freezing import Freezer, FreezeWhenZero, GradualUnfreezing
 from ..groups import Partition, by_depth_buckets
 from ..hidlr import HiDLR
 from ..multirate import Multirate
 from ..scheduler import LayerwiseLR
 from ..secant import SecantLR
+from ..tasks import OPTIMIZER_PRESETS, Task, make_optimizer
 
-__all__ = ["METHODS", "Method", "Setup", "build_setup", "check_methods", "register_method", "resolve_settings"]
+__all__ = [
+    "METHODS",
+    "Build",
+    "Method",
+    "Setup",
+    "build_setup",
+    "check_methods",
+    "default_methods",
+    "method_snippet",
+    "register_method",
+    "resolve_settings",
+]
+
+
+class Stepped(Protocol):
+    """Anything stepped once after every optimizer step (a scheduler, a freezing rule)."""
+
+    def step(self) -> None: ...
 
 
 @dataclass
@@ -42,56 +63,95 @@ class Setup:
     Attributes:
         optimizer: stepped every batch.
         scheduler: ``scheduler.step()`` after every ``optimizer.step()`` (None: nothing to step).
-        closure: ``optimizer.step(closure)`` with a closure returning the batch loss without backward.
+        wants_closure: ``optimizer.step(closure)`` with a closure returning the batch loss without backward.
         freezer: the method's :class:`Freezer`, to read which groups are frozen.
     """
 
     optimizer: Optimizer
-    scheduler: Any = None
-    closure: bool = False
+    scheduler: Stepped | None = None
+    wants_closure: bool = False
     freezer: Freezer | None = None
+
+
+@dataclass(frozen=True)
+class Build:
+    """What a method is built for: a fresh ``model`` of ``task``, its ``partition``, the run's length."""
+
+    task: Task
+    model: nn.Module
+    partition: Partition
+    total_steps: int
+    policy: str
+
+    def param_groups(self, partition: Partition | None = None) -> list[dict[str, Any]]:
+        """The task's LR and weight decay per group (no decay on biases and norms)."""
+        part = self.partition if partition is None else partition
+        return part.param_groups(lr=self.task.lr, weight_decay=self.task.weight_decay, no_decay=("bias", "norm"))
+
+    def optimizer(self, partition: Partition | None = None) -> Optimizer:
+        """The task's optimizer over :meth:`param_groups`."""
+        return make_optimizer(self.task, self.param_groups(partition))
+
+
+def _everywhere(task: Task, partition: Partition) -> str | None:
+    del task, partition
+    return None
+
+
+def _once(settings: Mapping[str, Any]) -> int:
+    del settings
+    return 1
 
 
 @dataclass(frozen=True)
 class Method:
     """A named technique: default settings, a builder and the tasks it applies to.
 
-    ``build(task, model, partition, total_steps, policy, settings) -> Setup``; ``applies(task,
-    partition)`` returns why the method does not apply to the task, or None; ``default``: part of
-    a comparison that names no methods.
+    Attributes:
+        build: ``build(Build, settings) -> Setup`` (settings resolved: the defaults updated with overrides).
+        defaults: every setting the method has, with its default.
+        applies: ``applies(task, partition)`` says why the method cannot run on a task, or None.
+        not_default: per regime (``"scratch"``, ``"fine-tuning"``), why the method is left out of
+            that regime's default set (it still runs when named).
+        period: ``period(settings)``: steps after which the method's step cost repeats (Hi-DLR's
+            probing interval, Multirate's k); an equal-cost plan times whole periods.
+        same_cost: the method's steps cost exactly the baseline's (it only moves LRs), so an
+            equal-cost plan gives it the baseline's steps without timing it.
+        snippet: ``snippet(Build, settings) -> str``: the lines that set the method up in a plain loop.
     """
 
     name: str
     description: str
-    build: Callable[..., Setup]
+    build: Callable[[Build, dict[str, Any]], Setup]
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    applies: Callable[[Task, Partition], str | None] = lambda task, partition: None
-    default: bool = True
+    applies: Callable[[Task, Partition], str | None] = _everywhere
+    not_default: Mapping[str, str] = field(default_factory=dict)
+    period: Callable[[Mapping[str, Any]], int] = _once
+    same_cost: bool = False
+    snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
+"""Every registered method by name (``layerwise compare --list`` prints them)."""
 
 
 def register_method(method: Method) -> Method:
-    """Add ``method`` to the registry (replacing one of the same name)."""
+    """Add ``method`` to the registry (a method of the same name is replaced, with a warning)."""
     if not isinstance(method, Method):
         raise TypeError(f"method: expected a Method, got {type(method).__name__}")
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, method, description=method.description)
 
 
 def resolve_settings(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The method's defaults updated with ``overrides``; unknown keys raise ValueError."""
-    if name not in METHODS:
-        raise ValueError(f"methods: unknown {name!r}; choose from {sorted(METHODS)}")
-    defaults = dict(METHODS[name].defaults)
+    defaults = dict(METHODS.get(name).defaults)
     unknown = sorted(set(overrides or {}) - set(defaults))
     if unknown:
         raise ValueError(f"--set {name}.{unknown[0]}: unknown setting; {name} has {sorted(defaults) or 'none'}")
     return {**defaults, **(overrides or {})}
 
 
-def check_methods(task: Task, names: list[str], partition: Partition) -> None:
+def check_methods(task: Task, names: Sequence[str], partition: Partition) -> None:
     """Raise ValueError naming every method that is unknown or does not apply to ``task``."""
     unknown = [n for n in names if n not in METHODS]
     if unknown:
@@ -102,35 +162,38 @@ def check_methods(task: Task, names: list[str], partition: Partition) -> None:
             raise ValueError(f"methods: {name} does not apply to task {task.name!r}: {reason}")
 
 
-def build_setup(
-    task: Task, model: nn.Module, name: str, total_steps: int, policy: str, settings: Mapping[str, Any]
-) -> Setup:
-    """Build method ``name`` for a fresh ``model`` of ``task`` (settings already resolved)."""
-    partition = task.groups(model)
-    check_methods(task, [name], partition)
-    return METHODS[name].build(task, model, partition, total_steps, policy, dict(settings))
+def default_methods(task: Task, partition: Partition) -> list[str]:
+    """The methods a comparison of ``task`` runs when it names none: those that apply and fit its regime."""
+    return [
+        name
+        for name, method in METHODS.items()
+        if task.regime not in method.not_default and method.applies(task, partition) is None
+    ]
 
 
-def _groups(task: Task, partition: Partition) -> list[dict[str, Any]]:
-    return partition.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm"))
+def build_setup(build: Build, name: str, settings: Mapping[str, Any]) -> Setup:
+    """Build method ``name`` (settings already resolved) for ``build``'s fresh model."""
+    check_methods(build.task, [name], build.partition)
+    return METHODS[name].build(build, dict(settings))
 
 
-def _scheduled(recipe: str, *, uses_policy: bool = True) -> Callable[..., Setup]:
-    """A recipe's schedule; its ``policy`` setting (None: the comparison's) picks the global policy."""
+# ---- building blocks -------------------------------------------------------------------------
 
-    def build(task, model, partition, total_steps, policy, settings) -> Setup:
-        del model
-        optimizer = make_optimizer(task, _groups(task, partition))
-        policy = settings.pop("policy", None) or policy
-        global_policy = recipes.make_policy(policy) if uses_policy else None
-        schedule = recipes.build(recipe, len(partition), policy=global_policy, **settings)
-        return Setup(optimizer, LayerwiseLR(optimizer, total_steps, schedule=schedule))
 
-    return build
+class _Chain:
+    """Steps several objects in order (a freezing rule and a scheduler)."""
+
+    def __init__(self, *parts: Stepped) -> None:
+        self.parts = parts
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
 
 
 def _needs_groups(count: int) -> Callable[[Task, Partition], str | None]:
     def applies(task: Task, partition: Partition) -> str | None:
+        del task
         if len(partition) < count:
             return f"it needs at least {count} groups; the task's partition has {len(partition)}"
         return None
@@ -138,35 +201,84 @@ def _needs_groups(count: int) -> Callable[[Task, Partition], str | None]:
     return applies
 
 
-def _freezeout(task, model, partition, total_steps, policy, settings) -> Setup:
-    del policy  # FreezeOut's per-layer cosine is the whole schedule
-    optimizer = make_optimizer(task, _groups(task, partition))
-    freezeout = FreezeOut(model, optimizer, total_steps, **settings)
+def _policy_name(build: Build, settings: Mapping[str, Any]) -> str:
+    return settings.get("policy") or build.policy
+
+
+def _scheduled(recipe: str, *, uses_policy: bool = True) -> Callable[[Build, dict[str, Any]], Setup]:
+    """A recipe's schedule; its ``policy`` setting (None: the comparison's) picks the global policy."""
+
+    def build(context: Build, settings: dict[str, Any]) -> Setup:
+        optimizer = context.optimizer()
+        options = {k: v for k, v in settings.items() if k != "policy"}
+        global_policy = recipes.make_policy(_policy_name(context, settings)) if uses_policy else None
+        schedule = recipes.build(recipe, len(context.partition), policy=global_policy, **options)
+        return Setup(optimizer, LayerwiseLR(optimizer, context.total_steps, schedule=schedule))
+
+    return build
+
+
+def _freezeout(context: Build, settings: dict[str, Any]) -> Setup:
+    optimizer = context.optimizer()  # FreezeOut's per-layer cosine is the whole schedule: no global policy
+    freezeout = FreezeOut(context.model, optimizer, context.total_steps, **settings)
     return Setup(optimizer, freezeout, freezer=freezeout.freezer)
 
 
-def _adamw(task, model, partition, total_steps, policy, settings) -> Setup:
-    del model
-    groups = partition.param_groups(lr=settings["lr"], weight_decay=settings["weight_decay"], no_decay=("bias", "norm"))
-    optimizer = torch.optim.AdamW(groups, lr=settings["lr"])
-    return Setup(optimizer, LayerwiseLR(optimizer, total_steps, policy=recipes.make_policy(policy)))
+def _policy_only(context: Build, optimizer: Optimizer) -> LayerwiseLR:
+    return LayerwiseLR(optimizer, context.total_steps, policy=recipes.make_policy(context.policy))
 
 
-def _multirate(task, model, partition, total_steps, policy, settings) -> Setup:
-    k, fast = settings["k"], settings["fast"]
-    if isinstance(fast, bool) or not isinstance(fast, int) or not 1 <= fast < len(partition):
-        raise ValueError(f"multirate.fast: the number of last groups that are fast, 1..{len(partition) - 1}")
-    if task.optimizer == "adamw":
-        base, options = torch.optim.AdamW, {"weight_decay": task.weight_decay}
-    else:
-        momentum = 0.9 if task.optimizer == "sgd" else 0.0
-        base, options = torch.optim.SGD, {"momentum": momentum, "nesterov": momentum > 0}
-        options["weight_decay"] = task.weight_decay
+def _adamw(context: Build, settings: dict[str, Any]) -> Setup:
+    groups = context.partition.param_groups(
+        lr=settings["lr"], weight_decay=settings["weight_decay"], no_decay=("bias", "norm")
+    )
+    optimizer = OPTIMIZER_PRESETS.get("adamw").build(groups, settings["lr"], settings["weight_decay"])
+    return Setup(optimizer, _policy_only(context, optimizer))
+
+
+def _head_only(context: Build, settings: dict[str, Any]) -> Setup:
+    del settings
+    optimizer = context.optimizer()
+    freezer = Freezer(context.model, optimizer)
+    freezer.freeze(*context.partition.names[:-1])
+    return Setup(optimizer, _policy_only(context, optimizer), freezer=freezer)
+
+
+def _unfreeze_every(context: Build, until: float) -> int:
+    if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 < until <= 1:
+        raise ValueError(f"gradual-unfreezing.until: a fraction of training in (0, 1], got {until!r}")
+    return max(1, round(until * context.total_steps / max(1, len(context.partition) - 1)))
+
+
+def _gradual_unfreezing(context: Build, settings: dict[str, Any]) -> Setup:
+    optimizer = context.optimizer()
+    freezer = Freezer(context.model, optimizer)
+    unfreezing = GradualUnfreezing(freezer, _unfreeze_every(context, settings["until"]))
+    return Setup(optimizer, _Chain(unfreezing, _policy_only(context, optimizer)), freezer=freezer)
+
+
+def _multirate_fast(context: Build, fast: Any) -> list[str]:
+    count = len(context.partition)
+    if isinstance(fast, bool) or not isinstance(fast, int) or not 1 <= fast < count:
+        raise ValueError(f"multirate.fast: the number of last groups that are fast, 1..{count - 1}, got {fast!r}")
+    return list(context.partition.names[-fast:])
+
+
+def _multirate(context: Build, settings: dict[str, Any]) -> Setup:
+    k, task = settings["k"], context.task
+    preset = OPTIMIZER_PRESETS.get(task.optimizer)
     # h = k x the task's LR: the fast part steps the task's LR every step, the slow part k x it every k steps
     optimizer = Multirate.from_partition(
-        partition, fast=partition.names[-fast:], lr=task.lr * k, k=k, base=base, model=model, **options
+        context.partition,
+        fast=_multirate_fast(context, settings["fast"]),
+        lr=task.lr * k,
+        k=k,
+        base=preset.cls,
+        model=context.model,
+        weight_decay=task.weight_decay,
+        **preset.options,
     )
-    return Setup(optimizer, LayerwiseLR(optimizer, total_steps, policy=recipes.make_policy(policy)))
+    return Setup(optimizer, _policy_only(context, optimizer))
 
 
 def _multirate_applies(task: Task, partition: Partition) -> str | None:
@@ -175,12 +287,13 @@ def _multirate_applies(task: Task, partition: Partition) -> str | None:
     return _needs_groups(2)(task, partition)
 
 
-def _hidlr_partition(model: nn.Module, task: Task, partition: Partition, buckets: int | None) -> Partition:
+def _hidlr_partition(context: Build, buckets: int | None) -> Partition:
+    task, partition = context.task, context.partition
     if buckets is None or task.partition is not None:
         return partition  # a task's own partition (NAM's feature networks, a toy's x and y) is kept
     if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
         raise ValueError(f"hidlr.groups: the number of contiguous layer buckets, an int >= 1, got {buckets!r}")
-    return by_depth_buckets(model, min(buckets, len(partition)), sample_input=task.sample_input())
+    return by_depth_buckets(context.model, min(buckets, len(partition)), sample_input=task.sample_input())
 
 
 def _hidlr_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,52 +307,200 @@ def _hidlr_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _hidlr(task, model, partition, total_steps, policy, settings) -> Setup:
-    groups = _hidlr_partition(model, task, partition, settings["groups"])
-    base = make_optimizer(task, _groups(task, groups))
-    schedule = recipes.make_policy(policy)
-    optimizer = HiDLR(base, schedule=schedule, total_steps=total_steps, model=model, **_hidlr_options(task, settings))
-    return Setup(optimizer, closure=True)
+def _hidlr(context: Build, settings: dict[str, Any]) -> Setup:
+    base = context.optimizer(_hidlr_partition(context, settings["groups"]))
+    optimizer = HiDLR(
+        base,
+        schedule=recipes.make_policy(context.policy),
+        total_steps=context.total_steps,
+        model=context.model,
+        **_hidlr_options(context.task, settings),
+    )
+    return Setup(optimizer, wants_closure=True)
 
 
-def _secant(task, model, partition, total_steps, policy, settings) -> Setup:
-    mode = settings["mode"] or ("bb" if task.optimizer == "gd" else "line")
+def _secant_mode(task: Task, settings: Mapping[str, Any]) -> str:
+    return settings["mode"] or ("bb" if task.optimizer == "gd" else "line")
+
+
+def _secant(context: Build, settings: dict[str, Any]) -> Setup:
     clip = settings["clip"]
     optimizer = SecantLR(
-        make_optimizer(task, _groups(task, partition)),
-        mode=mode,
+        context.optimizer(),
+        mode=_secant_mode(context.task, settings),
         beta=settings["beta"],
         gamma=settings["gamma"],
         scale=settings["scale"],
-        clip=None if clip is None else (0.0, clip * task.lr),
-        schedule=recipes.make_policy(policy),
-        total_steps=total_steps,
+        clip=None if clip is None else (0.0, clip * context.task.lr),
+        schedule=recipes.make_policy(context.policy),
+        total_steps=context.total_steps,
     )
     return Setup(optimizer)
 
 
-class FreezeWhenZero:
-    """Freezes each group from the step at which its schedule factor stays 0 (a ``step()`` per batch)."""
-
-    def __init__(self, freezer: Freezer, names: list[str], frozen_at: list[int | None]) -> None:
-        self.freezer, self.names, self.frozen_at, self.steps = freezer, names, frozen_at, 0
-
-    def step(self) -> None:
-        self.steps += 1
-        freeze_due(self.freezer, self.names, self.frozen_at, self.steps)
-
-
-def _freezeout_hidlr(task, model, partition, total_steps, policy, settings) -> Setup:
-    del policy
-    groups = _hidlr_partition(model, task, partition, settings["groups"])
-    base = make_optimizer(task, _groups(task, groups))
+def _freezeout_hidlr(context: Build, settings: dict[str, Any]) -> Setup:
+    groups = _hidlr_partition(context, settings["groups"])
+    base = context.optimizer(groups)
     # no 1/t_i scaling: Hi-DLR finds each group's LR itself
     schedule = recipes.build("freezeout", len(groups), t0=settings["t0"], strategy=settings["strategy"], scale_lr=False)
-    optimizer = HiDLR(base, schedule=schedule, total_steps=total_steps, model=model, **_hidlr_options(task, settings))
-    freezer = Freezer(model, base)
-    freeze = FreezeWhenZero(freezer, list(groups.names), schedule.zero_from(total_steps, len(groups)))
-    return Setup(optimizer, freeze, closure=True, freezer=freezer)
+    optimizer = HiDLR(
+        base,
+        schedule=schedule,
+        total_steps=context.total_steps,
+        model=context.model,
+        **_hidlr_options(context.task, settings),
+    )
+    freeze = FreezeWhenZero.from_schedule(Freezer(context.model, base), schedule, context.total_steps)
+    return Setup(optimizer, freeze, wants_closure=True, freezer=freeze.freezer)
 
+
+# ---- snippets: the lines a user copies into a plain PyTorch loop -----------------------------
+
+
+_LOOPS = {
+    "sched": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step(); sched.step()",
+    "closure": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step(lambda: loss_fn(model(x), y))",
+    "plain": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()",
+}
+
+
+def _loop(kind: str, steps: int) -> str:
+    return f"for x, y in loader:   # {steps} steps\n    {_LOOPS[kind]}"
+
+
+def method_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str | None:
+    """The lines that set method ``name`` up with ``settings`` in a plain PyTorch loop (None: no snippet)."""
+    method = METHODS.get(name)
+    if method.snippet is None:
+        return None
+    if build.task.partition is None:
+        imports, part = "import torch, layerwise, layerwise.recipes", "part = layerwise.by_layer(model, sample_input=x)"
+    else:
+        imports = "import torch, layerwise, layerwise.recipes, layerwise.tasks"
+        part = f"part = layerwise.tasks.get_task({build.task.name!r}).groups(model)   # the task's own groups"
+    return f"{imports}\n{part}\n{method.snippet(build, settings)}"
+
+
+def _optimizer_line(build: Build) -> str:
+    task = build.task
+    preset = OPTIMIZER_PRESETS.get(task.optimizer)
+    options = "".join(f", {k}={v!r}" for k, v in preset.options.items())
+    return (
+        f"opt = torch.optim.{preset.cls.__name__}(part.param_groups(lr={task.lr:g}, "
+        f'weight_decay={task.weight_decay:g}, no_decay=("bias", "norm")), lr={task.lr:g}{options})'
+    )
+
+
+def _kwargs(settings: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={settings[k]!r}" for k in keys)
+
+
+def _policy_expr(name: str) -> str:
+    return f'layerwise.recipes.make_policy("{name}")'
+
+
+def _scheduled_snippet(recipe: str, *, uses_policy: bool = True):
+    def snippet(build: Build, settings: Mapping[str, Any]) -> str:
+        options = [k for k in settings if k != "policy"]
+        policy = f", policy={_policy_expr(_policy_name(build, settings))}" if uses_policy else ""
+        extra = f", {_kwargs(settings, options)}" if options else ""
+        return (
+            f"{_optimizer_line(build)}\n"
+            f'schedule = layerwise.recipes.build("{recipe}", len(part){policy}{extra})\n'
+            f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, schedule=schedule)\n"
+            f"{_loop('sched', build.total_steps)}"
+        )
+
+    return snippet
+
+
+def _policy_snippet(build: Build) -> str:
+    return (
+        f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, policy={_policy_expr(build.policy)})\n"
+        f"{_loop('sched', build.total_steps)}"
+    )
+
+
+def _freezeout_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    return (
+        f"{_optimizer_line(build)}\n"
+        f"sched = layerwise.FreezeOut(model, opt, total_steps={build.total_steps}, "
+        f"{_kwargs(settings, ['t0', 'strategy', 'scale_lr'])})\n"
+        f"{_loop('sched', build.total_steps)}"
+    )
+
+
+def _head_only_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    del settings
+    return (
+        f"{_optimizer_line(build)}\n"
+        "layerwise.Freezer(model, opt).freeze(*part.names[:-1])   # only the head trains\n"
+        f"{_policy_snippet(build)}"
+    )
+
+
+def _unfreezing_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    return (
+        f"{_optimizer_line(build)}\n"
+        f"unfreeze = layerwise.GradualUnfreezing(layerwise.Freezer(model, opt), "
+        f"every={_unfreeze_every(build, settings['until'])})\n"
+        f"{_policy_snippet(build)}; unfreeze.step()"
+    )
+
+
+def _multirate_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    task, k = build.task, settings["k"]
+    preset = OPTIMIZER_PRESETS.get(task.optimizer)
+    options = "".join(f", {key}={value!r}" for key, value in preset.options.items())
+    return (
+        f"opt = layerwise.Multirate.from_partition(part, fast={_multirate_fast(build, settings['fast'])!r}, "
+        f"lr={task.lr * k:g}, k={k}, base=torch.optim.{preset.cls.__name__}, model=model, "
+        f"weight_decay={task.weight_decay:g}{options})\n"
+        f"{_policy_snippet(build)}"
+    )
+
+
+def _hidlr_snippet_options(build: Build, settings: Mapping[str, Any]) -> str:
+    options = _hidlr_options(build.task, settings)
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
+def _hidlr_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    buckets = settings["groups"]
+    regroup = (
+        f"part = layerwise.by_depth_buckets(model, {buckets}, sample_input=x)\n"
+        if buckets is not None and build.task.partition is None
+        else ""
+    )
+    return (
+        f"{regroup}{_optimizer_line(build)}\n"
+        f"opt = layerwise.HiDLR(opt, schedule={_policy_expr(build.policy)}, total_steps={build.total_steps}, "
+        f"model=model, {_hidlr_snippet_options(build, settings)})\n"
+        f"{_loop('closure', build.total_steps)}   # the closure: forward only, for the probes"
+    )
+
+
+def _secant_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    clip = settings["clip"]
+    return (
+        f"{_optimizer_line(build)}\n"
+        f'opt = layerwise.SecantLR(opt, mode="{_secant_mode(build.task, settings)}", '
+        f"{_kwargs(settings, ['beta', 'gamma', 'scale'])}, "
+        f"clip={None if clip is None else (0.0, clip * build.task.lr)!r}, "
+        f"schedule={_policy_expr(build.policy)}, total_steps={build.total_steps})\n"
+        f"{_loop('plain', build.total_steps)}"
+    )
+
+
+def _adamw_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    return (
+        f"opt = torch.optim.AdamW(part.param_groups(lr={settings['lr']:g}, weight_decay={settings['weight_decay']:g}, "
+        f'no_decay=("bias", "norm")), lr={settings["lr"]:g})\n'
+        f"{_policy_snippet(build)}"
+    )
+
+
+# ---- the registered methods ------------------------------------------------------------------
 
 _HIDLR_DEFAULTS = {
     "groups": 3,
@@ -250,72 +511,145 @@ _HIDLR_DEFAULTS = {
     "per_group": True,
 }
 
-for _method in (
-    Method("baseline", "uniform LR under the global policy", _scheduled("constant"), {"policy": None}),
-    Method(
-        "adamw",
-        "uniform AdamW at `lr` (instead of the task's optimizer) under the global policy",
-        _adamw,
-        {"lr": 1e-3, "weight_decay": 0.01},
-        default=False,
-    ),
-    Method(
-        "discriminative",
-        "ULMFiT discriminative LRs: each group 1/ratio of the next (the head at the full LR), times the policy",
-        _scheduled("discriminative"),
-        {"ratio": 2.6, "policy": None},
-        _needs_groups(2),
-    ),
-    Method(
-        "llr",
-        "Smith's layer LRs: multipliers `first` -> `last` across depth that reverse linearly by the end, "
-        "times the policy",
-        _scheduled("llr"),
-        {"first": 1.5, "last": 0.5, "policy": None},
-        _needs_groups(2),
-    ),
-    Method(
-        "staggered",
-        "a 1cycle per group, peaks staggered from the first group (20 %) to the last (60 %)",
-        _scheduled("staggered", uses_policy=False),
-        {"first_peak": 0.2, "last_peak": 0.6},
-        _needs_groups(2),
-    ),
-    Method(
-        "freezeout",
-        "FreezeOut: per-group cosine to zero, earliest groups first, then frozen (out of the backward pass)",
-        _freezeout,
-        {"t0": 0.8, "strategy": "cubic", "scale_lr": True},
-        _needs_groups(2),
-    ),
-    Method(
-        "multirate",
-        "Multirate (Algorithm 1): the last `fast` groups step every step, the rest get a gradient every k steps",
-        _multirate,
-        {"k": 4, "fast": 1},
-        _multirate_applies,
-    ),
-    Method(
-        "hidlr",
-        "Hi-DLR: per-group LRs from a quadratic fit of 4K probe losses every `update_every` steps, "
-        "on `groups` layer buckets; eta* clipped to `clip` x the task LR; times the policy",
-        _hidlr,
-        _HIDLR_DEFAULTS,
-    ),
-    Method(
-        "secant",
-        "Smith's secant layer LRs: each group's LR from running averages of its weight and gradient changes "
-        "(mode bb = 1/curvature for gradient descent, line = secant line minimum for other optimizers; "
-        "None picks by the task's optimizer), clipped to `clip` x the task LR, times the policy",
-        _secant,
-        {"mode": None, "beta": 0.9, "gamma": 0.9, "scale": 1.0, "clip": 10.0},
-    ),
-    Method(
-        "freezeout+hidlr",
-        "Hi-DLR's LRs times FreezeOut's per-group cosine, groups frozen when their factor reaches 0",
-        _freezeout_hidlr,
-        {**_HIDLR_DEFAULTS, "t0": 0.8, "strategy": "cubic"},
-        _needs_groups(2),
-    ),
-):
-    register_method(_method)
+_RANDOM_BODY = "from scratch, the body's random features are not worth keeping"
+_FINE_TUNING_ONLY = "a fine-tuning method"
+
+
+def _hidlr_period(settings: Mapping[str, Any]) -> int:
+    return settings["update_every"]
+
+
+def _multirate_period(settings: Mapping[str, Any]) -> int:
+    return settings["k"]
+
+
+def register_defaults() -> None:
+    """Register the built-in methods, in the order a comparison runs them."""
+    scratch_only = {"fine-tuning": "a from-scratch experiment (Smith's layer LRs); not in the fine-tuning set"}
+    for method in (
+        Method(
+            "baseline",
+            "uniform LR under the global policy (full training or full fine-tuning)",
+            _scheduled("constant"),
+            {"policy": None},
+            same_cost=True,
+            snippet=_scheduled_snippet("constant"),
+        ),
+        Method(
+            "adamw",
+            "uniform AdamW at `lr` (instead of the task's optimizer) under the global policy",
+            _adamw,
+            {"lr": 1e-3, "weight_decay": 0.01},
+            not_default={regime: "another base optimizer, run on request" for regime in ("scratch", "fine-tuning")},
+            snippet=_adamw_snippet,
+        ),
+        Method(
+            "head-only",
+            "only the last group (the head) trains; the rest stays frozen at its pretrained weights",
+            _head_only,
+            applies=_multirate_applies,
+            not_default={"scratch": _RANDOM_BODY},
+            snippet=_head_only_snippet,
+        ),
+        Method(
+            "discriminative",
+            "ULMFiT discriminative LRs: each group 1/ratio of the next (the head at the full LR), times the policy",
+            _scheduled("discriminative"),
+            {"ratio": 2.6, "policy": None},
+            _needs_groups(2),
+            not_default={"scratch": "slows the early layers a random start needs most (-15 points on fashion-mnist)"},
+            same_cost=True,
+            snippet=_scheduled_snippet("discriminative"),
+        ),
+        Method(
+            "gradual-unfreezing",
+            "ULMFiT gradual unfreezing: the head first, then one more group towards the input at even intervals "
+            "until `until` of training, times the policy",
+            _gradual_unfreezing,
+            {"until": 0.5},
+            _needs_groups(2),
+            not_default={"scratch": _RANDOM_BODY},
+            snippet=_unfreezing_snippet,
+        ),
+        Method(
+            "llr",
+            "Smith's layer LRs: multipliers `first` -> `last` across depth that reverse linearly by the end, "
+            "times the policy",
+            _scheduled("llr"),
+            {"first": 1.5, "last": 0.5, "policy": None},
+            _needs_groups(2),
+            not_default=scratch_only,
+            same_cost=True,
+            snippet=_scheduled_snippet("llr"),
+        ),
+        Method(
+            "staggered",
+            "a 1cycle per group, peaks staggered from the first group (20 %) to the last (60 %)",
+            _scheduled("staggered", uses_policy=False),
+            {"first_peak": 0.2, "last_peak": 0.6},
+            _needs_groups(2),
+            not_default=scratch_only,
+            same_cost=True,
+            snippet=_scheduled_snippet("staggered", uses_policy=False),
+        ),
+        Method(
+            "freezeout",
+            "FreezeOut: per-group cosine to zero, earliest groups first, then frozen (out of the backward pass)",
+            _freezeout,
+            {"t0": 0.8, "strategy": "cubic", "scale_lr": True},
+            _needs_groups(2),
+            snippet=_freezeout_snippet,
+        ),
+        Method(
+            "multirate",
+            "Multirate (Algorithm 1): the last `fast` groups step every step, the rest get a gradient every k steps",
+            _multirate,
+            {"k": 4, "fast": 1},
+            _multirate_applies,
+            not_default={"scratch": f"{_FINE_TUNING_ONLY}: from scratch it is 13 points behind at 250 steps"},
+            period=_multirate_period,
+            snippet=_multirate_snippet,
+        ),
+        Method(
+            "multirate-block",
+            "Multirate with the head and the last block fast (`fast` = 2 last groups)",
+            _multirate,
+            {"k": 4, "fast": 2},
+            _needs_groups(3),
+            not_default={"scratch": _FINE_TUNING_ONLY},
+            period=_multirate_period,
+            snippet=_multirate_snippet,
+        ),
+        Method(
+            "hidlr",
+            "Hi-DLR: per-group LRs from a quadratic fit of 4K probe losses every `update_every` steps, "
+            "on `groups` layer buckets; eta* clipped to `clip` x the task LR; times the policy",
+            _hidlr,
+            _HIDLR_DEFAULTS,
+            period=_hidlr_period,
+            snippet=_hidlr_snippet,
+        ),
+        Method(
+            "secant",
+            "Smith's secant layer LRs: each group's LR from running averages of its weight and gradient changes "
+            "(mode bb = 1/curvature for gradient descent, line = secant line minimum for other optimizers; "
+            "None picks by the task's optimizer), clipped to `clip` x the task LR, times the policy",
+            _secant,
+            {"mode": None, "beta": 0.9, "gamma": 0.9, "scale": 1.0, "clip": 10.0},
+            not_default={"fine-tuning": "a from-scratch experiment; not in the fine-tuning set"},
+            snippet=_secant_snippet,
+        ),
+        Method(
+            "freezeout+hidlr",
+            "Hi-DLR's LRs times FreezeOut's per-group cosine, groups frozen when their factor reaches 0",
+            _freezeout_hidlr,
+            {**_HIDLR_DEFAULTS, "t0": 0.8, "strategy": "cubic"},
+            _needs_groups(2),
+            not_default={"fine-tuning": "a combination; FreezeOut and Hi-DLR each run in the fine-tuning set"},
+            period=_hidlr_period,
+        ),
+    ):
+        register_method(method)
+
+
+register_defaults()

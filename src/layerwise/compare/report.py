@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..plotting import _pyplot
+from .targets import default_target, time_to_target, verdict
 
 __all__ = ["markdown_table", "plot_all", "summarize", "write_html"]
 
@@ -31,59 +32,134 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(outcomes: Outcomes, baseline: str = "baseline") -> list[dict[str, Any]]:
-    """One row per method: runs, mean wall-clock, speed-up vs ``baseline``, metric mean and std."""
-    base_wall = _mean_std([r["wall_clock_s"] for r in outcomes.get(baseline, {}).get("records", [])])[0]
+BUDGET_WARNING = 0.10
+"""A method whose training time is off its budget by more than this fraction gets a warning."""
+
+
+def summarize(
+    outcomes: Outcomes,
+    baseline: str = "baseline",
+    metric: str = "accuracy",
+    target: float | None = None,
+    target_tolerance: float | None = None,
+) -> dict[str, Any]:
+    """One row per method, and the target used for time to target.
+
+    A row has: runs, steps, mean training wall-clock, speed-up vs ``baseline`` (its wall-clock over
+    the method's), achieved training time over the budget, the metric's mean and std at the end
+    (equal time under a time budget), time to target (mean over the seeds that reach it, how many
+    do, and its ratio to the baseline's), and the verdict against the baseline with 95 % intervals.
+    """
+    base_records = outcomes.get(baseline, {}).get("records", [])
+    if target is None:
+        target = default_target([r["test_metric"] for r in base_records], metric, target_tolerance)
+    base_wall = _mean_std([r["wall_clock_s"] for r in base_records])[0]
+
+    def times(records: list[dict[str, Any]]) -> list[float | None]:
+        if target is None:
+            return [None] * len(records)
+        return [None if r["diverged_at"] is not None else time_to_target(r["curve"], target, metric) for r in records]
+
+    base_times = times(base_records)
+    base_reached = [t for t in base_times if t is not None]
     rows = []
     for label, outcome in outcomes.items():
         records, errors = outcome["records"], outcome["errors"]
         wall = _mean_std([r["wall_clock_s"] for r in records])[0]
-        metric, metric_std = _mean_std([r["test_metric"] for r in records])
-        diverged = sum(r["diverged_at"] is not None for r in records)
+        metric_mean, metric_std = _mean_std([r["test_metric"] for r in records])
+        budgets = [r["budget"]["seconds"] for r in records if r.get("budget", {}).get("seconds")]
+        budget_ratio = wall / statistics.fmean(budgets) if budgets and wall else None
+        mine = times(records)
+        reached = [t for t in mine if t is not None]
+        ttt = statistics.fmean(reached) if reached else None
         notes = []
+        diverged = sum(r["diverged_at"] is not None for r in records)
         if diverged:
             notes.append(f"{diverged} diverged")
+        if budget_ratio is not None and abs(budget_ratio - 1) > BUDGET_WARNING:
+            notes.append(f"warning: trained {budget_ratio:.2f}x its budget")
         notes.extend(f"failed: {e.splitlines()[-1] if e else ''}"[:160] for e in errors)
+        judged = None
+        if label != baseline and records and base_records:
+            judged = verdict(
+                [r["test_metric"] for r in records], [r["test_metric"] for r in base_records], mine, base_times, metric
+            )
         rows.append(
             {
                 "method": label,
                 "runs": len(records),
                 "failed": len(errors),
+                "steps": _mean_std([r["steps"] for r in records])[0],
                 "wall_clock_s": wall,
                 "speedup": base_wall / wall if base_wall and wall else None,
-                "metric": metric,
+                "budget_ratio": budget_ratio,
+                "metric": metric_mean,
                 "metric_std": metric_std,
+                "time_to_target_s": ttt,
+                "reached": len(reached),
+                "target_ratio": (statistics.fmean(base_reached) / ttt) if ttt and base_reached else None,
+                "verdict": "reference" if label == baseline else (judged or {}).get("text", "—"),
+                "tests": None if judged is None else {"accuracy": judged["accuracy"], "speed": judged["speed"]},
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in records])[0],
                 "notes": "; ".join(notes),
             }
         )
-    return rows
+    return {"rows": rows, "target": target}
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The results as a markdown table (also readable in a terminal)."""
-    scale, unit = (100.0, " %") if metric == "accuracy" else (1.0, "")
-    lines = [
-        f"| method | runs | wall-clock (s) | speed-up vs baseline | test {metric}{unit} (mean ± std) "
-        "| final train loss | notes |",
-        "|---|---:|---:|---:|---:|---:|---|",
+def _cells(row: dict[str, Any], metric: str, budget: str) -> list[str]:
+    scale = 100.0 if metric == "accuracy" else 1.0
+    spec = ".2f" if metric == "accuracy" else ".4g"
+    metric_text = "—"
+    if row["metric"] is not None:
+        metric_text = f"{row['metric'] * scale:{spec}} ± {row['metric_std'] * scale:{spec}}"
+    cells = [
+        row["method"],
+        f"{row['runs']}" + (f" (+{row['failed']} failed)" if row["failed"] else ""),
+        _fmt(row["steps"], ".0f"),
+        _fmt(row["wall_clock_s"], ".1f"),
     ]
-    for row in rows:
-        if row["metric"] is None:
-            metric_text = "—"
-        else:
-            spec = ".2f" if metric == "accuracy" else ".4g"
-            metric_text = f"{row['metric'] * scale:{spec}} ± {row['metric_std'] * scale:{spec}}"
-        failed = f" (+{row['failed']} failed)" if row["failed"] else ""
-        lines.append(
-            f"| {row['method']} | {row['runs']}{failed} "
-            f"| {_fmt(row['wall_clock_s'], '.1f')} | {_fmt(row['speedup'], '.2f')} | {metric_text} "
-            f"| {_fmt(row['final_train_loss'], '.4f')} | {row['notes']} |"
-        )
+    if budget == "time":
+        cells.append(_fmt(row["budget_ratio"], ".2f"))
+    else:
+        cells.append(_fmt(row["speedup"], ".2f"))
+    ttt = "—" if row["time_to_target_s"] is None else f"{row['time_to_target_s']:.1f}"
+    cells += [
+        metric_text,
+        f"{ttt} ({row['reached']}/{row['runs']})",
+        _fmt(row["target_ratio"], ".2f"),
+        row["verdict"],
+        row["notes"],
+    ]
+    return cells
+
+
+def _head(metric: str, budget: str) -> list[str]:
+    unit = " %" if metric == "accuracy" else ""
+    at = "at equal time" if budget == "time" else "at equal steps"
+    return [
+        "method",
+        "runs",
+        "steps",
+        "train s",
+        "train s / budget" if budget == "time" else "speed-up vs baseline",
+        f"test {metric}{unit} {at} (mean ± std)",
+        "time to target s (reached)",
+        "speed to target vs baseline",
+        "verdict vs baseline (95 % CI)",
+        "notes",
+    ]
+
+
+def markdown_table(rows: list[dict[str, Any]], metric: str, budget: str = "time") -> str:
+    """The results as a markdown table (also readable in a terminal)."""
+    head = _head(metric, budget)
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines += ["| " + " | ".join(_cells(row, metric, budget)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -91,21 +167,55 @@ def _colors(plt, count: int):
     return plt.cm.tab10(np.arange(count) % 10)
 
 
-def _metric_vs_time(plt, outcomes: Outcomes, metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[tuple[float, float]]:
+    """The points no other point beats in both time (lower) and metric, sorted by time.
+
+    Example:
+        >>> pareto_front([(1.0, 0.5), (2.0, 0.4), (3.0, 0.9)])
+        [(1.0, 0.5), (3.0, 0.9)]
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    front: list[tuple[float, float]] = []
+    for seconds, value in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if not front or sign * value > sign * front[-1][1]:
+            front.append((seconds, value))
+    return front
+
+
+def _metric_vs_time(plt, outcomes: Outcomes, metric: str, path: Path, target: float | None) -> None:
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    scale = 100.0 if metric == "accuracy" else 1.0
+    means: list[tuple[float, float]] = []
     for color, (label, outcome) in zip(_colors(plt, len(outcomes)), outcomes.items()):
         curves = [r["curve"] for r in outcome["records"] if r["curve"]]
         if not curves:
             continue
+        for curve in curves:
+            ax.plot(
+                [p["seconds"] for p in curve],
+                [p[f"test_{metric}"] * scale for p in curve],
+                color=color,
+                alpha=0.25,
+                lw=0.8,
+            )
         points = min(len(c) for c in curves)
         seconds = np.mean([[p["seconds"] for p in c[:points]] for c in curves], 0)
-        values = np.array([[p[f"test_{metric}"] for p in c[:points]] for c in curves], float)
-        ax.errorbar(seconds, values.mean(0), yerr=values.std(0), marker="o", ms=4, capsize=3, label=label, color=color)
+        values = np.mean([[p[f"test_{metric}"] for p in c[:points]] for c in curves], 0) * scale
+        ax.plot(seconds, values, marker="o", ms=3.5, lw=2.2, color=color, label=label)
+        means += list(zip(seconds.tolist(), values.tolist()))
+    if target is not None:
+        ax.axhline(target * scale, color="black", ls=":", lw=1.2, label="target")
+    front = pareto_front(means, metric == "accuracy")
+    if front:
+        ax.step(*zip(*front), where="post", color="black", lw=1.0, ls="--", alpha=0.7, label="Pareto frontier")
+    if metric == "accuracy" and means:  # the interesting part: from a little below the worst final mean up
+        finals = [v for _, v in means]
+        ax.set_ylim(max(0.0, np.percentile(finals, 10) - 5), min(100.0, max(finals) + 2))
     ax.set_xlabel("training wall-clock (s), evaluation excluded")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"test {metric} vs wall-clock (mean ± std over seeds)")
+    ax.set_ylabel(f"test {metric}" + (" (%)" if metric == "accuracy" else ""))
+    ax.set_title(f"test {metric} vs wall-clock (each seed faint, mean bold)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right" if metric == "accuracy" else "upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -185,12 +295,12 @@ def _freeze(plt, outcomes: Outcomes, path: Path) -> bool:
     return True
 
 
-def plot_all(outcomes: Outcomes, metric: str, out: Path) -> list[Path]:
+def plot_all(outcomes: Outcomes, metric: str, out: Path, target: float | None = None) -> list[Path]:
     """Write the comparison's PNG plots into ``out``; returns their paths."""
     plt = _pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "metric_vs_wallclock.png", out / "train_loss.png", out / "lr_by_group.png"]
-    _metric_vs_time(plt, outcomes, metric, paths[0])
+    _metric_vs_time(plt, outcomes, metric, paths[0], target)
     _train_loss(plt, outcomes, paths[1])
     _lr(plt, outcomes, paths[2])
     if _freeze(plt, outcomes, out / "freeze_timeline.png"):
@@ -198,42 +308,85 @@ def plot_all(outcomes: Outcomes, metric: str, out: Path) -> list[Path]:
     return paths
 
 
-def write_html(
-    path: Path, title: str, rows: list[dict[str, Any]], metric: str, plots: list[Path], notes: str = ""
-) -> Path:
-    """One page with the results table and the plots (paths relative to the page)."""
-    scale = 100.0 if metric == "accuracy" else 1.0
-    head = ["method", "runs", "wall-clock (s)", "speed-up", f"test {metric}", "± std", "final train loss", "notes"]
-    body = []
-    for row in rows:
-        cells = [
-            row["method"],
-            f"{row['runs']}" + (f" (+{row['failed']} failed)" if row["failed"] else ""),
-            _fmt(row["wall_clock_s"], ".1f"),
-            _fmt(row["speedup"], ".2f"),
-            _fmt(None if row["metric"] is None else row["metric"] * scale, ".4g"),
-            _fmt(None if row["metric_std"] is None else row["metric_std"] * scale, ".2g"),
-            _fmt(row["final_train_loss"], ".4f"),
-            row["notes"],
-        ]
-        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+CAPTIONS = {
+    "metric_vs_wallclock": "Test metric against training wall-clock: every seed faint, the mean bold; the dotted line "
+    "is the target, the dashed line the Pareto frontier (the best metric reached by any method at each time).",
+    "train_loss": "Training loss against step (moving average, mean over seeds).",
+    "lr_by_group": "Every group's learning rate over the run (first seed).",
+    "freeze_timeline": "When each group froze (bar: trainable).",
+}
+
+
+def html_section(
+    title: str,
+    rows: list[dict[str, Any]],
+    metric: str,
+    plots: list[Path],
+    notes: str = "",
+    *,
+    snippets: dict[str, str] | None = None,
+    budget: str = "time",
+    base: Path | None = None,
+    level: int = 1,
+) -> str:
+    """The body of one comparison's report: heading, setting, table, plots, snippets.
+
+    ``base``: the folder the page lives in (image paths are relative to it; default: the plots' folder).
+    """
+    head = _head(metric, budget)
+    body = [
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in _cells(row, metric, budget)) + "</tr>"
+        for row in rows
+    ]
+
+    def src(p: Path) -> str:
+        return html.escape(str(p.relative_to(base)) if base is not None else p.name)
+
     images = "\n".join(
-        f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"><figcaption>{html.escape(p.stem)}'
-        "</figcaption></figure>"
+        f'<figure><img src="{src(p)}" alt="{html.escape(p.stem)}">'
+        f"<figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>"
         for p in plots
     )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,td:last-child{{text-align:left}}
-img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
-<body><h1>{html.escape(title)}</h1>
+    code = "".join(
+        f"<details><summary>{html.escape(label)}</summary><pre>{html.escape(text)}</pre></details>"
+        for label, text in (snippets or {}).items()
+    )
+    code = f"<h{level + 1}>Each method in a plain PyTorch loop</h{level + 1}>{code}" if code else ""
+    return f"""<h{level}>{html.escape(title)}</h{level}>
 <p>{html.escape(notes)}</p>
-<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>
+<div class="scroll"><table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>
 {chr(10).join(body)}
-</table>
+</table></div>
 {images}
+{code}"""
+
+
+def html_page(title: str, sections: str) -> str:
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px;line-height:1.4}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}}th{{background:#f3f3f3}}
+td:first-child,td:nth-last-child(-n+2){{text-align:left}}td:nth-last-child(2){{min-width:16em}}
+.scroll{{overflow-x:auto}}img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{color:#444;font-size:90%}}
+pre{{background:#f6f8fa;padding:0.8em;overflow-x:auto;font-size:85%}}summary{{cursor:pointer;margin:0.3em 0}}</style>
+</head>
+<body>
+{sections}
 </body></html>
 """
-    path.write_text(page)
+
+
+def write_html(
+    path: Path,
+    title: str,
+    rows: list[dict[str, Any]],
+    metric: str,
+    plots: list[Path],
+    notes: str = "",
+    *,
+    snippets: dict[str, str] | None = None,
+    budget: str = "time",
+) -> Path:
+    """One page with the results table, the plots and each method's snippet (paths relative to the page)."""
+    path.write_text(html_page(title, html_section(title, rows, metric, plots, notes, snippets=snippets, budget=budget)))
     return path

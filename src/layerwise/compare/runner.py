@@ -1,8 +1,10 @@
-"""One training run of a task with one method: same seed, data order and step budget for every method.
+"""One training run of a task with one method: the seeded data order every method shares.
 
 The loop is the standard one (``loss.backward(); optimizer.step(); scheduler.step()``), with a
 loss closure for the methods that probe losses. Only the training steps are timed; the test
-evaluations in between are not.
+evaluations in between are not. A run trains the task's epochs, or exactly ``steps`` steps (an
+equal-cost plan): past the first epoch the same seeded generator reshuffles every epoch, so every
+method sees the same batches in the same order for as long as it trains.
 
 Example:
     >>> from layerwise.compare.runner import run_one
@@ -19,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..bench.tasks import Task, TaskData, get_task
 from ..bench.train import evaluate
 from ..hidlr import HiDLR
+from ..param_groups import group_names
 from ..secant import SecantLR
+from ..tasks import Task, TaskData, resolve_task
 from ..telemetry import LayerMonitor
-from .methods import build_setup, resolve_settings
+from .methods import Build, Setup, build_setup, resolve_settings
 
-__all__ = ["group_lrs", "run_one"]
+__all__ = ["eval_steps", "group_lrs", "new_run", "run_one", "train_step"]
 
 LR_SAMPLES = 200
 """At most this many sampled steps of every group's LR are kept per run."""
@@ -36,13 +40,45 @@ LR_SAMPLES = 200
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Each named group's current LR (param-group dicts sharing a name report the first one's)."""
     lrs: dict[str, float] = {}
-    for index, group in enumerate(optimizer.param_groups):
-        lrs.setdefault(str(group.get("name", index)), float(group["lr"]))
+    for name, group in zip(group_names(optimizer.param_groups), optimizer.param_groups):
+        lrs.setdefault(name, float(group["lr"]))
     return lrs
 
 
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def new_run(task: Task, method: str, settings: Mapping[str, Any], total_steps: int, policy: str, seed: int):
+    """A fresh seeded model of ``task`` and ``method``'s setup for a run of ``total_steps`` steps."""
+    torch.manual_seed(seed)
+    model = task.make_model()
+    build = Build(task, model, task.groups(model), total_steps, policy)
+    return model, build_setup(build, method, settings)
+
+
+def train_step(model: nn.Module, setup: Setup, task: Task, xb: Any, yb: torch.Tensor) -> torch.Tensor:
+    """One training step of ``setup`` on a batch; returns the loss (before the step)."""
+    loss = task.loss(model(xb), yb)
+    setup.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if setup.wants_closure:
+        setup.optimizer.step(lambda: task.loss(model(xb), yb))
+    else:
+        setup.optimizer.step()
+    if setup.scheduler is not None:
+        setup.scheduler.step()
+    return loss
+
+
+def eval_steps(total: int, points: int) -> set[int]:
+    """``points`` evaluation steps spread evenly over ``total`` steps, the last at the end.
+
+    Example:
+        >>> sorted(eval_steps(10, 4))
+        [2, 5, 8, 10]
+    """
+    return {max(1, round(total * i / points)) for i in range(1, points + 1)}
 
 
 def run_one(
@@ -52,11 +88,12 @@ def run_one(
     *,
     seed: int = 0,
     epochs: int | None = None,
+    steps: int | None = None,
     train_size: int | None = None,
     policy: str = "cosine",
     quick: bool = False,
     data: TaskData | None = None,
-    eval_points: int = 4,
+    eval_points: int = 10,
     telemetry_every: int | None = None,
     tensorboard: str | Path | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
@@ -66,6 +103,8 @@ def run_one(
     Args:
         settings: overrides of the method's default settings.
         epochs: default: the task's (its quick epochs with ``quick``).
+        steps: train exactly this many steps instead (an equal-cost plan); the data is reshuffled
+            every epoch as usual, with the same seeded order as a run of ``epochs``.
         train_size: keep the first examples of the train split (default: all).
         policy: the global LR policy every scheduled method shares.
         eval_points: test evaluations, evenly spaced over the run (the last one at its end).
@@ -74,20 +113,20 @@ def run_one(
         tensorboard: also log the telemetry there (a ``SummaryWriter`` log directory).
         on_step: ``on_step(step, total, loss)`` after every step (progress bars).
     """
-    task = get_task(task) if isinstance(task, str) else task
+    task = resolve_task(task)
     settings = resolve_settings(method, settings)
     epochs = epochs or (task.quick_epochs if quick else task.epochs)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: must be an int >= 1, got {epochs!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps: must be an int >= 1, got {steps!r}")
     data = data or task.load_data(None, quick)
     x_train, y_train = data.train
     if train_size is not None:
         x_train, y_train = x_train[:train_size], y_train[:train_size]
     steps_per_epoch = -(-len(x_train) // task.batch_size)
-    total = epochs * steps_per_epoch
-    torch.manual_seed(seed)
-    model = task.make_model()
-    setup = build_setup(task, model, method, total, policy, settings)
+    total = epochs * steps_per_epoch if steps is None else steps
+    model, setup = new_run(task, method, settings, total, policy, seed)
     optimizer = setup.optimizer
     names = list(group_lrs(optimizer))
     writer = None
@@ -98,36 +137,27 @@ def run_one(
 
         writer = SummaryWriter(log_dir=str(tensorboard))
     monitor = None if telemetry_every is None else LayerMonitor(optimizer, every=telemetry_every, writer=writer)
-    evaluate_at = {max(1, round(total * i / eval_points)) for i in range(1, eval_points + 1)}
+    evaluate_at = eval_steps(total, eval_points)
     lr_every = max(1, total // LR_SAMPLES)
     order = torch.Generator().manual_seed(seed)
 
-    losses: list[float] = []
+    losses: list[float | None] = []
     curve: list[dict[str, float]] = []
     lr_steps: list[int] = []
     lr_trace: dict[str, list[float]] = {n: [] for n in names}
     frozen_at: dict[str, int] = {}
     seconds, step, diverged_at = 0.0, 0, None
     model.train()
-    for _ in range(epochs):
+    while step < total and diverged_at is None:
         perm = torch.randperm(len(x_train), generator=order)
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, total - step)):
             idx = perm[i * task.batch_size : (i + 1) * task.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
             if step % lr_every == 0:
                 lr_steps.append(step)
                 for name, lr in group_lrs(optimizer).items():
                     lr_trace[name].append(lr)
             start = time.perf_counter()
-            loss = task.loss(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if setup.closure:
-                optimizer.step(lambda xb=xb, yb=yb: task.loss(model(xb), yb))
-            else:
-                optimizer.step()
-            if setup.scheduler is not None:
-                setup.scheduler.step()
+            loss = train_step(model, setup, task, x_train[idx], y_train[idx])
             seconds += time.perf_counter() - start
             step += 1
             value = loss.item()
@@ -143,8 +173,6 @@ def run_one(
             if step in evaluate_at:
                 metrics = evaluate(model, data.test, task)
                 curve.append({"step": step, "seconds": seconds, **{f"test_{k}": v for k, v in metrics.items()}})
-        if diverged_at is not None:
-            break
     final = curve[-1] if curve and diverged_at is None else {}
     tail = [v if v is not None else math.nan for v in losses[-max(1, steps_per_epoch // 10) :]]
     record: dict[str, Any] = {
@@ -152,7 +180,7 @@ def run_one(
         "method": method,
         "settings": dict(settings),
         "seed": seed,
-        "epochs": epochs,
+        "epochs": round(total / steps_per_epoch, 4),
         "steps": total,
         "train_size": len(x_train),
         "test_examples": len(data.test[1]),

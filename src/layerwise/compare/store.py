@@ -1,9 +1,9 @@
 """Runs of a comparison, stored as they finish in one SQLite file (``DIR/runs.sqlite``).
 
-The file remembers the configuration it was made for (task, budget, policy); opening it with a
-different one raises ValueError instead of mixing results. Every run is keyed by its method,
-settings and seed: a finished run is never redone, a failed one is kept with its error until
-it is tried again.
+The file remembers the configuration it was made for (task, budget, policy) and the equal-cost plan
+of its runs; opening it with a different configuration raises ValueError instead of mixing results.
+Every run is keyed by its method, settings and seed: a finished run is never redone, a failed one
+is kept with its error until it is tried again.
 
 Example:
     >>> store = RunStore("runs/compare/runs.sqlite", {"task": "fashion-mnist"})  # doctest: +SKIP
@@ -51,8 +51,23 @@ class RunStore:
         self.config = config
 
     @staticmethod
+    def variant_key(method: str, settings: dict[str, Any]) -> str:
+        """What identifies a method with its settings (the seed aside)."""
+        return f"{method}|{json.dumps(settings, sort_keys=True)}"
+
+    @staticmethod
     def key(method: str, settings: dict[str, Any], seed: int) -> str:
-        return f"{method}|{json.dumps(settings, sort_keys=True)}|{seed}"
+        return f"{RunStore.variant_key(method, settings)}|{seed}"
+
+    def plan(self) -> dict[str, Any] | None:
+        """The comparison's stored equal-cost plan (None: none yet)."""
+        row = self._db.execute("SELECT value FROM config WHERE key = 'plan'").fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def save_plan(self, plan: dict[str, Any]) -> None:
+        """Keep ``plan``: a resumed comparison trains with it instead of timing again."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO config VALUES ('plan', ?)", (json.dumps(plan),))
 
     def finished(self, key: str) -> dict[str, Any] | None:
         """The record of a finished run, or None (never run, or failed)."""

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from pathlib import Path
 from typing import Any
 
-from ..bench.tasks import TaskData, get_task
-from . import Variant, compare_variants
+from ..tasks import TaskData, get_task
+from .session import CompareConfig, Variant, compare_variants
+from .stats import welch
 
 __all__ = ["LLR_MODELS", "llr_variants", "run_study", "welch"]
 
@@ -47,25 +47,6 @@ def llr_variants() -> list[Variant]:
 
 def _reference(label: str) -> str:
     return "onecycle uniform" if label.startswith(("onecycle", "staggered")) else "step uniform"
-
-
-def welch(a: list[float], b: list[float]) -> dict[str, float | None]:
-    """Mean of ``a`` minus mean of ``b``, its 95 % confidence interval and Welch's two-sided p-value."""
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return {"diff": None, "low": None, "high": None, "p": None}
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0.0:
-        return {"diff": diff, "low": diff, "high": diff, "p": 1.0 if diff == 0 else 0.0}
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.975, df)) * se
-    with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return {"diff": diff, "low": diff - half, "high": diff + half, "p": p}
 
 
 def _steps_to(record: dict[str, Any], target: float) -> int | None:
@@ -192,15 +173,13 @@ def run_study(
         task = get_task(task_name)
         data = task.load_data(None, quick)
         data = TaskData(data.train, (data.test[0][:test_size], data.test[1][:test_size]))
+        config = CompareConfig(epochs=epochs, train_size=train_size, quick=quick, eval_points=10, budget="steps")
         report = compare_variants(
             task,
             llr_variants(),
+            config=config,
             seeds=seeds,
-            epochs=epochs,
-            train_size=train_size,
-            quick=quick,
             out=out / task_name,
-            eval_points=10,
             progress=progress,
             title=f"llr study: {model}",
             data=data,

@@ -24,8 +24,8 @@ from typing import Any
 
 from transformers import Trainer
 
-from ..group_rates import lr_log
 from ..hidlr import HiDLR
+from ..param_groups import lr_log
 
 __all__ = ["LayerwiseTrainer"]
 

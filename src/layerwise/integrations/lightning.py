@@ -40,8 +40,8 @@ from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signatu
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..group_rates import lr_log
 from ..hidlr import HiDLR
+from ..param_groups import lr_log
 
 __all__ = ["LayerwiseCallback"]
 

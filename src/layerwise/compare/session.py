@@ -1,0 +1,450 @@
+"""One comparison: plan the runs, train them (resuming from the run store), write the report.
+
+With ``budget="time"`` (the default) every method trains for the baseline's training wall-clock
+(or ``budget_seconds``): its steps are planned before any run from step costs measured in an
+interleaved timing block (:mod:`.budget`) and stored with the runs, so an interrupted comparison
+resumes with the same plan. With ``budget="steps"`` every method trains the task's epochs.
+
+Example:
+    >>> from layerwise.compare.session import CompareConfig, compare_variants
+    >>> config = CompareConfig(quick=True, budget="time")
+    >>> result = compare_variants("fashion-mnist", [("baseline", "baseline", {})], config=config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..tasks import Task, TaskData, make_optimizer, resolve_task
+from .budget import measure_costs, plan_budget
+from .methods import Build, check_methods, default_methods, method_snippet, resolve_settings
+from .report import markdown_table, plot_all, summarize, write_html
+from .runner import run_one
+from .store import RunStore
+from .targets import check_target
+
+__all__ = [
+    "BUDGETS",
+    "CompareConfig",
+    "Variant",
+    "compare",
+    "compare_variants",
+    "parse_overrides",
+    "progress_bar",
+]
+
+Variant = tuple[str, str, dict[str, Any]]
+"""(label, method name, settings overrides)."""
+
+BUDGETS = ("steps", "time")
+"""``steps``: every method trains the task's epochs; ``time``: every method trains for the same wall-clock."""
+
+
+def _positive_int(name: str, value: Any, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Everything that decides which runs a comparison makes (the run store is keyed by it).
+
+    Attributes:
+        epochs: epochs of the baseline (default: the task's; its quick epochs with ``quick``).
+        train_size: train on the first this many examples (default: the task's ``train_size``).
+        policy: the global LR policy every scheduled method shares.
+        quick: the task's quick data slice and epochs.
+        eval_points: test evaluations per run, evenly spaced (training time excludes them).
+        test_size: evaluate on the first this many test examples (None: all).
+        telemetry_every: record :class:`~layerwise.LayerMonitor` telemetry every this many steps.
+        budget: ``"time"`` (equal wall-clock) or ``"steps"`` (equal epochs).
+        budget_seconds: with ``budget="time"``: the budget itself (default: the baseline's time).
+        plan_block: with ``budget="time"``: at least this many steps per timing block.
+        plan_repeats: with ``budget="time"``: timing blocks per method (the median is kept).
+    """
+
+    epochs: int | None = None
+    train_size: int | None = None
+    policy: str = "cosine"
+    quick: bool = False
+    eval_points: int = 10
+    test_size: int | None = 5000
+    telemetry_every: int | None = None
+    budget: Literal["steps", "time"] = "time"
+    budget_seconds: float | None = None
+    plan_block: int = 32
+    plan_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"--budget: choose from {list(BUDGETS)}, got {self.budget!r}")
+        seconds = self.budget_seconds
+        if seconds is not None:
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not (seconds > 0)
+                or not (math.isfinite(seconds))
+            ):
+                raise ValueError(f"--budget-seconds: a finite number of seconds > 0, got {seconds!r}")
+            if self.budget != "time":
+                raise ValueError("--budget-seconds: only with --budget time")
+        _positive_int("epochs", self.epochs, optional=True)
+        _positive_int("train_size", self.train_size, optional=True)
+        _positive_int("test_size", self.test_size, optional=True)
+        _positive_int("telemetry_every", self.telemetry_every, optional=True)
+        for name in ("eval_points", "plan_block", "plan_repeats"):
+            _positive_int(name, getattr(self, name))
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def progress_bar(total: int, desc: str, enabled: bool, *, unit: str = "step", leave: bool = False):
+    """A tqdm bar, or a null context when disabled or tqdm is missing."""
+    if not enabled:
+        return nullcontext(None)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return nullcontext(None)
+    position = 0 if leave else 1
+    return tqdm(total=total, desc=desc, unit=unit, position=position, leave=leave, dynamic_ncols=True, mininterval=1.0)
+
+
+def _warm_up(task: Task, data: TaskData, steps: int = 10) -> None:
+    """A few untimed training steps, so the first timed run does not pay for thread pools and caches."""
+    model = task.make_model()
+    optimizer = make_optimizer(task, [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    x, y = data.train
+    for step in range(steps):
+        index = torch.arange(step * task.batch_size, (step + 1) * task.batch_size) % len(x)
+        optimizer.zero_grad()
+        task.loss(model(x[index]), y[index]).backward()
+        optimizer.step()
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def _timing_batches(task: Task, x: Any, y: torch.Tensor, count: int) -> list[tuple[Any, torch.Tensor]]:
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    batches = []
+    for i in range(count):
+        index = order[(torch.arange(task.batch_size) + i * task.batch_size) % len(x)]
+        batches.append((x[index], y[index]))
+    return batches
+
+
+def _plan(
+    store: RunStore,
+    task: Task,
+    data: TaskData,
+    config: CompareConfig,
+    entries: list[tuple[str, str, dict[str, Any]]],
+    baseline_steps: int,
+) -> dict[str, Any]:
+    """The stored plan, extended with the entries it lacks (measured now)."""
+    plan = store.plan() or {"entries": {}}
+    missing = [e for e in entries if e[0] not in plan["entries"]]
+    if not missing:
+        return plan
+    x, y = data.train
+    if config.train_size is not None:
+        x, y = x[: config.train_size], y[: config.train_size]
+    batches = _timing_batches(task, x, y, 8)
+    costs = measure_costs(
+        task, missing, batches, policy=config.policy, repeats=config.plan_repeats, minimum=config.plan_block
+    )
+    if "budget_s" not in plan:
+        plan.update(
+            {
+                "baseline_steps": baseline_steps,
+                "baseline_step_s": costs.baseline_step_s,
+                "budget_s": baseline_steps * costs.baseline_step_s
+                if config.budget_seconds is None
+                else float(config.budget_seconds),
+            }
+        )
+    measured = replace(costs, baseline_step_s=plan["baseline_step_s"])  # the stored baseline cost prices every entry
+    _, steps = plan_budget(measured, baseline_steps, config.budget_seconds)
+    for key, _, _ in missing:
+        plan["entries"][key] = {
+            "ratio": costs.ratios[key],
+            "steps": steps[key],
+            "timed": key in costs.timed,
+            "block": costs.block,
+        }
+    store.save_plan(plan)
+    return plan
+
+
+def compare_variants(
+    task: str | Task,
+    variants: Sequence[Variant],
+    *,
+    config: CompareConfig | None = None,
+    seeds: int = 1,
+    out: str | Path = "runs/compare",
+    target: float | None = None,
+    target_tolerance: float | None = None,
+    tensorboard: bool = False,
+    progress: bool = True,
+    title: str | None = None,
+    data: TaskData | None = None,
+) -> dict[str, Any]:
+    """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
+
+    Args:
+        config: what decides the runs (:class:`CompareConfig`; default: its defaults).
+        target: the metric value for "time to target" (default: the baseline's final mean minus
+            ``target_tolerance``: accuracy points, or percent of a loss).
+        tensorboard: log each run's telemetry under ``out/tensorboard`` (needs ``telemetry_every``).
+        data: replaces the task's own data (``config.test_size`` does not apply to it).
+
+    Returns ``{"rows", "table", "setting", "outcomes", "plan", "target", "paths"}``.
+    """
+    task = resolve_task(task)
+    config = config or CompareConfig()
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds: must be an int >= 1, got {seeds!r}")
+    labels = [label for label, _, _ in variants]
+    if len(set(labels)) != len(labels) or not labels:
+        raise ValueError(f"methods: need distinct, non-empty labels, got {labels}")
+    check_target(target, task.metric)
+    if target_tolerance is not None and (
+        isinstance(target_tolerance, bool) or not isinstance(target_tolerance, (int, float)) or target_tolerance < 0
+    ):
+        raise ValueError(f"--target-tolerance: a number >= 0, got {target_tolerance!r}")
+    if tensorboard and config.telemetry_every is None:
+        raise ValueError("tensorboard: needs telemetry_every (what to log, how often)")
+    model = task.make_model()
+    partition = task.groups(model)
+    check_methods(task, [method for _, method, _ in variants], partition)
+    resolved = [(label, method, resolve_settings(method, overrides)) for label, method, overrides in variants]
+    keys = {label: RunStore.variant_key(method, settings) for label, method, settings in resolved}
+    train_size = config.train_size if (config.train_size or config.quick) else task.train_size
+    epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
+    out = Path(out)
+    own_data = data is None
+    store_key = {
+        "task": task.name,
+        **{k: v for k, v in asdict(config).items() if k not in ("test_size", "train_size", "epochs")},
+        "epochs": epochs,
+        "train_size": train_size,
+        **({"test_size": config.test_size} if own_data else {}),
+    }
+    if store_key["telemetry_every"] is None:
+        del store_key["telemetry_every"]
+    outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
+    plan: dict[str, Any] | None = None
+    with RunStore(out / "runs.sqlite", store_key) as store:
+        todo = [
+            (label, method, settings, seed)
+            for label, method, settings in resolved
+            for seed in range(seeds)
+            if store.finished(RunStore.key(method, settings, seed)) is None
+        ]
+        if todo and data is None:
+            data = task.load_data(None, config.quick)
+            if config.test_size is not None:
+                data = TaskData(data.train, (data.test[0][: config.test_size], data.test[1][: config.test_size]))
+        n_train = min(len(data.train[1]), train_size or len(data.train[1])) if data is not None else train_size
+        steps_per_epoch = -(-n_train // task.batch_size) if n_train else None
+        if todo:
+            _warm_up(task, data)
+        if config.budget == "time":
+            if todo:
+                entries = [(keys[label], method, settings) for label, method, settings in resolved]
+                plan = _plan(store, task, data, config, entries, epochs * steps_per_epoch)
+            else:
+                plan = store.plan()
+        with progress_bar(len(todo), f"compare {task.name}", progress, unit="run", leave=True) as runs_bar:
+            for label, method, settings, seed in todo:
+                key = RunStore.key(method, settings, seed)
+                planned = plan["entries"][keys[label]] if plan else None
+                with progress_bar(0, f"{label} seed {seed}", progress) as steps_bar:
+
+                    def on_step(step: int, total: int, loss: float, bar=steps_bar) -> None:
+                        if bar is not None:
+                            bar.total = total
+                            bar.update(1)
+                            if step % 25 == 0:
+                                bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+
+                    try:
+                        record = run_one(
+                            task,
+                            method,
+                            settings,
+                            seed=seed,
+                            epochs=epochs,
+                            steps=None if planned is None else planned["steps"],
+                            train_size=train_size,
+                            policy=config.policy,
+                            quick=config.quick,
+                            data=data,
+                            eval_points=config.eval_points,
+                            telemetry_every=config.telemetry_every,
+                            tensorboard=out / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None,
+                            on_step=on_step,
+                        )
+                    except Exception:
+                        store.fail(key, method, seed, traceback.format_exc())
+                    else:
+                        record["label"] = label
+                        record["budget"] = {"mode": config.budget}
+                        if planned is not None:
+                            record["budget"].update(
+                                seconds=plan["budget_s"], planned_steps=planned["steps"], cost_ratio=planned["ratio"]
+                            )
+                        store.save(key, record)
+                if runs_bar is not None:
+                    runs_bar.update(1)
+        runs_dir = out / "runs"
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for label, method, settings in resolved:
+            for seed in range(seeds):
+                key = RunStore.key(method, settings, seed)
+                record = store.finished(key)
+                if record is not None:
+                    outcomes[label]["records"].append(record)
+                    (runs_dir / f"{_slug(label)}-seed{seed}.json").write_text(json.dumps(record))
+                else:
+                    outcomes[label]["errors"].append(store.error(key) or "not run")
+    baseline = "baseline" if "baseline" in outcomes else labels[0]
+    summary = summarize(
+        outcomes, baseline=baseline, metric=task.metric, target=target, target_tolerance=target_tolerance
+    )
+    rows, target_value = summary["rows"], summary["target"]
+    budget_text = _budget_text(config, plan, epochs)
+    table = markdown_table(rows, task.metric, budget=config.budget)
+    title = title or f"layerwise compare: {task.name}"
+    used = next((r["train_size"] for o in outcomes.values() for r in o["records"]), train_size)
+    tested = next((r["test_examples"] for o in outcomes.values() for r in o["records"]), "the")
+    target_text = "no target (no finished baseline run)" if target_value is None else _target_text(task, target_value)
+    setting = (
+        f"{task.description}. {used or 'all'} training examples, {tested} test examples, batch "
+        f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, global policy {config.policy}, {seeds} seed(s). "
+        f"{budget_text} {target_text} Training time excludes the {config.eval_points} evaluations per run."
+    )
+    snippets = _snippets(task, model, partition, resolved, rows, config.policy)
+    (out / "results.md").write_text(f"# {title}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}")
+    plots = plot_all(outcomes, task.metric, out, target=target_value)
+    html_path = write_html(
+        out / "report.html", title, rows, task.metric, plots, setting, snippets=snippets, budget=config.budget
+    )
+    return {
+        "rows": rows,
+        "table": table,
+        "setting": setting,
+        "outcomes": outcomes,
+        "plan": plan,
+        "target": target_value,
+        "snippets": snippets,
+        "metric": task.metric,
+        "budget": config.budget,
+        "paths": {"markdown": out / "results.md", "html": html_path, "plots": plots, "runs": runs_dir},
+    }
+
+
+def _budget_text(config: CompareConfig, plan: dict[str, Any] | None, epochs: int) -> str:
+    if config.budget == "steps" or plan is None:
+        return f"Equal steps: every method trains {epochs} epoch(s)."
+    source = (
+        f"the baseline's {plan['baseline_steps']} steps ({epochs} epoch(s)) at its measured step cost"
+        if config.budget_seconds is None
+        else "given"
+    )
+    return (
+        f"Equal wall-clock: a budget of {plan['budget_s']:.1f} s of training ({source}); each method's steps are "
+        f"planned from its step cost relative to the baseline, measured before the runs in interleaved blocks "
+        f"on the same batches (median of {config.plan_repeats})."
+    )
+
+
+def _target_text(task: Task, target: float) -> str:
+    value = f"{100 * target:.2f} %" if task.metric == "accuracy" else f"{target:.4g}"
+    return f"Target for 'time to target': test {task.metric} {value}."
+
+
+def _snippets(task, model, partition, resolved, rows, policy) -> dict[str, str]:
+    steps = {row["method"]: row.get("steps") for row in rows}
+    snippets = {}
+    for label, method, settings in resolved:
+        total = int(steps.get(label) or 1)
+        text = method_snippet(Build(task, model, partition, total, policy), method, settings)
+        if text is not None:
+            snippets[label] = text
+    return snippets
+
+
+def _snippets_markdown(snippets: dict[str, str]) -> str:
+    if not snippets:
+        return ""
+    parts = ["## Each method in a plain PyTorch loop", ""]
+    for label, text in snippets.items():
+        parts += [f"**{label}**", "", "```python", text, "```", ""]
+    return "\n".join(parts)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``["freezeout.t0=0.5", ...]`` -> ``{"freezeout": {"t0": 0.5}}`` (values parsed as JSON when they can be)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        method, dot, key = target.rpartition(".")
+        if not sep or not dot or not method or not key:
+            raise ValueError(f"--set: expected METHOD.KEY=VALUE (e.g. freezeout.t0=0.5), got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        overrides.setdefault(method, {})[key] = parsed
+    return overrides
+
+
+def compare(
+    task: str | Task = "fashion-mnist",
+    methods: Sequence[str] | None = None,
+    *,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train ``task`` with each of ``methods`` (default: the methods that fit its regime) and report.
+
+    Args:
+        task: a registered task's name, ``PATH.py:FACTORY`` or a :class:`~layerwise.tasks.Task`.
+        settings: per-method overrides, e.g. ``{"freezeout": {"t0": 0.5}}``.
+        **options: the fields of :class:`CompareConfig` (``budget``, ``epochs``, ...) and the other
+            arguments of :func:`compare_variants` (``seeds``, ``out``, ``target``, ...).
+    """
+    task = resolve_task(task)
+    config_fields = set(CompareConfig.options())
+    known = config_fields | {"seeds", "out", "target", "target_tolerance", "tensorboard", "progress", "title", "data"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"compare: unknown option {unknown[0]!r}; choose from {sorted(known)}")
+    config = CompareConfig(**{k: v for k, v in options.items() if k in config_fields})
+    methods = list(methods) if methods else default_methods(task, task.groups(task.make_model()))
+    settings = dict(settings or {})
+    stray = sorted(set(settings) - set(methods))
+    if stray:
+        raise ValueError(f"--set: settings for methods that are not compared: {stray}; compared: {methods}")
+    variants = [(name, name, dict(settings.get(name, {}))) for name in methods]
+    rest = {k: v for k, v in options.items() if k not in config_fields}
+    return compare_variants(task, variants, config=config, **rest)

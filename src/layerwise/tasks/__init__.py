@@ -1,0 +1,66 @@
+"""Tasks: what a benchmark or a comparison trains (a model factory, its data, its optimizer preset).
+
+The package holds the task type and registry (:mod:`.base`), the data readers (Fashion-MNIST,
+tweets), the built-in models, the packaged pretrained networks and the Hi-DLR paper's toy
+problems. The built-in tasks are registered once, by :func:`register_defaults`, when the package
+is imported; ``resolve_task`` also reads a user's task from a file.
+
+Example:
+    >>> from layerwise.tasks import TASKS, get_task
+    >>> get_task("fashion-mnist").regime
+    'scratch'
+    >>> "effnet-finetune" in TASKS
+    True
+"""
+
+from __future__ import annotations
+
+from . import fashion_tasks, hidlr_tasks, pretrained_tasks
+from .base import (
+    OPTIMIZER_PRESETS,
+    OPTIMIZERS,
+    REGIMES,
+    TASKS,
+    OptimizerPreset,
+    Task,
+    TaskData,
+    get_task,
+    make_optimizer,
+    register_task,
+)
+from .from_file import is_task_file, load_task_file
+
+__all__ = [
+    "OPTIMIZERS",
+    "OPTIMIZER_PRESETS",
+    "REGIMES",
+    "TASKS",
+    "OptimizerPreset",
+    "Task",
+    "TaskData",
+    "get_task",
+    "load_task_file",
+    "make_optimizer",
+    "register_defaults",
+    "register_task",
+    "resolve_task",
+]
+
+
+def register_defaults() -> None:
+    """Register the built-in tasks (from scratch, the Hi-DLR problems, fine-tuning)."""
+    for module in (fashion_tasks, hidlr_tasks, pretrained_tasks):
+        for task in module.default_tasks():
+            register_task(task)
+
+
+def resolve_task(task: str | Task) -> Task:
+    """A Task as given, a registered task by name, or ``PATH.py:FACTORY``'s task."""
+    if isinstance(task, Task):
+        return task
+    if not isinstance(task, str):
+        raise TypeError(f"task: expected a task name, PATH.py:FACTORY or a Task, got {type(task).__name__}")
+    return load_task_file(task) if is_task_file(task) else get_task(task)
+
+
+register_defaults()

@@ -1,0 +1,145 @@
+"""What a task is (a model factory plus its data) and the registry every command reads tasks from.
+
+Register your own task and every benchmark and command can run it:
+
+Example:
+    >>> from layerwise.tasks import Task, register_task
+    >>> register_task(Task(name="my-task", make_model=..., sample_input=..., load_data=...))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .._registry import Registry
+from ..groups import Partition, by_layer
+
+__all__ = [
+    "OPTIMIZERS",
+    "OPTIMIZER_PRESETS",
+    "REGIMES",
+    "TASKS",
+    "OptimizerPreset",
+    "Task",
+    "TaskData",
+    "get_task",
+    "make_optimizer",
+    "register_task",
+]
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+REGIMES = ("scratch", "fine-tuning")
+"""How a task's model starts: from a random initialisation, or from pretrained weights."""
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """In-memory train and test splits as (inputs, targets) tensors."""
+
+    train: Split
+    test: Split
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a benchmark needs to train something.
+
+    Attributes:
+        make_model: builds a fresh model (called after seeding).
+        sample_input: a small input batch for tracing execution order.
+        load_data: ``load_data(data_dir, quick) -> TaskData``.
+        loss: loss function ``loss(outputs, targets)``.
+        epochs: default epochs; ``quick_epochs`` for ``--quick``.
+        batch_size, lr, weight_decay: default training settings.
+        optimizer: one of :data:`OPTIMIZERS`.
+        metric: ``"accuracy"`` (classification, higher is better) or ``"loss"`` (lower is better).
+        partition: ``partition(model, sample_input) -> Partition``; default: the layers in data-flow order.
+        head: the last group is an output head (what Multirate trains fast by default).
+        train_size: examples ``layerwise compare`` trains on by default (None: all).
+        regime: ``"scratch"`` (trained from a random start) or ``"fine-tuning"`` (pretrained weights);
+            a comparison's default methods are those that make sense in the regime.
+    """
+
+    name: str
+    make_model: Callable[[], nn.Module]
+    sample_input: Callable[[], Any]
+    load_data: Callable[[str | None, bool], TaskData]
+    description: str = ""
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+    epochs: int = 2
+    quick_epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    metric: str = "accuracy"
+    partition: Callable[[nn.Module, Any], Partition] | None = None
+    head: bool = True
+    train_size: int | None = None
+    regime: Literal["scratch", "fine-tuning"] = "scratch"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZER_PRESETS:
+            raise ValueError(f"optimizer: unknown {self.optimizer!r}; choose from {list(OPTIMIZER_PRESETS)}")
+        if self.metric not in ("accuracy", "loss"):
+            raise ValueError(f"metric: expected 'accuracy' or 'loss', got {self.metric!r}")
+        if self.regime not in REGIMES:
+            raise ValueError(f"regime: expected one of {list(REGIMES)}, got {self.regime!r}")
+
+    def groups(self, model: nn.Module) -> Partition:
+        """The task's partition of ``model`` (layers in data-flow order unless the task says otherwise)."""
+        sample = self.sample_input()
+        return by_layer(model, sample_input=sample) if self.partition is None else self.partition(model, sample)
+
+
+@dataclass(frozen=True)
+class OptimizerPreset:
+    """A task's optimizer: a class and the options it is built with (besides ``lr`` and ``weight_decay``)."""
+
+    name: str
+    cls: type[torch.optim.Optimizer]
+    options: Mapping[str, Any]
+    description: str = ""
+
+    def build(self, param_groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The optimizer over ``param_groups`` (their own ``lr`` and ``weight_decay`` win)."""
+        return self.cls(param_groups, lr=lr, weight_decay=weight_decay, **self.options)
+
+
+OPTIMIZER_PRESETS: Registry[OptimizerPreset] = Registry("optimizer")
+"""The optimizers a :class:`Task` can name."""
+for _preset in (
+    OptimizerPreset("sgd", torch.optim.SGD, {"momentum": 0.9, "nesterov": True}, "SGD with Nesterov momentum 0.9"),
+    OptimizerPreset("adamw", torch.optim.AdamW, {}, "AdamW"),
+    OptimizerPreset("gd", torch.optim.SGD, {"momentum": 0.0}, "plain gradient descent"),
+):
+    OPTIMIZER_PRESETS.register(_preset.name, _preset, description=_preset.description)
+OPTIMIZERS = tuple(OPTIMIZER_PRESETS)
+"""The preset names: ``sgd`` (Nesterov momentum 0.9), ``adamw``, ``gd`` (plain gradient descent)."""
+
+
+def make_optimizer(task: Task, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The task's optimizer over ``param_groups`` (their ``lr`` and ``weight_decay`` win)."""
+    return OPTIMIZER_PRESETS.get(task.optimizer).build(param_groups, task.lr, task.weight_decay)
+
+
+TASKS: Registry[Task] = Registry("task")
+"""Every registered task by name (the built-in ones are registered when ``layerwise.tasks`` is imported)."""
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to the registry (a task of the same name is replaced, with a warning)."""
+    if not isinstance(task, Task):
+        raise TypeError(f"task: expected a Task, got {type(task).__name__}")
+    return TASKS.register(task.name, task, description=task.description)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name`` (ValueError naming the known ones otherwise)."""
+    return TASKS.get(name)

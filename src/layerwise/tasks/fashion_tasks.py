@@ -1,0 +1,68 @@
+"""The from-scratch Fashion-MNIST tasks: the small ResNet (the default task), the same network
+without shortcuts, and FreezeOut's DenseNet-BC.
+
+Example:
+    >>> from layerwise.tasks import get_task
+    >>> get_task("fashion-mnist").train_size
+    16000
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..groups import Partition, by_block
+from .base import Task, TaskData
+from .fashion_mnist import load_fashion_mnist
+from .models import DenseNetBC, ResNetCNN
+
+__all__ = ["default_tasks", "fashion_data"]
+
+
+def fashion_data(data_dir: str | None, quick: bool) -> TaskData:
+    """Standardized Fashion-MNIST; ``quick``: the first 6000 train and 2000 test images."""
+    (x_train, y_train), (x_test, y_test) = load_fashion_mnist(data_dir)
+    if quick:  # a fixed, class-balanced-enough slice: the first images of each split
+        x_train, y_train, x_test, y_test = x_train[:6000], y_train[:6000], x_test[:2000], y_test[:2000]
+    return TaskData((x_train, y_train), (x_test, y_test))
+
+
+def _dense_layers(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
+    return by_block(model, 2, sample_input=sample)  # the dense layers and transitions, as the FreezeOut bench
+
+
+def _sample() -> torch.Tensor:
+    return torch.zeros(2, 1, 28, 28)
+
+
+def default_tasks() -> list[Task]:
+    """The small ResNet (the default), the plain CNN and DenseNet-BC, all trained from scratch with SGD."""
+    return [
+        Task(
+            name="fashion-mnist",
+            description="Fashion-MNIST (60k/10k 28x28 images), small ResNet trained from scratch",
+            make_model=ResNetCNN,
+            sample_input=_sample,
+            load_data=fashion_data,
+            train_size=16000,
+        ),
+        Task(
+            name="fashion-mnist-plain",
+            description="Fashion-MNIST, the same network without its residual shortcuts (a plain CNN), from scratch",
+            make_model=lambda: ResNetCNN(residual=False),
+            sample_input=_sample,
+            load_data=fashion_data,
+            train_size=16000,
+        ),
+        Task(
+            name="fashion-densenet",
+            description="Fashion-MNIST, FreezeOut's DenseNet-BC (growth 12, 3 blocks x 4 bottleneck layers, "
+            "17 groups) from scratch",
+            make_model=DenseNetBC,
+            sample_input=_sample,
+            load_data=fashion_data,
+            epochs=3,
+            train_size=6000,
+            partition=_dense_layers,
+        ),
+    ]

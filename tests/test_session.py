@@ -1,0 +1,258 @@
+"""Equal-wall-clock comparisons end to end: the plan, resuming it, task files, bad input, the snippets."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import layerwise.compare.session as session
+from layerwise import cli
+from layerwise.compare import compare
+from layerwise.compare.methods import METHODS, Build, method_snippet, resolve_settings
+from layerwise.compare.store import RunStore
+from layerwise.tasks import Task, TaskData, load_task_file, register_task
+
+
+def _blobs(data_dir, quick):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 20, generator=g) * 2
+    labels = torch.randint(0, 3, (320,), generator=g)
+    x = centers[labels] + torch.randn(320, 20, generator=g)
+    return TaskData((x[:256], labels[:256]), (x[256:], labels[256:]))
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _task(name="timed-blobs", load_data=_blobs):
+    return Task(
+        name=name,
+        description="three Gaussian blobs, a 3-layer MLP",
+        make_model=_mlp,
+        sample_input=lambda: torch.zeros(2, 20),
+        load_data=load_data,
+        epochs=2,
+        quick_epochs=2,
+        batch_size=32,
+        lr=0.05,
+        weight_decay=0.0,
+        regime="fine-tuning",
+    )
+
+
+register_task(_task())
+
+
+def _compare(out, methods, **options):
+    defaults = {"progress": False, "eval_points": 4, "plan_block": 8, "plan_repeats": 1, "policy": "constant"}
+    return compare("timed-blobs", methods, out=out, **{**defaults, **options})
+
+
+def test_a_time_budget_plans_every_method_and_records_the_plan(tmp_path):
+    result = _compare(tmp_path, ["baseline", "freezeout", "hidlr"], settings={"hidlr": {"update_every": 4}})
+    plan = result["plan"]
+    assert plan["baseline_steps"] == 16 and plan["budget_s"] > 0
+    entries = {key.split("|")[0]: entry for key, entry in plan["entries"].items()}
+    assert entries["baseline"]["steps"] == 16 and entries["baseline"]["timed"] is False
+    assert entries["freezeout"]["timed"] and entries["hidlr"]["timed"] and entries["hidlr"]["block"] % 4 == 0
+    for label, outcome in result["outcomes"].items():
+        record = outcome["records"][0]
+        assert record["steps"] == entries[label]["steps"] == record["budget"]["planned_steps"]
+        assert record["budget"]["seconds"] == pytest.approx(plan["budget_s"])
+        assert len(record["curve"]) == 4
+    rows = {row["method"]: row for row in result["rows"]}
+    assert rows["baseline"]["verdict"] == "reference" and rows["freezeout"]["verdict"]
+    assert result["target"] == pytest.approx(rows["baseline"]["metric"] - 0.005)
+    text = (tmp_path / "results.md").read_text()
+    assert "train s / budget" in text and "time to target" in text and "Equal wall-clock" in text
+    assert "layerwise.FreezeOut(model, opt, total_steps=" in text  # the copy-paste snippets
+
+
+def test_more_steps_than_the_baseline_see_the_same_data_order():
+    base = session.run_one("timed-blobs", "baseline", seed=2, policy="constant", eval_points=1)
+    longer = session.run_one("timed-blobs", "baseline", seed=2, policy="constant", eval_points=1, steps=20)
+    assert longer["steps"] == 20 and longer["epochs"] == 2.5
+    assert longer["train_loss"][:16] == pytest.approx(base["train_loss"], rel=1e-6)
+
+
+def test_an_interrupted_time_budget_comparison_resumes_with_its_plan(tmp_path, monkeypatch):
+    real_run, real_measure = session.run_one, session.measure_costs
+    calls = []
+
+    def interrupted(task, method, *args, **kwargs):
+        calls.append(method)
+        if method == "freezeout":
+            raise KeyboardInterrupt
+        return real_run(task, method, *args, **kwargs)
+
+    monkeypatch.setattr(session, "run_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _compare(tmp_path, ["baseline", "freezeout", "multirate"])
+    with RunStore(tmp_path / "runs.sqlite", json.loads(_stored_config(tmp_path))) as store:
+        plan = store.plan()
+    methods = ("baseline", "freezeout", "multirate")
+    assert set(plan["entries"]) == {RunStore.variant_key(m, resolve_settings(m)) for m in methods}
+
+    def counted(task, method, *args, **kwargs):
+        calls.append((method, kwargs["steps"]))
+        return real_run(task, method, *args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(session, "run_one", counted)
+    monkeypatch.setattr(session, "measure_costs", lambda *a, **k: pytest.fail("timed again"))
+    result = _compare(tmp_path, ["baseline", "freezeout", "multirate"])
+    steps = {key.split("|")[0]: entry["steps"] for key, entry in plan["entries"].items()}
+    assert calls == [("freezeout", steps["freezeout"]), ("multirate", steps["multirate"])]  # baseline kept
+    assert result["plan"] == plan
+    monkeypatch.setattr(session, "measure_costs", real_measure)
+
+
+def _stored_config(folder):
+    import sqlite3
+
+    with sqlite3.connect(folder / "runs.sqlite") as db:
+        return db.execute("SELECT value FROM config WHERE key = 'config'").fetchone()[0]
+
+
+def test_budget_seconds_sets_the_budget_itself(tmp_path):
+    result = _compare(tmp_path, ["baseline"], budget_seconds=0.05)
+    assert result["plan"]["budget_s"] == 0.05
+    record = result["outcomes"]["baseline"]["records"][0]
+    assert record["steps"] == result["plan"]["entries"][next(iter(result["plan"]["entries"]))]["steps"]
+
+
+def _no_data(data_dir, quick):
+    raise AssertionError("the data was loaded")
+
+
+register_task(_task("refusing-blobs", _no_data))
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"budget": "money"}, r"--budget: choose from \['steps', 'time'\]"),
+        ({"budget_seconds": 0}, "--budget-seconds: a finite number of seconds > 0"),
+        ({"budget_seconds": -3.0}, "--budget-seconds"),
+        ({"budget_seconds": float("nan")}, "--budget-seconds"),
+        ({"budget": "steps", "budget_seconds": 10.0}, "only with --budget time"),
+        ({"target": 85.0}, r"--target: an accuracy is a fraction in \(0, 1\]"),
+        ({"target_tolerance": -1}, "--target-tolerance"),
+        ({"eval_points": 0}, "eval_points: must be an int >= 1"),
+        ({"bogus": 1}, "compare: unknown option 'bogus'"),
+    ],
+    ids=[
+        "budget",
+        "zero-seconds",
+        "negative-seconds",
+        "nan-seconds",
+        "seconds-with-steps",
+        "target",
+        "tolerance",
+        "eval-points",
+        "unknown-option",
+    ],
+)
+def test_bad_budget_options_are_refused_before_any_data_is_loaded(tmp_path, options, match):
+    with pytest.raises(ValueError, match=match):
+        compare("refusing-blobs", ["baseline"], out=tmp_path, progress=False, **options)
+    assert not (tmp_path / "runs.sqlite").exists()
+
+
+TASK_FILE = """
+import torch
+from torch import nn
+from layerwise.tasks import Task, TaskData
+
+
+def _data(data_dir, quick):
+    x = torch.randn(128, 6, generator=torch.Generator().manual_seed(0))
+    y = (x.sum(1) > 0).long()
+    return TaskData((x[:96], y[:96]), (x[96:], y[96:]))
+
+
+def make_task():
+    return Task(name="from-a-file", make_model=lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)),
+                sample_input=lambda: torch.zeros(2, 6), load_data=_data, batch_size=16, lr=0.1, epochs=1)
+
+
+def not_a_task():
+    return 42
+"""
+
+
+def test_a_task_loaded_from_a_file_runs(tmp_path, capsys):
+    path = tmp_path / "my_task.py"
+    path.write_text(textwrap.dedent(TASK_FILE))
+    assert load_task_file(f"{path}:make_task").name == "from-a-file"
+    argv = [
+        "compare",
+        "--task",
+        f"{path}:make_task",
+        "--methods",
+        "baseline,freezeout",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+        "--eval-points",
+        "2",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| freezeout | 1 |" in out
+    record = json.loads((tmp_path / "o" / "runs" / "freezeout-seed0.json").read_text())
+    assert record["task"] == "from-a-file" and record["budget"]["mode"] == "time"
+
+
+def test_bad_task_files_are_refused(tmp_path, capsys):
+    path = tmp_path / "my_task.py"
+    path.write_text(textwrap.dedent(TASK_FILE))
+    with pytest.raises(ValueError, match="no such file"):
+        load_task_file(f"{tmp_path / 'missing.py'}:make_task")
+    with pytest.raises(ValueError, match="has no callable 'nope'"):
+        load_task_file(f"{path}:nope")
+    with pytest.raises(TypeError, match=r"returned int, expected a layerwise\.tasks\.Task"):
+        load_task_file(f"{path}:not_a_task")
+    assert cli.main(["compare", "--task", f"{path}:not_a_task", "--out", str(tmp_path / "o")]) == 2
+    assert "returned int" in capsys.readouterr().err
+
+
+def test_regimes_pick_their_default_methods():
+    from layerwise.compare import default_methods
+    from layerwise.tasks import get_task
+
+    scratch_task = get_task("fashion-mnist")
+    scratch = default_methods(scratch_task, scratch_task.groups(scratch_task.make_model()))
+    assert "discriminative" not in scratch and "multirate" not in scratch and "head-only" not in scratch
+    assert {"baseline", "freezeout", "hidlr", "llr"} <= set(scratch)
+    tuned = _task()
+    finetune = default_methods(tuned, tuned.groups(tuned.make_model()))
+    assert finetune == [
+        "baseline",
+        "head-only",
+        "discriminative",
+        "gradual-unfreezing",
+        "freezeout",
+        "multirate",
+        "multirate-block",
+        "hidlr",
+    ]
+
+
+def test_every_snippet_runs_in_a_plain_loop():
+    task = _task()
+    data = _blobs(None, False)
+    loader = [(data.train[0][i : i + 32], data.train[1][i : i + 32]) for i in range(0, 96, 32)]
+    for name, method in METHODS.items():
+        if method.snippet is None or method.applies(task, task.groups(task.make_model())):
+            continue
+        model = _mlp()
+        text = method_snippet(Build(task, model, task.groups(model), 3, "cosine"), name, resolve_settings(name))
+        x = loader[0][0]
+        namespace = {"model": model, "loader": loader, "x": x, "loss_fn": nn.functional.cross_entropy}
+        before = [p.detach().clone() for p in model.parameters()]
+        exec(compile(text, f"<snippet {name}>", "exec"), namespace)
+        assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), name

@@ -1,0 +1,91 @@
+"""Time to target on hand-made curves, the default target, bad targets, and the verdict sentences."""
+
+import math
+
+import pytest
+
+from layerwise.compare.targets import check_target, default_target, time_to_target, verdict
+
+
+def _curve(*points, metric="accuracy"):
+    return [{"seconds": s, f"test_{metric}": v} for s, v in points]
+
+
+@pytest.mark.parametrize(
+    ("points", "target", "expected"),
+    [
+        (((10, 0.5), (20, 0.7), (30, 0.9)), 0.8, 25.0),  # between the 2nd and 3rd evaluation
+        (((10, 0.5), (20, 0.7), (30, 0.9)), 0.7, 20.0),  # exactly at an evaluation
+        (((10, 0.85), (20, 0.9)), 0.8, 10.0),  # the first evaluation already reaches it: its time
+        (((10, 0.5), (20, 0.82), (30, 0.78)), 0.8, 10 + 10 * 0.3 / 0.32),  # the first crossing counts
+        (((10, 0.5), (20, 0.7)), 0.8, None),  # not reached
+        (((10, 0.5), (20, math.nan), (30, 0.9)), 0.8, 30.0),  # no interpolation across a missing value
+    ],
+    ids=["between", "at-an-evaluation", "first-point", "first-crossing", "not-reached", "nan"],
+)
+def test_time_to_target_interpolates_between_evaluations(points, target, expected):
+    result = time_to_target(_curve(*points), target, "accuracy")
+    assert result == (None if expected is None else pytest.approx(expected))
+
+
+def test_time_to_target_on_a_loss_goes_down():
+    curve = _curve((10, 2.0), (20, 1.0), metric="loss")
+    assert time_to_target(curve, 1.5, "loss") == pytest.approx(15.0)
+    assert time_to_target(curve, 0.5, "loss") is None
+
+
+def test_default_target_is_the_baseline_mean_minus_the_tolerance():
+    assert default_target([0.80, 0.82], "accuracy") == pytest.approx(0.805)  # 0.5 points below
+    assert default_target([0.80, 0.82], "accuracy", 2.0) == pytest.approx(0.79)
+    assert default_target([2.0, 2.2], "loss") == pytest.approx(2.1 * 1.01)  # 1 % above a loss
+    assert default_target([], "accuracy") is None and default_target([None], "accuracy") is None
+
+
+@pytest.mark.parametrize(
+    ("target", "metric", "match"),
+    [
+        (85, "accuracy", r"fraction in \(0, 1\]"),
+        (0.0, "accuracy", "fraction"),
+        (-1.0, "loss", ">= 0"),
+        (math.inf, "loss", "finite"),
+        ("0.8", "accuracy", "finite number"),
+        (True, "accuracy", "finite number"),
+    ],
+    ids=["percent", "zero", "negative-loss", "inf", "string", "bool"],
+)
+def test_targets_outside_the_metric_range_are_refused(target, metric, match):
+    with pytest.raises(ValueError, match=match):
+        check_target(target, metric)
+
+
+def test_valid_targets_pass():
+    check_target(None, "accuracy")
+    check_target(0.85, "accuracy")
+    check_target(0.1, "loss")
+
+
+def test_verdict_reports_a_significant_speed_up_with_its_interval():
+    result = verdict([0.80, 0.81, 0.80], [0.80, 0.80, 0.81], [10.0, 11.0, 10.5], [20.0, 21.0, 19.5], "accuracy")
+    assert result["text"].startswith("reaches the target 1.9")
+    assert "x sooner [" in result["text"] and result["reached"] == 3
+
+
+def test_verdict_reports_worse_accuracy_at_equal_time():
+    result = verdict([0.70, 0.71, 0.705], [0.80, 0.81, 0.805], [None] * 3, [20.0, 21.0, 19.0], "accuracy")
+    assert "does not reach the target (0/3 seeds)" in result["text"]
+    assert "10.00 points worse at equal time [" in result["text"]
+
+
+def test_verdict_without_a_difference_says_so():
+    result = verdict([0.80, 0.82, 0.81], [0.81, 0.80, 0.82], [10.0, 30.0, 20.0], [20.0, 12.0, 25.0], "accuracy")
+    assert result["text"] == "no significant difference"
+
+
+def test_verdict_with_one_seed_gives_the_differences_without_an_interval():
+    result = verdict([0.82], [0.80], [10.0], [20.0], "accuracy")
+    assert result["text"] == "one seed, no interval: +2.00 points at equal time, 2.00x the baseline's speed to target"
+
+
+def test_verdict_counts_seeds_that_miss_the_target():
+    result = verdict([0.80, 0.81, 0.80], [0.80, 0.80, 0.81], [10.0, None, 11.0], [20.0, 21.0, 19.5], "accuracy")
+    assert result["reached"] == 2 and "reaches the target in 2/3 seeds" in result["text"]
