@@ -1,5 +1,3 @@
-import warnings
-
 import pytest
 import torch
 
@@ -7,6 +5,3 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-        yield

@@ -170,7 +170,7 @@ def test_bad_input_is_refused_and_leaves_the_optimizer_untouched():
     base = torch.optim.SGD([w], lr=0.1)
     before = [dict(g) for g in base.param_groups]
     cases = [
-        ({"mode": "newton"}, ValueError, r"mode: expected one of \['bb', 'line'\]"),
+        ({"mode": "newton"}, ValueError, r"mode: must be one of \('bb', 'line'\)"),
         ({"beta": 1.0}, ValueError, r"beta: must be in \[0, 1\)"),
         ({"gamma": -0.1}, ValueError, r"gamma: must be in \[0, 1\)"),
         ({"scale": 0.0}, ValueError, "scale: must be a finite number > 0"),

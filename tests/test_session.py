@@ -134,7 +134,7 @@ register_task(_task("refusing-blobs", _no_data))
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"budget": "money"}, r"--budget: choose from \['steps', 'time'\]"),
+        ({"budget": "money"}, r"--budget: must be one of \('steps', 'time'\)"),
         ({"budget_seconds": 0}, "--budget-seconds: a finite number of seconds > 0"),
         ({"budget_seconds": -3.0}, "--budget-seconds"),
         ({"budget_seconds": float("nan")}, "--budget-seconds"),

@@ -29,6 +29,7 @@ import math
 from functools import reduce
 from typing import Any
 
+from ._checks import positive_int
 from .freezeout import FreezeOut
 from .freezing import GradualUnfreezing
 from .multirate import Multirate
@@ -60,9 +61,8 @@ def allow_recompiles(technique: Any, modes: int = 2, extra: int = 0) -> int:
     (training and evaluation: 2; add one for Hi-DLR's ``no_grad`` probes). ``extra`` adds graphs
     made once. Never lowers the limit; returns the limit now in force.
     """
-    for name, value, least in (("modes", modes, 1), ("extra", extra, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name}: must be an int >= {least}, got {value!r}")
+    positive_int("modes", modes)
+    positive_int("extra", extra, minimum=0)
     import torch._dynamo  # only when asked: importing it costs a second
 
     config = torch._dynamo.config

@@ -99,7 +99,7 @@ def timed_saving(train_fractions: Sequence[float], step_times: Sequence[float]) 
     group ``k`` trains for the first ``train_fractions[k]`` of the run (non-decreasing).
 
     Example:
-        >>> timed_saving([0.5, 1.0], [1.0, 0.6])
+        >>> round(timed_saving([0.5, 1.0], [1.0, 0.6]), 6)
         0.2
     """
     if len(train_fractions) != len(step_times):

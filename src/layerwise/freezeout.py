@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from torch import nn
 from torch.optim import Optimizer
 
 from . import recipes
+from ._checks import fraction, one_of, positive_int
 from .freezing import Freezer, freeze_due
 from .scheduler import LayerwiseLR, group_depths
 from .schedules import Constant, LayerSchedule, Policy
@@ -34,22 +35,21 @@ from .state_check import check_state, stamp
 
 __all__ = ["STRATEGIES", "FreezeOut", "FreezeOutRule", "freeze_times"]
 
-STRATEGIES = ("linear", "cubic")
+Strategy = Literal["linear", "cubic"]
+"""How FreezeOut spaces the freeze points: linearly or cubically in the group index."""
+STRATEGIES = get_args(Strategy)
 
 
-def freeze_times(num_groups: int, t0: float = 0.8, strategy: str = "cubic") -> list[float]:
+def freeze_times(num_groups: int, t0: float = 0.8, strategy: Strategy = "cubic") -> list[float]:
     """Fraction of training at which each group's LR reaches zero (``t_i``).
 
     Example:
         >>> [round(t, 3) for t in freeze_times(3, 0.8, "cubic")]
         [0.512, 0.729, 1.0]
     """
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
-    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not (0 < t0 <= 1):
-        raise ValueError(f"t0: must be in (0, 1], got {t0!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy: must be one of {STRATEGIES}, got {strategy!r}")
+    positive_int("num_groups", num_groups)
+    fraction("t0", t0, open_low=True, what="a fraction of training")
+    one_of("strategy", strategy, STRATEGIES)
     linear = np.linspace(t0, 1.0, num_groups) if num_groups > 1 else np.array([1.0])
     times = linear**3 if strategy == "cubic" else linear
     return times.tolist()
@@ -76,7 +76,9 @@ class FreezeOutRule:
         object.__setattr__(self, "_arrays", (array, 1.0 / array, scale))
 
     @classmethod
-    def build(cls, num_groups: int, t0: float = 0.8, strategy: str = "cubic", scale_lr: bool = True) -> FreezeOutRule:
+    def build(
+        cls, num_groups: int, t0: float = 0.8, strategy: Strategy = "cubic", scale_lr: bool = True
+    ) -> FreezeOutRule:
         if not isinstance(scale_lr, bool):
             raise TypeError(f"scale_lr: expected True or False, got {type(scale_lr).__name__}")
         return cls(freeze_times(num_groups, t0, strategy), scale_lr)
@@ -93,11 +95,11 @@ class FreezeOutRule:
 
 @recipes.register("freezeout")
 def _freezeout_recipe(
-    num_groups: int, policy: Policy, t0: float = 0.8, strategy: str = "cubic", scale_lr: bool = True
+    num_groups: int, policy: Policy, t0: float = 0.8, strategy: Strategy = "cubic", scale_lr: bool = True
 ) -> LayerSchedule:
     if policy != Constant():
         raise ValueError("policy: FreezeOut's per-layer cosine is the whole schedule; it takes no global policy")
-    return LayerSchedule(Constant(), FreezeOutRule.build(num_groups, t0, strategy, scale_lr))
+    return LayerSchedule(Constant(), FreezeOutRule.build(num_groups, t0, strategy, scale_lr=scale_lr))
 
 
 class FreezeOut:
@@ -126,11 +128,11 @@ class FreezeOut:
         total_steps: int,
         *,
         t0: float = 0.8,
-        strategy: str = "cubic",
+        strategy: Strategy = "cubic",
         scale_lr: bool = True,
     ) -> None:
         self.freezer = Freezer(model, optimizer)  # checks the types and group names; changes nothing
-        rule = FreezeOutRule.build(max(group_depths(optimizer.param_groups)) + 1, t0, strategy, scale_lr)
+        rule = FreezeOutRule.build(max(group_depths(optimizer.param_groups)) + 1, t0, strategy, scale_lr=scale_lr)
         self.scheduler = LayerwiseLR(optimizer, total_steps, layers=rule)
         self.optimizer = optimizer
         self.t0, self.strategy, self.scale_lr = t0, strategy, scale_lr

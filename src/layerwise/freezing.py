@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ._checks import int_between, positive_int
 from .state_check import check_state, stamp
 
 __all__ = ["FreezeWhenZero", "Freezer", "GradualUnfreezing", "freeze_due"]
@@ -226,7 +227,7 @@ class FreezeWhenZero:
         >>> import torch, layerwise
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
         >>> opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=torch.zeros(1, 2)).param_groups(lr=0.1))
-        >>> rule = FreezeWhenZero(Freezer(model, opt), ["0", "2"], [2, None])
+        >>> rule = FreezeWhenZero(Freezer(model, opt), ["0", "1"], [2, None])
         >>> rule.step(); rule.step(); rule.freezer.frozen
         ('0',)
     """
@@ -282,11 +283,9 @@ class GradualUnfreezing:
     def __init__(self, freezer: Freezer, every: int, *, start: int = 1) -> None:
         if not isinstance(freezer, Freezer):
             raise TypeError(f"freezer: expected a Freezer, got {type(freezer).__name__}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every: must be an int >= 1, got {every!r}")
+        positive_int("every", every)
         count = len(freezer.names)
-        if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= count:
-            raise ValueError(f"start: must be an int between 1 and the number of groups ({count}), got {start!r}")
+        int_between("start", start, 1, count, f"the number of groups ({count})")
         self.freezer = freezer
         self.every = every
         self.start = start

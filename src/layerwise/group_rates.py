@@ -20,6 +20,7 @@ import numpy as np
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._checks import positive_int
 from .groups import Partition
 from .param_groups import check_partition, group_names, set_lr
 from .schedules import LayerSchedule, Policy
@@ -42,8 +43,9 @@ class GroupRates(Wrapper):
         if schedule is not None:
             if not (isinstance(schedule, LayerSchedule) or callable(schedule)):
                 raise TypeError(f"schedule: expected a Policy or LayerSchedule, got {type(schedule).__name__}")
-            if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-                raise ValueError(f"total_steps: an int >= 1 is required with schedule, got {total_steps!r}")
+            if total_steps is None:
+                raise ValueError("total_steps: an int >= 1 is required with schedule, got None")
+            positive_int("total_steps", total_steps)
         names = group_names(optimizer.param_groups)
         unique = list(dict.fromkeys(names))
         if isinstance(schedule, LayerSchedule):

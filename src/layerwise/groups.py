@@ -18,16 +18,17 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from ._checks import finite_nonneg, one_of
 
 __all__ = [
     "NORM_TYPES",
@@ -43,6 +44,10 @@ __all__ = [
     "execution_order",
     "explicit",
 ]
+
+Syntax = Literal["regex", "glob"]
+"""How :func:`by_patterns` reads its patterns."""
+SYNTAXES = get_args(Syntax)
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -166,9 +171,9 @@ class Partition:
         if bad_kinds:
             raise ValueError(f"no_decay: unknown kinds {bad_kinds}; allowed: 'bias', 'norm'")
         if lr is not None:
-            _check_rate("lr", lr)
+            finite_nonneg("lr", lr)
         if weight_decay is not None:
-            _check_rate("weight_decay", weight_decay)
+            finite_nonneg("weight_decay", weight_decay)
         mults = self._multipliers(lr_mult)
         if mults is not None and lr is None:
             raise ValueError("lr_mult needs lr: the multiplier is folded into each group's lr")
@@ -212,15 +217,8 @@ class Partition:
             if len(values) != len(self.groups):
                 raise ValueError(f"lr_mult: expected {len(self.groups)} values (one per group), got {len(values)}")
         for value in values:
-            _check_rate("lr_mult", value)
+            finite_nonneg("lr_mult", value)
         return values
-
-
-def _check_rate(argument: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{argument}: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{argument}: must be finite and >= 0, got {value}")
 
 
 def _kinds_by_param(group: Group, owners: Mapping[str, nn.Module]) -> list[str]:
@@ -452,7 +450,7 @@ def by_patterns(
     model: nn.Module,
     rules: Mapping[str, str] | Sequence[tuple[str, str]],
     *,
-    syntax: str = "regex",
+    syntax: Syntax = "regex",
     rest: str | None = None,
 ) -> Partition:
     """Groups from name patterns: ``{pattern: group_name}``, first match wins.
@@ -468,8 +466,7 @@ def by_patterns(
     Example:
         >>> by_patterns(model, {r"^embed": "embed", r"\\.attn\\.": "attention"}, rest="other")  # doctest: +SKIP
     """
-    if syntax not in ("regex", "glob"):
-        raise ValueError(f"syntax: must be 'regex' or 'glob', got {syntax!r}")
+    one_of("syntax", syntax, SYNTAXES)
     pairs = list(rules.items()) if isinstance(rules, Mapping) else [tuple(r) for r in rules]
     if not pairs:
         raise ValueError("rules: give at least one (pattern, group name) pair")

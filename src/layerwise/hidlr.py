@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ._checks import clip_range, positive_int, unit_interval
 from .group_rates import GroupRates
 from .groups import Partition
 from .param_groups import set_lr
@@ -113,19 +114,16 @@ class HiDLR(GroupRates):
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, HiDLR):
-            raise TypeError("optimizer: already a HiDLR; wrap the base optimizer once")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every: must be an int >= 1, got {update_every!r}")
-        if not isinstance(gamma, (int, float)) or not 0.0 <= gamma < 1.0:
-            raise ValueError(f"gamma: must be in [0, 1), got {gamma!r}")
+        if isinstance(optimizer, GroupRates):
+            raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
+        positive_int("update_every", update_every)
+        unit_interval("gamma", gamma)
         if not isinstance(min_r2, (int, float)) or not min_r2 < 1.0:
             raise ValueError(f"min_r2: must be a number < 1, got {min_r2!r}")
         probes = tuple(float(v) for v in probes)
         if len({v for v in probes if v != 0.0}) < 3 or 0.0 in probes or len(set(probes)) != len(probes):
             raise ValueError(f"probes: need at least 3 distinct non-zero values, got {probes}")
-        if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1]):
-            raise ValueError(f"clip: expected (low, high) with 0 <= low < high, got {clip!r}")
+        clip = clip_range("clip", clip)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if per_group and full_matrix:
@@ -135,7 +133,7 @@ class HiDLR(GroupRates):
         self.gamma = float(gamma)
         self.min_r2 = float(min_r2)
         self.full_matrix = bool(full_matrix)
-        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.clip = clip
         self.joint_scale = bool(joint_scale)
         self.per_group = bool(per_group)
         self.model = model

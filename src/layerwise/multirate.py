@@ -42,9 +42,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ._checks import finite_nonneg, positive_int
 from .groups import Partition
 from .param_groups import group_names
-from .schedules import _finite_nonneg
 from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import init_hooks
 
@@ -105,8 +105,7 @@ class Multirate(Optimizer):
         model: nn.Module | None = None,
         **base_options: Any,
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k: must be an int >= 1, got {k!r}")
+        positive_int("k", k)
         self._setup([fast, slow], ["fast", "slow"], [1, k], lr, slow_lr, drift, base, base_options, model)
 
     @classmethod
@@ -123,9 +122,8 @@ class Multirate(Optimizer):
         """``len(parts)`` time scales, fastest first; ``ratios[i]`` = period of part i+1 / period of part i."""
         if len(ratios) != len(parts) - 1 or len(parts) < 2:
             raise ValueError(f"ratios: need one ratio per pair of adjacent parts ({len(parts) - 1}), got {len(ratios)}")
-        bad = [r for r in ratios if isinstance(r, bool) or not isinstance(r, int) or r < 1]
-        if bad:
-            raise ValueError(f"ratios: must be ints >= 1, got {bad}")
+        for ratio in ratios:
+            positive_int("ratios", ratio)
         periods = [math.prod(ratios[:i]) for i in range(len(parts))]
         self = cls.__new__(cls)
         names = ["fast", *(f"level{i}" for i in range(1, len(parts) - 1)), "slow"]
@@ -148,12 +146,12 @@ class Multirate(Optimizer):
         return cls(fast_groups, slow_groups, lr, k, **options)
 
     def _setup(self, parts, names, periods, lr, slow_lr, drift, base, base_options, model=None) -> None:
-        lr = _finite_nonneg("lr", lr)
+        lr = finite_nonneg("lr", lr)
         if slow_lr is not None:
-            slow_lr = _finite_nonneg("slow_lr", slow_lr)
+            slow_lr = finite_nonneg("slow_lr", slow_lr)
         for key in ("momentum", "weight_decay"):
             if key in base_options:
-                _finite_nonneg(key, base_options[key])
+                finite_nonneg(key, base_options[key])
         if not (isinstance(base, type) and issubclass(base, Optimizer)):
             raise TypeError(f"base: expected a torch.optim.Optimizer class, got {base!r}")
         level_groups = [_groups(name, part) for name, part in zip(names, parts)]

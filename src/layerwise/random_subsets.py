@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._checks import finite_nonneg, fraction, positive_int
 from .param_groups import group_names
-from .schedules import _finite_nonneg
 from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import Wrapper, init_hooks
 
@@ -60,11 +60,10 @@ class RandomSubsetMultirate(Wrapper):
         seed: int = 0,
         **sgd_options: Any,
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k: must be an int >= 1, got {k!r}")
-        _finite_nonneg("lr", lr)
+        positive_int("k", k)
+        finite_nonneg("lr", lr)
         if slow_lr is not None:
-            _finite_nonneg("slow_lr", slow_lr)
+            finite_nonneg("slow_lr", slow_lr)
         base = torch.optim.SGD(params, lr=lr, **sgd_options)
         owned = {id(p) for g in base.param_groups for p in g["params"]}
         if not probabilities:
@@ -72,8 +71,7 @@ class RandomSubsetMultirate(Wrapper):
         for p, prob in probabilities.items():
             if id(p) not in owned:
                 raise ValueError("probabilities: names a tensor that is not among params")
-            if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
-                raise ValueError(f"probabilities: each probability must be in [0, 1], got {prob!r}")
+            fraction("probabilities", prob, what="a probability")
         init_hooks(self, base.defaults)
         self.optimizer = base
         self.k = k

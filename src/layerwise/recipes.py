@@ -7,7 +7,7 @@ Example:
     >>> from layerwise.recipes import build
     >>> sched = build("llr", 3, start=[2, 1, 0.5], end=[0.5, 1, 2],
     ...               windows=[(0, 0.1), (0, 1), (0, 1)])
-    >>> sched.factors(0.1, 3)
+    >>> sched.factors(0.1, 3).tolist()
     [0.5, 1.0, 0.65]
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._checks import positive_int
 from .schedules import (
     Constant,
     Cosine,
@@ -71,8 +72,7 @@ def build(name: str, num_groups: int, *, policy: Policy | None = None, **options
     """Build recipe ``name`` for ``num_groups`` groups; ``options`` are the recipe's own."""
     if name not in RECIPES:
         raise ValueError(f"recipe: unknown {name!r}; choose from {sorted(RECIPES)}")
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
+    positive_int("num_groups", num_groups)
     schedule = RECIPES[name](num_groups, policy or Constant(), **options)
     schedule.check_groups(num_groups)
     return schedule

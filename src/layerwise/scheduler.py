@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ._checks import positive_int
 from .param_groups import group_names
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
@@ -76,8 +77,7 @@ class LayerwiseLR(LRScheduler):
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"total_steps: must be an int >= 1, got {total_steps!r}")
+        positive_int("total_steps", total_steps)
         if schedule is None:
             schedule = LayerSchedule(policy if policy is not None else Constant(), layers or Uniform())
         elif policy is not None or layers is not None:

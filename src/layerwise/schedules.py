@@ -19,9 +19,11 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
+
+from ._checks import finite_nonneg, fraction, one_of, positive_int
 
 __all__ = [
     "Constant",
@@ -43,30 +45,17 @@ __all__ = [
 ]
 
 
+Anneal = Literal["linear", "cos"]
+"""How a 1cycle anneals: Smith's linear ramps or torch's cosine."""
+ANNEALS = get_args(Anneal)
+
 # ----------------------------------------------------------------------------- checks
-
-
-def _finite_nonneg(argument: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{argument}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{argument}: must be finite and >= 0, got {value}")
-    return value
-
-
-def _fraction(argument: str, value: float, *, open_low: bool = False) -> float:
-    value = _finite_nonneg(argument, value)
-    if value > 1 or (open_low and value == 0):
-        bound = "(0, 1]" if open_low else "[0, 1]"
-        raise ValueError(f"{argument}: must be a fraction of training in {bound}, got {value}")
-    return value
 
 
 def _window(argument: str, window: Sequence[float]) -> tuple[float, float]:
     if len(window) != 2:
         raise ValueError(f"{argument}: a window is (start, end), got {tuple(window)}")
-    a, b = (_fraction(argument, w) for w in window)
+    a, b = (fraction(argument, w) for w in window)
     if b < a:
         raise ValueError(f"{argument}: window end {b} is before its start {a}; windows lie in [0, 1]")
     return a, b
@@ -89,7 +78,7 @@ class Constant:
     value: float = 1.0
 
     def __post_init__(self) -> None:
-        _finite_nonneg("value", self.value)
+        finite_nonneg("value", self.value)
 
     def __call__(self, p: float) -> float:
         return self.value
@@ -106,11 +95,11 @@ class StepDrops:
     factor: float = 0.1
 
     def __post_init__(self) -> None:
-        values = tuple(_fraction("milestones", m) for m in self.milestones)
+        values = tuple(fraction("milestones", m) for m in self.milestones)
         if list(values) != sorted(values):
             raise ValueError(f"milestones: must be increasing, got {values}")
         object.__setattr__(self, "milestones", values)
-        _finite_nonneg("factor", self.factor)
+        finite_nonneg("factor", self.factor)
 
     def __call__(self, p: float) -> float:
         return self.factor ** sum(1 for m in self.milestones if p >= m)
@@ -124,8 +113,8 @@ class Linear:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        _finite_nonneg("start", self.start)
-        _finite_nonneg("end", self.end)
+        finite_nonneg("start", self.start)
+        finite_nonneg("end", self.end)
 
     def __call__(self, p: float) -> float:
         return self.start + (self.end - self.start) * p
@@ -139,8 +128,8 @@ class Cosine:
     end: float = 0.0
 
     def __post_init__(self) -> None:
-        _finite_nonneg("start", self.start)
-        _finite_nonneg("end", self.end)
+        finite_nonneg("start", self.start)
+        finite_nonneg("end", self.end)
 
     def __call__(self, p: float) -> float:
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * p))
@@ -155,10 +144,9 @@ class Triangular:
     cycles: int = 1
 
     def __post_init__(self) -> None:
-        _finite_nonneg("low", self.low)
-        _finite_nonneg("high", self.high)
-        if isinstance(self.cycles, bool) or not isinstance(self.cycles, int) or self.cycles < 1:
-            raise ValueError(f"cycles: must be an int >= 1, got {self.cycles!r}")
+        finite_nonneg("low", self.low)
+        finite_nonneg("high", self.high)
+        positive_int("cycles", self.cycles)
 
     def __call__(self, p: float) -> float:
         position = (p * self.cycles) % 1.0
@@ -176,14 +164,13 @@ class OneCycle:
     peak_at: float = 0.3
     start: float = 0.04
     end: float = 4e-6
-    anneal: str = "linear"
+    anneal: Anneal = "linear"
 
     def __post_init__(self) -> None:
-        _fraction("peak_at", self.peak_at)
-        _finite_nonneg("start", self.start)
-        _finite_nonneg("end", self.end)
-        if self.anneal not in ("linear", "cos"):
-            raise ValueError(f"anneal: must be 'linear' or 'cos', got {self.anneal!r}")
+        fraction("peak_at", self.peak_at)
+        finite_nonneg("start", self.start)
+        finite_nonneg("end", self.end)
+        one_of("anneal", self.anneal, ANNEALS)
 
     def _interp(self, a: float, b: float, x: float) -> float:
         if self.anneal == "cos":
@@ -212,10 +199,10 @@ class Warmup:
     def __post_init__(self) -> None:
         if not callable(self.policy):
             raise TypeError(f"policy: expected a Policy, got {type(self.policy).__name__}")
-        _fraction("fraction", self.fraction)
+        fraction("fraction", self.fraction)
         if self.fraction >= 1:
             raise ValueError(f"fraction: warm-up must leave part of training, got {self.fraction}")
-        _finite_nonneg("start", self.start)
+        finite_nonneg("start", self.start)
 
     def __call__(self, p: float) -> float:
         if p < self.fraction:
@@ -278,7 +265,7 @@ class Discriminative(_ConstantRule):
     ratio: float = 2.6
 
     def __post_init__(self) -> None:
-        if _finite_nonneg("ratio", self.ratio) == 0:
+        if finite_nonneg("ratio", self.ratio) == 0:
             raise ValueError("ratio: must be > 0")
 
     def values(self, num_groups: int) -> list[float]:
@@ -293,7 +280,7 @@ class GeometricRange(_ConstantRule):
     hi: float
 
     def __post_init__(self) -> None:
-        if _finite_nonneg("lo", self.lo) == 0 or _finite_nonneg("hi", self.hi) == 0:
+        if finite_nonneg("lo", self.lo) == 0 or finite_nonneg("hi", self.hi) == 0:
             raise ValueError(f"lo, hi: must be > 0, got {self.lo}, {self.hi}")
 
     def values(self, num_groups: int) -> list[float]:
@@ -320,8 +307,8 @@ class LinearInTime:
     _arrays: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        start = tuple(_finite_nonneg("start", s) for s in self.start)
-        end = tuple(_finite_nonneg("end", e) for e in self.end)
+        start = tuple(finite_nonneg("start", s) for s in self.start)
+        end = tuple(finite_nonneg("end", e) for e in self.end)
         if not start:
             raise ValueError("start: give one value per group")
         windows = ((0.0, 1.0),) * len(start) if self.windows is None else self.windows
@@ -369,11 +356,11 @@ class StaggeredOneCycle:
     peaks: Sequence[float]
     start: float = 0.04
     end: float = 4e-6
-    anneal: str = "linear"
+    anneal: Anneal = "linear"
     _arrays: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        peaks = tuple(_fraction("peaks", x) for x in self.peaks)
+        peaks = tuple(fraction("peaks", x) for x in self.peaks)
         if not peaks:
             raise ValueError("peaks: give one peak position per group")
         object.__setattr__(self, "peaks", peaks)
@@ -392,10 +379,9 @@ class StaggeredOneCycle:
         **one_cycle: float | str,
     ) -> StaggeredOneCycle:
         """Peaks evenly spaced from ``first_peak`` (group 0) to ``last_peak`` (last group)."""
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
-        _fraction("first_peak", first_peak)
-        _fraction("last_peak", last_peak)
+        positive_int("num_groups", num_groups)
+        fraction("first_peak", first_peak)
+        fraction("last_peak", last_peak)
         return cls(tuple(np.linspace(first_peak, last_peak, num_groups).tolist()), **one_cycle)
 
     @property
@@ -431,10 +417,9 @@ def DepthRamp(
         >>> DepthRamp(3).multipliers(0.0, 3).tolist(), DepthRamp(3).multipliers(1.0, 3).tolist()
         ([1.5, 1.0, 0.5], [0.5, 1.0, 1.5])
     """
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"num_groups: must be an int >= 1, got {num_groups!r}")
-    _finite_nonneg("first", first)
-    _finite_nonneg("last", last)
+    positive_int("num_groups", num_groups)
+    finite_nonneg("first", first)
+    finite_nonneg("last", last)
     ramp = np.linspace(first, last, num_groups).tolist() if num_groups > 1 else [first]
     end = ramp[::-1] if reverse else ramp
     return LinearInTime(ramp, end, [tuple(window)] * num_groups)

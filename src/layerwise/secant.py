@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._checks import clip_range, finite_nonneg, one_of, positive_int, unit_interval
 from .group_rates import GroupRates
 from .groups import Partition
 from .schedules import LayerSchedule, Policy
@@ -48,7 +49,9 @@ from .state_check import check_optimizer_state, check_state, require_keys, stamp
 
 __all__ = ["SecantLR"]
 
-MODES = ("bb", "line")
+Mode = Literal["bb", "line"]
+"""``bb``: Barzilai-Borwein 1/curvature (gradient descent); ``line``: the secant line's minimum along the step."""
+MODES = get_args(Mode)
 
 
 class SecantLR(GroupRates):
@@ -72,7 +75,7 @@ class SecantLR(GroupRates):
         self,
         optimizer: Optimizer,
         *,
-        mode: str = "bb",
+        mode: Mode = "bb",
         beta: float = 0.9,
         gamma: float = 0.9,
         scale: float = 1.0,
@@ -86,17 +89,13 @@ class SecantLR(GroupRates):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if isinstance(optimizer, GroupRates):
             raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
-        for name, value in (("beta", beta), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < math.inf:
-            raise ValueError(f"scale: must be a finite number > 0, got {scale!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every: must be an int >= 1, got {update_every!r}")
-        if clip is not None and not (len(clip) == 2 and 0.0 <= clip[0] < clip[1]):
-            raise ValueError(f"clip: expected (low, high) with 0 <= low < high, got {clip!r}")
+        one_of("mode", mode, MODES)
+        unit_interval("beta", beta)
+        unit_interval("gamma", gamma)
+        if finite_nonneg("scale", scale) == 0:
+            raise ValueError("scale: must be a finite number > 0, got 0")
+        positive_int("update_every", update_every)
+        clip = clip_range("clip", clip)
         self._setup_rates(optimizer, schedule, total_steps, groups)
         self.mode = mode
         self.beta, self.gamma, self.scale = float(beta), float(gamma), float(scale)

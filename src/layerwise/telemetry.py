@@ -15,7 +15,7 @@ is) and every ``every`` steps records, for each named group:
 
 Example:
     >>> monitor = LayerMonitor(optimizer, every=10)  # doctest: +SKIP
-    >>> ...  # the usual loop: loss.backward(); optimizer.step()
+    >>> ...  # the usual loop: loss.backward(); optimizer.step()  # doctest: +SKIP
     >>> monitor.history["relative_update"]["layer1.conv1"]  # doctest: +SKIP
     >>> monitor.save("runs/mine/telemetry.json")  # doctest: +SKIP
 """
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._checks import positive_int
 from .groups import Partition
 from .param_groups import check_partition, group_names
 
@@ -75,8 +76,7 @@ class LayerMonitor:
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every: must be an int >= 1, got {every!r}")
+        positive_int("every", every)
         if isinstance(quantities, str):
             raise TypeError("quantities: expected a sequence of names, got one string")
         unknown = [q for q in quantities if q not in QUANTITIES]

@@ -5,10 +5,14 @@ keep their parameters in the wrapped optimizers, so ``Optimizer.__init__`` (whic
 params over) is replaced by :func:`init_hooks`.
 
 Example:
-    >>> class Wrapper(torch.optim.Optimizer):
+    >>> import torch
+    >>> class Scaled(torch.optim.Optimizer):
     ...     def __init__(self, inner):
     ...         init_hooks(self, inner.defaults)
     ...         self.inner = inner
+    >>> opt = Scaled(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+    >>> opt.defaults["lr"]
+    0.1
 """
 
 from __future__ import annotations

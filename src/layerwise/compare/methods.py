@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .. import recipes
+from .._checks import fraction, int_between, positive_int
 from .._registry import Registry
 from ..freezeout import FreezeOut
 from ..freezing import Freezer, FreezeWhenZero, GradualUnfreezing
@@ -245,8 +246,7 @@ def _head_only(context: Build, settings: dict[str, Any]) -> Setup:
 
 
 def _unfreeze_every(context: Build, until: float) -> int:
-    if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 < until <= 1:
-        raise ValueError(f"gradual-unfreezing.until: a fraction of training in (0, 1], got {until!r}")
+    until = fraction("gradual-unfreezing.until", until, open_low=True)
     return max(1, round(until * context.total_steps / max(1, len(context.partition) - 1)))
 
 
@@ -259,8 +259,7 @@ def _gradual_unfreezing(context: Build, settings: dict[str, Any]) -> Setup:
 
 def _multirate_fast(context: Build, fast: Any) -> list[str]:
     count = len(context.partition)
-    if isinstance(fast, bool) or not isinstance(fast, int) or not 1 <= fast < count:
-        raise ValueError(f"multirate.fast: the number of last groups that are fast, 1..{count - 1}, got {fast!r}")
+    int_between("multirate.fast", fast, 1, count - 1, f"{count - 1} (the number of last groups that are fast)")
     return list(context.partition.names[-fast:])
 
 
@@ -291,8 +290,7 @@ def _hidlr_partition(context: Build, buckets: int | None) -> Partition:
     task, partition = context.task, context.partition
     if buckets is None or task.partition is not None:
         return partition  # a task's own partition (NAM's feature networks, a toy's x and y) is kept
-    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-        raise ValueError(f"hidlr.groups: the number of contiguous layer buckets, an int >= 1, got {buckets!r}")
+    positive_int("hidlr.groups", buckets)
     return by_depth_buckets(context.model, min(buckets, len(partition)), sample_input=task.sample_input())
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import positive_int
 from ..bench.train import evaluate
 from ..hidlr import HiDLR
 from ..param_groups import group_names
@@ -116,10 +117,9 @@ def run_one(
     task = resolve_task(task)
     settings = resolve_settings(method, settings)
     epochs = epochs or (task.quick_epochs if quick else task.epochs)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs: must be an int >= 1, got {epochs!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps: must be an int >= 1, got {steps!r}")
+    positive_int("epochs", epochs)
+    if steps is not None:
+        positive_int("steps", steps)
     data = data or task.load_data(None, quick)
     x_train, y_train = data.train
     if train_size is not None:

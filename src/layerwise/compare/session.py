@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._checks import finite_nonneg, one_of, positive_int
 from ..tasks import Task, TaskData, make_optimizer, resolve_task
 from .budget import measure_costs, plan_budget
 from .methods import Build, check_methods, default_methods, method_snippet, resolve_settings
@@ -51,10 +52,8 @@ BUDGETS = ("steps", "time")
 
 
 def _positive_int(name: str, value: Any, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+    if not (optional and value is None):
+        positive_int(name, value)
 
 
 @dataclass(frozen=True)
@@ -88,16 +87,10 @@ class CompareConfig:
     plan_repeats: int = 3
 
     def __post_init__(self) -> None:
-        if self.budget not in BUDGETS:
-            raise ValueError(f"--budget: choose from {list(BUDGETS)}, got {self.budget!r}")
+        one_of("--budget", self.budget, BUDGETS)
         seconds = self.budget_seconds
         if seconds is not None:
-            if (
-                isinstance(seconds, bool)
-                or not isinstance(seconds, (int, float))
-                or not (seconds > 0)
-                or not (math.isfinite(seconds))
-            ):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
                 raise ValueError(f"--budget-seconds: a finite number of seconds > 0, got {seconds!r}")
             if self.budget != "time":
                 raise ValueError("--budget-seconds: only with --budget time")
@@ -220,16 +213,13 @@ def compare_variants(
     """
     task = resolve_task(task)
     config = config or CompareConfig()
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds: must be an int >= 1, got {seeds!r}")
+    positive_int("seeds", seeds)
     labels = [label for label, _, _ in variants]
     if len(set(labels)) != len(labels) or not labels:
         raise ValueError(f"methods: need distinct, non-empty labels, got {labels}")
     check_target(target, task.metric)
-    if target_tolerance is not None and (
-        isinstance(target_tolerance, bool) or not isinstance(target_tolerance, (int, float)) or target_tolerance < 0
-    ):
-        raise ValueError(f"--target-tolerance: a number >= 0, got {target_tolerance!r}")
+    if target_tolerance is not None:
+        finite_nonneg("--target-tolerance", target_tolerance)
     if tensorboard and config.telemetry_every is None:
         raise ValueError("tensorboard: needs telemetry_every (what to log, how often)")
     model = task.make_model()

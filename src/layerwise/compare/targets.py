@@ -8,7 +8,7 @@ that never reaches it counts as "not reached", never dropped.
 
 Example:
     >>> curve = [{"seconds": 10.0, "test_accuracy": 0.6}, {"seconds": 20.0, "test_accuracy": 0.8}]
-    >>> time_to_target(curve, 0.7, "accuracy")
+    >>> round(time_to_target(curve, 0.7, "accuracy"), 6)
     15.0
     >>> time_to_target(curve, 0.9, "accuracy") is None
     True

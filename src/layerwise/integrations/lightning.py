@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, get_args
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
@@ -40,12 +40,14 @@ from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signatu
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .._checks import one_of
 from ..hidlr import HiDLR
 from ..param_groups import lr_log
 
 __all__ = ["LayerwiseCallback"]
 
-INTERVALS = ("step", "epoch")
+Interval = Literal["step", "epoch"]
+INTERVALS = get_args(Interval)
 
 
 @contextmanager
@@ -80,15 +82,14 @@ class LayerwiseCallback(Callback):
         self,
         technique: Callable[[LightningModule, Optimizer], Any] | None = None,
         *,
-        interval: str = "step",
+        interval: Interval = "step",
         log: bool = True,
     ) -> None:
         if technique is not None and not callable(technique):
             raise TypeError(
                 f"technique: expected a function (module, optimizer) -> technique, got {type(technique).__name__}"
             )
-        if interval not in INTERVALS:
-            raise ValueError(f"interval: must be one of {INTERVALS}, got {interval!r}")
+        one_of("interval", interval, INTERVALS)
         self.factory = technique
         self.interval = interval
         self.log = log

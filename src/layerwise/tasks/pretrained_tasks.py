@@ -4,6 +4,7 @@
 * ``effnet-fashion``: ImageNet EfficientNet-Lite0 fine-tuned on Fashion-MNIST resized to 64x64.
 
 * ``effnet-finetune``: the same network at 32x32 in five groups, the main job's fine-tuning regime.
+* ``minilm-finetune``: MiniLM on the tweets in five groups (embeddings to head), 4000 tweets.
 
 All are registered when ``layerwise.tasks`` is imported; the heavy packages
 (``transformers``, the weight packages) are imported only when a model or the data is built.
@@ -25,7 +26,7 @@ from .fashion_mnist import load_fashion_mnist
 from .pretrained import EFFNET_SIZE, efficientnet_lite0, minilm_classifier
 from .tweets import LABELS, load_tweet_data
 
-__all__ = ["EFFNET_STAGES", "FINETUNE_SIZE", "default_tasks", "fashion_unit_data", "tweet_task_data"]
+__all__ = ["EFFNET_STAGES", "FINETUNE_SIZE", "MINILM_BLOCKS", "default_tasks", "fashion_unit_data", "tweet_task_data"]
 
 
 def tweet_task_data(data_dir: str | None, quick: bool) -> TaskData:
@@ -61,6 +62,16 @@ EFFNET_STAGES = [
 """EfficientNet-Lite0 in five groups, input to output: stem and blocks 0-2, blocks 3-8, blocks 9-14, the
 last block with the head convolution (the Multirate bench's "last block"), and the classifier."""
 
+MINILM_BLOCKS = [
+    (r"^model\.bert\.(embeddings\.|encoder\.layer\.[01]\.)", "early"),
+    (r"^model\.bert\.encoder\.layer\.[23]\.", "middle layers"),
+    (r"^model\.bert\.encoder\.layer\.4\.", "late layer"),
+    (r"^model\.bert\.(encoder\.layer\.5\.|pooler\.)", "last block"),
+    (r"^model\.classifier\.", "head"),
+]
+"""MiniLM-L6 in five groups, input to output: embeddings with layers 0-1, layers 2-3, layer 4, the last layer
+with the pooler (the Multirate bench's "last block"), and the classifier."""
+
 FINETUNE_SIZE = 32
 """Side length of ``effnet-finetune``'s inputs (see that task's description)."""
 
@@ -68,6 +79,11 @@ FINETUNE_SIZE = 32
 def _effnet_stages(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
     del sample  # the rules are already in data-flow order
     return by_patterns(model, EFFNET_STAGES)
+
+
+def _minilm_blocks(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
+    del sample  # the rules are already in data-flow order
+    return by_patterns(model, MINILM_BLOCKS)
 
 
 def default_tasks() -> list[Task]:
@@ -94,7 +110,7 @@ def default_tasks() -> list[Task]:
             name="effnet-fashion",
             description=(
                 f"Fashion-MNIST resized to {EFFNET_SIZE}x{EFFNET_SIZE}, ImageNet-pretrained EfficientNet-Lite0 "
-                "(3.4M parameters) fine-tuned, AdamW settings"
+                "(3.4M parameters) fine-tuned in 5 groups, AdamW settings"
             ),
             make_model=lambda: efficientnet_lite0(num_classes=10, size=EFFNET_SIZE),
             sample_input=lambda: torch.zeros(2, 1, 28, 28),
@@ -105,6 +121,7 @@ def default_tasks() -> list[Task]:
             lr=1e-3,
             weight_decay=0.01,
             optimizer="adamw",
+            partition=_effnet_stages,
             regime="fine-tuning",
         ),
         Task(
@@ -124,6 +141,25 @@ def default_tasks() -> list[Task]:
             weight_decay=0.01,
             optimizer="adamw",
             partition=_effnet_stages,
+            train_size=4000,
+            regime="fine-tuning",
+        ),
+        Task(
+            name="minilm-finetune",
+            description=(
+                "Tweet sentiment (3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 fine-tuned in 5 groups "
+                "(early, middle layers, late layer, last block, head), AdamW"
+            ),
+            make_model=lambda: minilm_classifier(num_labels=len(LABELS)),
+            sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),
+            load_data=tweet_task_data,
+            epochs=2,
+            quick_epochs=1,
+            batch_size=32,
+            lr=5e-5,
+            weight_decay=0.01,
+            optimizer="adamw",
+            partition=_minilm_blocks,
             train_size=4000,
             regime="fine-tuning",
         ),

@@ -1,0 +1,1 @@
+"""Named benchmarks (`layerwise bench NAME`): timing, the papers' experiments, their reports."""
