@@ -44,6 +44,8 @@ def test_bad_recipe_input(call, argument):
         call()
 
 
-def test_unknown_recipe_option_is_a_type_error():
-    with pytest.raises(TypeError):
+def test_an_unknown_recipe_option_is_a_value_error_naming_the_valid_ones():
+    with pytest.raises(ValueError, match="constant: unknown option 'ratio'; constant has none"):
         recipes.build("constant", 3, ratio=2.0)
+    with pytest.raises(ValueError, match=r"llr: unknown option 'fist'; llr has \['start', 'end', 'windows'"):
+        recipes.build("llr", 3, fist=2.0)

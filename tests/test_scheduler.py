@@ -15,7 +15,7 @@ def make_optimizer(num_groups=3, lr=0.1, cls=torch.optim.SGD, **kwargs):
 SCHEDULES = {
     "constant": lambda k: S.LayerSchedule(S.Cosine()),
     "discriminative": lambda k: S.LayerSchedule(S.OneCycle(), S.Discriminative(2.6)),
-    "llr": lambda k: S.LayerSchedule(S.StepDrops(), S.DepthRamp(k)),
+    "llr": lambda k: S.LayerSchedule(S.StepDrops(), S.depth_ramp(k)),
     "staggered": lambda k: S.LayerSchedule(S.Constant(), S.StaggeredOneCycle.spaced(k)),
     "per-group": lambda k: S.LayerSchedule([S.Triangular(cycles=3)] * k, S.Discriminative(2.0)),
     "warmup": lambda k: S.LayerSchedule(S.Warmup(S.Cosine(), 0.1), S.Uniform()),

@@ -64,7 +64,7 @@ def test_discriminative_ratios_and_fastai_slice():
 
 
 def test_depth_ramp_reverses_by_the_end():
-    ramp = S.DepthRamp(5, first=1.5, last=0.5)
+    ramp = S.depth_ramp(5, first=1.5, last=0.5)
     assert ramp.multipliers(0.0, 5).tolist() == pytest.approx([1.5, 1.25, 1.0, 0.75, 0.5])
     assert ramp.multipliers(0.5, 5).tolist() == pytest.approx([1.0] * 5)
     assert ramp.multipliers(1.0, 5).tolist() == pytest.approx([0.5, 0.75, 1.0, 1.25, 1.5])
@@ -118,7 +118,7 @@ def test_zero_from_reports_the_step_from_which_lr_stays_zero():
         (lambda: S.LinearInTime((1, 1), (1,)), "start, end, windows"),
         (lambda: S.LinearInTime((1, -2), (1, 1)), "start"),
         (lambda: S.StaggeredOneCycle((0.2, 1.3)), "peaks"),
-        (lambda: S.DepthRamp(0), "num_groups"),
+        (lambda: S.depth_ramp(0), "num_groups"),
         (lambda: S.LayerSchedule([S.Cosine()] * 2, S.LinearInTime((1, 1, 1), (1, 1, 1))), "policy, layers"),
     ],
 )
@@ -134,3 +134,9 @@ def test_wrong_types_are_type_errors():
         S.LayerSchedule(policy=3.0)
     with pytest.raises(TypeError, match="layers"):
         S.LayerSchedule(layers="discriminative")
+
+
+def test_the_old_depth_ramp_name_warns_and_builds_the_same_rule():
+    with pytest.warns(DeprecationWarning, match="depth_ramp"):
+        old = S.DepthRamp(4, first=2.0, last=0.5)
+    assert old == S.depth_ramp(4, first=2.0, last=0.5)

@@ -43,13 +43,16 @@ from .schedules import (
     Triangular,
     Uniform,
     Warmup,
+    depth_ramp,
 )
 from .secant import SecantLR
+from .technique import ChangesTrainable, Technique
 from .telemetry import LayerMonitor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChangesTrainable",
     "Constant",
     "Cosine",
     "DepthRamp",
@@ -73,6 +76,7 @@ __all__ = [
     "SecantLR",
     "StaggeredOneCycle",
     "StepDrops",
+    "Technique",
     "Triangular",
     "Uniform",
     "Warmup",
@@ -83,6 +87,7 @@ __all__ = [
     "by_layer",
     "by_lora",
     "by_patterns",
+    "depth_ramp",
     "explicit",
     "freeze_times",
     "groups",

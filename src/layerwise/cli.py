@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import freezeout as _freezeout  # noqa: F401 - registers the freezeout recipe
 from . import recipes
 
 __all__ = ["main"]
@@ -49,7 +48,7 @@ def _windows(text: str) -> list[tuple[float, float]]:
 
 def _add_schedule(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("schedule", help="show every group's LR over a run (JSON, PNG)")
-    p.add_argument("recipe", help=f"one of: {', '.join(sorted(recipes.RECIPES))}")
+    p.add_argument("recipe", help="; ".join(f"{name}: {text}" for name, text in recipes.RECIPES.describe()))
     where = p.add_mutually_exclusive_group()
     where.add_argument("--groups", type=int, help="number of anonymous groups (default 4)")
     where.add_argument("--model", help="a built-in model whose layers are the groups (resnet-cnn, transformer, mlp)")

@@ -25,36 +25,22 @@ Example:
 
 from __future__ import annotations
 
-import math
-from functools import reduce
-from typing import Any
-
 from ._checks import positive_int
-from .freezeout import FreezeOut
-from .freezing import GradualUnfreezing
-from .multirate import Multirate
+from .technique import ChangesTrainable, Technique
 
 __all__ = ["allow_recompiles", "trainable_sets"]
 
 
-def trainable_sets(technique: Any) -> int:
+def trainable_sets(technique: Technique | ChangesTrainable) -> int:
     """How many distinct sets of parameters requiring grad ``technique`` trains over a run, at most.
 
-    FreezeOut: one per freeze event plus the start; gradual unfreezing: one per unfreezing plus
-    the start (if the run is long enough); Multirate: the distinct patterns of refreshing levels in
-    a cycle; anything else 1.
+    A technique that changes them declares it (:class:`~layerwise.technique.ChangesTrainable`:
+    FreezeOut, gradual unfreezing, Multirate); anything else trains one set.
     """
-    if isinstance(technique, FreezeOut):
-        return len({at for at in technique.frozen_at if at is not None}) + 1
-    if isinstance(technique, GradualUnfreezing):
-        return len(technique.freezer.names) - technique.start + 1
-    if isinstance(technique, Multirate):
-        cycle = reduce(math.lcm, technique.periods, 1)
-        return len({tuple(step % period == 0 for period in technique.periods) for step in range(cycle)})
-    return 1
+    return technique.trainable_sets() if isinstance(technique, ChangesTrainable) else 1
 
 
-def allow_recompiles(technique: Any, modes: int = 2, extra: int = 0) -> int:
+def allow_recompiles(technique: Technique | ChangesTrainable, modes: int = 2, extra: int = 0) -> int:
     """Raise Dynamo's recompile limit so a compiled model keeps compiling through ``technique``'s run.
 
     Every trainable set is compiled once per way the model is called: ``modes`` counts them

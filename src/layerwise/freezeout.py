@@ -26,7 +26,6 @@ import numpy as np
 from torch import nn
 from torch.optim import Optimizer
 
-from . import recipes
 from ._checks import fraction, one_of, positive_int
 from .freezing import Freezer, freeze_due
 from .scheduler import LayerwiseLR, group_depths
@@ -93,12 +92,12 @@ class FreezeOutRule:
         return np.where(p < times, scale * 0.5 * (1.0 + np.cos(np.pi * x)), 0.0)
 
 
-@recipes.register("freezeout")
-def _freezeout_recipe(
+def freezeout_recipe(
     num_groups: int, policy: Policy, t0: float = 0.8, strategy: Strategy = "cubic", scale_lr: bool = True
 ) -> LayerSchedule:
     if policy != Constant():
         raise ValueError("policy: FreezeOut's per-layer cosine is the whole schedule; it takes no global policy")
+    """FreezeOut's schedule as a recipe (``layerwise schedule freezeout``): per-group cosines to zero."""
     return LayerSchedule(Constant(), FreezeOutRule.build(num_groups, t0, strategy, scale_lr=scale_lr))
 
 
@@ -151,6 +150,10 @@ class FreezeOut:
     def _freeze_due(self) -> None:
         names = [group["name"] for group in self.optimizer.param_groups]
         freeze_due(self.freezer, names, self.frozen_at, self.scheduler.last_epoch)
+
+    def trainable_sets(self) -> int:
+        """Distinct sets of trainable parameters over the run: one per freeze event, plus the start."""
+        return len({at for at in self.frozen_at if at is not None}) + 1
 
     def step(self) -> None:
         """Advance one step: set every group's LR and freeze the groups that reached zero."""

@@ -304,6 +304,10 @@ class GradualUnfreezing:
             self.freezer.unfreeze(*thaw)
         self.freezer.freeze(*should_freeze)
 
+    def trainable_sets(self) -> int:
+        """Distinct sets of trainable parameters over the run: one per unfreezing, plus the start."""
+        return len(self.freezer.names) - self.start + 1
+
     def step(self) -> None:
         self.steps += 1
         self._apply()

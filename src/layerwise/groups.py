@@ -373,7 +373,7 @@ def _owner_map(entries: list[tuple[str, nn.Module, list]]) -> dict[str, nn.Modul
 # ----------------------------------------------------------------------------- builders
 
 
-def by_layer(model: nn.Module, sample_input: Any = None) -> Partition:
+def by_layer(model: nn.Module, *, sample_input: Any = None) -> Partition:
     """One group per module that directly owns trainable parameters, in execution order.
 
     Group names are module names (``"root"`` for parameters registered on the model
@@ -398,7 +398,7 @@ def _merge_in_order(
     return list(merged.items())
 
 
-def by_block(model: nn.Module, depth: int = 1, sample_input: Any = None) -> Partition:
+def by_block(model: nn.Module, depth: int = 1, *, sample_input: Any = None) -> Partition:
     """One group per module at ``depth`` in the module tree (1 = top-level children).
 
     Parameters registered above that depth form a group named after their module
@@ -422,7 +422,7 @@ def by_block(model: nn.Module, depth: int = 1, sample_input: Any = None) -> Part
     return _build(_merge_in_order(entries, block_of), excluded, order, _owner_map(entries))
 
 
-def by_depth_buckets(model: nn.Module, n: int, sample_input: Any = None) -> Partition:
+def by_depth_buckets(model: nn.Module, n: int, *, sample_input: Any = None) -> Partition:
     """``n`` contiguous groups of layers in data-flow order (fastai-style layer groups).
 
     Layers are split as evenly as possible by count; groups are named ``bucket0`` ...
@@ -517,7 +517,7 @@ def by_kind(model: nn.Module) -> Partition:
     return _build(list(merged.items()), excluded, "rules", owners)
 
 
-def by_head(model: nn.Module, head: str | Sequence[str] | None = None, sample_input: Any = None) -> Partition:
+def by_head(model: nn.Module, head: str | Sequence[str] | None = None, *, sample_input: Any = None) -> Partition:
     """Two groups, ``body`` then ``head``.
 
     Args:

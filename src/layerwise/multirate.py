@@ -226,6 +226,11 @@ class Multirate(Optimizer):
             torch._foreach_div_(delta, float(self.periods[level]))
         self._drift[level] = list(zip(params, delta))  # type: ignore[assignment]
 
+    def trainable_sets(self) -> int:
+        """Distinct patterns of refreshing levels in a cycle (each is one set of parameters requiring grad)."""
+        cycle = math.lcm(*self.periods)
+        return len({tuple(step % period == 0 for period in self.periods) for step in range(cycle)})
+
     def step(self, closure=None):  # type: ignore[override]
         """One step: the fast part steps, the other parts refresh or drift."""
         loss = None

@@ -1,7 +1,9 @@
 """Named schedule recipes, built for a number of groups (what ``layerwise schedule`` draws).
 
-A recipe turns a name and a few options into a :class:`LayerSchedule`. Later
-techniques register theirs with :func:`register`.
+A recipe turns a name and a few options into a :class:`LayerSchedule`. Recipes and global
+policies live in two :class:`~layerwise._registry.Registry` objects, filled by
+:func:`register_defaults` (FreezeOut's recipe is imported from its module when first used);
+add yours with :func:`register`.
 
 Example:
     >>> from layerwise.recipes import build
@@ -13,14 +15,15 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._checks import positive_int
+from ._registry import Registry
 from .schedules import (
     Constant,
     Cosine,
-    DepthRamp,
     Discriminative,
     GeometricRange,
     LayerSchedule,
@@ -32,58 +35,53 @@ from .schedules import (
     StepDrops,
     Triangular,
     Warmup,
+    depth_ramp,
 )
 
 __all__ = ["POLICIES", "RECIPES", "build", "make_policy", "register"]
 
-POLICIES: dict[str, Callable[[], Policy]] = {
-    "constant": Constant,
-    "step": StepDrops,
-    "linear": Linear,
-    "cosine": Cosine,
-    "triangular": Triangular,
-    "onecycle": OneCycle,
-}
+POLICIES: Registry[Callable[[], Policy]] = Registry("policy")
 """Global policies by name, with their default settings."""
 
 RecipeBuilder = Callable[..., LayerSchedule]
-RECIPES: dict[str, RecipeBuilder] = {}
+RECIPES: Registry[RecipeBuilder] = Registry("recipe")
+"""Recipes by name: ``fn(num_groups, policy, **options) -> LayerSchedule``."""
 
 
-def register(name: str) -> Callable[[RecipeBuilder], RecipeBuilder]:
+def register(name: str, description: str = "") -> Callable[[RecipeBuilder], RecipeBuilder]:
     """Decorator adding a recipe ``fn(num_groups, policy, **options) -> LayerSchedule``."""
 
     def add(fn: RecipeBuilder) -> RecipeBuilder:
-        RECIPES[name] = fn
-        return fn
+        return RECIPES.register(name, fn, description=description)
 
     return add
 
 
 def make_policy(name: str = "constant", warmup: float = 0.0) -> Policy:
     """A global policy by name, optionally behind a linear warm-up over ``warmup`` of training."""
-    if name not in POLICIES:
-        raise ValueError(f"policy: unknown {name!r}; choose from {sorted(POLICIES)}")
-    policy = POLICIES[name]()
+    policy = POLICIES.get(name)()
     return Warmup(policy, warmup) if warmup else policy
 
 
 def build(name: str, num_groups: int, *, policy: Policy | None = None, **options: Any) -> LayerSchedule:
     """Build recipe ``name`` for ``num_groups`` groups; ``options`` are the recipe's own."""
-    if name not in RECIPES:
-        raise ValueError(f"recipe: unknown {name!r}; choose from {sorted(RECIPES)}")
+    recipe = RECIPES.get(name)
     positive_int("num_groups", num_groups)
-    schedule = RECIPES[name](num_groups, policy or Constant(), **options)
+    unknown = sorted(set(options) - set(inspect.signature(recipe).parameters) - {"num_groups", "policy"})
+    if unknown:
+        known = [p for p in inspect.signature(recipe).parameters if p not in ("num_groups", "policy")]
+        raise ValueError(f"{name}: unknown option {unknown[0]!r}; {name} has {known or 'none'}")
+    schedule = recipe(num_groups, policy or Constant(), **options)
     schedule.check_groups(num_groups)
     return schedule
 
 
-@register("constant")
+@register("constant", "the global policy alone, the same for every group")
 def _constant(num_groups: int, policy: Policy) -> LayerSchedule:
     return LayerSchedule(policy)
 
 
-@register("discriminative")
+@register("discriminative", "ULMFiT discriminative LRs: each group 1/ratio of the next (or fastai's slice lo..hi)")
 def _discriminative(
     num_groups: int,
     policy: Policy,
@@ -97,7 +95,10 @@ def _discriminative(
     return LayerSchedule(policy, rule)
 
 
-@register("llr")
+@register(
+    "llr",
+    "Smith's layer LRs: per-group multipliers changing linearly in time (default: 1.5 -> 0.5 across depth, reversing)",
+)
 def _llr(
     num_groups: int,
     policy: Policy,
@@ -109,7 +110,7 @@ def _llr(
 ) -> LayerSchedule:
     """Per-group ``start``/``end`` lists, or a depth ramp ``first`` -> ``last`` that reverses by the end."""
     if start is None and end is None:
-        rule = DepthRamp(num_groups, first, last, reverse=True, window=(0, 1))
+        rule = depth_ramp(num_groups, first, last, reverse=True, window=(0, 1))
         if windows is not None:
             rule = LinearInTime(rule.start, rule.end, windows)
     else:
@@ -119,8 +120,29 @@ def _llr(
     return LayerSchedule(policy, rule)
 
 
-@register("staggered")
+@register("staggered", "a 1cycle per group, peaks staggered from the first group to the last")
 def _staggered(num_groups: int, policy: Policy, first_peak: float = 0.2, last_peak: float = 0.6) -> LayerSchedule:
     if policy != Constant():
         raise ValueError("policy: the staggered recipe gives each group its own 1cycle; it takes no global policy")
     return LayerSchedule(Constant(), StaggeredOneCycle.spaced(num_groups, first_peak, last_peak))
+
+
+def register_defaults() -> None:
+    """Register the built-in global policies and the FreezeOut recipe (the other recipes are decorated above)."""
+    for name, policy, description in (
+        ("constant", Constant, "1 throughout"),
+        ("step", StepDrops, "x0.1 at 50, 75 and 90 % of training"),
+        ("linear", Linear, "linear from 1 to 0"),
+        ("cosine", Cosine, "cosine from 1 to 0"),
+        ("triangular", Triangular, "Smith's triangular cycles"),
+        ("onecycle", OneCycle, "Smith's 1cycle"),
+    ):
+        POLICIES.register(name, policy, description=description)
+    RECIPES.register_lazy(
+        "freezeout",
+        "layerwise.freezeout:freezeout_recipe",
+        description="FreezeOut: each group's cosine to zero at t_i, earliest groups first",
+    )
+
+
+register_defaults()

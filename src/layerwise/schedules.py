@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +43,7 @@ __all__ = [
     "Triangular",
     "Uniform",
     "Warmup",
+    "depth_ramp",
 ]
 
 
@@ -401,7 +403,7 @@ class StaggeredOneCycle:
         return np.where(p < peaks, up, down)
 
 
-def DepthRamp(
+def depth_ramp(
     num_groups: int,
     first: float = 1.5,
     last: float = 0.5,
@@ -414,7 +416,7 @@ def DepthRamp(
     run ends with ``last`` at group 0 and ``first`` at the last group (Smith's proposal).
 
     Example:
-        >>> DepthRamp(3).multipliers(0.0, 3).tolist(), DepthRamp(3).multipliers(1.0, 3).tolist()
+        >>> depth_ramp(3).multipliers(0.0, 3).tolist(), depth_ramp(3).multipliers(1.0, 3).tolist()
         ([1.5, 1.0, 0.5], [0.5, 1.0, 1.5])
     """
     positive_int("num_groups", num_groups)
@@ -423,6 +425,12 @@ def DepthRamp(
     ramp = np.linspace(first, last, num_groups).tolist() if num_groups > 1 else [first]
     end = ramp[::-1] if reverse else ramp
     return LinearInTime(ramp, end, [tuple(window)] * num_groups)
+
+
+def DepthRamp(*args: Any, **kwargs: Any) -> LinearInTime:
+    """Deprecated name of :func:`depth_ramp` (a factory, not a class)."""
+    warnings.warn("layerwise.DepthRamp is now layerwise.depth_ramp", DeprecationWarning, stacklevel=2)
+    return depth_ramp(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- composition

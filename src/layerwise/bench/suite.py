@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import inspect
 import platform
 from collections.abc import Callable
 from typing import Any
@@ -16,34 +17,16 @@ from typing import Any
 import torch
 
 from .. import recipes
+from .._registry import Registry
 from ..scheduler import LayerwiseLR
-from .ddp_bench import run_ddp_bench
-from .freezeout_bench import run_freezeout_bench
-from .hidlr_bench import run_hidlr_bench
-from .multirate_bench import run_multirate_bench
-from .telemetry_bench import run_telemetry_bench
 from .timing import measure
 from .train import train
 
-__all__ = ["BENCHES", "machine_info", "run_bench"]
+__all__ = ["BENCHES", "machine_info", "register_defaults", "run_bench"]
 
 Bench = Callable[..., dict[str, Any]]
-BENCHES: dict[str, Bench] = {
-    "ddp": run_ddp_bench,
-    "freezeout": run_freezeout_bench,
-    "hidlr": run_hidlr_bench,
-    "multirate": run_multirate_bench,
-    "telemetry": run_telemetry_bench,
-}
-"""Name -> ``fn(quick, **options) -> results``."""
-
-
-def _bench(name: str) -> Callable[[Bench], Bench]:
-    def add(fn: Bench) -> Bench:
-        BENCHES[name] = fn
-        return fn
-
-    return add
+BENCHES: Registry[Bench] = Registry("bench")
+"""Name -> ``fn(quick, **options) -> results`` (the big benchmarks are imported when first run)."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -57,15 +40,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_bench(name: str, quick: bool = False, **options: Any) -> dict[str, Any]:
-    if name not in BENCHES:
-        raise ValueError(f"bench: unknown {name!r}; choose from {sorted(BENCHES)}")
-    try:
-        results = BENCHES[name](quick, **options)
-    except TypeError as exc:
-        if options and "unexpected keyword" in str(exc):
-            raise ValueError(f"--set: bench {name!r} has no such option ({exc})") from exc
-        raise
+def run_bench(name: str, *, quick: bool = False, **options: Any) -> dict[str, Any]:
+    """Run benchmark ``name``; an option it does not have is a ValueError naming the ones it has."""
+    bench = BENCHES.get(name)
+    known = [p for p in inspect.signature(bench).parameters if p != "quick"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"--set: bench {name!r} has no such option {unknown[0]!r}; it has {known or 'none'}")
+    results = bench(quick, **options)
     return {**results, "bench": name, "quick": quick, "options": options, "machine": machine_info()}
 
 
@@ -74,7 +56,6 @@ def _optimizer(num_groups: int) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.1)
 
 
-@_bench("scheduler")
 def scheduler_overhead(quick: bool) -> dict[str, Any]:
     """Cost of one ``LayerwiseLR.step()`` with 100 groups, per recipe, next to torch's LambdaLR."""
     groups, total = 100, 10_000
@@ -100,9 +81,25 @@ def scheduler_overhead(quick: bool) -> dict[str, Any]:
     }
 
 
-@_bench("fashion-mnist")
 def fashion_mnist_run(quick: bool) -> dict[str, Any]:
     """One training run of the default task with Smith's reversing depth ramp under 1cycle."""
     result = train("fashion-mnist", recipe="llr", policy="onecycle", quick=quick, progress=True)
     result.pop("lr_by_group")
     return result
+
+
+def register_defaults() -> None:
+    """Register the built-in benchmarks (the heavy ones by import string, loaded when run)."""
+    BENCHES.register("scheduler", scheduler_overhead, description="LayerwiseLR.step() with 100 groups vs LambdaLR")
+    BENCHES.register("fashion-mnist", fashion_mnist_run, description="one training run of the default task")
+    for name, target, description in (
+        ("ddp", "ddp_bench:run_ddp_bench", "distributed.wrap vs DDP(find_unused_parameters=True), 2 gloo processes"),
+        ("freezeout", "freezeout_bench:run_freezeout_bench", "FreezeOut's saving and accuracy cost"),
+        ("hidlr", "hidlr_bench:run_hidlr_bench", "Hi-DLR's cost and the paper's problems"),
+        ("multirate", "multirate_bench:run_multirate_bench", "Multirate's speed-up and fine-tuning accuracy"),
+        ("telemetry", "telemetry_bench:run_telemetry_bench", "LayerMonitor's overhead and per-layer readings"),
+    ):
+        BENCHES.register_lazy(name, f"layerwise.bench.{target}", description=description)
+
+
+register_defaults()

@@ -43,6 +43,7 @@ from torch.optim import Optimizer
 from .._checks import one_of
 from ..hidlr import HiDLR
 from ..param_groups import lr_log
+from ..technique import Technique
 
 __all__ = ["LayerwiseCallback"]
 
@@ -80,7 +81,7 @@ class LayerwiseCallback(Callback):
 
     def __init__(
         self,
-        technique: Callable[[LightningModule, Optimizer], Any] | None = None,
+        technique: Callable[[LightningModule, Optimizer], Technique] | None = None,
         *,
         interval: Interval = "step",
         log: bool = True,
@@ -93,7 +94,7 @@ class LayerwiseCallback(Callback):
         self.factory = technique
         self.interval = interval
         self.log = log
-        self.technique: Any = None
+        self.technique: Technique | None = None
         self._built_for: Optimizer | None = None
         self._pending: dict[str, Any] | None = None
         self._last_step = 0
