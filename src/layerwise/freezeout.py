@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._checks import fraction, one_of, positive_int
-from .freezing import Freezer, freeze_due
+from .freezing import Freezer, FreezeWhenZero
 from .scheduler import LayerwiseLR, group_depths
 from .schedules import Constant, LayerSchedule, Policy
 from .state_check import check_state, stamp
@@ -137,6 +137,8 @@ class FreezeOut:
         self.t0, self.strategy, self.scale_lr = t0, strategy, scale_lr
         self.frozen_at: list[int | None] = self.scheduler.zero_from()
         """Per param group: the step from which it is frozen (None: trains to the end)."""
+        names = [group["name"] for group in optimizer.param_groups]
+        self.freezing = FreezeWhenZero(self.freezer, names, self.frozen_at)
 
     @property
     def times(self) -> tuple[float, ...]:
@@ -147,10 +149,6 @@ class FreezeOut:
     def frozen(self) -> tuple[str, ...]:
         return self.freezer.frozen
 
-    def _freeze_due(self) -> None:
-        names = [group["name"] for group in self.optimizer.param_groups]
-        freeze_due(self.freezer, names, self.frozen_at, self.scheduler.last_epoch)
-
     def trainable_sets(self) -> int:
         """Distinct sets of trainable parameters over the run: one per freeze event, plus the start."""
         return len({at for at in self.frozen_at if at is not None}) + 1
@@ -158,7 +156,7 @@ class FreezeOut:
     def step(self) -> None:
         """Advance one step: set every group's LR and freeze the groups that reached zero."""
         self.scheduler.step()
-        self._freeze_due()
+        self.freezing.apply(self.scheduler.last_epoch)
 
     def get_last_lr(self) -> list[float]:
         """Every param group's current LR (as torch schedulers report it; trainers log it)."""

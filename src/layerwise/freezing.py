@@ -246,9 +246,14 @@ class FreezeWhenZero:
         names = list(freezer.names)
         return cls(freezer, names, schedule.zero_from(total_steps, len(names)))
 
+    def apply(self, step: int) -> None:
+        """Freeze every group due at or before ``step`` (what a scheduler that counts steps itself calls)."""
+        freeze_due(self.freezer, self.names, self.frozen_at, step)
+
     def step(self) -> None:
+        """Count one step and freeze what is due."""
         self.steps += 1
-        freeze_due(self.freezer, self.names, self.frozen_at, self.steps)
+        self.apply(self.steps)
 
 
 class _StayInInference:

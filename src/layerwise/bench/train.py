@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -20,19 +19,10 @@ from ..groups import by_block, by_layer
 from ..scheduler import LayerwiseLR
 from ..tasks import Task, TaskData, get_task, make_optimizer
 from ..tasks.models import build_model
+from ..training import progress_bar, seeded_batches
 from .timing import peak_memory_mb, summarize_ms
 
 __all__ = ["evaluate", "optimizer_state_mb", "train"]
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return nullcontext(None)
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 @torch.no_grad()
@@ -113,41 +103,37 @@ def train(
     else:
         schedule = recipes.build(recipe, len(partition), policy=recipes.make_policy(policy), **(recipe_options or {}))
         scheduler = LayerwiseLR(optimizer, total, schedule=schedule)
-    order = torch.Generator().manual_seed(seed)
-
     step_times: list[float] = []
     losses: list[float] = []
     history: list[dict[str, float]] = []
     lr_trace: list[list[float]] = []
     start = time.perf_counter()
-    with _progress(total, f"{task.name} {recipe}", progress) as bar:
-        for epoch in range(epochs):
-            net.train()
-            perm = torch.randperm(len(x_train), generator=order)
-            for i in range(steps_per_epoch):
-                idx = perm[i * task.batch_size : (i + 1) * task.batch_size]
-                lr_trace.append([g["lr"] for g in optimizer.param_groups])  # bookkeeping, not timed
-                t0 = time.perf_counter()
-                loss = task.loss(net(x_train[idx]), y_train[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step_times.append(time.perf_counter() - t0)
-                losses.append(loss.item())
-                if bar is not None:
-                    bar.update(1)
-                    if i % 25 == 0:
-                        bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1, refresh=False)
-            metrics = evaluate(net, data.test, task)
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "seconds": time.perf_counter() - start,
-                    "test_loss": metrics["loss"],
-                    "test_accuracy": metrics.get("accuracy"),
-                }
-            )
+    net.train()
+    with progress_bar(total, f"{task.name} {recipe}", progress) as bar:
+        for step, epoch, xb, yb in seeded_batches(x_train, y_train, task.batch_size, seed=seed, steps=total):
+            lr_trace.append([g["lr"] for g in optimizer.param_groups])  # bookkeeping, not timed
+            t0 = time.perf_counter()
+            loss = task.loss(net(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step_times.append(time.perf_counter() - t0)
+            losses.append(loss.item())
+            if bar is not None:
+                bar.update(1)
+                if step % 25 == 0:
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1, refresh=False)
+            if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
+                metrics = evaluate(net, data.test, task)
+                history.append(
+                    {
+                        "epoch": epoch + 1,
+                        "seconds": time.perf_counter() - start,
+                        "test_loss": metrics["loss"],
+                        "test_accuracy": metrics.get("accuracy"),
+                    }
+                )
     wall = time.perf_counter() - start
     depth_of_group = [g["depth"] for g in optimizer.param_groups]
     tail = losses[-max(1, steps_per_epoch // 10) :]  # mean over the last tenth of an epoch

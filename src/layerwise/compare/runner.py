@@ -30,6 +30,7 @@ from ..param_groups import group_names
 from ..secant import SecantLR
 from ..tasks import Task, TaskData, resolve_task
 from ..telemetry import LayerMonitor
+from ..training import seeded_batches, steps_per_epoch
 from .methods import Build, Setup, build_setup, resolve_settings
 
 __all__ = ["eval_steps", "group_lrs", "new_run", "run_one", "train_step"]
@@ -124,8 +125,8 @@ def run_one(
     x_train, y_train = data.train
     if train_size is not None:
         x_train, y_train = x_train[:train_size], y_train[:train_size]
-    steps_per_epoch = -(-len(x_train) // task.batch_size)
-    total = epochs * steps_per_epoch if steps is None else steps
+    per_epoch = steps_per_epoch(len(y_train), task.batch_size)
+    total = epochs * per_epoch if steps is None else steps
     model, setup = new_run(task, method, settings, total, policy, seed)
     optimizer = setup.optimizer
     names = list(group_lrs(optimizer))
@@ -139,48 +140,43 @@ def run_one(
     monitor = None if telemetry_every is None else LayerMonitor(optimizer, every=telemetry_every, writer=writer)
     evaluate_at = eval_steps(total, eval_points)
     lr_every = max(1, total // LR_SAMPLES)
-    order = torch.Generator().manual_seed(seed)
 
     losses: list[float | None] = []
     curve: list[dict[str, float]] = []
     lr_steps: list[int] = []
     lr_trace: dict[str, list[float]] = {n: [] for n in names}
     frozen_at: dict[str, int] = {}
-    seconds, step, diverged_at = 0.0, 0, None
+    seconds, diverged_at = 0.0, None
     model.train()
-    while step < total and diverged_at is None:
-        perm = torch.randperm(len(x_train), generator=order)
-        for i in range(min(steps_per_epoch, total - step)):
-            idx = perm[i * task.batch_size : (i + 1) * task.batch_size]
-            if step % lr_every == 0:
-                lr_steps.append(step)
-                for name, lr in group_lrs(optimizer).items():
-                    lr_trace[name].append(lr)
-            start = time.perf_counter()
-            loss = train_step(model, setup, task, x_train[idx], y_train[idx])
-            seconds += time.perf_counter() - start
-            step += 1
-            value = loss.item()
-            losses.append(value if math.isfinite(value) else None)
-            if setup.freezer is not None:
-                for name in set(setup.freezer.frozen) - set(frozen_at):
-                    frozen_at[name] = step
-            if on_step is not None:
-                on_step(step, total, value)
-            if not math.isfinite(value):
-                diverged_at = step
-                break
-            if step in evaluate_at:
-                metrics = evaluate(model, data.test, task)
-                curve.append({"step": step, "seconds": seconds, **{f"test_{k}": v for k, v in metrics.items()}})
+    for step, _, xb, yb in seeded_batches(x_train, y_train, task.batch_size, seed=seed, steps=total):
+        if step % lr_every == 0:
+            lr_steps.append(step)
+            for name, lr in group_lrs(optimizer).items():
+                lr_trace[name].append(lr)
+        start = time.perf_counter()
+        loss = train_step(model, setup, task, xb, yb)
+        seconds += time.perf_counter() - start
+        value = loss.item()
+        losses.append(value if math.isfinite(value) else None)
+        if setup.freezer is not None:
+            for name in set(setup.freezer.frozen) - set(frozen_at):
+                frozen_at[name] = step + 1
+        if on_step is not None:
+            on_step(step + 1, total, value)
+        if not math.isfinite(value):
+            diverged_at = step + 1
+            break
+        if step + 1 in evaluate_at:
+            metrics = evaluate(model, data.test, task)
+            curve.append({"step": step + 1, "seconds": seconds, **{f"test_{k}": v for k, v in metrics.items()}})
     final = curve[-1] if curve and diverged_at is None else {}
-    tail = [v if v is not None else math.nan for v in losses[-max(1, steps_per_epoch // 10) :]]
+    tail = [v if v is not None else math.nan for v in losses[-max(1, per_epoch // 10) :]]
     record: dict[str, Any] = {
         "task": task.name,
         "method": method,
         "settings": dict(settings),
         "seed": seed,
-        "epochs": round(total / steps_per_epoch, 4),
+        "epochs": round(total / per_epoch, 4),
         "steps": total,
         "train_size": len(x_train),
         "test_examples": len(data.test[1]),

@@ -18,7 +18,6 @@ import math
 import re
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +26,7 @@ import torch
 
 from .._checks import finite_nonneg, one_of, positive_int
 from ..tasks import Task, TaskData, make_optimizer, resolve_task
+from ..training import progress_bar, steps_per_epoch
 from .budget import measure_costs, plan_budget
 from .methods import Build, check_methods, default_methods, method_snippet, resolve_settings
 from .report import markdown_table, plot_all, summarize, write_html
@@ -34,15 +34,7 @@ from .runner import run_one
 from .store import RunStore
 from .targets import check_target
 
-__all__ = [
-    "BUDGETS",
-    "CompareConfig",
-    "Variant",
-    "compare",
-    "compare_variants",
-    "parse_overrides",
-    "progress_bar",
-]
+__all__ = ["BUDGETS", "CompareConfig", "Variant", "compare", "compare_variants", "parse_overrides"]
 
 Variant = tuple[str, str, dict[str, Any]]
 """(label, method name, settings overrides)."""
@@ -104,18 +96,6 @@ class CompareConfig:
     @classmethod
     def options(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
-
-
-def progress_bar(total: int, desc: str, enabled: bool, *, unit: str = "step", leave: bool = False):
-    """A tqdm bar, or a null context when disabled or tqdm is missing."""
-    if not enabled:
-        return nullcontext(None)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return nullcontext(None)
-    position = 0 if leave else 1
-    return tqdm(total=total, desc=desc, unit=unit, position=position, leave=leave, dynamic_ncols=True, mininterval=1.0)
 
 
 def _warm_up(task: Task, data: TaskData, steps: int = 10) -> None:
@@ -254,13 +234,13 @@ def compare_variants(
             if config.test_size is not None:
                 data = TaskData(data.train, (data.test[0][: config.test_size], data.test[1][: config.test_size]))
         n_train = min(len(data.train[1]), train_size or len(data.train[1])) if data is not None else train_size
-        steps_per_epoch = -(-n_train // task.batch_size) if n_train else None
+        per_epoch = steps_per_epoch(n_train, task.batch_size) if n_train else None
         if todo:
             _warm_up(task, data)
         if config.budget == "time":
             if todo:
                 entries = [(keys[label], method, settings) for label, method, settings in resolved]
-                plan = _plan(store, task, data, config, entries, epochs * steps_per_epoch)
+                plan = _plan(store, task, data, config, entries, epochs * per_epoch)
             else:
                 plan = store.plan()
         with progress_bar(len(todo), f"compare {task.name}", progress, unit="run", leave=True) as runs_bar:

@@ -1,0 +1,60 @@
+"""The seeded training-data order and the progress bar every built-in loop shares.
+
+``layerwise compare``, ``layerwise train`` and the benchmarks draw batches the same way: a
+generator seeded with the run's seed reshuffles the training examples at every epoch, and a run
+of any length walks through those epochs in order, so two runs with the same seed see the same
+batches for as long as both train.
+
+Example:
+    >>> import torch
+    >>> x, y = torch.arange(10.0), torch.arange(10)
+    >>> [(step, epoch, len(yb)) for step, epoch, _, yb in seeded_batches(x, y, 4, seed=0, steps=4)]
+    [(0, 0, 4), (1, 0, 4), (2, 0, 2), (3, 1, 4)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from ._checks import positive_int
+
+__all__ = ["progress_bar", "seeded_batches", "steps_per_epoch"]
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Batches in one pass over ``examples`` (the last one may be smaller)."""
+    return -(-examples // batch_size)
+
+
+def seeded_batches(
+    x: Any, y: torch.Tensor, batch_size: int, *, seed: int, steps: int
+) -> Iterator[tuple[int, int, Any, torch.Tensor]]:
+    """``(step, epoch, inputs, targets)`` for ``steps`` steps, reshuffled every epoch by a generator seeded ``seed``."""
+    positive_int("batch_size", batch_size)
+    positive_int("steps", steps)
+    per_epoch = steps_per_epoch(len(y), batch_size)
+    order = torch.Generator().manual_seed(seed)
+    step, epoch = 0, 0
+    while step < steps:
+        perm = torch.randperm(len(y), generator=order)
+        for i in range(min(per_epoch, steps - step)):
+            index = perm[i * batch_size : (i + 1) * batch_size]
+            yield step, epoch, x[index], y[index]
+            step += 1
+        epoch += 1
+
+
+def progress_bar(total: int, desc: str, enabled: bool, *, unit: str = "step", leave: bool = False):
+    """A tqdm bar (outer with ``leave``, nested otherwise), or a null context when disabled or tqdm is missing."""
+    if not enabled:
+        return nullcontext(None)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return nullcontext(None)
+    position = 0 if leave else 1
+    return tqdm(total=total, desc=desc, unit=unit, position=position, leave=leave, dynamic_ncols=True, mininterval=1.0)
