@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import layerwise
-from layerwise.cost import group_flops, paper_saving, prefix_step_times, timed_saving
 from layerwise.freezeout import FreezeOut, FreezeOutRule, freeze_times
 
 
@@ -160,22 +159,6 @@ def test_bad_input_changes_nothing(kwargs, error, argument):
     with pytest.raises(error, match=argument):
         FreezeOut(model, opt, total, **kwargs)
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == before
-
-
-def test_cost_predictions():
-    model = Net()
-    part = layerwise.by_block(model, sample_input=torch.zeros(2, 6))
-    flops = group_flops(model, part, torch.zeros(4, 6))
-    assert flops == [2 * 4 * 6 * 16, 2 * 4 * 16 * 16, 2 * 4 * 16 * 16, 2 * 4 * 16 * 3]
-    assert paper_saving([0.5, 1.0], [3.0, 1.0]) == pytest.approx(1 - (1.5 * 3 + 2 * 1) / 8)
-    assert paper_saving([1.0, 1.0], [3.0, 1.0]) == 0.0
-    assert timed_saving([0.25, 0.5, 1.0], [1.0, 0.8, 0.5]) == pytest.approx(1 - (0.25 + 0.25 * 0.8 + 0.5 * 0.5))
-    with pytest.raises(ValueError, match="order"):
-        timed_saving([0.5, 0.25], [1.0, 0.9])
-    opt = torch.optim.SGD(part.param_groups(lr=0.1))
-    times = prefix_step_times(model, opt.param_groups, (torch.randn(8, 6), torch.randint(0, 3, (8,))), repeats=1)
-    assert len(times) == 4 and all(t > 0 for t in times)
-    assert all(p.requires_grad for p in model.parameters())  # measured on a copy
 
 
 def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_state():

@@ -249,26 +249,6 @@ def test_schedule_multiplies_found_lrs_and_skips_zero_factor_groups():
     assert torch.equal(q.w2.detach(), w2)
 
 
-def test_fit_rejections():
-    plan = probe_plan(2)
-    eta = np.array([0.1, 0.2])
-    u1, u2 = plan[:, 0], plan[:, 1]
-    good = 1 - u1 + u1**2 - 2 * u2 + 3 * u2**2
-    assert fit_quadratic(plan, good, eta).accepted
-    assert fit_quadratic(plan, good * np.array([1] * 7 + [np.nan]), eta).reason == "nonfinite"
-    assert fit_quadratic(plan, 1 - u1 - u1**2 - u2 + u2**2, eta).reason == "curvature"
-    assert fit_quadratic(plan, 1 + u1 + u1**2 - u2 + u2**2, eta).reason == "slope"
-    noisy = good + np.random.default_rng(0).normal(0, 3, len(good))
-    assert fit_quadratic(plan, noisy, eta, min_r2=0.9).accepted
-    fit = fit_quadratic(plan, noisy, eta, min_r2=0.99)
-    assert fit.reason == "r2" and 0.9 < fit.r2 < 0.99
-    assert fit_quadratic(plan, np.ones(len(good)), eta).reason == "singular"
-    fit = fit_quadratic(plan, good, eta)
-    assert fit.eta_star == pytest.approx([0.1 * 1 / 2, 0.2 * 2 / 6])  # eta * beta / alpha
-    full = probe_plan(2, full_matrix=True)
-    assert full.shape == (10, 2)
-
-
 def test_nonfinite_probes_keep_lrs_and_params(caplog):
     q = Quadratic()
     opt = HiDLR(torch.optim.SGD(q.groups(0.01)), update_every=1)
