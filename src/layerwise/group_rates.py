@@ -63,6 +63,20 @@ class GroupRates(Wrapper):
         self._ratio = [lr / self.eta[m] if self.eta[m] > 0 else 0.0 for lr, m in zip(lrs, self._member)]
         self.step_count = 0
 
+    def _accept(self, k: int, eta_star: float) -> None:
+        """Move group ``k``'s rate toward an accepted estimate: ``eta <- gamma eta + (1 - gamma) eta*``."""
+        self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * float(eta_star)
+
+    def _reject(self, reason: str) -> None:
+        """Count a rejected estimate under ``reason``."""
+        self.stats["rejected"] += 1
+        self.stats["rejections"][reason] += 1
+
+    @staticmethod
+    def _copy_stats(stats: dict[str, Any]) -> dict[str, Any]:
+        """The counters as a fresh dict (its ``rejections`` too), for a state dict or a loaded one."""
+        return dict(stats, rejections=dict(stats["rejections"]))
+
     @property
     def group_names(self) -> list[str]:
         """Names of the K groups, in order."""

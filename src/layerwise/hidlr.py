@@ -284,12 +284,11 @@ class HiDLR(GroupRates):
         if fit.accepted:
             for k, star, passed in zip(active, fit.eta_star, fit.groups):
                 if passed:
-                    self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * float(star)
+                    self._accept(k, star)
             self.stats["accepted"] += 1
             self.stats["groups_kept"] += int((~fit.groups).sum())
         else:
-            self.stats["rejected"] += 1
-            self.stats["rejections"][fit.reason] += 1
+            self._reject(fit.reason)
             first_nonfinite = fit.reason == "nonfinite" and self.stats["rejections"]["nonfinite"] == 1
             level = logging.WARNING if first_nonfinite else logging.DEBUG  # then counted, logged at debug
             log.log(level, "Hi-DLR step %d: fit rejected (%s, R2=%.3f)", self.step_count, fit.reason, fit.r2)
@@ -300,7 +299,7 @@ class HiDLR(GroupRates):
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """The base optimizer's state dict plus Hi-DLR's LRs, step count, counters and history."""
-        stats = dict(self.stats, rejections=dict(self.stats["rejections"]))
+        stats = self._copy_stats(self.stats)
         return {
             **self._identity(),
             "base": self.optimizer.state_dict(),
@@ -324,7 +323,7 @@ class HiDLR(GroupRates):
         self.optimizer.load_state_dict(state_dict["base"])
         self.eta = [float(v) for v in saved["eta"]]
         self.step_count = int(saved["step_count"])
-        self.stats = dict(saved["stats"], rejections=dict(saved["stats"]["rejections"]))
+        self.stats = self._copy_stats(saved["stats"])
         self.history = [dict(h) for h in saved["history"]]
         self._apply_lrs(self._factors())
 

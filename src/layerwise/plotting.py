@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_schedule", "plot_telemetry"]
+__all__ = ["plot_schedule", "plot_telemetry", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's ``pyplot`` on the non-interactive Agg backend (an ImportError saying how to install it)."""
     try:
         import matplotlib
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -45,7 +46,7 @@ def plot_schedule(
     table = np.asarray(lr, dtype=float)
     if table.ndim != 2 or table.shape[0] != len(names):
         raise ValueError(f"lr: expected shape (len(names)={len(names)}, steps), got {table.shape}")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     steps = np.arange(table.shape[1])
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(names)))
@@ -81,7 +82,7 @@ def _telemetry_rows(values: dict[str, list], groups: Sequence[str], pick: int | 
 def plot_telemetry(data: dict, out: str | Path, title: str = "") -> list[Path]:
     """One PNG per quantity of a :class:`~layerwise.telemetry.LayerMonitor` record: a heatmap
     (groups x time) above one line per group. ``adam_step`` shows its middle quantile."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     out = Path(out)

@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ._checks import positive_int
-from .param_groups import group_names
+from .param_groups import group_names, set_lr
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
 
@@ -147,10 +146,7 @@ class LayerwiseLR(LRScheduler):
 
     def _write(self, values: list[float]) -> None:
         for group, lr in zip(self.optimizer.param_groups, values):
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+            set_lr(group, lr)
         self._last_lr = values
 
     def zero_from(self) -> list[int | None]:

@@ -166,12 +166,11 @@ class SecantLR(GroupRates):
             self.stats["estimates"] += 1
             eta_star = self._estimate(k)
             if not math.isfinite(eta_star) or eta_star <= 0.0:
-                self.stats["rejected"] += 1
-                self.stats["rejections"]["nonfinite" if not math.isfinite(eta_star) else "nonpositive"] += 1
+                self._reject("nonfinite" if not math.isfinite(eta_star) else "nonpositive")
                 continue
             if self.clip is not None:
                 eta_star = min(max(eta_star, self.clip[0]), self.clip[1])
-            self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * eta_star
+            self._accept(k, eta_star)
             self.stats["accepted"] += 1
 
     def _remember(self, members: list[list[Tensor]], now: list, factors) -> None:
@@ -223,7 +222,7 @@ class SecantLR(GroupRates):
                 "sums": [list(s) for s in self._sums],
                 "seen": list(self._seen),
                 "prev": prev,
-                "stats": dict(self.stats, rejections=dict(self.stats["rejections"])),
+                "stats": self._copy_stats(self.stats),
             },
         }
 
@@ -253,7 +252,7 @@ class SecantLR(GroupRates):
             }
             for pr in saved["prev"]
         ]
-        self.stats = dict(saved["stats"], rejections=dict(saved["stats"]["rejections"]))
+        self.stats = self._copy_stats(saved["stats"])
         self._apply_lrs(self._factors())
 
     def __repr__(self) -> str:

@@ -179,9 +179,9 @@ def _full(data: TaskData, models: list[str], seeds: int, epochs: int, configs: l
 
 
 def _plot(report: dict, path: Path) -> None:
-    from ..plotting import _pyplot
+    from ..plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     models = report["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), dpi=110, squeeze=False)
     markers = {("linear", True): "o", ("linear", False): "s", ("cubic", True): "^", ("cubic", False): "D"}

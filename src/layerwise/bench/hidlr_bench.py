@@ -211,9 +211,9 @@ def _strip(report: Any) -> Any:
 
 
 def _plot_toys(toys: dict[str, Any], path: Path) -> None:
-    from ..plotting import _pyplot
+    from ..plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(toys), figsize=(6 * len(toys), 8), dpi=110, squeeze=False)
     for col, (name, result) in enumerate(toys.items()):
         curves = result["_curves"]
@@ -244,9 +244,9 @@ def _plot_toys(toys: dict[str, Any], path: Path) -> None:
 
 
 def _plot_runs(report: dict[str, Any], path: Path, title: str, lr_run: str, names: list[str] | None = None) -> None:
-    from ..plotting import _pyplot
+    from ..plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
     colors = {"hi-ulr": "tab:blue", "hi-dlr": "tab:red"}
     for name, run in report["runs"].items():

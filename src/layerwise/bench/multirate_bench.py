@@ -283,9 +283,9 @@ def _finetune(
 
 
 def _plot_finetune(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    from ..plotting import _pyplot
+    from ..plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for method, results in runs.items():
         seconds, accuracy = zip(*_mean_curve(results))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plotting import _pyplot
+from ..plotting import pyplot
 from .targets import default_target, time_to_target, verdict
 
 __all__ = ["markdown_table", "plot_all", "summarize", "write_html"]
@@ -297,7 +297,7 @@ def _freeze(plt, outcomes: Outcomes, path: Path) -> bool:
 
 def plot_all(outcomes: Outcomes, metric: str, out: Path, target: float | None = None) -> list[Path]:
     """Write the comparison's PNG plots into ``out``; returns their paths."""
-    plt = _pyplot()
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "metric_vs_wallclock.png", out / "train_loss.png", out / "lr_by_group.png"]
     _metric_vs_time(plt, outcomes, metric, paths[0], target)
