@@ -278,3 +278,12 @@ def test_unused_parameters_with_no_grad_do_not_crash():
     run(opt, model, batches(5))
     assert torch.equal(unused.detach(), torch.ones(3, dtype=torch.float64))
     assert opt.step_count == 5
+
+
+def test_levels_take_the_model_check_and_an_uncoupled_slow_lr():
+    model = make()
+    parts = [list(model.head.parameters()), list(model.body[2].parameters()), list(model.body[0].parameters())]
+    opt = Multirate.levels(parts, lr=0.4, ratios=[2, 2], slow_lr=0.05, model=model)
+    assert opt.periods == [1, 2, 4] and [g["lr"] for g in opt.param_groups] == [0.1, 0.2, 0.05]  # h / 4, h / 2, h_S
+    with pytest.raises(ValueError, match="parameters in neither part"):
+        Multirate.levels(parts[:2], lr=0.4, ratios=[2], model=model)

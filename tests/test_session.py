@@ -12,19 +12,8 @@ from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Build, method_snippet, resolve_settings
 from layerwise.compare.store import RunStore
-from layerwise.tasks import Task, TaskData, load_task_file, register_task
-
-
-def _blobs(data_dir, quick):
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 20, generator=g) * 2
-    labels = torch.randint(0, 3, (320,), generator=g)
-    x = centers[labels] + torch.randn(320, 20, generator=g)
-    return TaskData((x[:256], labels[:256]), (x[256:], labels[256:]))
-
-
-def _mlp():
-    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+from layerwise.tasks import Task, load_task_file, register_task
+from test_compare import _blobs, _mlp
 
 
 def _task(name="timed-blobs", load_data=_blobs):

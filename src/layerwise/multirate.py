@@ -106,7 +106,17 @@ class Multirate(Optimizer):
         **base_options: Any,
     ) -> None:
         positive_int("k", k)
-        self._setup([fast, slow], ["fast", "slow"], [1, k], lr, slow_lr, drift, base, base_options, model)
+        self._setup(
+            [fast, slow],
+            ["fast", "slow"],
+            [1, k],
+            lr,
+            slow_lr=slow_lr,
+            drift=drift,
+            base=base,
+            base_options=base_options,
+            model=model,
+        )
 
     @classmethod
     def levels(
@@ -115,11 +125,16 @@ class Multirate(Optimizer):
         lr: float,
         ratios: Sequence[int],
         *,
+        slow_lr: float | None = None,
         drift: bool = True,
         base: type[Optimizer] = torch.optim.SGD,
+        model: nn.Module | None = None,
         **base_options: Any,
     ) -> Multirate:
-        """``len(parts)`` time scales, fastest first; ``ratios[i]`` = period of part i+1 / period of part i."""
+        """``len(parts)`` time scales, fastest first; ``ratios[i]`` = period of part i+1 / period of part i.
+
+        ``slow_lr`` is the slowest part's uncoupled step; the other options are as in the constructor.
+        """
         if len(ratios) != len(parts) - 1 or len(parts) < 2:
             raise ValueError(f"ratios: need one ratio per pair of adjacent parts ({len(parts) - 1}), got {len(ratios)}")
         for ratio in ratios:
@@ -127,7 +142,17 @@ class Multirate(Optimizer):
         periods = [math.prod(ratios[:i]) for i in range(len(parts))]
         self = cls.__new__(cls)
         names = ["fast", *(f"level{i}" for i in range(1, len(parts) - 1)), "slow"]
-        self._setup(list(parts), names, periods, lr, None, drift, base, base_options)
+        self._setup(
+            list(parts),
+            names,
+            periods,
+            lr,
+            slow_lr=slow_lr,
+            drift=drift,
+            base=base,
+            base_options=base_options,
+            model=model,
+        )
         return self
 
     @classmethod
@@ -145,7 +170,20 @@ class Multirate(Optimizer):
             raise ValueError("fast: names every group; the slow part would be empty")
         return cls(fast_groups, slow_groups, lr, k, **options)
 
-    def _setup(self, parts, names, periods, lr, slow_lr, drift, base, base_options, model=None) -> None:
+    def _setup(
+        self,
+        parts: Sequence[Params],
+        names: list[str],
+        periods: list[int],
+        lr: float,
+        *,
+        slow_lr: float | None,
+        drift: bool,
+        base: type[Optimizer],
+        base_options: dict[str, Any],
+        model: nn.Module | None,
+    ) -> None:
+        """Validate everything, then build one base optimizer per part (the constructor and ``levels``)."""
         lr = finite_nonneg("lr", lr)
         if slow_lr is not None:
             slow_lr = finite_nonneg("slow_lr", slow_lr)
