@@ -238,7 +238,7 @@ class FreezeWhenZero:
         if len(names) != len(frozen_at):
             raise ValueError(f"names, frozen_at: one freeze step per group, got {len(names)} and {len(frozen_at)}")
         freezer._check(tuple(names), "names")
-        self.freezer, self.names, self.frozen_at, self.steps = freezer, list(names), list(frozen_at), 0
+        self.freezer, self.names, self.frozen_at, self.step_count = freezer, list(names), list(frozen_at), 0
 
     @classmethod
     def from_schedule(cls, freezer: Freezer, schedule: Any, total_steps: int) -> FreezeWhenZero:
@@ -252,8 +252,8 @@ class FreezeWhenZero:
 
     def step(self) -> None:
         """Count one step and freeze what is due."""
-        self.steps += 1
-        self.apply(self.steps)
+        self.step_count += 1
+        self.apply(self.step_count)
 
 
 class _StayInInference:
@@ -294,11 +294,11 @@ class GradualUnfreezing:
         self.freezer = freezer
         self.every = every
         self.start = start
-        self.steps = 0
+        self.step_count = 0
         self._apply()
 
     def _trainable_count(self) -> int:
-        return min(len(self.freezer.names), self.start + self.steps // self.every)
+        return min(len(self.freezer.names), self.start + self.step_count // self.every)
 
     def _apply(self) -> None:
         names = self.freezer.names
@@ -314,17 +314,18 @@ class GradualUnfreezing:
         return len(self.freezer.names) - self.start + 1
 
     def step(self) -> None:
-        self.steps += 1
+        self.step_count += 1
         self._apply()
 
     def _identity(self) -> dict[str, Any]:
         return stamp("GradualUnfreezing", self.freezer.names, {"every": self.every, "start": self.start})
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self._identity(), "steps": self.steps, "freezer": self.freezer.state_dict()}
+        # the key stays "steps", so checkpoints written before the rename load
+        return {**self._identity(), "steps": self.step_count, "freezer": self.freezer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
         check_state(state, self._identity(), keys=("steps", "freezer"))
         self.freezer.load_state_dict(state["freezer"])
-        self.steps = int(state["steps"])
+        self.step_count = int(state["steps"])

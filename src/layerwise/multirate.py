@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -215,12 +216,19 @@ class Multirate(Optimizer):
 
         init_hooks(self, {"lr": lr, "drift": drift})
         self.optimizers = optimizers
-        self.names = names
+        self.part_names = names
+        """The parts, fastest first (``fast``, ``slow``; ``level<i>`` between with ``levels``)."""
         self.periods = periods
         self.drift = bool(drift)
         self.step_count = 0
         self._drift: list[list[Tensor] | None] = [None] * len(optimizers)
         self._prepare()
+
+    @property
+    def names(self) -> list[str]:
+        """Deprecated: the parts are :attr:`part_names` (group names are the param groups' ``name``)."""
+        warnings.warn("Multirate.names is now Multirate.part_names", DeprecationWarning, stacklevel=2)
+        return self.part_names
 
     # -- the base optimizers' view --------------------------------------------------------
 
@@ -305,7 +313,7 @@ class Multirate(Optimizer):
         }
 
     def _identity(self) -> dict[str, Any]:
-        settings = {"parts": list(self.names), "periods": list(self.periods), "drift": self.drift}
+        settings = {"parts": list(self.part_names), "periods": list(self.periods), "drift": self.drift}
         settings["base"] = type(self.optimizers[0]).__name__
         return stamp("Multirate", group_names(self.param_groups), settings)
 
@@ -315,7 +323,7 @@ class Multirate(Optimizer):
         if len(state_dict["parts"]) != len(self.optimizers):
             saved_parts = len(state_dict["parts"])
             raise ValueError(f"state_dict: {saved_parts} parts saved, this Multirate has {len(self.optimizers)}")
-        for name, opt, saved in zip(self.names, self.optimizers, state_dict["parts"]):
+        for name, opt, saved in zip(self.part_names, self.optimizers, state_dict["parts"]):
             check_optimizer_state(opt, saved, f"state_dict['parts'] ({name})")
         for opt, saved in zip(self.optimizers, state_dict["parts"]):
             opt.load_state_dict(saved)
@@ -327,5 +335,5 @@ class Multirate(Optimizer):
         self._prepare()
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{n}: period {p}" for n, p in zip(self.names, self.periods))
+        parts = ", ".join(f"{n}: period {p}" for n, p in zip(self.part_names, self.periods))
         return f"Multirate({type(self.optimizers[0]).__name__}; {parts}; drift={self.drift})"
