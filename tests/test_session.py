@@ -214,11 +214,11 @@ def test_regimes_pick_their_default_methods():
     from layerwise.tasks import get_task
 
     scratch_task = get_task("fashion-mnist")
-    scratch = default_methods(scratch_task, scratch_task.groups(scratch_task.make_model()))
+    scratch = default_methods(scratch_task, scratch_task.partition_of(scratch_task.make_model()))
     assert "discriminative" not in scratch and "multirate" not in scratch and "head-only" not in scratch
     assert {"baseline", "freezeout", "hidlr", "llr"} <= set(scratch)
     tuned = _task()
-    finetune = default_methods(tuned, tuned.groups(tuned.make_model()))
+    finetune = default_methods(tuned, tuned.partition_of(tuned.make_model()))
     assert finetune == [
         "baseline",
         "head-only",
@@ -236,10 +236,10 @@ def test_every_snippet_runs_in_a_plain_loop():
     data = _blobs(None, False)
     loader = [(data.train[0][i : i + 32], data.train[1][i : i + 32]) for i in range(0, 96, 32)]
     for name, method in METHODS.items():
-        if method.snippet is None or method.applies(task, task.groups(task.make_model())):
+        if method.snippet is None or method.applies(task, task.partition_of(task.make_model())):
             continue
         model = _mlp()
-        text = method_snippet(Build(task, model, task.groups(model), 3, "cosine"), name, resolve_settings(name))
+        text = method_snippet(Build(task, model, task.partition_of(model), 3, "cosine"), name, resolve_settings(name))
         x = loader[0][0]
         namespace = {"model": model, "loader": loader, "x": x, "loss_fn": nn.functional.cross_entropy}
         before = [p.detach().clone() for p in model.parameters()]

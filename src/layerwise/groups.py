@@ -45,6 +45,8 @@ __all__ = [
     "explicit",
 ]
 
+Order = Literal["execution", "registration", "rules"]
+"""How a partition's order was found."""
 Syntax = Literal["regex", "glob"]
 """How :func:`by_patterns` reads its patterns."""
 SYNTAXES = get_args(Syntax)
@@ -94,7 +96,9 @@ class Partition:
 
     groups: tuple[Group, ...]
     excluded: tuple[str, ...] = ()
-    order: str = "execution"
+    order: Order = "execution"
+    _owners: Mapping[str, nn.Module] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+    """Parameter name -> owning module, filled by the builders (keyword-only, not part of equality)."""
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -200,9 +204,6 @@ class Partition:
             if exempt:
                 result.append({**base, "params": exempt, "weight_decay": 0.0})
         return result
-
-    # parameter-name -> owning module, filled by the builders (not part of equality)
-    _owners: Mapping[str, nn.Module] = field(default_factory=dict, repr=False, compare=False)
 
     def _multipliers(self, lr_mult: Mapping[str, float] | Sequence[float] | None) -> list[float] | None:
         if lr_mult is None:
@@ -356,14 +357,14 @@ def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Mod
 def _build(
     named: list[tuple[str, list[tuple[str, nn.Parameter]]]],
     excluded: list[str],
-    order: str,
+    order: Order,
     owners: Mapping[str, nn.Module],
 ) -> Partition:
     groups = tuple(
         Group(name, tuple(n for n, _ in params), tuple(p for _, p in params), depth)
         for depth, (name, params) in enumerate((n, ps) for n, ps in named if ps)
     )
-    return Partition(groups, tuple(excluded), order, owners)
+    return Partition(groups, tuple(excluded), order, _owners=owners)
 
 
 def _owner_map(entries: list[tuple[str, nn.Module, list]]) -> dict[str, nn.Module]:

@@ -39,7 +39,7 @@ def _overhead(every: int, blocks: int, block_steps: int) -> dict[str, Any]:
     x, y = task.load_data(None, True).train
     torch.manual_seed(0)
     model = task.make_model()
-    part = task.groups(model)
+    part = task.partition_of(model)
     opt = make_optimizer(task, part.param_groups(lr=0.01))
     batches = [(x[i * 128 : (i + 1) * 128], y[i * 128 : (i + 1) * 128]) for i in range(block_steps)]
 

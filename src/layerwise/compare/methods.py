@@ -375,7 +375,7 @@ def method_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str 
         imports, part = "import torch, layerwise, layerwise.recipes", "part = layerwise.by_layer(model, sample_input=x)"
     else:
         imports = "import torch, layerwise, layerwise.recipes, layerwise.tasks"
-        part = f"part = layerwise.tasks.get_task({build.task.name!r}).groups(model)   # the task's own groups"
+        part = f"part = layerwise.tasks.get_task({build.task.name!r}).partition_of(model)   # the task's own groups"
     return f"{imports}\n{part}\n{method.snippet(build, settings)}"
 
 

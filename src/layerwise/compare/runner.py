@@ -55,7 +55,7 @@ def new_run(task: Task, method: str, settings: Mapping[str, Any], total_steps: i
     """A fresh seeded model of ``task`` and ``method``'s setup for a run of ``total_steps`` steps."""
     torch.manual_seed(seed)
     model = task.make_model()
-    build = Build(task, model, task.groups(model), total_steps, policy)
+    build = Build(task, model, task.partition_of(model), total_steps, policy)
     return model, build_setup(build, method, settings)
 
 

@@ -203,7 +203,7 @@ def compare_variants(
     if tensorboard and config.telemetry_every is None:
         raise ValueError("tensorboard: needs telemetry_every (what to log, how often)")
     model = task.make_model()
-    partition = task.groups(model)
+    partition = task.partition_of(model)
     check_methods(task, [method for _, method, _ in variants], partition)
     resolved = [(label, method, resolve_settings(method, overrides)) for label, method, overrides in variants]
     keys = {label: RunStore.variant_key(method, settings) for label, method, settings in resolved}
@@ -410,7 +410,7 @@ def compare(
     if unknown:
         raise ValueError(f"compare: unknown option {unknown[0]!r}; choose from {sorted(known)}")
     config = CompareConfig(**{k: v for k, v in options.items() if k in config_fields})
-    methods = list(methods) if methods else default_methods(task, task.groups(task.make_model()))
+    methods = list(methods) if methods else default_methods(task, task.partition_of(task.make_model()))
     settings = dict(settings or {})
     stray = sorted(set(settings) - set(methods))
     if stray:

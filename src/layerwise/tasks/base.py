@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -92,10 +93,15 @@ class Task:
         if self.regime not in REGIMES:
             raise ValueError(f"regime: expected one of {list(REGIMES)}, got {self.regime!r}")
 
-    def groups(self, model: nn.Module) -> Partition:
+    def partition_of(self, model: nn.Module) -> Partition:
         """The task's partition of ``model`` (layers in data-flow order unless the task says otherwise)."""
         sample = self.sample_input()
         return by_layer(model, sample_input=sample) if self.partition is None else self.partition(model, sample)
+
+    def groups(self, model: nn.Module) -> Partition:
+        """Deprecated name of :meth:`partition_of` (``partition`` is the field that builds it)."""
+        warnings.warn("Task.groups(model) is now Task.partition_of(model)", DeprecationWarning, stacklevel=2)
+        return self.partition_of(model)
 
 
 @dataclass(frozen=True)
