@@ -79,3 +79,13 @@ def test_plots_and_page(tmp_path):
     ).read_text()
     assert "Pareto frontier" in page and "train s / budget" in page and "x sooner" in page
     assert "<pre>opt = 1 &lt; 2</pre>" in page and 'src="metric_vs_wallclock.png"' in page
+
+
+def test_a_budget_set_by_the_baseline_is_read_against_its_achieved_time():
+    outcomes = _outcomes()
+    for outcome in outcomes.values():
+        for record in outcome["records"]:
+            record["budget"].update(seconds=8.0, source="baseline")  # the plan predicted 8 s; the baseline took 10
+    rows = {row["method"]: row for row in summarize(outcomes, metric="accuracy")["rows"]}
+    assert rows["baseline"]["budget_ratio"] == pytest.approx(1.0) and rows["fast"]["budget_ratio"] == pytest.approx(1.0)
+    assert rows["over"]["budget_ratio"] == pytest.approx(1.5)

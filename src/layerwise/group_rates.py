@@ -24,6 +24,7 @@ from ._checks import positive_int
 from .groups import Partition
 from .param_groups import check_partition, group_names, set_lr
 from .schedules import LayerSchedule, Policy
+from .state_check import stamp
 from .wrapping import Wrapper, init_hooks
 
 __all__ = ["GroupRates"]
@@ -31,6 +32,9 @@ __all__ = ["GroupRates"]
 
 class GroupRates(Wrapper):
     """A wrapping optimizer with one found learning rate ``eta_k`` per named group."""
+
+    technique = "GroupRates"
+    """The name its checkpoints are stamped with (subclasses keep their base's, so they load its states)."""
 
     def _setup_rates(
         self,
@@ -76,6 +80,14 @@ class GroupRates(Wrapper):
     def _copy_stats(stats: dict[str, Any]) -> dict[str, Any]:
         """The counters as a fresh dict (its ``rejections`` too), for a state dict or a loaded one."""
         return dict(stats, rejections=dict(stats["rejections"]))
+
+    def _identity(self) -> dict[str, Any]:
+        """What a saved state must match: this technique, its groups and its base optimizer's class."""
+        return stamp(self.technique, self._names, {"base": type(self.optimizer).__name__})
+
+    def _lrs_text(self) -> str:
+        """The found LRs for ``__repr__``: ``name=value, ...``."""
+        return ", ".join(f"{n}={v:.3g}" for n, v in self.lrs.items())
 
     @property
     def group_names(self) -> list[str]:

@@ -50,7 +50,7 @@ from .groups import Partition
 from .param_groups import set_lr
 from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
-from .state_check import check_optimizer_state, check_state, require_keys, stamp
+from .state_check import check_optimizer_state, check_state, require_keys
 
 __all__ = ["HiDLR"]
 
@@ -93,6 +93,8 @@ class HiDLR(GroupRates):
     ``param_groups`` are the base optimizer's, so ``lr`` shows the applied rate to loggers.
     HiDLR owns ``lr``: combine with schedules through ``schedule``, not a torch ``LRScheduler``.
     """
+
+    technique = "HiDLR"
 
     def __init__(
         self,
@@ -311,9 +313,6 @@ class HiDLR(GroupRates):
             },
         }
 
-    def _identity(self) -> dict[str, Any]:
-        return stamp("HiDLR", self._names, {"base": type(self.optimizer).__name__})
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
         check_state(state_dict, self._identity(), keys=("base", "hidlr"))
@@ -328,6 +327,6 @@ class HiDLR(GroupRates):
         self._apply_lrs(self._factors())
 
     def __repr__(self) -> str:
-        lrs = ", ".join(f"{n}={v:.3g}" for n, v in self.lrs.items())
+        lrs = self._lrs_text()
         base = type(self.optimizer).__name__
         return f"HiDLR({base}, update_every={self.update_every}, gamma={self.gamma}, lrs: {lrs})"

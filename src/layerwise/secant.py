@@ -45,7 +45,7 @@ from ._checks import clip_range, finite_nonneg, one_of, positive_int, unit_inter
 from .group_rates import GroupRates
 from .groups import Partition
 from .schedules import LayerSchedule, Policy
-from .state_check import check_optimizer_state, check_state, require_keys, stamp
+from .state_check import check_optimizer_state, check_state, require_keys
 
 __all__ = ["SecantLR"]
 
@@ -70,6 +70,8 @@ class SecantLR(GroupRates):
         schedule, total_steps: a :class:`Policy` or :class:`LayerSchedule` multiplying the found rates.
         groups: the partition the optimizer was built from; checked against its param groups.
     """
+
+    technique = "SecantLR"
 
     def __init__(
         self,
@@ -226,9 +228,6 @@ class SecantLR(GroupRates):
             },
         }
 
-    def _identity(self) -> dict[str, Any]:
-        return stamp("SecantLR", self._names, {"base": type(self.optimizer).__name__})
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
         check_state(state_dict, self._identity(), keys=("base", "secant"))
@@ -256,5 +255,5 @@ class SecantLR(GroupRates):
         self._apply_lrs(self._factors())
 
     def __repr__(self) -> str:
-        lrs = ", ".join(f"{n}={v:.3g}" for n, v in self.lrs.items())
+        lrs = self._lrs_text()
         return f"SecantLR({type(self.optimizer).__name__}, mode={self.mode!r}, lrs: {lrs})"

@@ -70,7 +70,7 @@ def run_main(
 ) -> dict[str, Any]:
     """Run both regimes (``options``: as :func:`compare`, applied to each, over the regime's own) and report.
 
-    ``methods``/``settings`` apply to the regimes whose default set has those methods.
+    ``methods`` and ``settings`` are used in both regimes (default: each regime's own default set).
     Returns ``{"sections": [...], "paths": {...}, "minutes"}``.
     """
     out = Path(out)

@@ -130,15 +130,16 @@ def _plan(
     config: CompareConfig,
     entries: list[tuple[str, str, dict[str, Any]]],
     baseline_steps: int,
+    train_size: int | None,
 ) -> dict[str, Any]:
-    """The stored plan, extended with the entries it lacks (measured now)."""
+    """The stored plan, extended with the entries it lacks (timed now on batches of the runs' training data)."""
     plan = store.plan() or {"entries": {}}
     missing = [e for e in entries if e[0] not in plan["entries"]]
     if not missing:
         return plan
     x, y = data.train
-    if config.train_size is not None:
-        x, y = x[: config.train_size], y[: config.train_size]
+    if train_size is not None:
+        x, y = x[:train_size], y[:train_size]
     batches = _timing_batches(task, x, y, 8)
     costs = measure_costs(
         task, missing, batches, policy=config.policy, repeats=config.plan_repeats, minimum=config.plan_block
@@ -240,7 +241,7 @@ def compare_variants(
         if config.budget == "time":
             if todo:
                 entries = [(keys[label], method, settings) for label, method, settings in resolved]
-                plan = _plan(store, task, data, config, entries, epochs * per_epoch)
+                plan = _plan(store, task, data, config, entries, epochs * per_epoch, train_size)
             else:
                 plan = store.plan()
         with progress_bar(len(todo), f"compare {task.name}", progress, unit="run", leave=True) as runs_bar:
@@ -280,7 +281,10 @@ def compare_variants(
                         record["budget"] = {"mode": config.budget}
                         if planned is not None:
                             record["budget"].update(
-                                seconds=plan["budget_s"], planned_steps=planned["steps"], cost_ratio=planned["ratio"]
+                                seconds=plan["budget_s"],
+                                source="given" if config.budget_seconds is not None else "baseline",
+                                planned_steps=planned["steps"],
+                                cost_ratio=planned["ratio"],
                             )
                         store.save(key, record)
                 if runs_bar is not None:
@@ -340,10 +344,11 @@ def _budget_text(config: CompareConfig, plan: dict[str, Any] | None, epochs: int
         if config.budget_seconds is None
         else "given"
     )
+    ratio = "the baseline's achieved training time" if config.budget_seconds is None else "the budget"
     return (
         f"Equal wall-clock: a budget of {plan['budget_s']:.1f} s of training ({source}); each method's steps are "
         f"planned from its step cost relative to the baseline, measured before the runs in interleaved blocks "
-        f"on the same batches (median of {config.plan_repeats})."
+        f"on the same batches (median of {config.plan_repeats}); 'train s / budget' is over {ratio}."
     )
 
 

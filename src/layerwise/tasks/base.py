@@ -12,11 +12,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
+from .._checks import one_of
 from .._registry import Registry
 from ..groups import Partition, by_layer
 
@@ -35,8 +36,12 @@ __all__ = [
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
-REGIMES = ("scratch", "fine-tuning")
+Regime = Literal["scratch", "fine-tuning"]
 """How a task's model starts: from a random initialisation, or from pretrained weights."""
+REGIMES = get_args(Regime)
+Metric = Literal["accuracy", "loss"]
+"""``accuracy`` (classification, higher is better) or ``loss`` (lower is better)."""
+METRICS = get_args(Metric)
 
 
 @dataclass(frozen=True)
@@ -79,19 +84,17 @@ class Task:
     lr: float = 0.1
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
-    metric: str = "accuracy"
+    metric: Metric = "accuracy"
     partition: Callable[[nn.Module, Any], Partition] | None = None
     head: bool = True
     train_size: int | None = None
-    regime: Literal["scratch", "fine-tuning"] = "scratch"
+    regime: Regime = "scratch"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZER_PRESETS:
             raise ValueError(f"optimizer: unknown {self.optimizer!r}; choose from {list(OPTIMIZER_PRESETS)}")
-        if self.metric not in ("accuracy", "loss"):
-            raise ValueError(f"metric: expected 'accuracy' or 'loss', got {self.metric!r}")
-        if self.regime not in REGIMES:
-            raise ValueError(f"regime: expected one of {list(REGIMES)}, got {self.regime!r}")
+        one_of("metric", self.metric, METRICS)
+        one_of("regime", self.regime, REGIMES)
 
     def partition_of(self, model: nn.Module) -> Partition:
         """The task's partition of ``model`` (layers in data-flow order unless the task says otherwise)."""
