@@ -144,18 +144,12 @@ def _plan(
     costs = measure_costs(
         task, missing, batches, policy=config.policy, repeats=config.plan_repeats, minimum=config.plan_block
     )
-    if "budget_s" not in plan:
-        plan.update(
-            {
-                "baseline_steps": baseline_steps,
-                "baseline_step_s": costs.baseline_step_s,
-                "budget_s": baseline_steps * costs.baseline_step_s
-                if config.budget_seconds is None
-                else float(config.budget_seconds),
-            }
-        )
-    measured = replace(costs, baseline_step_s=plan["baseline_step_s"])  # the stored baseline cost prices every entry
-    _, steps = plan_budget(measured, baseline_steps, config.budget_seconds)
+    # the first plan's baseline cost prices every later entry, so a resumed plan keeps its budget
+    measured = replace(costs, baseline_step_s=plan.get("baseline_step_s", costs.baseline_step_s))
+    budget, steps = plan_budget(measured, baseline_steps, config.budget_seconds)
+    plan.setdefault("baseline_steps", baseline_steps)
+    plan.setdefault("baseline_step_s", measured.baseline_step_s)
+    plan.setdefault("budget_s", budget)
     for key, _, _ in missing:
         plan["entries"][key] = {
             "ratio": costs.ratios[key],
