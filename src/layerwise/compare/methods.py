@@ -104,6 +104,10 @@ def _once(settings: Mapping[str, Any]) -> int:
     return 1
 
 
+def _no_check(settings: Mapping[str, Any]) -> None:
+    del settings
+
+
 @dataclass(frozen=True)
 class Method:
     """A named technique: default settings, a builder and the tasks it applies to.
@@ -119,6 +123,8 @@ class Method:
         same_cost: the method's steps cost exactly the baseline's (it only moves LRs), so an
             equal-cost plan gives it the baseline's steps without timing it.
         snippet: ``snippet(Build, settings) -> str``: the lines that set the method up in a plain loop.
+        check: ``check(settings)`` raises ValueError naming ``--set METHOD.KEY`` for a bad value; it
+            needs no model or data, so a comparison refuses bad settings before loading anything.
     """
 
     name: str
@@ -130,6 +136,7 @@ class Method:
     period: Callable[[Mapping[str, Any]], int] = _once
     same_cost: bool = False
     snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
+    check: Callable[[Mapping[str, Any]], None] = _no_check
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -144,12 +151,15 @@ def register_method(method: Method) -> Method:
 
 
 def resolve_settings(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The method's defaults updated with ``overrides``; unknown keys raise ValueError."""
-    defaults = dict(METHODS.get(name).defaults)
+    """The method's defaults updated with ``overrides``, checked; unknown keys and bad values raise ValueError."""
+    method = METHODS.get(name)
+    defaults = dict(method.defaults)
     unknown = sorted(set(overrides or {}) - set(defaults))
     if unknown:
         raise ValueError(f"--set {name}.{unknown[0]}: unknown setting; {name} has {sorted(defaults) or 'none'}")
-    return {**defaults, **(overrides or {})}
+    settings = {**defaults, **(overrides or {})}
+    method.check(settings)
+    return settings
 
 
 def check_methods(task: Task, names: Sequence[str], partition: Partition) -> None:
