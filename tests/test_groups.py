@@ -200,9 +200,9 @@ def test_bad_builder_arguments():
     model = ResNetCNN()
     with pytest.raises(ValueError, match="depth"):
         groups.by_block(model, depth=0)
-    with pytest.raises(TypeError, match="depth"):
+    with pytest.raises(ValueError, match="depth"):
         groups.by_block(model, depth=1.5)
-    with pytest.raises(ValueError, match="n: must be between"):
+    with pytest.raises(ValueError, match="n: must be an int between"):
         groups.by_depth_buckets(model, 500, sample_input=torch.zeros(1, 1, 28, 28))
     with pytest.raises(ValueError, match="head"):
         groups.by_head(model, head="classifier")

@@ -185,7 +185,7 @@ def test_groups_merge_by_name_and_count_forward_passes():
     groups = part.param_groups(lr=0.01, weight_decay=1e-4, no_decay=("bias",))  # decay / no-decay dicts share names
     assert len(groups) > len(part)
     opt = HiDLR(torch.optim.SGD(groups, lr=0.01), update_every=4, groups=part)
-    assert opt.group_names == list(part.names)
+    assert opt.names == list(part.names)
     x, y = batches(1)[0]
     loss = lambda: nn.functional.cross_entropy(model(x), y)  # noqa: E731
     for _ in range(8):
@@ -206,7 +206,7 @@ def test_hi_ulr_is_one_group():
     opt.zero_grad()
     loss().backward()
     opt.step(loss)
-    assert opt.group_names == ["group0"]
+    assert opt.names == ["group0"]
     assert opt.stats["forward_passes"] == 4
 
 

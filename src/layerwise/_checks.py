@@ -32,16 +32,23 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _require_int(name: str, value: Any, bounds: str) -> None:
+    if not _is_int(value):
+        raise ValueError(f"{name}: must be an int {bounds}, got {type(value).__name__} {value!r}")
+
+
 def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """An int >= ``minimum`` (ValueError otherwise, wrong types included)."""
-    if not _is_int(value) or value < minimum:
+    """An int >= ``minimum`` (ValueError otherwise, wrong types included, as torch.optim does)."""
+    _require_int(name, value, f">= {minimum}")
+    if value < minimum:
         raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
 def int_between(name: str, value: Any, low: int, high: int, high_text: str | None = None) -> int:
     """An int in ``[low, high]``; ``high_text`` says what ``high`` is (``"the number of groups (5)"``)."""
-    if not _is_int(value) or not low <= value <= high:
+    _require_int(name, value, f"between {low} and {high_text or high}")
+    if not low <= value <= high:
         raise ValueError(f"{name}: must be an int between {low} and {high_text or high}, got {value!r}")
     return int(value)
 

@@ -18,9 +18,15 @@ every optimizer step that no frozen parameter holds a gradient (one written by c
 autograd would let weight decay or momentum move it) and raises if one does.
 
 Example:
-    >>> fo = FreezeOut(model, opt, total_steps)  # doctest: +SKIP
-    >>> allow_recompiles(fo)  # doctest: +SKIP
-    >>> compiled = torch.compile(model)  # train with compiled(x); the technique holds model  # doctest: +SKIP
+    >>> import torch, layerwise
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(8, 2))
+    >>> x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    >>> part = layerwise.by_layer(model, sample_input=x)
+    >>> fo = layerwise.FreezeOut(model, torch.optim.SGD(part.param_groups(lr=0.1)), total_steps=100)
+    >>> trainable_sets(fo)   # every group trains, then the first two freeze one after the other
+    3
+    >>> limit = allow_recompiles(fo)   # before torch.compile(model); train with the compiled model
 """
 
 from __future__ import annotations

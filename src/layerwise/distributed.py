@@ -14,10 +14,17 @@ cost no communication; :attr:`DistributedModel.bytes_reduced` counts what was se
 passes without grad (evaluation, Hi-DLR's probes) run the module directly.
 
 Example:
-    >>> dist.init_process_group("gloo")  # doctest: +SKIP
-    >>> model = layerwise.distributed.wrap(net)  # instead of DistributedDataParallel(net)  # doctest: +SKIP
-    >>> opt = Multirate.from_partition(by_head(net, sample_input=x), lr=0.1, k=4)  # doctest: +SKIP
-    >>> loss_fn(model(x), y).backward(); opt.step()  # the usual loop  # doctest: +SKIP
+    >>> import tempfile, torch, torch.distributed as dist, layerwise
+    >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    >>> x, y = torch.randn(16, 4), torch.randn(16, 1)
+    >>> model = layerwise.distributed.wrap(net)  # instead of DistributedDataParallel(net)
+    >>> opt = layerwise.Multirate.from_partition(layerwise.by_head(net, sample_input=x), lr=0.1, k=4)
+    >>> for _ in range(4):  # the usual loop, on every rank
+    ...     opt.zero_grad(); torch.nn.functional.mse_loss(model(x), y).backward(); opt.step()
+    >>> model.replicas   # one DDP for the fast steps, one for the slow steps
+    2
+    >>> dist.destroy_process_group()
 """
 
 from __future__ import annotations

@@ -8,11 +8,18 @@ given uncubed: 0.8 -> 0.512). With ``scale_lr``, ``alpha_i(0) = alpha / t_i``. D
 the paper's recommendation: cubic, scaled, ``t0 = 0.8``.
 
 Example:
-    >>> part = layerwise.by_block(model, sample_input=x)  # doctest: +SKIP
-    >>> opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9, nesterov=True)  # doctest: +SKIP
-    >>> freezeout = FreezeOut(model, opt, total_steps=epochs * len(loader))  # doctest: +SKIP
-    >>> for x, y in loader:  # doctest: +SKIP
-    ...     loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step(); freezeout.step()
+    >>> import torch, layerwise
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(8, 2))
+    >>> x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    >>> part = layerwise.by_layer(model, sample_input=x)
+    >>> opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9, nesterov=True)
+    >>> freezeout = layerwise.FreezeOut(model, opt, total_steps=20)
+    >>> for step in range(20):
+    ...     loss = torch.nn.functional.cross_entropy(model(x), y)
+    ...     opt.zero_grad(); loss.backward(); opt.step(); freezeout.step()
+    >>> freezeout.frozen_at   # the step each group froze at; the head trains to the end
+    [11, 15, None]
 """
 
 from __future__ import annotations

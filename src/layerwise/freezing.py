@@ -10,9 +10,18 @@ before the first trainable layer requires grad, so autograd neither records nor
 traverses it: the backward pass really gets shorter.
 
 Example:
-    >>> freezer = Freezer(model, optimizer)  # doctest: +SKIP
-    >>> freezer.freeze("stem", "layer1")  # doctest: +SKIP
-    >>> torch.save({"freezer": freezer.state_dict(), ...}, path)  # doctest: +SKIP
+    >>> import torch, layerwise
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(8, 2))
+    >>> x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    >>> part = layerwise.by_layer(model, sample_input=x)
+    >>> opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+    >>> freezer = Freezer(model, opt)
+    >>> freezer.freeze("0", "2")
+    >>> [p.requires_grad for p in model.parameters()]
+    [False, False, False, False, True, True]
+    >>> freezer.state_dict()["frozen"]
+    ['0', '2']
 """
 
 from __future__ import annotations
@@ -280,9 +289,18 @@ class GradualUnfreezing:
     steps the next group towards the input is unfrozen.
 
     Example:
-        >>> unfreezing = GradualUnfreezing(Freezer(model, opt), every=1)  # doctest: +SKIP
-        >>> for epoch in range(epochs):  # doctest: +SKIP
-        ...     train_one_epoch(); unfreezing.step()
+        >>> import torch, layerwise
+        >>> model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))
+        >>> part = layerwise.by_layer(model, sample_input=torch.zeros(1, 4))
+        >>> freezer = Freezer(model, torch.optim.SGD(part.param_groups(lr=0.1)))
+        >>> unfreezing = GradualUnfreezing(freezer, every=2)
+        >>> for epoch in range(4):
+        ...     print(epoch, sorted(freezer.frozen))  # train one epoch here
+        ...     unfreezing.step()
+        0 ['0', '1']
+        1 ['0', '1']
+        2 ['0']
+        3 ['0']
     """
 
     def __init__(self, freezer: Freezer, every: int, *, start: int = 1) -> None:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -90,9 +91,15 @@ class GroupRates(Wrapper):
         return ", ".join(f"{n}={v:.3g}" for n, v in self.lrs.items())
 
     @property
-    def group_names(self) -> list[str]:
-        """Names of the K groups, in order."""
+    def names(self) -> list[str]:
+        """Names of the K groups, in order (one name across techniques: ``Partition.names``, ``Freezer.names``)."""
         return list(self._names)
+
+    @property
+    def group_names(self) -> list[str]:
+        """Deprecated alias of :attr:`names`."""
+        warnings.warn(f"{type(self).__name__}.group_names is now .names", DeprecationWarning, stacklevel=2)
+        return self.names
 
     @property
     def lrs(self) -> dict[str, float]:

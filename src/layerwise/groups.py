@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._checks import finite_nonneg, one_of
+from ._checks import finite_nonneg, int_between, one_of, positive_int
 
 __all__ = [
     "NORM_TYPES",
@@ -167,8 +167,10 @@ class Partition:
             **options: further options copied into every dict (e.g. ``momentum``).
 
         Example:
-            >>> part.param_groups(lr=0.1, lr_mult={"head": 10.0}, weight_decay=5e-4,
-            ...                   no_decay=("bias", "norm"))  # doctest: +SKIP
+            >>> part = by_head(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), head="1")
+            >>> groups = part.param_groups(lr=0.1, lr_mult={"head": 10.0}, weight_decay=5e-4, no_decay=("bias",))
+            >>> [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
+            [('body', 0.1, 0.0005, 1), ('body', 0.1, 0.0, 1), ('head', 1.0, 0.0005, 1), ('head', 1.0, 0.0, 1)]
         """
         no_decay = tuple(no_decay)
         bad_kinds = [k for k in no_decay if k not in ("bias", "norm")]
@@ -382,7 +384,9 @@ def by_layer(model: nn.Module, *, sample_input: Any = None) -> Partition:
     says so).
 
     Example:
-        >>> part = by_layer(model, sample_input=torch.randn(2, 3, 28, 28))  # doctest: +SKIP
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+        >>> by_layer(model, sample_input=torch.randn(2, 1, 28, 28)).names
+        ('0', '2')
     """
     entries, excluded, order = _layers(model, sample_input)
     named = [(mname or "root", params) for mname, _, params in entries]
@@ -407,13 +411,14 @@ def by_block(model: nn.Module, depth: int = 1, *, sample_input: Any = None) -> P
     traced forward pass.
 
     Example:
-        >>> by_block(resnet, depth=1, sample_input=x).names  # doctest: +SKIP
-        ('conv1', 'bn1', 'layer1', 'layer2', 'layer3', 'layer4', 'fc')
+        >>> block = lambda: torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), block(), block(), torch.nn.Linear(8, 2))
+        >>> by_block(model, depth=1, sample_input=torch.zeros(1, 4)).names
+        ('0', '1', '2', '3')
+        >>> len(by_layer(model, sample_input=torch.zeros(1, 4)))
+        6
     """
-    if isinstance(depth, bool) or not isinstance(depth, int):
-        raise TypeError(f"depth: expected an int >= 1, got {type(depth).__name__}")
-    if depth < 1:
-        raise ValueError(f"depth: must be >= 1, got {depth}")
+    positive_int("depth", depth)
     entries, excluded, order = _layers(model, sample_input)
 
     def block_of(mname: str, _pname: str) -> str:
@@ -429,14 +434,14 @@ def by_depth_buckets(model: nn.Module, n: int, *, sample_input: Any = None) -> P
     Layers are split as evenly as possible by count; groups are named ``bucket0`` ...
 
     Example:
-        >>> by_depth_buckets(model, 3, sample_input=x).names  # doctest: +SKIP
-        ('bucket0', 'bucket1', 'bucket2')
+        >>> model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(5)))
+        >>> part = by_depth_buckets(model, 3, sample_input=torch.zeros(1, 4))
+        >>> part.names, [len(g.params) for g in part]
+        (('bucket0', 'bucket1', 'bucket2'), [4, 4, 2])
     """
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n: expected an int >= 1, got {type(n).__name__}")
+    positive_int("n", n)
     entries, excluded, order = _layers(model, sample_input)
-    if not 1 <= n <= len(entries):
-        raise ValueError(f"n: must be between 1 and the number of layers ({len(entries)}), got {n}")
+    int_between("n", n, 1, len(entries), f"the number of layers ({len(entries)})")
     size, extra = divmod(len(entries), n)
     named = []
     start = 0
@@ -465,7 +470,11 @@ def by_patterns(
         rest: group name for unmatched parameters; ``None`` makes them an error.
 
     Example:
-        >>> by_patterns(model, {r"^embed": "embed", r"\\.attn\\.": "attention"}, rest="other")  # doctest: +SKIP
+        >>> from collections import OrderedDict
+        >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
+        ...                                       fc=torch.nn.Linear(8, 2)))
+        >>> by_patterns(net, {r"^embed": "embed", r"^fc\\.": "head"}, rest="other").names
+        ('embed', 'head', 'other')
     """
     one_of("syntax", syntax, SYNTAXES)
     pairs = list(rules.items()) if isinstance(rules, Mapping) else [tuple(r) for r in rules]
@@ -506,7 +515,12 @@ def by_kind(model: nn.Module) -> Partition:
     """Groups ``weight``, ``bias`` and ``norm`` (parameters of normalization layers).
 
     Example:
-        >>> opt = torch.optim.AdamW(by_kind(model).param_groups(lr=1e-3))  # doctest: +SKIP
+        >>> from collections import OrderedDict
+        >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
+        ...                                       fc=torch.nn.Linear(8, 2)))
+        >>> [(g.name, len(g.params)) for g in by_kind(net)]
+        [('weight', 2), ('bias', 2), ('norm', 2)]
+        >>> opt = torch.optim.AdamW(by_kind(net).param_groups(lr=1e-3, lr_mult={"norm": 0.1}))
     """
     entries, excluded = _owned_params(model)
     owners = _owner_map(entries)
@@ -526,8 +540,12 @@ def by_head(model: nn.Module, head: str | Sequence[str] | None = None, *, sample
             order (traced when ``sample_input`` is given).
 
     Example:
-        >>> by_head(model, head="fc").names  # doctest: +SKIP
-        ('body', 'head')
+        >>> from collections import OrderedDict
+        >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
+        ...                                       fc=torch.nn.Linear(8, 2)))
+        >>> part = by_head(net, head="fc")
+        >>> part.names, [len(g.params) for g in part]
+        (('body', 'head'), [4, 2])
     """
     if head is None or sample_input is not None:
         entries, excluded, order = _layers(model, sample_input)
@@ -557,7 +575,13 @@ def by_lora(model: nn.Module, *, rest: str = "other") -> Partition:
     """Groups ``lora_A`` and ``lora_B`` (PEFT naming), plus ``rest`` for other trainable parameters.
 
     Example:
-        >>> opt = torch.optim.AdamW(by_lora(peft_model).param_groups(lr=2e-4, lr_mult={"lora_B": 16}))  # doctest: +SKIP
+        >>> from collections import OrderedDict
+        >>> adapter = torch.nn.Sequential(OrderedDict(lora_A=torch.nn.Linear(8, 2, bias=False),
+        ...                                           lora_B=torch.nn.Linear(2, 8, bias=False)))
+        >>> model = torch.nn.Sequential(OrderedDict(q=adapter, out=torch.nn.Linear(8, 2)))
+        >>> by_lora(model).names
+        ('lora_A', 'lora_B', 'other')
+        >>> opt = torch.optim.AdamW(by_lora(model).param_groups(lr=2e-4, lr_mult={"lora_B": 16}))
     """
     return by_patterns(
         model,
@@ -575,7 +599,12 @@ def explicit(
     """Groups given explicitly: ``{group_name: [parameter names, parameters or modules]}``.
 
     Example:
-        >>> explicit(model, {"features": [model.features], "classifier": ["fc.weight", "fc.bias"]})  # doctest: +SKIP
+        >>> from collections import OrderedDict
+        >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
+        ...                                       fc=torch.nn.Linear(8, 2)))
+        >>> part = explicit(net, {"features": [net.embed, net.norm], "classifier": ["fc.weight", "fc.bias"]})
+        >>> part.names, [len(g.params) for g in part]
+        (('features', 'classifier'), [4, 2])
     """
     entries, excluded = _owned_params(model)
     name_of = {id(p): n for _, _, ps in entries for n, p in ps}

@@ -44,11 +44,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ._checks import clip_range, positive_int, unit_interval
+from ._checks import positive_int, unit_interval
 from .group_rates import GroupRates
 from .groups import Partition
 from .param_groups import set_lr
-from .quadfit import PROBES, REJECTION_REASONS, QuadraticFit, fit_quadratic, probe_plan
+from .quadfit import PROBES, REJECTION_REASONS, FitOptions, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
 from .state_check import check_optimizer_state, check_state, require_keys
 
@@ -120,28 +120,17 @@ class HiDLR(GroupRates):
             raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
         positive_int("update_every", update_every)
         unit_interval("gamma", gamma)
-        if not isinstance(min_r2, (int, float)) or not min_r2 < 1.0:
-            raise ValueError(f"min_r2: must be a number < 1, got {min_r2!r}")
-        probes = tuple(float(v) for v in probes)
-        if len({v for v in probes if v != 0.0}) < 3 or 0.0 in probes or len(set(probes)) != len(probes):
-            raise ValueError(f"probes: need at least 3 distinct non-zero values, got {probes}")
-        clip = clip_range("clip", clip)
+        fit = FitOptions(probes, min_r2, full_matrix, clip, per_group, joint_scale)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        if per_group and full_matrix:
-            raise ValueError("per_group: needs the diagonal fit (full_matrix=False)")
         self._setup_rates(optimizer, schedule, total_steps, groups)
         self.update_every = update_every
         self.gamma = float(gamma)
-        self.min_r2 = float(min_r2)
-        self.full_matrix = bool(full_matrix)
-        self.clip = clip
-        self.joint_scale = bool(joint_scale)
-        self.per_group = bool(per_group)
+        self.fit = fit
+        """The probe placement and acceptance options (:class:`~layerwise.quadfit.FitOptions`)."""
         self.model = model
         self.sync = sync
         self._plan_cache: dict[int, np.ndarray] = {}
-        self._probes = probes
         self.stats: dict[str, Any] = {
             "probe_rounds": 0,
             "forward_passes": 0,
@@ -201,16 +190,17 @@ class HiDLR(GroupRates):
             moves = (params, start, direction, slots)
             eta = np.array([self.eta[k] for k in active])
             plan = self._plan(len(active))
+            options = self.fit
             fit = fit_quadratic(
                 plan,
                 self._losses(closure, plan * eta, moves),
                 eta,
-                full_matrix=self.full_matrix,
-                min_r2=self.min_r2,
-                clip=self.clip,
-                per_group=self.per_group,
+                full_matrix=options.full_matrix,
+                min_r2=options.min_r2,
+                clip=options.clip,
+                per_group=options.per_group,
             )
-            if fit.accepted and self.joint_scale and len(active) > 1:
+            if fit.accepted and options.joint_scale and len(active) > 1:
                 fit = self._rescale(closure, fit, moves)
         finally:
             torch._foreach_copy_(stepped, start)
@@ -253,15 +243,16 @@ class HiDLR(GroupRates):
         """1-D quadratic fit along the combined step ``eta*``: scale ``eta*`` by its minimiser."""
         line = np.array(_JOINT)[:, None]
         step = np.where(fit.groups, fit.eta_star, 0.0)  # groups that did not pass stay put
-        along = fit_quadratic(line, self._losses(closure, line * step, moves), np.ones(1), min_r2=self.min_r2)
+        clip = self.fit.clip
+        along = fit_quadratic(line, self._losses(closure, line * step, moves), np.ones(1), min_r2=self.fit.min_r2)
         if not along.accepted:
             return replace(fit, eta_star=None, reason="joint")
         star = fit.eta_star * float(along.eta_star[0])
-        return replace(fit, eta_star=star if self.clip is None else np.clip(star, *self.clip))
+        return replace(fit, eta_star=star if clip is None else np.clip(star, *clip))
 
     def _plan(self, num_active: int) -> np.ndarray:
         if num_active not in self._plan_cache:
-            self._plan_cache[num_active] = probe_plan(num_active, self._probes, full_matrix=self.full_matrix)
+            self._plan_cache[num_active] = probe_plan(num_active, self.fit.probes, full_matrix=self.fit.full_matrix)
         return self._plan_cache[num_active]
 
     @staticmethod

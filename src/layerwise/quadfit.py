@@ -27,13 +27,63 @@ from itertools import combinations
 
 import numpy as np
 
-__all__ = ["PROBES", "REJECTION_REASONS", "QuadraticFit", "fit_quadratic", "probe_plan"]
+from ._checks import clip_range
+
+__all__ = ["PROBES", "REJECTION_REASONS", "FitOptions", "QuadraticFit", "fit_quadratic", "probe_plan"]
 
 PROBES: tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0)
 """The paper's probing vector v (Algorithm 1, line 6)."""
 
 REJECTION_REASONS = ("nonfinite", "singular", "curvature", "slope", "r2")
 """Why a fit is rejected, in the order they are checked."""
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How probes are placed and a fit is accepted; checked on construction.
+
+    Attributes:
+        probes: the probing vector v (at least three distinct non-zero values).
+        min_r2: a fit is accepted only when its R^2 exceeds this (a number < 1).
+        full_matrix: also probe pairs of groups and fit the full K x K curvature.
+        clip: optional ``(low, high)`` range for ``eta*``.
+        per_group: accept each group whose own curvature and slope are positive (diagonal fit only).
+        joint_scale: after an accepted fit, rescale ``eta*`` by a 1-D fit along the combined step.
+
+    Example:
+        >>> FitOptions(clip=(0, 1)).clip
+        (0.0, 1.0)
+        >>> FitOptions(probes=(1.0, 2.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: probes: need at least 3 distinct non-zero values, got (1.0, 2.0)
+    """
+
+    probes: tuple[float, ...] = PROBES
+    min_r2: float = 0.95
+    full_matrix: bool = False
+    clip: tuple[float, float] | None = None
+    per_group: bool = False
+    joint_scale: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            probes = tuple(float(v) for v in self.probes)
+        except (TypeError, ValueError):
+            raise ValueError(f"probes: need at least 3 distinct non-zero numbers, got {self.probes!r}") from None
+        if len(set(probes)) < 3 or 0.0 in probes or len(set(probes)) != len(probes):
+            raise ValueError(f"probes: need at least 3 distinct non-zero values, got {probes}")
+        min_r2 = self.min_r2
+        if isinstance(min_r2, bool) or not isinstance(min_r2, (int, float)) or not min_r2 < 1.0:
+            raise ValueError(f"min_r2: must be a number < 1, got {min_r2!r}")
+        for flag in ("full_matrix", "per_group", "joint_scale"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise TypeError(f"{flag}: expected a bool, got {type(getattr(self, flag)).__name__}")
+        if self.per_group and self.full_matrix:
+            raise ValueError("per_group: needs the diagonal fit (full_matrix=False)")
+        object.__setattr__(self, "probes", probes)
+        object.__setattr__(self, "min_r2", float(min_r2))
+        object.__setattr__(self, "clip", clip_range("clip", self.clip))
 
 
 def probe_plan(num_groups: int, probes: Sequence[float] = PROBES, *, full_matrix: bool = False) -> np.ndarray:

@@ -14,10 +14,15 @@ is) and every ``every`` steps records, for each named group:
 * ``frozen``: 1 when none of the group's parameters requires grad.
 
 Example:
-    >>> monitor = LayerMonitor(optimizer, every=10)  # doctest: +SKIP
-    >>> ...  # the usual loop: loss.backward(); optimizer.step()  # doctest: +SKIP
-    >>> monitor.history["relative_update"]["layer1.conv1"]  # doctest: +SKIP
-    >>> monitor.save("runs/mine/telemetry.json")  # doctest: +SKIP
+    >>> import torch, layerwise
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    >>> x, y = torch.randn(16, 4), torch.randn(16, 1)
+    >>> optimizer = torch.optim.SGD(layerwise.by_layer(model, sample_input=x).param_groups(lr=0.1))
+    >>> monitor = LayerMonitor(optimizer, every=5)
+    >>> for _ in range(10):   # the usual loop
+    ...     optimizer.zero_grad(); torch.nn.functional.mse_loss(model(x), y).backward(); optimizer.step()
+    >>> monitor.steps, len(monitor.history["relative_update"]["0"])
+    ([0, 5], 2)
 """
 
 from __future__ import annotations

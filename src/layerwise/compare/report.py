@@ -4,8 +4,16 @@
 finished seed, as :func:`layerwise.compare.runner.run_one` returns it).
 
 Example:
-    >>> rows = summarize({"baseline": {"records": [rec0, rec1], "errors": []}})  # doctest: +SKIP
-    >>> print(markdown_table(rows, "accuracy"))  # doctest: +SKIP
+    >>> import tempfile
+    >>> from layerwise.compare import compare
+    >>> result = compare("ellipse", ["baseline", "hidlr"], budget="steps", out=tempfile.mkdtemp(),
+    ...                  progress=False)  # doctest: +SKIP
+    >>> print(markdown_table(summarize(result["outcomes"], metric="loss")["rows"], "loss"))  # doctest: +SKIP
+
+    :func:`pareto_front` is what the time-vs-metric plot draws:
+
+    >>> pareto_front([(1.0, 0.80), (2.0, 0.78), (3.0, 0.86)])
+    [(1.0, 0.8), (3.0, 0.86)]
 """
 
 from __future__ import annotations

@@ -6,8 +6,16 @@ Every run is keyed by its method, settings and seed: a finished run is never red
 is kept with its error until it is tried again.
 
 Example:
-    >>> store = RunStore("runs/compare/runs.sqlite", {"task": "fashion-mnist"})  # doctest: +SKIP
-    >>> store.save(store.key("baseline", {}, 0), record)  # doctest: +SKIP
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "runs.sqlite"
+    >>> with RunStore(path, {"task": "fashion-mnist"}) as store:
+    ...     store.save(store.key("baseline", {}, 0), {"method": "baseline", "seed": 0, "test_metric": 0.86})
+    >>> RunStore(path, {"task": "fashion-mnist"}).finished(RunStore.key("baseline", {}, 0))
+    {'method': 'baseline', 'seed': 0, 'test_metric': 0.86}
+    >>> RunStore(path, {"task": "other"})
+    Traceback (most recent call last):
+    ...
+    ValueError: --out: ... holds runs of a different configuration ...
 """
 
 from __future__ import annotations

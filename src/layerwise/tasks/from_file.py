@@ -1,12 +1,18 @@
-"""A user's own task from a Python file: ``--task path/to/file.py:factory``.
+r"""A user's own task from a Python file: ``--task path/to/file.py:factory``.
 
 The file is imported as a module (nothing of it is registered) and ``factory()`` must return a
 :class:`~layerwise.tasks.Task`.
 
 Example:
-    >>> task = load_task_file("my_task.py:make_task")  # doctest: +SKIP
-    >>> task.name  # doctest: +SKIP
-    'my-task'
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "my_task.py"
+    >>> _ = path.write_text(
+    ...     "from layerwise.tasks import get_task\n"
+    ...     "def make_task():\n"
+    ...     "    return get_task('ellipse')\n"
+    ... )
+    >>> load_task_file(f"{path}:make_task").name
+    'ellipse'
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 Example:
     >>> from layerwise.tasks import get_task
     >>> task = get_task("ellipse")
-    >>> float(task.make_model()(None))
+    >>> float(task.make_model()(None).detach())
     2600.0
 """
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._checks import fraction
 from .pretrained import minilm_tokenizer, package_dir
 
 __all__ = [
@@ -79,8 +80,8 @@ def split_tweets(labels: torch.Tensor, test_fraction: float = 0.2, seed: int = 0
         >>> len(train_idx), len(test_idx)
         (5, 5)
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction: expected a value in (0, 1), got {test_fraction}")
+    if fraction("test_fraction", test_fraction, what="a fraction of every class") in (0.0, 1.0):
+        raise ValueError(f"test_fraction: must be a fraction of every class in (0, 1), got {test_fraction}")
     generator = torch.Generator().manual_seed(seed)
     train, test = [], []
     for label in labels.unique(sorted=True):
