@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -55,6 +56,8 @@ from .state_check import check_optimizer_state, check_state, require_keys
 __all__ = ["HiDLR"]
 
 log = logging.getLogger(__name__)
+
+_MOVED_TO_FIT = ("min_r2", "full_matrix", "clip", "joint_scale", "per_group")
 
 _JOINT = (-1.0, -0.5, 0.5, 1.0)
 """Step multipliers probed along the combined step with ``joint_scale``."""
@@ -95,6 +98,12 @@ class HiDLR(GroupRates):
     """
 
     technique = "HiDLR"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _MOVED_TO_FIT:  # deprecated: the fit options moved to HiDLR.fit
+            warnings.warn(f"HiDLR.{name} is now HiDLR.fit.{name}", DeprecationWarning, stacklevel=2)
+            return getattr(self.__dict__["fit"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __init__(
         self,
