@@ -34,6 +34,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._checks import int_between, positive_int
+from .groups import tied_parameters
 from .state_check import check_state, stamp
 
 __all__ = ["FreezeWhenZero", "Freezer", "GradualUnfreezing", "freeze_due"]
@@ -133,12 +134,48 @@ class Freezer:
             return f"parameter {name!r} is in no param group of the optimizer, so it is never trained or frozen"
         return f"parameter {name!r} is in group {group!r}: freeze or unfreeze the group"
 
+    def check_freezable(self, names: Iterable[str], argument: str = "freeze") -> None:
+        """Raise ValueError if freezing ``names`` (with the frozen groups) would stop a module training a tied weight.
+
+        A parameter that several modules register (an output layer tied to the input embedding) is
+        in its first owner's group; freezing that group while another of its modules still trains
+        would silently stop that module training it, so it is refused. Tied modules freeze together
+        when they are in one group (``layerwise.explicit``), or when the other module's own group is
+        frozen first or with it.
+        """
+        freezing = set(self._frozen) | set(names)
+        if not freezing - set(self._frozen):
+            return
+        group_of = {id(p): g["name"] for g in self.optimizer.param_groups for p in g["params"]}
+        params = dict(self.model.named_parameters())
+        modules = dict(self.model.named_modules())
+        for pname, users in tied_parameters(self.model).items():
+            group = group_of.get(id(params[pname]))
+            if group not in freezing or group in self._frozen:
+                continue
+            for user in users[1:]:
+                module = self.model if user == "root" else modules[user]
+                own = {group_of.get(id(p)) for p in module.parameters(recurse=False)} - {group, None}
+                training = sorted(own - freezing) if own else sorted(set(self.names) - freezing)
+                if training:
+                    where, fix = (
+                        (f"in group {training[0]!r}", f", freeze {training[0]!r} first or with it,")
+                        if own
+                        else ("in no group of its own", "")
+                    )
+                    raise ValueError(
+                        f"{argument}: group {group!r} holds {pname!r}, which module {user!r} ({where}) also uses "
+                        f"(tied weights); freezing {group!r} now would stop {user!r} training it. Put both "
+                        f"modules in one group (layerwise.explicit, in the order you want){fix} or untie them"
+                    )
+
     def freeze(self, *names: str) -> None:
-        """Freeze the named groups (already frozen ones are left as they are)."""
+        """Freeze the named groups (already frozen ones are left as they are); see :meth:`check_freezable`."""
         self._check(names, "freeze")
         new = [n for n in dict.fromkeys(names) if n not in self._frozen]
         if not new:
             return
+        self.check_freezable(new)
         for param in self._params(new):
             param.requires_grad_(False)
             param.grad = None
@@ -247,6 +284,9 @@ class FreezeWhenZero:
         if len(names) != len(frozen_at):
             raise ValueError(f"names, frozen_at: one freeze step per group, got {len(names)} and {len(frozen_at)}")
         freezer._check(tuple(names), "names")
+        for step in sorted({at for at in frozen_at if at is not None}):  # refuse a tied-weight plan up front
+            due = [n for n, at in zip(names, frozen_at) if at is not None and at <= step]
+            freezer.check_freezable(due, f"freezing at step {step}")
         self.freezer, self.names, self.frozen_at, self.step_count = freezer, list(names), list(frozen_at), 0
 
     @classmethod

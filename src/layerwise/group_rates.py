@@ -21,7 +21,7 @@ import numpy as np
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._checks import positive_int
+from ._checks import finite_nonneg, positive_int
 from .groups import Partition
 from .param_groups import check_partition, group_names, set_lr
 from .schedules import LayerSchedule, Policy
@@ -83,8 +83,26 @@ class GroupRates(Wrapper):
         return dict(stats, rejections=dict(stats["rejections"]))
 
     def _identity(self) -> dict[str, Any]:
-        """What a saved state must match: this technique, its groups and its base optimizer's class."""
-        return stamp(self.technique, self._names, {"base": type(self.optimizer).__name__})
+        """What a saved state must match: this technique, its groups, its base optimizer's class and
+        the settings resuming depends on (:meth:`_settings`)."""
+        return stamp(self.technique, self._names, {"base": type(self.optimizer).__name__, **self._settings()})
+
+    def _settings(self) -> dict[str, Any]:
+        """Settings a checkpoint records and must match (none here; subclasses add theirs)."""
+        return {}
+
+    def _decode_eta(self, saved: Any) -> list[float]:
+        """A saved list of found LRs, one finite number >= 0 per group (ValueError otherwise)."""
+        count = len(self._names)
+        if not isinstance(saved, (list, tuple)) or len(saved) != count:
+            raise ValueError(f"state_dict: expected {count} found learning rates, got {saved!r}")
+        return [finite_nonneg("state_dict: a found learning rate", v) for v in saved]
+
+    @staticmethod
+    def _decode_step_count(saved: Any) -> int:
+        if isinstance(saved, bool) or not isinstance(saved, int) or saved < 0:
+            raise ValueError(f"state_dict: step_count must be an int >= 0, got {saved!r}")
+        return saved
 
     def _lrs_text(self) -> str:
         """The found LRs for ``__repr__``: ``name=value, ...``."""

@@ -43,6 +43,7 @@ __all__ = [
     "by_patterns",
     "execution_order",
     "explicit",
+    "tied_parameters",
 ]
 
 Order = Literal["execution", "registration", "rules"]
@@ -92,13 +93,20 @@ class Partition:
         order: how the order was found: ``"execution"`` (traced forward pass),
             ``"registration"`` (module registration order) or ``"rules"`` (the order
             of the user's rules).
+        unused: names of trainable parameters whose modules the traced forward pass never
+            used; they are in no group (so no technique takes one of them for the head).
+        tied: parameters that several modules register (tied weights): name -> the modules,
+            the owner (whose group holds it) first. A :class:`~layerwise.Freezer` refuses to freeze
+            such a parameter's group while another of its modules still trains.
     """
 
     groups: tuple[Group, ...]
     excluded: tuple[str, ...] = ()
     order: Order = "execution"
+    unused: tuple[str, ...] = ()
     _owners: Mapping[str, nn.Module] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
     """Parameter name -> owning module, filled by the builders (keyword-only, not part of equality)."""
+    tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -334,7 +342,9 @@ def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
     return ordered
 
 
-def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Module, list]], list[str], str]:
+def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Module, list]], list[str], str, list[str]]:
+    """``(entries in data-flow order, excluded, order, unused)``: ``unused`` names the parameters of the
+    modules the traced forward pass never used; they are left out of the entries."""
     entries, excluded = _owned_params(model)
     if sample_input is None:
         warnings.warn(
@@ -343,30 +353,57 @@ def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Mod
             "sample_input=... to trace the real order",
             stacklevel=3,
         )
-        return entries, excluded, "registration"
+        return entries, excluded, "registration", []
     called = execution_order(model, sample_input)
     rank = {name: i for i, name in enumerate(called)}
-    unused = [mname for mname, _, _ in entries if mname not in rank]
-    if unused:
+    idle = [mname for mname, _, _ in entries if mname not in rank]
+    if idle:
         warnings.warn(
-            f"layerwise: the sample forward pass used no parameter of modules {unused}; they are placed last",
+            f"layerwise: the sample forward pass used no parameter of modules {idle}; they are left out of "
+            "the groups (Partition.unused) and the optimizer it builds. If training uses them (a branch the "
+            "sample or eval mode skips), pass a sample_input that reaches them, or use by_patterns / explicit",
             stacklevel=3,
         )
-    ordered = sorted(entries, key=lambda e: rank.get(e[0], len(rank)))
-    return ordered, excluded, "execution"
+    used = sorted((e for e in entries if e[0] in rank), key=lambda e: rank[e[0]])
+    unused = [pname for mname, _, params in entries if mname not in rank for pname, _ in params]
+    return used, excluded, "execution", unused
 
 
 def _build(
+    model: nn.Module,
     named: list[tuple[str, list[tuple[str, nn.Parameter]]]],
     excluded: list[str],
     order: Order,
     owners: Mapping[str, nn.Module],
+    unused: Sequence[str] = (),
 ) -> Partition:
     groups = tuple(
         Group(name, tuple(n for n, _ in params), tuple(p for _, p in params), depth)
         for depth, (name, params) in enumerate((n, ps) for n, ps in named if ps)
     )
-    return Partition(groups, tuple(excluded), order, _owners=owners)
+    if not groups and unused:
+        raise ValueError(f"sample_input: the forward pass used none of the model's parameters ({list(unused)[:5]} ...)")
+    return Partition(groups, tuple(excluded), order, tuple(unused), _owners=owners, tied=tied_parameters(model))
+
+
+def tied_parameters(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Parameters registered by more than one module (tied weights): name -> the modules, first owner first.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+        >>> model[1].weight = model[0].weight
+        >>> tied_parameters(model)
+        {'0.weight': ('0', '1')}
+    """
+    users: dict[int, tuple[str, list[str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, param in module.named_parameters(recurse=False, remove_duplicate=False):
+            full = f"{mname}.{pname}" if mname else pname
+            _, modules = users.setdefault(id(param), (full, []))
+            if (mname or "root") not in modules:
+                modules.append(mname or "root")
+    return {name: tuple(modules) for name, modules in users.values() if len(modules) > 1}
 
 
 def _owner_map(entries: list[tuple[str, nn.Module, list]]) -> dict[str, nn.Module]:
@@ -388,9 +425,9 @@ def by_layer(model: nn.Module, *, sample_input: Any = None) -> Partition:
         >>> by_layer(model, sample_input=torch.randn(2, 1, 28, 28)).names
         ('0', '2')
     """
-    entries, excluded, order = _layers(model, sample_input)
+    entries, excluded, order, unused = _layers(model, sample_input)
     named = [(mname or "root", params) for mname, _, params in entries]
-    return _build(named, excluded, order, _owner_map(entries))
+    return _build(model, named, excluded, order, _owner_map(entries), unused)
 
 
 def _merge_in_order(
@@ -419,13 +456,13 @@ def by_block(model: nn.Module, depth: int = 1, *, sample_input: Any = None) -> P
         6
     """
     positive_int("depth", depth)
-    entries, excluded, order = _layers(model, sample_input)
+    entries, excluded, order, unused = _layers(model, sample_input)
 
     def block_of(mname: str, _pname: str) -> str:
         parts = mname.split(".") if mname else []
         return ".".join(parts[:depth]) or "root"
 
-    return _build(_merge_in_order(entries, block_of), excluded, order, _owner_map(entries))
+    return _build(model, _merge_in_order(entries, block_of), excluded, order, _owner_map(entries), unused)
 
 
 def by_depth_buckets(model: nn.Module, n: int, *, sample_input: Any = None) -> Partition:
@@ -440,7 +477,7 @@ def by_depth_buckets(model: nn.Module, n: int, *, sample_input: Any = None) -> P
         (('bucket0', 'bucket1', 'bucket2'), [4, 4, 2])
     """
     positive_int("n", n)
-    entries, excluded, order = _layers(model, sample_input)
+    entries, excluded, order, unused = _layers(model, sample_input)
     int_between("n", n, 1, len(entries), f"the number of layers ({len(entries)})")
     size, extra = divmod(len(entries), n)
     named = []
@@ -449,7 +486,7 @@ def by_depth_buckets(model: nn.Module, n: int, *, sample_input: Any = None) -> P
         stop = start + size + (1 if b < extra else 0)
         named.append((f"bucket{b}", [p for _, _, params in entries[start:stop] for p in params]))
         start = stop
-    return _build(named, excluded, order, _owner_map(entries))
+    return _build(model, named, excluded, order, _owner_map(entries), unused)
 
 
 def by_patterns(
@@ -508,7 +545,7 @@ def by_patterns(
     empty = [g for g, ps in merged.items() if not ps]
     if empty:
         warnings.warn(f"layerwise: rules matched no parameters for groups {empty}", stacklevel=2)
-    return _build(list(merged.items()), excluded, "rules", _owner_map(entries))
+    return _build(model, list(merged.items()), excluded, "rules", _owner_map(entries))
 
 
 def by_kind(model: nn.Module) -> Partition:
@@ -529,7 +566,7 @@ def by_kind(model: nn.Module) -> Partition:
     merged: dict[str, list[tuple[str, nn.Parameter]]] = {"weight": [], "bias": [], "norm": []}
     for pname, param, kind in zip(everything.param_names, everything.params, kinds):
         merged[kind].append((pname, param))
-    return _build(list(merged.items()), excluded, "rules", owners)
+    return _build(model, list(merged.items()), excluded, "rules", owners)
 
 
 def by_head(model: nn.Module, head: str | Sequence[str] | None = None, *, sample_input: Any = None) -> Partition:
@@ -548,9 +585,9 @@ def by_head(model: nn.Module, head: str | Sequence[str] | None = None, *, sample
         (('body', 'head'), [4, 2])
     """
     if head is None or sample_input is not None:
-        entries, excluded, order = _layers(model, sample_input)
+        entries, excluded, order, unused = _layers(model, sample_input)
     else:  # the head is named: the order inside each part needs no trace
-        (entries, excluded), order = _owned_params(model), "registration"
+        (entries, excluded), order, unused = _owned_params(model), "registration", []
     if head is None:
         heads = {entries[-1][0]}
     else:
@@ -568,7 +605,7 @@ def by_head(model: nn.Module, head: str | Sequence[str] | None = None, *, sample
     if "head" not in merged:
         raise ValueError(f"head: modules {sorted(heads)} own no trainable parameters")
     named = [(g, merged[g]) for g in ("body", "head") if g in merged]
-    return _build(named, excluded, order, _owner_map(entries))
+    return _build(model, named, excluded, order, _owner_map(entries), unused)
 
 
 def by_lora(model: nn.Module, *, rest: str = "other") -> Partition:
@@ -643,4 +680,4 @@ def explicit(
                 + ", ".join(n for n, _ in unmatched)
             )
         named.append((rest, unmatched))
-    return _build(named, excluded, "rules", _owner_map(entries))
+    return _build(model, named, excluded, "rules", _owner_map(entries))

@@ -319,12 +319,19 @@ class HiDLR(GroupRates):
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["hidlr"]
         require_keys(saved, ("eta", "step_count", "stats", "history"), "state_dict['hidlr']")
+        try:  # decode first: a malformed state changes nothing
+            eta = self._decode_eta(saved["eta"])
+            step_count = self._decode_step_count(saved["step_count"])
+            stats = self._copy_stats(saved["stats"])
+            history = [dict(h) for h in saved["history"]]
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"state_dict['hidlr']: malformed ({type(err).__name__}: {err})") from None
         self.optimizer.load_state_dict(state_dict["base"])
-        self.eta = [float(v) for v in saved["eta"]]
-        self.step_count = int(saved["step_count"])
-        self.stats = self._copy_stats(saved["stats"])
-        self.history = [dict(h) for h in saved["history"]]
+        self.eta, self.step_count, self.stats, self.history = eta, step_count, stats, history
         self._apply_lrs(self._factors())
+
+    def _settings(self) -> dict[str, Any]:
+        return {"update_every": self.update_every, "gamma": self.gamma}
 
     def __repr__(self) -> str:
         lrs = self._lrs_text()

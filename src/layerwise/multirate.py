@@ -160,7 +160,8 @@ class Multirate(Optimizer):
     def from_partition(
         cls, partition: Partition, fast: Sequence[str] = ("head",), *, lr: float, k: int, **options: Any
     ) -> Multirate:
-        """Groups named in ``fast`` step every step, the others every ``k`` steps."""
+        """Groups named in ``fast`` (a name or several) step every step, the others every ``k`` steps."""
+        fast = (fast,) if isinstance(fast, str) else tuple(fast)
         unknown = sorted(set(fast) - set(partition.names))
         if unknown:
             raise ValueError(f"fast: no groups {unknown} in the partition; it has {list(partition.names)}")
@@ -216,6 +217,7 @@ class Multirate(Optimizer):
 
         init_hooks(self, {"lr": lr, "drift": drift})
         self.optimizers = optimizers
+        self.slow_lr = slow_lr
         self.part_names = names
         """The parts, fastest first (``fast``, ``slow``; ``level<i>`` between with ``levels``)."""
         self.periods = periods
@@ -239,6 +241,40 @@ class Multirate(Optimizer):
     @property
     def state(self) -> dict:  # type: ignore[override]
         return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the part its ``"part"`` key names (one of :attr:`part_names`).
+
+        Its ``lr`` is its step ``h`` (default: the constructor's ``lr``), scaled by the part's
+        period as in the constructor; the slowest part takes ``slow_lr`` when one was given.
+
+        Example:
+            >>> import torch
+            >>> fast, slow, new = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+            >>> opt = Multirate([fast], [slow], lr=0.4, k=4)
+            >>> opt.add_param_group({"params": [new], "part": "slow"})
+            >>> [len(g["params"]) for g in opt.optimizers[1].param_groups], opt.optimizers[1].param_groups[1]["lr"]
+            ([1, 1], 0.4)
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
+        part = param_group.get("part")
+        if part not in self.part_names:
+            raise ValueError(
+                f"param_group: needs a 'part' key naming the part that trains it, one of {self.part_names}; "
+                f"got {part!r}"
+            )
+        (group,) = _groups("param_group", [{k: v for k, v in param_group.items() if k != "part"}])
+        known = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in known for p in group["params"]):
+            raise ValueError("param_group: some of its parameters are already in a part")
+        level = self.part_names.index(part)
+        if self.slow_lr is not None and level == len(self.optimizers) - 1:
+            group["lr"] = self.slow_lr
+        else:
+            group["lr"] = group.get("lr", self.defaults["lr"]) * self.periods[level] / self.periods[-1]
+        self.optimizers[level].add_param_group(group)
+        self._prepare()
 
     def _params(self, level: int) -> list[Tensor]:
         return [p for group in self.optimizers[level].param_groups for p in group["params"]]
@@ -325,14 +361,42 @@ class Multirate(Optimizer):
             raise ValueError(f"state_dict: {saved_parts} parts saved, this Multirate has {len(self.optimizers)}")
         for name, opt, saved in zip(self.part_names, self.optimizers, state_dict["parts"]):
             check_optimizer_state(opt, saved, f"state_dict['parts'] ({name})")
-        for opt, saved in zip(self.optimizers, state_dict["parts"]):
+        drift = self._decode_drift(state_dict["drift"])
+        step_count = state_dict["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
+            raise ValueError(f"state_dict['step_count']: expected an int >= 0, got {step_count!r}")
+        for opt, saved in zip(self.optimizers, state_dict["parts"]):  # checked: from here on state changes
             opt.load_state_dict(saved)
-        params = [p for level in range(len(self.optimizers)) for p in self._params(level)]
-        self._drift = [
-            None if pairs is None else [(params[i], d.to(params[i])) for i, d in pairs] for pairs in state_dict["drift"]
-        ]
-        self.step_count = int(state_dict["step_count"])
+        self._drift = drift
+        self.step_count = step_count
         self._prepare()
+
+    def _decode_drift(self, saved: Any) -> list[list[tuple[Tensor, Tensor]] | None]:
+        """The saved drift as (parameter, tensor) pairs, checked against this model's parameters."""
+        params = [p for level in range(len(self.optimizers)) for p in self._params(level)]
+        if not isinstance(saved, list) or len(saved) != len(self.optimizers):
+            raise ValueError(f"state_dict['drift']: expected one entry per part ({len(self.optimizers)})")
+        drift = []
+        for pairs in saved:
+            if pairs is None:
+                drift.append(None)
+                continue
+            decoded = []
+            for entry in pairs:
+                index, value = entry if isinstance(entry, (list, tuple)) and len(entry) == 2 else (None, None)
+                if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(params):
+                    raise ValueError(
+                        f"state_dict['drift']: parameter index {index!r} out of range 0..{len(params) - 1}"
+                    )
+                if not isinstance(value, Tensor) or value.shape != params[index].shape:
+                    shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                    raise ValueError(
+                        f"state_dict['drift']: entry of shape {shape} for a parameter of shape "
+                        f"{tuple(params[index].shape)} (a checkpoint of another model)"
+                    )
+                decoded.append((params[index], value.to(params[index])))
+            drift.append(decoded)
+        return drift
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{n}: period {p}" for n, p in zip(self.part_names, self.periods))

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -43,6 +44,12 @@ def group_depths(param_groups: Sequence[dict[str, Any]]) -> list[int]:
     if used != list(range(len(used))):
         raise ValueError(f"param groups: 'depth' keys must cover 0..K-1 without gaps, got {used}")
     return depths
+
+
+def _describe(schedule: LayerSchedule) -> str:
+    """The schedule as a checkpoint records it: its repr, or its type where the repr holds an address."""
+    text = repr(schedule)
+    return type(schedule).__name__ if " at 0x" in text else text
 
 
 class LayerwiseLR(LRScheduler):
@@ -137,6 +144,7 @@ class LayerwiseLR(LRScheduler):
         After the first call (which goes through torch's checks of the call order) this
         takes a lean path: the LRs are computed once and written straight into the groups.
         """
+        self._sync_groups()  # validate added groups before anything advances
         if epoch is not None or self._step_count == 1:
             super().step(epoch)
             return
@@ -160,11 +168,26 @@ class LayerwiseLR(LRScheduler):
         return {**self._identity(), **own}
 
     def _identity(self) -> dict[str, Any]:
-        return stamp("LayerwiseLR", group_names(self.optimizer.param_groups), {"total_steps": self.total_steps})
+        settings = {"total_steps": self.total_steps, "schedule": _describe(self.schedule)}
+        return stamp("LayerwiseLR", group_names(self.optimizer.param_groups), settings)
 
     def check_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Raise ValueError unless ``state_dict`` is this scheduler's kind, for its groups and length."""
+        """Raise ValueError unless ``state_dict`` is this scheduler's kind, for its groups, length and schedule,
+        with well-formed step counts and one base LR per param group."""
         check_state(state_dict, self._identity(), keys=("last_epoch", "base_lrs"))
+        for key in ("last_epoch", "_step_count"):
+            value = state_dict.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise ValueError(f"state_dict['{key}']: expected an int >= -1, got {value!r}")
+        base_lrs = state_dict["base_lrs"]
+        count = len(self.optimizer.param_groups)
+        if not isinstance(base_lrs, list) or len(base_lrs) != count:
+            raise ValueError(f"state_dict['base_lrs']: expected {count} learning rates, got {base_lrs!r}")
+        for lr in base_lrs:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float, torch.Tensor)):
+                raise ValueError(f"state_dict['base_lrs']: expected numbers, got {lr!r}")
+        if state_dict.get("_depths", self._depths) != self._depths:
+            raise ValueError(f"state_dict['_depths']: saved {state_dict['_depths']!r}, the groups have {self._depths}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume at the saved step; a state of another technique, partition or length raises ValueError."""

@@ -114,6 +114,18 @@ class SecantLR(GroupRates):
             "rejections": {"nonpositive": 0, "nonfinite": 0},
         }
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; a new name starts a new group (no secant yet) at its ``lr``."""
+        count = len(self._names)
+        super().add_param_group(param_group)
+        for _ in range(len(self._names) - count):
+            self._sums.append([0.0, 0.0, 0.0])
+            self._seen.append(False)
+            self._prev.append(None)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"mode": self.mode, "update_every": self.update_every}
+
     @property
     def curvature(self) -> dict[str, float | None]:
         """Every group's current curvature estimate ``<dg, dw> / <dw, dw>`` (None before two steps)."""
@@ -234,25 +246,41 @@ class SecantLR(GroupRates):
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["secant"]
         require_keys(saved, ("eta", "step_count", "sums", "seen", "prev", "stats"), "state_dict['secant']")
-        self.optimizer.load_state_dict(state_dict["base"])
+        count = len(self._names)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.eta = [float(v) for v in saved["eta"]]
-        self.step_count = int(saved["step_count"])
-        self._sums = [[float(v) for v in s] for s in saved["sums"]]
-        self._seen = [bool(v) for v in saved["seen"]]
-        self._prev = [
-            None
-            if pr is None
-            else {
-                "params": [id(params[i]) for i in pr["params"]],
-                "w": pr["w"].clone(),
-                "g": pr["g"].clone(),
-                "lr": float(pr["lr"]),
-            }
-            for pr in saved["prev"]
-        ]
+        try:  # decode everything first: a malformed state changes nothing
+            eta = self._decode_eta(saved["eta"])
+            step_count = self._decode_step_count(saved["step_count"])
+            sums = [[float(v) for v in s] for s in saved["sums"]]
+            seen = [bool(v) for v in saved["seen"]]
+            prev = [None if pr is None else self._decode_prev(pr, params) for pr in saved["prev"]]
+        except (TypeError, KeyError, IndexError) as err:
+            raise ValueError(f"state_dict['secant']: malformed ({type(err).__name__}: {err})") from None
+        if not len(sums) == len(seen) == len(prev) == count or any(len(s) != 3 for s in sums):
+            raise ValueError(f"state_dict['secant']: expected running sums, flags and secants for {count} groups")
+        self.optimizer.load_state_dict(state_dict["base"])
+        self.eta, self.step_count, self._sums, self._seen, self._prev = eta, step_count, sums, seen, prev
         self.stats = self._copy_stats(saved["stats"])
         self._apply_lrs(self._factors())
+
+    @staticmethod
+    def _decode_prev(saved: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:
+        """A saved secant start (flat weights and gradients of some parameters), checked against ``params``."""
+        members = [params[i] for i in saved["params"]]
+        size = sum(p.numel() for p in members)
+        for key in ("w", "g"):
+            value = saved[key]
+            if not isinstance(value, Tensor) or value.numel() != size:
+                raise ValueError(
+                    f"state_dict['secant']['prev']: {key} holds {getattr(value, 'shape', value)}, the group's "
+                    f"parameters {size} numbers (a checkpoint of another model)"
+                )
+        return {
+            "params": [id(p) for p in members],
+            "w": saved["w"].clone(),
+            "g": saved["g"].clone(),
+            "lr": float(saved["lr"]),
+        }
 
     def __repr__(self) -> str:
         lrs = self._lrs_text()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["STAMP_KEYS", "check_optimizer_state", "check_state", "require_keys", "stamp"]
+__all__ = ["PARAM_SHAPED", "STAMP_KEYS", "check_optimizer_state", "check_state", "require_keys", "stamp"]
 
 STAMP_KEYS = ("technique", "groups", "settings")
 """The entries :func:`stamp` adds to a state dict."""
@@ -57,12 +57,28 @@ def require_keys(state: Mapping[str, Any], keys: Sequence[str], argument: str) -
         raise ValueError(f"{argument} is missing {missing}")
 
 
+PARAM_SHAPED = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum")
+"""Optimizer state entries shaped like their parameter (torch's SGD, Adam(W), RMSprop, Adadelta, Adagrad)."""
+
+
 def check_optimizer_state(optimizer: Any, state: Any, argument: str) -> None:
-    """Raise ValueError unless a torch optimizer state dict fits ``optimizer``'s groups (torch's check, made early)."""
+    """Raise ValueError unless a torch optimizer state dict fits ``optimizer``: its groups' parameter
+    counts and, for the :data:`PARAM_SHAPED` entries, every parameter's shape (a model of other shapes)."""
     groups = state.get("param_groups") if isinstance(state, Mapping) else None
-    if groups is None:
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) and "params" in g for g in groups):
         raise ValueError(f"{argument}: expected a torch optimizer state dict with 'param_groups'")
     saved = [len(g["params"]) for g in groups]
     have = [len(g["params"]) for g in optimizer.param_groups]
     if saved != have:
         raise ValueError(f"{argument}: saved param groups hold {saved} parameters, this optimizer's hold {have}")
+    entries = state.get("state", {})
+    if not isinstance(entries, Mapping):
+        raise ValueError(f"{argument}['state']: expected a dict, got {type(entries).__name__}")
+    for saved_group, group in zip(groups, optimizer.param_groups):
+        for index, param in zip(saved_group["params"], group["params"]):
+            for key, value in (entries.get(index) or {}).items():
+                if key in PARAM_SHAPED and hasattr(value, "shape") and tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"{argument}: saved {key} of shape {tuple(value.shape)} for a parameter of shape "
+                        f"{tuple(param.shape)} (a checkpoint of another model)"
+                    )
