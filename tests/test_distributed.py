@@ -15,7 +15,7 @@ from layerwise.distributed import wrap
 from resume_case import take_step
 
 STEPS = 9
-CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "secant")
+CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "secant", "unused")
 
 
 def _net() -> nn.Module:
@@ -23,12 +23,24 @@ def _net() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
 
 
+class _WithUnused(nn.Module):
+    """The test net plus a registered layer its forward never calls (DDP needs find_unused_parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+        self.unused = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def _build(case: str, net: nn.Module):
     part = layerwise.by_layer(net, sample_input=torch.zeros(2, 6))
     if case == "llr":
         opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
         return opt, LayerwiseLR(opt, STEPS, schedule=recipes.build("llr", 3, policy=recipes.make_policy("onecycle")))
-    if case == "freezeout":
+    if case in ("freezeout", "unused"):
         opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
         return opt, FreezeOut(net, opt, STEPS, t0=0.3, strategy="linear")
     if case == "unfreezing":
@@ -49,8 +61,8 @@ def _batch(step: int):
 
 
 def _train(case: str, rank: int | None):
-    net = _net()
-    model = net if rank is None else wrap(net)
+    net = _WithUnused() if case == "unused" else _net()
+    model = net if rank is None else wrap(net, find_unused_parameters=case == "unused")
     opt, technique = _build(case, net)
     sent = []
     for step in range(STEPS):

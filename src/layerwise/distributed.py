@@ -54,6 +54,10 @@ def counting_allreduce(counter, bucket):  # no annotations: DDP checks them, and
 class DistributedModel(nn.Module):
     """``module`` data-parallel over the default process group, one DDP per trainable set.
 
+    ``ddp_options`` go to every DDP. Freezing and Multirate need no ``find_unused_parameters``
+    (each DDP reduces exactly the parameters that require grad); pass it when the model itself
+    has parameters that require grad but some forward passes do not use (a skipped branch).
+
     ``state_dict`` and attribute access are the wrapped module's (as with ``DDP.module``).
     """
 
@@ -64,8 +68,6 @@ class DistributedModel(nn.Module):
             raise TypeError("module: already data-parallel; wrap the plain model")
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("wrap: call torch.distributed.init_process_group first")
-        if "find_unused_parameters" in ddp_options:
-            raise ValueError("find_unused_parameters: not needed (one DDP per trainable set); leave it out")
         super().__init__()
         self.module = module
         self._options = ddp_options

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim import Optimizer
 
 from ._checks import positive_int, unit_interval
@@ -61,6 +62,18 @@ _MOVED_TO_FIT = ("min_r2", "full_matrix", "clip", "joint_scale", "per_group")
 
 _JOINT = (-1.0, -0.5, 0.5, 1.0)
 """Step multipliers probed along the combined step with ``joint_scale``."""
+
+
+def _saving_buffers(saved: dict[int, tuple[nn.Module, list[Tensor]]]) -> Callable[..., None]:
+    """A forward pre-hook saving a module's own buffers (BatchNorm statistics) the first time it runs."""
+
+    def hook(module: nn.Module, _args: Any) -> None:
+        if id(module) not in saved:
+            own = list(module.buffers(recurse=False))
+            if own:
+                saved[id(module)] = (module, [b.detach().clone() for b in own])
+
+    return hook
 
 
 class HiDLR(GroupRates):
@@ -85,7 +98,8 @@ class HiDLR(GroupRates):
             is ``eta_k * factor_k(step / total_steps)``. A group whose factor is 0 is not probed.
         total_steps: run length, required with ``schedule``.
         groups: the partition the optimizer was built from; checked against its param groups.
-        model: restore this model's buffers (BatchNorm statistics) after probing.
+        model: restore this model's buffers (BatchNorm statistics) after probing. Without it, the
+            buffers of every module the probes run are saved on its first call and restored.
         sync: average probe losses across ``torch.distributed`` ranks (default: when initialised).
 
     ``step(closure)``: ``closure()`` must return the scalar loss of the current batch *without*
@@ -188,6 +202,9 @@ class HiDLR(GroupRates):
         saved_state = {p: self._copy_state(opt.state[p]) for p in stepped if p in opt.state}
         saved_lrs = [float(g["lr"]) for g in opt.param_groups]
         buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
+        grads = [p.grad for group in opt.param_groups for p in group["params"]]  # a torch-style closure clears them
+        touched: dict[int, tuple[nn.Module, list[Tensor]]] = {}
+        watch = None if self.model is not None else register_module_forward_pre_hook(_saving_buffers(touched))
         try:
             for group, k, ratio in zip(opt.param_groups, self._member, self._ratio):
                 set_lr(group, ratio if k in active else 0.0)
@@ -222,6 +239,12 @@ class HiDLR(GroupRates):
                 set_lr(group, lr)
             if buffers:
                 torch._foreach_copy_(list(self.model.buffers()), buffers)
+            if watch is not None:
+                watch.remove()
+                for module, saved in touched.values():
+                    torch._foreach_copy_(list(module.buffers(recurse=False)), saved)
+            for p, grad in zip((p for group in opt.param_groups for p in group["params"]), grads):
+                p.grad = grad
         self._update_eta(active, fit)
 
     @staticmethod
