@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,46 @@ def _floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _count(minimum: int):
+    """An argparse type: an int >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _number(*, positive: bool):
+    """An argparse type: a finite number > 0 (``positive``) or >= 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if positive else '>='} 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def _windows(text: str) -> list[tuple[float, float]]:
@@ -118,7 +159,18 @@ def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list
     return result
 
 
+def _check_writable_file(flag: str, path: Path) -> None:
+    """Refuse, before any work, a file path under a file or whose name is a directory."""
+    if path.is_dir():
+        raise ValueError(f"{flag}: {path} is a directory; give a file name like {path / 'schedule.png'}")
+    for folder in path.parents:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{flag}: {folder} is a file, not a directory")
+
+
 def _schedule(args: argparse.Namespace) -> int:
+    if args.plot:
+        _check_writable_file("--plot", Path(args.plot))
     if args.steps < 1:
         raise ValueError(f"--steps: must be >= 1, got {args.steps}")
     if not args.lr >= 0 or args.lr == float("inf"):
@@ -243,28 +295,38 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--methods", help="comma-separated methods (default: every one that fits the task's regime)")
     p.add_argument("--study", help="a built-in study instead of --methods: llr (Smith's layer-LR experiment)")
-    p.add_argument("--seeds", type=int, help="seeds per method (default 1; the llr study: 3)")
-    p.add_argument("--epochs", type=int, help="the baseline's epochs (default: the task's)")
-    p.add_argument("--train-size", type=int, help="train on the first N examples (default: the task's budget)")
-    p.add_argument("--test-size", type=int, help="evaluate on the first N test examples (0: all; default 5000)")
-    p.add_argument("--policy", default="cosine", help=f"global LR policy: {', '.join(sorted(recipes.POLICIES))}")
+    p.add_argument("--seeds", type=_count(1), help="seeds per method (default 1; the llr study: 3)")
+    p.add_argument("--epochs", type=_count(1), help="the baseline's epochs (default: the task's)")
+    p.add_argument("--train-size", type=_count(1), help="train on the first N examples (default: the task's budget)")
+    p.add_argument("--test-size", type=_count(0), help="evaluate on the first N test examples (0: all; default 5000)")
+    p.add_argument(
+        "--policy", default="cosine", choices=sorted(recipes.POLICIES), help="global LR policy (default cosine)"
+    )
     p.add_argument(
         "--budget",
         default="time",
+        choices=("time", "steps"),
         help="time (default): every method trains for the baseline's wall-clock; steps: for the task's epochs",
     )
-    p.add_argument("--budget-seconds", type=float, help="with --budget time: the training budget in seconds")
-    p.add_argument("--eval-points", type=int, default=10, help="test evaluations per run (default 10)")
-    p.add_argument("--target", type=float, help="time-to-target value (accuracy as a fraction, e.g. 0.85)")
+    p.add_argument(
+        "--budget-seconds", type=_number(positive=True), help="with --budget time: the training budget in seconds"
+    )
+    p.add_argument("--eval-points", type=_count(1), default=10, help="test evaluations per run (default 10)")
+    p.add_argument("--target", type=_finite, help="time-to-target value (accuracy as a fraction, e.g. 0.85)")
     p.add_argument(
         "--target-tolerance",
-        type=float,
+        type=_number(positive=False),
         help="default target = baseline's final mean minus this (accuracy points, default 0.5; loss: percent, 1)",
     )
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting")
     p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
     p.add_argument("--out", type=Path, help="output directory (default runs/compare or runs/study-NAME)")
-    p.add_argument("--telemetry", type=int, metavar="N", help="record per-group telemetry every N steps")
+    p.add_argument("--telemetry", type=_count(1), metavar="N", help="record per-group telemetry every N steps")
+    p.add_argument(
+        "--retime",
+        action="store_true",
+        help="rerun the finished runs an earlier invocation timed, so every time in the report is from this one",
+    )
     p.add_argument("--tensorboard", action="store_true", help="with --telemetry: also log it to OUT/tensorboard")
     p.add_argument("--list", action="store_true", help="list the tasks and methods and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -316,15 +378,20 @@ def _compare(args: argparse.Namespace) -> int:
     options = {
         **common,
         **{k: v for k, v in optional.items() if v is not None},
-        "seeds": args.seeds or 1,
+        "seeds": 1 if args.seeds is None else args.seeds,
         "policy": args.policy,
+        "retime": args.retime,
         "budget": args.budget,
         "eval_points": args.eval_points,
         "tensorboard": args.tensorboard,
     }
     if args.test_size is not None:
         options["test_size"] = args.test_size or None
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = None
+    if args.methods is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not methods:
+            raise ValueError(f"--methods: names no method, got {args.methods!r}; see `layerwise compare --list`")
     if args.task is None:
         from .compare.main_job import run_main
 
@@ -334,14 +401,28 @@ def _compare(args: argparse.Namespace) -> int:
         for section in result["sections"]:
             print(f"\n## {section['heading']}\n\n{section['setting']}\n\n{section['table']}")
         print(f"\nwrote {result['paths']['markdown']} and {result['paths']['html']} ({result['minutes']:.1f} minutes)")
-        return 0
+        return _failures(result["sections"])
     result = compare(
         args.task, methods, settings=parse_overrides(args.set), out=args.out or Path("runs/compare"), **options
     )
     paths = result["paths"]
     print(f"\n{result['setting']}\n\n{result['table']}\n")
     print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots'])} plots, run records in {paths['runs']}")
-    return 0
+    return _failures([result])
+
+
+def _failures(results: Sequence[dict[str, Any]]) -> int:
+    """1 (with a line on stderr) when a run failed or a finished run could not be stored; else 0."""
+    failed = sum(len(o["errors"]) for r in results for o in r["outcomes"].values())
+    unsaved = sum(len(r.get("unsaved", ())) for r in results)
+    if failed:
+        print(f"layerwise compare: {failed} run(s) failed (see the table); rerun to retry them", file=sys.stderr)
+    if unsaved:
+        print(
+            f"layerwise compare: {unsaved} finished run(s) could not be stored (they are in this report only)",
+            file=sys.stderr,
+        )
+    return 1 if failed or unsaved else 0
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
@@ -352,22 +433,38 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 def _plot(args: argparse.Namespace) -> int:
     from .plotting import plot_telemetry
 
+    if not args.run_dir.is_dir():
+        raise ValueError(f"run_dir: {args.run_dir} is not a directory")
     sources = []
     if (args.run_dir / "telemetry.json").is_file():
-        sources.append(("", json.loads((args.run_dir / "telemetry.json").read_text())))
+        path = args.run_dir / "telemetry.json"
+        sources.append(("", path, _read_json(path)))
     for path in sorted((args.run_dir / "runs").glob("*.json")):
-        record = json.loads(path.read_text())
-        if record.get("telemetry"):
-            sources.append((path.stem, record["telemetry"]))
+        record = _read_json(path)
+        if isinstance(record, dict) and record.get("telemetry"):
+            sources.append((path.stem, path, record["telemetry"]))
     if not sources:
         raise ValueError(
             f"run_dir: no telemetry in {args.run_dir}; record some with `layerwise compare --telemetry N --out DIR` "
             "or LayerMonitor(...).save(DIR / 'telemetry.json')"
         )
-    for name, data in sources:
-        paths = plot_telemetry(data, args.run_dir / "telemetry" / name, title=name)
+    for name, path, data in sources:
+        try:
+            paths = plot_telemetry(data, args.run_dir / "telemetry" / name, title=name)
+        except (KeyError, TypeError, IndexError, AttributeError) as err:
+            raise ValueError(
+                f"run_dir: {path} is not LayerMonitor telemetry ({type(err).__name__}: {err}); "
+                "expected the output of LayerMonitor.save or compare --telemetry"
+            ) from None
         print(f"wrote {len(paths)} plots to {args.run_dir / 'telemetry' / name}")
     return 0
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"run_dir: {path} is not valid JSON ({err})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,6 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"layerwise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"layerwise {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"layerwise {args.command}: interrupted; finished runs are kept, rerun to resume", file=sys.stderr)

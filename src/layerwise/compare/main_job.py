@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import html_page, html_section
-from .session import compare
+from .session import check_request, compare_variants
 
 __all__ = ["REGIME_RUNS", "RegimeRun", "run_main"]
 
@@ -75,10 +75,15 @@ def run_main(
     """
     out = Path(out)
     start = time.perf_counter()
+    requests = [  # every regime's request is checked before the first one trains
+        check_request(
+            regime.task, methods, settings=settings, **{**regime.options, **options, "out": out / regime.folder}
+        )
+        for regime in REGIME_RUNS
+    ]
     sections = []
-    for regime in REGIME_RUNS:
-        regime_options = {**regime.options, **options}
-        result = compare(regime.task, methods, settings=settings, out=out / regime.folder, **regime_options)
+    for regime, request in zip(REGIME_RUNS, requests):
+        result = compare_variants(**request)
         sections.append({"regime": regime, "heading": regime.heading, **result})
     minutes = (time.perf_counter() - start) / 60
     markdown = ["# layerwise: the main job", "", f"Both regimes in {minutes:.1f} minutes.", ""]

@@ -26,15 +26,15 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .. import recipes
-from .._checks import fraction, int_between, positive_int
+from .._checks import finite_nonneg, fraction, int_between, one_of, positive_int, unit_interval
 from .._registry import Registry
-from ..freezeout import FreezeOut
+from ..freezeout import STRATEGIES, FreezeOut
 from ..freezing import Freezer, FreezeWhenZero, GradualUnfreezing
 from ..groups import Partition, by_depth_buckets
 from ..hidlr import HiDLR
 from ..multirate import Multirate
 from ..scheduler import LayerwiseLR
-from ..secant import SecantLR
+from ..secant import MODES, SecantLR
 from ..tasks import OPTIMIZER_PRESETS, Task, make_optimizer
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Setup",
     "build_setup",
     "check_methods",
+    "checked",
     "default_methods",
     "method_snippet",
     "register_method",
@@ -108,6 +109,63 @@ def _no_check(settings: Mapping[str, Any]) -> None:
     del settings
 
 
+Check = Callable[[str, Any], Any]
+"""``check(flag, value)`` raises ValueError (or TypeError) naming ``flag`` for a bad value."""
+
+
+def checked(method: str, **checks: Check) -> Callable[[Mapping[str, Any]], None]:
+    """A :attr:`Method.check` that runs ``checks[key](f"--set {method}.{key}", value)`` for every setting.
+
+    Example:
+        >>> check = checked("mine", k=positive_int)
+        >>> check({"k": 0})
+        Traceback (most recent call last):
+        ...
+        ValueError: --set mine.k: must be an int >= 1, got 0
+    """
+
+    def check(settings: Mapping[str, Any]) -> None:
+        for key, value in settings.items():
+            if key in checks:
+                checks[key](f"--set {method}.{key}", value)
+
+    return check
+
+
+def _optional(check: Check) -> Check:
+    def optional(flag: str, value: Any) -> Any:
+        return None if value is None else check(flag, value)
+
+    return optional
+
+
+def _positive(flag: str, value: Any) -> float:
+    if finite_nonneg(flag, value) == 0:
+        raise ValueError(f"{flag}: must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _flag(flag: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{flag}: must be true or false, got {value!r}")
+    return value
+
+
+def _policy(flag: str, value: Any) -> Any:
+    return None if value is None else one_of(flag, value, tuple(recipes.POLICIES))
+
+
+def _choice(*choices: Any) -> Check:
+    def choice(flag: str, value: Any) -> Any:
+        return one_of(flag, value, choices)
+
+    return choice
+
+
+def _t0(flag: str, value: Any) -> float:
+    return fraction(flag, value, open_low=True)
+
+
 @dataclass(frozen=True)
 class Method:
     """A named technique: default settings, a builder and the tasks it applies to.
@@ -162,11 +220,13 @@ def resolve_settings(name: str, overrides: Mapping[str, Any] | None = None) -> d
     return settings
 
 
-def check_methods(task: Task, names: Sequence[str], partition: Partition) -> None:
-    """Raise ValueError naming every method that is unknown or does not apply to ``task``."""
+def check_methods(task: Task, names: Sequence[str], partition: Partition | None = None) -> None:
+    """Raise ValueError naming every method that is unknown or (given the ``partition``) does not apply to ``task``."""
     unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; choose from {sorted(METHODS)}")
+    if unknown or not names:
+        raise ValueError(f"--methods: unknown {unknown or 'none given'}; choose from {sorted(METHODS)}")
+    if partition is None:
+        return
     for name in names:
         reason = METHODS[name].applies(task, partition)
         if reason:
@@ -510,6 +570,16 @@ def _adamw_snippet(build: Build, settings: Mapping[str, Any]) -> str:
 
 # ---- the registered methods ------------------------------------------------------------------
 
+_HIDLR_CHECKS: dict[str, Check] = {
+    "groups": _optional(positive_int),
+    "update_every": positive_int,
+    "gamma": unit_interval,
+    "clip": _optional(_positive),
+    "joint_scale": _flag,
+    "per_group": _flag,
+}
+_FREEZEOUT_CHECKS: dict[str, Check] = {"t0": _t0, "strategy": _choice(*STRATEGIES), "scale_lr": _flag}
+
 _HIDLR_DEFAULTS = {
     "groups": 3,
     "update_every": 16,
@@ -542,12 +612,14 @@ def register_defaults() -> None:
             {"policy": None},
             same_cost=True,
             snippet=_scheduled_snippet("constant"),
+            check=checked("baseline", policy=_policy),
         ),
         Method(
             "adamw",
             "uniform AdamW at `lr` (instead of the task's optimizer) under the global policy",
             _adamw,
             {"lr": 1e-3, "weight_decay": 0.01},
+            check=checked("adamw", lr=_positive, weight_decay=finite_nonneg),
             not_default={regime: "another base optimizer, run on request" for regime in ("scratch", "fine-tuning")},
             snippet=_adamw_snippet,
         ),
@@ -568,6 +640,7 @@ def register_defaults() -> None:
             not_default={"scratch": "slows the early layers a random start needs most (-15 points on fashion-mnist)"},
             same_cost=True,
             snippet=_scheduled_snippet("discriminative"),
+            check=checked("discriminative", ratio=_positive, policy=_policy),
         ),
         Method(
             "gradual-unfreezing",
@@ -578,6 +651,7 @@ def register_defaults() -> None:
             _needs_groups(2),
             not_default={"scratch": _RANDOM_BODY},
             snippet=_unfreezing_snippet,
+            check=checked("gradual-unfreezing", until=_t0),
         ),
         Method(
             "llr",
@@ -589,6 +663,7 @@ def register_defaults() -> None:
             not_default=scratch_only,
             same_cost=True,
             snippet=_scheduled_snippet("llr"),
+            check=checked("llr", first=finite_nonneg, last=finite_nonneg, policy=_policy),
         ),
         Method(
             "staggered",
@@ -599,6 +674,7 @@ def register_defaults() -> None:
             not_default=scratch_only,
             same_cost=True,
             snippet=_scheduled_snippet("staggered", uses_policy=False),
+            check=checked("staggered", first_peak=fraction, last_peak=fraction),
         ),
         Method(
             "freezeout",
@@ -607,6 +683,7 @@ def register_defaults() -> None:
             {"t0": 0.8, "strategy": "cubic", "scale_lr": True},
             _needs_groups(2),
             snippet=_freezeout_snippet,
+            check=checked("freezeout", **_FREEZEOUT_CHECKS),
         ),
         Method(
             "multirate",
@@ -617,6 +694,7 @@ def register_defaults() -> None:
             not_default={"scratch": f"{_FINE_TUNING_ONLY}: from scratch it is 13 points behind at 250 steps"},
             period=_multirate_period,
             snippet=_multirate_snippet,
+            check=checked("multirate", k=positive_int, fast=positive_int),
         ),
         Method(
             "multirate-block",
@@ -627,6 +705,7 @@ def register_defaults() -> None:
             not_default={"scratch": _FINE_TUNING_ONLY},
             period=_multirate_period,
             snippet=_multirate_snippet,
+            check=checked("multirate-block", k=positive_int, fast=positive_int),
         ),
         Method(
             "hidlr",
@@ -636,6 +715,7 @@ def register_defaults() -> None:
             _HIDLR_DEFAULTS,
             period=_hidlr_period,
             snippet=_hidlr_snippet,
+            check=checked("hidlr", **_HIDLR_CHECKS),
         ),
         Method(
             "secant",
@@ -646,6 +726,14 @@ def register_defaults() -> None:
             {"mode": None, "beta": 0.9, "gamma": 0.9, "scale": 1.0, "clip": 10.0},
             not_default={"fine-tuning": "a from-scratch experiment; not in the fine-tuning set"},
             snippet=_secant_snippet,
+            check=checked(
+                "secant",
+                mode=_optional(_choice(*MODES)),
+                beta=unit_interval,
+                gamma=unit_interval,
+                scale=_positive,
+                clip=_optional(_positive),
+            ),
         ),
         Method(
             "freezeout+hidlr",
@@ -655,6 +743,7 @@ def register_defaults() -> None:
             _needs_groups(2),
             not_default={"fine-tuning": "a combination; FreezeOut and Hi-DLR each run in the fine-tuning set"},
             period=_hidlr_period,
+            check=checked("freezeout+hidlr", **_HIDLR_CHECKS, **{k: _FREEZEOUT_CHECKS[k] for k in ("t0", "strategy")}),
         ),
     ):
         register_method(method)

@@ -85,6 +85,9 @@ def summarize(
             notes.append(f"{diverged} diverged")
         if budget_ratio is not None and abs(budget_ratio - 1) > BUDGET_WARNING:
             notes.append(f"warning: trained {budget_ratio:.2f}x its budget")
+        apart = _timed_apart(records, base_records)
+        if apart:
+            notes.append(apart)
         notes.extend(f"failed: {e.splitlines()[-1] if e else ''}"[:160] for e in errors)
         judged = None
         if label != baseline and records and base_records:
@@ -112,6 +115,17 @@ def summarize(
             }
         )
     return {"rows": rows, "target": target}
+
+
+def _timed_apart(records: list[dict[str, Any]], base_records: list[dict[str, Any]]) -> str | None:
+    """A warning when these runs and the baseline's were timed by different invocations (another load)."""
+    runs = {r["timing"]["invocation"]: r["timing"] for r in records + base_records if r.get("timing")}
+    if len(runs) < 2:
+        return None
+    loads = ", ".join(str(t.get("load")) for t in runs.values())
+    return (
+        f"timed apart: {len(runs)} invocations with baseline (load {loads}); rerun with --retime to time them together"
+    )
 
 
 def _budget_ratio(records: list[dict[str, Any]], wall: float | None, base_wall: float | None) -> float | None:

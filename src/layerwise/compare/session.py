@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import re
+import sqlite3
 import traceback
+import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -24,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from .. import recipes
 from .._checks import finite_nonneg, one_of, positive_int
 from ..tasks import Task, TaskData, make_optimizer, resolve_task
 from ..training import progress_bar, steps_per_epoch
@@ -34,7 +40,17 @@ from .runner import run_one
 from .store import RunStore
 from .targets import check_target
 
-__all__ = ["BUDGETS", "CompareConfig", "Variant", "compare", "compare_variants", "parse_overrides"]
+__all__ = [
+    "BUDGETS",
+    "CompareConfig",
+    "Variant",
+    "check_request",
+    "compare",
+    "compare_variants",
+    "fingerprint",
+    "parse_overrides",
+    "write_atomically",
+]
 
 Variant = tuple[str, str, dict[str, Any]]
 """(label, method name, settings overrides)."""
@@ -80,6 +96,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         one_of("--budget", self.budget, BUDGETS)
+        one_of("--policy", self.policy, tuple(recipes.POLICIES))
         seconds = self.budget_seconds
         if seconds is not None:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
@@ -108,6 +125,29 @@ def _warm_up(task: Task, data: TaskData, steps: int = 10) -> None:
         optimizer.zero_grad()
         task.loss(model(x[index]), y[index]).backward()
         optimizer.step()
+
+
+def fingerprint() -> dict[str, Any]:
+    """A new invocation's timing context: an id, the machine, and its load (1-minute average) now.
+
+    Every run of one :func:`compare_variants` call carries the same fingerprint; the report flags
+    speed-ups between runs of different calls (another time, perhaps another load).
+    """
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "invocation": uuid.uuid4().hex[:12],
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load": None if load is None else round(load, 2),
+    }
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _slug(label: str) -> str:
@@ -174,6 +214,7 @@ def compare_variants(
     progress: bool = True,
     title: str | None = None,
     data: TaskData | None = None,
+    retime: bool = False,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -183,6 +224,8 @@ def compare_variants(
             ``target_tolerance``: accuracy points, or percent of a loss).
         tensorboard: log each run's telemetry under ``out/tensorboard`` (needs ``telemetry_every``).
         data: replaces the task's own data (``config.test_size`` does not apply to it).
+        retime: rerun the finished runs timed by an earlier invocation, so every time in the report
+            comes from this one (the stored plan, and so every run's steps, is kept).
 
     Returns ``{"rows", "table", "setting", "outcomes", "plan", "target", "paths"}``.
     """
@@ -197,10 +240,11 @@ def compare_variants(
         finite_nonneg("--target-tolerance", target_tolerance)
     if tensorboard and config.telemetry_every is None:
         raise ValueError("tensorboard: needs telemetry_every (what to log, how often)")
+    check_methods(task, [method for _, method, _ in variants])
+    resolved = [(label, method, resolve_settings(method, overrides)) for label, method, overrides in variants]
     model = task.make_model()
     partition = task.partition_of(model)
     check_methods(task, [method for _, method, _ in variants], partition)
-    resolved = [(label, method, resolve_settings(method, overrides)) for label, method, overrides in variants]
     keys = {label: RunStore.variant_key(method, settings) for label, method, settings in resolved}
     train_size = config.train_size if (config.train_size or config.quick) else task.train_size
     epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
@@ -218,12 +262,21 @@ def compare_variants(
     outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
     plan: dict[str, Any] | None = None
     with RunStore(out / "runs.sqlite", store_key) as store:
+        invocation = fingerprint()
+
+        def due(key: str) -> bool:
+            record = store.finished(key)
+            if record is None:
+                return True
+            return retime and record.get("timing", {}).get("invocation") != invocation["invocation"]
+
         todo = [
             (label, method, settings, seed)
             for label, method, settings in resolved
             for seed in range(seeds)
-            if store.finished(RunStore.key(method, settings, seed)) is None
+            if due(RunStore.key(method, settings, seed))
         ]
+        unsaved: dict[str, dict[str, Any]] = {}
         if todo and data is None:
             data = task.load_data(None, config.quick)
             if config.test_size is not None:
@@ -272,6 +325,7 @@ def compare_variants(
                         store.fail(key, method, seed, traceback.format_exc())
                     else:
                         record["label"] = label
+                        record["timing"] = invocation
                         record["budget"] = {"mode": config.budget}
                         if planned is not None:
                             record["budget"].update(
@@ -280,7 +334,13 @@ def compare_variants(
                                 planned_steps=planned["steps"],
                                 cost_ratio=planned["ratio"],
                             )
-                        store.save(key, record)
+                        try:
+                            store.save(key, record)
+                        except (OSError, sqlite3.Error) as err:  # kept for the report, said so
+                            unsaved[key] = record
+                            warnings.warn(
+                                f"--out: could not store the finished run {label} seed {seed}: {err}", stacklevel=2
+                            )
                 if runs_bar is not None:
                     runs_bar.update(1)
         runs_dir = out / "runs"
@@ -288,10 +348,10 @@ def compare_variants(
         for label, method, settings in resolved:
             for seed in range(seeds):
                 key = RunStore.key(method, settings, seed)
-                record = store.finished(key)
+                record = unsaved.get(key) or store.finished(key)
                 if record is not None:
                     outcomes[label]["records"].append(record)
-                    (runs_dir / f"{_slug(label)}-seed{seed}.json").write_text(json.dumps(record))
+                    write_atomically(runs_dir / f"{_slug(label)}-seed{seed}.json", json.dumps(record))
                 else:
                     outcomes[label]["errors"].append(store.error(key) or "not run")
     baseline = "baseline" if "baseline" in outcomes else labels[0]
@@ -326,6 +386,7 @@ def compare_variants(
         "snippets": snippets,
         "metric": task.metric,
         "budget": config.budget,
+        "unsaved": sorted(unsaved),
         "paths": {"markdown": out / "results.md", "html": html_path, "plots": plots, "runs": runs_dir},
     }
 
@@ -402,18 +463,53 @@ def compare(
         **options: the fields of :class:`CompareConfig` (``budget``, ``epochs``, ...) and the other
             arguments of :func:`compare_variants` (``seeds``, ``out``, ``target``, ...).
     """
+    return compare_variants(**check_request(task, methods, settings=settings, **options))
+
+
+_RUN_OPTIONS = ("seeds", "out", "target", "target_tolerance", "tensorboard", "progress", "title", "data", "retime")
+
+
+def check_request(
+    task: str | Task = "fashion-mnist",
+    methods: Sequence[str] | None = None,
+    *,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Everything :func:`compare` checks before it loads any data, as :func:`compare_variants`'s arguments.
+
+    Unknown options, bad configuration values, unknown or inapplicable methods, and every method
+    setting raise ValueError (or TypeError) naming the flag; nothing is trained, loaded or written.
+    """
     task = resolve_task(task)
     config_fields = set(CompareConfig.options())
-    known = config_fields | {"seeds", "out", "target", "target_tolerance", "tensorboard", "progress", "title", "data"}
+    known = config_fields | set(_RUN_OPTIONS)
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"compare: unknown option {unknown[0]!r}; choose from {sorted(known)}")
     config = CompareConfig(**{k: v for k, v in options.items() if k in config_fields})
-    methods = list(methods) if methods else default_methods(task, task.partition_of(task.make_model()))
+    if methods is not None:
+        methods = list(methods)
+        check_methods(task, methods)
     settings = dict(settings or {})
+    if methods is not None:
+        stray = sorted(set(settings) - set(methods))
+        if stray:
+            raise ValueError(f"--set: settings for methods that are not compared: {stray}; compared: {methods}")
+    for name, overrides in settings.items():
+        resolve_settings(name, overrides)
+    partition = task.partition_of(task.make_model())
+    methods = methods if methods is not None else default_methods(task, partition)
     stray = sorted(set(settings) - set(methods))
     if stray:
         raise ValueError(f"--set: settings for methods that are not compared: {stray}; compared: {methods}")
-    variants = [(name, name, dict(settings.get(name, {}))) for name in methods]
+    check_methods(task, methods, partition)
     rest = {k: v for k, v in options.items() if k not in config_fields}
-    return compare_variants(task, variants, config=config, **rest)
+    positive_int("--seeds", rest.get("seeds", 1))
+    check_target(rest.get("target"), task.metric)
+    if rest.get("target_tolerance") is not None:
+        finite_nonneg("--target-tolerance", rest["target_tolerance"])
+    if rest.get("tensorboard") and config.telemetry_every is None:
+        raise ValueError("--tensorboard: needs --telemetry N (what to log, how often)")
+    variants = [(name, name, dict(settings.get(name, {}))) for name in methods]
+    return {"task": task, "variants": variants, "config": config, **rest}

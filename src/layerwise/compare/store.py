@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunStore"]
+__all__ = ["RunStore", "prepare_out"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,16 +38,36 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+def prepare_out(out: str | Path) -> Path:
+    """Create the output directory ``out`` and check it is writable (ValueError naming the problem)."""
+    out = Path(out)
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out: {folder} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out: cannot write to {out}: {err.strerror or err}") from None
+    return out
+
+
 class RunStore:
     """The runs of one comparison configuration (``config``: a JSON-ready dict)."""
 
     def __init__(self, path: str | Path, config: dict[str, Any]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_out(self.path.parent)
         wanted = json.dumps(config, sort_keys=True)
-        self._db = sqlite3.connect(self.path)
-        self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM config WHERE key = 'config'").fetchone()
+        try:
+            self._db = sqlite3.connect(self.path)
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM config WHERE key = 'config'").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise ValueError(
+                f"--out: {self.path} is not a readable run store ({err}); delete it or choose another --out"
+            ) from None
         if row is None:
             with self._db:
                 self._db.execute("INSERT INTO config VALUES ('config', ?)", (wanted,))
