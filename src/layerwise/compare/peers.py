@@ -806,4 +806,3 @@ def register_peers() -> None:
     """Register the peer methods (after the built-in methods, so a comparison runs them last)."""
     for method in (*_optimizer_peers(), *_schedule_peers()):
         register_method(method)
-
