@@ -368,7 +368,7 @@ def composer_frozen_count(step: int, total: int, groups: int, start: float, leve
     progress = step / total
     if progress <= start:
         return 0
-    frozen = math.floor(level * (progress - start) / (1.0 - start) * groups)
+    frozen = math.floor(level * (progress - start) / (1.0 - start) * groups + 1e-9)  # 1.9999999 is 2
     return min(frozen, groups - 1)
 
 
