@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from _torchvision_stub import import_without_torchvision
 from torch import nn
 
 import layerwise.compare.runner as runner
+from _torchvision_stub import import_without_torchvision
 from layerwise import cli
 from layerwise.compare.methods import METHODS, Build, build_setup, check_methods, method_snippet, resolve_settings
 from layerwise.compare.peers import composer_frozen_count, even_mults
@@ -151,7 +151,7 @@ def test_layer_decay_equals_timm_param_groups_layer_decay():
 
 def _fastai_fine_tune_lrs(epochs, base_lr):
     pytest.importorskip("fastai", reason="fastai is in the dev extra")
-    import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
+    import fastai.callback.progress
     import fastai.callback.schedule  # noqa: F401  (Learner.fine_tune)
     from fastai.basics import Callback, DataLoaders, Learner
 
