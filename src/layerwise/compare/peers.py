@@ -673,6 +673,7 @@ def _optimizer_peers() -> list[Method]:
             check=_all(
                 _needs_package("dog", "dog", "dog-optimizer"),
                 _positive("dog", "reps_rel", optional=True),
+                _boolean("dog", "average"),
                 _positive("dog", "gamma"),
             ),
         ),
@@ -722,6 +723,14 @@ def _optimizer_peers() -> list[Method]:
             check=_all(_positive("lamb", "lr"), _positive("lamb", "eps")),
         ),
     ]
+
+
+def _boolean(method: str, key: str) -> Callable[[Mapping[str, Any]], None]:
+    def check(settings: Mapping[str, Any]) -> None:
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"--set {method}.{key}: must be true or false, got {settings[key]!r}")
+
+    return check
 
 
 def _count(method: str, key: str) -> Callable[[Mapping[str, Any]], None]:
