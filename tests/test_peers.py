@@ -247,6 +247,25 @@ def test_schedulefree_evaluates_at_the_averaged_weights(monkeypatch):
     _train(model, setup, 1)  # still in train mode: a step would raise otherwise
 
 
+def test_schedulefree_refreshes_batchnorm_statistics_at_the_averaged_weights():
+    task = replace(SCRATCH, make_model=lambda: nn.Sequential(nn.Linear(20, 16), nn.BatchNorm1d(16), nn.Linear(16, 3)))
+    model, setup = new_run(task, "schedulefree", resolve_settings("schedulefree", {"bn_batches": 3}), 20, "constant", 0)
+    _train(model, setup, 5)
+    bn = model[1]
+    before = bn.running_mean.clone()
+    setup.eval_mode()
+    refreshed = bn.running_mean.clone()
+    # three momentum-0.1 updates from the training statistics, with the first layer at x
+    expected = before.clone()
+    g = torch.Generator().manual_seed(1)  # the batches _train drew
+    inputs = [(torch.randn(16, 20, generator=g), torch.randint(0, 3, (16,), generator=g))[0] for _ in range(5)]
+    for x in inputs[-3:]:
+        expected = 0.9 * expected + 0.1 * model[0](x).detach().mean(0)
+    assert not torch.allclose(refreshed, before)
+    assert torch.allclose(refreshed, expected, atol=1e-6)
+    setup.train_mode()
+
+
 def test_dog_evaluates_at_its_iterate_average(monkeypatch):
     model, setup = new_run(SCRATCH, "dog", resolve_settings("dog"), 20, "constant", 0)
     _train(model, setup, 5)
