@@ -540,7 +540,8 @@ def _dog_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     reps = _dog_reps_rel(build.model, settings["reps_rel"])
     lines = [
         "import dog",
-        f"opt = dog.DoG(part.param_groups(), lr=1.0, reps_rel={reps!r}, weight_decay={build.task.weight_decay:g})",
+        "params = [p for p in model.parameters() if p.requires_grad]   # one group: DoG's sums are global",
+        f"opt = dog.DoG(params, lr=1.0, reps_rel={reps!r}, weight_decay={build.task.weight_decay:g})",
     ]
     if settings["average"]:
         lines.append(f"averager = dog.PolynomialDecayAverager(model, gamma={settings['gamma']!r})")
