@@ -75,6 +75,21 @@ def test_peers_are_registered_and_in_no_default_set():
     assert timed == set(PEERS) - {"layer-decay"}
 
 
+def test_every_peer_snippet_runs_in_a_plain_loop():
+    data = _blobs(None, False)
+    loader = [(data.train[0][i : i + 32], data.train[1][i : i + 32]) for i in range(0, 96, 32)]
+    for task in (SCRATCH, FINE):
+        for name in PEERS:
+            model = _mlp()
+            if METHODS[name].applies(task, task.partition_of(model)):
+                continue
+            text = method_snippet(_build(task, 3, model, policy="cosine"), name, resolve_settings(name))
+            namespace = {"model": model, "loader": loader, "x": loader[0][0], "loss_fn": nn.functional.cross_entropy}
+            before = [p.detach().clone() for p in model.parameters()]
+            exec(compile(text, f"<snippet {name}>", "exec"), namespace)
+            assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), name
+
+
 @pytest.mark.parametrize("task", [SCRATCH, FINE], ids=["sgd-scratch", "adamw-fine-tuning"])
 def test_every_peer_trains_a_few_steps(task):
     part = task.partition_of(task.make_model())

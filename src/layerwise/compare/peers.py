@@ -586,6 +586,7 @@ def _layer_decay_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     preset = OPTIMIZER_PRESETS.get(task.optimizer)
     options = "".join(f", {k}={v!r}" for k, v in preset.options.items())
     return (
+        "import layerwise.compare.peers\n"
         f"mults = layerwise.compare.peers.layer_decay_multipliers(len(part), {settings['decay']!r})\n"
         f"opt = torch.optim.{preset.cls.__name__}(part.param_groups(lr={task.lr:g}, lr_mult=mults, "
         f'weight_decay={task.weight_decay:g}, no_decay=("bias", "norm")), lr={task.lr:g}{options})\n'
@@ -601,7 +602,7 @@ def _step_loop(build: Build, *lines: str) -> str:
 def _layer_freezing_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     start, level = settings["freeze_start"], settings["freeze_level"]
     return (
-        f"{_optimizer_line(build)}\nfreezer = layerwise.Freezer(model, opt)\n"
+        f"import layerwise.compare.peers\n{_optimizer_line(build)}\nfreezer = layerwise.Freezer(model, opt)\n"
         f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, policy={_policy_expr(build.policy)})\n"
         + _step_loop(
             build,
@@ -616,7 +617,8 @@ def _fine_tune_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     options = _fine_tune_options(build.task, settings)
     frozen = _phase_steps(build, settings["freeze_fraction"])
     return (
-        f"{_optimizer_line(build)}\nfreezer = layerwise.Freezer(model, opt); freezer.freeze(*part.names[:-1])\n"
+        f"import layerwise.compare.peers\n{_optimizer_line(build)}\n"
+        "freezer = layerwise.Freezer(model, opt); freezer.freeze(*part.names[:-1])\n"
         f"for step, (x, y) in enumerate(loader):   # {build.total_steps} steps\n"
         f"    lrs = layerwise.compare.peers.fastai_fine_tune_lrs(step, {build.total_steps}, {frozen}, len(part), "
         f"{options!r})\n"
@@ -630,7 +632,8 @@ def _lp_ft_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     probe = _phase_steps(build, settings["probe"])
     policy = f"layerwise.compare.peers.Restarted({_policy_expr(build.policy)}, at={probe / build.total_steps!r})"
     return (
-        f"{_optimizer_line(build)}\nfreezer = layerwise.Freezer(model, opt); freezer.freeze(*part.names[:-1])\n"
+        f"import layerwise.compare.peers\n{_optimizer_line(build)}\n"
+        "freezer = layerwise.Freezer(model, opt); freezer.freeze(*part.names[:-1])\n"
         f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, policy={policy})\n"
         + _step_loop(build, f"if step == {probe}: freezer.unfreeze(*freezer.frozen)")
     )
