@@ -46,6 +46,7 @@ def _mlp():
 
 SCRATCH = Task(
     name="peer-blobs",
+    description="three Gaussian blobs, a 3-layer MLP (the peer tests)",
     make_model=_mlp,
     sample_input=lambda: torch.zeros(2, 20),
     load_data=_blobs,

@@ -162,10 +162,9 @@ def _fine_tuning_head(task: Task, partition: Partition) -> str | None:
 # ---- building blocks -------------------------------------------------------------------------
 
 
-def _groups(context: Build, lr: float, weight_decay: float | None = None) -> list[dict[str, Any]]:
+def _groups(context: Build, lr: float) -> list[dict[str, Any]]:
     """The partition's param groups at ``lr`` with the task's decay (none on biases and norms)."""
-    decay = context.task.weight_decay if weight_decay is None else weight_decay
-    return context.partition.param_groups(lr=lr, weight_decay=decay, no_decay=("bias", "norm"))
+    return context.partition.param_groups(lr=lr, weight_decay=context.task.weight_decay, no_decay=("bias", "norm"))
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
