@@ -22,6 +22,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench,pretrained,dev]'
+	# timm and fastai (test-only) pull PyPI's torchvision, a CUDA build that cannot load beside the CPU
+	# torch and then breaks transformers' imports; nothing here needs it (the tests stub it for timm).
+	$(BIN)/python -m pip uninstall -q -y torchvision
 	touch $@
 
 data:

@@ -16,6 +16,7 @@ Example:
 """
 
 from .methods import METHODS, Build, Method, Setup, default_methods, register_method
+from .peers import register_peers
 from .session import BUDGETS, CompareConfig, Variant, compare, compare_variants, parse_overrides
 
 __all__ = [
@@ -31,4 +32,7 @@ __all__ = [
     "default_methods",
     "parse_overrides",
     "register_method",
+    "register_peers",
 ]
+
+register_peers()

@@ -67,12 +67,16 @@ class Setup:
         scheduler: ``scheduler.step()`` after every ``optimizer.step()`` (None: nothing to step).
         wants_closure: ``optimizer.step(closure)`` with a closure returning the batch loss without backward.
         freezer: the method's :class:`Freezer`, to read which groups are frozen.
+        eval_mode: called before every evaluation (Schedule-Free's ``optimizer.eval()``: the model
+            takes the weights to evaluate); ``train_mode`` after it and before training.
     """
 
     optimizer: Optimizer
     scheduler: Stepped | None = None
     wants_closure: bool = False
     freezer: Freezer | None = None
+    eval_mode: Callable[[], None] | None = None
+    train_mode: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)

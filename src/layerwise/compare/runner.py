@@ -33,7 +33,7 @@ from ..telemetry import LayerMonitor
 from ..training import seeded_batches, steps_per_epoch
 from .methods import Build, Setup, build_setup, resolve_settings
 
-__all__ = ["eval_steps", "group_lrs", "new_run", "run_one", "train_step"]
+__all__ = ["eval_steps", "evaluate_setup", "group_lrs", "new_run", "run_one", "train_step"]
 
 LR_SAMPLES = 200
 """At most this many sampled steps of every group's LR are kept per run."""
@@ -71,6 +71,17 @@ def train_step(model: nn.Module, setup: Setup, task: Task, xb: Any, yb: torch.Te
     if setup.scheduler is not None:
         setup.scheduler.step()
     return loss
+
+
+def evaluate_setup(model: nn.Module, setup: Setup, split: tuple[Any, torch.Tensor], task: Task) -> dict[str, float]:
+    """Evaluate ``model`` on ``split`` at the weights ``setup`` evaluates (``eval_mode``), then back to training."""
+    if setup.eval_mode is not None:
+        setup.eval_mode()
+    try:
+        return evaluate(model, split, task)
+    finally:
+        if setup.train_mode is not None:
+            setup.train_mode()
 
 
 def eval_steps(total: int, points: int) -> set[int]:
@@ -148,6 +159,8 @@ def run_one(
     frozen_at: dict[str, int] = {}
     seconds, diverged_at = 0.0, None
     model.train()
+    if setup.train_mode is not None:
+        setup.train_mode()
     for step, _, xb, yb in seeded_batches(x_train, y_train, task.batch_size, seed=seed, steps=total):
         if step % lr_every == 0:
             lr_steps.append(step)
@@ -167,7 +180,7 @@ def run_one(
             diverged_at = step + 1
             break
         if step + 1 in evaluate_at:
-            metrics = evaluate(model, data.test, task)
+            metrics = evaluate_setup(model, setup, data.test, task)
             curve.append({"step": step + 1, "seconds": seconds, **{f"test_{k}": v for k, v in metrics.items()}})
     final = curve[-1] if curve and diverged_at is None else {}
     tail = [v if v is not None else math.nan for v in losses[-max(1, per_epoch // 10) :]]
