@@ -8,32 +8,20 @@ import torch
 from torch import nn
 
 import layerwise.compare.session as compare_module
+from blobs import blobs, mlp
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Method, Setup, register_method
 from layerwise.compare.runner import run_one
-from layerwise.tasks import TASKS, Task, TaskData, register_task
-
-
-def _blobs(data_dir, quick):
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 20, generator=g) * 2
-    labels = torch.randint(0, 3, (320,), generator=g)
-    x = centers[labels] + torch.randn(320, 20, generator=g)
-    return TaskData((x[:256], labels[:256]), (x[256:], labels[256:]))
-
-
-def _mlp():
-    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-
+from layerwise.tasks import TASKS, Task, register_task
 
 TINY = register_task(
     Task(
         name="tiny-blobs",
         description="three Gaussian blobs, a 3-layer MLP",
-        make_model=_mlp,
+        make_model=mlp,
         sample_input=lambda: torch.zeros(2, 20),
-        load_data=_blobs,
+        load_data=blobs,
         epochs=2,
         quick_epochs=2,
         batch_size=32,
@@ -50,9 +38,9 @@ def _run(out, methods, **options):
 
 def test_baseline_equals_a_hand_written_loop():
     record = run_one("tiny-blobs", "baseline", seed=3, policy="constant", eval_points=1)
-    data = _blobs(None, False)
+    data = blobs(None, False)
     torch.manual_seed(3)
-    model = _mlp()
+    model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     order = torch.Generator().manual_seed(3)
     losses = []
@@ -82,7 +70,7 @@ def test_methods_see_the_same_batches_and_differ_only_in_lrs():
 
 
 def test_every_method_runs_on_the_tiny_task():
-    part = TINY.partition_of(_mlp())
+    part = TINY.partition_of(mlp())
     for name in [n for n, method in METHODS.items() if method.applies(TINY, part) is None]:  # lp-ft: fine-tuning
         record = run_one("tiny-blobs", name, seed=0, policy="cosine")
         assert record["test_metric"] is not None and 0.0 <= record["test_metric"] <= 1.0, name

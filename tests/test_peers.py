@@ -11,12 +11,13 @@ from torch import nn
 
 import layerwise.compare.runner as runner
 from _torchvision_stub import import_without_torchvision
+from blobs import blobs, mlp
 from layerwise import cli
 from layerwise.compare.methods import METHODS, Build, build_setup, check_methods, method_snippet, resolve_settings
 from layerwise.compare.peers import composer_frozen_count, even_mults
 from layerwise.compare.runner import evaluate_setup, group_lrs, new_run, run_one, train_step
 from layerwise.groups import by_layer, explicit
-from layerwise.tasks import TASKS, Task, TaskData, register_task
+from layerwise.tasks import TASKS, Task, register_task
 
 PEERS = [
     "prodigy",
@@ -32,24 +33,12 @@ PEERS = [
 ]
 
 
-def _blobs(data_dir, quick):
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 20, generator=g) * 2
-    labels = torch.randint(0, 3, (320,), generator=g)
-    x = centers[labels] + torch.randn(320, 20, generator=g)
-    return TaskData((x[:256], labels[:256]), (x[256:], labels[256:]))
-
-
-def _mlp():
-    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
 SCRATCH = Task(
     name="peer-blobs",
     description="three Gaussian blobs, a 3-layer MLP (the peer tests)",
-    make_model=_mlp,
+    make_model=mlp,
     sample_input=lambda: torch.zeros(2, 20),
-    load_data=_blobs,
+    load_data=blobs,
     epochs=2,
     quick_epochs=2,
     batch_size=32,
@@ -77,11 +66,11 @@ def test_peers_are_registered_and_in_no_default_set():
 
 
 def test_every_peer_snippet_runs_in_a_plain_loop():
-    data = _blobs(None, False)
+    data = blobs(None, False)
     loader = [(data.train[0][i : i + 32], data.train[1][i : i + 32]) for i in range(0, 96, 32)]
     for task in (SCRATCH, FINE):
         for name in PEERS:
-            model = _mlp()
+            model = mlp()
             if METHODS[name].applies(task, task.partition_of(model)):
                 continue
             text = method_snippet(_build(task, 3, model, policy="cosine"), name, resolve_settings(name))
@@ -103,11 +92,11 @@ def test_every_peer_trains_a_few_steps(task):
 
 
 def test_fine_tuning_peers_are_refused_from_scratch_and_layer_decay_on_one_group():
-    part = SCRATCH.partition_of(_mlp())
+    part = SCRATCH.partition_of(mlp())
     for name in ("fine-tune", "lp-ft"):
         with pytest.raises(ValueError, match=rf"{name} does not apply .*a fine-tuning method"):
             check_methods(SCRATCH, [name], part)
-    single = explicit(_mlp(), {"all": [n for n, _ in _mlp().named_parameters()]})
+    single = explicit(mlp(), {"all": [n for n, _ in mlp().named_parameters()]})
     with pytest.raises(ValueError, match=r"layer-decay does not apply .*at least 2 groups.*has 1"):
         check_methods(FINE, ["layer-decay"], single)
 
@@ -174,7 +163,7 @@ def _fastai_fine_tune_lrs(epochs, base_lr):
     from fastai.basics import Callback, DataLoaders, Learner
 
     torch.manual_seed(0)
-    model = _mlp()
+    model = mlp()
     data = list(zip(torch.randn(64, 20), torch.randint(0, 3, (64,))))
     dls = DataLoaders.from_dsets(data, data[:16], bs=16, device=torch.device("cpu"))
     seen: list[tuple[list[float], list[bool]]] = []
@@ -256,7 +245,7 @@ def test_schedulefree_evaluates_at_the_averaged_weights(monkeypatch):
     # y = (1 - beta) z + beta x, so the averaged x = (y - (1 - beta) z) / beta
     x = [(yi - (1 - beta) * setup.optimizer.state[p]["z"]) / beta for yi, p in zip(y, params)]
     seen = _capture_evaluation(monkeypatch)
-    evaluate_setup(model, setup, _blobs(None, False).test, SCRATCH)
+    evaluate_setup(model, setup, blobs(None, False).test, SCRATCH)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(seen[0], x))
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(seen[0], y))
     assert all(torch.allclose(p, b, atol=1e-6) for p, b in zip(params, y))  # back at y to train on
@@ -288,7 +277,7 @@ def test_dog_evaluates_at_its_iterate_average(monkeypatch):
     trained = [p.detach().clone() for p in model.parameters()]
     averaged = [p.detach().clone() for p in setup.scheduler.averaged_model.parameters()]
     seen = _capture_evaluation(monkeypatch)
-    evaluate_setup(model, setup, _blobs(None, False).test, SCRATCH)
+    evaluate_setup(model, setup, blobs(None, False).test, SCRATCH)
     assert all(torch.equal(a, b) for a, b in zip(seen[0], averaged))
     assert not all(torch.equal(a, b) for a, b in zip(seen[0], trained))
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), trained))
@@ -318,4 +307,4 @@ def test_compare_list_shows_every_peer_with_its_source(capsys):
 
 
 def test_by_layer_partition_of_the_blobs_model_is_what_the_tests_assume():
-    assert by_layer(_mlp(), sample_input=torch.zeros(1, 20)).names == ("0", "2", "4")
+    assert by_layer(mlp(), sample_input=torch.zeros(1, 20)).names == ("0", "2", "4")

@@ -8,19 +8,19 @@ import torch
 from torch import nn
 
 import layerwise.compare.session as session
+from blobs import blobs, mlp
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Build, method_snippet, resolve_settings
 from layerwise.compare.store import RunStore
 from layerwise.tasks import Task, load_task_file, register_task
-from test_compare import _blobs, _mlp
 
 
-def _task(name="timed-blobs", load_data=_blobs):
+def _task(name="timed-blobs", load_data=blobs):
     return Task(
         name=name,
         description="three Gaussian blobs, a 3-layer MLP",
-        make_model=_mlp,
+        make_model=mlp,
         sample_input=lambda: torch.zeros(2, 20),
         load_data=load_data,
         epochs=2,
@@ -233,12 +233,12 @@ def test_regimes_pick_their_default_methods():
 
 def test_every_snippet_runs_in_a_plain_loop():
     task = _task()
-    data = _blobs(None, False)
+    data = blobs(None, False)
     loader = [(data.train[0][i : i + 32], data.train[1][i : i + 32]) for i in range(0, 96, 32)]
     for name, method in METHODS.items():
         if method.snippet is None or method.applies(task, task.partition_of(task.make_model())):
             continue
-        model = _mlp()
+        model = mlp()
         text = method_snippet(Build(task, model, task.partition_of(model), 3, "cosine"), name, resolve_settings(name))
         x = loader[0][0]
         namespace = {"model": model, "loader": loader, "x": x, "loss_fn": nn.functional.cross_entropy}

@@ -295,6 +295,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--methods", help="comma-separated methods (default: every one that fits the task's regime)")
     p.add_argument("--study", help="a built-in study instead of --methods: llr (Smith's layer-LR experiment)")
+    p.add_argument(
+        "--lr-sweep",
+        type=_floats,
+        metavar="F,F,...",
+        help="train every method at the task's LR times each factor (e.g. 0.01,0.1,1,10) and report the final "
+        "metric against the factor; needs --task",
+    )
     p.add_argument("--seeds", type=_count(1), help="seeds per method (default 1; the llr study: 3)")
     p.add_argument("--epochs", type=_count(1), help="the baseline's epochs (default: the task's)")
     p.add_argument("--train-size", type=_count(1), help="train on the first N examples (default: the task's budget)")
@@ -392,6 +399,22 @@ def _compare(args: argparse.Namespace) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods:
             raise ValueError(f"--methods: names no method, got {args.methods!r}; see `layerwise compare --list`")
+    if args.lr_sweep is not None:
+        from .compare.sweep import check_factors, lr_sweep
+
+        check_factors(args.lr_sweep)
+        if args.task is None:
+            raise ValueError("--lr-sweep: needs --task (a sweep runs one task)")
+        result = lr_sweep(
+            args.task,
+            methods,
+            args.lr_sweep,
+            settings=parse_overrides(args.set),
+            out=args.out or Path("runs/lr-sweep"),
+            **options,
+        )
+        print(f"\n{result['table']}\n\nwrote {result['paths']['markdown']} and {result['paths']['plot']}")
+        return _failures(result["results"])
     if args.task is None:
         from .compare.main_job import run_main
 

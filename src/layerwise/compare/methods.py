@@ -30,7 +30,7 @@ from .._checks import finite_nonneg, fraction, int_between, one_of, positive_int
 from .._registry import Registry
 from ..freezeout import STRATEGIES, FreezeOut
 from ..freezing import Freezer, FreezeWhenZero, GradualUnfreezing
-from ..groups import Partition, by_depth_buckets
+from ..groups import Partition, by_depth_buckets, by_kind, explicit
 from ..hidlr import HiDLR
 from ..multirate import Multirate
 from ..scheduler import LayerwiseLR
@@ -49,6 +49,7 @@ __all__ = [
     "method_snippet",
     "register_method",
     "resolve_settings",
+    "two_groups",
 ]
 
 
@@ -187,6 +188,8 @@ class Method:
         snippet: ``snippet(Build, settings) -> str``: the lines that set the method up in a plain loop.
         check: ``check(settings)`` raises ValueError naming ``--set METHOD.KEY`` for a bad value; it
             needs no model or data, so a comparison refuses bad settings before loading anything.
+        uses_task_lr: the method starts from the task's learning rate (False: it sets or finds its own,
+            as a parameter-free optimizer does), so an LR sweep runs it once.
     """
 
     name: str
@@ -199,6 +202,7 @@ class Method:
     same_cost: bool = False
     snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
     check: Callable[[Mapping[str, Any]], None] = _no_check
+    uses_task_lr: bool = True
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -360,8 +364,30 @@ def _multirate_applies(task: Task, partition: Partition) -> str | None:
     return _needs_groups(2)(task, partition)
 
 
-def _hidlr_partition(context: Build, buckets: int | None) -> Partition:
+SPLITS = ("head", "bias", "norm")
+"""Hi-DLR's two-group splits (the paper's Table 2): the head, the biases or the norm layers vs the rest."""
+
+
+def two_groups(model: nn.Module, partition: Partition, split: str) -> Partition:
+    """``partition``'s parameters in two groups: ``rest`` first, then the head, the biases or the norms."""
+    one_of("split", split, SPLITS)
+    if split == "head":
+        named = {"rest": list(partition.groups[:-1]), "head": [partition.groups[-1]]}
+    else:
+        kinds = by_kind(model)
+        chosen = {id(p) for p in kinds[split].params} if split in kinds.names else set()
+        named = {"rest": [], split: []}
+        for group in partition:
+            for name, param in zip(group.param_names, group.params):
+                named[split if id(param) in chosen else "rest"].append(name)
+        return explicit(model, {name: names for name, names in named.items() if names})
+    return explicit(model, {name: [n for g in groups for n in g.param_names] for name, groups in named.items()})
+
+
+def _hidlr_partition(context: Build, buckets: int | None, split: str | None = None) -> Partition:
     task, partition = context.task, context.partition
+    if split is not None:
+        return two_groups(context.model, partition, split)
     if buckets is None or task.partition is not None:
         return partition  # a task's own partition (NAM's feature networks, a toy's x and y) is kept
     positive_int("hidlr.groups", buckets)
@@ -380,7 +406,7 @@ def _hidlr_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _hidlr(context: Build, settings: dict[str, Any]) -> Setup:
-    base = context.optimizer(_hidlr_partition(context, settings["groups"]))
+    base = context.optimizer(_hidlr_partition(context, settings["groups"], settings["split"]))
     optimizer = HiDLR(
         base,
         schedule=recipes.make_policy(context.policy),
@@ -411,7 +437,7 @@ def _secant(context: Build, settings: dict[str, Any]) -> Setup:
 
 
 def _freezeout_hidlr(context: Build, settings: dict[str, Any]) -> Setup:
-    groups = _hidlr_partition(context, settings["groups"])
+    groups = _hidlr_partition(context, settings["groups"], settings["split"])
     base = context.optimizer(groups)
     # no 1/t_i scaling: Hi-DLR finds each group's LR itself
     schedule = recipes.build("freezeout", len(groups), t0=settings["t0"], strategy=settings["strategy"], scale_lr=False)
@@ -538,12 +564,15 @@ def _hidlr_snippet_options(build: Build, settings: Mapping[str, Any]) -> str:
 
 
 def _hidlr_snippet(build: Build, settings: Mapping[str, Any]) -> str:
-    buckets = settings["groups"]
+    buckets, split = settings["groups"], settings["split"]
     regroup = (
         f"part = layerwise.by_depth_buckets(model, {buckets}, sample_input=x)\n"
         if buckets is not None and build.task.partition is None
         else ""
     )
+    if split is not None:
+        regroup = f'part = layerwise.compare.methods.two_groups(model, part, "{split}")   # {split} | rest\n'
+
     return (
         f"{regroup}{_optimizer_line(build)}\n"
         f"opt = layerwise.HiDLR(opt, schedule={_policy_expr(build.policy)}, total_steps={build.total_steps}, "
@@ -576,6 +605,7 @@ def _adamw_snippet(build: Build, settings: Mapping[str, Any]) -> str:
 
 _HIDLR_CHECKS: dict[str, Check] = {
     "groups": _optional(positive_int),
+    "split": _optional(_choice(*SPLITS)),
     "update_every": positive_int,
     "gamma": unit_interval,
     "clip": _optional(_positive),
@@ -586,6 +616,7 @@ _FREEZEOUT_CHECKS: dict[str, Check] = {"t0": _t0, "strategy": _choice(*STRATEGIE
 
 _HIDLR_DEFAULTS = {
     "groups": 3,
+    "split": None,
     "update_every": 16,
     "gamma": 0.9,
     "clip": 10.0,
@@ -624,6 +655,7 @@ def register_defaults() -> None:
             _adamw,
             {"lr": 1e-3, "weight_decay": 0.01},
             check=checked("adamw", lr=_positive, weight_decay=finite_nonneg),
+            uses_task_lr=False,
             not_default={regime: "another base optimizer, run on request" for regime in ("scratch", "fine-tuning")},
             snippet=_adamw_snippet,
         ),
@@ -714,7 +746,8 @@ def register_defaults() -> None:
         Method(
             "hidlr",
             "Hi-DLR: per-group LRs from a quadratic fit of 4K probe losses every `update_every` steps, "
-            "on `groups` layer buckets; eta* clipped to `clip` x the task LR; times the policy",
+            "on `groups` layer buckets (or two groups, `split` = head, bias or norm vs the rest: the paper's "
+            "Table 2; groups=1 is Hi-ULR); eta* clipped to `clip` x the task LR; times the policy",
             _hidlr,
             _HIDLR_DEFAULTS,
             period=_hidlr_period,

@@ -653,6 +653,7 @@ def _optimizer_peers() -> list[Method]:
             not_default=_NOT_DEFAULT,
             snippet=_prodigy_snippet,
             check=_all(_needs_package("prodigy", "prodigyopt", "prodigyopt"), _positive("prodigy", "d_coef")),
+            uses_task_lr=False,
         ),
         Method(
             "dadapt",
@@ -663,6 +664,7 @@ def _optimizer_peers() -> list[Method]:
             not_default=_NOT_DEFAULT,
             snippet=_dadapt_snippet,
             check=_needs_package("dadapt", "dadaptation", "dadaptation"),
+            uses_task_lr=False,
         ),
         Method(
             "dog",
@@ -679,6 +681,7 @@ def _optimizer_peers() -> list[Method]:
                 _boolean("dog", "average"),
                 _positive("dog", "gamma"),
             ),
+            uses_task_lr=False,
         ),
         Method(
             "schedulefree",
@@ -713,6 +716,7 @@ def _optimizer_peers() -> list[Method]:
                 _momentum("lars", "momentum"),
                 _positive("lars", "trust_coefficient"),
             ),
+            uses_task_lr=False,
         ),
         Method(
             "lamb",
@@ -724,6 +728,7 @@ def _optimizer_peers() -> list[Method]:
             not_default=_NOT_DEFAULT,
             snippet=_lamb_snippet,
             check=_all(_positive("lamb", "lr"), _positive("lamb", "eps")),
+            uses_task_lr=False,
         ),
     ]
 

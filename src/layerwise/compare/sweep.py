@@ -1,0 +1,161 @@
+"""Learning-rate robustness: every method at the task's LR times each of several factors.
+
+An automatic learning rate is worth its cost when the user does not know the learning rate. A
+sweep trains each method with the task's LR multiplied by every factor (one comparison per factor,
+each at equal cost within itself, in ``OUT/lr<factor>``) and reports the final metric against the
+factor. Methods that set or find their own LR (:attr:`Method.uses_task_lr` False: Prodigy,
+D-Adaptation, DoG, ...) run once, at the factor nearest 1, and are drawn as a flat line.
+
+Example:
+    >>> from layerwise.compare.sweep import lr_sweep
+    >>> result = lr_sweep("ellipse", ["baseline", "hidlr"], [0.1, 1.0], budget="steps",
+    ...                   out="runs/sweep", progress=False)  # doctest: +SKIP
+    >>> print(result["table"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..tasks import resolve_task
+from .methods import METHODS
+from .session import check_request, compare_variants
+
+__all__ = ["check_factors", "lr_sweep"]
+
+
+def check_factors(factors: Sequence[float]) -> list[float]:
+    """Distinct finite factors > 0 (ValueError naming ``--lr-sweep`` otherwise).
+
+    Example:
+        >>> check_factors([0.1, 1, 10])
+        [0.1, 1.0, 10.0]
+    """
+    values = list(factors)
+    ok = all(not isinstance(f, bool) and isinstance(f, (int, float)) and math.isfinite(f) and f > 0 for f in values)
+    if not values or not ok or len(set(values)) != len(values):
+        raise ValueError(f"--lr-sweep: distinct finite factors > 0, e.g. 0.01,0.1,1,10; got {values}")
+    return [float(f) for f in values]
+
+
+def _anchor(factors: Sequence[float]) -> float:
+    """The factor nearest 1 (on a log scale), where methods with their own LR run."""
+    return min(factors, key=lambda f: abs(math.log(f)))
+
+
+def lr_sweep(
+    task: Any,
+    methods: Sequence[str] | None = None,
+    factors: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
+    *,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    out: str | Path = "runs/lr-sweep",
+    **options: Any,
+) -> dict[str, Any]:
+    """Compare ``methods`` at each LR factor; returns ``{"rows", "table", "factors", "results", "paths"}``.
+
+    ``options`` are :func:`~layerwise.compare.session.compare`'s. Every factor's request is checked
+    before the first one trains.
+    """
+    task = resolve_task(task)
+    factors = check_factors(factors)
+    out = Path(out)
+    anchor = _anchor(factors)
+    settings = dict(settings or {})
+    if methods is None:
+        methods = [name for name, _, _ in check_request(task, None, settings=settings, **options)["variants"]]
+    methods = list(methods)
+    requests = []
+    for factor in factors:
+        names = [m for m in methods if factor == anchor or METHODS.get(m).uses_task_lr]
+        swept = replace(task, name=f"{task.name}@lr{factor:g}", lr=task.lr * factor)
+        mine = {name: value for name, value in settings.items() if name in names}
+        requests.append(check_request(swept, names, settings=mine, **{**options, "out": out / f"lr{factor:g}"}))
+    results = [compare_variants(**request) for request in requests]
+    rows = _rows(methods, factors, results)
+    table = _table(rows, factors, task.metric)
+    (out / "sweep.md").write_text(
+        f"# LR sweep: {task.name}\n\nFinal test {task.metric} (mean ± std over seeds) with the task's LR "
+        f"({task.lr:g}) times each factor; methods with their own LR ran once (at x{anchor:g}).\n\n{table}\n"
+    )
+    (out / "sweep.json").write_text(json.dumps({"task": task.name, "factors": factors, "rows": rows}, indent=1))
+    plot = _plot(rows, factors, task.metric, out / "sweep.png")
+    return {
+        "rows": rows,
+        "table": table,
+        "factors": factors,
+        "results": results,
+        "paths": {"markdown": out / "sweep.md", "json": out / "sweep.json", "plot": plot},
+    }
+
+
+def _rows(methods: Sequence[str], factors: Sequence[float], results: Sequence[dict[str, Any]]) -> list[dict]:
+    rows = []
+    for method in methods:
+        cells = {}
+        for factor, result in zip(factors, results):
+            outcome = result["outcomes"].get(method)
+            values = [r["test_metric"] for r in outcome["records"]] if outcome else []
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells[f"{factor:g}"] = {"mean": statistics.fmean(values), "std": std, "runs": len(values)}
+        rows.append({"method": method, "uses_task_lr": METHODS.get(method).uses_task_lr, "by_factor": cells})
+    return rows
+
+
+def _table(rows: list[dict], factors: Sequence[float], metric: str) -> str:
+    scale, spec = (100.0, ".2f") if metric == "accuracy" else (1.0, ".4g")
+    head = ["method", *(f"x{f:g}" for f in factors), "best factor"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(factors) + "---|"]
+    better = max if metric == "accuracy" else min
+    for row in rows:
+        cells = row["by_factor"]
+        values = []
+        for factor in factors:
+            cell = cells.get(f"{factor:g}")
+            if cell is None and not row["uses_task_lr"] and cells:
+                values.append("(own LR)")
+            else:
+                values.append("—" if cell is None else f"{cell['mean'] * scale:{spec}} ± {cell['std'] * scale:{spec}}")
+        best = "own LR" if not row["uses_task_lr"] else "—"
+        if row["uses_task_lr"] and cells:
+            best = "x" + better(cells, key=lambda k: cells[k]["mean"])
+        lines.append("| " + " | ".join([row["method"], *values, best]) + " |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict], factors: Sequence[float], metric: str, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    scale = 100.0 if metric == "accuracy" else 1.0
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for row in rows:
+        cells = row["by_factor"]
+        if not cells:
+            continue
+        if not row["uses_task_lr"]:
+            (value,) = [c["mean"] * scale for c in cells.values()]
+            ax.plot([min(factors), max(factors)], [value, value], linestyle="--", label=f"{row['method']} (own LR)")
+            continue
+        xs = [f for f in factors if f"{f:g}" in cells]
+        ax.plot(xs, [cells[f"{f:g}"]["mean"] * scale for f in xs], marker="o", label=row["method"])
+    ax.set_xscale("log")
+    ax.set_xlabel("factor on the task's learning rate")
+    ax.set_ylabel(f"final test {metric}" + (" %" if metric == "accuracy" else ""))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,20 @@
+"""Three Gaussian blobs and a 3-layer MLP: the tiny task the comparison tests train."""
+
+import torch
+from torch import nn
+
+from layerwise.tasks import TaskData
+
+
+def blobs(data_dir, quick):
+    """320 points in 20 dimensions around three centres: 256 to train, 64 to test."""
+    del data_dir, quick
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 20, generator=g) * 2
+    labels = torch.randint(0, 3, (320,), generator=g)
+    x = centers[labels] + torch.randn(320, 20, generator=g)
+    return TaskData((x[:256], labels[:256]), (x[256:], labels[256:]))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
