@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from layerwise.tasks import TaskData
+from layerwise.tasks import Task, TaskData
 
 
 def blobs(data_dir, quick):
@@ -18,3 +18,19 @@ def blobs(data_dir, quick):
 
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def blobs_task(name: str, **overrides) -> Task:
+    """The blobs task under ``name`` (2 epochs of batch 32 at LR 0.05), with ``overrides``."""
+    fields = {
+        "description": "three Gaussian blobs, a 3-layer MLP",
+        "make_model": mlp,
+        "sample_input": lambda: torch.zeros(2, 20),
+        "load_data": blobs,
+        "epochs": 2,
+        "quick_epochs": 2,
+        "batch_size": 32,
+        "lr": 0.05,
+        "weight_decay": 0.0,
+    }
+    return Task(name=name, **{**fields, **overrides})

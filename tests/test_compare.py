@@ -8,27 +8,14 @@ import torch
 from torch import nn
 
 import layerwise.compare.session as compare_module
-from blobs import blobs, mlp
+from blobs import blobs, blobs_task, mlp
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Method, Setup, register_method
 from layerwise.compare.runner import run_one
-from layerwise.tasks import TASKS, Task, register_task
+from layerwise.tasks import TASKS, register_task
 
-TINY = register_task(
-    Task(
-        name="tiny-blobs",
-        description="three Gaussian blobs, a 3-layer MLP",
-        make_model=mlp,
-        sample_input=lambda: torch.zeros(2, 20),
-        load_data=blobs,
-        epochs=2,
-        quick_epochs=2,
-        batch_size=32,
-        lr=0.05,
-        weight_decay=0.0,
-    )
-)
+TINY = register_task(blobs_task("tiny-blobs"))
 
 
 def _run(out, methods, **options):

@@ -11,13 +11,13 @@ from torch import nn
 
 import layerwise.compare.runner as runner
 from _torchvision_stub import import_without_torchvision
-from blobs import blobs, mlp
+from blobs import blobs, blobs_task, mlp
 from layerwise import cli
 from layerwise.compare.methods import METHODS, Build, build_setup, check_methods, method_snippet, resolve_settings
 from layerwise.compare.peers import composer_frozen_count, even_mults
 from layerwise.compare.runner import evaluate_setup, group_lrs, new_run, run_one, train_step
 from layerwise.groups import by_layer, explicit
-from layerwise.tasks import TASKS, Task, register_task
+from layerwise.tasks import TASKS, register_task
 
 PEERS = [
     "prodigy",
@@ -33,17 +33,8 @@ PEERS = [
 ]
 
 
-SCRATCH = Task(
-    name="peer-blobs",
-    description="three Gaussian blobs, a 3-layer MLP (the peer tests)",
-    make_model=mlp,
-    sample_input=lambda: torch.zeros(2, 20),
-    load_data=blobs,
-    epochs=2,
-    quick_epochs=2,
-    batch_size=32,
-    lr=0.05,
-    weight_decay=5e-4,
+SCRATCH = blobs_task(
+    "peer-blobs", description="three Gaussian blobs, a 3-layer MLP (the peer tests)", weight_decay=5e-4
 )
 FINE = replace(SCRATCH, name="peer-blobs-ft", regime="fine-tuning", optimizer="adamw", lr=1e-2, weight_decay=0.01)
 for _task in (SCRATCH, FINE):

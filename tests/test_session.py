@@ -8,28 +8,16 @@ import torch
 from torch import nn
 
 import layerwise.compare.session as session
-from blobs import blobs, mlp
+from blobs import blobs, blobs_task, mlp
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Build, method_snippet, resolve_settings
 from layerwise.compare.store import RunStore
-from layerwise.tasks import Task, load_task_file, register_task
+from layerwise.tasks import load_task_file, register_task
 
 
 def _task(name="timed-blobs", load_data=blobs):
-    return Task(
-        name=name,
-        description="three Gaussian blobs, a 3-layer MLP",
-        make_model=mlp,
-        sample_input=lambda: torch.zeros(2, 20),
-        load_data=load_data,
-        epochs=2,
-        quick_epochs=2,
-        batch_size=32,
-        lr=0.05,
-        weight_decay=0.0,
-        regime="fine-tuning",
-    )
+    return blobs_task(name, load_data=load_data, regime="fine-tuning")
 
 
 register_task(_task())
