@@ -109,7 +109,7 @@ def test_bad_settings_name_the_setting():
         resolve_settings("layer-decay", {"decay": 1.5})
     with pytest.raises(ValueError, match=r"--set lp-ft.probe: must be a fraction of training in \(0, 1\)"):
         resolve_settings("lp-ft", {"probe": 1.0})
-    with pytest.raises(ValueError, match=r"--set lars.momentum: must be a momentum in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"--set lars.momentum: must be in \[0, 1\)"):
         resolve_settings("lars", {"momentum": 1.0})
 
 

@@ -21,7 +21,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["clip_range", "finite_nonneg", "fraction", "int_between", "one_of", "positive_int", "unit_interval"]
+__all__ = [
+    "boolean",
+    "clip_range",
+    "finite_nonneg",
+    "fraction",
+    "int_between",
+    "one_of",
+    "optional",
+    "positive_int",
+    "positive_number",
+    "unit_interval",
+]
 
 T = TypeVar("T")
 
@@ -70,6 +81,34 @@ def fraction(name: str, value: Any, *, open_low: bool = False, what: str = "a fr
         bound = "(0, 1]" if open_low else "[0, 1]"
         raise ValueError(f"{name}: must be {what} in {bound}, got {value}")
     return value
+
+
+def positive_number(name: str, value: Any) -> float:
+    """A finite number > 0."""
+    if finite_nonneg(name, value) == 0:
+        raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (no truthy stand-ins: ``--set k=1`` is refused)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: must be true or false, got {value!r}")
+    return value
+
+
+def optional(check: Any) -> Any:
+    """``check`` that also accepts None (a setting whose None means "the default rule").
+
+    Example:
+        >>> optional(positive_int)("k", None), optional(positive_int)("k", 3)
+        (None, 3)
+    """
+
+    def check_or_none(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return check_or_none
 
 
 def unit_interval(name: str, value: Any) -> float:

@@ -26,7 +26,17 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .. import recipes
-from .._checks import finite_nonneg, fraction, int_between, one_of, positive_int, unit_interval
+from .._checks import (
+    boolean,
+    finite_nonneg,
+    fraction,
+    int_between,
+    one_of,
+    optional,
+    positive_int,
+    positive_number,
+    unit_interval,
+)
 from .._registry import Registry
 from ..freezeout import STRATEGIES, FreezeOut
 from ..freezing import Freezer, FreezeWhenZero, GradualUnfreezing
@@ -135,25 +145,6 @@ def checked(method: str, **checks: Check) -> Callable[[Mapping[str, Any]], None]
                 checks[key](f"--set {method}.{key}", value)
 
     return check
-
-
-def _optional(check: Check) -> Check:
-    def optional(flag: str, value: Any) -> Any:
-        return None if value is None else check(flag, value)
-
-    return optional
-
-
-def _positive(flag: str, value: Any) -> float:
-    if finite_nonneg(flag, value) == 0:
-        raise ValueError(f"{flag}: must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _flag(flag: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{flag}: must be true or false, got {value!r}")
-    return value
 
 
 def _policy(flag: str, value: Any) -> Any:
@@ -604,15 +595,15 @@ def _adamw_snippet(build: Build, settings: Mapping[str, Any]) -> str:
 # ---- the registered methods ------------------------------------------------------------------
 
 _HIDLR_CHECKS: dict[str, Check] = {
-    "groups": _optional(positive_int),
-    "split": _optional(_choice(*SPLITS)),
+    "groups": optional(positive_int),
+    "split": optional(_choice(*SPLITS)),
     "update_every": positive_int,
     "gamma": unit_interval,
-    "clip": _optional(_positive),
-    "joint_scale": _flag,
-    "per_group": _flag,
+    "clip": optional(positive_number),
+    "joint_scale": boolean,
+    "per_group": boolean,
 }
-_FREEZEOUT_CHECKS: dict[str, Check] = {"t0": _t0, "strategy": _choice(*STRATEGIES), "scale_lr": _flag}
+_FREEZEOUT_CHECKS: dict[str, Check] = {"t0": _t0, "strategy": _choice(*STRATEGIES), "scale_lr": boolean}
 
 _HIDLR_DEFAULTS = {
     "groups": 3,
@@ -654,7 +645,7 @@ def register_defaults() -> None:
             "uniform AdamW at `lr` (instead of the task's optimizer) under the global policy",
             _adamw,
             {"lr": 1e-3, "weight_decay": 0.01},
-            check=checked("adamw", lr=_positive, weight_decay=finite_nonneg),
+            check=checked("adamw", lr=positive_number, weight_decay=finite_nonneg),
             uses_task_lr=False,
             not_default={regime: "another base optimizer, run on request" for regime in ("scratch", "fine-tuning")},
             snippet=_adamw_snippet,
@@ -676,7 +667,7 @@ def register_defaults() -> None:
             not_default={"scratch": "slows the early layers a random start needs most (-15 points on fashion-mnist)"},
             same_cost=True,
             snippet=_scheduled_snippet("discriminative"),
-            check=checked("discriminative", ratio=_positive, policy=_policy),
+            check=checked("discriminative", ratio=positive_number, policy=_policy),
         ),
         Method(
             "gradual-unfreezing",
@@ -765,11 +756,11 @@ def register_defaults() -> None:
             snippet=_secant_snippet,
             check=checked(
                 "secant",
-                mode=_optional(_choice(*MODES)),
+                mode=optional(_choice(*MODES)),
                 beta=unit_interval,
                 gamma=unit_interval,
-                scale=_positive,
-                clip=_optional(_positive),
+                scale=positive_number,
+                clip=optional(positive_number),
             ),
         ),
         Method(

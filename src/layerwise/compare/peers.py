@@ -32,7 +32,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .. import recipes
-from .._checks import finite_nonneg, fraction, positive_int
+from .._checks import boolean, fraction, optional, positive_int, positive_number, unit_interval
 from ..freezing import Freezer
 from ..groups import Partition
 from ..scheduler import LayerwiseLR
@@ -49,6 +49,7 @@ from .methods import (
     _policy_expr,
     _policy_only,
     _policy_snippet,
+    checked,
     register_method,
 )
 
@@ -87,24 +88,6 @@ def _all(*checks: Callable[[Mapping[str, Any]], None]) -> Callable[[Mapping[str,
     def check(settings: Mapping[str, Any]) -> None:
         for one in checks:
             one(settings)
-
-    return check
-
-
-def _positive(method: str, key: str, *, optional: bool = False) -> Callable[[Mapping[str, Any]], None]:
-    def check(settings: Mapping[str, Any]) -> None:
-        value = settings[key]
-        if optional and value is None:
-            return
-        if finite_nonneg(f"--set {method}.{key}", value) == 0:
-            raise ValueError(f"--set {method}.{key}: must be > 0, got {value!r}")
-
-    return check
-
-
-def _fraction(method: str, key: str, *, open_low: bool = False) -> Callable[[Mapping[str, Any]], None]:
-    def check(settings: Mapping[str, Any]) -> None:
-        fraction(f"--set {method}.{key}", settings[key], open_low=open_low)
 
     return check
 
@@ -652,7 +635,9 @@ def _optimizer_peers() -> list[Method]:
             {"d_coef": 1.0},
             not_default=_NOT_DEFAULT,
             snippet=_prodigy_snippet,
-            check=_all(_needs_package("prodigy", "prodigyopt", "prodigyopt"), _positive("prodigy", "d_coef")),
+            check=_all(
+                _needs_package("prodigy", "prodigyopt", "prodigyopt"), checked("prodigy", d_coef=positive_number)
+            ),
             uses_task_lr=False,
         ),
         Method(
@@ -677,9 +662,7 @@ def _optimizer_peers() -> list[Method]:
             snippet=_dog_snippet,
             check=_all(
                 _needs_package("dog", "dog", "dog-optimizer"),
-                _positive("dog", "reps_rel", optional=True),
-                _boolean("dog", "average"),
-                _positive("dog", "gamma"),
+                checked("dog", reps_rel=optional(positive_number), average=boolean, gamma=positive_number),
             ),
             uses_task_lr=False,
         ),
@@ -696,9 +679,7 @@ def _optimizer_peers() -> list[Method]:
             snippet=_schedulefree_snippet,
             check=_all(
                 _needs_package("schedulefree", "schedulefree", "schedulefree"),
-                _positive("schedulefree", "lr_mult", optional=True),
-                _fraction("schedulefree", "warmup"),
-                _count("schedulefree", "bn_batches"),
+                checked("schedulefree", lr_mult=optional(positive_number), warmup=fraction, bn_batches=_count),
             ),
         ),
         Method(
@@ -712,9 +693,7 @@ def _optimizer_peers() -> list[Method]:
             snippet=_lars_snippet,
             check=_all(
                 _needs_package("lars", "pytorch_optimizer", "pytorch-optimizer"),
-                _positive("lars", "lr"),
-                _momentum("lars", "momentum"),
-                _positive("lars", "trust_coefficient"),
+                checked("lars", lr=positive_number, momentum=unit_interval, trust_coefficient=positive_number),
             ),
             uses_task_lr=False,
         ),
@@ -727,34 +706,14 @@ def _optimizer_peers() -> list[Method]:
             {"lr": 1e-3, "eps": 1e-6},
             not_default=_NOT_DEFAULT,
             snippet=_lamb_snippet,
-            check=_all(_positive("lamb", "lr"), _positive("lamb", "eps")),
+            check=checked("lamb", lr=positive_number, eps=positive_number),
             uses_task_lr=False,
         ),
     ]
 
 
-def _boolean(method: str, key: str) -> Callable[[Mapping[str, Any]], None]:
-    def check(settings: Mapping[str, Any]) -> None:
-        if not isinstance(settings[key], bool):
-            raise ValueError(f"--set {method}.{key}: must be true or false, got {settings[key]!r}")
-
-    return check
-
-
-def _count(method: str, key: str) -> Callable[[Mapping[str, Any]], None]:
-    def check(settings: Mapping[str, Any]) -> None:
-        positive_int(f"--set {method}.{key}", settings[key], minimum=0)
-
-    return check
-
-
-def _momentum(method: str, key: str) -> Callable[[Mapping[str, Any]], None]:
-    def check(settings: Mapping[str, Any]) -> None:
-        value = fraction(f"--set {method}.{key}", settings[key], what="a momentum")
-        if value >= 1:
-            raise ValueError(f"--set {method}.{key}: must be a momentum in [0, 1), got {value}")
-
-    return check
+def _count(flag: str, value: Any) -> int:
+    return positive_int(flag, value, minimum=0)
 
 
 def _decay_check(settings: Mapping[str, Any]) -> None:
@@ -785,7 +744,7 @@ def _schedule_peers() -> list[Method]:
             _layered,
             not_default=_NOT_DEFAULT,
             snippet=_layer_freezing_snippet,
-            check=_all(_inside("layer-freezing", "freeze_start"), _fraction("layer-freezing", "freeze_level")),
+            check=_all(_inside("layer-freezing", "freeze_start"), checked("layer-freezing", freeze_level=fraction)),
         ),
         Method(
             "fine-tune",
@@ -798,10 +757,8 @@ def _schedule_peers() -> list[Method]:
             not_default=_NOT_DEFAULT,
             snippet=_fine_tune_snippet,
             check=_all(
-                _positive("fine-tune", "base_lr", optional=True),
-                _positive("fine-tune", "lr_mult"),
+                checked("fine-tune", base_lr=optional(positive_number), lr_mult=positive_number, div=positive_number),
                 _inside("fine-tune", "pct_start"),
-                _positive("fine-tune", "div"),
                 _inside("fine-tune", "freeze_fraction"),
             ),
         ),
