@@ -196,7 +196,10 @@ def markdown_table(rows: list[dict[str, Any]], metric: str, budget: str = "time"
 
 
 def _colors(plt, count: int):
-    return plt.cm.tab10(np.arange(count) % 10)
+    """One distinct colour per method: tab10 up to 10 methods, tab20 up to 20 (a comparison with peers)."""
+    if count <= 10:
+        return plt.cm.tab10(np.arange(count))
+    return plt.cm.tab20(np.arange(count) % 20)
 
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[tuple[float, float]]:
