@@ -34,7 +34,7 @@ from .._checks import finite_nonneg, one_of, positive_int
 from ..tasks import Task, TaskData, make_optimizer, resolve_task
 from ..training import progress_bar, steps_per_epoch
 from .budget import measure_costs, plan_budget
-from .methods import Build, check_methods, default_methods, method_snippet, resolve_settings
+from .methods import METHODS, Build, check_methods, default_methods, method_snippet, resolve_settings
 from .report import markdown_table, plot_all, summarize, write_html
 from .runner import run_one
 from .store import RunStore
@@ -492,12 +492,9 @@ def check_request(
         methods = list(methods)
         check_methods(task, methods)
     settings = dict(settings or {})
-    if methods is not None:
-        stray = sorted(set(settings) - set(methods))
-        if stray:
-            raise ValueError(f"--set: settings for methods that are not compared: {stray}; compared: {methods}")
     for name, overrides in settings.items():
-        resolve_settings(name, overrides)
+        if name in METHODS:  # checked before any model is built; other names are refused below
+            resolve_settings(name, overrides)
     partition = task.partition_of(task.make_model())
     methods = methods if methods is not None else default_methods(task, partition)
     stray = sorted(set(settings) - set(methods))
