@@ -122,15 +122,18 @@ def shard(
 
     Args:
         model: the plain model, on every rank (call after ``init_process_group``).
-        blocks: the units of sharding, names or submodules (a transformer's layers, a ResNet's
-            stages); default: each child of the root that has parameters. Freezing saves
-            communication per block, so a block should not straddle a freeze boundary.
+        blocks: the units of sharding, names or submodules in data-flow order (a transformer's
+            layers, a ResNet's stages); default: each child of the root that has parameters.
+            Freezing saves communication per block, so a block should not straddle a freeze
+            boundary.
         frozen: one of :data:`FROZEN`.
         **fsdp_options: passed to every ``fully_shard`` call (``mesh``, ``mp_policy``, ...).
 
     Every FSDP module counts the bytes its all-gathers and reduce-scatters move
     (:func:`comm_bytes`).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, FullyShardedDataParallel) or any(
         isinstance(m, FullyShardedDataParallel) for m in model.modules()
     ):
@@ -138,8 +141,6 @@ def shard(
             "model: wrapped in FSDP1's FullyShardedDataParallel, whose flat parameters merge layers; "
             "pass the plain model (layerwise.fsdp.shard applies FSDP2's fully_shard)"
         )
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, FSDPModule):
         raise TypeError("model: already sharded (fully_shard was called on it); pass the plain model")
     one_of("frozen", frozen, FROZEN)
@@ -155,31 +156,48 @@ def shard(
         if isinstance(module, FSDPModule):
             module.set_custom_all_gather(_CountingAllGather(counter))
             module.set_custom_reduce_scatter(_CountingReduceScatter(counter))
-    if frozen == "gathered":
-        model.register_forward_pre_hook(_FrozenGathered(units), prepend=True)
+    model.register_forward_pre_hook(_FollowTrainable(units, keep_frozen=frozen == "gathered"), prepend=True)
     return model
 
 
-class _FrozenGathered:
-    """Before each forward: frozen blocks stay unsharded after their forward and backward (one
-    all-gather while they stay frozen); a block that trains again is resharded, as FSDP does."""
+class _FollowTrainable:
+    """A forward pre-hook on the root that fits FSDP's schedule to what trains now.
 
-    def __init__(self, units: list[nn.Module]) -> None:
+    * Backward prefetch: FSDP all-gathers, during the backward of block i, block i - 1 (the
+      next one backward usually needs). Backward stops at the first trainable block, so block
+      i - 1 is prefetched only if it or a block before it trains; otherwise block i "prefetches"
+      itself, which FSDP skips, and a frozen prefix is all-gathered once per step, not twice.
+    * ``frozen="gathered"``: frozen blocks stay unsharded after their forward and backward (one
+      all-gather while they stay frozen); a block that trains again is resharded, as FSDP does.
+    """
+
+    def __init__(self, units: list[nn.Module], keep_frozen: bool) -> None:
         self.units = units
+        self.keep_frozen = keep_frozen
         self.kept: set[int] = set()
+        self.signature: tuple[bool, ...] | None = None
 
     def __call__(self, _module: nn.Module, _args: Any) -> None:
-        for unit in self.units:
-            frozen = not any(p.requires_grad for p in unit.parameters())
-            if frozen == (id(unit) in self.kept):
-                continue
-            unit.set_reshard_after_forward(not frozen, recurse=False)  # type: ignore[operator]
-            unit.set_reshard_after_backward(not frozen, recurse=False)  # type: ignore[operator]
-            if frozen:
-                self.kept.add(id(unit))
-            else:  # the whole copy is stale once the block trains: FSDP gathers it again
-                self.kept.discard(id(unit))
-                unit.reshard()  # type: ignore[operator]
+        trains = tuple(any(p.requires_grad for p in unit.parameters()) for unit in self.units)
+        if trains == self.signature:
+            return
+        self.signature = trains
+        for i, unit in enumerate(self.units):
+            needed = i > 0 and any(trains[:i])
+            unit.set_modules_to_backward_prefetch([self.units[i - 1] if needed else unit])  # type: ignore[operator]
+            if self.keep_frozen:
+                self._keep(unit, frozen=not trains[i])
+
+    def _keep(self, unit: nn.Module, frozen: bool) -> None:
+        if frozen == (id(unit) in self.kept):
+            return
+        unit.set_reshard_after_forward(not frozen, recurse=False)  # type: ignore[operator]
+        unit.set_reshard_after_backward(not frozen, recurse=False)  # type: ignore[operator]
+        if frozen:
+            self.kept.add(id(unit))
+        else:  # the whole copy is stale once the block trains: FSDP gathers it again
+            self.kept.discard(id(unit))
+            unit.reshard()  # type: ignore[operator]
 
 
 def comm_bytes(model: nn.Module) -> dict[str, int]:
