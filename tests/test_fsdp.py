@@ -119,6 +119,7 @@ def _worker(rank: int, world: int, port: int, phase: str, directory: str, out) -
             out[(case, rank)] = _train(case, rank)
         out[("traced", rank)] = _train("freezeout", rank, trace_sharded=True)
         out[("gathered", rank)] = _train("freezeout", rank, frozen="gathered")
+        out[("gathered-unfreezing", rank)] = _train("unfreezing", rank, frozen="gathered")
         out[("bad", rank)] = _bad_input(rank)
     for case in RESUMED:
         out[(phase, world, case, rank)] = _checkpointed(case, rank, world, directory, phase)
@@ -194,6 +195,28 @@ def test_fsdp_frozen_blocks_kept_gathered_are_not_all_gathered_again(runs):
     assert gathered_bytes[0] == sharded_bytes[0]  # nothing frozen yet: the same collectives
     assert sum(gathered_bytes) < sum(sharded_bytes)
     assert gathered_bytes[-1] == sharded_bytes[-1] - sum(sizes[:4])  # both frozen layers stay whole
+    single = _train("unfreezing", None)  # blocks that unfreeze are sharded again and train
+    _assert_close(runs[("gathered-unfreezing", 0)]["params"], single["params"])
+
+
+def test_fsdp_bench_reports_no_reduce_scatter_gradient_or_state_for_frozen_blocks():
+    from layerwise.bench.fsdp_bench import run_fsdp_bench
+
+    result = run_fsdp_bench(width=16, depth=3, batch=4, warmup=1, repeats=1, number=1)
+    block, head = (16 * 16 + 16) * 4, (16 * 10 + 10) * 4  # dims divide by 2: no padding
+    every = 3 * block + head
+    for way in ("fully_shard", "shard", "gathered"):
+        phases = {phase: result["phases"][phase][way] for phase in result["phases"]}
+        scattered = {phase: v["reduce_scatter_bytes"] for phase, v in phases.items()}
+        assert scattered == {"all_trainable": every, "frozen_prefix": block + head, "head_only": head}
+        assert all(v["frozen_blocks_clean"] for v in phases.values())
+        assert phases["head_only"]["grad_bytes"] == head // 2  # this rank's half of the head's gradient
+        assert phases["head_only"]["optimizer_state_bytes"] == head  # AdamW's two moments of its half
+    gathered = {way: v["all_gather_bytes"] for way, v in result["phases"]["head_only"].items()}
+    assert gathered["fully_shard"] == every + head + block  # forward, the head for backward, a prefetched block
+    assert gathered["shard"] == every + head  # no prefetch of the frozen prefix
+    assert gathered["gathered"] == 2 * head  # the frozen blocks stay whole
+    assert result["phases"]["head_only"]["gathered"]["kept_whole_bytes"] == 3 * block
 
 
 @pytest.mark.parametrize("case", RESUMED)

@@ -55,7 +55,7 @@ from torch.distributed.tensor import DTensor, Shard
 
 from ._checks import one_of
 
-__all__ = ["FROZEN", "comm_bytes", "load", "save", "shard"]
+__all__ = ["FROZEN", "comm_bytes", "count_collectives", "load", "save", "shard"]
 
 FROZEN = ("sharded", "gathered")
 """What :func:`shard` does with a block whose parameters are all frozen: ``"sharded"`` (FSDP's
@@ -150,12 +150,7 @@ def shard(
     for unit in units:
         fully_shard(unit, **fsdp_options)
     fully_shard(model, **fsdp_options)
-    counter = {"all_gather": 0, "reduce_scatter": 0}
-    _COUNTERS[model] = counter
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.set_custom_all_gather(_CountingAllGather(counter))
-            module.set_custom_reduce_scatter(_CountingReduceScatter(counter))
+    count_collectives(model)
     model.register_forward_pre_hook(_FollowTrainable(units, keep_frozen=frozen == "gathered"), prepend=True)
     return model
 
@@ -173,12 +168,13 @@ class _FollowTrainable:
 
     def __init__(self, units: list[nn.Module], keep_frozen: bool) -> None:
         self.units = units
-        self.keep_frozen = keep_frozen
+        self.params = [list(unit.parameters()) for unit in units]  # the sharded ones: a kept block's
+        self.keep_frozen = keep_frozen  # module attributes hold unsharded copies, whose flags do not follow
         self.kept: set[int] = set()
         self.signature: tuple[bool, ...] | None = None
 
     def __call__(self, _module: nn.Module, _args: Any) -> None:
-        trains = tuple(any(p.requires_grad for p in unit.parameters()) for unit in self.units)
+        trains = tuple(any(p.requires_grad for p in params) for params in self.params)
         if trains == self.signature:
             return
         self.signature = trains
@@ -198,6 +194,19 @@ class _FollowTrainable:
         else:  # the whole copy is stale once the block trains: FSDP gathers it again
             self.kept.discard(id(unit))
             unit.reshard()  # type: ignore[operator]
+
+
+def count_collectives(model: nn.Module) -> None:
+    """Count the bytes of every all-gather and reduce-scatter of a ``fully_shard``-ed ``model``
+    (:func:`shard` does this; call it on a model you sharded yourself), read by :func:`comm_bytes`."""
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not modules:
+        raise ValueError("model: has no FSDP2 module (call fully_shard or layerwise.fsdp.shard first)")
+    counter = {"all_gather": 0, "reduce_scatter": 0}
+    _COUNTERS[model] = counter
+    for module in modules:
+        module.set_custom_all_gather(_CountingAllGather(counter))
+        module.set_custom_reduce_scatter(_CountingReduceScatter(counter))
 
 
 def comm_bytes(model: nn.Module) -> dict[str, int]:
@@ -292,6 +301,9 @@ def save(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, **techni
     ``state_dict`` is saved as it is, DTensors sharded, so the checkpoint reshards on load.
     """
     objects = _states(optimizer, techniques)
+    for module in model.modules():  # blocks kept gathered (frozen="gathered") register their shards again
+        if isinstance(module, FSDPModule):
+            module.reshard()
     states = {name: obj.state_dict() for name, obj in objects.items()}
     layout = {name: _describe(state) for name, state in states.items()}
     saved = {"model": get_model_state_dict(model), "states": _plain(states), "layout": json.dumps(layout)}
