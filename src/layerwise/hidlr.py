@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim import Optimizer
 
-from ._checks import positive_int, unit_interval
+from ._checks import fraction, int_between, positive_int, positive_number, unit_interval
 from ._shards import local_all
 from .group_rates import GroupRates
 from .groups import Partition
@@ -83,7 +84,16 @@ class HiDLR(GroupRates):
     Args:
         optimizer: any torch optimizer; its param groups (merged by ``name``) are the K groups,
             and their current LRs are the starting ``eta``.
-        update_every: Phi, probe every this many steps (the first step probes).
+        update_every: Phi, probe every this many steps (the first step probes); with
+            ``max_interval``, the shortest interval.
+        max_interval: adapt Phi: after an accepted fit that moved no group's LR by more than
+            ``interval_tolerance`` (relative), the interval doubles, up to this cap; after a
+            rejection or a larger move it halves, down to ``update_every``. None: Phi is fixed.
+        interval_tolerance: the relative LR move below which the interval grows.
+        probe_fraction: probe on this fraction of the current batch, in (0, 1]: on probing steps
+            ``step(closure)`` calls ``closure(probe_fraction)``, which must return the loss of the
+            batch's first ``ceil(probe_fraction * batch size)`` examples (the same ones for every
+            probe of a round). 1 (default): ``closure()``, the whole batch.
         gamma: smoothing, ``eta <- gamma * eta + (1 - gamma) * eta*``; in [0, 1).
         min_r2: acceptance threshold on the fit's R^2.
         probes: the probing vector v (at least three distinct non-zero values).
@@ -125,6 +135,9 @@ class HiDLR(GroupRates):
         optimizer: Optimizer,
         *,
         update_every: int = 8,
+        max_interval: int | None = None,
+        interval_tolerance: float = 0.1,
+        probe_fraction: float = 1.0,
         gamma: float = 0.9,
         min_r2: float = 0.95,
         probes: Sequence[float] = PROBES,
@@ -143,12 +156,25 @@ class HiDLR(GroupRates):
         if isinstance(optimizer, GroupRates):
             raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
         positive_int("update_every", update_every)
+        if max_interval is not None:
+            int_between(
+                "max_interval", max_interval, update_every, 2**31, f"a large int (>= update_every={update_every})"
+            )
+        positive_number("interval_tolerance", interval_tolerance)
+        fraction("probe_fraction", probe_fraction, open_low=True, what="a fraction of the batch")
         unit_interval("gamma", gamma)
         fit = FitOptions(probes, min_r2, full_matrix, clip, per_group, joint_scale)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         self._setup_rates(optimizer, schedule, total_steps, groups)
         self.update_every = update_every
+        self.max_interval = max_interval
+        self.interval_tolerance = float(interval_tolerance)
+        self.probe_fraction = float(probe_fraction)
+        self.interval = update_every
+        """Phi now: the steps from this probing round to the next (fixed unless ``max_interval``)."""
+        self.next_probe = 0
+        """The step on which the next probing round runs."""
         self.gamma = float(gamma)
         self.fit = fit
         """The probe placement and acceptance options (:class:`~layerwise.quadfit.FitOptions`)."""
@@ -162,6 +188,7 @@ class HiDLR(GroupRates):
             "rejected": 0,
             "groups_kept": 0,
             "rejections": dict.fromkeys((*REJECTION_REASONS, "joint"), 0),
+            "interval": update_every,
         }
         self.history: list[dict[str, Any]] = []
         self.last_fit: QuadraticFit | None = None
@@ -171,24 +198,51 @@ class HiDLR(GroupRates):
     # -- stepping ------------------------------------------------------------------------
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
-        """One optimizer step; probes first when ``step_count % update_every == 0``."""
+        """One optimizer step; probes first when the step is :attr:`next_probe` (every ``update_every``
+        steps unless ``max_interval`` adapts the interval)."""
         loss = None
         probe = closure if self.closure is None else self.closure
         if closure is not None and self.closure is not None:
             with torch.enable_grad():
                 loss = closure()  # the trainer's closure: gradients for this step
         factors = self._factors()
-        if self.step_count % self.update_every == 0:
+        if self.step_count >= self.next_probe:
             if probe is None:
                 raise TypeError(
                     "closure: HiDLR.step(closure) needs a closure on probing steps (every update_every "
                     "steps, the first included): a function returning the batch loss without backward"
                 )
-            self._probe(probe, factors)
+            self._probe(self._on_fraction(probe), factors)
+            self.next_probe = self.step_count + self.interval
         self._apply_lrs(factors)
         self.optimizer.step()
         self.step_count += 1
         return loss
+
+    def _on_fraction(self, closure: Callable[..., Tensor]) -> Callable[[], Tensor]:
+        """The probes' closure: ``closure`` itself, or ``closure(probe_fraction)`` for a sub-batch."""
+        if self.probe_fraction == 1.0:
+            return closure
+        try:
+            inspect.signature(closure).bind(self.probe_fraction)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"closure: with probe_fraction={self.probe_fraction}, HiDLR calls closure(fraction) on probing "
+                "steps; give a closure taking the fraction and returning the loss of the batch's first "
+                "ceil(fraction * batch size) examples"
+            ) from None
+        return lambda: closure(self.probe_fraction)
+
+    def _adapt_interval(self, before: list[float], fit: QuadraticFit) -> None:
+        """Double Phi after a small accepted move, halve it after a rejection or a large one."""
+        if self.max_interval is None:
+            return
+        moves = [abs(now - then) / then for now, then in zip(self.eta, before) if then > 0]
+        if fit.accepted and max(moves, default=0.0) <= self.interval_tolerance:
+            self.interval = min(2 * self.interval, self.max_interval)
+        else:
+            self.interval = max(self.interval // 2, self.update_every)
+        self.stats["interval"] = self.interval
 
     @torch.no_grad()
     def _probe(self, closure: Callable[[], Tensor], factors: np.ndarray) -> None:
@@ -247,7 +301,9 @@ class HiDLR(GroupRates):
                     torch._foreach_copy_(list(module.buffers(recurse=False)), saved)
             for p, grad in zip((p for group in opt.param_groups for p in group["params"]), grads):
                 p.grad = grad
+        before = list(self.eta)
         self._update_eta(active, fit)
+        self._adapt_interval(before, fit)
 
     @staticmethod
     def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +389,8 @@ class HiDLR(GroupRates):
             "hidlr": {
                 "eta": list(self.eta),
                 "step_count": self.step_count,
+                "interval": self.interval,
+                "next_probe": self.next_probe,
                 "stats": stats,
                 "history": [dict(h) for h in self.history],
             },
@@ -349,14 +407,30 @@ class HiDLR(GroupRates):
             step_count = self._decode_step_count(saved["step_count"])
             stats = self._copy_stats(saved["stats"])
             history = [dict(h) for h in saved["history"]]
+            interval, next_probe = self._decode_schedule(saved, step_count)
         except (TypeError, KeyError) as err:
             raise ValueError(f"state_dict['hidlr']: malformed ({type(err).__name__}: {err})") from None
         self.optimizer.load_state_dict(state_dict["base"])
         self.eta, self.step_count, self.stats, self.history = eta, step_count, stats, history
+        self.interval, self.next_probe = interval, next_probe
+        self.stats["interval"] = interval
         self._apply_lrs(self._factors())
 
+    def _decode_schedule(self, saved: dict[str, Any], step_count: int) -> tuple[int, int]:
+        """The saved interval and next probing step (a checkpoint from before adaptive Phi: every
+        ``update_every`` steps)."""
+        if "interval" not in saved:
+            return self.update_every, -(-step_count // self.update_every) * self.update_every
+        cap = self.max_interval or self.update_every
+        interval = int_between("state_dict['hidlr']['interval']", saved["interval"], self.update_every, cap)
+        next_probe = self._decode_step_count(saved["next_probe"])
+        return interval, next_probe
+
     def _settings(self) -> dict[str, Any]:
-        return {"update_every": self.update_every, "gamma": self.gamma}
+        settings: dict[str, Any] = {"update_every": self.update_every, "gamma": self.gamma}
+        if self.max_interval is not None:  # recorded only when set: older checkpoints keep loading
+            settings["max_interval"] = self.max_interval
+        return settings
 
     def __repr__(self) -> str:
         lrs = self._lrs_text()
