@@ -294,6 +294,9 @@ class Pool:
         self._folder: str | None = None
         self._inputs: tuple[Task, TaskData] | None = None
 
+    rank = 0
+    """The session's process leads (the workers are ranks 0 to ``nproc - 1`` of their own group)."""
+
     def _start(self, task: Task, data: TaskData) -> None:
         if self._processes and self._inputs is not None:
             if self._inputs[0] is task and self._inputs[1] is data:
