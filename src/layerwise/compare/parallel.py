@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import multiprocessing
 import os
 import queue
@@ -226,7 +227,7 @@ def _execute(
 
 
 def _failure(rank: int, text: str) -> RuntimeError:
-    return RuntimeError(f"data-parallel rank {rank} failed:\n{text}")
+    return RuntimeError(f"data-parallel rank {rank} failed:\n{text.rstrip()}")
 
 
 def _warm_up(task: Task, data: TaskData) -> None:
@@ -401,8 +402,15 @@ def _join_launched_group() -> None:
 
 
 def _leave_launched_group() -> None:
+    """At exit: free what still holds the group (DDP reducers), wait for every rank, then leave.
+
+    A rank that exits while DDP objects still hold the group, or while another rank still uses
+    it, can abort in gloo's teardown ("terminate called without an active exception").
+    """
     global _OWN_GROUP
     if _OWN_GROUP and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     _OWN_GROUP = False
 

@@ -36,7 +36,7 @@ from .methods import Build, Setup, build_setup, resolve_settings
 if TYPE_CHECKING:
     from .parallel import Parallel
 
-__all__ = ["eval_steps", "evaluate_setup", "group_lrs", "new_run", "run_one", "train_step"]
+__all__ = ["eval_steps", "evaluate_setup", "group_lrs", "new_run", "param_norms", "run_one", "train_step"]
 
 LR_SAMPLES = 200
 """At most this many sampled steps of every group's LR are kept per run."""
@@ -48,6 +48,16 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     for name, group in zip(group_names(optimizer.param_groups), optimizer.param_groups):
         lrs.setdefault(name, float(group["lr"]))
     return lrs
+
+
+def param_norms(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each named group's parameter L2 norm (sharded parameters gathered: every rank must call it)."""
+    squares: dict[str, float] = {}
+    for name, group in zip(group_names(optimizer.param_groups), optimizer.param_groups):
+        for p in group["params"]:
+            whole = p.full_tensor() if hasattr(p, "full_tensor") else p
+            squares[name] = squares.get(name, 0.0) + float(whole.detach().double().square().sum())
+    return {name: math.sqrt(total) for name, total in squares.items()}
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -245,6 +255,7 @@ def run_one(
         "lr_steps": lr_steps,
         "lr": lr_trace,
         "frozen_at": frozen_at,
+        "param_norms": param_norms(optimizer),
         "nproc": 1 if parallel is None else parallel.world,
         "engine": "single" if parallel is None else parallel.engine,
     }
