@@ -70,7 +70,7 @@ def single(tmp_path_factory):
 def test_nproc_two_gloo_processes_equal_one_with_the_global_batch(tmp_path, single):
     result = _run(tmp_path, METHODS_DDP, nproc=2)
     _assert_same_runs(_records(result), single, 2, "ddp")
-    assert "Data-parallel: every run on 2 process(es) with DDP" in result["setting"]
+    assert "Data-parallel: every run on 2 processes with DDP" in result["setting"]
     assert all("data-parallel: 2 processes (ddp)" in row["notes"] for row in result["rows"])
     stored = json.loads((tmp_path / "runs" / "freezeout-seed0.json").read_text())
     assert stored["nproc"] == 2 and stored["frozen_at"] == single["freezeout"]["frozen_at"]
@@ -121,7 +121,7 @@ def test_nproc_cli_run_writes_a_data_parallel_report(tmp_path, capsys):
     argv += ["--budget", "steps", "--eval-points", "1", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(argv) == 0
     text = (tmp_path / "results.md").read_text()
-    assert "Data-parallel: every run on 2 process(es)" in text and "data-parallel: 2 processes (ddp)" in text
+    assert "Data-parallel: every run on 2 processes" in text and "data-parallel: 2 processes (ddp)" in text
     assert "| freezeout | 1 |" in capsys.readouterr().out
 
 

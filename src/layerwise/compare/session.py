@@ -440,7 +440,8 @@ def _budget_text(config: CompareConfig, plan: dict[str, Any] | None, epochs: int
 def _parallel_text(nproc: int, engine: str, batch_size: int) -> str:
     how = "FSDP2 (layerwise.fsdp.shard)" if engine == "fsdp" else "DDP (layerwise.distributed.wrap)"
     return (
-        f"Data-parallel: every run on {nproc} process(es) with {how}, each rank training on its slice of every "
+        f"Data-parallel: every run on {nproc} process{'es' if nproc > 1 else ''} with {how}, each rank training "
+        f"on its slice of every "
         f"global batch of {batch_size}; training time is rank 0's, communication included."
     )
 
