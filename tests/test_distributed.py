@@ -9,18 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-import layerwise
-from layerwise import FreezeOut, Freezer, GradualUnfreezing, HiDLR, LayerwiseLR, Multirate, SecantLR, recipes
+import parallel_cases as cases
 from layerwise.distributed import wrap
-from resume_case import take_step
 
-STEPS = 9
 CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "secant", "unused")
-
-
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
 
 
 class _WithUnused(nn.Module):
@@ -28,49 +20,22 @@ class _WithUnused(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = _net()
+        self.net = cases.net()
         self.unused = nn.Linear(16, 16)
 
     def forward(self, x):
         return self.net(x)
 
 
-def _build(case: str, net: nn.Module):
-    part = layerwise.by_layer(net, sample_input=torch.zeros(2, 6))
-    if case == "llr":
-        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
-        return opt, LayerwiseLR(opt, STEPS, schedule=recipes.build("llr", 3, policy=recipes.make_policy("onecycle")))
-    if case in ("freezeout", "unused"):
-        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
-        return opt, FreezeOut(net, opt, STEPS, t0=0.3, strategy="linear")
-    if case == "unfreezing":
-        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
-        return opt, GradualUnfreezing(Freezer(net, opt), every=3)
-    if case == "multirate":
-        return Multirate.from_partition(part, fast=[part.names[-1]], lr=0.3, k=3, momentum=0.9), None
-    if case == "hidlr":
-        return HiDLR(torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9), update_every=2, clip=(0, 0.5)), None
-    if case == "secant":
-        return SecantLR(torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9), mode="line", clip=(0, 0.5)), None
-    raise ValueError(case)
-
-
-def _batch(step: int):
-    g = torch.Generator().manual_seed(step)
-    return torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
-
-
 def _train(case: str, rank: int | None):
-    net = _WithUnused() if case == "unused" else _net()
+    net = _WithUnused() if case == "unused" else cases.net()
     model = net if rank is None else wrap(net, find_unused_parameters=case == "unused")
-    opt, technique = _build(case, net)
+    opt, technique = cases.build(case, net)
     sent = []
-    for step in range(STEPS):
-        x, y = _batch(step)
-        if rank is not None:  # each rank takes its half of the global batch
-            x, y = x[rank * 8 : (rank + 1) * 8], y[rank * 8 : (rank + 1) * 8]
+    for step in range(cases.STEPS):
+        x, y = cases.batch(step, rank, 2)  # each rank takes its half of the global batch
         before = model.bytes_reduced if rank is not None else 0
-        take_step(model, opt, x, y)
+        cases.take_step(model, opt, x, y)
         if technique is not None:
             technique.step()
         sent.append(model.bytes_reduced - before if rank is not None else 0)
@@ -110,7 +75,7 @@ def test_two_processes_equal_one_with_the_global_batch(case, two_ranks):
 
 
 def test_frozen_and_slow_parameters_are_not_all_reduced(two_ranks):
-    net = _net()
+    net = cases.net()
     sizes = [p.numel() * 4 for p in net.parameters()]
     _, _, sent, replicas = two_ranks[("multirate", 0)]
     head = sum(sizes[-2:])
@@ -126,7 +91,7 @@ def test_wrap_refuses_bad_input():
     with pytest.raises(TypeError, match=r"module: expected an nn\.Module"):
         wrap("model")
     with pytest.raises(RuntimeError, match="init_process_group first"):
-        wrap(_net())
+        wrap(cases.net())
 
 
 def test_the_ddp_bench_counts_only_trainable_bytes_with_wrap():

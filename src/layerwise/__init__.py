@@ -9,7 +9,7 @@ Example:
     ...                               layers=layerwise.Discriminative(2.6))
 """
 
-from . import groups, schedules
+from . import distributed, fsdp, groups, schedules
 from .freezeout import FreezeOut, FreezeOutRule, freeze_times
 from .freezing import Freezer, GradualUnfreezing
 from .groups import (
@@ -88,8 +88,10 @@ __all__ = [
     "by_lora",
     "by_patterns",
     "depth_ramp",
+    "distributed",
     "explicit",
     "freeze_times",
+    "fsdp",
     "groups",
     "schedules",
 ]

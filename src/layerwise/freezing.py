@@ -34,6 +34,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._checks import int_between, positive_int
+from ._shards import refuse_flat_parameters
 from .groups import tied_parameters
 from .state_check import check_state, stamp
 
@@ -52,6 +53,7 @@ class Freezer:
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
         unnamed = [i for i, g in enumerate(optimizer.param_groups) if "name" not in g]
         if unnamed:
             raise ValueError(

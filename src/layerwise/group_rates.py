@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checks import finite_nonneg, positive_int
+from ._shards import refuse_flat_parameters
 from .groups import Partition
 from .param_groups import check_partition, group_names, set_lr
 from .schedules import LayerSchedule, Policy
@@ -51,6 +52,7 @@ class GroupRates(Wrapper):
             if total_steps is None:
                 raise ValueError("total_steps: an int >= 1 is required with schedule, got None")
             positive_int("total_steps", total_steps)
+        refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
         names = group_names(optimizer.param_groups)
         unique = list(dict.fromkeys(names))
         if isinstance(schedule, LayerSchedule):

@@ -29,6 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._checks import finite_nonneg, int_between, one_of, positive_int
+from ._shards import refuse_flat_parameters, unsharded_names
 
 __all__ = [
     "NORM_TYPES",
@@ -75,8 +76,21 @@ class Group:
 
     name: str
     param_names: tuple[str, ...]
-    params: tuple[nn.Parameter, ...] = field(repr=False, compare=False)
+    stored: tuple[nn.Parameter, ...] = field(repr=False, compare=False)
     depth: int
+    slots: tuple[tuple[nn.Module, str], ...] = field(default=(), repr=False, compare=False, kw_only=True)
+    """Where each parameter is registered, ``(module, attribute)``; empty: ``stored`` is used."""
+
+    @property
+    def params(self) -> tuple[nn.Parameter, ...]:
+        """The parameters, read from the modules that register them now.
+
+        So a model sharded after its partition was built (FSDP2's ``fully_shard`` replaces every
+        parameter with a sharded one) gives the parameters the optimizer must hold.
+        """
+        if not self.slots:
+            return self.stored
+        return tuple(module._parameters[attribute] for module, attribute in self.slots)  # type: ignore[misc]
 
     @property
     def numel(self) -> int:
@@ -257,6 +271,7 @@ def _owned_params(
     param)])`` in registration order; a tied parameter belongs to the first module
     that registers it. ``excluded`` lists frozen parameters.
     """
+    refuse_flat_parameters(model.parameters(), "model")
     seen: set[int] = set()
     entries = []
     excluded = []
@@ -321,6 +336,10 @@ def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
     """
     entries, _ = _owned_params(model)
     owner = {id(p): mname for mname, _, params in entries for _, p in params}
+    module_of = {pname: mname for mname, _, params in entries for pname, _ in params}
+    for key, pname in unsharded_names(model).items():  # FSDP2: the ops see unsharded parameters
+        if pname in module_of:
+            owner[key] = module_of[pname]
     modes = {m: m.training for m in model.modules()}
     recorder = _FirstUse(set(owner))
     try:
@@ -378,12 +397,18 @@ def _build(
     unused: Sequence[str] = (),
 ) -> Partition:
     groups = tuple(
-        Group(name, tuple(n for n, _ in params), tuple(p for _, p in params), depth)
+        Group(name, tuple(n for n, _ in params), (), depth, slots=tuple(_slot(n, owners) for n, _ in params))
+        if all(n in owners for n, _ in params)
+        else Group(name, tuple(n for n, _ in params), tuple(p for _, p in params), depth)
         for depth, (name, params) in enumerate((n, ps) for n, ps in named if ps)
     )
     if not groups and unused:
         raise ValueError(f"sample_input: the forward pass used none of the model's parameters ({list(unused)[:5]} ...)")
     return Partition(groups, tuple(excluded), order, tuple(unused), _owners=owners, tied=tied_parameters(model))
+
+
+def _slot(param_name: str, owners: Mapping[str, nn.Module]) -> tuple[nn.Module, str]:
+    return owners[param_name], param_name.rpartition(".")[2]
 
 
 def tied_parameters(model: nn.Module) -> dict[str, tuple[str, ...]]:

@@ -47,6 +47,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim import Optimizer
 
 from ._checks import positive_int, unit_interval
+from ._shards import local_all
 from .group_rates import GroupRates
 from .groups import Partition
 from .param_groups import set_lr
@@ -198,7 +199,9 @@ class HiDLR(GroupRates):
             return
         params = [p for k in active for p in members[k]]
         stepped = params + [p for k, group_params in enumerate(members) if k not in active for p in group_params]
-        start = [p.detach().clone() for p in stepped]
+        index = {id(p): i for i, p in enumerate(params)}
+        moved = local_all(stepped)  # under FSDP2, this rank's shards: every move below is local
+        start = [p.detach().clone() for p in moved]
         saved_state = {p: self._copy_state(opt.state[p]) for p in stepped if p in opt.state}
         saved_lrs = [float(g["lr"]) for g in opt.param_groups]
         buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
@@ -209,11 +212,10 @@ class HiDLR(GroupRates):
             for group, k, ratio in zip(opt.param_groups, self._member, self._ratio):
                 set_lr(group, ratio if k in active else 0.0)
             opt.step()
-            direction = torch._foreach_sub(params, start[: len(params)])
-            torch._foreach_copy_(stepped, start)
-            index = {id(p): i for i, p in enumerate(params)}
+            direction = torch._foreach_sub(moved[: len(params)], start[: len(params)])
+            torch._foreach_copy_(moved, start)
             slots = [[index[id(p)] for p in members[k]] for k in active]
-            moves = (params, start, direction, slots)
+            moves = (moved[: len(params)], start, direction, slots)
             eta = np.array([self.eta[k] for k in active])
             plan = self._plan(len(active))
             options = self.fit
@@ -229,7 +231,7 @@ class HiDLR(GroupRates):
             if fit.accepted and options.joint_scale and len(active) > 1:
                 fit = self._rescale(closure, fit, moves)
         finally:
-            torch._foreach_copy_(stepped, start)
+            torch._foreach_copy_(moved, start)
             for p in stepped:
                 if p in saved_state:
                     opt.state[p] = saved_state[p]

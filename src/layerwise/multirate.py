@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._checks import finite_nonneg, positive_int
+from ._shards import local_all, local_like, refuse_flat_parameters, shaped_like
 from .groups import Partition
 from .param_groups import group_names
 from .state_check import check_optimizer_state, check_state, stamp
@@ -195,6 +196,7 @@ class Multirate(Optimizer):
         if not (isinstance(base, type) and issubclass(base, Optimizer)):
             raise TypeError(f"base: expected a torch.optim.Optimizer class, got {base!r}")
         level_groups = [_groups(name, part) for name, part in zip(names, parts)]
+        refuse_flat_parameters((p for groups in level_groups for g in groups for p in g["params"]), ", ".join(names))
         seen: dict[int, str] = {}
         for name, groups in zip(names, level_groups):
             for group in groups:
@@ -300,10 +302,11 @@ class Multirate(Optimizer):
     def _refresh(self, level: int) -> None:
         """The level's base update from the fresh gradient, kept as drift (restored parameters)."""
         params = [p for p in self._params(level) if p.grad is not None]
-        before = [p.detach().clone() for p in params]
+        pieces = local_all(params)  # under FSDP2 the drift is this rank's shards
+        before = [p.detach().clone() for p in pieces]
         self.optimizers[level].step()
-        delta = torch._foreach_sub(params, before)
-        torch._foreach_copy_(params, before)
+        delta = torch._foreach_sub(pieces, before)
+        torch._foreach_copy_(pieces, before)
         if self.drift:
             torch._foreach_div_(delta, float(self.periods[level]))
         self._drift[level] = list(zip(params, delta))  # type: ignore[assignment]
@@ -328,7 +331,7 @@ class Multirate(Optimizer):
             pairs = self._drift[level]
             if pairs and (self.drift or self.refreshes(level)):
                 with torch.no_grad():
-                    torch._foreach_add_([p for p, _ in pairs], [d for _, d in pairs])
+                    torch._foreach_add_(local_all(p for p, _ in pairs), [d for _, d in pairs])
         self.step_count += 1
         self._prepare()
         return loss
@@ -340,7 +343,10 @@ class Multirate(Optimizer):
         index = {
             id(p): i for i, p in enumerate(p for level in range(len(self.optimizers)) for p in self._params(level))
         }
-        drift = [None if pairs is None else [(index[id(p)], d.clone()) for p, d in pairs] for pairs in self._drift]
+        drift = [
+            None if pairs is None else [(index[id(p)], shaped_like(p, d.clone())) for p, d in pairs]
+            for pairs in self._drift
+        ]
         return {
             **self._identity(),
             "parts": [opt.state_dict() for opt in self.optimizers],
@@ -394,7 +400,7 @@ class Multirate(Optimizer):
                         f"state_dict['drift']: entry of shape {shape} for a parameter of shape "
                         f"{tuple(params[index].shape)} (a checkpoint of another model)"
                     )
-                decoded.append((params[index], value.to(params[index])))
+                decoded.append((params[index], local_like(value, params[index])))
             drift.append(decoded)
         return drift
 

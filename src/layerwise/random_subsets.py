@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ._checks import finite_nonneg, fraction, positive_int
+from ._shards import local, local_like, refuse_flat_parameters, shaped_like
 from .param_groups import group_names
 from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import Wrapper, init_hooks
@@ -65,6 +66,7 @@ class RandomSubsetMultirate(Wrapper):
         if slow_lr is not None:
             finite_nonneg("slow_lr", slow_lr)
         base = torch.optim.SGD(params, lr=lr, **sgd_options)
+        refuse_flat_parameters((p for g in base.param_groups for p in g["params"]), "params")
         owned = {id(p) for g in base.param_groups for p in g["params"]}
         if not probabilities:
             raise ValueError("probabilities: give at least one {parameter: probability}")
@@ -94,14 +96,14 @@ class RandomSubsetMultirate(Wrapper):
     @torch.no_grad()
     def _draw(self) -> None:
         """New slow subsets; their entries are kept aside and zeroed."""
-        self._masks = [
-            torch.rand(p.shape, generator=self.generator).lt(prob).to(p.device) for p, prob in self.probabilities
-        ]
+        draws = [torch.rand(p.shape, generator=self.generator).lt(prob) for p, prob in self.probabilities]
+        self._masks = [local_like(d, p).bool() for d, (p, _) in zip(draws, self.probabilities)]  # this rank's part
         self._kept = [
-            torch.where(mask, p, torch.zeros_like(p)) for (p, _), mask in zip(self.probabilities, self._masks)
+            torch.where(mask, local(p), torch.zeros_like(local(p)))
+            for (p, _), mask in zip(self.probabilities, self._masks)
         ]
         for (p, _), mask in zip(self.probabilities, self._masks):
-            p.masked_fill_(mask, 0.0)
+            local(p).masked_fill_(mask, 0.0)
         self._scales()
 
     def _scales(self) -> None:
@@ -114,7 +116,7 @@ class RandomSubsetMultirate(Wrapper):
     @torch.no_grad()
     def _restore(self) -> None:
         for (p, _), mask, kept in zip(self.probabilities, self._masks, self._kept):
-            p.copy_(torch.where(mask, kept, p))
+            local(p).copy_(torch.where(mask, kept, local(p)))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -126,11 +128,11 @@ class RandomSubsetMultirate(Wrapper):
         joint = self.joint_step
         for (p, _), scale in zip(self.probabilities, self._joint_scales if joint else self._fast_scales):
             if p.grad is not None:
-                p.grad.mul_(scale)
+                local(p.grad).mul_(scale)
         self.optimizer.step()
         if not joint and self._may_move_zeros:  # momentum or weight decay could move the deactivated entries
             for (p, _), mask in zip(self.probabilities, self._masks):
-                p.masked_fill_(mask, 0.0)
+                local(p).masked_fill_(mask, 0.0)
         self.step_count += 1
         if self.joint_step:
             self._restore()
@@ -144,14 +146,14 @@ class RandomSubsetMultirate(Wrapper):
         if self.joint_step:
             yield
             return
-        current = [p.detach().clone() for p, _ in self.probabilities]
+        current = [local(p).detach().clone() for p, _ in self.probabilities]
         self._restore()
         try:
             yield
         finally:
             with torch.no_grad():
                 for (p, _), saved in zip(self.probabilities, current):
-                    p.copy_(saved)
+                    local(p).copy_(saved)
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {
@@ -159,8 +161,8 @@ class RandomSubsetMultirate(Wrapper):
             "base": self.optimizer.state_dict(),
             "step_count": self.step_count,
             "generator": self.generator.get_state(),
-            "masks": [m.clone() for m in self._masks],
-            "kept": [v.clone() for v in self._kept],
+            "masks": [shaped_like(p, m.clone()) for m, (p, _) in zip(self._masks, self.probabilities)],
+            "kept": [shaped_like(p, v.clone()) for v, (p, _) in zip(self._kept, self.probabilities)],
         }
 
     def _identity(self) -> dict[str, Any]:
@@ -175,6 +177,6 @@ class RandomSubsetMultirate(Wrapper):
         self.optimizer.load_state_dict(state_dict["base"])
         self.step_count = int(state_dict["step_count"])
         self.generator.set_state(state_dict["generator"])
-        self._masks = [m.to(p.device) for m, (p, _) in zip(state_dict["masks"], self.probabilities)]
-        self._kept = [v.to(p) for v, (p, _) in zip(state_dict["kept"], self.probabilities)]
+        self._masks = [local_like(m, p).bool() for m, (p, _) in zip(state_dict["masks"], self.probabilities)]
+        self._kept = [local_like(v, p) for v, (p, _) in zip(state_dict["kept"], self.probabilities)]
         self._scales()

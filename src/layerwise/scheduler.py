@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ._checks import positive_int
+from ._shards import refuse_flat_parameters
 from .param_groups import group_names, set_lr
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
@@ -83,6 +84,7 @@ class LayerwiseLR(LRScheduler):
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
         positive_int("total_steps", total_steps)
         if schedule is None:
             schedule = LayerSchedule(policy if policy is not None else Constant(), layers or Uniform())

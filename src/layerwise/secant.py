@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checks import clip_range, finite_nonneg, one_of, positive_int, unit_interval
+from ._shards import global_sums, local, local_like, shaped_like, shard_group
 from .group_rates import GroupRates
 from .groups import Partition
 from .schedules import LayerSchedule, Policy
@@ -145,7 +146,8 @@ class SecantLR(GroupRates):
 
     @staticmethod
     def _flat(tensors: list[Tensor]) -> Tensor:
-        return torch.cat([t.detach().reshape(-1) for t in tensors])
+        """This rank's numbers of ``tensors``, flat (all of them, or under FSDP2 its shards)."""
+        return torch.cat([local(t).detach().reshape(-1) for t in tensors])
 
     @torch.no_grad()
     def _observe(self, members: list[list[Tensor]]) -> list[tuple[Tensor, Tensor] | None]:
@@ -165,7 +167,8 @@ class SecantLR(GroupRates):
             if prev is None or prev["params"] != [id(p) for p in params]:
                 continue
             dw, dg = w - prev["w"], g - prev["g"]
-            terms.append(torch.stack([dg.dot(dw), dw.dot(dw), -prev["g"].dot(dw) * prev["lr"]]))
+            values = torch.stack([dg.dot(dw), dw.dot(dw), -prev["g"].dot(dw) * prev["lr"]])
+            terms.append(global_sums(values, params, f"param group {self._names[k]!r}"))  # over the shards
             which.append(k)
         if terms:
             for k, values in zip(which, torch.stack(terms).double().tolist()):
@@ -221,8 +224,8 @@ class SecantLR(GroupRates):
             if pr is None
             else {
                 "params": [index[i] for i in pr["params"]],
-                "w": pr["w"].clone(),
-                "g": pr["g"].clone(),
+                "w": self._saved_flat(pr["w"], pr["params"]),
+                "g": self._saved_flat(pr["g"], pr["params"]),
                 "lr": pr["lr"],
             }
             for pr in self._prev
@@ -267,20 +270,36 @@ class SecantLR(GroupRates):
     def _decode_prev(saved: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:
         """A saved secant start (flat weights and gradients of some parameters), checked against ``params``."""
         members = [params[i] for i in saved["params"]]
-        size = sum(p.numel() for p in members)
+        flats = {}
         for key in ("w", "g"):
             value = saved[key]
+            if isinstance(value, (list, tuple)):  # one tensor per parameter (saved from sharded parameters)
+                if len(value) != len(members) or any(
+                    not isinstance(v, Tensor) or v.shape != p.shape for v, p in zip(value, members)
+                ):
+                    raise ValueError(
+                        f"state_dict['secant']['prev']: {key} does not hold one tensor shaped like each of the "
+                        "group's parameters (a checkpoint of another model)"
+                    )
+                value = torch.cat([local_like(v, p).reshape(-1) for v, p in zip(value, members)])
+            size = sum(local(p).numel() for p in members)
             if not isinstance(value, Tensor) or value.numel() != size:
                 raise ValueError(
                     f"state_dict['secant']['prev']: {key} holds {getattr(value, 'shape', value)}, the group's "
                     f"parameters {size} numbers (a checkpoint of another model)"
                 )
-        return {
-            "params": [id(p) for p in members],
-            "w": saved["w"].clone(),
-            "g": saved["g"].clone(),
-            "lr": float(saved["lr"]),
-        }
+            flats[key] = value.clone()
+        return {"params": [id(p) for p in members], **flats, "lr": float(saved["lr"])}
+
+    def _saved_flat(self, flat: Tensor, ids: list[int]) -> Tensor | list[Tensor]:
+        """A flat secant start as saved: the same tensor, or under FSDP2 one DTensor per parameter, so
+        ``torch.distributed.checkpoint`` keeps every rank's shard."""
+        members = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) in set(ids)]
+        members.sort(key=lambda p: ids.index(id(p)))
+        if shard_group(members, "SecantLR") is None:
+            return flat.clone()
+        pieces = torch.split(flat, [local(p).numel() for p in members])
+        return [shaped_like(p, piece.reshape(local(p).shape).clone()) for p, piece in zip(members, pieces)]
 
     def __repr__(self) -> str:
         lrs = self._lrs_text()

@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checks import positive_int
+from ._shards import global_sums, local, local_all, refuse_flat_parameters, shard_group
 from .groups import Partition
 from .param_groups import check_partition, group_names
 
@@ -50,10 +51,16 @@ MAX_COORDINATES = 200_000
 """``adam_step`` quantiles use at most this many evenly strided coordinates per group."""
 
 
-def _norm(tensors: list[Tensor]) -> Tensor:
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).double())
+def _squares(tensors: list[Tensor]) -> Tensor:
+    """Sum of squares of this rank's numbers of ``tensors``, in float64 (0 for none)."""
+    return _dot(tensors, tensors)
+
+
+def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    return sum(
+        ((x.double() * y.double()).sum() for x, y in zip(local_all(a), local_all(b))),
+        torch.zeros((), dtype=torch.float64),
+    )
 
 
 class LayerMonitor:
@@ -81,6 +88,7 @@ class LayerMonitor:
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
         positive_int("every", every)
         if isinstance(quantities, str):
             raise TypeError("quantities: expected a sequence of names, got one string")
@@ -106,7 +114,7 @@ class LayerMonitor:
         self.history: dict[str, dict[str, list]] = {q: {name: [] for name in self.groups} for q in self.quantities}
         self.step_count = 0
         self._before: list[list[Tensor]] | None = None
-        self._initial = [[p.detach().clone() for p in self._params(k)] for k in range(len(self.groups))]
+        self._initial = [[local(p).detach().clone() for p in self._params(k)] for k in range(len(self.groups))]
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
@@ -127,17 +135,22 @@ class LayerMonitor:
     def _pre_step(self, _optimizer: Optimizer, _args: Any, _kwargs: Any) -> None:
         if self.step_count % self.every != 0:
             return
-        self._grad_norms = [
-            _norm([p.grad for p in self._params(k) if p.grad is not None]) for k in range(len(self.groups))
-        ]
+        squares = torch.stack(
+            [_squares([p.grad for p in self._params(k) if p.grad is not None]) for k in range(len(self.groups))]
+        )
+        self._grad_norms = self._summed(squares, [p for k in range(len(self.groups)) for p in self._params(k)]).sqrt()
         if "relative_update" in self.quantities:
-            self._before = [[p.detach().clone() for p in self._params(k)] for k in range(len(self.groups))]
+            self._before = [[local(p).detach().clone() for p in self._params(k)] for k in range(len(self.groups))]
 
     @torch.no_grad()
     def _post_step(self, _optimizer: Optimizer, _args: Any, _kwargs: Any) -> None:
         if self.step_count % self.every == 0:
             self._record()
         self.step_count += 1
+
+    def _summed(self, values: Tensor, params: list[Tensor]) -> Tensor:
+        """Sums over this rank's numbers, summed over the ranks holding the other shards (FSDP2)."""
+        return global_sums(values, params, "LayerMonitor (the optimizer's parameters)")
 
     def _adam_steps(self, k: int, lr: float) -> list[float] | None:
         pieces = []
@@ -149,8 +162,13 @@ class LayerMonitor:
                 if "exp_avg_sq" not in state or beta2 is None:
                     continue
                 step = float(state.get("step", 1))
-                v_hat = state["exp_avg_sq"].flatten() / (1.0 - beta2**step)
+                v_hat = local(state["exp_avg_sq"]).flatten() / (1.0 - beta2**step)
                 pieces.append(lr / (v_hat.sqrt() + eps))
+        group = shard_group(self._params(k), "LayerMonitor")
+        if group is not None:  # the quantiles of every shard together
+            gathered: list[Any] = [None] * torch.distributed.get_world_size(group)
+            torch.distributed.all_gather_object(gathered, pieces, group=group)
+            pieces = [piece for rank_pieces in gathered for piece in rank_pieces]
         if not pieces:
             return None
         values = torch.cat(pieces).double()
@@ -160,27 +178,32 @@ class LayerMonitor:
 
     def _record(self) -> None:
         values: dict[str, list] = {q: [] for q in self.quantities}
+        sums = []  # per group: |w|^2, |w - w_before|^2, |w_before|^2, w . w0, |w0|^2 (this rank's numbers)
+        for k in range(len(self.groups)):
+            weights = [p.detach() for p in self._params(k)]
+            before = self._before[k] if self._before is not None else []
+            changes = torch._foreach_sub(local_all(weights), before) if before else []
+            initial = self._initial[k]  # in float64: 1 - cos cancels badly in float32
+            sums.append(
+                torch.stack(
+                    [_squares(weights), _squares(changes), _squares(before), _dot(weights, initial), _squares(initial)]
+                )
+            )
+        totals = self._summed(torch.stack(sums), [p for k in range(len(self.groups)) for p in self._params(k)]).tolist()
         for k in range(len(self.groups)):
             params = self._params(k)
             lr = float(self._dicts[k][0]["lr"])
-            weights = [p.detach() for p in params]
-            weight_norm = _norm(weights)
+            weight_sq, change_sq, before_sq, dot, initial_sq = totals[k]
             row = {
                 "lr": lr,
                 "grad_norm": float(self._grad_norms[k]),
-                "weight_norm": float(weight_norm),
+                "weight_norm": math.sqrt(weight_sq),
                 "frozen": float(not any(p.requires_grad for p in params)),
             }
             if "relative_update" in self.quantities and self._before is not None:
-                before = self._before[k]
-                change, start = float(_norm(torch._foreach_sub(weights, before))), float(_norm(before))
-                row["relative_update"] = change / start if start > 0 else 0.0
+                row["relative_update"] = math.sqrt(change_sq) / math.sqrt(before_sq) if before_sq > 0 else 0.0
             if "rotation" in self.quantities:
-                initial = self._initial[k]  # in float64: 1 - cos cancels badly in float32
-                dot = sum(float((w.double() * w0.double()).sum()) for w, w0 in zip(weights, initial))
-                scale = math.sqrt(sum(float(w.double().square().sum()) for w in weights)) * math.sqrt(
-                    sum(float(w0.double().square().sum()) for w0 in initial)
-                )
+                scale = math.sqrt(weight_sq) * math.sqrt(initial_sq)
                 row["rotation"] = 1.0 - dot / scale if scale > 0 else 0.0
             if "adam_step" in self.quantities:
                 row["adam_step"] = self._adam_steps(k, lr)

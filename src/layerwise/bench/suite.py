@@ -94,6 +94,11 @@ def register_defaults() -> None:
     BENCHES.register("fashion-mnist", fashion_mnist_run, description="one training run of the default task")
     for name, target, description in (
         ("ddp", "ddp_bench:run_ddp_bench", "distributed.wrap vs DDP(find_unused_parameters=True), 2 gloo processes"),
+        (
+            "fsdp",
+            "fsdp_bench:run_fsdp_bench",
+            "what freezing saves under FSDP2: bytes, memory, step time, 2 gloo processes",
+        ),
         ("freezeout", "freezeout_bench:run_freezeout_bench", "FreezeOut's saving and accuracy cost"),
         ("hidlr", "hidlr_bench:run_hidlr_bench", "Hi-DLR's cost and the paper's problems"),
         ("multirate", "multirate_bench:run_multirate_bench", "Multirate's speed-up and fine-tuning accuracy"),
