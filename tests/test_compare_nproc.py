@@ -7,16 +7,14 @@ norm agree to rtol 1e-5 (float reduction order differs; measured differences are
 test accuracy, frozen steps and step counts are equal.
 """
 
-import importlib.util
+import argparse
 import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
 
 import layerwise
 import layerwise.compare.session as session
@@ -57,18 +55,18 @@ def _assert_same_runs(parallel, single, nproc, engine):
             assert record["lr"][group] == pytest.approx(lrs, rel=RTOL), (label, group)
 
 
-METHODS_DDP = ["baseline", "freezeout", "gradual-unfreezing", "multirate", "hidlr", "llr"]
-METHODS_FSDP = ["baseline", "freezeout", "gradual-unfreezing", "llr"]
+CHECKED = ["baseline", "freezeout", "gradual-unfreezing", "multirate", "hidlr", "llr"]
+"""The methods both engines are checked with: plain, freezing (two ways), slow parts, probes, per-group LRs."""
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """Every method once, in this process alone, with the global batch."""
-    return _records(_run(tmp_path_factory.mktemp("single"), METHODS_DDP))
+    return _records(_run(tmp_path_factory.mktemp("single"), CHECKED))
 
 
 def test_nproc_two_gloo_processes_equal_one_with_the_global_batch(tmp_path, single):
-    result = _run(tmp_path, METHODS_DDP, nproc=2)
+    result = _run(tmp_path, CHECKED, nproc=2)
     _assert_same_runs(_records(result), single, 2, "ddp")
     assert "Data-parallel: every run on 2 processes with DDP" in result["setting"]
     assert all("data-parallel: 2 processes (ddp)" in row["notes"] for row in result["rows"])
@@ -170,8 +168,6 @@ def test_nproc_bad_input_is_refused_naming_the_flag(monkeypatch, capsys):
 
 def cli_args(argv):
     """The parsed arguments of ``layerwise ARGV`` (to call a handler without its error printing)."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="layerwise")
     sub = parser.add_subparsers(dest="command", required=True)
     cli._add_compare(sub)
@@ -181,27 +177,9 @@ def cli_args(argv):
 # ---- FSDP2 ---------------------------------------------------------------------------------------
 
 
-def _stand_in_shard(model):
-    """FSDP2 per child block and at the root (what ``layerwise.fsdp.shard`` does), for a branch without it."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    for child in model.children():
-        if any(True for _ in child.parameters()):
-            fully_shard(child, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
-
-
-def test_nproc_fsdp_two_gloo_processes_equal_one_with_the_global_batch(tmp_path, monkeypatch, single):
-    if importlib.util.find_spec("layerwise.fsdp") is None:  # the forked ranks inherit the stand-in
-        module = types.ModuleType("layerwise.fsdp")
-        module.shard = _stand_in_shard
-        monkeypatch.setitem(sys.modules, "layerwise.fsdp", module)
-        monkeypatch.setattr(layerwise, "fsdp", module, raising=False)
-    result = _run(tmp_path, METHODS_FSDP, nproc=2, fsdp=True)
-    _assert_same_runs(_records(result), {m: single[m] for m in METHODS_FSDP}, 2, "fsdp")
+def test_nproc_fsdp_two_gloo_processes_equal_one_with_the_global_batch(tmp_path, single):
+    result = _run(tmp_path, CHECKED, nproc=2, fsdp=True)
+    _assert_same_runs(_records(result), {m: single[m] for m in CHECKED}, 2, "fsdp")
     assert "with FSDP2 (layerwise.fsdp.shard)" in result["setting"]
 
 
