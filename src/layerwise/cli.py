@@ -361,6 +361,8 @@ def _print_list() -> None:
         for regime in REGIMES:
             reason = method.not_default.get(regime)
             print(f"  {'':18}   {regime}: " + ("default" if reason is None else f"not default, {reason}"))
+        for engine, reason in method.not_parallel.items():
+            print(f"  {'':18}   not with {'--fsdp' if engine == 'fsdp' else '--nproc'}: {reason}")
 
 
 def _compare(args: argparse.Namespace) -> int:
