@@ -160,7 +160,7 @@ def test_nproc_bad_input_is_refused_naming_the_flag(monkeypatch, capsys):
         cli._compare(cli_args(["compare", "--study", "llr", "--nproc", "2"]))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ValueError, match="--nproc: 3 under torchrun with WORLD_SIZE=2"):
+    with pytest.raises(ValueError, match="--nproc: 3, but this process is one of a group of 2"):
         check_request("nproc-blobs", ["baseline"], nproc=3)
     with pytest.raises(ValueError, match="torchrun: launch one comparison"):
         cli._compare(cli_args(["compare", "--methods", "baseline"]))

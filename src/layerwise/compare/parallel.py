@@ -114,7 +114,10 @@ def check_parallel(
     world = launched_world()
     if world is not None:
         if nproc is not None and nproc != world:
-            raise ValueError(f"--nproc: {nproc} under torchrun with WORLD_SIZE={world}; drop it or make them equal")
+            raise ValueError(
+                f"--nproc: {nproc}, but this process is one of a group of {world} (torchrun's WORLD_SIZE, or a "
+                "process group already initialised); drop --nproc or make them equal"
+            )
         nproc = world
     elif fsdp and nproc is None:
         raise ValueError("--fsdp: needs --nproc N (FSDP2 shards over a process group of N processes), or torchrun")
