@@ -288,7 +288,7 @@ def compare_variants(
         del store_key["telemetry_every"]
     outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
     plan: dict[str, Any] | None = None
-    with RunStore(out / "runs.sqlite", store_key) as store, group or nullcontext():
+    with group or nullcontext(), RunStore(out / "runs.sqlite", store_key) as store:  # followers end with it
         invocation = fingerprint()
         if engine is not None:
             invocation["nproc"], invocation["engine"] = nproc, engine
