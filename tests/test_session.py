@@ -12,6 +12,7 @@ from blobs import blobs, blobs_task, mlp
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Build, method_snippet, resolve_settings
+from layerwise.compare.runner import eval_steps
 from layerwise.compare.store import RunStore
 from layerwise.tasks import load_task_file, register_task
 
@@ -39,7 +40,7 @@ def test_a_time_budget_plans_every_method_and_records_the_plan(tmp_path):
         record = outcome["records"][0]
         assert record["steps"] == entries[label]["steps"] == record["budget"]["planned_steps"]
         assert record["budget"]["seconds"] == pytest.approx(plan["budget_s"])
-        assert len(record["curve"]) == 4
+        assert len(record["curve"]) == len(eval_steps(record["steps"], 4))  # fewer if a loaded machine plans < 4
     rows = {row["method"]: row for row in result["rows"]}
     assert rows["baseline"]["verdict"] == "reference" and rows["freezeout"]["verdict"]
     assert result["target"] == pytest.approx(rows["baseline"]["metric"] - 0.005)
