@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -335,6 +336,14 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="rerun the finished runs an earlier invocation timed, so every time in the report is from this one",
     )
     p.add_argument("--tensorboard", action="store_true", help="with --telemetry: also log it to OUT/tensorboard")
+    p.add_argument(
+        "--nproc",
+        type=_count(1),
+        metavar="N",
+        help="train each run data-parallel on N local processes (gloo; DDP through layerwise.distributed.wrap), "
+        "each on 1/N of every batch; under torchrun: its world size",
+    )
+    p.add_argument("--fsdp", action="store_true", help="with --nproc N or torchrun: shard with FSDP2 instead of DDP")
     p.add_argument("--list", action="store_true", help="list the tasks and methods and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -352,6 +361,8 @@ def _print_list() -> None:
         for regime in REGIMES:
             reason = method.not_default.get(regime)
             print(f"  {'':18}   {regime}: " + ("default" if reason is None else f"not default, {reason}"))
+        for engine, reason in method.not_parallel.items():
+            print(f"  {'':18}   not with {'--fsdp' if engine == 'fsdp' else '--nproc'}: {reason}")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -368,11 +379,19 @@ def _compare(args: argparse.Namespace) -> int:
     }
     if args.tensorboard and not args.telemetry:
         raise ValueError("--tensorboard: needs --telemetry N (what to log, how often)")
+    parallel = {"nproc": args.nproc, "fsdp": args.fsdp} if args.nproc is not None or args.fsdp else {}
+    if _launched() and (args.study or args.lr_sweep is not None or args.task is None):
+        raise ValueError(
+            "torchrun: launch one comparison (--task) per torchrun; the main job, --study and --lr-sweep "
+            "run data-parallel with --nproc N instead"
+        )
     if args.study:
         from .compare.study import run_study
 
         if args.methods or args.set or args.telemetry or args.task:
             raise ValueError("--study: runs its own tasks and variants; drop --task, --methods, --set and --telemetry")
+        if parallel:
+            raise ValueError("--study: runs in one process; drop --nproc and --fsdp")
         result = run_study(args.study, seeds=args.seeds or 3, out=args.out, **common)
         print(result["text"])
         return 0
@@ -391,6 +410,7 @@ def _compare(args: argparse.Namespace) -> int:
         "budget": args.budget,
         "eval_points": args.eval_points,
         "tensorboard": args.tensorboard,
+        **parallel,
     }
     if args.test_size is not None:
         options["test_size"] = args.test_size or None
@@ -425,13 +445,29 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"\n## {section['heading']}\n\n{section['setting']}\n\n{section['table']}")
         print(f"\nwrote {result['paths']['markdown']} and {result['paths']['html']} ({result['minutes']:.1f} minutes)")
         return _failures(result["sections"])
+    if _launched():
+        options["progress"] = options["progress"] and _rank() == 0
     result = compare(
         args.task, methods, settings=parse_overrides(args.set), out=args.out or Path("runs/compare"), **options
     )
+    if result.get("follower"):  # a torchrun rank other than 0: rank 0 reports
+        return 0
     paths = result["paths"]
     print(f"\n{result['setting']}\n\n{result['table']}\n")
     print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots'])} plots, run records in {paths['runs']}")
     return _failures([result])
+
+
+def _launched() -> bool:
+    from .compare.parallel import launched_world
+
+    return (launched_world() or 1) > 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def _failures(results: Sequence[dict[str, Any]]) -> int:

@@ -25,13 +25,16 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..tasks import Task
 from .methods import METHODS
 from .runner import new_run, train_step
+
+if TYPE_CHECKING:
+    from .parallel import Parallel
 
 __all__ = ["CostPlan", "block_length", "measure_costs", "plan_budget", "plan_steps"]
 
@@ -74,26 +77,34 @@ def measure_costs(
     repeats: int = 3,
     minimum: int = 32,
     clock: Callable[[], float] = time.perf_counter,
+    parallel: Parallel | None = None,
 ) -> CostPlan:
     """Step costs of ``entries`` relative to the baseline (uniform LR, the task's optimizer).
 
     ``batches``: the batches of the timing block (cycled). ``clock``: seconds (a fake clock in tests).
+    ``parallel``: every rank of a data-parallel comparison calls this alike and times its steps on
+    its slice of each batch, communication included (each rank's own clock).
     """
     timed = [e for e in entries if not METHODS[e[1]].same_cost]
     block = block_length([METHODS[method].period(settings) for _, method, settings in timed], minimum)
     samples: dict[str, list[float]] = {key: [] for key, _, _ in timed}
     base_steps: list[float] = []
     for repeat in range(repeats):
-        runs = [new_run(task, "baseline", {"policy": None}, block, policy, repeat)]
-        runs += [new_run(task, method, settings, block, policy, repeat) for _, method, settings in timed]
+        runs = [new_run(task, "baseline", {"policy": None}, block, policy, repeat, parallel)]
+        runs += [new_run(task, method, settings, block, policy, repeat, parallel) for _, method, settings in timed]
+        if parallel is not None:
+            runs = [(parallel.prepare(model), setup) for model, setup in runs]
         seconds = [0.0] * len(runs)
+        weight = 1.0
         for step in range(block):
             xb, yb = batches[step % len(batches)]
+            if parallel is not None:
+                xb, yb, weight = parallel.split(xb, yb)
             for offset in range(len(runs)):
                 which = (step + offset) % len(runs)
                 model, setup = runs[which]
                 start = clock()
-                train_step(model, setup, task, xb, yb)
+                train_step(model, setup, task, xb, yb, weight)
                 seconds[which] += clock() - start
         base_steps.append(seconds[0] / block)
         for (key, _, _), spent in zip(timed, seconds[1:]):

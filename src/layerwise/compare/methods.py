@@ -181,6 +181,8 @@ class Method:
             needs no model or data, so a comparison refuses bad settings before loading anything.
         uses_task_lr: the method starts from the task's learning rate (False: it sets or finds its own,
             as a parameter-free optimizer does), so an LR sweep runs it once.
+        not_parallel: per data-parallel engine (``"ddp"``, ``"fsdp"``), why the method cannot run
+            under it; ``layerwise compare --nproc`` / ``--fsdp`` refuses it with that reason.
     """
 
     name: str
@@ -194,6 +196,7 @@ class Method:
     snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
     check: Callable[[Mapping[str, Any]], None] = _no_check
     uses_task_lr: bool = True
+    not_parallel: Mapping[str, str] = field(default_factory=dict)
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -624,6 +624,12 @@ def _lp_ft_snippet(build: Build, settings: Mapping[str, Any]) -> str:
 # ---- the registered peers --------------------------------------------------------------------
 
 
+_FLATTENS = (
+    "its optimizer flattens each parameter, which fails on FSDP2's unevenly sharded DTensors "
+    "(and its fsdp_in_use sums are not wired up here)"
+)
+
+
 def _optimizer_peers() -> list[Method]:
     return [
         Method(
@@ -639,6 +645,7 @@ def _optimizer_peers() -> list[Method]:
                 _needs_package("prodigy", "prodigyopt", "prodigyopt"), checked("prodigy", d_coef=positive_number)
             ),
             uses_task_lr=False,
+            not_parallel={"fsdp": _FLATTENS},
         ),
         Method(
             "dadapt",
@@ -650,6 +657,7 @@ def _optimizer_peers() -> list[Method]:
             snippet=_dadapt_snippet,
             check=_needs_package("dadapt", "dadaptation", "dadaptation"),
             uses_task_lr=False,
+            not_parallel={"fsdp": _FLATTENS},
         ),
         Method(
             "dog",
@@ -665,6 +673,7 @@ def _optimizer_peers() -> list[Method]:
                 checked("dog", reps_rel=optional(positive_number), average=boolean, gamma=positive_number),
             ),
             uses_task_lr=False,
+            not_parallel={"fsdp": "its iterate averager deep-copies the model, which FSDP2 refuses"},
         ),
         Method(
             "schedulefree",
@@ -696,6 +705,7 @@ def _optimizer_peers() -> list[Method]:
                 checked("lars", lr=positive_number, momentum=unit_interval, trust_coefficient=positive_number),
             ),
             uses_task_lr=False,
+            not_parallel={"fsdp": "pytorch-optimizer's LARS calls torch._foreach_copy_, which DTensors lack"},
         ),
         Method(
             "lamb",

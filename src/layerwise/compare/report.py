@@ -85,6 +85,9 @@ def summarize(
             notes.append(f"{diverged} diverged")
         if budget_ratio is not None and abs(budget_ratio - 1) > BUDGET_WARNING:
             notes.append(f"warning: trained {budget_ratio:.2f}x its budget")
+        ways = {(r.get("nproc", 1), r.get("engine", "single")) for r in records}
+        for nproc, engine in sorted(ways - {(1, "single")}):
+            notes.append(f"data-parallel: {nproc} process{'es' if nproc > 1 else ''} ({engine})")
         apart = _timed_apart(records, base_records)
         if apart:
             notes.append(apart)

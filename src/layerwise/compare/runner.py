@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,7 +33,10 @@ from ..telemetry import LayerMonitor
 from ..training import seeded_batches, steps_per_epoch
 from .methods import Build, Setup, build_setup, resolve_settings
 
-__all__ = ["eval_steps", "evaluate_setup", "group_lrs", "new_run", "run_one", "train_step"]
+if TYPE_CHECKING:
+    from .parallel import Parallel
+
+__all__ = ["eval_steps", "evaluate_setup", "group_lrs", "new_run", "param_norms", "run_one", "train_step"]
 
 LR_SAMPLES = 200
 """At most this many sampled steps of every group's LR are kept per run."""
@@ -47,25 +50,63 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return lrs
 
 
+def param_norms(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each named group's parameter L2 norm (sharded parameters gathered: every rank must call it)."""
+    squares: dict[str, float] = {}
+    for name, group in zip(group_names(optimizer.param_groups), optimizer.param_groups):
+        for p in group["params"]:
+            whole = p.full_tensor() if hasattr(p, "full_tensor") else p
+            squares[name] = squares.get(name, 0.0) + float(whole.detach().double().square().sum())
+    return {name: math.sqrt(total) for name, total in squares.items()}
+
+
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def new_run(task: Task, method: str, settings: Mapping[str, Any], total_steps: int, policy: str, seed: int):
-    """A fresh seeded model of ``task`` and ``method``'s setup for a run of ``total_steps`` steps."""
+def new_run(
+    task: Task,
+    method: str,
+    settings: Mapping[str, Any],
+    total_steps: int,
+    policy: str,
+    seed: int,
+    parallel: Parallel | None = None,
+):
+    """A fresh seeded model of ``task`` and ``method``'s setup for a run of ``total_steps`` steps.
+
+    With FSDP (``parallel.engine == "fsdp"``) the model is sharded before the setup is built, and
+    the task's partition (found on the whole model) is moved onto the sharded parameters.
+    """
     torch.manual_seed(seed)
     model = task.make_model()
-    build = Build(task, model, task.partition_of(model), total_steps, policy)
+    partition = task.partition_of(model)
+    if parallel is not None and parallel.engine == "fsdp":
+        from .parallel import on_current_parameters
+
+        parallel.shard(model)
+        partition = on_current_parameters(partition, model)
+    build = Build(task, model, partition, total_steps, policy)
     return model, build_setup(build, method, settings)
 
 
-def train_step(model: nn.Module, setup: Setup, task: Task, xb: Any, yb: torch.Tensor) -> torch.Tensor:
-    """One training step of ``setup`` on a batch; returns the loss (before the step)."""
+def train_step(
+    model: nn.Module, setup: Setup, task: Task, xb: Any, yb: torch.Tensor, weight: float = 1.0
+) -> torch.Tensor:
+    """One training step of ``setup`` on a batch; returns the loss (before the step).
+
+    ``weight`` scales the loss that is differentiated and probed (a data-parallel rank's share
+    of the global batch, :meth:`~layerwise.compare.parallel.Parallel.split`); the loss returned
+    is the batch's own.
+    """
     loss = task.loss(model(xb), yb)
     setup.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if weight == 1.0 else loss * weight).backward()
     if setup.wants_closure:
-        setup.optimizer.step(lambda: task.loss(model(xb), yb))
+        if weight == 1.0:
+            setup.optimizer.step(lambda: task.loss(model(xb), yb))
+        else:
+            setup.optimizer.step(lambda: task.loss(model(xb), yb) * weight)
     else:
         setup.optimizer.step()
     if setup.scheduler is not None:
@@ -110,6 +151,7 @@ def run_one(
     telemetry_every: int | None = None,
     tensorboard: str | Path | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` with ``method`` once and return a JSON-ready record of the run.
 
@@ -125,6 +167,9 @@ def run_one(
             (its records go to ``record["telemetry"]``).
         tensorboard: also log the telemetry there (a ``SummaryWriter`` log directory).
         on_step: ``on_step(step, total, loss)`` after every step (progress bars).
+        parallel: this process's rank of a data-parallel run (:mod:`.parallel`), which every rank
+            calls alike: each trains on its slice of every global batch and evaluates; the
+            losses recorded are the global batch's. None: this process trains alone.
     """
     task = resolve_task(task)
     settings = resolve_settings(method, settings)
@@ -138,7 +183,8 @@ def run_one(
         x_train, y_train = x_train[:train_size], y_train[:train_size]
     per_epoch = steps_per_epoch(len(y_train), task.batch_size)
     total = epochs * per_epoch if steps is None else steps
-    model, setup = new_run(task, method, settings, total, policy, seed)
+    model, setup = new_run(task, method, settings, total, policy, seed, parallel)
+    forward = model if parallel is None else parallel.prepare(model)
     optimizer = setup.optimizer
     names = list(group_lrs(optimizer))
     writer = None
@@ -158,18 +204,21 @@ def run_one(
     lr_trace: dict[str, list[float]] = {n: [] for n in names}
     frozen_at: dict[str, int] = {}
     seconds, diverged_at = 0.0, None
-    model.train()
+    forward.train()
     if setup.train_mode is not None:
         setup.train_mode()
+    weight = 1.0
     for step, _, xb, yb in seeded_batches(x_train, y_train, task.batch_size, seed=seed, steps=total):
         if step % lr_every == 0:
             lr_steps.append(step)
             for name, lr in group_lrs(optimizer).items():
                 lr_trace[name].append(lr)
+        if parallel is not None:
+            xb, yb, weight = parallel.split(xb, yb)
         start = time.perf_counter()
-        loss = train_step(model, setup, task, xb, yb)
+        loss = train_step(forward, setup, task, xb, yb, weight)
         seconds += time.perf_counter() - start
-        value = loss.item()
+        value = loss.item() if parallel is None else parallel.mean(loss * weight)
         losses.append(value if math.isfinite(value) else None)
         if setup.freezer is not None:
             for name in set(setup.freezer.frozen) - set(frozen_at):
@@ -206,6 +255,9 @@ def run_one(
         "lr_steps": lr_steps,
         "lr": lr_trace,
         "frozen_at": frozen_at,
+        "param_norms": param_norms(optimizer),
+        "nproc": 1 if parallel is None else parallel.world,
+        "engine": "single" if parallel is None else parallel.engine,
     }
     if isinstance(optimizer, (HiDLR, SecantLR)):
         record["found_lr_stats"] = dict(optimizer.stats)

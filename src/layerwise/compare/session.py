@@ -23,6 +23,7 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from ..tasks import Task, TaskData, make_optimizer, resolve_task
 from ..training import progress_bar, steps_per_epoch
 from .budget import measure_costs, plan_budget
 from .methods import METHODS, Build, check_methods, default_methods, method_snippet, resolve_settings
+from .parallel import check_parallel, group_for
 from .report import markdown_table, plot_all, summarize, write_html
 from .runner import run_one
 from .store import RunStore
@@ -80,6 +82,9 @@ class CompareConfig:
         budget_seconds: with ``budget="time"``: the budget itself (default: the baseline's time).
         plan_block: with ``budget="time"``: at least this many steps per timing block.
         plan_repeats: with ``budget="time"``: timing blocks per method (the median is kept).
+        nproc: train each run on this many processes, data-parallel (None or 1: this process alone;
+            under torchrun: its world size). See :mod:`.parallel`.
+        fsdp: shard the model with FSDP2 instead of DDP (needs ``nproc`` or torchrun).
     """
 
     epochs: int | None = None
@@ -93,6 +98,8 @@ class CompareConfig:
     budget_seconds: float | None = None
     plan_block: int = 32
     plan_repeats: int = 3
+    nproc: int | None = None
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         one_of("--budget", self.budget, BUDGETS)
@@ -109,6 +116,9 @@ class CompareConfig:
         _positive_int("telemetry_every", self.telemetry_every, optional=True)
         for name in ("eval_points", "plan_block", "plan_repeats"):
             _positive_int(name, getattr(self, name))
+        _positive_int("--nproc", self.nproc, optional=True)
+        if not isinstance(self.fsdp, bool):
+            raise TypeError(f"--fsdp: expected True or False, got {self.fsdp!r}")
 
     @classmethod
     def options(cls) -> tuple[str, ...]:
@@ -163,6 +173,14 @@ def _timing_batches(task: Task, x: Any, y: torch.Tensor, count: int) -> list[tup
     return batches
 
 
+def _load_data(task: Task, config: CompareConfig) -> TaskData:
+    """The task's data as a comparison uses it (its quick slice, the first ``test_size`` test examples)."""
+    data = task.load_data(None, config.quick)
+    if config.test_size is not None:
+        data = TaskData(data.train, (data.test[0][: config.test_size], data.test[1][: config.test_size]))
+    return data
+
+
 def _plan(
     store: RunStore,
     task: Task,
@@ -171,6 +189,7 @@ def _plan(
     entries: list[tuple[str, str, dict[str, Any]]],
     baseline_steps: int,
     train_size: int | None,
+    group: Any = None,
 ) -> dict[str, Any]:
     """The stored plan, extended with the entries it lacks (timed now on batches of the runs' training data)."""
     plan = store.plan() or {"entries": {}}
@@ -181,9 +200,11 @@ def _plan(
     if train_size is not None:
         x, y = x[:train_size], y[:train_size]
     batches = _timing_batches(task, x, y, 8)
-    costs = measure_costs(
-        task, missing, batches, policy=config.policy, repeats=config.plan_repeats, minimum=config.plan_block
-    )
+    options = {"policy": config.policy, "repeats": config.plan_repeats, "minimum": config.plan_block}
+    if group is None:
+        costs = measure_costs(task, missing, batches, **options)
+    else:  # timed on every rank, communication included
+        costs = group.measure_costs(task, missing, batches, data=data, **options)
     # the first plan's baseline cost prices every later entry, so a resumed plan keeps its budget
     measured = replace(costs, baseline_step_s=plan.get("baseline_step_s", costs.baseline_step_s))
     budget, steps = plan_budget(measured, baseline_steps, config.budget_seconds)
@@ -245,6 +266,11 @@ def compare_variants(
     model = task.make_model()
     partition = task.partition_of(model)
     check_methods(task, [method for _, method, _ in variants], partition)
+    nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
+    group = group_for(config.nproc, config.fsdp)
+    if group is not None and group.rank != 0:  # a torchrun follower: rank 0 sends every run
+        group.follow(task, lambda: data if data is not None else _load_data(task, config))
+        return {"follower": True, "rank": group.rank, "rows": [], "outcomes": {}, "unsaved": []}
     keys = {label: RunStore.variant_key(method, settings) for label, method, settings in resolved}
     train_size = config.train_size if (config.train_size or config.quick) else task.train_size
     epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
@@ -252,17 +278,21 @@ def compare_variants(
     own_data = data is None
     store_key = {
         "task": task.name,
-        **{k: v for k, v in asdict(config).items() if k not in ("test_size", "train_size", "epochs")},
+        **{k: v for k, v in asdict(config).items() if k not in ("test_size", "train_size", "epochs", "nproc", "fsdp")},
         "epochs": epochs,
         "train_size": train_size,
         **({"test_size": config.test_size} if own_data else {}),
+        **({"parallel": {"nproc": nproc, "engine": engine}} if engine is not None else {}),
     }
     if store_key["telemetry_every"] is None:
         del store_key["telemetry_every"]
     outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
     plan: dict[str, Any] | None = None
-    with RunStore(out / "runs.sqlite", store_key) as store:
+    with group or nullcontext(), RunStore(out / "runs.sqlite", store_key) as store:  # followers end with it
         invocation = fingerprint()
+        if engine is not None:
+            invocation["nproc"], invocation["engine"] = nproc, engine
+        run = run_one if group is None else group.run_one
 
         def due(key: str) -> bool:
             record = store.finished(key)
@@ -278,9 +308,7 @@ def compare_variants(
         ]
         unsaved: dict[str, dict[str, Any]] = {}
         if todo and data is None:
-            data = task.load_data(None, config.quick)
-            if config.test_size is not None:
-                data = TaskData(data.train, (data.test[0][: config.test_size], data.test[1][: config.test_size]))
+            data = _load_data(task, config)
         n_train = min(len(data.train[1]), train_size or len(data.train[1])) if data is not None else train_size
         per_epoch = steps_per_epoch(n_train, task.batch_size) if n_train else None
         if todo:
@@ -288,7 +316,7 @@ def compare_variants(
         if config.budget == "time":
             if todo:
                 entries = [(keys[label], method, settings) for label, method, settings in resolved]
-                plan = _plan(store, task, data, config, entries, epochs * per_epoch, train_size)
+                plan = _plan(store, task, data, config, entries, epochs * per_epoch, train_size, group)
             else:
                 plan = store.plan()
         with progress_bar(len(todo), f"compare {task.name}", progress, unit="run", leave=True) as runs_bar:
@@ -305,7 +333,7 @@ def compare_variants(
                                 bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
 
                     try:
-                        record = run_one(
+                        record = run(
                             task,
                             method,
                             settings,
@@ -360,6 +388,8 @@ def compare_variants(
     )
     rows, target_value = summary["rows"], summary["target"]
     budget_text = _budget_text(config, plan, epochs)
+    if engine is not None:
+        budget_text += " " + _parallel_text(nproc, engine, task.batch_size)
     table = markdown_table(rows, task.metric, budget=config.budget)
     title = title or f"layerwise compare: {task.name}"
     used = next((r["train_size"] for o in outcomes.values() for r in o["records"]), train_size)
@@ -404,6 +434,15 @@ def _budget_text(config: CompareConfig, plan: dict[str, Any] | None, epochs: int
         f"Equal wall-clock: a budget of {plan['budget_s']:.1f} s of training ({source}); each method's steps are "
         f"planned from its step cost relative to the baseline, measured before the runs in interleaved blocks "
         f"on the same batches (median of {config.plan_repeats}); 'train s / budget' is over {ratio}."
+    )
+
+
+def _parallel_text(nproc: int, engine: str, batch_size: int) -> str:
+    how = "FSDP2 (layerwise.fsdp.shard)" if engine == "fsdp" else "DDP (layerwise.distributed.wrap)"
+    return (
+        f"Data-parallel: every run on {nproc} process{'es' if nproc > 1 else ''} with {how}, each rank training "
+        f"on its slice of every "
+        f"global batch of {batch_size}; training time is rank 0's, communication included."
     )
 
 
@@ -501,6 +540,7 @@ def check_request(
     if stray:
         raise ValueError(f"--set: settings for methods that are not compared: {stray}; compared: {methods}")
     check_methods(task, methods, partition)
+    check_parallel(config.nproc, config.fsdp, task, methods)
     rest = {k: v for k, v in options.items() if k not in config_fields}
     positive_int("--seeds", rest.get("seeds", 1))
     check_target(rest.get("target"), task.metric)

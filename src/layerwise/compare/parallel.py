@@ -1,0 +1,494 @@
+"""Data-parallel comparisons: every run of ``layerwise compare --nproc N`` trained by N processes.
+
+The session plans as it always does (the run store, the equal-cost plan, the report); each run,
+and under ``--budget time`` each timing block, is then executed by the N ranks of one gloo process
+group. Every rank builds the same seeded model, draws the same seeded batches and trains on its
+contiguous slice of every global batch, its loss weighted by its share of the batch, so the
+gradient DDP averages is the global batch's: N processes reproduce one process training on the
+global batch up to the order of float reductions. Every rank evaluates (FSDP needs them all for a
+forward pass); rank 0's record is the run's, the others write nothing.
+
+The ranks come from one of two places:
+
+- ``--nproc N`` in one process: a :class:`Pool` forks N workers when the first run starts. They
+  inherit the task, its data and the registered methods (nothing is pickled), run one intra-op
+  thread each (as ``torchrun`` sets ``OMP_NUM_THREADS=1``; OpenMP threads in a forked child of a
+  process that used them can deadlock), join a gloo group over a temporary file and serve the
+  session's requests until it closes them.
+- ``torchrun`` (``WORLD_SIZE`` and ``RANK`` set, or a process group already initialised): every
+  rank runs the same ``layerwise compare``; rank 0 is the session and broadcasts each request to
+  the others (:class:`Launched`), which loaded the same task and data themselves and
+  :meth:`Launched.follow` the requests. Across nodes every node needs the data; only rank 0 writes.
+
+The model is data-parallel through :func:`layerwise.distributed.wrap` (``engine="ddp"``: one DDP per
+trainable set, so freezing and Multirate stay correct), or sharded in place by
+:func:`layerwise.fsdp.shard` (``engine="fsdp"``, FSDP2) before its optimizer is built.
+
+What equality with one process needs: a loss that is a mean over the batch (every built-in task's),
+and no batch statistics or per-example randomness in the model: BatchNorm normalises each rank's
+slice (running statistics follow rank 0, as with any DDP) and dropout draws its masks per rank.
+
+Example:
+    >>> from layerwise.compare import compare
+    >>> compare("ellipse", ["baseline", "freezeout"], nproc=2, budget="steps")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import gc
+import multiprocessing
+import os
+import queue
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .._checks import positive_int
+from ..groups import Group, Partition
+from ..tasks import Task, TaskData
+from .methods import METHODS
+
+__all__ = [
+    "ENGINES",
+    "Launched",
+    "Parallel",
+    "Pool",
+    "check_parallel",
+    "engine_of",
+    "group_for",
+    "launched_world",
+    "on_current_parameters",
+]
+
+ENGINES = ("ddp", "fsdp")
+"""``ddp``: :func:`layerwise.distributed.wrap`; ``fsdp``: FSDP2 through :func:`layerwise.fsdp.shard`."""
+
+_READY_S = 300.0
+"""How long the session waits for forked workers to join their process group."""
+
+_STRAGGLER_S = 30.0
+"""After one rank failed, how long the others get to report before the pool is torn down."""
+
+
+def launched_world() -> int | None:
+    """The world size of a process group this process was launched into (torchrun), else None."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        try:
+            return int(os.environ["WORLD_SIZE"])
+        except ValueError:
+            text = os.environ["WORLD_SIZE"]
+            raise ValueError(f"WORLD_SIZE: expected an int (torchrun sets it), got {text!r}") from None
+    return None
+
+
+def engine_of(nproc: int | None, fsdp: bool) -> str | None:
+    """``"fsdp"``, ``"ddp"`` or None (one process, no process group) for a configuration."""
+    if fsdp:
+        return "fsdp"
+    return "ddp" if nproc is not None and nproc > 1 else None
+
+
+def check_parallel(
+    nproc: int | None, fsdp: bool, task: Task | None = None, methods: Sequence[str] = ()
+) -> tuple[int | None, str | None]:
+    """``(nproc, engine)`` checked before anything loads: ValueError naming ``--nproc`` / ``--fsdp``.
+
+    Under torchrun ``nproc`` defaults to its world size and must equal it when given.
+    """
+    if nproc is not None:
+        positive_int("--nproc", nproc)
+    if not isinstance(fsdp, bool):
+        raise TypeError(f"--fsdp: expected True or False, got {fsdp!r}")
+    world = launched_world()
+    if world is not None:
+        if nproc is not None and nproc != world:
+            raise ValueError(
+                f"--nproc: {nproc}, but this process is one of a group of {world} (torchrun's WORLD_SIZE, or a "
+                "process group already initialised); drop --nproc or make them equal"
+            )
+        nproc = world
+    elif fsdp and nproc is None:
+        raise ValueError("--fsdp: needs --nproc N (FSDP2 shards over a process group of N processes), or torchrun")
+    engine = engine_of(nproc, fsdp)
+    if engine is None:
+        return nproc, None
+    flag = "--fsdp" if engine == "fsdp" else "--nproc"
+    if not dist.is_available():
+        raise ValueError(f"{flag}: this torch build has no torch.distributed")
+    if world is None and "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"{flag}: starting the processes needs the fork start method; launch with torchrun instead")
+    if task is not None and task.batch_size < nproc:
+        size = task.batch_size
+        raise ValueError(f"{flag}: {nproc} processes share each batch of {size} examples; use at most {size}")
+    for name in methods:
+        method = METHODS.get(name)
+        reason = method.not_parallel.get(engine)
+        if reason is not None:
+            raise ValueError(f"{flag}: method {name!r} cannot run data-parallel with {engine}: {reason}")
+    return nproc, engine
+
+
+def _take(x: Any, part: slice) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[part]
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(item, part) for item in x)
+    if isinstance(x, Mapping):
+        return {key: _take(value, part) for key, value in x.items()}
+    raise TypeError(f"data parallel: cannot slice a batch of {type(x).__name__} (tensors, tuples, lists or dicts)")
+
+
+def on_current_parameters(partition: Partition, model: nn.Module) -> Partition:
+    """``partition`` over the parameters ``model`` registers now, matched by name.
+
+    FSDP2's ``fully_shard`` replaces every parameter with a sharded one; the optimizer must hold those.
+    """
+    current = dict(model.named_parameters())
+    groups = tuple(Group(g.name, g.param_names, tuple(current[n] for n in g.param_names), g.depth) for g in partition)
+    return replace(partition, groups=groups)
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """One rank of a data-parallel run: its place in the default process group and the engine."""
+
+    rank: int
+    world: int
+    engine: str = "ddp"
+
+    def split(self, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor, float]:
+        """This rank's contiguous slice of a global batch and the weight of its loss.
+
+        The weight ``n_rank * world / n`` makes the average of the ranks' weighted mean losses the
+        global batch's mean loss (and so the averaged gradient its gradient). A rank left without an
+        example (a last batch smaller than the world) takes the first one with weight 0: it still
+        joins every collective.
+        """
+        n = len(y)
+        start, stop = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        if start == stop:
+            return _take(x, slice(0, 1)), y[:1], 0.0
+        return _take(x, slice(start, stop)), y[start:stop], (stop - start) * self.world / n
+
+    def shard(self, model: nn.Module) -> None:
+        """FSDP2: shard ``model`` in place (before its optimizer is built); DDP: nothing."""
+        if self.engine == "fsdp":
+            from .. import fsdp  # the FSDP2 layer; imported only when a run asks for it
+
+            fsdp.shard(model)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The module to train through: ``distributed.wrap(model)`` for DDP, the sharded model itself for FSDP."""
+        if self.engine == "fsdp":
+            return model
+        from ..distributed import wrap
+
+        return wrap(model)
+
+    def mean(self, weighted_loss: torch.Tensor) -> float:
+        """The global batch's mean loss from each rank's weighted mean loss (one all-reduce)."""
+        total = weighted_loss.detach().reshape(1).to(torch.float64)
+        dist.all_reduce(total)
+        return float(total) / self.world
+
+
+Request = tuple[str, dict[str, Any]]
+"""``("run", run_one's options)`` or ``("costs", measure_costs's options)``; task and data are each rank's own."""
+
+
+def _execute(
+    kind: str,
+    options: dict[str, Any],
+    parallel: Parallel,
+    task: Task,
+    data: TaskData,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> Any:
+    if kind == "run":
+        from .runner import run_one
+
+        if parallel.rank != 0:
+            options = {**options, "tensorboard": None}
+        return run_one(task, data=data, parallel=parallel, on_step=on_step, **options)
+    if kind == "costs":
+        from .budget import measure_costs
+
+        return measure_costs(task, parallel=parallel, **options)
+    raise ValueError(f"data parallel: unknown request {kind!r}")
+
+
+def _failure(rank: int, text: str) -> RuntimeError:
+    return RuntimeError(f"data-parallel rank {rank} failed:\n{text.rstrip()}")
+
+
+def _warm_up(task: Task, data: TaskData) -> None:
+    from .session import _warm_up as warm_up
+
+    warm_up(task, data)
+
+
+# ---- --nproc N in one process: forked workers ------------------------------------------------
+
+
+def _pool_worker(rank: int, world: int, engine: str, store: str, task: Task, data: TaskData, requests, replies) -> None:
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        parallel = Parallel(rank, world, engine)
+        _warm_up(task, data)
+    except BaseException:
+        replies.put(("ready", rank, traceback.format_exc()))
+        return
+    replies.put(("ready", rank, None))
+
+    def progress(step: int, total: int, loss: float) -> None:
+        replies.put(("step", rank, (step, total, loss)))
+
+    parent = os.getppid()
+    try:
+        while True:
+            try:
+                request = requests.get(timeout=5.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # the session is gone
+                    return
+                continue
+            if request is None:
+                return
+            kind, options, wants_progress = request
+            try:
+                on_step = progress if wants_progress and rank == 0 else None
+                value = _execute(kind, options, parallel, task, data, on_step)
+            except Exception:
+                replies.put(("done", rank, (False, traceback.format_exc())))
+            else:
+                replies.put(("done", rank, (True, value if rank == 0 else None)))
+    finally:
+        dist.destroy_process_group()
+
+
+class Pool:
+    """``nproc`` forked ranks serving one comparison's requests (started on the first one).
+
+    The workers inherit the task and data of the first request, so every later one must use the
+    same. A rank that fails fails the request with its traceback; a rank that dies, or others left
+    waiting in a collective after a failure, end the pool, and the next request starts a new one.
+    """
+
+    def __init__(self, nproc: int, engine: str) -> None:
+        positive_int("--nproc", nproc)
+        if engine not in ENGINES:
+            raise ValueError(f"engine: one of {ENGINES}, got {engine!r}")
+        self.nproc, self.engine = nproc, engine
+        self._processes: list[Any] = []
+        self._requests: list[Any] = []
+        self._replies: Any = None
+        self._folder: str | None = None
+        self._inputs: tuple[Task, TaskData] | None = None
+
+    rank = 0
+    """The session's process leads (the workers are ranks 0 to ``nproc - 1`` of their own group)."""
+
+    def _start(self, task: Task, data: TaskData) -> None:
+        if self._processes and self._inputs is not None:
+            if self._inputs[0] is task and self._inputs[1] is data:
+                return
+            self.close()
+        context = multiprocessing.get_context("fork")
+        self._folder = tempfile.mkdtemp(prefix="layerwise-nproc-")
+        store = os.path.join(self._folder, "store")
+        self._replies = context.Queue()
+        self._requests = [context.Queue() for _ in range(self.nproc)]
+        self._inputs = (task, data)
+        for rank in range(self.nproc):
+            args = (rank, self.nproc, self.engine, store, task, data, self._requests[rank], self._replies)
+            process = context.Process(target=_pool_worker, args=args, daemon=True, name=f"layerwise-rank{rank}")
+            process.start()
+            self._processes.append(process)
+        ready = self._collect("ready", _READY_S)
+        failed = [(rank, text) for rank, text in sorted(ready.items()) if text is not None]
+        if failed:
+            self.close()
+            raise _failure(*failed[0])
+
+    def _collect(self, kind: str, timeout: float | None, on_step=None) -> dict[int, Any]:
+        got: dict[int, Any] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(got) < self.nproc:
+            try:
+                what, rank, value = self._replies.get(timeout=1.0)
+            except queue.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(self._processes) if not p.is_alive() and r not in got]
+                if dead:
+                    self.close()
+                    raise RuntimeError(f"data-parallel rank {dead[0][0]} exited with code {dead[0][1]}") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    self.close()  # the others wait in a collective for the rank that failed
+                    if kind == "done":
+                        return got
+                    silent = sorted(set(range(self.nproc)) - set(got))
+                    raise RuntimeError(f"data parallel: ranks {silent} did not answer") from None
+                continue
+            if what == "step":
+                if on_step is not None:
+                    on_step(*value)
+                continue
+            got[rank] = value
+            if kind == "done" and not value[0] and deadline is None:  # one failed: the others get a while
+                deadline = time.monotonic() + _STRAGGLER_S
+        return got
+
+    def _request(self, kind: str, task: Task, data: TaskData, options: dict[str, Any], on_step=None) -> Any:
+        self._start(task, data)
+        for requests in self._requests:
+            requests.put((kind, options, on_step is not None))
+        done = self._collect("done", None, on_step)
+        failed = [(rank, text) for rank, (ok, text) in sorted(done.items()) if not ok]
+        if failed:
+            raise _failure(*failed[0])
+        return done[0][1]
+
+    def run_one(self, task: Task, method: str, settings: Mapping[str, Any], *, data: TaskData, **options: Any):
+        """:func:`~layerwise.compare.runner.run_one` on every rank; rank 0's record."""
+        on_step = options.pop("on_step", None)
+        return self._request("run", task, data, {"method": method, "settings": dict(settings), **options}, on_step)
+
+    def measure_costs(self, task: Task, entries, batches, *, data: TaskData, **options: Any):
+        """:func:`~layerwise.compare.budget.measure_costs` on every rank; rank 0's timing."""
+        return self._request("costs", task, data, {"entries": list(entries), "batches": list(batches), **options})
+
+    def close(self) -> None:
+        """Stop the workers (each leaves its process group) and remove the group's file."""
+        for requests in self._requests:
+            with contextlib.suppress(OSError, ValueError):  # a queue already closed
+                requests.put(None)
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        self._processes, self._requests, self._inputs = [], [], None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- torchrun: every rank runs the CLI, rank 0 leads ------------------------------------------
+
+_OWN_GROUP = False
+
+
+def _join_launched_group() -> None:
+    global _OWN_GROUP
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # env:// from torchrun's MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+        _OWN_GROUP = True
+        atexit.register(_leave_launched_group)
+
+
+def _leave_launched_group() -> None:
+    """At exit: free what still holds the group (DDP reducers), wait for every rank, then leave.
+
+    A rank that exits while DDP objects still hold the group, or while another rank still uses
+    it, can abort in gloo's teardown ("terminate called without an active exception").
+    """
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+    _OWN_GROUP = False
+
+
+class Launched:
+    """This process's rank of a torchrun group: rank 0 leads a comparison, the others follow it.
+
+    Rank 0 broadcasts every request, does its own part and gathers every rank's outcome; the
+    followers (:meth:`follow`) do theirs on the task and data they loaded themselves.
+    """
+
+    def __init__(self, engine: str) -> None:
+        _join_launched_group()
+        self.parallel = Parallel(dist.get_rank(), dist.get_world_size(), engine)
+
+    @property
+    def rank(self) -> int:
+        return self.parallel.rank
+
+    def _everyone(self, kind: str, options: dict[str, Any], task: Task, data: TaskData, on_step=None) -> Any:
+        try:
+            ok, value = True, _execute(kind, options, self.parallel, task, data, on_step)
+        except Exception:
+            ok, value = False, traceback.format_exc()
+        outcomes: list[Any] = [None] * self.parallel.world
+        dist.all_gather_object(outcomes, None if ok else value)
+        failed = [(rank, text) for rank, text in enumerate(outcomes) if text is not None]
+        if failed:
+            raise _failure(*failed[0])
+        return value
+
+    def _lead(self, kind: str, task: Task, data: TaskData, options: dict[str, Any], on_step=None) -> Any:
+        dist.broadcast_object_list([(kind, options)], src=0)
+        return self._everyone(kind, options, task, data, on_step)
+
+    def run_one(self, task: Task, method: str, settings: Mapping[str, Any], *, data: TaskData, **options: Any):
+        on_step = options.pop("on_step", None)
+        return self._lead("run", task, data, {"method": method, "settings": dict(settings), **options}, on_step)
+
+    def measure_costs(self, task: Task, entries, batches, *, data: TaskData, **options: Any):
+        return self._lead("costs", task, data, {"entries": list(entries), "batches": list(batches), **options})
+
+    def follow(self, task: Task, load: Callable[[], TaskData]) -> None:
+        """A follower's part of rank 0's comparison, until rank 0 closes it (``load``: the data, on first use)."""
+        data = None
+        while True:
+            message: list[Any] = [None]
+            dist.broadcast_object_list(message, src=0)
+            if message[0] is None:
+                return
+            kind, options = message[0]
+            if data is None:
+                data = load()
+                _warm_up(task, data)
+            with contextlib.suppress(RuntimeError):  # rank 0 records the failure
+                self._everyone(kind, options, task, data)
+
+    def close(self) -> None:
+        """Rank 0: end the followers' part of this comparison."""
+        if self.rank == 0:
+            dist.broadcast_object_list([None], src=0)
+
+    def __enter__(self) -> Launched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def group_for(nproc: int | None, fsdp: bool) -> Pool | Launched | None:
+    """What executes a comparison's runs: None (this process alone), a :class:`Pool` or this torchrun rank."""
+    nproc, engine = check_parallel(nproc, fsdp)
+    if engine is None:
+        return None
+    world = launched_world()
+    if world is not None:
+        return Launched(engine)
+    return Pool(nproc, engine)
