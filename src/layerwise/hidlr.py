@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim import Optimizer
 
-from ._checks import fraction, int_between, positive_int, positive_number, unit_interval
+from ._checks import fraction, int_between, one_of, positive_int, positive_number, unit_interval
+from ._directions import rule_for
 from ._shards import local_all
 from .group_rates import GroupRates
 from .groups import Partition
@@ -61,6 +62,9 @@ __all__ = ["HiDLR"]
 log = logging.getLogger(__name__)
 
 _MOVED_TO_FIT = ("min_r2", "full_matrix", "clip", "joint_scale", "per_group")
+
+DIRECTIONS = ("auto", "step")
+"""How :class:`HiDLR` finds the base optimizer's update (see its ``direction`` argument)."""
 
 _JOINT = (-1.0, -0.5, 0.5, 1.0)
 """Step multipliers probed along the combined step with ``joint_scale``."""
@@ -94,6 +98,10 @@ class HiDLR(GroupRates):
             ``step(closure)`` calls ``closure(probe_fraction)``, which must return the loss of the
             batch's first ``ceil(probe_fraction * batch size)`` examples (the same ones for every
             probe of a round). 1 (default): ``closure()``, the whole batch.
+        direction: how the base update is found: ``"auto"`` computes it from the optimizer's state
+            without stepping for SGD, Adam and AdamW (bitwise the stepped one; no copy of the
+            optimizer state or of the update is kept), and steps and restores for any other
+            optimizer; ``"step"`` always steps and restores.
         gamma: smoothing, ``eta <- gamma * eta + (1 - gamma) * eta*``; in [0, 1).
         min_r2: acceptance threshold on the fit's R^2.
         probes: the probing vector v (at least three distinct non-zero values).
@@ -138,6 +146,7 @@ class HiDLR(GroupRates):
         max_interval: int | None = None,
         interval_tolerance: float = 0.1,
         probe_fraction: float = 1.0,
+        direction: str = "auto",
         gamma: float = 0.9,
         min_r2: float = 0.95,
         probes: Sequence[float] = PROBES,
@@ -162,6 +171,7 @@ class HiDLR(GroupRates):
             )
         positive_number("interval_tolerance", interval_tolerance)
         fraction("probe_fraction", probe_fraction, open_low=True, what="a fraction of the batch")
+        one_of("direction", direction, DIRECTIONS)
         unit_interval("gamma", gamma)
         fit = FitOptions(probes, min_r2, full_matrix, clip, per_group, joint_scale)
         if model is not None and not isinstance(model, nn.Module):
@@ -171,6 +181,7 @@ class HiDLR(GroupRates):
         self.max_interval = max_interval
         self.interval_tolerance = float(interval_tolerance)
         self.probe_fraction = float(probe_fraction)
+        self.direction = direction
         self.interval = update_every
         """Phi now: the steps from this probing round to the next (fixed unless ``max_interval``)."""
         self.next_probe = 0
@@ -252,22 +263,31 @@ class HiDLR(GroupRates):
         if not active:
             return
         params = [p for k in active for p in members[k]]
-        stepped = params + [p for k, group_params in enumerate(members) if k not in active for p in group_params]
+        rule = rule_for(opt) if self.direction == "auto" else None
+        # Stepping moves every group (the inactive ones at LR 0) and the state: all of it is restored.
+        stepped = (
+            params if rule is not None else params + [p for k, ps in enumerate(members) if k not in active for p in ps]
+        )
         index = {id(p): i for i, p in enumerate(params)}
         moved = local_all(stepped)  # under FSDP2, this rank's shards: every move below is local
         start = [p.detach().clone() for p in moved]
-        saved_state = {p: self._copy_state(opt.state[p]) for p in stepped if p in opt.state}
+        saved_state = {} if rule is not None else {p: self._copy_state(opt.state[p]) for p in stepped if p in opt.state}
         saved_lrs = [float(g["lr"]) for g in opt.param_groups]
         buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
         grads = [p.grad for group in opt.param_groups for p in group["params"]]  # a torch-style closure clears them
         touched: dict[int, tuple[nn.Module, list[Tensor]]] = {}
         watch = None if self.model is not None else register_module_forward_pre_hook(_saving_buffers(touched))
         try:
-            for group, k, ratio in zip(opt.param_groups, self._member, self._ratio):
-                set_lr(group, ratio if k in active else 0.0)
-            opt.step()
-            direction = torch._foreach_sub(moved[: len(params)], start[: len(params)])
-            torch._foreach_copy_(moved, start)
+            if rule is None:
+                for group, k, ratio in zip(opt.param_groups, self._member, self._ratio):
+                    set_lr(group, ratio if k in active else 0.0)
+                opt.step()
+                stored = torch._foreach_sub(moved[: len(params)], start[: len(params)])
+                torch._foreach_copy_(moved, start)
+                direction: Callable[[int], Tensor] = stored.__getitem__
+            else:  # the base update from the optimizer's state, recomputed per probe: no copy of it kept
+                where = {id(p): (g, ratio) for g, ratio in zip(opt.param_groups, self._ratio) for p in g["params"]}
+                direction = lambda i: rule(where[id(params[i])][0], params[i], where[id(params[i])][1])  # noqa: E731
             slots = [[index[id(p)] for p in members[k]] for k in active]
             moves = (moved[: len(params)], start, direction, slots)
             eta = np.array([self.eta[k] for k in active])
@@ -286,7 +306,7 @@ class HiDLR(GroupRates):
                 fit = self._rescale(closure, fit, moves)
         finally:
             torch._foreach_copy_(moved, start)
-            for p in stepped:
+            for p in stepped if rule is None else ():
                 if p in saved_state:
                     opt.state[p] = saved_state[p]
                 else:
@@ -316,9 +336,8 @@ class HiDLR(GroupRates):
         for row in steps:
             moved = [j for j in range(len(slots)) if row[j] != 0.0]
             for j in moved:
-                torch._foreach_add_(
-                    [params[i] for i in slots[j]], [direction[i] for i in slots[j]], alpha=float(row[j])
-                )
+                for i in slots[j]:
+                    params[i].add_(direction(i), alpha=float(row[j]))
             losses.append(self._call(closure))
             for j in moved:
                 torch._foreach_copy_([params[i] for i in slots[j]], [start[i] for i in slots[j]])

@@ -46,7 +46,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,7 +54,6 @@ import torch.distributed as dist
 from torch import nn
 
 from .._checks import positive_int
-from ..groups import Group, Partition
 from ..tasks import Task, TaskData
 from .methods import METHODS
 
@@ -67,7 +66,6 @@ __all__ = [
     "engine_of",
     "group_for",
     "launched_world",
-    "on_current_parameters",
 ]
 
 ENGINES = ("ddp", "fsdp")
@@ -148,16 +146,6 @@ def _take(x: Any, part: slice) -> Any:
     if isinstance(x, Mapping):
         return {key: _take(value, part) for key, value in x.items()}
     raise TypeError(f"data parallel: cannot slice a batch of {type(x).__name__} (tensors, tuples, lists or dicts)")
-
-
-def on_current_parameters(partition: Partition, model: nn.Module) -> Partition:
-    """``partition`` over the parameters ``model`` registers now, matched by name.
-
-    FSDP2's ``fully_shard`` replaces every parameter with a sharded one; the optimizer must hold those.
-    """
-    current = dict(model.named_parameters())
-    groups = tuple(Group(g.name, g.param_names, tuple(current[n] for n in g.param_names), g.depth) for g in partition)
-    return replace(partition, groups=groups)
 
 
 @dataclass(frozen=True)

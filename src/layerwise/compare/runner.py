@@ -75,17 +75,15 @@ def new_run(
 ):
     """A fresh seeded model of ``task`` and ``method``'s setup for a run of ``total_steps`` steps.
 
-    With FSDP (``parallel.engine == "fsdp"``) the model is sharded before the setup is built, and
-    the task's partition (found on the whole model) is moved onto the sharded parameters.
+    With FSDP (``parallel.engine == "fsdp"``) the model is sharded before the setup is built; the
+    task's partition, found on the whole model, gives the sharded parameters (``Group.params``
+    reads them from their modules).
     """
     torch.manual_seed(seed)
     model = task.make_model()
     partition = task.partition_of(model)
     if parallel is not None and parallel.engine == "fsdp":
-        from .parallel import on_current_parameters
-
         parallel.shard(model)
-        partition = on_current_parameters(partition, model)
     build = Build(task, model, partition, total_steps, policy)
     return model, build_setup(build, method, settings)
 
