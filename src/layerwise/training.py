@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -22,7 +22,23 @@ import torch
 
 from ._checks import positive_int
 
-__all__ = ["progress_bar", "seeded_batches", "steps_per_epoch"]
+__all__ = ["progress_bar", "seeded_batches", "slice_batch", "steps_per_epoch"]
+
+
+def slice_batch(x: Any, part: slice) -> Any:
+    """``part`` of every tensor in a batch's inputs (a tensor, or tuples, lists and dicts of them).
+
+    Example:
+        >>> slice_batch({"ids": torch.arange(4), "mask": torch.ones(4)}, slice(0, 2))["ids"]
+        tensor([0, 1])
+    """
+    if isinstance(x, torch.Tensor):
+        return x[part]
+    if isinstance(x, (list, tuple)):
+        return type(x)(slice_batch(item, part) for item in x)
+    if isinstance(x, Mapping):
+        return {key: slice_batch(value, part) for key, value in x.items()}
+    raise TypeError(f"batch: cannot slice inputs of type {type(x).__name__} (tensors, tuples, lists or dicts)")
 
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:

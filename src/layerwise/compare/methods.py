@@ -396,6 +396,8 @@ def _hidlr_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
         "clip": None if clip is None else (0.0, clip * task.lr),
         "joint_scale": settings["joint_scale"],
         "per_group": settings["per_group"],
+        "max_interval": settings["max_interval"],
+        "probe_fraction": settings["probe_fraction"],
     }
 
 
@@ -605,6 +607,8 @@ _HIDLR_CHECKS: dict[str, Check] = {
     "clip": optional(positive_number),
     "joint_scale": boolean,
     "per_group": boolean,
+    "max_interval": optional(positive_int),
+    "probe_fraction": lambda name, value: fraction(name, value, open_low=True, what="a fraction of the batch"),
 }
 _FREEZEOUT_CHECKS: dict[str, Check] = {"t0": _t0, "strategy": _choice(*STRATEGIES), "scale_lr": boolean}
 
@@ -616,6 +620,8 @@ _HIDLR_DEFAULTS = {
     "clip": 10.0,
     "joint_scale": False,
     "per_group": True,
+    "max_interval": None,
+    "probe_fraction": 1.0,
 }
 
 _RANDOM_BODY = "from scratch, the body's random features are not worth keeping"
@@ -623,7 +629,7 @@ _FINE_TUNING_ONLY = "a fine-tuning method"
 
 
 def _hidlr_period(settings: Mapping[str, Any]) -> int:
-    return settings["update_every"]
+    return settings["max_interval"] or settings["update_every"]  # an adaptive interval settles at its cap
 
 
 def _multirate_period(settings: Mapping[str, Any]) -> int:

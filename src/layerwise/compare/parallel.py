@@ -55,6 +55,7 @@ from torch import nn
 
 from .._checks import positive_int
 from ..tasks import Task, TaskData
+from ..training import slice_batch
 from .methods import METHODS
 
 __all__ = [
@@ -138,16 +139,6 @@ def check_parallel(
     return nproc, engine
 
 
-def _take(x: Any, part: slice) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x[part]
-    if isinstance(x, (list, tuple)):
-        return type(x)(_take(item, part) for item in x)
-    if isinstance(x, Mapping):
-        return {key: _take(value, part) for key, value in x.items()}
-    raise TypeError(f"data parallel: cannot slice a batch of {type(x).__name__} (tensors, tuples, lists or dicts)")
-
-
 @dataclass(frozen=True)
 class Parallel:
     """One rank of a data-parallel run: its place in the default process group and the engine."""
@@ -167,8 +158,8 @@ class Parallel:
         n = len(y)
         start, stop = n * self.rank // self.world, n * (self.rank + 1) // self.world
         if start == stop:
-            return _take(x, slice(0, 1)), y[:1], 0.0
-        return _take(x, slice(start, stop)), y[start:stop], (stop - start) * self.world / n
+            return slice_batch(x, slice(0, 1)), y[:1], 0.0
+        return slice_batch(x, slice(start, stop)), y[start:stop], (stop - start) * self.world / n
 
     def shard(self, model: nn.Module) -> None:
         """FSDP2: shard ``model`` in place (before its optimizer is built); DDP: nothing."""

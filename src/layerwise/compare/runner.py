@@ -30,7 +30,7 @@ from ..param_groups import group_names
 from ..secant import SecantLR
 from ..tasks import Task, TaskData, resolve_task
 from ..telemetry import LayerMonitor
-from ..training import seeded_batches, steps_per_epoch
+from ..training import seeded_batches, slice_batch, steps_per_epoch
 from .methods import Build, Setup, build_setup, resolve_settings
 
 if TYPE_CHECKING:
@@ -101,10 +101,14 @@ def train_step(
     setup.optimizer.zero_grad(set_to_none=True)
     (loss if weight == 1.0 else loss * weight).backward()
     if setup.wants_closure:
-        if weight == 1.0:
-            setup.optimizer.step(lambda: task.loss(model(xb), yb))
-        else:
-            setup.optimizer.step(lambda: task.loss(model(xb), yb) * weight)
+
+        def probe(fraction: float = 1.0) -> torch.Tensor:  # Hi-DLR's probe_fraction: the first examples
+            n = math.ceil(len(yb) * fraction)
+            x, y = (xb, yb) if n == len(yb) else (slice_batch(xb, slice(0, n)), yb[:n])
+            loss = task.loss(model(x), y)
+            return loss if weight == 1.0 else loss * weight
+
+        setup.optimizer.step(probe)
     else:
         setup.optimizer.step()
     if setup.scheduler is not None:
