@@ -47,10 +47,15 @@ def test_nam_data_and_groups():
 
 def test_bench_hidlr_quick_json_last_line():
     cmd = [sys.executable, "-m", "layerwise.cli", "bench", "hidlr", "--quick", "--json"]
-    cmd += ["--set", "phi=2", "--set", "repeats=1"]
+    cmd += ["--set", "phi=2", "--set", "repeats=1", "--set", "max_interval=4"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["K"] == 2 and result["phi"] == 2
     assert result["bound"] == pytest.approx(1 / (1 + 8 / 6))
     assert 0 < result["relative_speed"] < 1.5
     assert result["accepted"] + result["rejected"] >= 1
+    assert result["relative_speed_adaptive"] > 0 and result["adaptive_options"]["max_interval"] == 4
+    # a probe round without stepping holds one copy of the probed parameters (plus one tensor's
+    # temporaries); stepping and restoring also copies the update and the momentum buffers
+    assert result["peak_extra_bytes"] < 1.25 * result["param_bytes"]
+    assert result["peak_extra_bytes_step_and_restore"] > 2.5 * result["param_bytes"]

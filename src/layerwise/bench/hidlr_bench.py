@@ -15,15 +15,19 @@ Example:
 
 from __future__ import annotations
 
-import copy
+import ctypes
+import ctypes.util
 import logging
+import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..groups import by_depth_buckets
 from ..hidlr import HiDLR
@@ -38,63 +42,167 @@ NAM_GRID = (5e-4, 7e-4, 1e-3, 3e-3, 5e-3, 7e-3, 1e-2)
 
 
 def _cnn_step(model, opt, x, y, closure: bool) -> None:
-    def loss() -> torch.Tensor:
-        return nn.functional.cross_entropy(model(x), y)
+    def loss(fraction: float = 1.0) -> torch.Tensor:
+        n = math.ceil(len(y) * fraction)
+        return nn.functional.cross_entropy(model(x[:n]), y[:n])
 
     opt.zero_grad()
     loss().backward()
     opt.step(loss) if closure else opt.step()
 
 
-def _cost(K: int, phi: int, cycles: int, repeats: int) -> dict[str, Any]:
+_MALLINFO2_FIELDS = (
+    "arena",
+    "ordblks",
+    "smblks",
+    "hblks",
+    "hblkhd",
+    "usmblks",
+    "fsmblks",
+    "uordblks",
+    "fordblks",
+    "keepcost",
+)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS]
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+_LIBC.mallinfo2.restype = _MallInfo2
+
+
+def _allocated() -> int:
+    """Bytes glibc's malloc has handed out now (heap and mmapped chunks): torch's CPU tensors included."""
+    info = _LIBC.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class _PeakAfterEachOp(TorchDispatchMode):
+    """Reads the allocated bytes after every aten op, keeping the largest rise above the start."""
+
+    def __enter__(self):
+        self.start, self.peak = _allocated(), 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, _allocated() - self.start)
+        return out
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak of the CPU memory ``fn`` allocates beyond what was allocated when it started: glibc's
+    count of allocated bytes, read after every aten op (CPU tensors on glibc; on a GPU use
+    ``torch.cuda.max_memory_allocated``)."""
+    with _PeakAfterEachOp():  # the first use of a dispatch mode allocates for itself: not measured
+        torch.zeros(1).add_(1)
+    with _PeakAfterEachOp() as mode:
+        fn()
+    return mode.peak
+
+
+ADAPTIVE = {"max_interval": 64, "probe_fraction": 0.5}
+"""The probing options measured as Hi-DLR's faster setting (``relative_speed_adaptive``)."""
+
+
+def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPTIVE["max_interval"]) -> dict[str, Any]:
+    adaptive = {**ADAPTIVE, "max_interval": max(max_interval, phi)}
     task = get_task("fashion-mnist")
     train = task.load_data(None, True).train
     batch = task.batch_size
-    steps = phi * cycles
-    batches = [(train[0][i * batch : (i + 1) * batch], train[1][i * batch : (i + 1) * batch]) for i in range(steps)]
+    steps = adaptive["max_interval"] * cycles  # whole intervals of the adaptive variant at its cap
+    count = len(train[1]) // batch
+    batches = [(train[0][(i % count) * batch :][:batch], train[1][(i % count) * batch :][:batch]) for i in range(steps)]
     torch.manual_seed(0)
-    models = [ResNetCNN(), None]
-    models[1] = copy.deepcopy(models[0])
-    opts = []
-    for model in models:
-        part = by_depth_buckets(model, K, sample_input=torch.zeros(2, 1, 28, 28))
-        opts.append(torch.optim.SGD(part.param_groups(lr=task.lr), momentum=0.9, nesterov=True, weight_decay=5e-4))
-    opts[1] = HiDLR(opts[1], update_every=phi, model=models[1])
+    variants = {"plain": None, "phi": {}, "phi_step": {"direction": "step"}, "adaptive": adaptive}
+    models = {name: ResNetCNN() for name in variants}
+    for model in models.values():
+        model.load_state_dict(models["plain"].state_dict())
+    opts = {}
+    for name, options in variants.items():
+        part = by_depth_buckets(models[name], K, sample_input=torch.zeros(2, 1, 28, 28))
+        base = torch.optim.SGD(part.param_groups(lr=task.lr), momentum=0.9, nesterov=True, weight_decay=5e-4)
+        opts[name] = base if options is None else HiDLR(base, update_every=phi, model=models[name], **options)
 
-    def block(which: int) -> float:
+    def block(name: str) -> float:
         start = time.perf_counter()
         for x, y in batches:
-            _cnn_step(models[which], opts[which], x, y, closure=which == 1)
+            _cnn_step(models[name], opts[name], x, y, closure=name != "plain")
         return (time.perf_counter() - start) / steps
 
-    block(0), block(1)  # warm-up
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):  # alternate, so drifts of the machine hit both alike
-        for which in (0, 1):
-            times[which].append(block(which))
+    for name in variants:  # warm-up: the adaptive interval grows toward its cap
+        for _ in range(2):
+            block(name)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):  # alternate, so drifts of the machine hit all alike
+        for name in variants:
+            times[name].append(block(name))
     x, y = batches[0]
     forward = []
     with torch.no_grad():
         for _ in range(repeats * 2):
             start = time.perf_counter()
-            nn.functional.cross_entropy(models[1](x), y)
+            nn.functional.cross_entropy(models["phi"](x), y)
             forward.append(time.perf_counter() - start)
-    base, hidlr, fwd = (statistics.median(t) for t in (*times, forward))
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    fwd = statistics.median(forward)
+    base = ms["plain"]
     return {
-        "relative_speed": base / hidlr,
+        "relative_speed": base / ms["phi"],
         "bound": 1.0 / (1.0 + 4 * K / (3 * phi)),
+        "relative_speed_step_and_restore": base / ms["phi_step"],
+        "relative_speed_adaptive": base / ms["adaptive"],
+        "adaptive_options": adaptive,
+        "adaptive_interval": opts["adaptive"].interval,
         "K": K,
         "phi": phi,
         "predicted_from_timed_forward": base / (base + 4 * K / phi * fwd),
         "base_step_ms": round(base * 1e3, 2),
-        "hidlr_step_ms": round(hidlr * 1e3, 2),
+        "hidlr_step_ms": round(ms["phi"] * 1e3, 2),
+        "adaptive_step_ms": round(ms["adaptive"] * 1e3, 2),
         "probe_forward_ms": round(fwd * 1e3, 2),
         "steps_per_block": steps,
         "repeats": repeats,
         "model": "resnet-cnn",
         "batch_size": batch,
-        "accepted": opts[1].stats["accepted"],
-        "rejected": opts[1].stats["rejected"],
+        "accepted": opts["phi"].stats["accepted"],
+        "rejected": opts["phi"].stats["rejected"],
+        **_memory(models, opts, batches[0]),
+    }
+
+
+def _memory(models: dict[str, nn.Module], opts: dict[str, Any], batch: tuple) -> dict[str, int]:
+    """Peak bytes a probing ``step`` allocates beyond a plain ``step`` plus one forward of the loss
+    (what every probe needs anyway), both after the same backward; the gradient pass is outside."""
+    x, y = batch
+
+    def loss(model: nn.Module, fraction: float = 1.0) -> torch.Tensor:
+        n = math.ceil(len(y) * fraction)
+        return nn.functional.cross_entropy(model(x[:n]), y[:n])
+
+    def measured(name: str) -> int:
+        model, opt = models[name], opts[name]
+        opt.zero_grad()
+        loss(model).backward()
+        if name == "plain":
+
+            def step() -> None:
+                opt.step()
+                with torch.no_grad():
+                    loss(model)
+
+            return peak_bytes(step)
+        opt.next_probe = opt.step_count  # this step probes
+        return peak_bytes(lambda: opt.step(lambda fraction=1.0: loss(model, fraction)))
+
+    floor = measured("plain")
+    param_bytes = sum(p.numel() * p.element_size() for p in models["phi"].parameters() if p.requires_grad)
+    return {
+        "peak_extra_bytes": measured("phi") - floor,
+        "peak_extra_bytes_step_and_restore": measured("phi_step") - floor,
+        "param_bytes": param_bytes,
     }
 
 
@@ -287,19 +395,20 @@ def run_hidlr_bench(
     nam_phi: int = 2,
     gamma: float = 0.9,
     lora_steps: int = 150,
+    max_interval: int = ADAPTIVE["max_interval"],
     out: str = "runs/bench-hidlr",
 ) -> dict[str, Any]:
     """The benchmark entry point; options come from ``layerwise bench hidlr --set key=value``."""
     logging.getLogger("layerwise.hidlr").setLevel(logging.ERROR)  # rejections are counted in the report
     if quick:
-        return _cost(K, phi, cycles or 1, repeats or 5)
+        return _cost(K, phi, cycles or 1, repeats or 5, max_interval)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = [p.strip() for p in problems.split(",") if p.strip()]
     unknown = sorted(set(wanted) - {"cost", "toys", "nam", "lora"})
     if unknown:
         raise ValueError(f"problems: unknown {unknown}; choose from cost, toys, nam, lora")
-    report: dict[str, Any] = _cost(K, phi, cycles or 2, repeats or 11) if "cost" in wanted else {}
+    report: dict[str, Any] = _cost(K, phi, cycles or 2, repeats or 11, max_interval) if "cost" in wanted else {}
     if "toys" in wanted:
         toys = {name: _toy(name, 100, 1e-3) for name in TOYS}
         _plot_toys(toys, out_dir / "hidlr_toys.png")
