@@ -389,14 +389,14 @@ def _hidlr_partition(context: Build, buckets: int | None, split: str | None = No
 
 
 def _hidlr_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
-    clip = settings["clip"]
+    clip, cap = settings["clip"], settings["max_interval"]
     return {
         "update_every": settings["update_every"],
         "gamma": settings["gamma"],
         "clip": None if clip is None else (0.0, clip * task.lr),
         "joint_scale": settings["joint_scale"],
         "per_group": settings["per_group"],
-        "max_interval": settings["max_interval"],
+        "max_interval": None if cap is None else max(cap, settings["update_every"]),  # never below Phi
         "probe_fraction": settings["probe_fraction"],
     }
 
@@ -620,8 +620,8 @@ _HIDLR_DEFAULTS = {
     "clip": 10.0,
     "joint_scale": False,
     "per_group": True,
-    "max_interval": None,
-    "probe_fraction": 1.0,
+    "max_interval": 128,  # adaptive: as accurate as fixed Phi, fewer rounds (BENCHMARKS.md, Hi-DLR probing)
+    "probe_fraction": 1.0,  # half-batch probes cost 1.5 points at equal steps
 }
 
 _RANDOM_BODY = "from scratch, the body's random features are not worth keeping"
@@ -629,7 +629,7 @@ _FINE_TUNING_ONLY = "a fine-tuning method"
 
 
 def _hidlr_period(settings: Mapping[str, Any]) -> int:
-    return settings["max_interval"] or settings["update_every"]  # an adaptive interval settles at its cap
+    return max(settings["max_interval"] or 0, settings["update_every"])  # an adaptive interval settles at its cap
 
 
 def _multirate_period(settings: Mapping[str, Any]) -> int:
