@@ -221,6 +221,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a smaller, faster version")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON line of the results")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a bench option (repeatable)")
+    p.add_argument("--out", type=Path, help="where a bench that writes files puts them (its option out=)")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -235,6 +236,8 @@ def _bench(args: argparse.Namespace) -> int:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
+    if args.out is not None:
+        options["out"] = str(args.out)
     result = run_bench(args.name, quick=args.quick, **options)
     if args.json:
         print(json.dumps(result))

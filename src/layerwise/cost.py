@@ -128,6 +128,7 @@ def prefix_step_times(
     *,
     warmup: int = 2,
     repeats: int = 7,
+    sync: Callable[[], object] | None = None,
 ) -> list[float]:
     """Median step time (forward, backward, SGD step) with the first k groups frozen, k = 0..K-1.
 
@@ -136,6 +137,7 @@ def prefix_step_times(
     are in memory at once). ``param_groups`` are the model's groups
     in data-flow order (``name`` keys; parameters are matched by position in ``model.parameters()``).
     """
+    wait = sync or (lambda: None)  # e.g. torch.cuda.synchronize: queued device work ends before each clock reading
     index = {id(p): i for i, p in enumerate(model.parameters())}
     steppers = []
     for k in range(len(dict.fromkeys(g["name"] for g in param_groups))):
@@ -150,11 +152,13 @@ def prefix_step_times(
     x, y = batch
 
     def step(twin: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        wait()
         start = time.perf_counter()
         loss = loss_fn(twin(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        wait()
         return time.perf_counter() - start
 
     samples: list[list[float]] = [[] for _ in steppers]

@@ -50,7 +50,11 @@ import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, fully_shard
-from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
+
+try:  # FSDP2's custom-collective interface (torch >= 2.9); without it, collectives are not counted
+    from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
+except ImportError:  # pragma: no cover - older torch (e.g. a GPU machine's own build)
+    AllGather = ReduceScatter = object  # type: ignore[assignment,misc]
 from torch.distributed.tensor import DTensor, Shard
 
 from ._checks import one_of
@@ -199,6 +203,10 @@ class _FollowTrainable:
 def count_collectives(model: nn.Module) -> None:
     """Count the bytes of every all-gather and reduce-scatter of a ``fully_shard``-ed ``model``
     (:func:`shard` does this; call it on a model you sharded yourself), read by :func:`comm_bytes`."""
+    if AllGather is object:
+        raise RuntimeError(
+            f"count_collectives: needs FSDP2's custom collectives (torch >= 2.9), not {torch.__version__}"
+        )
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     if not modules:
         raise ValueError("model: has no FSDP2 module (call fully_shard or layerwise.fsdp.shard first)")

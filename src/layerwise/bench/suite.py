@@ -94,6 +94,7 @@ def register_defaults() -> None:
     BENCHES.register("fashion-mnist", fashion_mnist_run, description="one training run of the default task")
     for name, target, description in (
         ("ddp", "ddp_bench:run_ddp_bench", "distributed.wrap vs DDP(find_unused_parameters=True), 2 gloo processes"),
+        ("gpu", "gpu_bench:run_gpu_bench", "the speed claims at realistic sizes on one CUDA GPU"),
         (
             "fsdp",
             "fsdp_bench:run_fsdp_bench",
