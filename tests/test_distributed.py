@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import parallel_cases as cases
-from layerwise.distributed import wrap
+from layerwise.distributed import leave_group, wrap
 
 CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "secant", "unused")
 
@@ -50,7 +50,7 @@ def _worker(rank: int, port: int, out) -> None:
     torch.set_num_threads(1)
     for case in CASES:
         out[(case, rank)] = _train(case, rank)
-    dist.destroy_process_group()
+    leave_group()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from torch.distributed.tensor import DTensor
 import layerwise
 import parallel_cases as cases
 from layerwise import fsdp
+from layerwise.distributed import leave_group
 
 RESUMED = ("freezeout", "multirate", "hidlr", "subsets", "secant")
 SAVE_AT = 5  # mid-cycle for Multirate (k=3), after FreezeOut's first freeze, between Hi-DLR probes
@@ -123,7 +124,7 @@ def _worker(rank: int, world: int, port: int, phase: str, directory: str, out) -
         out[("bad", rank)] = _bad_input(rank)
     for case in RESUMED:
         out[(phase, world, case, rank)] = _checkpointed(case, rank, world, directory, phase)
-    dist.destroy_process_group()
+    leave_group()
 
 
 def _spawn(world: int, phase: str, directory: str, out) -> None:
@@ -263,4 +264,4 @@ def test_fsdp1_flat_parameters_are_refused_with_a_pointer_to_fsdp2():
             with pytest.raises(TypeError, match=r"FSDP1|FullyShardedDataParallel"):
                 build()
     finally:
-        dist.destroy_process_group()
+        leave_group()

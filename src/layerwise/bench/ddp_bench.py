@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import counting_allreduce, wrap
+from ..distributed import counting_allreduce, leave_group, wrap
 
 __all__ = ["run_ddp_bench"]
 
@@ -53,10 +53,7 @@ def _set_phase(net: nn.Sequential, phase: str, depth: int) -> None:
             p.grad = None
 
 
-def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+def _phases(rank: int, config: dict[str, Any]) -> dict[str, Any]:
     width, depth, batch = config["width"], config["depth"], config["batch"]
     net = _mlp(width, depth)
     wrapped = wrap(net)
@@ -113,9 +110,17 @@ def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
             "find_unused_writes_frozen_grads": frozen_grads,
             "rewrap_ms": rewrap_ms,
         }
+    return results
+
+
+def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    results = _phases(rank, config)  # its DDP reducers hold the group: freed on return, before leaving it
     if rank == 0:
         Path(out).write_text(json.dumps(results))
-    dist.destroy_process_group()
+    leave_group()
 
 
 def _free_port() -> int:

@@ -38,6 +38,7 @@ from torch.distributed.fsdp import fully_shard
 
 from .. import fsdp
 from .._shards import local
+from ..distributed import leave_group
 from ..freezing import Freezer
 from ..groups import by_layer
 
@@ -143,7 +144,8 @@ def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
             results[phase][way]["speedup_vs_fully_shard"] = base / results[phase][way]["step_ms"]
     if rank == 0:
         Path(out).write_text(json.dumps(results))
-    dist.destroy_process_group()
+    runs.clear()  # the FSDP modules hold the group: free them before leaving it
+    leave_group()
 
 
 def _free_port() -> int:
