@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from layerwise import HiDLR
+from layerwise.distributed import leave_group
 
 
 def _free_port() -> int:
@@ -31,7 +32,7 @@ def _worker(rank: int, world: int, port: int, sync: bool, out) -> None:
         nn.functional.mse_loss(model(x), y).backward()
         opt.step(lambda x=x, y=y: nn.functional.mse_loss(model(x), y))
     out[rank] = list(opt.eta)
-    dist.destroy_process_group()
+    leave_group()
 
 
 def _run(sync: bool) -> list:
