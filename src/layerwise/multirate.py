@@ -303,12 +303,15 @@ class Multirate(Optimizer):
         """The level's base update from the fresh gradient, kept as drift (restored parameters)."""
         params = [p for p in self._params(level) if p.grad is not None]
         pieces = local_all(params)  # under FSDP2 the drift is this rank's shards
-        before = [p.detach().clone() for p in pieces]
+        before: list[Tensor | None] = [p.detach().clone() for p in pieces]
         self.optimizers[level].step()
-        delta = torch._foreach_sub(pieces, before)
-        torch._foreach_copy_(pieces, before)
-        if self.drift:
-            torch._foreach_div_(delta, float(self.periods[level]))
+        delta = []
+        for i, piece in enumerate(pieces):  # one tensor at a time, each saved copy freed once used:
+            saved = before[i]  # at most one copy of the part plus one tensor is held
+            before[i] = None
+            change = piece - saved
+            piece.copy_(saved)
+            delta.append(change.div_(float(self.periods[level])) if self.drift else change)
         self._drift[level] = list(zip(params, delta))  # type: ignore[assignment]
 
     def trainable_sets(self) -> int:
