@@ -11,7 +11,7 @@ main: setup data
 
 test: setup data
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov=layerwise --cov-report=term
 
 bench: setup
 	$(BIN)/layerwise bench scheduler --json
