@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: main test setup data bench clean
+.PHONY: main test setup data bench docs gallery clean
 
 main: setup data
 	$(BIN)/layerwise compare
@@ -12,6 +12,17 @@ main: setup data
 test: setup data
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest --cov=layerwise --cov-report=term
+	$(MAKE) docs
+
+# The documentation site, built strictly (a broken link, a missing page or a failed API entry fails it).
+docs: setup
+	$(BIN)/python scripts/docs_site.py
+	cd build && NO_MKDOCS_2_WARNING=1 $(abspath $(BIN))/mkdocs build --strict --quiet
+	@echo "site: build/site/index.html"
+
+# The gallery's images, from quick real runs (committed under docs/gallery).
+gallery: setup data
+	$(BIN)/python scripts/gallery.py
 
 bench: setup
 	$(BIN)/layerwise bench scheduler --json

@@ -1,6 +1,6 @@
 """layerwise: control the learning rate of every layer (named parameter group) over time.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> part = layerwise.by_layer(model, sample_input=torch.zeros(1, 4))

@@ -4,7 +4,7 @@ Checks run before anything is changed (validate, then mutate). ``bool`` is never
 number. Unknown options fail one way everywhere: a ``ValueError`` naming the option and the
 valid ones (:func:`one_of`).
 
-Example:
+Examples:
     >>> positive_int("k", 4), fraction("t0", 0.8), clip_range("clip", (0, 2))
     (4, 0.8, (0.0, 2.0))
     >>> one_of("mode", "fast", ("bb", "line"))
@@ -100,7 +100,7 @@ def boolean(name: str, value: Any) -> bool:
 def optional(check: Any) -> Any:
     """``check`` that also accepts None (a setting whose None means "the default rule").
 
-    Example:
+    Examples:
         >>> optional(positive_int)("k", None), optional(positive_int)("k", 3)
         (None, 3)
     """

@@ -9,7 +9,7 @@ step would give, and nothing is written. Other optimizers and options (fused, fo
 tensor learning rates, complex parameters, ...) report ``None`` from :func:`rule_for`, and the
 caller steps and restores.
 
-Example:
+Examples:
     >>> import torch
     >>> w = torch.nn.Parameter(torch.ones(2)); w.grad = torch.full((2,), 0.5)
     >>> opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)

@@ -5,7 +5,7 @@ warns when a name is registered twice (the new entry wins), lists names with the
 (``compare --list``, ``schedule``), and can hold an entry as an import string (``"module:attr"``)
 that is imported the first time it is looked up, so an optional dependency loads only when used.
 
-Example:
+Examples:
     >>> shapes = Registry("shape")
     >>> _ = shapes.register("square", 4, description="four sides")
     >>> shapes["square"], shapes.describe()

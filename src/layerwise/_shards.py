@@ -6,7 +6,7 @@ those local pieces, and per-group reductions (dot products, norms) sum the local
 shards' process group, so every rank sees the global value. On plain tensors every function here
 is the identity, so single-process and DDP runs are unchanged.
 
-Example:
+Examples:
     >>> import torch
     >>> local_all([torch.ones(2)])[0]
     tensor([1., 1.])

@@ -7,7 +7,7 @@ Subcommands:
     compare           train with several techniques side by side at equal cost (with no --task: the main job)
     plot RUN_DIR      draw the per-group telemetry of a finished run
 
-Example:
+Examples:
     $ layerwise schedule llr --groups 3 --steps 100 --start 2,1,0.5 --end 0.5,1,2 \\
           --windows 0-0.1,0-1,0-1 --json
 """

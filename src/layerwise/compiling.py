@@ -17,7 +17,7 @@ even in a graph recorded before the freeze, and the :class:`~layerwise.Freezer` 
 every optimizer step that no frozen parameter holds a gradient (one written by code outside
 autograd would let weight decay or momentum move it) and raises if one does.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
     ...                             torch.nn.Linear(8, 2))

@@ -9,7 +9,7 @@ Two predictions of the wall-clock saving of a freezing schedule:
   ``k`` groups frozen (:func:`prefix_step_times`), so it includes the real
   backward/forward ratio, the optimizer step and everything the FLOP count leaves out.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     >>> part = layerwise.by_layer(model, sample_input=torch.zeros(8, 64))
@@ -76,7 +76,7 @@ def group_flops(model: nn.Module, partition: Partition, sample_input: Any) -> li
 def train_fractions(frozen_at: Sequence[int | None], total_steps: int) -> list[float]:
     """Fraction of the run each group trains, from its freeze step (None: to the end).
 
-    Example:
+    Examples:
         >>> train_fractions([25, None], 100)
         [0.25, 1.0]
     """
@@ -86,7 +86,7 @@ def train_fractions(frozen_at: Sequence[int | None], total_steps: int) -> list[f
 def paper_saving(train_fractions: Sequence[float], flops: Sequence[float]) -> float:
     """FreezeOut eq. (2)-(3): ``1 - sum((1 + t_i) c_i) / sum(2 c_i)``.
 
-    Example:
+    Examples:
         >>> paper_saving([0.5, 1.0], [1.0, 1.0])
         0.125
     """
@@ -104,7 +104,7 @@ def timed_saving(train_fractions: Sequence[float], step_times: Sequence[float]) 
     ``step_times[k]`` is the time of a training step with the first ``k`` groups frozen;
     group ``k`` trains for the first ``train_fractions[k]`` of the run (non-decreasing).
 
-    Example:
+    Examples:
         >>> round(timed_saving([0.5, 1.0], [1.0, 0.6]), 6)
         0.2
     """

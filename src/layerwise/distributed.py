@@ -13,7 +13,7 @@ steps). Each all-reduces exactly the parameters that require grad, so frozen and
 cost no communication; :attr:`DistributedModel.bytes_reduced` counts what was sent. Forward
 passes without grad (evaluation, Hi-DLR's probes) run the module directly.
 
-Example:
+Examples:
     >>> import tempfile, torch, torch.distributed as dist, layerwise
     >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
@@ -44,7 +44,7 @@ __all__ = ["DistributedModel", "counting_allreduce", "leave_group", "wrap"]
 def counting_allreduce(counter, bucket):  # no annotations: DDP checks them, and they would be strings here
     """A DDP comm hook: the default all-reduce, adding the bucket's bytes to ``counter["bytes"]``.
 
-    Example:
+    Examples:
         >>> ddp.register_comm_hook({"bytes": 0}, counting_allreduce)  # doctest: +SKIP
     """
     buffer = bucket.buffer()
@@ -119,7 +119,7 @@ def leave_group() -> None:
     the group, or while such objects hold it, can abort in gloo's teardown ("terminate called
     without an active exception").
 
-    Example:
+    Examples:
         >>> leave_group()  # doctest: +SKIP
     """
     gc.collect()

@@ -7,7 +7,7 @@ the head, which trains to the end of the run); the ``cubic`` strategy cubes them
 given uncubed: 0.8 -> 0.512). With ``scale_lr``, ``alpha_i(0) = alpha / t_i``. Defaults are
 the paper's recommendation: cubic, scaled, ``t0 = 0.8``.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
     ...                             torch.nn.Linear(8, 2))
@@ -49,7 +49,7 @@ STRATEGIES = get_args(Strategy)
 def freeze_times(num_groups: int, t0: float = 0.8, strategy: Strategy = "cubic") -> list[float]:
     """Fraction of training at which each group's LR reaches zero (``t_i``).
 
-    Example:
+    Examples:
         >>> [round(t, 3) for t in freeze_times(3, 0.8, "cubic")]
         [0.512, 0.729, 1.0]
     """

@@ -9,7 +9,7 @@ after ``model.train()`` (their ``train`` is replaced while they are frozen: save
 before the first trainable layer requires grad, so autograd neither records nor
 traverses it: the backward pass really gets shorter.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(),
     ...                             torch.nn.Linear(8, 2))
@@ -271,7 +271,7 @@ class FreezeWhenZero:
     The composable piece behind FreezeOut's freezing: any schedule with ``zero_from`` (a FreezeOut
     rule, a cosine to zero) drives it, whatever sets the learning rates (a scheduler, Hi-DLR).
 
-    Example:
+    Examples:
         >>> import torch, layerwise
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
         >>> opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=torch.zeros(1, 2)).param_groups(lr=0.1))
@@ -330,7 +330,7 @@ class GradualUnfreezing:
     ``step()`` counts one step (a batch or an epoch: your choice) and every ``every``
     steps the next group towards the input is unfrozen.
 
-    Example:
+    Examples:
         >>> import torch, layerwise
         >>> model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))
         >>> part = layerwise.by_layer(model, sample_input=torch.zeros(1, 4))

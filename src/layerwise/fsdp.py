@@ -18,7 +18,7 @@ allows ``requires_grad`` to differ between parameters and to change during train
 A partition may be built before or after sharding (:attr:`layerwise.groups.Group.params` reads the
 parameters from their modules, so it gives the sharded ones).
 
-Example:
+Examples:
     >>> import tempfile, torch, torch.distributed as dist, layerwise
     >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))

@@ -6,7 +6,7 @@ a found rate ``eta_k``; the applied LR of a dict is ``eta_k * factor_k * ratio``
 ``factor_k`` comes from an optional schedule of progress and ``ratio`` keeps the dict's initial
 LR relative to its group's.
 
-Example:
+Examples:
     >>> class Fixed(GroupRates):
     ...     def __init__(self, optimizer):
     ...         self._setup_rates(optimizer)

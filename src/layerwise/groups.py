@@ -5,7 +5,7 @@ through the model. Its :meth:`Partition.param_groups` output is a plain list of
 torch param-group dicts (each carrying ``name`` and ``depth``), usable by any
 torch optimizer unchanged.
 
-Example:
+Examples:
     >>> import torch
     >>> from layerwise import groups
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -188,7 +188,7 @@ class Partition:
                 two dicts with the same ``name`` and ``depth``.
             **options: further options copied into every dict (e.g. ``momentum``).
 
-        Example:
+        Examples:
             >>> part = by_head(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), head="1")
             >>> groups = part.param_groups(lr=0.1, lr_mult={"head": 10.0}, weight_decay=5e-4, no_decay=("bias",))
             >>> [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
@@ -414,7 +414,7 @@ def _slot(param_name: str, owners: Mapping[str, nn.Module]) -> tuple[nn.Module, 
 def tied_parameters(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """Parameters registered by more than one module (tied weights): name -> the modules, first owner first.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
         >>> model[1].weight = model[0].weight
@@ -445,7 +445,7 @@ def by_layer(model: nn.Module, *, sample_input: Any = None) -> Partition:
     itself). Without ``sample_input`` the order is the registration order (a warning
     says so).
 
-    Example:
+    Examples:
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
         >>> by_layer(model, sample_input=torch.randn(2, 1, 28, 28)).names
         ('0', '2')
@@ -472,7 +472,7 @@ def by_block(model: nn.Module, depth: int = 1, *, sample_input: Any = None) -> P
     (``"root"`` for the model itself). Blocks are ordered by their first call in the
     traced forward pass.
 
-    Example:
+    Examples:
         >>> block = lambda: torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), block(), block(), torch.nn.Linear(8, 2))
         >>> by_block(model, depth=1, sample_input=torch.zeros(1, 4)).names
@@ -495,7 +495,7 @@ def by_depth_buckets(model: nn.Module, n: int, *, sample_input: Any = None) -> P
 
     Layers are split as evenly as possible by count; groups are named ``bucket0`` ...
 
-    Example:
+    Examples:
         >>> model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(5)))
         >>> part = by_depth_buckets(model, 3, sample_input=torch.zeros(1, 4))
         >>> part.names, [len(g.params) for g in part]
@@ -531,7 +531,7 @@ def by_patterns(
         syntax: ``"regex"`` (``re.search``) or ``"glob"`` (``fnmatch`` on the full name).
         rest: group name for unmatched parameters; ``None`` makes them an error.
 
-    Example:
+    Examples:
         >>> from collections import OrderedDict
         >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
         ...                                       fc=torch.nn.Linear(8, 2)))
@@ -576,7 +576,7 @@ def by_patterns(
 def by_kind(model: nn.Module) -> Partition:
     """Groups ``weight``, ``bias`` and ``norm`` (parameters of normalization layers).
 
-    Example:
+    Examples:
         >>> from collections import OrderedDict
         >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
         ...                                       fc=torch.nn.Linear(8, 2)))
@@ -601,7 +601,7 @@ def by_head(model: nn.Module, head: str | Sequence[str] | None = None, *, sample
         head: module name(s) forming the head; by default the last layer in data-flow
             order (traced when ``sample_input`` is given).
 
-    Example:
+    Examples:
         >>> from collections import OrderedDict
         >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
         ...                                       fc=torch.nn.Linear(8, 2)))
@@ -636,7 +636,7 @@ def by_head(model: nn.Module, head: str | Sequence[str] | None = None, *, sample
 def by_lora(model: nn.Module, *, rest: str = "other") -> Partition:
     """Groups ``lora_A`` and ``lora_B`` (PEFT naming), plus ``rest`` for other trainable parameters.
 
-    Example:
+    Examples:
         >>> from collections import OrderedDict
         >>> adapter = torch.nn.Sequential(OrderedDict(lora_A=torch.nn.Linear(8, 2, bias=False),
         ...                                           lora_B=torch.nn.Linear(2, 8, bias=False)))
@@ -660,7 +660,7 @@ def explicit(
 ) -> Partition:
     """Groups given explicitly: ``{group_name: [parameter names, parameters or modules]}``.
 
-    Example:
+    Examples:
         >>> from collections import OrderedDict
         >>> net = torch.nn.Sequential(OrderedDict(embed=torch.nn.Linear(4, 8), norm=torch.nn.LayerNorm(8),
         ...                                       fc=torch.nn.Linear(8, 2)))

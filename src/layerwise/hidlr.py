@@ -17,7 +17,7 @@ Hessian-informed differential learning rates (Xu, Bu, Zhang, Barnett; Algorithm 
 Groups are the optimizer's param groups; dicts that share a ``name`` (a layer split into
 decay / no-decay parts by :meth:`Partition.param_groups`) form one group.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     >>> x, y = torch.randn(32, 4), torch.randn(32, 1)

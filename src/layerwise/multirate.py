@@ -20,7 +20,7 @@ The fast part steps with ``h / k`` every step. With Adam or AdamW as the base, t
 Adam update (moments advanced once per refresh, with the refresh's gradient) is computed every
 k steps and applied as linear drift over the cycle.
 
-Example:
+Examples:
     >>> import torch
     >>> from layerwise import Multirate
     >>> body, head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
@@ -250,7 +250,7 @@ class Multirate(Optimizer):
         Its ``lr`` is its step ``h`` (default: the constructor's ``lr``), scaled by the part's
         period as in the constructor; the slowest part takes ``slow_lr`` when one was given.
 
-        Example:
+        Examples:
             >>> import torch
             >>> fast, slow, new = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
             >>> opt = Multirate([fast], [slow], lr=0.4, k=4)

@@ -3,7 +3,7 @@
 A group's name is its ``name`` key (what :meth:`Partition.param_groups` writes), else ``group<i>``
 by position: one rule everywhere (the scheduler, the techniques, telemetry, compare's records).
 
-Example:
+Examples:
     >>> group_names([{"name": "head", "params": []}, {"params": []}])
     ['head', 'group1']
 """

@@ -7,7 +7,7 @@ tensor (a "layer"), Adam's bias-corrected moments give the update direction
 function phi is the identity). pytorch-optimizer's ``Lamb`` follows the paper's v3 instead (no bias
 correction, decoupled decay, ``||w||`` clamped at 10), so the peer uses this one.
 
-Example:
+Examples:
     >>> import torch
     >>> w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     >>> opt = Lamb([w], lr=0.1)

@@ -1,6 +1,6 @@
 """Schedule plots (matplotlib, from the ``plot`` or ``bench`` extra).
 
-Example:
+Examples:
     >>> from layerwise.plotting import plot_schedule
     >>> plot_schedule([[1.0, 0.5], [0.5, 1.0]], ["conv", "fc"], "lr.png")  # doctest: +SKIP
 """

@@ -10,7 +10,7 @@ rows ``u`` of a plan (multiples of the previous learning rates ``eta``). The int
 is fitted with the rest, so no extra forward pass at ``w`` is needed. The fit runs in the
 plan's units ``u`` (well conditioned whatever the scale of ``eta``) and is converted back.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> plan = probe_plan(1)
     >>> losses = np.array([(1 - 0.5 * u) ** 2 for u in plan[:, 0]])  # minimum at xi = 2
@@ -50,7 +50,7 @@ class FitOptions:
         per_group: accept each group whose own curvature and slope are positive (diagonal fit only).
         joint_scale: after an accepted fit, rescale ``eta*`` by a 1-D fit along the combined step.
 
-    Example:
+    Examples:
         >>> FitOptions(clip=(0, 1)).clip
         (0.0, 1.0)
         >>> FitOptions(probes=(1.0, 2.0))

@@ -10,7 +10,7 @@ subset is drawn. Use :meth:`full_weights` to evaluate mid-cycle with every weigh
 The base algorithm is torch SGD (``momentum``, ``weight_decay`` allowed): the slow entries' larger
 step is applied by scaling their gradient by ``slow_lr / h`` on the joint step.
 
-Example:
+Examples:
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
     >>> opt = RandomSubsetMultirate(net.parameters(), lr=0.1, k=5,

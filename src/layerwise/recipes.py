@@ -5,7 +5,7 @@ policies live in two :class:`~layerwise._registry.Registry` objects, filled by
 :func:`register_defaults` (FreezeOut's recipe is imported from its module when first used);
 add yours with :func:`register`.
 
-Example:
+Examples:
     >>> from layerwise.recipes import build
     >>> sched = build("llr", 3, start=[2, 1, 0.5], end=[0.5, 1, 2],
     ...               windows=[(0, 0.1), (0, 1), (0, 1)])

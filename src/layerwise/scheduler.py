@@ -5,7 +5,7 @@ layer at the current step. The layer of a group is its ``depth`` key (as written
 :meth:`layerwise.groups.Partition.param_groups`), else its position; several dicts
 with the same depth (e.g. a layer split into decay / no-decay parts) share a factor.
 
-Example:
+Examples:
     >>> import torch
     >>> from layerwise import LayerwiseLR
     >>> from layerwise.schedules import Cosine, Discriminative

@@ -5,7 +5,7 @@ in ``[0, 1]``; the scheduler in :mod:`layerwise.scheduler` turns steps into prog
 The factor of group ``g`` is ``policy_g(p) * multiplier_g(p)``: one shared global
 policy (or one independent policy per group) times a layer multiplier rule.
 
-Example:
+Examples:
     >>> from layerwise.schedules import LayerSchedule, OneCycle, LinearInTime
     >>> smith = LayerSchedule(layers=LinearInTime(start=(2, 1, 0.5), end=(0.5, 1, 2),
     ...                                           windows=((0, 0.1), (0, 1), (0, 1))))
@@ -415,7 +415,7 @@ def depth_ramp(
     with ``reverse`` the ramp turns around linearly in time within ``window``, so the
     run ends with ``last`` at group 0 and ``first`` at the last group (Smith's proposal).
 
-    Example:
+    Examples:
         >>> depth_ramp(3).multipliers(0.0, 3).tolist(), depth_ramp(3).multipliers(1.0, 3).tolist()
         ([1.5, 1.0, 0.5], [0.5, 1.0, 1.5])
     """

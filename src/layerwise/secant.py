@@ -21,7 +21,7 @@ counted (the group keeps its rate), accepted ones are smoothed ``eta <- gamma * 
 * eta*`` and optionally clipped; a schedule multiplies the found rates; ``state_dict`` holds
 everything needed to resume exactly (including the previous weights and gradients).
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> w = torch.nn.Parameter(torch.tensor([4.0, -2.0]))
     >>> opt = layerwise.SecantLR(torch.optim.SGD([w], lr=0.01), gamma=0.0)
@@ -68,7 +68,8 @@ class SecantLR(GroupRates):
         scale: safety factor on every estimate (> 0).
         update_every: apply a new estimate every this many steps (the averages move every step).
         clip: optional ``(low, high)`` range for ``eta*``.
-        schedule, total_steps: a :class:`Policy` or :class:`LayerSchedule` multiplying the found rates.
+        schedule: a :class:`Policy` or :class:`LayerSchedule` multiplying the found rates.
+        total_steps: the run length the schedule's progress is measured in; required with ``schedule``.
         groups: the partition the optimizer was built from; checked against its param groups.
     """
 

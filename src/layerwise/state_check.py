@@ -4,7 +4,7 @@ A checkpoint written by another technique, for another partition (other group na
 or with another configuration raises a ``ValueError`` naming what differs, and the
 object loading it is left exactly as it was.
 
-Example:
+Examples:
     >>> state = {**stamp("FreezeOut", ["stem", "head"], {"t0": 0.8}), "steps": 3}
     >>> check_state(state, stamp("FreezeOut", ["stem", "head"], {"t0": 0.8}), keys=("steps",))
     >>> check_state(state, stamp("FreezeOut", ["stem", "body", "head"], {"t0": 0.8}), keys=("steps",))

@@ -7,7 +7,7 @@ which is what ``torch.compile`` recompiles for (:func:`layerwise.compiling.train
 Schedulers (:class:`~layerwise.LayerwiseLR`, :class:`~layerwise.FreezeOut`), the freezing rules and
 the wrapping optimizers (``Multirate``, ``HiDLR``) all satisfy the protocols structurally.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     >>> opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=torch.zeros(1, 2)).param_groups(lr=0.1))

@@ -13,7 +13,7 @@ is) and every ``every`` steps records, for each named group:
   Adam-family optimizers (those with ``exp_avg_sq`` state), else absent;
 * ``frozen``: 1 when none of the group's parameters requires grad.
 
-Example:
+Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     >>> x, y = torch.randn(16, 4), torch.randn(16, 1)

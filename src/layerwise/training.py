@@ -5,7 +5,7 @@ generator seeded with the run's seed reshuffles the training examples at every e
 of any length walks through those epochs in order, so two runs with the same seed see the same
 batches for as long as both train.
 
-Example:
+Examples:
     >>> import torch
     >>> x, y = torch.arange(10.0), torch.arange(10)
     >>> [(step, epoch, len(yb)) for step, epoch, _, yb in seeded_batches(x, y, 4, seed=0, steps=4)]
@@ -28,7 +28,7 @@ __all__ = ["progress_bar", "seeded_batches", "slice_batch", "steps_per_epoch"]
 def slice_batch(x: Any, part: slice) -> Any:
     """``part`` of every tensor in a batch's inputs (a tensor, or tuples, lists and dicts of them).
 
-    Example:
+    Examples:
         >>> slice_batch({"ids": torch.arange(4), "mask": torch.ones(4)}, slice(0, 2))["ids"]
         tensor([0, 1])
     """

@@ -4,7 +4,7 @@ They subclass ``torch.optim.Optimizer`` (so schedulers, ``GradScaler`` and hooks
 keep their parameters in the wrapped optimizers, so ``Optimizer.__init__`` (which would take the
 params over) is replaced by :func:`init_hooks`.
 
-Example:
+Examples:
     >>> import torch
     >>> class Scaled(torch.optim.Optimizer):
     ...     def __init__(self, inner):

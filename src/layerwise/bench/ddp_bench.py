@@ -8,7 +8,7 @@ head trainable (a Multirate fast step). Each phase is timed with
 rounds (median per step after warm-up), and both count the gradient bytes they all-reduce.
 Re-wrapping a plain DDP after each freeze is timed too (its construction broadcasts the model).
 
-Example:
+Examples:
     >>> run_ddp_bench(quick=True)["phases"]["frozen_prefix"]["speedup"]  # doctest: +SKIP
 """
 

@@ -7,7 +7,7 @@ the prediction from step times timed here with frozen prefixes (round-robin over
 Full: baseline vs the four strategies (linear/cubic x
 scaled/unscaled) x t0 on the CNN and a DenseNet-BC, over several seeds, with test accuracy.
 
-Example:
+Examples:
     $ layerwise bench freezeout --quick --json
 """
 

@@ -15,7 +15,7 @@ FSDP's padding included), step time, and per-rank bytes of parameter shards, of 
 kept whole, of gradients and of optimizer state; with frozen blocks none of them may have a
 reduce-scatter, a gradient or optimizer state (``frozen_blocks_clean``).
 
-Example:
+Examples:
     >>> run_fsdp_bench(quick=True)["phases"]["frozen_prefix"]["shard"]["reduce_scatter_bytes"]  # doctest: +SKIP
 """
 

@@ -19,7 +19,7 @@ pretrained weights, so nothing has to travel to the GPU machine but this reposit
 runs every part at toy sizes on the CPU (the test suite runs it, so the script cannot rot); without
 it a machine with no CUDA is refused. Writes ``gpu.json`` into ``out``.
 
-Example:
+Examples:
     $ PYTHONPATH=src python3 -m layerwise.cli bench gpu --set out=$OUT      # on the GPU machine
     $ layerwise bench gpu --set tiny=true --json                            # anywhere, seconds
 """

@@ -8,7 +8,7 @@ Full: the ellipse and Beale+Rosenbrock functions (App. A.1), NAM synthetic regre
 (App. B.3) and LoRA fine-tuning of MiniLM on tweet sentiment, each against the paper's grid of
 uniform learning rates and Hi-ULR, with plots of the loss and of each group's LR.
 
-Example:
+Examples:
     $ layerwise bench hidlr --quick --json
     $ layerwise bench hidlr --set problems=toys,nam      # default: cost,toys,nam,lora
 """

@@ -3,7 +3,7 @@
 The paper's Table 1 grouping. Every method sees the same batches from the same initial model;
 dropout is off so that the probe losses of a step are evaluated on one fixed function.
 
-Example:
+Examples:
     >>> report = lora_comparison(steps=150)  # doctest: +SKIP
     >>> report["best_uniform"], report["runs"]["hi-dlr"]["final_train_loss"]  # doctest: +SKIP
 """

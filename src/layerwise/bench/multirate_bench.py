@@ -17,7 +17,7 @@ Full, ``problems=subsets``: the random-subset regulariser of §5.1 on the paper'
 (here on Fashion-MNIST): plain SGD (h = 0.1) vs ``RandomSubsetMultirate`` (k = 5, input-layer
 weights slow with probability 0.8, hidden-layer weights 0.5), several seeds, test accuracy.
 
-Example:
+Examples:
     $ layerwise bench multirate --quick --json
     $ layerwise bench multirate --set epochs=10 --set seeds=3
     $ layerwise bench multirate --set problems=finetune --set task=minilm-sentiment

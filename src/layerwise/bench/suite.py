@@ -1,6 +1,6 @@
 """Named benchmarks run by ``layerwise bench NAME``; each returns a JSON-ready dict.
 
-Example:
+Examples:
     >>> from layerwise.bench.suite import run_bench
     >>> run_bench("scheduler", quick=True)["step_overhead_ms"] < 1.0  # doctest: +SKIP
     True

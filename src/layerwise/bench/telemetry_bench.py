@@ -11,7 +11,7 @@ training) and how relative updates fall (mean over the last quarter / the first 
 the Spearman correlation of each against depth; for AdamW the median effective step per group
 at the start, middle and end. Plots (heatmaps and lines per quantity) in ``runs/bench-telemetry``.
 
-Example:
+Examples:
     $ layerwise bench telemetry --quick --json
 """
 

@@ -1,6 +1,6 @@
 """Timing and memory measurement: warm-up, then the median of repeats.
 
-Example:
+Examples:
     >>> from layerwise.bench.timing import measure
     >>> stats = measure(lambda: sum(range(100)), warmup=10, repeats=5, number=100)
     >>> sorted(stats)

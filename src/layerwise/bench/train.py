@@ -1,6 +1,6 @@
 """A seeded training run of a task under a layer-wise schedule, with timing.
 
-Example:
+Examples:
     >>> from layerwise.bench.train import train
     >>> result = train("fashion-mnist", recipe="llr", policy="onecycle", quick=True)  # doctest: +SKIP
     >>> result["test_accuracy"]  # doctest: +SKIP

@@ -9,7 +9,7 @@ the others still run. The report is a table (terminal, ``results.md``), one JSON
 (``DIR/runs/``), PNG plots and ``report.html``. :mod:`.main_job` runs the two regimes of
 ``make main``.
 
-Example:
+Examples:
     >>> from layerwise.compare import compare
     >>> result = compare("fashion-mnist", ["baseline", "freezeout"], quick=True, out="runs/cmp")  # doctest: +SKIP
     >>> print(result["table"])  # doctest: +SKIP

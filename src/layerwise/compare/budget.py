@@ -11,7 +11,7 @@ effects hit all alike); the block is repeated on fresh models and the median rat
 Methods that only move learning rates (``Method.same_cost``) cost what the baseline costs and are
 not timed.
 
-Example:
+Examples:
     >>> plan_steps(60.0, 0.25)
     240
     >>> block_length([16, 4, 1], minimum=24)

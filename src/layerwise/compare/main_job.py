@@ -9,7 +9,7 @@ Each regime is a :func:`~layerwise.compare.session.compare` into its own folder 
 ``finetune/``, each resumable); ``report.html`` and ``results.md`` put both in one page. The whole
 job takes about 8 minutes on a 2-core CPU, inside its 15-minute budget (BENCHMARKS.md: what it buys).
 
-Example:
+Examples:
     >>> from layerwise.compare.main_job import run_main
     >>> result = run_main(out="runs/compare", quick=True)  # doctest: +SKIP
 """

@@ -8,7 +8,7 @@ a gradient. A method also declares what an equal-cost plan needs: the period ove
 cost repeats, and whether it costs exactly what the baseline costs. Register your own with
 :func:`register_method`.
 
-Example:
+Examples:
     >>> from layerwise.compare.methods import METHODS, resolve_settings
     >>> resolve_settings("freezeout", {"t0": 0.5})
     {'t0': 0.5, 'strategy': 'cubic', 'scale_lr': True}
@@ -131,7 +131,7 @@ Check = Callable[[str, Any], Any]
 def checked(method: str, **checks: Check) -> Callable[[Mapping[str, Any]], None]:
     """A :attr:`Method.check` that runs ``checks[key](f"--set {method}.{key}", value)`` for every setting.
 
-    Example:
+    Examples:
         >>> check = checked("mine", k=positive_int)
         >>> check({"k": 0})
         Traceback (most recent call last):

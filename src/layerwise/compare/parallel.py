@@ -28,7 +28,7 @@ What equality with one process needs: a loss that is a mean over the batch (ever
 and no batch statistics or per-example randomness in the model: BatchNorm normalises each rank's
 slice (running statistics follow rank 0, as with any DDP) and dropout draws its masks per rank.
 
-Example:
+Examples:
     >>> from layerwise.compare import compare
     >>> compare("ellipse", ["baseline", "freezeout"], nproc=2, budget="steps")  # doctest: +SKIP
 """

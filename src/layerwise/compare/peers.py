@@ -7,7 +7,7 @@ default set: name them with ``--methods``. The optimizers come from the ``peers`
 by its ``check`` before anything is loaded. The LR-only peers (layer-wise LR decay) cost what the
 baseline costs; the others are timed by the equal-cost plan.
 
-Example:
+Examples:
     >>> from layerwise.compare.methods import METHODS, resolve_settings
     >>> resolve_settings("layer-decay")
     {'decay': 0.75}

@@ -3,7 +3,7 @@
 ``outcomes`` maps each method's label to ``{"records": [...], "errors": [...]}`` (one record per
 finished seed, as :func:`layerwise.compare.runner.run_one` returns it).
 
-Example:
+Examples:
     >>> import tempfile
     >>> from layerwise.compare import compare
     >>> result = compare("ellipse", ["baseline", "hidlr"], budget="steps", out=tempfile.mkdtemp(),
@@ -208,7 +208,7 @@ def _colors(plt, count: int):
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[tuple[float, float]]:
     """The points no other point beats in both time (lower) and metric, sorted by time.
 
-    Example:
+    Examples:
         >>> pareto_front([(1.0, 0.5), (2.0, 0.4), (3.0, 0.9)])
         [(1.0, 0.5), (3.0, 0.9)]
     """

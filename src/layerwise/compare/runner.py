@@ -6,7 +6,7 @@ evaluations in between are not. A run trains the task's epochs, or exactly ``ste
 equal-cost plan): past the first epoch the same seeded generator reshuffles every epoch, so every
 method sees the same batches in the same order for as long as it trains.
 
-Example:
+Examples:
     >>> from layerwise.compare.runner import run_one
     >>> record = run_one("ellipse", "hidlr", seed=0)  # doctest: +SKIP
     >>> record["test_metric"], record["wall_clock_s"]  # doctest: +SKIP
@@ -130,7 +130,7 @@ def evaluate_setup(model: nn.Module, setup: Setup, split: tuple[Any, torch.Tenso
 def eval_steps(total: int, points: int) -> set[int]:
     """``points`` evaluation steps spread evenly over ``total`` steps, the last at the end.
 
-    Example:
+    Examples:
         >>> sorted(eval_steps(10, 4))
         [2, 5, 8, 10]
     """

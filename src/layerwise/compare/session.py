@@ -5,7 +5,7 @@ With ``budget="time"`` (the default) every method trains for the baseline's trai
 interleaved timing block (:mod:`.budget`) and stored with the runs, so an interrupted comparison
 resumes with the same plan. With ``budget="steps"`` every method trains the task's epochs.
 
-Example:
+Examples:
     >>> from layerwise.compare.session import CompareConfig, compare_variants
     >>> config = CompareConfig(quick=True, budget="time")
     >>> result = compare_variants("fashion-mnist", [("baseline", "baseline", {})], config=config)  # doctest: +SKIP

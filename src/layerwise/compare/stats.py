@@ -1,6 +1,6 @@
 """Welch's two-sample comparison: a mean difference, its 95 % confidence interval and p-value.
 
-Example:
+Examples:
     >>> test = welch([1.0, 1.2, 1.1], [0.5, 0.6, 0.55])
     >>> round(test["diff"], 3), test["low"] > 0
     (0.55, True)

@@ -5,7 +5,7 @@ of its runs; opening it with a different configuration raises ValueError instead
 Every run is keyed by its method, settings and seed: a finished run is never redone, a failed one
 is kept with its error until it is tried again.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "runs.sqlite"
     >>> with RunStore(path, {"task": "fashion-mnist"}) as store:

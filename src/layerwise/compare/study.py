@@ -8,7 +8,7 @@ connections (a ResNet). Every variant is compared with uniform multipliers under
 (staggered with uniform 1cycle): final test accuracy and steps to a target accuracy, each as a
 mean difference with a 95 % confidence interval and Welch's t-test.
 
-Example:
+Examples:
     $ layerwise compare --study llr --seeds 3
 """
 

@@ -6,7 +6,7 @@ each at equal cost within itself, in ``OUT/lr<factor>``) and reports the final m
 factor. Methods that set or find their own LR (:attr:`Method.uses_task_lr` False: Prodigy,
 D-Adaptation, DoG, ...) run once, at the factor nearest 1, and are drawn as a flat line.
 
-Example:
+Examples:
     >>> from layerwise.compare.sweep import lr_sweep
     >>> result = lr_sweep("ellipse", ["baseline", "hidlr"], [0.1, 1.0], budget="steps",
     ...                   out="runs/sweep", progress=False)  # doctest: +SKIP
@@ -33,7 +33,7 @@ __all__ = ["check_factors", "lr_sweep"]
 def check_factors(factors: Sequence[float]) -> list[float]:
     """Distinct finite factors > 0 (ValueError naming ``--lr-sweep`` otherwise).
 
-    Example:
+    Examples:
         >>> check_factors([0.1, 1, 10])
         [0.1, 1.0, 10.0]
     """

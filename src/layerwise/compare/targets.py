@@ -6,7 +6,7 @@ curve first reaches the target, interpolated linearly between the two evaluation
 crossing (when the first evaluation already reaches it, its time is taken: an upper bound). A run
 that never reaches it counts as "not reached", never dropped.
 
-Example:
+Examples:
     >>> curve = [{"seconds": 10.0, "test_accuracy": 0.6}, {"seconds": 20.0, "test_accuracy": 0.8}]
     >>> round(time_to_target(curve, 0.7, "accuracy"), 6)
     15.0

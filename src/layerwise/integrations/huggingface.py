@@ -10,7 +10,7 @@ things a callback cannot do: every log line carries each named group's LR (``lr/
 the number of frozen groups, through all of the Trainer's loggers; and Hi-DLR gets the loss
 closure of the current batch for its probes.
 
-Example:
+Examples:
     >>> opt = torch.optim.AdamW(part.param_groups(lr=5e-5))  # doctest: +SKIP
     >>> sched = layerwise.LayerwiseLR(opt, total_steps, schedule=recipes.build("llr", len(part)))  # doctest: +SKIP
     >>> trainer = LayerwiseTrainer(model=model, args=args, train_dataset=data,  # doctest: +SKIP

@@ -22,7 +22,7 @@ Tested on one device. Lightning wraps multi-device models in a plain DDP, which 
 layer freezes or a Multirate step leaves the slow part out; there, use
 ``strategy="ddp_find_unused_parameters_true"`` (it all-reduces the frozen parameters' zeros).
 
-Example:
+Examples:
     >>> callback = LayerwiseCallback(  # doctest: +SKIP
     ...     lambda module, opt: FreezeOut(module, opt, module.trainer.estimated_stepping_batches))
     >>> lightning.Trainer(max_epochs=10, callbacks=[callback]).fit(module, data)  # doctest: +SKIP

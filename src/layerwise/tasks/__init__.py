@@ -5,7 +5,7 @@ tweets), the built-in models, the packaged pretrained networks and the Hi-DLR pa
 problems. The built-in tasks are registered once, by :func:`register_defaults`, when the package
 is imported; ``resolve_task`` also reads a user's task from a file.
 
-Example:
+Examples:
     >>> from layerwise.tasks import TASKS, get_task
     >>> get_task("fashion-mnist").regime
     'scratch'

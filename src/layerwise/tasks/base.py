@@ -2,7 +2,7 @@
 
 Register your own task and every benchmark and command can run it:
 
-Example:
+Examples:
     >>> from layerwise.tasks import Task, register_task
     >>> register_task(Task(name="my-task", make_model=..., sample_input=..., load_data=...))  # doctest: +SKIP
 """

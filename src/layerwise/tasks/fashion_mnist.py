@@ -1,6 +1,6 @@
 """Fashion-MNIST from its IDX files (Debian package ``dataset-fashion-mnist``).
 
-Example:
+Examples:
     >>> from layerwise.tasks.fashion_mnist import load_fashion_mnist
     >>> (x_train, y_train), (x_test, y_test) = load_fashion_mnist()  # doctest: +SKIP
 """

@@ -1,7 +1,7 @@
 """The from-scratch Fashion-MNIST tasks: the small ResNet (the default task), the same network
 without shortcuts, and FreezeOut's DenseNet-BC.
 
-Example:
+Examples:
     >>> from layerwise.tasks import get_task
     >>> get_task("fashion-mnist").train_size
     16000

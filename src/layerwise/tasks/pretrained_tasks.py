@@ -10,7 +10,7 @@ All are registered when ``layerwise.tasks`` is imported; the heavy packages
 (``transformers``, the weight packages) are imported only when a model or the data is built.
 Their ``lr`` and ``weight_decay`` are AdamW settings.
 
-Example:
+Examples:
     >>> from layerwise.tasks import get_task
     >>> task = get_task("minilm-sentiment")
     >>> model, data = task.make_model(), task.load_data(None, True)  # doctest: +SKIP

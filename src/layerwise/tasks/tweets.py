@@ -6,7 +6,7 @@ different labels are dropped, leaving 37,197 tweets: 15,955 negative, 14,431 neu
 6,811 positive. A fixed stratified 80/20 split (seed 0) keeps every run on the same tweets, and
 the MiniLM tokenizer turns them into fixed-length id tensors (64 tokens truncate 0.5 % of them).
 
-Example:
+Examples:
     >>> from layerwise.tasks.tweets import load_tweet_data
     >>> (x_train, y_train), (x_test, y_test) = load_tweet_data(quick=True)  # doctest: +SKIP
     >>> x_train.shape, y_train.unique()  # doctest: +SKIP
@@ -75,7 +75,7 @@ def load_tweets() -> tuple[tuple[str, ...], torch.Tensor]:
 def split_tweets(labels: torch.Tensor, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified train/test indices: ``test_fraction`` of every class goes to test; both shuffled.
 
-    Example:
+    Examples:
         >>> train_idx, test_idx = split_tweets(torch.tensor([0, 0, 1, 1, 2, 2, 2, 2, 2, 2]), 0.5)
         >>> len(train_idx), len(test_idx)
         (5, 5)
