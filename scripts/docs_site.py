@@ -75,7 +75,7 @@ def main() -> None:
     _api()
     cards = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name not in ("ARCHITECTURE.md", "gallery.md"))
     nav = ["nav:", "  - Home: index.md", "  - Guide:"]
-    nav += [f"      - {json.dumps(title)}: {name}" for title, name in pages]
+    nav += [f"      - {json.dumps(title.replace('`', ''))}: {name}" for title, name in pages]  # titles are plain text
     nav += ["  - Method cards:"] + [f"      - docs/{name}" for name in cards]
     nav += ["  - Gallery: docs/gallery.md", "  - Architecture: docs/ARCHITECTURE.md", "  - API reference: api.md"]
     nav += ["  - Benchmarks: BENCHMARKS.md", "  - Changelog: CHANGELOG.md"]
