@@ -6,6 +6,7 @@ Each case trains the same small MLP for ``STEPS`` steps; a run with ``world`` ra
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,13 @@ from layerwise import (
 STEPS = 9
 GLOBAL_BATCH = 16
 CASES = ("llr", "freezeout", "unfreezing", "multirate", "subsets", "hidlr", "secant")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a test's process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def net() -> nn.Module:

@@ -1,7 +1,6 @@
 """Every technique under data parallelism (gloo, 2 processes) equals one process with the global batch."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -55,9 +54,7 @@ def _worker(rank: int, port: int, out) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = cases.free_port()
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(port, out), nprocs=2, join=True)
     return dict(out)

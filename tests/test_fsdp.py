@@ -9,7 +9,6 @@ run and an uninterrupted one at the same world size agree bitwise.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import pytest
@@ -128,9 +127,7 @@ def _worker(rank: int, world: int, port: int, phase: str, directory: str, out) -
 
 
 def _spawn(world: int, phase: str, directory: str, out) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = cases.free_port()
     mp.spawn(_worker, args=(world, port, phase, directory, out), nprocs=world, join=True)
 
 

@@ -1,7 +1,6 @@
 """Hi-DLR under torch.distributed: probe losses are averaged, so every rank takes the same LRs."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -10,12 +9,7 @@ from torch import nn
 
 from layerwise import HiDLR
 from layerwise.distributed import leave_group
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from parallel_cases import free_port
 
 
 def _worker(rank: int, world: int, port: int, sync: bool, out) -> None:
@@ -38,7 +32,7 @@ def _worker(rank: int, world: int, port: int, sync: bool, out) -> None:
 def _run(sync: bool) -> list:
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), sync, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), sync, out), nprocs=2, join=True)
     return [out[0], out[1]]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import layerwise
+from parallel_cases import free_port
 
 BATCH, BATCHES, EPOCHS = 8, 4, 2  # per rank; the global batch is 2 * BATCH
 STEPS = EPOCHS * BATCHES
@@ -118,9 +118,7 @@ def _single(case: str) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def lightning_runs():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(port, out), nprocs=2, join=True)
     return dict(out)

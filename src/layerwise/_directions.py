@@ -47,20 +47,25 @@ def _single_tensor(optimizer: Optimizer) -> bool:
             return False
         if isinstance(group["lr"], Tensor) or any(torch.is_complex(p) for p in group["params"]):
             return False
-        if isinstance(group.get("betas", (0.0, 0.0))[0], Tensor) or isinstance(
-            group.get("betas", (0.0, 0.0))[1], Tensor
-        ):
+        if any(isinstance(beta, Tensor) for beta in group.get("betas", ())):
             return False
     return True
 
 
+def _gradient(group: dict[str, Any], param: Tensor) -> tuple[Tensor, Tensor | None]:
+    """This rank's part of ``param`` and of the gradient the step follows (negated with ``maximize``)."""
+    p = local(param).detach()
+    if param.grad is None:
+        return p, None
+    grad = local(param.grad)
+    return p, -grad if group["maximize"] else grad
+
+
 def _sgd(optimizer: Optimizer) -> Rule:
     def change(group: dict[str, Any], param: Tensor, lr: float) -> Tensor:
-        p = local(param).detach()
-        if param.grad is None:
-            return torch.zeros_like(p)
-        grad = local(param.grad)
-        grad = -grad if group["maximize"] else grad
+        p, grad = _gradient(group, param)
+        if grad is None:
+            return torch.zeros_like(p)  # no gradient: the step leaves it
         if group["weight_decay"] != 0:
             grad = grad.add(p, alpha=group["weight_decay"])
         momentum = group["momentum"]
@@ -79,11 +84,9 @@ def _sgd(optimizer: Optimizer) -> Rule:
 
 def _adam(optimizer: Optimizer) -> Rule:
     def change(group: dict[str, Any], param: Tensor, lr: float) -> Tensor:
-        p = local(param).detach()
-        if param.grad is None:
+        p, grad = _gradient(group, param)
+        if grad is None:
             return torch.zeros_like(p)
-        grad = local(param.grad)
-        grad = -grad if group["maximize"] else grad
         state = optimizer.state.get(param, {})
         beta1, beta2 = group["betas"]
         step = float(state["step"] + 1) if "step" in state else 1.0  # a float32 count, as torch keeps it

@@ -14,22 +14,17 @@ Examples:
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import counting_allreduce, leave_group, wrap
+from ..distributed import counting_allreduce, wrap
+from .two_ranks import run_on_two_ranks, two_rank_config
 
 __all__ = ["run_ddp_bench"]
 
@@ -113,22 +108,6 @@ def _phases(rank: int, config: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    results = _phases(rank, config)  # its DDP reducers hold the group: freed on return, before leaving it
-    if rank == 0:
-        Path(out).write_text(json.dumps(results))
-    leave_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ddp_bench(
     quick: bool = False,
     *,
@@ -140,18 +119,8 @@ def run_ddp_bench(
     number: int | None = None,
 ) -> dict[str, Any]:
     """Step time and all-reduced bytes of ``wrap`` vs ``find_unused_parameters=True`` in each phase."""
-    if depth < 3:
-        raise ValueError(f"depth: must be >= 3 (a frozen prefix and a trainable rest), got {depth!r}")
-    config = {
-        "width": width,
-        "depth": depth,
-        "batch": batch,
-        "warmup": warmup if warmup is not None else (2 if quick else 5),
-        "repeats": repeats if repeats is not None else (3 if quick else 7),
-        "number": number if number is not None else (3 if quick else 10),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "result.json")
-        mp.spawn(_worker, args=(_free_port(), config, out), nprocs=2, join=True)
-        phases = json.loads(Path(out).read_text())
+    config = two_rank_config(
+        quick, width=width, depth=depth, batch=batch, warmup=warmup, repeats=repeats, number=number
+    )
+    phases = run_on_two_ranks(_phases, config)
     return {"bench": "ddp", "processes": 2, "backend": "gloo", **config, "phases": phases}

@@ -21,26 +21,20 @@ Examples:
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from .. import fsdp
 from .._shards import local
-from ..distributed import leave_group
 from ..freezing import Freezer
 from ..groups import by_layer
+from .two_ranks import run_on_two_ranks, two_rank_config
 
 __all__ = ["run_fsdp_bench"]
 
@@ -88,10 +82,7 @@ def _memory(blocks: list[list], opt: torch.optim.Optimizer, gathered: bool) -> d
     }
 
 
-def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+def _phases(rank: int, config: dict[str, Any]) -> dict[str, Any]:
     width, depth, batch = config["width"], config["depth"], config["batch"]
     runs = {way: _sharded(way, width, depth) for way in WAYS}
     g = torch.Generator().manual_seed(rank)
@@ -142,16 +133,7 @@ def _worker(rank: int, port: int, config: dict[str, Any], out: str) -> None:
         base = results[phase]["fully_shard"]["step_ms"]
         for way in WAYS:
             results[phase][way]["speedup_vs_fully_shard"] = base / results[phase][way]["step_ms"]
-    if rank == 0:
-        Path(out).write_text(json.dumps(results))
-    runs.clear()  # the FSDP modules hold the group: free them before leaving it
-    leave_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 def run_fsdp_bench(
@@ -165,18 +147,9 @@ def run_fsdp_bench(
     number: int | None = None,
 ) -> dict[str, Any]:
     """Communication, memory and step time of the three ways to shard, in each phase (2 gloo processes)."""
-    if depth < 3:
-        raise ValueError(f"depth: must be >= 3 (a frozen prefix and a trainable rest), got {depth!r}")
-    config = {
-        "width": 256 if quick and width == 1024 else width,
-        "depth": depth,
-        "batch": batch,
-        "warmup": warmup if warmup is not None else (2 if quick else 5),
-        "repeats": repeats if repeats is not None else (3 if quick else 7),
-        "number": number if number is not None else (3 if quick else 10),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "result.json")
-        mp.spawn(_worker, args=(_free_port(), config, out), nprocs=2, join=True)
-        phases = json.loads(Path(out).read_text())
+    quick_width = 256 if quick and width == 1024 else width
+    config = two_rank_config(
+        quick, width=quick_width, depth=depth, batch=batch, warmup=warmup, repeats=repeats, number=number
+    )
+    phases = run_on_two_ranks(_phases, config)
     return {"bench": "fsdp", "processes": 2, "backend": "gloo", "optimizer": "AdamW", **config, "phases": phases}

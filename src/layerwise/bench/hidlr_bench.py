@@ -41,11 +41,18 @@ NAM_GRID = (5e-4, 7e-4, 1e-3, 3e-3, 5e-3, 7e-3, 1e-2)
 """The paper's uniform learning rates for NAM synthetic regression (App. B.3)."""
 
 
-def _cnn_step(model, opt, x, y, closure: bool) -> None:
+def _batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """The batch's loss closure; ``loss(fraction)`` is the loss of its first examples (Hi-DLR's sub-batch probes)."""
+
     def loss(fraction: float = 1.0) -> torch.Tensor:
         n = math.ceil(len(y) * fraction)
         return nn.functional.cross_entropy(model(x[:n]), y[:n])
 
+    return loss
+
+
+def _cnn_step(model, opt, x, y, closure: bool) -> None:
+    loss = _batch_loss(model, x, y)
     opt.zero_grad()
     loss().backward()
     opt.step(loss) if closure else opt.step()
@@ -176,26 +183,21 @@ def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPT
 def _memory(models: dict[str, nn.Module], opts: dict[str, Any], batch: tuple) -> dict[str, int]:
     """Peak bytes a probing ``step`` allocates beyond a plain ``step`` plus one forward of the loss
     (what every probe needs anyway), both after the same backward; the gradient pass is outside."""
-    x, y = batch
-
-    def loss(model: nn.Module, fraction: float = 1.0) -> torch.Tensor:
-        n = math.ceil(len(y) * fraction)
-        return nn.functional.cross_entropy(model(x[:n]), y[:n])
 
     def measured(name: str) -> int:
-        model, opt = models[name], opts[name]
+        opt, loss = opts[name], _batch_loss(models[name], *batch)
         opt.zero_grad()
-        loss(model).backward()
+        loss().backward()
         if name == "plain":
 
             def step() -> None:
                 opt.step()
                 with torch.no_grad():
-                    loss(model)
+                    loss()
 
             return peak_bytes(step)
         opt.next_probe = opt.step_count  # this step probes
-        return peak_bytes(lambda: opt.step(lambda fraction=1.0: loss(model, fraction)))
+        return peak_bytes(lambda: opt.step(loss))
 
     floor = measured("plain")
     param_bytes = sum(p.numel() * p.element_size() for p in models["phi"].parameters() if p.requires_grad)
