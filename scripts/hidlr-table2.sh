@@ -1,13 +1,15 @@
 #!/bin/sh
-# Hi-DLR's own comparison (the paper's Table 2) at our scale, on the main job's fine-tuning task with AdamW:
+# Hi-DLR's own comparison (the paper's Table 2) at our scale, on a pretrained fine-tuning task with AdamW
+# (TASK_NAME, default the main job's effnet-finetune; minilm-finetune is the transformer one, ~25x slower):
 # Hi-DLR with two groups (head | rest, bias | rest, norm | rest), Hi-ULR (one group), Prodigy, D-Adaptation,
 # SecantLR, and the uniform LR under constant, linear and cosine decay, each at its best LR of a small grid.
 # 3 seeds, at equal time; extra arguments go to every compare (e.g. --budget steps for equal steps, as the paper
-# compares). Resumes where it stopped; about 60 minutes on 2 cores.
+# compares). Resumes where it stopped; about 40 minutes on 2 cores for effnet-finetune.
 set -eu
 LW=${LW:-.venv/bin/layerwise}
-OUT=${OUT:-runs/hidlr-table2}
-TASK="--task minilm-finetune --seeds 3 --test-size 500 --no-progress $*"
+TASK_NAME=${TASK_NAME:-effnet-finetune}
+OUT=${OUT:-runs/hidlr-table2-$TASK_NAME}
+TASK="--task $TASK_NAME --seeds 3 --no-progress $*"
 for policy in constant linear cosine; do  # the uniform baselines, each at the best factor of the grid
   $LW compare $TASK --methods baseline --policy $policy --lr-sweep 0.3,1,3 --out "$OUT/uniform-$policy"
 done

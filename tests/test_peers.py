@@ -299,3 +299,19 @@ def test_compare_list_shows_every_peer_with_its_source(capsys):
 
 def test_by_layer_partition_of_the_blobs_model_is_what_the_tests_assume():
     assert by_layer(mlp(), sample_input=torch.zeros(1, 20)).names == ("0", "2", "4")
+
+
+def test_hidlr_with_one_group_is_hi_ulr_even_on_a_task_with_its_own_groups():
+    from layerwise.compare.methods import _hidlr_partition
+
+    own = replace(FINE, name="peer-blobs-own-groups", partition=lambda model, sample: by_layer(model, sample_input=sample))
+    build = _build(own, 10)
+    assert len(build.partition) == 3
+    one = _hidlr_partition(build, 1)
+    assert list(one.names) == ["all"] and len(one.groups[0].params) == len(list(build.model.parameters()))
+    assert len(_hidlr_partition(build, 3)) == 3  # more buckets keep the task's own groups
+    halves = _hidlr_partition(build, 1, "head")  # a split wins over the bucket count
+    assert list(halves.names) == ["rest", "head"]
+    setup = build_setup(build, "hidlr", resolve_settings("hidlr", {"groups": 1}))
+    assert {group["name"] for group in setup.optimizer.param_groups} == {"all"}  # decay and no-decay halves
+    assert "Hi-ULR" in method_snippet(build, "hidlr", resolve_settings("hidlr", {"groups": 1}))

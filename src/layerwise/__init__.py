@@ -26,6 +26,7 @@ from .groups import (
 )
 from .hidlr import HiDLR
 from .multirate import Multirate
+from .prefix_cache import FrozenPrefixCache
 from .random_subsets import RandomSubsetMultirate
 from .scheduler import LayerwiseLR
 from .schedules import (
@@ -60,6 +61,7 @@ __all__ = [
     "FreezeOut",
     "FreezeOutRule",
     "Freezer",
+    "FrozenPrefixCache",
     "GeometricRange",
     "GradualUnfreezing",
     "Group",

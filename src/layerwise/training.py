@@ -22,7 +22,7 @@ import torch
 
 from ._checks import positive_int
 
-__all__ = ["progress_bar", "seeded_batches", "slice_batch", "steps_per_epoch"]
+__all__ = ["progress_bar", "seeded_batches", "seeded_indices", "slice_batch", "steps_per_epoch"]
 
 
 def slice_batch(x: Any, part: slice) -> Any:
@@ -46,22 +46,32 @@ def steps_per_epoch(examples: int, batch_size: int) -> int:
     return -(-examples // batch_size)
 
 
-def seeded_batches(
-    x: Any, y: torch.Tensor, batch_size: int, *, seed: int, steps: int
-) -> Iterator[tuple[int, int, Any, torch.Tensor]]:
-    """``(step, epoch, inputs, targets)`` for ``steps`` steps, reshuffled every epoch by a generator seeded ``seed``."""
+def seeded_indices(examples: int, batch_size: int, *, seed: int, steps: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(step, epoch, example indices)`` for ``steps`` steps, reshuffled every epoch by a generator seeded ``seed``.
+
+    Examples:
+        >>> [index.tolist() for _, _, index in seeded_indices(5, 2, seed=0, steps=3)]
+        [[4, 0], [1, 3], [2]]
+    """
     positive_int("batch_size", batch_size)
     positive_int("steps", steps)
-    per_epoch = steps_per_epoch(len(y), batch_size)
+    per_epoch = steps_per_epoch(examples, batch_size)
     order = torch.Generator().manual_seed(seed)
     step, epoch = 0, 0
     while step < steps:
-        perm = torch.randperm(len(y), generator=order)
+        perm = torch.randperm(examples, generator=order)
         for i in range(min(per_epoch, steps - step)):
-            index = perm[i * batch_size : (i + 1) * batch_size]
-            yield step, epoch, x[index], y[index]
+            yield step, epoch, perm[i * batch_size : (i + 1) * batch_size]
             step += 1
         epoch += 1
+
+
+def seeded_batches(
+    x: Any, y: torch.Tensor, batch_size: int, *, seed: int, steps: int
+) -> Iterator[tuple[int, int, Any, torch.Tensor]]:
+    """``(step, epoch, inputs, targets)`` for ``steps`` steps: the batches of :func:`seeded_indices`."""
+    for step, epoch, index in seeded_indices(len(y), batch_size, seed=seed, steps=steps):
+        yield step, epoch, x[index], y[index]
 
 
 def progress_bar(total: int, desc: str, enabled: bool, *, unit: str = "step", leave: bool = False):

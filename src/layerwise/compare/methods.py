@@ -382,6 +382,8 @@ def _hidlr_partition(context: Build, buckets: int | None, split: str | None = No
     task, partition = context.task, context.partition
     if split is not None:
         return two_groups(context.model, partition, split)
+    if buckets == 1:  # Hi-ULR (GeN): one learning rate, whatever the task's own groups
+        return explicit(context.model, {"all": [name for group in partition for name in group.param_names]})
     if buckets is None or task.partition is not None:
         return partition  # a task's own partition (NAM's feature networks, a toy's x and y) is kept
     positive_int("hidlr.groups", buckets)
@@ -566,6 +568,9 @@ def _hidlr_snippet(build: Build, settings: Mapping[str, Any]) -> str:
         if buckets is not None and build.task.partition is None
         else ""
     )
+    if buckets == 1:
+        regroup = 'part = layerwise.explicit(model, {"all": [n for g in part for n in g.param_names]})   # Hi-ULR\n'
+
     if split is not None:
         regroup = f'part = layerwise.compare.methods.two_groups(model, part, "{split}")   # {split} | rest\n'
 

@@ -1,0 +1,573 @@
+"""Frozen layers that cost nothing: serve what a frozen prefix computes from a cache.
+
+A frozen prefix in inference mode is a fixed function of its input, so when the same examples
+come back (the next epoch, the next phase of a fine-tuning recipe) its output can be read
+instead of computed. :class:`FrozenPrefixCache` keys that output by example index: inside
+``with cache.batch(indices):`` the model's forward skips the prefix for the examples it has
+stored, computes it (and stores it) for the others, and runs the rest of the network as usual.
+
+It cuts at the deepest *clean* cut inside the frozen prefix (:mod:`layerwise._cuts`): the end of
+a module call after which nothing the prefix computed is read except that call's outputs. A
+ResNet stage boundary is one; a point inside a residual block, whose skip connection crosses it,
+is not, and the cache then cuts at the block's start (a warning says why; ``strict=True``
+raises instead). When a deeper group freezes, stored entries are advanced lazily through the
+newly frozen layers from the old entries, not from the input; when a group unfreezes, or a
+prefix parameter or buffer changes in any way (``Tensor._version``), the entries behind it are
+dropped. The cache is derived data: it is not saved in checkpoints, and a resumed run rebuilds it.
+
+Validity is checked, not assumed: the inputs must be declared free of random augmentation
+(``same_inputs=True``), no norm or dropout module in the prefix may be in training mode, and the
+first entries of every cut are computed twice and must agree bitwise.
+
+Examples:
+    >>> import torch, layerwise
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=x).param_groups(lr=0.1))
+    >>> freezer = layerwise.Freezer(model, opt)
+    >>> freezer.freeze("0")
+    >>> cache = FrozenPrefixCache(model, freezer, num_examples=64, same_inputs=True)
+    >>> for epoch in range(2):
+    ...     for index in torch.arange(64).split(16):
+    ...         with cache.batch(index):
+    ...             loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
+    ...         opt.zero_grad(); loss.backward(); opt.step()
+    >>> cache.stats["hits"], cache.stats["misses"], cache.boundary
+    (64, 64, '1')
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ._checks import boolean, positive_int
+from ._cuts import Cut, Trace, trace_cuts
+from .freezing import Freezer
+
+__all__ = ["FrozenPrefixCache"]
+
+_STORAGE = (None, torch.float16, torch.bfloat16)
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16, torch.float64: np.float64}
+_TRAINING_SENSITIVE = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
+
+
+class _Stop(Exception):
+    """Raised by the cut's call in a prefix-only forward, carrying its output."""
+
+    def __init__(self, output: Any) -> None:
+        super().__init__()
+        self.output = output
+
+
+class _Store:
+    """The stored rows of one cut: one tensor (or memmap) per kept output leaf, a slot per example."""
+
+    def __init__(
+        self,
+        cut: Cut,
+        leaves: list[tuple[tuple[int, ...], torch.dtype, torch.device]],
+        num_examples: int,
+        capacity: int,
+        storage: torch.dtype | None,
+        directory: Path | None,
+        state: list[torch.Tensor],
+    ) -> None:
+        self.cut = cut
+        self.slot = torch.full((num_examples,), -1, dtype=torch.long)
+        self.used = 0  # slots written
+        self.live = 0  # slots still holding a row
+        self.capacity = capacity
+        self.dtypes = [dtype for _, dtype, _ in leaves]
+        self.data: list[torch.Tensor] = []
+        self.files: list[Path] = []
+        for j, (shape, dtype, device) in enumerate(leaves):
+            kept = storage if storage is not None and dtype.is_floating_point else dtype
+            if directory is None:
+                self.data.append(torch.empty((capacity, *shape), dtype=kept, device=device))
+                continue
+            if kept not in _NUMPY:
+                raise TypeError(f"directory: cannot store {kept} on disk (float32/16/64 or bfloat16)")
+            path = directory / f"cut{cut.position}-{j}.bin"
+            array = np.memmap(path, dtype=_NUMPY[kept], mode="w+", shape=(max(capacity, 1), *shape))
+            self.files.append(path)
+            self.data.append(torch.from_numpy(array).view(kept))
+        self.row_bytes = sum(int(np.prod(t.shape[1:])) * t.element_size() for t in self.data)
+        self.state = [(t, t._version) for t in state]
+        self.seconds, self.rows = 0.0, 0  # time computing the prefix from the input, and its rows
+
+    @property
+    def bytes(self) -> int:
+        return self.used * self.row_bytes
+
+    def valid(self) -> bool:
+        return all(t._version == version for t, version in self.state)
+
+    def get(self, slots: torch.Tensor) -> list[torch.Tensor]:
+        return [d[slots].to(dtype) for d, dtype in zip(self.data, self.dtypes)]
+
+    def put(self, index: torch.Tensor, values: list[torch.Tensor], room: int) -> int:
+        """Store the rows of ``index`` without a slot, at most ``room`` of them; returns how many."""
+        new, first = np.unique(index.numpy(), return_index=True)
+        fresh = self.slot[torch.from_numpy(new)] < 0
+        take = min(int(fresh.sum()), self.capacity - self.used, room)
+        if take <= 0:
+            return 0
+        chosen = torch.from_numpy(new)[fresh][:take]
+        rows = torch.from_numpy(first)[fresh][:take]
+        slots = torch.arange(self.used, self.used + take)
+        self.slot[chosen] = slots
+        for d, v in zip(self.data, values):
+            d[slots.to(d.device)] = v[rows.to(v.device)].to(d.dtype)
+        self.used += take
+        self.live += take
+        return take
+
+    def forget(self, index: torch.Tensor) -> None:
+        """Release the rows of ``index`` (advanced to a deeper cut); their bytes stay until the store is dropped."""
+        held = torch.unique(index)
+        held = held[self.slot[held] >= 0]
+        self.slot[held] = -1
+        self.live -= len(held)
+
+    def close(self) -> None:
+        self.data.clear()
+        for path in self.files:
+            path.unlink(missing_ok=True)
+
+
+class FrozenPrefixCache:
+    """Serves a frozen prefix's output from a cache keyed by example index.
+
+    Args:
+        model: the model being trained (its forward is hooked; nothing else changes).
+        freezer: the :class:`~layerwise.freezing.Freezer` that freezes its groups (FreezeOut's,
+            gradual unfreezing's, ...): its frozen groups, plus parameters no param group holds that
+            do not require grad, are what the cache may skip.
+        num_examples: the training set's size; indices are ``0 .. num_examples - 1``.
+        same_inputs: declares that example ``i`` is the same input every time (no random
+            augmentation). Required; ``False`` is refused, since a cache would replay one augmentation.
+        max_bytes: cap on the stored bytes, all cuts together; rows past it are computed as without
+            the cache.
+        dtype: store floating outputs as ``torch.float16`` or ``torch.bfloat16`` (None: as computed;
+            training then equals training without the cache bitwise).
+        directory: store on disk in numpy memmaps there (for data sets larger than memory); True: a
+            temporary directory. None: in memory, on the activations' device.
+        strict: raise, instead of warning, when the cache must cut shallower than the frozen
+            prefix (a skip connection crosses the deeper boundary).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        freezer: Freezer,
+        num_examples: int,
+        *,
+        same_inputs: bool,
+        max_bytes: int = 2**30,
+        dtype: torch.dtype | None = None,
+        directory: str | Path | bool | None = None,
+        strict: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if not isinstance(freezer, Freezer):
+            raise TypeError(f"freezer: expected a layerwise Freezer, got {type(freezer).__name__}")
+        if freezer.model is not model:
+            raise ValueError("freezer: freezes another model than the one given")
+        positive_int("num_examples", num_examples)
+        boolean("same_inputs", same_inputs)
+        if not same_inputs:
+            raise ValueError(
+                "same_inputs: must be True (each example index gives the same input every time); with random "
+                "augmentation a cache would replay the first augmentation of every example, so it is refused"
+            )
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes <= 0:
+            raise ValueError(f"max_bytes: must be a positive number of bytes (an int), got {max_bytes!r}")
+        if dtype not in _STORAGE:
+            raise ValueError(f"dtype: must be one of {_STORAGE}, got {dtype!r}")
+        boolean("strict", strict)
+        if directory is True:
+            self._tmp = tempfile.TemporaryDirectory(prefix="layerwise-cache-")
+            directory = self._tmp.name
+        elif directory is not None and directory is not False:
+            directory = Path(directory)
+            directory.mkdir(parents=True, exist_ok=True)
+        self.model, self.freezer, self.num_examples = model, freezer, int(num_examples)
+        self.max_bytes, self.dtype, self.strict = int(max_bytes), dtype, strict
+        self.directory = None if directory in (None, False) else Path(directory)
+        self._state = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        self._trace: Trace | None = None
+        self._stores: list[_Store] = []  # shallow to deep cuts
+        self._index: torch.Tensor | None = None
+        self._busy = False
+        self._active: list[tuple[nn.Module, Any]] = []
+        self._warned: set[tuple[int, ...]] = set()
+        self._checked: set[int] = set()  # cuts whose prefix was computed twice and agreed
+        self.stats: dict[str, Any] = dict.fromkeys(("hits", "misses", "advanced", "uncached", "stored_rows"), 0)
+        self.stats.update(stored_bytes=0, prefix_seconds=0.0, saved_seconds=0.0)
+        self.boundary: str | None = None
+        self._hooks = [
+            model.register_forward_pre_hook(self._before, with_kwargs=True),
+            model.register_forward_hook(self._after, always_call=True),
+        ]
+
+    # ---- the user's side -------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self, indices: torch.Tensor | np.ndarray | list[int]) -> Iterator[None]:
+        """Forwards inside are for the training examples ``indices`` (one per input row)."""
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1).cpu()
+        if len(index) == 0:
+            raise ValueError("indices: empty; give one example index per row of the batch")
+        if int(index.min()) < 0 or int(index.max()) >= self.num_examples:
+            raise ValueError(
+                f"indices: must lie in [0, num_examples={self.num_examples}), got {int(index.min())}"
+                f"..{int(index.max())}"
+            )
+        self._index = index
+        try:
+            yield
+        finally:
+            self._index = None
+
+    def remove(self) -> None:
+        """Unhook the model and free the stored entries."""
+        for handle in self._hooks:
+            handle.remove()
+        self._drop(list(self._stores))
+
+    def clear(self) -> None:
+        """Free every stored entry (they are rebuilt as the examples come back)."""
+        self._drop(list(self._stores))
+
+    # ---- the forward hooks -----------------------------------------------------------------
+
+    def _before(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._busy:
+            return None
+        if self._index is None:
+            if model.training and self.freezer.frozen:
+                raise ValueError(
+                    "indices: the model was called in training mode outside `with cache.batch(indices):`; the "
+                    "cache needs each row's example index (or call cache.remove() to train without it)"
+                )
+            return None
+        index = self._index
+        rows = len(index)
+        if not any(
+            isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == rows for t in pytree.tree_leaves((args, kwargs))
+        ):
+            raise ValueError(f"indices: {rows} indices, but no input tensor of the forward has {rows} rows")
+        frozen = self._frozen_ids()
+        if not frozen:
+            self.stats["uncached"] += rows
+            return None
+        if self._trace is None:
+            if rows < 2:
+                self.stats["uncached"] += rows
+                return None
+            self._trace = self._run(lambda: trace_cuts(model, args, kwargs, rows))
+        self._check_prefix(frozen)
+        cut, why = self._trace.deepest(frozen)
+        self._explain(frozen, cut, why)
+        self._drop([s for s in self._stores if not s.valid() or not s.cut.params <= frozen])
+        if cut is None:
+            self.stats["uncached"] += rows
+            return None
+        self._check_modes(cut)
+        self.boundary = self._trace.name(cut)
+        values = self._gather(cut, index, args, kwargs)
+        self._install(cut, values, rows, stop=False)
+        return None
+
+    def _after(self, _model: nn.Module, _args: Any, _output: Any) -> None:
+        if not self._busy:
+            self._uninstall()
+
+    # ---- choosing the cut ------------------------------------------------------------------
+
+    def _frozen_ids(self) -> set[int]:
+        names = set(self.freezer.frozen)
+        held = {id(p) for g in self.freezer.optimizer.param_groups for p in g["params"]}
+        frozen = {id(p) for g in self.freezer.optimizer.param_groups if g["name"] in names for p in g["params"]}
+        frozen |= {id(p) for p in self.model.parameters() if not p.requires_grad and id(p) not in held}
+        if not frozen:
+            return set()
+        return frozen | {id(b) for b in self.model.buffers()}
+
+    def _check_prefix(self, frozen: set[int]) -> None:
+        """The frozen groups must come before every trainable one in the data flow."""
+        assert self._trace is not None
+        first = self._trace.first_read
+        trainable = [first[id(p)] for p in self.model.parameters() if id(p) not in frozen and id(p) in first]
+        if not trainable:
+            return
+        late = sorted(
+            {
+                g["name"]
+                for g in self.freezer.optimizer.param_groups
+                if g["name"] in self.freezer.frozen and any(first.get(id(p), -1) > min(trainable) for p in g["params"])
+            }
+        )
+        if late:
+            raise ValueError(
+                f"freezer: the frozen groups {late} are not a prefix of the network (a trainable group runs before "
+                "them), so there is no frozen prefix to cache; freeze input-side groups first, or call "
+                "cache.remove() to train without the cache"
+            )
+
+    def _explain(self, frozen: set[int], cut: Cut | None, why: str | None) -> None:
+        if why is None:
+            return
+        message = (
+            f"FrozenPrefixCache: cutting at {self.boundary if cut is None else self._trace.name(cut)!r}, not deeper "
+            f"in the frozen prefix: {why}"
+        )
+        if self.strict:
+            raise ValueError(f"strict: {message}")
+        key = tuple(sorted(frozen))
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
+
+    def _check_modes(self, cut: Cut) -> None:
+        trace = self._trace
+        assert trace is not None
+        names = {id(m): n for n, m in self.model.named_modules()}
+        for call in cut.stubbed:
+            for module in trace.calls[call].module.modules():
+                if module.training and isinstance(module, _TRAINING_SENSITIVE) and getattr(module, "p", 1) != 0:
+                    raise ValueError(
+                        f"model: module {names.get(id(module), '?')!r} ({type(module).__name__}) in the frozen "
+                        "prefix is in training mode, so the prefix is not a fixed function of its input; put it "
+                        "in eval mode (a Freezer does so for the modules of frozen groups) or train without the cache"
+                    )
+
+    # ---- computing and storing the prefix --------------------------------------------------
+
+    def _store_for(self, cut: Cut, values: list[torch.Tensor]) -> _Store:
+        for store in self._stores:
+            if store.cut == cut:
+                return store
+        leaves = [(tuple(v.shape[1:]), v.dtype, v.device) for v in values]
+        row = sum(int(np.prod(shape)) * (self._kept_dtype(dtype)).itemsize for shape, dtype, _ in leaves)
+        capacity = min(self.num_examples, self.max_bytes // max(row, 1))
+        state = [self._state[k] for k in cut.params if k in self._state]
+        store = _Store(cut, leaves, self.num_examples, capacity, self.dtype, self.directory, state)
+        self._stores.append(store)
+        self._stores.sort(key=lambda s: s.cut.position)
+        return store
+
+    def _kept_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return self.dtype if self.dtype is not None and dtype.is_floating_point else dtype
+
+    def _gather(
+        self, cut: Cut, index: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """The cut's kept outputs for every row: stored, advanced from a shallower cut, or computed."""
+        rows = len(index)
+        values: list[torch.Tensor | None] = [None] * len(cut.kept)
+        todo = torch.ones(rows, dtype=torch.bool)
+        store = next((s for s in self._stores if s.cut == cut), None)
+        if store is not None:
+            slots = store.slot[index]
+            hit = slots >= 0
+            if hit.any():
+                self._place(values, hit, store.get(slots[hit]), rows)
+                todo &= ~hit
+                count = int(hit.sum())
+                self.stats["hits"] += count
+                if store.rows:
+                    self.stats["saved_seconds"] += count * store.seconds / store.rows
+        for older in reversed([s for s in self._stores if s.cut.position < cut.position]):
+            if not todo.any():
+                break
+            slots = older.slot[index]
+            ready = todo & (slots >= 0)
+            if ready.any():
+                part = self._prefix(cut, args, kwargs, ready, rows, older.get(slots[ready]), older.cut)
+                self._place(values, ready, part, rows)
+                self._keep(cut, index[ready], part)
+                self.stats["advanced"] += int(ready.sum())
+                todo &= ~ready
+                older.forget(index[ready])
+                if older.live == 0:
+                    self._drop([older])
+        if todo.any():
+            fresh = cut.position not in self._checked
+            self._checked.add(cut.position)
+            start = time.perf_counter()
+            part = self._prefix(cut, args, kwargs, todo, rows)
+            seconds = self._elapsed(start, part)
+            if fresh:
+                again = self._prefix(cut, args, kwargs, todo, rows)
+                if not all(torch.equal(a, b) for a, b in zip(part, again)):
+                    raise ValueError(
+                        f"model: the frozen prefix up to {self._trace.name(cut)!r} gave different outputs for the "
+                        "same inputs (a random op, or a module in training mode), so it cannot be cached"
+                    )
+            self._place(values, todo, part, rows)
+            kept = self._keep(cut, index[todo], part)
+            kept.seconds += seconds
+            kept.rows += int(todo.sum())
+            self.stats["misses"] += int(todo.sum())
+            self.stats["prefix_seconds"] += seconds
+        return values  # type: ignore[return-value]
+
+    def _elapsed(self, start: float, part: list[torch.Tensor]) -> float:
+        if part and part[0].is_cuda:
+            torch.cuda.synchronize(part[0].device)
+        return time.perf_counter() - start
+
+    @staticmethod
+    def _place(values: list[torch.Tensor | None], mask: torch.Tensor, part: list[torch.Tensor], rows: int) -> None:
+        for j, v in enumerate(part):
+            if values[j] is None:
+                values[j] = torch.empty((rows, *v.shape[1:]), dtype=v.dtype, device=v.device)
+            values[j][mask.to(v.device)] = v  # type: ignore[index]
+
+    def _keep(self, cut: Cut, index: torch.Tensor, part: list[torch.Tensor]) -> _Store:
+        store = self._store_for(cut, part)
+        room = (self.max_bytes - sum(s.bytes for s in self._stores)) // max(store.row_bytes, 1)
+        if room < len(index):  # make room: older cuts go first
+            self._drop([s for s in self._stores if s is not store])
+            room = (self.max_bytes - store.bytes) // max(store.row_bytes, 1)
+        store.put(index, part, int(room))
+        self._count()
+        return store
+
+    def _count(self) -> None:
+        self.stats["stored_rows"] = sum(s.live for s in self._stores)
+        self.stats["stored_bytes"] = sum(s.bytes for s in self._stores)
+
+    def _drop(self, stores: list[_Store]) -> None:
+        for store in stores:
+            store.close()
+            self._stores.remove(store)
+        self._count()
+
+    def _prefix(
+        self,
+        cut: Cut,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        mask: torch.Tensor,
+        rows: int,
+        served: list[torch.Tensor] | None = None,
+        served_cut: Cut | None = None,
+    ) -> list[torch.Tensor]:
+        """Run the forward on the rows in ``mask`` up to ``cut`` only; from ``served`` at ``served_cut`` if given."""
+        take = mask.nonzero().reshape(-1)
+        count = len(take)
+
+        def rows_of(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows and count != rows:
+                return value[take.to(value.device)]
+            return value
+
+        sub_args, sub_kwargs = pytree.tree_map(rows_of, (args, kwargs))
+
+        def forward() -> list[torch.Tensor]:
+            if served_cut is not None:
+                self._install(served_cut, served, count, stop=False)
+            self._install(cut, None, count, stop=True)
+            try:
+                with torch.no_grad():
+                    self.model(*sub_args, **sub_kwargs)
+            except _Stop as stop:
+                leaves = pytree.tree_leaves(stop.output)
+                return [leaves[j].detach() for j in cut.kept]
+            finally:
+                self._uninstall()
+            raise RuntimeError(f"FrozenPrefixCache: the forward never reached {self._trace.name(cut)!r}")
+
+        return self._run(forward)
+
+    def _run(self, work: Any) -> Any:
+        """``work()`` with the hooks passive and the RNG state as it was (the prefix must not draw from it)."""
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self._busy = True
+        try:
+            return work()
+        finally:
+            self._busy = False
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+
+    # ---- replacing the prefix's calls ------------------------------------------------------
+
+    def _install(self, cut: Cut, values: list[torch.Tensor] | None, rows: int, *, stop: bool) -> None:
+        """Replace the prefix's maximal calls for the next forward: the cut's returns ``values`` (or, with
+        ``stop``, runs and raises :class:`_Stop`), the others return placeholders."""
+        trace = self._trace
+        assert trace is not None
+        plan: dict[int, dict[int, Any]] = {}
+        modules: dict[int, nn.Module] = {}
+        for index in cut.stubbed if not stop else (cut.call,):
+            call = trace.calls[index]
+            if index == cut.call:
+                produce = None if stop else self._output(call, cut, values, rows, trace.rows)
+            else:
+                produce = self._placeholder(call, rows, trace.rows)
+            plan.setdefault(id(call.module), {})[call.ordinal] = produce
+            modules[id(call.module)] = call.module
+        for key, module in modules.items():
+            self._patch(module, plan[key], stop)
+
+    @staticmethod
+    def _placeholder(call: Any, rows: int, traced: int) -> Any:
+        return lambda: pytree.tree_unflatten([leaf.placeholder(rows, traced) for leaf in call.leaves], call.spec)
+
+    @staticmethod
+    def _output(call: Any, cut: Cut, values: list[torch.Tensor] | None, rows: int, traced: int) -> Any:
+        def produce() -> Any:
+            leaves = [leaf.placeholder(rows, traced) for leaf in call.leaves]
+            for j, value in zip(cut.kept, values or []):
+                leaves[j] = value
+            return pytree.tree_unflatten(leaves, call.spec)
+
+        return produce
+
+    def _patch(self, module: nn.Module, plan: dict[int, Any], stop: bool) -> None:
+        previous = module.__dict__.get("forward")
+        original = module.forward
+        count = [0]
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            ordinal = count[0]
+            count[0] += 1
+            if ordinal not in plan:
+                return original(*args, **kwargs)
+            if stop:
+                raise _Stop(original(*args, **kwargs))
+            return plan[ordinal]()
+
+        module.__dict__["forward"] = forward
+        self._active.append((module, previous))
+
+    def _uninstall(self) -> None:
+        while self._active:
+            module, previous = self._active.pop()
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = previous
+
+    def __repr__(self) -> str:
+        return (
+            f"FrozenPrefixCache(boundary={self.boundary!r}, hits={self.stats['hits']}, misses={self.stats['misses']}, "
+            f"stored_bytes={self.stats['stored_bytes']})"
+        )

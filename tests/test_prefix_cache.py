@@ -1,0 +1,267 @@
+"""FrozenPrefixCache: training with it equals training without it; refusals; resume; bad input."""
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch import nn
+
+import layerwise
+from layerwise import FreezeOut, Freezer, FrozenPrefixCache, GradualUnfreezing
+from layerwise.tasks.models import ResNetCNN
+from layerwise.training import seeded_indices
+
+torch.set_num_threads(1)
+N = 96
+X = torch.randn(N, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+Y = torch.randint(0, 10, (N,), generator=torch.Generator().manual_seed(1))
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return ResNetCNN(width=4)
+
+
+def _setup(model, technique, steps):
+    part = layerwise.by_block(model, sample_input=X[:2])  # stem, layer1, layer2, layer3, fc
+    opt = torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9)
+    if technique == "freezeout":
+        stepper = FreezeOut(model, opt, steps, t0=0.3, strategy="linear")
+        return opt, stepper, stepper.freezer
+    freezer = Freezer(model, opt)
+    return opt, GradualUnfreezing(freezer, every=9, start=1), freezer
+
+
+def _train(technique, *, cache=None, steps=36, start=0, state=None, model=None, opt_state=None):
+    """The plain loop, with or without a cache (``cache``: FrozenPrefixCache options); returns
+    the model, the losses, the cache, the optimizer and the technique."""
+    model = model or _resnet()
+    opt, stepper, freezer = _setup(model, technique, steps)
+    if state is not None:
+        opt.load_state_dict(opt_state)
+        stepper.load_state_dict(state)
+    store = None if cache is None else FrozenPrefixCache(model, freezer, N, same_inputs=True, **cache)
+    losses = []
+    model.train()
+    for step, _, index in seeded_indices(N, 16, seed=0, steps=steps):
+        if step < start:
+            continue
+        with store.batch(index) if store is not None else nullcontext():
+            loss = nn.functional.cross_entropy(model(X[index]), Y[index])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        stepper.step()
+        losses.append(loss.item())
+    return model, losses, store, opt, stepper
+
+
+def _same_params(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_freezeout_with_the_cache_equals_training_without_it_bitwise():
+    plain, plain_losses, _, _, fo = _train("freezeout")
+    cached, losses, cache, _, _ = _train("freezeout", cache={})
+    assert len({at for at in fo.frozen_at if at is not None}) >= 3  # several freeze events
+    assert losses == plain_losses and _same_params(plain, cached)
+    stats = cache.stats
+    assert stats["hits"] > 0 and stats["misses"] > 0 and stats["advanced"] > 0  # the boundary moved deeper
+    assert cache.boundary in {"layer1", "layer2", "layer3", "fc"}
+    assert stats["stored_bytes"] > 0 and stats["saved_seconds"] > 0
+
+
+def test_gradual_unfreezing_with_the_cache_equals_training_without_it_bitwise():
+    plain, plain_losses, _, _, _ = _train("unfreezing")
+    cached, losses, cache, _, _ = _train("unfreezing", cache={})
+    assert losses == plain_losses and _same_params(plain, cached)
+    assert cache.stats["hits"] > 0
+    assert cache.boundary == "stem"  # at the end only the stem is frozen: the deeper entries were dropped
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_storage_stays_close(dtype):
+    plain, plain_losses, _, _, _ = _train("freezeout")
+    cached, losses, cache, _, _ = _train("freezeout", cache={"dtype": dtype})
+    assert cache.stats["hits"] > 0
+    tolerance = 0.05 if dtype is torch.float16 else 0.1  # relative, on the final weights of what trained
+    for (name, p), q in zip(plain.named_parameters(), cached.parameters()):
+        assert torch.allclose(p, q, rtol=tolerance, atol=tolerance * p.abs().max().item()), name
+    assert abs(losses[-1] - plain_losses[-1]) < 0.1 * abs(plain_losses[-1])
+
+
+def test_disk_store_and_a_byte_cap(tmp_path):
+    plain, plain_losses, _, _, _ = _train("freezeout")
+    cached, losses, cache, _, _ = _train("freezeout", cache={"directory": tmp_path})
+    assert losses == plain_losses and _same_params(plain, cached)
+    assert list(tmp_path.glob("*.bin"))
+    capped, capped_losses, small, _, _ = _train("freezeout", cache={"max_bytes": 20_000})
+    assert capped_losses == plain_losses
+    assert 0 < small.stats["stored_bytes"] <= 20_000
+    assert small.stats["stored_rows"] < N
+
+
+def test_resume_rebuilds_the_cache_and_equals_an_uninterrupted_run():
+    whole, whole_losses, _, _, _ = _train("freezeout", cache={})
+    first, first_losses, _, opt, fo = _train("freezeout", cache={}, start=0)
+    del first_losses
+    # interrupt after 10 steps: train 10, save, rebuild everything, resume with a fresh cache
+    model, losses, _, opt, fo = _train_until("freezeout", 10)
+    saved = {"model": model.state_dict(), "opt": opt.state_dict(), "fo": fo.state_dict()}
+    fresh = _resnet()
+    fresh.load_state_dict(saved["model"])
+    resumed, rest, cache, _, _ = _train(
+        "freezeout", cache={}, start=10, model=fresh, state=saved["fo"], opt_state=saved["opt"]
+    )
+    assert losses + rest == whole_losses and _same_params(whole, resumed)
+    assert cache.stats["misses"] > 0  # rebuilt from the input, not loaded
+
+
+def _train_until(technique, stop):
+    model = _resnet()
+    opt, stepper, freezer = _setup(model, technique, 36)
+    cache = FrozenPrefixCache(model, freezer, N, same_inputs=True)
+    losses = []
+    for step, _, index in seeded_indices(N, 16, seed=0, steps=stop):
+        with cache.batch(index):
+            loss = nn.functional.cross_entropy(model(X[index]), Y[index])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        stepper.step()
+        losses.append(loss.item())
+    return model, losses, cache, opt, stepper
+
+
+def _frozen_resnet(*groups, **options):
+    model = _resnet()
+    opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=X[:2]).param_groups(lr=0.05))
+    freezer = Freezer(model, opt)
+    freezer.freeze(*groups)
+    return model, FrozenPrefixCache(model, freezer, N, same_inputs=True, **options)
+
+
+def test_a_crossing_skip_connection_moves_the_cut_back_with_a_warning_or_is_refused():
+    # stem.0, stem.1 and layer1.conv1 frozen: layer1's shortcut reads the stem's output past conv1
+    model, cache = _frozen_resnet("stem.0", "stem.1", "layer1.conv1")
+    with pytest.warns(UserWarning, match="skip connection"), cache.batch(torch.arange(16)):
+        model(X[:16])
+    assert cache.boundary == "stem"
+    model, strict = _frozen_resnet("stem.0", "stem.1", "layer1.conv1", strict=True)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="strict: .*skip connection"), strict.batch(torch.arange(16)):
+        model(X[:16])
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+class _DropoutFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.body = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(self.drop(x))))
+
+
+def test_a_prefix_dropout_in_training_mode_is_refused():
+    torch.manual_seed(0)
+    model = _DropoutFirst()
+    x = torch.randn(16, 8)
+    opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=x).param_groups(lr=0.1))
+    freezer = Freezer(model, opt)
+    freezer.freeze("body")
+    cache = FrozenPrefixCache(model, freezer, 16, same_inputs=True)
+    model.train()
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match="'drop' \\(Dropout\\) in the frozen prefix is in training mode"):
+        with cache.batch(torch.arange(16)):
+            model(x)
+    assert torch.equal(rng, torch.get_rng_state())
+    model.drop.eval()
+    with cache.batch(torch.arange(16)):
+        model(x)
+    assert cache.stats["misses"] == 16
+
+
+def test_random_augmentation_is_refused():
+    model, _ = _frozen_resnet("stem.0")
+    freezer = _.freezer
+    with pytest.raises(ValueError, match="same_inputs: must be True .*augmentation"):
+        FrozenPrefixCache(model, freezer, N, same_inputs=False)
+    with pytest.raises(TypeError, match="same_inputs"):
+        FrozenPrefixCache(model, freezer, N)  # no default: the flag is a declaration
+
+
+@pytest.mark.parametrize("cap", [0, -5, 1.5, "1GB", True])
+def test_a_cap_that_is_not_a_positive_number_of_bytes_is_refused(cap):
+    model, cache = _frozen_resnet("stem.0")
+    with pytest.raises(ValueError, match="max_bytes: must be a positive number of bytes"):
+        FrozenPrefixCache(model, cache.freezer, N, same_inputs=True, max_bytes=cap)
+
+
+def test_indices_missing_or_wrong_are_refused_before_anything_changes():
+    model, cache = _frozen_resnet("stem.0", "stem.1")
+    model.train()
+    buffers = [b.clone() for b in model.buffers()]
+    with pytest.raises(ValueError, match="indices: the model was called in training mode outside"):
+        model(X[:16])
+    with pytest.raises(ValueError, match="indices: 8 indices, but no input tensor of the forward has 8 rows"):
+        with cache.batch(torch.arange(8)):
+            model(X[:16])
+    with pytest.raises(ValueError, match=r"indices: must lie in \[0, num_examples=96\)"):
+        with cache.batch(torch.arange(90, 106)):
+            model(X[:16])
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+    assert cache.stats["misses"] == 0 and cache.stats["stored_rows"] == 0
+    model.eval()
+    model(X[:16])  # evaluation needs no indices
+
+
+def test_a_frozen_set_that_is_not_a_prefix_is_refused():
+    model, cache = _frozen_resnet("layer2.conv1")
+    with pytest.raises(ValueError, match=r"freezer: the frozen groups \['layer2.conv1'\] are not a prefix"):
+        with cache.batch(torch.arange(16)):
+            model(X[:16])
+
+
+def test_a_changed_prefix_weight_drops_its_entries():
+    model, cache = _frozen_resnet("stem.0", "stem.1")
+    for _ in range(2):
+        with cache.batch(torch.arange(16)):
+            model(X[:16])
+    assert cache.stats["hits"] == 16
+    with torch.no_grad():
+        model.stem[0].weight.mul_(2)  # a load_state_dict or a hand edit: the prefix is another function
+    with cache.batch(torch.arange(16)):
+        out = model(X[:16])
+    assert cache.stats["hits"] == 16 and cache.stats["misses"] == 32
+    cache.remove()
+    assert torch.equal(out, model(X[:16]))
+
+
+def test_the_pretrained_minilm_prefix_is_cut_at_an_encoder_layer():
+    pytest.importorskip("transformers")
+    from layerwise.tasks import get_task
+
+    task = get_task("minilm-finetune")
+    try:
+        model = task.make_model()
+    except (ImportError, FileNotFoundError) as error:
+        pytest.skip(f"pretrained MiniLM not installed: {error}")
+    part = task.partition_of(model)
+    opt = torch.optim.AdamW(part.param_groups(lr=1e-5))
+    freezer = Freezer(model, opt)
+    freezer.freeze("early", "middle layers")
+    ids = torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 4 + [[101, 2088, 102, 0, 0, 0]] * 4)
+    model.train()
+    torch.manual_seed(0)
+    expected = model(ids)
+    cache = FrozenPrefixCache(model, freezer, 8, same_inputs=True)
+    for _ in range(2):
+        torch.manual_seed(0)
+        with cache.batch(torch.arange(8)):
+            out = model(ids)
+        assert torch.equal(out, expected)  # dropout in the trainable layers draws the same numbers
+    assert cache.boundary == "model.bert.encoder.layer.3" and cache.stats["hits"] == 8
