@@ -256,3 +256,16 @@ def test_welch_matches_scipy_and_the_study_reads_its_outcomes():
     assert by_variant["step first-low"]["accuracy"]["diff"] == pytest.approx(0.0, abs=1e-12)
     assert by_variant["staggered 1cycle"]["reference"] == "onecycle uniform"
     assert any(line.startswith("| step first-high |") and "significant (p < 0.05)" in line for line in lines)
+
+
+@pytest.mark.parametrize("method", ["freezeout", "gradual-unfreezing", "head-only"])
+def test_a_cached_variant_trains_like_its_method_and_reports_the_cache(tmp_path, method):
+    settings = {"freezeout": {"t0": 0.3}, "gradual-unfreezing": {"until": 0.6}}.get(method, {})
+    plain = run_one("tiny-blobs", method, settings, seed=1, policy="constant", eval_points=1, epochs=4)
+    cached = run_one("tiny-blobs", f"{method}+cache", settings, seed=1, policy="constant", eval_points=1, epochs=4)
+    assert cached["train_loss"] == plain["train_loss"]  # bitwise: float32 storage
+    assert cached["test_metric"] == plain["test_metric"] and cached["param_norms"] == plain["param_norms"]
+    stats = cached["cache"]
+    assert stats["hits"] + stats["advanced"] > 0 and stats["boundary"] is not None
+    with pytest.raises(ValueError, match=rf"--set {method}\+cache.cache_dtype: must be one of"):
+        METHODS[f"{method}+cache"].check({"cache_dtype": "int8"})

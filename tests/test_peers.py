@@ -65,7 +65,14 @@ def test_every_peer_snippet_runs_in_a_plain_loop():
             if METHODS[name].applies(task, task.partition_of(model)):
                 continue
             text = method_snippet(_build(task, 3, model, policy="cosine"), name, resolve_settings(name))
-            namespace = {"model": model, "loader": loader, "x": loader[0][0], "loss_fn": nn.functional.cross_entropy}
+            namespace = {
+                "model": model,
+                "loader": loader,
+                "x": loader[0][0],
+                "loss_fn": nn.functional.cross_entropy,
+                "num_examples": 96,
+                "indexed_loader": [(torch.arange(i, i + 32), x_, y_) for i, (x_, y_) in zip(range(0, 96, 32), loader)],
+            }
             before = [p.detach().clone() for p in model.parameters()]
             exec(compile(text, f"<snippet {name}>", "exec"), namespace)
             assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), name
@@ -304,7 +311,7 @@ def test_by_layer_partition_of_the_blobs_model_is_what_the_tests_assume():
 def test_hidlr_with_one_group_is_hi_ulr_even_on_a_task_with_its_own_groups():
     from layerwise.compare.methods import _hidlr_partition
 
-    own = replace(FINE, name="peer-blobs-own-groups", partition=lambda model, sample: by_layer(model, sample_input=sample))
+    own = replace(FINE, name="peer-own-groups", partition=lambda model, sample: by_layer(model, sample_input=sample))
     build = _build(own, 10)
     assert len(build.partition) == 3
     one = _hidlr_partition(build, 1)

@@ -92,10 +92,10 @@ def test_half_precision_storage_stays_close(dtype):
 
 def test_disk_store_and_a_byte_cap(tmp_path):
     plain, plain_losses, _, _, _ = _train("freezeout")
-    cached, losses, cache, _, _ = _train("freezeout", cache={"directory": tmp_path})
+    cached, losses, _, _, _ = _train("freezeout", cache={"directory": tmp_path})
     assert losses == plain_losses and _same_params(plain, cached)
     assert list(tmp_path.glob("*.bin"))
-    capped, capped_losses, small, _, _ = _train("freezeout", cache={"max_bytes": 20_000})
+    _, capped_losses, small, _, _ = _train("freezeout", cache={"max_bytes": 20_000})
     assert capped_losses == plain_losses
     assert 0 < small.stats["stored_bytes"] <= 20_000
     assert small.stats["stored_rows"] < N
@@ -103,8 +103,6 @@ def test_disk_store_and_a_byte_cap(tmp_path):
 
 def test_resume_rebuilds_the_cache_and_equals_an_uninterrupted_run():
     whole, whole_losses, _, _, _ = _train("freezeout", cache={})
-    first, first_losses, _, opt, fo = _train("freezeout", cache={}, start=0)
-    del first_losses
     # interrupt after 10 steps: train 10, save, rebuild everything, resume with a fresh cache
     model, losses, _, opt, fo = _train_until("freezeout", 10)
     saved = {"model": model.state_dict(), "opt": opt.state_dict(), "fo": fo.state_dict()}
@@ -122,7 +120,7 @@ def _train_until(technique, stop):
     opt, stepper, freezer = _setup(model, technique, 36)
     cache = FrozenPrefixCache(model, freezer, N, same_inputs=True)
     losses = []
-    for step, _, index in seeded_indices(N, 16, seed=0, steps=stop):
+    for _, _, index in seeded_indices(N, 16, seed=0, steps=stop):
         with cache.batch(index):
             loss = nn.functional.cross_entropy(model(X[index]), Y[index])
         opt.zero_grad()
@@ -149,7 +147,7 @@ def test_a_crossing_skip_connection_moves_the_cut_back_with_a_warning_or_is_refu
     assert cache.boundary == "stem"
     model, strict = _frozen_resnet("stem.0", "stem.1", "layer1.conv1", strict=True)
     before = [p.clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match="strict: .*skip connection"), strict.batch(torch.arange(16)):
+    with pytest.raises(ValueError, match=r"strict: .*skip connection"), strict.batch(torch.arange(16)):
         model(X[:16])
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
@@ -175,9 +173,11 @@ def test_a_prefix_dropout_in_training_mode_is_refused():
     cache = FrozenPrefixCache(model, freezer, 16, same_inputs=True)
     model.train()
     rng = torch.get_rng_state()
-    with pytest.raises(ValueError, match="'drop' \\(Dropout\\) in the frozen prefix is in training mode"):
-        with cache.batch(torch.arange(16)):
-            model(x)
+    with (
+        pytest.raises(ValueError, match="'drop' \\(Dropout\\) in the frozen prefix is in training mode"),
+        cache.batch(torch.arange(16)),
+    ):
+        model(x)
     assert torch.equal(rng, torch.get_rng_state())
     model.drop.eval()
     with cache.batch(torch.arange(16)):
@@ -188,7 +188,7 @@ def test_a_prefix_dropout_in_training_mode_is_refused():
 def test_random_augmentation_is_refused():
     model, _ = _frozen_resnet("stem.0")
     freezer = _.freezer
-    with pytest.raises(ValueError, match="same_inputs: must be True .*augmentation"):
+    with pytest.raises(ValueError, match=r"same_inputs: must be True .*augmentation"):
         FrozenPrefixCache(model, freezer, N, same_inputs=False)
     with pytest.raises(TypeError, match="same_inputs"):
         FrozenPrefixCache(model, freezer, N)  # no default: the flag is a declaration
@@ -207,12 +207,16 @@ def test_indices_missing_or_wrong_are_refused_before_anything_changes():
     buffers = [b.clone() for b in model.buffers()]
     with pytest.raises(ValueError, match="indices: the model was called in training mode outside"):
         model(X[:16])
-    with pytest.raises(ValueError, match="indices: 8 indices, but no input tensor of the forward has 8 rows"):
-        with cache.batch(torch.arange(8)):
-            model(X[:16])
-    with pytest.raises(ValueError, match=r"indices: must lie in \[0, num_examples=96\)"):
-        with cache.batch(torch.arange(90, 106)):
-            model(X[:16])
+    with (
+        pytest.raises(ValueError, match="indices: 8 indices, but no input tensor of the forward has 8 rows"),
+        cache.batch(torch.arange(8)),
+    ):
+        model(X[:16])
+    with (
+        pytest.raises(ValueError, match=r"indices: must lie in \[0, num_examples=96\)"),
+        cache.batch(torch.arange(90, 106)),
+    ):
+        model(X[:16])
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
     assert cache.stats["misses"] == 0 and cache.stats["stored_rows"] == 0
     model.eval()
@@ -221,9 +225,11 @@ def test_indices_missing_or_wrong_are_refused_before_anything_changes():
 
 def test_a_frozen_set_that_is_not_a_prefix_is_refused():
     model, cache = _frozen_resnet("layer2.conv1")
-    with pytest.raises(ValueError, match=r"freezer: the frozen groups \['layer2.conv1'\] are not a prefix"):
-        with cache.batch(torch.arange(16)):
-            model(X[:16])
+    with (
+        pytest.raises(ValueError, match=r"freezer: the frozen groups \['layer2.conv1'\] are not a prefix"),
+        cache.batch(torch.arange(16)),
+    ):
+        model(X[:16])
 
 
 def test_a_changed_prefix_weight_drops_its_entries():

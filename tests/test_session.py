@@ -230,7 +230,14 @@ def test_every_snippet_runs_in_a_plain_loop():
         model = mlp()
         text = method_snippet(Build(task, model, task.partition_of(model), 3, "cosine"), name, resolve_settings(name))
         x = loader[0][0]
-        namespace = {"model": model, "loader": loader, "x": x, "loss_fn": nn.functional.cross_entropy}
+        namespace = {
+            "model": model,
+            "loader": loader,
+            "x": x,
+            "loss_fn": nn.functional.cross_entropy,
+            "num_examples": 96,
+            "indexed_loader": [(torch.arange(i, i + 32), x_, y_) for i, (x_, y_) in zip(range(0, 96, 32), loader)],
+        }
         before = [p.detach().clone() for p in model.parameters()]
         exec(compile(text, f"<snippet {name}>", "exec"), namespace)
         assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), name

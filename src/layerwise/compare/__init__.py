@@ -15,6 +15,7 @@ Examples:
     >>> print(result["table"])  # doctest: +SKIP
 """
 
+from .cached import register_cached
 from .methods import METHODS, Build, Method, Setup, default_methods, register_method
 from .peers import register_peers
 from .session import BUDGETS, CompareConfig, Variant, compare, compare_variants, parse_overrides
@@ -31,8 +32,10 @@ __all__ = [
     "compare_variants",
     "default_methods",
     "parse_overrides",
+    "register_cached",
     "register_method",
     "register_peers",
 ]
 
 register_peers()
+register_cached()  # after the peers: fine-tune, lp-ft and layer-freezing have cached variants too

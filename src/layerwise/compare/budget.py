@@ -24,6 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ import torch
 
 from ..tasks import Task
 from .methods import METHODS
-from .runner import new_run, train_step
+from .runner import attach_cache, new_run, train_step
 
 if TYPE_CHECKING:
     from .parallel import Parallel
@@ -78,12 +79,15 @@ def measure_costs(
     minimum: int = 32,
     clock: Callable[[], float] = time.perf_counter,
     parallel: Parallel | None = None,
+    indices: Sequence[torch.Tensor] | None = None,
 ) -> CostPlan:
     """Step costs of ``entries`` relative to the baseline (uniform LR, the task's optimizer).
 
     ``batches``: the batches of the timing block (cycled). ``clock``: seconds (a fake clock in tests).
     ``parallel``: every rank of a data-parallel comparison calls this alike and times its steps on
-    its slice of each batch, communication included (each rank's own clock).
+    its slice of each batch, communication included (each rank's own clock). ``indices``: each
+    batch's example indices, for the methods with a :class:`~layerwise.FrozenPrefixCache` (the
+    cache fills on the block's first pass over the batches and serves them after, as in a run).
     """
     timed = [e for e in entries if not METHODS[e[1]].same_cost]
     block = block_length([METHODS[method].period(settings) for _, method, settings in timed], minimum)
@@ -94,6 +98,7 @@ def measure_costs(
         runs += [new_run(task, method, settings, block, policy, repeat, parallel) for _, method, settings in timed]
         if parallel is not None:
             runs = [(parallel.prepare(model), setup) for model, setup in runs]
+        caches = [_cache_for(model, setup, indices) for model, setup in runs]
         seconds = [0.0] * len(runs)
         weight = 1.0
         for step in range(block):
@@ -103,15 +108,28 @@ def measure_costs(
             for offset in range(len(runs)):
                 which = (step + offset) % len(runs)
                 model, setup = runs[which]
+                cache = caches[which]
                 start = clock()
-                train_step(model, setup, task, xb, yb, weight)
+                with nullcontext() if cache is None else cache.batch(indices[step % len(batches)]):
+                    train_step(model, setup, task, xb, yb, weight)
                 seconds[which] += clock() - start
+        for cache in caches:
+            if cache is not None:
+                cache.remove()
         base_steps.append(seconds[0] / block)
         for (key, _, _), spent in zip(timed, seconds[1:]):
             samples[key].append(spent / seconds[0])
     ratios = {key: 1.0 for key, _, _ in entries}
     ratios.update({key: statistics.median(values) for key, values in samples.items()})
     return CostPlan(statistics.median(base_steps), ratios, [key for key, _, _ in timed], block, repeats)
+
+
+def _cache_for(model: torch.nn.Module, setup: Any, indices: Sequence[torch.Tensor] | None) -> Any:
+    if setup.cache is None:
+        return None
+    if indices is None:
+        raise ValueError("indices: a method with a prefix cache is timed on batches of known example indices")
+    return attach_cache(model, setup, int(max(int(i.max()) for i in indices)) + 1)
 
 
 def plan_budget(

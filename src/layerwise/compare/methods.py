@@ -80,6 +80,8 @@ class Setup:
         freezer: the method's :class:`Freezer`, to read which groups are frozen.
         eval_mode: called before every evaluation (Schedule-Free's ``optimizer.eval()``: the model
             takes the weights to evaluate); ``train_mode`` after it and before training.
+        cache: options of a :class:`~layerwise.prefix_cache.FrozenPrefixCache` on ``freezer`` that the
+            runner puts on the model (the ``+cache`` variants, :mod:`.cached`); None: no cache.
     """
 
     optimizer: Optimizer
@@ -88,6 +90,7 @@ class Setup:
     freezer: Freezer | None = None
     eval_mode: Callable[[], None] | None = None
     train_mode: Callable[[], None] | None = None
+    cache: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -530,7 +533,7 @@ def _head_only_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     del settings
     return (
         f"{_optimizer_line(build)}\n"
-        "layerwise.Freezer(model, opt).freeze(*part.names[:-1])   # only the head trains\n"
+        "freezer = layerwise.Freezer(model, opt); freezer.freeze(*part.names[:-1])   # only the head trains\n"
         f"{_policy_snippet(build)}"
     )
 
@@ -538,7 +541,8 @@ def _head_only_snippet(build: Build, settings: Mapping[str, Any]) -> str:
 def _unfreezing_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     return (
         f"{_optimizer_line(build)}\n"
-        f"unfreeze = layerwise.GradualUnfreezing(layerwise.Freezer(model, opt), "
+        "freezer = layerwise.Freezer(model, opt)\n"
+        f"unfreeze = layerwise.GradualUnfreezing(freezer, "
         f"every={_unfreeze_every(build, settings['until'])})\n"
         f"{_policy_snippet(build)}; unfreeze.step()"
     )

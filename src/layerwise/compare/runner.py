@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +28,26 @@ from .._checks import positive_int
 from ..bench.train import evaluate
 from ..hidlr import HiDLR
 from ..param_groups import group_names
+from ..prefix_cache import FrozenPrefixCache
 from ..secant import SecantLR
 from ..tasks import Task, TaskData, resolve_task
 from ..telemetry import LayerMonitor
-from ..training import seeded_batches, slice_batch, steps_per_epoch
-from .methods import Build, Setup, build_setup, resolve_settings
+from ..training import seeded_indices, slice_batch, steps_per_epoch
+from .methods import METHODS, Build, Setup, build_setup, resolve_settings
 
 if TYPE_CHECKING:
     from .parallel import Parallel
 
-__all__ = ["eval_steps", "evaluate_setup", "group_lrs", "new_run", "param_norms", "run_one", "train_step"]
+__all__ = [
+    "attach_cache",
+    "eval_steps",
+    "evaluate_setup",
+    "group_lrs",
+    "new_run",
+    "param_norms",
+    "run_one",
+    "train_step",
+]
 
 LR_SAMPLES = 200
 """At most this many sampled steps of every group's LR are kept per run."""
@@ -86,6 +97,16 @@ def new_run(
         parallel.shard(model)
     build = Build(task, model, partition, total_steps, policy)
     return model, build_setup(build, method, settings)
+
+
+def attach_cache(model: nn.Module, setup: Setup, examples: int) -> FrozenPrefixCache | None:
+    """The :class:`FrozenPrefixCache` a ``+cache`` method asks for (``setup.cache``), on ``model``; or None.
+
+    The built-in tasks have no random augmentation, so every example index gives the same input.
+    """
+    if setup.cache is None:
+        return None
+    return FrozenPrefixCache(model, setup.freezer, examples, same_inputs=True, **setup.cache)
 
 
 def train_step(
@@ -186,6 +207,9 @@ def run_one(
     per_epoch = steps_per_epoch(len(y_train), task.batch_size)
     total = epochs * per_epoch if steps is None else steps
     model, setup = new_run(task, method, settings, total, policy, seed, parallel)
+    if setup.cache is not None and parallel is not None:
+        raise ValueError(f"{method}: {METHODS[method].not_parallel.get(parallel.engine, 'runs in one process')}")
+    cache = attach_cache(model, setup, len(y_train))
     forward = model if parallel is None else parallel.prepare(model)
     optimizer = setup.optimizer
     names = list(group_lrs(optimizer))
@@ -210,7 +234,8 @@ def run_one(
     if setup.train_mode is not None:
         setup.train_mode()
     weight = 1.0
-    for step, _, xb, yb in seeded_batches(x_train, y_train, task.batch_size, seed=seed, steps=total):
+    for step, _, index in seeded_indices(len(y_train), task.batch_size, seed=seed, steps=total):
+        xb, yb = x_train[index], y_train[index]
         if step % lr_every == 0:
             lr_steps.append(step)
             for name, lr in group_lrs(optimizer).items():
@@ -218,7 +243,8 @@ def run_one(
         if parallel is not None:
             xb, yb, weight = parallel.split(xb, yb)
         start = time.perf_counter()
-        loss = train_step(forward, setup, task, xb, yb, weight)
+        with nullcontext() if cache is None else cache.batch(index):
+            loss = train_step(forward, setup, task, xb, yb, weight)
         seconds += time.perf_counter() - start
         value = loss.item() if parallel is None else parallel.mean(loss * weight)
         losses.append(value if math.isfinite(value) else None)
@@ -263,6 +289,9 @@ def run_one(
     }
     if isinstance(optimizer, (HiDLR, SecantLR)):
         record["found_lr_stats"] = dict(optimizer.stats)
+    if cache is not None:
+        record["cache"] = {**cache.stats, "boundary": cache.boundary}
+        cache.remove()
     if monitor is not None:
         monitor.remove()
         if writer is not None:

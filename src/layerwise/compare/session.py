@@ -164,13 +164,9 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
 
-def _timing_batches(task: Task, x: Any, y: torch.Tensor, count: int) -> list[tuple[Any, torch.Tensor]]:
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    batches = []
-    for i in range(count):
-        index = order[(torch.arange(task.batch_size) + i * task.batch_size) % len(x)]
-        batches.append((x[index], y[index]))
-    return batches
+def _timing_indices(task: Task, examples: int, count: int) -> list[torch.Tensor]:
+    order = torch.randperm(examples, generator=torch.Generator().manual_seed(0))
+    return [order[(torch.arange(task.batch_size) + i * task.batch_size) % examples] for i in range(count)]
 
 
 def _load_data(task: Task, config: CompareConfig) -> TaskData:
@@ -199,10 +195,11 @@ def _plan(
     x, y = data.train
     if train_size is not None:
         x, y = x[:train_size], y[:train_size]
-    batches = _timing_batches(task, x, y, 8)
+    indices = _timing_indices(task, len(y), 8)
+    batches = [(x[index], y[index]) for index in indices]
     options = {"policy": config.policy, "repeats": config.plan_repeats, "minimum": config.plan_block}
     if group is None:
-        costs = measure_costs(task, missing, batches, **options)
+        costs = measure_costs(task, missing, batches, indices=indices, **options)
     else:  # timed on every rank, communication included
         costs = group.measure_costs(task, missing, batches, data=data, **options)
     # the first plan's baseline cost prices every later entry, so a resumed plan keeps its budget
