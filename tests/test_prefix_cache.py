@@ -145,9 +145,9 @@ def test_a_crossing_skip_connection_moves_the_cut_back_with_a_warning_or_is_refu
     with pytest.warns(UserWarning, match="skip connection"), cache.batch(torch.arange(16)):
         model(X[:16])
     assert cache.boundary == "stem"
-    model, strict = _frozen_resnet("stem.0", "stem.1", "layer1.conv1", strict=True)
+    model, strict = _frozen_resnet("stem.0", "stem.1", "layer1.conv1", shallower="raise")
     before = [p.clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match=r"strict: .*skip connection"), strict.batch(torch.arange(16)):
+    with pytest.raises(ValueError, match=r"shallower='raise': .*skip connection"), strict.batch(torch.arange(16)):
         model(X[:16])
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
@@ -271,3 +271,20 @@ def test_the_pretrained_minilm_prefix_is_cut_at_an_encoder_layer():
             out = model(ids)
         assert torch.equal(out, expected)  # dropout in the trainable layers draws the same numbers
     assert cache.boundary == "model.bert.encoder.layer.3" and cache.stats["hits"] == 8
+
+
+def test_the_cache_bench_runs_quick_and_predicts_before_training():
+    from layerwise.bench.cache_bench import predicted_savings, simulate_served
+    from layerwise.bench.suite import run_bench
+
+    # unfreezing drops the deeper entries; a prefix frozen again is served only once seen again
+    assert simulate_served([2, 2, 1, 1, 2], examples=2, batch=2, seed=0) == [0.0, 1.0, 0.0, 1.0, 0.0]
+    # half the steps with 1 group frozen, served on the second: (1 + 0.8 + 0.4) / 3 steps of 1.0 each
+    saving = predicted_savings([0, 1, 1], [0.0, 0.0, 1.0], plain=[1.0, 0.8], cached=[1.0, 0.4])
+    assert saving["without_cache"] == pytest.approx(1 - 2.6 / 3, abs=1e-4)
+    assert saving["with_cache"] == pytest.approx(1 - 2.2 / 3, abs=1e-4)
+    assert saving["with_cache_all_served"] == pytest.approx(1 - 1.8 / 3, abs=1e-4)
+    result = run_bench("cache", quick=True)["cases"]["freezeout"]
+    assert result["same_results_as_uncached"]
+    assert set(result["measured"]) >= {"saving_without_cache", "saving_with_cache", "hit_rate", "cache_speedup"}
+    assert 0 <= result["predicted"]["with_cache"] <= result["predicted"]["with_cache_all_served"] < 1

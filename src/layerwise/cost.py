@@ -9,6 +9,11 @@ Two predictions of the wall-clock saving of a freezing schedule:
   ``k`` groups frozen (:func:`prefix_step_times`), so it includes the real
   backward/forward ratio, the optimizer step and everything the FLOP count leaves out.
 
+Both also predict the saving with a :class:`~layerwise.prefix_cache.FrozenPrefixCache` serving
+the frozen prefix (``cached=True``): a frozen group then costs neither its backward nor its
+forward. The predictions assume every frozen forward is served (all hits); the first pass over
+the data after each freeze computes (or advances) the prefix, so a short run saves less.
+
 Examples:
     >>> import torch, layerwise
     >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
@@ -26,6 +31,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -34,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .freezing import Freezer
 from .groups import Partition
+from .prefix_cache import FrozenPrefixCache
 
 __all__ = ["group_flops", "paper_saving", "prefix_step_times", "timed_saving", "train_fractions"]
 
@@ -83,19 +90,24 @@ def train_fractions(frozen_at: Sequence[int | None], total_steps: int) -> list[f
     return [1.0 if at is None else at / total_steps for at in frozen_at]
 
 
-def paper_saving(train_fractions: Sequence[float], flops: Sequence[float]) -> float:
+def paper_saving(train_fractions: Sequence[float], flops: Sequence[float], *, cached: bool = False) -> float:
     """FreezeOut eq. (2)-(3): ``1 - sum((1 + t_i) c_i) / sum(2 c_i)``.
+
+    ``cached``: the frozen forwards are served from a cache too, ``1 - sum(2 t_i c_i) / sum(2 c_i)``.
 
     Examples:
         >>> paper_saving([0.5, 1.0], [1.0, 1.0])
         0.125
+        >>> paper_saving([0.5, 1.0], [1.0, 1.0], cached=True)
+        0.25
     """
     if len(train_fractions) != len(flops):
         raise ValueError(f"train_fractions, flops: lengths differ ({len(train_fractions)} vs {len(flops)})")
     total = sum(2.0 * c for c in flops)
     if total <= 0:
         raise ValueError("flops: the groups have no forward cost to save on")
-    return 1.0 - sum((1.0 + t) * c for t, c in zip(train_fractions, flops)) / total
+    forward = (lambda t: t) if cached else (lambda t: 1.0)
+    return 1.0 - sum((forward(t) + t) * c for t, c in zip(train_fractions, flops)) / total
 
 
 def timed_saving(train_fractions: Sequence[float], step_times: Sequence[float]) -> float:
@@ -129,8 +141,12 @@ def prefix_step_times(
     warmup: int = 2,
     repeats: int = 7,
     sync: Callable[[], object] | None = None,
+    cached: bool = False,
 ) -> list[float]:
     """Median step time (forward, backward, SGD step) with the first k groups frozen, k = 0..K-1.
+
+    ``cached``: each copy with a frozen prefix serves it from a warm
+    :class:`~layerwise.prefix_cache.FrozenPrefixCache` (keyed by the batch's rows; ``warmup`` >= 1).
 
     Runs on K deep copies of ``model`` (copy k with its first k groups frozen), stepped round-robin
     so a drift of the machine's speed hits every k alike (all K copies and their optimizer state
@@ -139,7 +155,10 @@ def prefix_step_times(
     """
     wait = sync or (lambda: None)  # e.g. torch.cuda.synchronize: queued device work ends before each clock reading
     index = {id(p): i for i, p in enumerate(model.parameters())}
+    if cached and warmup < 1:
+        raise ValueError(f"warmup: a cached measurement needs at least 1 warm-up step to fill the cache, got {warmup}")
     steppers = []
+    caches: list[FrozenPrefixCache | None] = []
     for k in range(len(dict.fromkeys(g["name"] for g in param_groups))):
         twin = copy.deepcopy(model).train()
         twin_params = list(twin.parameters())
@@ -149,12 +168,19 @@ def prefix_step_times(
         if k:
             freezer.freeze(*freezer.names[:k])
         steppers.append((twin, optimizer))
+        caches.append(
+            FrozenPrefixCache(twin, freezer, len(batch[1]), same_inputs=True, shallower="allow")
+            if cached and k
+            else None
+        )
     x, y = batch
+    rows = torch.arange(len(y))
 
-    def step(twin: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    def step(twin: nn.Module, optimizer: torch.optim.Optimizer, cache: FrozenPrefixCache | None) -> float:
         wait()
         start = time.perf_counter()
-        loss = loss_fn(twin(x), y)
+        with nullcontext() if cache is None else cache.batch(rows):
+            loss = loss_fn(twin(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -164,7 +190,10 @@ def prefix_step_times(
     samples: list[list[float]] = [[] for _ in steppers]
     for r in range(warmup + repeats):
         for k, (twin, optimizer) in enumerate(steppers):
-            elapsed = step(twin, optimizer)
+            elapsed = step(twin, optimizer, caches[k])
             if r >= warmup:
                 samples[k].append(elapsed)
+    for cache in caches:
+        if cache is not None:
+            cache.remove()
     return [statistics.median(s) for s in samples]

@@ -9,7 +9,7 @@ stored, computes it (and stores it) for the others, and runs the rest of the net
 It cuts at the deepest *clean* cut inside the frozen prefix (:mod:`layerwise._cuts`): the end of
 a module call after which nothing the prefix computed is read except that call's outputs. A
 ResNet stage boundary is one; a point inside a residual block, whose skip connection crosses it,
-is not, and the cache then cuts at the block's start (a warning says why; ``strict=True``
+is not, and the cache then cuts at the block's start (a warning says why; ``shallower="raise"``
 raises instead). When a deeper group freezes, stored entries are advanced lazily through the
 newly frozen layers from the old entries, not from the input; when a group unfreezes, or a
 prefix parameter or buffer changes in any way (``Tensor._version``), the entries behind it are
@@ -51,13 +51,14 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from ._checks import boolean, positive_int
+from ._checks import boolean, one_of, positive_int
 from ._cuts import Cut, Trace, trace_cuts
 from .freezing import Freezer
 
 __all__ = ["FrozenPrefixCache"]
 
 _STORAGE = (None, torch.float16, torch.bfloat16)
+SHALLOWER = ("warn", "raise", "allow")
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16, torch.float64: np.float64}
 _TRAINING_SENSITIVE = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
 
@@ -163,8 +164,9 @@ class FrozenPrefixCache:
             training then equals training without the cache bitwise).
         directory: store on disk in numpy memmaps there (for data sets larger than memory); True: a
             temporary directory. None: in memory, on the activations' device.
-        strict: raise, instead of warning, when the cache must cut shallower than the frozen
-            prefix (a skip connection crosses the deeper boundary).
+        shallower: when the cache must cut shallower than the frozen prefix (a skip connection
+            crosses the deeper boundary): ``"warn"`` (once), ``"raise"`` a ValueError, or ``"allow"``
+            silently; ``stats["shallower_cuts"]`` counts those batches either way.
     """
 
     def __init__(
@@ -177,7 +179,7 @@ class FrozenPrefixCache:
         max_bytes: int = 2**30,
         dtype: torch.dtype | None = None,
         directory: str | Path | bool | None = None,
-        strict: bool = False,
+        shallower: str = "warn",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -196,7 +198,7 @@ class FrozenPrefixCache:
             raise ValueError(f"max_bytes: must be a positive number of bytes (an int), got {max_bytes!r}")
         if dtype not in _STORAGE:
             raise ValueError(f"dtype: must be one of {_STORAGE}, got {dtype!r}")
-        boolean("strict", strict)
+        one_of("shallower", shallower, SHALLOWER)
         if directory is True:
             self._tmp = tempfile.TemporaryDirectory(prefix="layerwise-cache-")
             directory = self._tmp.name
@@ -204,7 +206,7 @@ class FrozenPrefixCache:
             directory = Path(directory)
             directory.mkdir(parents=True, exist_ok=True)
         self.model, self.freezer, self.num_examples = model, freezer, int(num_examples)
-        self.max_bytes, self.dtype, self.strict = int(max_bytes), dtype, strict
+        self.max_bytes, self.dtype, self.shallower = int(max_bytes), dtype, shallower
         self.directory = None if directory in (None, False) else Path(directory)
         self._state = {id(t): t for t in (*model.parameters(), *model.buffers())}
         self._trace: Trace | None = None
@@ -212,9 +214,11 @@ class FrozenPrefixCache:
         self._index: torch.Tensor | None = None
         self._busy = False
         self._active: list[tuple[nn.Module, Any]] = []
-        self._warned: set[tuple[int, ...]] = set()
+        self._warned = False
         self._checked: set[int] = set()  # cuts whose prefix was computed twice and agreed
-        self.stats: dict[str, Any] = dict.fromkeys(("hits", "misses", "advanced", "uncached", "stored_rows"), 0)
+        self.stats: dict[str, Any] = dict.fromkeys(
+            ("hits", "misses", "advanced", "uncached", "stored_rows", "shallower_cuts"), 0
+        )
         self.stats.update(stored_bytes=0, prefix_seconds=0.0, saved_seconds=0.0)
         self.boundary: str | None = None
         self._hooks = [
@@ -280,7 +284,7 @@ class FrozenPrefixCache:
             self._trace = self._run(lambda: trace_cuts(model, args, kwargs, rows))
         self._check_prefix(frozen)
         cut, why = self._trace.deepest(frozen)
-        self._explain(frozen, cut, why)
+        self._explain(cut, why)
         self._drop([s for s in self._stores if not s.valid() or not s.cut.params <= frozen])
         if cut is None:
             self.stats["uncached"] += rows
@@ -327,19 +331,19 @@ class FrozenPrefixCache:
                 "cache.remove() to train without the cache"
             )
 
-    def _explain(self, frozen: set[int], cut: Cut | None, why: str | None) -> None:
+    def _explain(self, cut: Cut | None, why: str | None) -> None:
+        """A cut shallower than the frozen prefix: raise, or count it (and warn the first time)."""
         if why is None:
             return
-        message = (
-            f"FrozenPrefixCache: cutting at {self.boundary if cut is None else self._trace.name(cut)!r}, not deeper "
-            f"in the frozen prefix: {why}"
-        )
-        if self.strict:
-            raise ValueError(f"strict: {message}")
-        key = tuple(sorted(frozen))
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, stacklevel=4)
+        assert self._trace is not None
+        where = "no cut" if cut is None else f"cutting at {self._trace.name(cut)!r}"
+        message = f"FrozenPrefixCache: {where}, not deeper in the frozen prefix: {why}"
+        if self.shallower == "raise":
+            raise ValueError(f"shallower='raise': {message}")
+        self.stats["shallower_cuts"] += 1
+        if self.shallower == "warn" and not self._warned:
+            self._warned = True
+            warnings.warn(f"{message} (said once; stats['shallower_cuts'] counts the batches)", stacklevel=4)
 
     def _check_modes(self, cut: Cut) -> None:
         trace = self._trace

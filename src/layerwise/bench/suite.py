@@ -101,6 +101,7 @@ def register_defaults() -> None:
             "what freezing saves under FSDP2: bytes, memory, step time, 2 gloo processes",
         ),
         ("freezeout", "freezeout_bench:run_freezeout_bench", "FreezeOut's saving and accuracy cost"),
+        ("cache", "cache_bench:run_cache_bench", "what a FrozenPrefixCache saves, measured and predicted"),
         ("hidlr", "hidlr_bench:run_hidlr_bench", "Hi-DLR's cost and the paper's problems"),
         ("multirate", "multirate_bench:run_multirate_bench", "Multirate's speed-up and fine-tuning accuracy"),
         ("telemetry", "telemetry_bench:run_telemetry_bench", "LayerMonitor's overhead and per-layer readings"),

@@ -106,7 +106,7 @@ def attach_cache(model: nn.Module, setup: Setup, examples: int) -> FrozenPrefixC
     """
     if setup.cache is None:
         return None
-    return FrozenPrefixCache(model, setup.freezer, examples, same_inputs=True, **setup.cache)
+    return FrozenPrefixCache(model, setup.freezer, examples, same_inputs=True, shallower="allow", **setup.cache)
 
 
 def train_step(
