@@ -25,7 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-__all__ = ["Call", "Cut", "Trace", "trace_cuts"]
+__all__ = ["Call", "Cut", "Stop", "Stubs", "Trace", "trace_cuts"]
 
 _METADATA = frozenset(
     {
@@ -311,3 +311,78 @@ def _analyse(
             if key in stateful:
                 first_read.setdefault(key, op)
     return Trace(calls, cuts, rejected, rows, first_read)
+
+
+class Stop(Exception):
+    """Raised by a cut's call (:meth:`Stubs.stop_at`), carrying its kept outputs."""
+
+    def __init__(self, values: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.values = values
+
+
+class Stubs:
+    """Replaces module calls for the next forward of a traced model; :meth:`remove` restores them.
+
+    :meth:`serve` makes the cut's call return given values and the prefix's other maximal calls
+    return placeholders, so the prefix is not computed; :meth:`stop_at` ends the forward at a cut;
+    :meth:`capture` records a cut's kept outputs as the forward passes it. A module's calls are
+    counted, so only the traced ordinal is replaced (a module called again after the cut runs).
+    """
+
+    def __init__(self) -> None:
+        self._active: list[tuple[nn.Module, Any]] = []
+
+    def serve(self, trace: Trace, cut: Cut, values: list[torch.Tensor] | None, rows: int) -> None:
+        for index in cut.stubbed:
+            call = trace.calls[index]
+            leaves = call.leaves
+
+            def produce(call: Call = call, leaves: tuple[Leaf, ...] = leaves, mine: bool = index == cut.call) -> Any:
+                out = [leaf.placeholder(rows, trace.rows) for leaf in leaves]
+                if mine:
+                    for j, value in zip(cut.kept, values or []):
+                        out[j] = value
+                return pytree.tree_unflatten(out, call.spec)
+
+            self._patch(call, lambda original, args, kwargs, produce=produce: produce())
+
+    def stop_at(self, trace: Trace, cut: Cut) -> None:
+        def stop(original: Any, args: Any, kwargs: Any) -> Any:
+            leaves = pytree.tree_leaves(original(*args, **kwargs))
+            raise Stop([leaves[j].detach() for j in cut.kept])
+
+        self._patch(trace.calls[cut.call], stop)
+
+    def capture(self, trace: Trace, cut: Cut, into: list[torch.Tensor]) -> None:
+        def keep(original: Any, args: Any, kwargs: Any) -> Any:
+            output = original(*args, **kwargs)
+            leaves = pytree.tree_leaves(output)
+            into[:] = [leaves[j].detach() for j in cut.kept]
+            return output
+
+        self._patch(trace.calls[cut.call], keep)
+
+    def _patch(self, call: Call, replacement: Any) -> None:
+        module = call.module
+        previous = module.__dict__.get("forward")
+        original = module.forward
+        count = [0]
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            ordinal = count[0]
+            count[0] += 1
+            if ordinal != call.ordinal:
+                return original(*args, **kwargs)
+            return replacement(original, args, kwargs)
+
+        module.__dict__["forward"] = forward
+        self._active.append((module, previous))
+
+    def remove(self) -> None:
+        while self._active:
+            module, previous = self._active.pop()
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = previous

@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ._checks import boolean, one_of, positive_int
-from ._cuts import Cut, Trace, trace_cuts
+from ._cuts import Cut, Stop, Stubs, Trace, trace_cuts
 from .freezing import Freezer
 
 __all__ = ["FrozenPrefixCache"]
@@ -61,14 +61,6 @@ _STORAGE = (None, torch.float16, torch.bfloat16)
 SHALLOWER = ("warn", "raise", "allow")
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16, torch.float64: np.float64}
 _TRAINING_SENSITIVE = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
-
-
-class _Stop(Exception):
-    """Raised by the cut's call in a prefix-only forward, carrying its output."""
-
-    def __init__(self, output: Any) -> None:
-        super().__init__()
-        self.output = output
 
 
 class _Store:
@@ -213,7 +205,7 @@ class FrozenPrefixCache:
         self._stores: list[_Store] = []  # shallow to deep cuts
         self._index: torch.Tensor | None = None
         self._busy = False
-        self._active: list[tuple[nn.Module, Any]] = []
+        self._stubs = Stubs()
         self._warned = False
         self._checked: set[int] = set()  # cuts whose prefix was computed twice and agreed
         self.stats: dict[str, Any] = dict.fromkeys(
@@ -292,12 +284,12 @@ class FrozenPrefixCache:
         self._check_modes(cut)
         self.boundary = self._trace.name(cut)
         values = self._gather(cut, index, args, kwargs)
-        self._install(cut, values, rows, stop=False)
+        self._stubs.serve(self._trace, cut, values, rows)
         return None
 
     def _after(self, _model: nn.Module, _args: Any, _output: Any) -> None:
         if not self._busy:
-            self._uninstall()
+            self._stubs.remove()
 
     # ---- choosing the cut ------------------------------------------------------------------
 
@@ -483,18 +475,19 @@ class FrozenPrefixCache:
         sub_args, sub_kwargs = pytree.tree_map(rows_of, (args, kwargs))
 
         def forward() -> list[torch.Tensor]:
+            trace = self._trace
+            assert trace is not None
             if served_cut is not None:
-                self._install(served_cut, served, count, stop=False)
-            self._install(cut, None, count, stop=True)
+                self._stubs.serve(trace, served_cut, served, count)
+            self._stubs.stop_at(trace, cut)
             try:
                 with torch.no_grad():
                     self.model(*sub_args, **sub_kwargs)
-            except _Stop as stop:
-                leaves = pytree.tree_leaves(stop.output)
-                return [leaves[j].detach() for j in cut.kept]
+            except Stop as stop:
+                return stop.values
             finally:
-                self._uninstall()
-            raise RuntimeError(f"FrozenPrefixCache: the forward never reached {self._trace.name(cut)!r}")
+                self._stubs.remove()
+            raise RuntimeError(f"FrozenPrefixCache: the forward never reached {trace.name(cut)!r}")
 
         return self._run(forward)
 
@@ -510,65 +503,6 @@ class FrozenPrefixCache:
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
-
-    # ---- replacing the prefix's calls ------------------------------------------------------
-
-    def _install(self, cut: Cut, values: list[torch.Tensor] | None, rows: int, *, stop: bool) -> None:
-        """Replace the prefix's maximal calls for the next forward: the cut's returns ``values`` (or, with
-        ``stop``, runs and raises :class:`_Stop`), the others return placeholders."""
-        trace = self._trace
-        assert trace is not None
-        plan: dict[int, dict[int, Any]] = {}
-        modules: dict[int, nn.Module] = {}
-        for index in cut.stubbed if not stop else (cut.call,):
-            call = trace.calls[index]
-            if index == cut.call:
-                produce = None if stop else self._output(call, cut, values, rows, trace.rows)
-            else:
-                produce = self._placeholder(call, rows, trace.rows)
-            plan.setdefault(id(call.module), {})[call.ordinal] = produce
-            modules[id(call.module)] = call.module
-        for key, module in modules.items():
-            self._patch(module, plan[key], stop)
-
-    @staticmethod
-    def _placeholder(call: Any, rows: int, traced: int) -> Any:
-        return lambda: pytree.tree_unflatten([leaf.placeholder(rows, traced) for leaf in call.leaves], call.spec)
-
-    @staticmethod
-    def _output(call: Any, cut: Cut, values: list[torch.Tensor] | None, rows: int, traced: int) -> Any:
-        def produce() -> Any:
-            leaves = [leaf.placeholder(rows, traced) for leaf in call.leaves]
-            for j, value in zip(cut.kept, values or []):
-                leaves[j] = value
-            return pytree.tree_unflatten(leaves, call.spec)
-
-        return produce
-
-    def _patch(self, module: nn.Module, plan: dict[int, Any], stop: bool) -> None:
-        previous = module.__dict__.get("forward")
-        original = module.forward
-        count = [0]
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            ordinal = count[0]
-            count[0] += 1
-            if ordinal not in plan:
-                return original(*args, **kwargs)
-            if stop:
-                raise _Stop(original(*args, **kwargs))
-            return plan[ordinal]()
-
-        module.__dict__["forward"] = forward
-        self._active.append((module, previous))
-
-    def _uninstall(self) -> None:
-        while self._active:
-            module, previous = self._active.pop()
-            if previous is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.__dict__["forward"] = previous
 
     def __repr__(self) -> str:
         return (
