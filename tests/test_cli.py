@@ -129,6 +129,8 @@ def test_schedule_freezeout_json_and_predicted_saving(capsys):
     )
     assert model["groups"] == ["stem", "layer1", "layer2", "layer3", "fc"]
     assert 0.05 < model["predicted_saving_paper"] < 0.5
+    # with the frozen forwards served too: eq. (2)-(3) with a frozen group costing nothing
+    assert model["predicted_saving_paper"] < model["predicted_saving_paper_cached"] < 1
 
 
 @pytest.mark.parametrize(

@@ -147,7 +147,11 @@ def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list
 
     fractions = train_fractions(frozen_at, args.steps)
     batch = torch.randn(64, *sample.shape[1:]) if sample.is_floating_point() else sample[:1].repeat(32, 1)
-    result = {"predicted_saving_paper": paper_saving(fractions, group_flops(model, partition, batch[:1]))}
+    flops = group_flops(model, partition, batch[:1])
+    result = {
+        "predicted_saving_paper": paper_saving(fractions, flops),
+        "predicted_saving_paper_cached": paper_saving(fractions, flops, cached=True),  # FrozenPrefixCache, all hits
+    }
     if args.measure:
         if fractions != sorted(fractions):
             raise ValueError("--measure: groups must freeze in data-flow order for a timed prediction")
@@ -157,6 +161,8 @@ def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list
         times = prefix_step_times(model, partition.param_groups(), (batch, target))
         result["predicted_saving_timed"] = timed_saving(fractions, times)
         result["prefix_step_ms"] = [round(t * 1e3, 3) for t in times]
+        cached = prefix_step_times(model, partition.param_groups(), (batch, target), cached=True)
+        result["predicted_saving_timed_cached"] = timed_saving(fractions, cached)
     return result
 
 

@@ -49,6 +49,7 @@ from torch.optim import Optimizer
 
 from ._checks import fraction, int_between, one_of, positive_int, positive_number, unit_interval
 from ._directions import rule_for
+from ._probe_prefix import MODES, PrefixReuse
 from ._shards import local_all
 from .group_rates import GroupRates
 from .groups import Partition
@@ -120,6 +121,12 @@ class HiDLR(GroupRates):
         model: restore this model's buffers (BatchNorm statistics) after probing. Without it, the
             buffers of every module the probes run are saved on its first call and restored.
         sync: average probe losses across ``torch.distributed`` ranks (default: when initialised).
+        prefix_reuse: the probes of group k start from the activations entering group k, recorded
+            in the round's first probe that reaches them, instead of recomputing the forward up to
+            it (needs ``model``; groups in data-flow order save the most). Where no clean cut lies
+            right before a group (a skip connection crosses it, a dropout in training mode precedes
+            it), a shallower cut is used with a warning (``"allow"``: silently); ``"strict"`` raises. The losses are
+            bitwise those without it. ``stats["prefix_reused"]`` counts the probes that reused.
 
     ``step(closure)``: ``closure()`` must return the scalar loss of the current batch *without*
     calling ``backward`` (it runs under ``torch.no_grad``); it is only called on probing steps.
@@ -159,6 +166,7 @@ class HiDLR(GroupRates):
         groups: Partition | None = None,
         model: nn.Module | None = None,
         sync: bool | None = None,
+        prefix_reuse: bool | str = False,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -176,6 +184,11 @@ class HiDLR(GroupRates):
         fit = FitOptions(probes, min_r2, full_matrix, clip, per_group, joint_scale)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if not (isinstance(prefix_reuse, bool) or prefix_reuse in ("allow", "strict")):
+            raise ValueError(f"prefix_reuse: must be one of {MODES}, got {prefix_reuse!r}")
+        if prefix_reuse and model is None:
+            raise ValueError("prefix_reuse: needs model=..., the model the closure runs (its forward is traced)")
+        reuse = PrefixReuse(model, prefix_reuse) if prefix_reuse else None
         self._setup_rates(optimizer, schedule, total_steps, groups)
         self.update_every = update_every
         self.max_interval = max_interval
@@ -191,6 +204,8 @@ class HiDLR(GroupRates):
         """The probe placement and acceptance options (:class:`~layerwise.quadfit.FitOptions`)."""
         self.model = model
         self.sync = sync
+        self.prefix_reuse = prefix_reuse
+        self._reuse = reuse
         self._plan_cache: dict[int, np.ndarray] = {}
         self.stats: dict[str, Any] = {
             "probe_rounds": 0,
@@ -200,6 +215,7 @@ class HiDLR(GroupRates):
             "groups_kept": 0,
             "rejections": dict.fromkeys((*REJECTION_REASONS, "joint"), 0),
             "interval": update_every,
+            "prefix_reused": 0,
         }
         self.history: list[dict[str, Any]] = []
         self.last_fit: QuadraticFit | None = None
@@ -289,6 +305,8 @@ class HiDLR(GroupRates):
                 where = {id(p): (g, ratio) for g, ratio in zip(opt.param_groups, self._ratio) for p in g["params"]}
                 direction = lambda i: rule(where[id(params[i])][0], params[i], where[id(params[i])][1])  # noqa: E731
             slots = [[index[id(p)] for p in members[k]] for k in active]
+            if self._reuse is not None:
+                self._reuse.begin([members[k] for k in active])
             moves = (moved[: len(params)], start, direction, slots)
             eta = np.array([self.eta[k] for k in active])
             plan = self._plan(len(active))
@@ -333,12 +351,16 @@ class HiDLR(GroupRates):
         """Loss at ``w + sum_j steps[i, j] d_j`` for every row ``i`` (parameters restored after each)."""
         params, start, direction, slots = moves
         losses = []
+        reused = 0 if self._reuse is None else self._reuse.reused
         for row in steps:
             moved = [j for j in range(len(slots)) if row[j] != 0.0]
             for j in moved:
                 for i in slots[j]:
                     params[i].add_(direction(i), alpha=float(row[j]))
-            losses.append(self._call(closure))
+            if self._reuse is None:
+                losses.append(self._call(closure))
+            else:
+                losses.append(self._call(lambda moved=moved: self._reuse.call(closure, moved)))
             for j in moved:
                 torch._foreach_copy_([params[i] for i in slots[j]], [start[i] for i in slots[j]])
         values = torch.stack(losses).double()
@@ -346,6 +368,8 @@ class HiDLR(GroupRates):
             torch.distributed.all_reduce(values)
             values /= torch.distributed.get_world_size()
         self.stats["forward_passes"] += len(steps)
+        if self._reuse is not None:
+            self.stats["prefix_reused"] = self.stats.get("prefix_reused", 0) + self._reuse.reused - reused
         return values.cpu().numpy()
 
     def _rescale(self, closure: Callable[[], Tensor], fit: QuadraticFit, moves: tuple) -> QuadraticFit:

@@ -123,7 +123,14 @@ def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPT
     count = len(train[1]) // batch
     batches = [(train[0][(i % count) * batch :][:batch], train[1][(i % count) * batch :][:batch]) for i in range(steps)]
     torch.manual_seed(0)
-    variants = {"plain": None, "phi": {}, "phi_step": {"direction": "step"}, "adaptive": adaptive}
+    variants = {
+        "plain": None,
+        "phi": {},
+        "phi_step": {"direction": "step"},
+        "adaptive": adaptive,
+        "phi_reuse": {"prefix_reuse": "allow"},
+        "adaptive_reuse": {**adaptive, "prefix_reuse": "allow"},
+    }
     models = {name: ResNetCNN() for name in variants}
     for model in models.values():
         model.load_state_dict(models["plain"].state_dict())
@@ -161,6 +168,11 @@ def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPT
         "bound": 1.0 / (1.0 + 4 * K / (3 * phi)),
         "relative_speed_step_and_restore": base / ms["phi_step"],
         "relative_speed_adaptive": base / ms["adaptive"],
+        "relative_speed_prefix_reuse": base / ms["phi_reuse"],
+        "relative_speed_adaptive_prefix_reuse": base / ms["adaptive_reuse"],
+        "prefix_reused_share": round(
+            opts["phi_reuse"].stats["prefix_reused"] / max(1, opts["phi_reuse"].stats["forward_passes"]), 3
+        ),
         "adaptive_options": adaptive,
         "adaptive_interval": opts["adaptive"].interval,
         "K": K,
