@@ -300,18 +300,30 @@ class Multirate(Optimizer):
 
     @torch.no_grad()
     def _refresh(self, level: int) -> None:
-        """The level's base update from the fresh gradient, kept as drift (restored parameters)."""
+        """The level's base update from the fresh gradient, kept as drift (restored parameters).
+
+        One copy of the part is made (the weights before the step); the step's change is computed in
+        place in the parameters' own storage, which then becomes the drift while the parameters take
+        the copy back: no other temporary of the part's size, two passes over it besides the step.
+        """
         params = [p for p in self._params(level) if p.grad is not None]
         pieces = local_all(params)  # under FSDP2 the drift is this rank's shards
-        before: list[Tensor | None] = [p.detach().clone() for p in pieces]
+        before = [p.detach().clone() for p in pieces]
         self.optimizers[level].step()
-        delta = []
-        for i, piece in enumerate(pieces):  # one tensor at a time, each saved copy freed once used:
-            saved = before[i]  # at most one copy of the part plus one tensor is held
-            before[i] = None
-            change = piece - saved
-            piece.copy_(saved)
-            delta.append(change.div_(float(self.periods[level])) if self.drift else change)
+        torch._foreach_sub_(pieces, before)  # the change, in the parameters' storage
+        if self.drift:
+            torch._foreach_div_(pieces, float(self.periods[level]))
+        if all(piece is param for piece, param in zip(pieces, params)):  # plain tensors: swap storages
+            delta = []
+            for param, saved in zip(params, before):
+                delta.append(param.data)
+                param.data = saved
+        else:  # shards of DTensors: their storage is FSDP's, so copy, one tensor at a time (each saved
+            delta = []  # copy is freed once used: at most one copy of the part plus one tensor is held)
+            for i, piece in enumerate(pieces):
+                delta.append(piece.clone())
+                piece.copy_(before[i])
+                before[i] = None  # type: ignore[call-overload]
         self._drift[level] = list(zip(params, delta))  # type: ignore[assignment]
 
     def trainable_sets(self) -> int:
