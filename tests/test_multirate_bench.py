@@ -16,6 +16,16 @@ def test_bench_multirate_quick_json_last_line():
     full, fast = result["full_step_ms"], result["multirate_fast_step_ms"]
     assert result["limit"] == pytest.approx(2 * full / (full + fast), rel=0.01)
     assert result["steps_timed"] == 2 * 2 and 0 < result["speedup"] < 10
+    assert result["speedup_over_limit"] == pytest.approx(result["speedup"] / result["limit"], abs=1e-3)
+
+
+def test_bench_multirate_times_adamw_with_fused_kernels_and_refuses_unknown_ones():
+    from layerwise.bench.multirate_bench import _timing
+
+    result = _timing("effnet-fashion", 2, 1, 1, 4, base="adamw", impl="fused")
+    assert result["base"] == "adamw" and result["impl"] == "fused" and result["refresh_over_full"] > 0
+    with pytest.raises(ValueError, match="impl: must be one of"):
+        _timing("effnet-fashion", 2, 1, 1, 4, impl="triton")
 
 
 def test_subset_study_runs_and_evaluates_with_full_weights(monkeypatch):

@@ -54,7 +54,28 @@ def _timed_steps(model, opt, batches, loss_fn) -> list[float]:
     return times
 
 
-def _timing(task_name: str, k: int, cycles: int, repeats: int, batch_size: int | None) -> dict[str, Any]:
+IMPLEMENTATIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+"""The base optimizer's kernels timed by ``impl``: torch's default (a loop over tensors on CPU), foreach, fused."""
+
+
+def _timing(
+    task_name: str,
+    k: int,
+    cycles: int,
+    repeats: int,
+    batch_size: int | None,
+    base: str = "sgd",
+    impl: str = "default",
+) -> dict[str, Any]:
+    if base not in ("sgd", "adamw"):
+        raise ValueError(f"timing_base: must be 'sgd' or 'adamw', got {base!r}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl: must be one of {list(IMPLEMENTATIONS)}, got {impl!r}")
+    cls, options = (
+        (torch.optim.SGD, {"momentum": 0.9}) if base == "sgd" else (torch.optim.AdamW, {"weight_decay": 0.01})
+    )
+    options = {**options, **IMPLEMENTATIONS[impl]}
+    lr = 0.01 if base == "sgd" else 5e-5
     task = get_task(task_name)
     train = task.load_data(None, True).train
     batch = batch_size or task.batch_size
@@ -63,9 +84,9 @@ def _timing(task_name: str, k: int, cycles: int, repeats: int, batch_size: int |
     torch.manual_seed(0)
     full_model = task.make_model()
     mr_model = copy.deepcopy(full_model)
-    full = torch.optim.SGD(full_model.parameters(), lr=0.01, momentum=0.9)
+    full = cls(full_model.parameters(), lr=lr, **options)
     part = by_head(mr_model, sample_input=task.sample_input())
-    multirate = Multirate.from_partition(part, fast=["head"], lr=0.01 * k, k=k, momentum=0.9, model=mr_model)
+    multirate = Multirate.from_partition(part, fast=["head"], lr=lr * k, k=k, base=cls, model=mr_model, **options)
     runs = ((full_model, full), (mr_model, multirate))
     for model, opt in runs:  # warm-up: one cycle each
         _timed_steps(model, opt, batches[:k], task.loss)
@@ -77,9 +98,14 @@ def _timing(task_name: str, k: int, cycles: int, repeats: int, batch_size: int |
     t_fast = statistics.median(t for i, t in enumerate(mr_times) if i % k != 0)
     t_slow = statistics.median(t for i, t in enumerate(mr_times) if i % k == 0)
     t_mr = statistics.mean(mr_times)
+    speedup, limit = statistics.mean(full_times) / t_mr, k * t_full / (t_full + (k - 1) * t_fast)
     return {
-        "speedup": statistics.mean(full_times) / t_mr,
-        "limit": k * t_full / (t_full + (k - 1) * t_fast),
+        "speedup": speedup,
+        "limit": limit,
+        "speedup_over_limit": round(speedup / limit, 4),
+        "refresh_over_full": round(t_slow / t_full, 4),
+        "base": base,
+        "impl": impl,
         "k": k,
         "task": task_name,
         "batch_size": batch,
@@ -317,9 +343,15 @@ def run_multirate_bench(
     lr: float | None = None,
     optimizer: str = "adamw",
     out: str = "runs/bench-multirate",
+    timing_base: str = "sgd",
+    impl: str = "default",
 ) -> dict[str, Any]:
-    """The benchmark entry point; options come from ``layerwise bench multirate --set key=value``."""
-    timing = _timing(task, k, cycles or 2, repeats or 3, batch_size)
+    """The benchmark entry point; options come from ``layerwise bench multirate --set key=value``.
+
+    ``timing_base`` (``sgd`` or ``adamw``) and ``impl`` (``default``, ``foreach``, ``fused``) choose the
+    base optimizer and its kernels for the timing block (full fine-tuning and Multirate alike).
+    """
+    timing = _timing(task, k, cycles or 2, repeats or 3, batch_size, timing_base, impl)
     if quick:
         return timing
     wanted = {p.strip() for p in problems.split(",") if p.strip()}
