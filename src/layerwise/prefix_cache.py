@@ -82,6 +82,7 @@ class _Store:
         self.live = 0  # slots still holding a row
         self.capacity = capacity
         self.dtypes = [dtype for _, dtype, _ in leaves]
+        self.devices = [device for _, _, device in leaves]  # where the model reads them (a memmap is on the CPU)
         self.data: list[torch.Tensor] = []
         self.files: list[Path] = []
         for j, (shape, dtype, device) in enumerate(leaves):
@@ -107,7 +108,10 @@ class _Store:
         return all(t._version == version for t, version in self.state)
 
     def get(self, slots: torch.Tensor) -> list[torch.Tensor]:
-        return [d[slots].to(dtype) for d, dtype in zip(self.data, self.dtypes)]
+        return [
+            d[slots.to(d.device)].to(device=device, dtype=dtype)
+            for d, dtype, device in zip(self.data, self.dtypes, self.devices)
+        ]
 
     def put(self, index: torch.Tensor, values: list[torch.Tensor], room: int) -> int:
         """Store the rows of ``index`` without a slot, at most ``room`` of them; returns how many."""
