@@ -308,7 +308,7 @@ class Multirate(Optimizer):
         """
         params = [p for p in self._params(level) if p.grad is not None]
         pieces = local_all(params)  # under FSDP2 the drift is this rank's shards
-        before = [p.detach().clone() for p in pieces]
+        before = self._copy_into_last_drift(level, params, pieces)
         self.optimizers[level].step()
         torch._foreach_sub_(pieces, before)  # the change, in the parameters' storage
         if self.drift:
@@ -325,6 +325,23 @@ class Multirate(Optimizer):
                 piece.copy_(before[i])
                 before[i] = None  # type: ignore[call-overload]
         self._drift[level] = list(zip(params, delta))  # type: ignore[assignment]
+
+    def _copy_into_last_drift(self, level: int, params: list[Tensor], pieces: list[Tensor]) -> list[Tensor]:
+        """Copies of ``pieces``, written into the last cycle's drift tensors when they fit (no new memory)."""
+        last = self._drift[level]
+        if (
+            last is not None
+            and len(last) == len(params)
+            and all(p is q for (p, _), q in zip(last, params))
+            and all(
+                d.shape == x.shape and d.dtype == x.dtype and d.device == x.device for (_, d), x in zip(last, pieces)
+            )
+        ):
+            self._drift[level] = None
+            buffers = [d for _, d in last]
+            torch._foreach_copy_(buffers, pieces)
+            return buffers
+        return [p.detach().clone() for p in pieces]
 
     def trainable_sets(self) -> int:
         """Distinct patterns of refreshing levels in a cycle (each is one set of parameters requiring grad)."""
