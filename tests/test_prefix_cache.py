@@ -156,33 +156,53 @@ class _DropoutFirst(nn.Module):
     def __init__(self):
         super().__init__()
         self.drop = nn.Dropout(0.5)
-        self.body = nn.Linear(8, 8)
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.2))
         self.head = nn.Linear(8, 2)
 
     def forward(self, x):
         return self.head(torch.relu(self.body(self.drop(x))))
 
 
-def test_a_prefix_dropout_in_training_mode_is_refused():
+def _dropout_model():
     torch.manual_seed(0)
     model = _DropoutFirst()
-    x = torch.randn(16, 8)
+    return model, torch.randn(16, 8)
+
+
+def test_a_dropout_in_training_mode_ends_the_prefix_before_it():
+    model, x = _dropout_model()
     opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=x).param_groups(lr=0.1))
     freezer = Freezer(model, opt)
-    freezer.freeze("body")
-    cache = FrozenPrefixCache(model, freezer, 16, same_inputs=True)
+    freezer.freeze("body.0")  # the Freezer puts `body` (and its dropout) in inference mode; `drop` trains
     model.train()
+    cache = FrozenPrefixCache(model, freezer, 16, same_inputs=True)
     rng = torch.get_rng_state()
-    with (
-        pytest.raises(ValueError, match="'drop' \\(Dropout\\) in the frozen prefix is in training mode"),
-        cache.batch(torch.arange(16)),
-    ):
+    warning = r"'drop' \(Dropout\) is in training mode, so the prefix ends before it"
+    with pytest.warns(UserWarning, match=warning), cache.batch(torch.arange(16)):
         model(x)
-    assert torch.equal(rng, torch.get_rng_state())
+    assert cache.boundary is None and cache.stats["uncached"] == 16  # nothing lies before `drop`
+    assert not torch.equal(rng, torch.get_rng_state())  # the dropout drew, as without the cache
     model.drop.eval()
     with cache.batch(torch.arange(16)):
         model(x)
-    assert cache.stats["misses"] == 16
+    assert cache.boundary == "body" and cache.stats["misses"] == 16
+
+
+def test_a_frozen_module_with_a_dropout_in_training_mode_is_refused():
+    model, x = _dropout_model()
+    model.body.requires_grad_(False)  # frozen by hand: no Freezer puts `body` in inference mode
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    for group in opt.param_groups:
+        group["name"] = "head"
+    freezer = Freezer(model, opt)
+    model.train()
+    model.drop.eval()
+    cache = FrozenPrefixCache(model, freezer, 16, same_inputs=True)
+    rng = torch.get_rng_state()
+    refusal = r"'body.1' \(Dropout\) of a frozen module is in training mode"
+    with pytest.raises(ValueError, match=refusal), cache.batch(torch.arange(16)):
+        model(x)
+    assert torch.equal(rng, torch.get_rng_state()) and cache.stats["misses"] == 0
 
 
 def test_random_augmentation_is_refused():

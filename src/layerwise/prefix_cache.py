@@ -279,13 +279,12 @@ class FrozenPrefixCache:
                 return None
             self._trace = self._run(lambda: trace_cuts(model, args, kwargs, rows))
         self._check_prefix(frozen)
-        cut, why = self._trace.deepest(frozen)
+        cut, why = self._choose(frozen)
         self._explain(cut, why)
         self._drop([s for s in self._stores if not s.valid() or not s.cut.params <= frozen])
         if cut is None:
             self.stats["uncached"] += rows
             return None
-        self._check_modes(cut)
         self.boundary = self._trace.name(cut)
         values = self._gather(cut, index, args, kwargs)
         self._stubs.serve(self._trace, cut, values, rows)
@@ -341,18 +340,44 @@ class FrozenPrefixCache:
             self._warned = True
             warnings.warn(f"{message} (said once; stats['shallower_cuts'] counts the batches)", stacklevel=4)
 
-    def _check_modes(self, cut: Cut) -> None:
+    def _choose(self, frozen: set[int]) -> tuple[Cut | None, str | None]:
+        """The deepest clean cut of the frozen prefix with no dropout or norm module in training mode before it.
+
+        A parameter-free one (a dropout between blocks) moves the cut before it; one inside a frozen
+        module (frozen by hand, with no Freezer to put it in inference mode) is refused.
+        """
         trace = self._trace
         assert trace is not None
+        cut, why = trace.deepest(frozen)
+        inside = {
+            id(m)
+            for owner in self.model.modules()
+            if (params := list(owner.parameters())) and all(id(p) in frozen for p in params)
+            for m in owner.modules()
+        }
         names = {id(m): n for n, m in self.model.named_modules()}
-        for call in cut.stubbed:
-            for module in trace.calls[call].module.modules():
-                if module.training and isinstance(module, _TRAINING_SENSITIVE) and getattr(module, "p", 1) != 0:
-                    raise ValueError(
-                        f"model: module {names.get(id(module), '?')!r} ({type(module).__name__}) in the frozen "
-                        "prefix is in training mode, so the prefix is not a fixed function of its input; put it "
-                        "in eval mode (a Freezer does so for the modules of frozen groups) or train without the cache"
-                    )
+        while cut is not None:
+            culprit = next(
+                (
+                    m
+                    for call in cut.stubbed
+                    for m in trace.calls[call].module.modules()
+                    if m.training and isinstance(m, _TRAINING_SENSITIVE) and getattr(m, "p", 1) != 0
+                ),
+                None,
+            )
+            if culprit is None:
+                break
+            what = f"module {names.get(id(culprit), '?')!r} ({type(culprit).__name__})"
+            if id(culprit) in inside:
+                raise ValueError(
+                    f"model: {what} of a frozen module is in training mode, so the frozen prefix is not a fixed "
+                    "function of its input; put it in eval mode (a Freezer does so for the modules of the groups "
+                    "it freezes) or train without the cache"
+                )
+            why = f"{what} is in training mode, so the prefix ends before it"
+            cut = next((c for c in reversed(trace.cuts) if c.position < cut.position and c.params <= frozen), None)
+        return cut, why
 
     # ---- computing and storing the prefix --------------------------------------------------
 

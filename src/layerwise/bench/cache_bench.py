@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compare.methods import resolve_settings
 from ..compare.runner import new_run, run_one
 from ..cost import prefix_step_times
 from ..tasks import resolve_task
@@ -31,19 +32,22 @@ from ..training import seeded_indices, steps_per_epoch
 
 __all__ = ["CASES", "frozen_counts", "predicted_savings", "run_cache_bench", "simulate_served"]
 
-CASES = {
-    "freezeout": ("fashion-mnist", "freezeout", {}),
-    "fine-tune": ("effnet-finetune", "fine-tune", {}),
-    "head-only": ("effnet-finetune", "head-only", {}),
-    "gradual-unfreezing": ("effnet-finetune", "gradual-unfreezing", {}),
+CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, int]]] = {
+    "freezeout": ("fashion-mnist", "freezeout", {}, {}),
+    "freezeout-8-epochs": ("fashion-mnist", "freezeout", {}, {"train_size": 4000, "epochs": 8}),
+    "fine-tune": ("effnet-finetune", "fine-tune", {}, {}),
+    "head-only": ("effnet-finetune", "head-only", {}, {}),
+    "gradual-unfreezing": ("effnet-finetune", "gradual-unfreezing", {}, {}),
 }
-"""Case name -> (task, method, settings): FreezeOut from scratch (the main job's scratch regime) and
-three fine-tuning recipes on the pretrained EfficientNet (its fine-tuning regime)."""
+"""Case name -> (task, method, settings, run size): FreezeOut from scratch (the main job's scratch regime:
+16,000 images x 2 epochs; and the same 250 steps as 4,000 images x 8 epochs, where examples come back
+while layers are frozen) and three fine-tuning recipes on the pretrained EfficientNet (its fine-tuning
+regime)."""
 
 
 def frozen_counts(task: Any, method: str, settings: dict[str, Any], total: int, policy: str) -> list[int]:
     """How many input-side groups are frozen at each step of ``method``'s schedule (its scheduler stepped alone)."""
-    _, setup = new_run(task, method, settings, total, policy, seed=0)
+    _, setup = new_run(task, method, resolve_settings(method, settings), total, policy, seed=0)
     names = [g["name"] for g in setup.optimizer.param_groups]
     names = list(dict.fromkeys(names))
     counts = []
@@ -87,12 +91,12 @@ def predicted_savings(
 
 
 def _case(name: str, seeds: int, quick: bool, policy: str) -> dict[str, Any]:
-    task_name, method, settings = CASES[name]
+    task_name, method, settings, size = CASES[name]
     task = resolve_task(task_name)
     data = task.load_data(None, quick)
     x, y = data.train
-    train_size = min(len(y), 256 if quick else task.train_size or len(y))
-    epochs = 2 if quick else task.epochs
+    train_size = min(len(y), 256 if quick else size.get("train_size", task.train_size or len(y)))
+    epochs = 2 if quick else size.get("epochs", task.epochs)
     total = epochs * steps_per_epoch(train_size, task.batch_size)
     counts = frozen_counts(task, method, settings, total, policy)
     model, setup = new_run(task, "baseline", {"policy": None}, total, policy, seed=0)
@@ -138,6 +142,7 @@ def _case(name: str, seeds: int, quick: bool, policy: str) -> dict[str, Any]:
     return {
         "task": task_name,
         "method": method,
+        "epochs": epochs,
         "steps": total,
         "train_size": train_size,
         "seeds": seeds,
@@ -166,7 +171,7 @@ def run_cache_bench(
 ) -> dict[str, Any]:
     """The cache's saving per case (comma-separated names of :data:`CASES`; default all but
     gradual-unfreezing, whose stages are shorter than an epoch at the main job's length; quick: freezeout)."""
-    names = (cases or ("freezeout" if quick else "freezeout,fine-tune,head-only")).split(",")
+    names = (cases or ("freezeout" if quick else "freezeout,freezeout-8-epochs,fine-tune,head-only")).split(",")
     unknown = [n for n in names if n not in CASES]
     if unknown:
         raise ValueError(f"cases: no case {unknown[0]!r}; cases: {list(CASES)}")
