@@ -309,3 +309,28 @@ def test_the_cache_bench_runs_quick_and_predicts_before_training():
     assert set(result["measured"]) >= {"saving_without_cache", "saving_with_cache", "hit_rate", "cache_speedup"}
     assert set(result["predicted"]) == {"without_cache", "with_cache", "with_cache_all_served", "served_share"}
     assert result["predicted"]["served_share"] == 0.0  # 2 epochs of FreezeOut: no stage sees an example twice
+
+
+class _Noisy(nn.Module):
+    """A frozen layer that adds noise even in inference mode (no Dropout type to recognise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.linear(x) + 0.1 * torch.randn_like(x)
+
+
+def test_a_prefix_that_draws_random_numbers_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(_Noisy(), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(16, 8)
+    opt = torch.optim.SGD(layerwise.by_block(model, sample_input=x).param_groups(lr=0.1))
+    freezer = Freezer(model, opt)
+    freezer.freeze("0")
+    cache = FrozenPrefixCache(model, freezer, 16, same_inputs=True)
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match="draws random numbers"), cache.batch(torch.arange(16)):
+        model(x)
+    assert torch.equal(rng, torch.get_rng_state()) and cache.stats["stored_rows"] == 0

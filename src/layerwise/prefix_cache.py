@@ -16,8 +16,8 @@ prefix parameter or buffer changes in any way (``Tensor._version``), the entries
 dropped. The cache is derived data: it is not saved in checkpoints, and a resumed run rebuilds it.
 
 Validity is checked, not assumed: the inputs must be declared free of random augmentation
-(``same_inputs=True``), no norm or dropout module in the prefix may be in training mode, and the
-first entries of every cut are computed twice and must agree bitwise.
+(``same_inputs=True``), no norm or dropout module in the prefix may be in training mode, and a
+prefix that draws random numbers (its computation changes the RNG state) is refused.
 
 Examples:
     >>> import torch, layerwise
@@ -211,7 +211,6 @@ class FrozenPrefixCache:
         self._busy = False
         self._stubs = Stubs()
         self._warned = False
-        self._checked: set[int] = set()  # cuts whose prefix was computed twice and agreed
         self.stats: dict[str, Any] = dict.fromkeys(
             ("hits", "misses", "advanced", "uncached", "stored_rows", "shallower_cuts"), 0
         )
@@ -430,18 +429,9 @@ class FrozenPrefixCache:
                 if older.live == 0:
                     self._drop([older])
         if todo.any():
-            fresh = cut.position not in self._checked
-            self._checked.add(cut.position)
             start = time.perf_counter()
             part = self._prefix(cut, args, kwargs, todo, rows)
             seconds = self._elapsed(start, part)
-            if fresh:
-                again = self._prefix(cut, args, kwargs, todo, rows)
-                if not all(torch.equal(a, b) for a, b in zip(part, again)):
-                    raise ValueError(
-                        f"model: the frozen prefix up to {self._trace.name(cut)!r} gave different outputs for the "
-                        "same inputs (a random op, or a module in training mode), so it cannot be cached"
-                    )
             self._place(values, todo, part, rows)
             kept = self._keep(cut, index[todo], part)
             kept.seconds += seconds
@@ -518,15 +508,26 @@ class FrozenPrefixCache:
                 self._stubs.remove()
             raise RuntimeError(f"FrozenPrefixCache: the forward never reached {trace.name(cut)!r}")
 
-        return self._run(forward)
+        return self._run(forward, self._trace.name(cut) if self._trace is not None else None)
 
-    def _run(self, work: Any) -> Any:
-        """``work()`` with the hooks passive and the RNG state as it was (the prefix must not draw from it)."""
+    def _run(self, work: Any, what: str | None = None) -> Any:
+        """``work()`` with the hooks passive and the RNG state as it was. With ``what`` (a prefix's name),
+        a prefix that drew random numbers is refused: its outputs would differ on the next pass."""
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         self._busy = True
         try:
-            return work()
+            result = work()
+            drew = not torch.equal(rng, torch.get_rng_state()) or (
+                cuda_rng is not None
+                and any(not torch.equal(a, b) for a, b in zip(cuda_rng, torch.cuda.get_rng_state_all()))
+            )
+            if what is not None and drew:
+                raise ValueError(
+                    f"model: the frozen prefix up to {what!r} draws random numbers (a random op, or dropout in "
+                    "training mode), so its output is not a fixed function of its input and cannot be cached"
+                )
+            return result
         finally:
             self._busy = False
             torch.set_rng_state(rng)
