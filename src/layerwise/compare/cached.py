@@ -49,7 +49,10 @@ def cached_variant(method: Method) -> Method:
         return replace(setup, cache={"dtype": DTYPES[settings["cache_dtype"]]})
 
     def check(settings: Mapping[str, Any]) -> None:
-        method.check(_own(settings))
+        try:
+            method.check(_own(settings))
+        except (TypeError, ValueError) as error:  # name the flag the user typed
+            raise type(error)(str(error).replace(f"--set {method.name}.", f"--set {name}.")) from None
         if "cache_dtype" in settings:
             one_of(f"--set {name}.cache_dtype", settings["cache_dtype"], tuple(DTYPES))
 
