@@ -8,7 +8,6 @@ import layerwise
 from layerwise import HiDLR
 from layerwise.tasks.models import ResNetCNN
 
-torch.set_num_threads(1)
 X = torch.randn(32, 1, 12, 12, generator=torch.Generator().manual_seed(0))
 Y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(1))
 

@@ -11,7 +11,6 @@ from layerwise import FreezeOut, Freezer, FrozenPrefixCache, GradualUnfreezing
 from layerwise.tasks.models import ResNetCNN
 from layerwise.training import seeded_indices
 
-torch.set_num_threads(1)
 N = 96
 X = torch.randn(N, 1, 12, 12, generator=torch.Generator().manual_seed(0))
 Y = torch.randint(0, 10, (N,), generator=torch.Generator().manual_seed(1))
