@@ -31,7 +31,7 @@ def _setup(model, technique, steps):
     return opt, GradualUnfreezing(freezer, every=9, start=1), freezer
 
 
-def _train(technique, *, cache=None, steps=36, start=0, state=None, model=None, opt_state=None):
+def _train(technique, *, cache=None, steps=36, start=0, stop=None, state=None, model=None, opt_state=None):
     """The plain loop, with or without a cache (``cache``: FrozenPrefixCache options); returns
     the model, the losses, the cache, the optimizer and the technique."""
     model = model or _resnet()
@@ -42,7 +42,7 @@ def _train(technique, *, cache=None, steps=36, start=0, state=None, model=None, 
     store = None if cache is None else FrozenPrefixCache(model, freezer, N, same_inputs=True, **cache)
     losses = []
     model.train()
-    for step, _, index in seeded_indices(N, 16, seed=0, steps=steps):
+    for step, _, index in seeded_indices(N, 16, seed=0, steps=stop or steps):
         if step < start:
             continue
         with store.batch(index) if store is not None else nullcontext():
@@ -103,7 +103,7 @@ def test_disk_store_and_a_byte_cap(tmp_path):
 def test_resume_rebuilds_the_cache_and_equals_an_uninterrupted_run():
     whole, whole_losses, _, _, _ = _train("freezeout", cache={})
     # interrupt after 10 steps: train 10, save, rebuild everything, resume with a fresh cache
-    model, losses, _, opt, fo = _train_until("freezeout", 10)
+    model, losses, _, opt, fo = _train("freezeout", cache={}, stop=10)
     saved = {"model": model.state_dict(), "opt": opt.state_dict(), "fo": fo.state_dict()}
     fresh = _resnet()
     fresh.load_state_dict(saved["model"])
@@ -112,22 +112,6 @@ def test_resume_rebuilds_the_cache_and_equals_an_uninterrupted_run():
     )
     assert losses + rest == whole_losses and _same_params(whole, resumed)
     assert cache.stats["misses"] > 0  # rebuilt from the input, not loaded
-
-
-def _train_until(technique, stop):
-    model = _resnet()
-    opt, stepper, freezer = _setup(model, technique, 36)
-    cache = FrozenPrefixCache(model, freezer, N, same_inputs=True)
-    losses = []
-    for _, _, index in seeded_indices(N, 16, seed=0, steps=stop):
-        with cache.batch(index):
-            loss = nn.functional.cross_entropy(model(X[index]), Y[index])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        stepper.step()
-        losses.append(loss.item())
-    return model, losses, cache, opt, stepper
 
 
 def _frozen_resnet(*groups, **options):
