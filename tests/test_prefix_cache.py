@@ -317,3 +317,33 @@ def test_a_prefix_that_draws_random_numbers_is_refused():
     with pytest.raises(ValueError, match="draws random numbers"), cache.batch(torch.arange(16)):
         model(x)
     assert torch.equal(rng, torch.get_rng_state()) and cache.stats["stored_rows"] == 0
+
+
+class _PaddedBlock(nn.Module):
+    """EfficientNet-Lite's block shape: an identity "padding" module first, a skip connection last."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.pad = nn.Identity()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(self.pad(x))) + x
+
+
+def test_a_cut_at_an_identity_serves_every_alias_of_the_stored_tensor():
+    # the deepest cut is block1.pad, whose output *is* the stem's: the skip reads it under both names
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(1, 4, 3, padding=1))
+    model.add_module("block1", _PaddedBlock(4))
+    model.add_module("head", nn.Sequential(nn.Flatten(), nn.Linear(4 * 12 * 12, 10)))
+    opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=X[:2]).param_groups(lr=0.05))
+    freezer = Freezer(model, opt)
+    freezer.freeze("stem")
+    expected = model(X[:16])
+    cache = FrozenPrefixCache(model, freezer, N, same_inputs=True)
+    for _ in range(2):  # a miss, then a hit
+        with cache.batch(torch.arange(16)):
+            assert torch.equal(model(X[:16]), expected)
+    assert cache.boundary == "block1.pad" and cache.stats["hits"] == 16

@@ -334,15 +334,16 @@ class Stubs:
         self._active: list[tuple[nn.Module, Any]] = []
 
     def serve(self, trace: Trace, cut: Cut, values: list[torch.Tensor] | None, rows: int) -> None:
+        # A kept tensor may also be an earlier call's output (a cut at an identity module returns its
+        # input): every call that returned it during the trace returns the served value, not a placeholder.
+        kept = trace.calls[cut.call].leaves
+        served = {kept[j].key: value for j, value in zip(cut.kept, values or [])}
         for index in cut.stubbed:
             call = trace.calls[index]
-            leaves = call.leaves
 
-            def produce(call: Call = call, leaves: tuple[Leaf, ...] = leaves, mine: bool = index == cut.call) -> Any:
-                out = [leaf.placeholder(rows, trace.rows) for leaf in leaves]
-                if mine:
-                    for j, value in zip(cut.kept, values or []):
-                        out[j] = value
+            def produce(call: Call = call) -> Any:
+                out = [served.get(leaf.key) for leaf in call.leaves]
+                out = [leaf.placeholder(rows, trace.rows) if v is None else v for v, leaf in zip(out, call.leaves)]
                 return pytree.tree_unflatten(out, call.spec)
 
             self._patch(call, lambda original, args, kwargs, produce=produce: produce())
