@@ -205,7 +205,7 @@ def _hidlr(clock: _Clock, tiny: bool) -> dict[str, Any]:
         part = by_depth_buckets(net, 2, sample_input=x[:2].cpu())
         net.to(clock.device)
         base = torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9, nesterov=True, weight_decay=5e-4)
-        options = {"max_interval": steps} if name == "adaptive" else {}
+        options = {"max_interval": steps, "prefix_reuse": "allow"} if name == "adaptive" else {}
         opts[name] = base if name == "plain" else HiDLR(base, update_every=8, model=net, **options)
     models = {name: _Autocast(net, clock.device) for name, net in nets.items()}
 

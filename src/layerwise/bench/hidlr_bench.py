@@ -110,8 +110,9 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mode.peak
 
 
-ADAPTIVE = {"max_interval": 64, "probe_fraction": 0.5}
-"""The probing options measured as Hi-DLR's faster setting (``relative_speed_adaptive``)."""
+ADAPTIVE = {"max_interval": 128, "probe_fraction": 1.0, "prefix_reuse": "allow"}
+"""The probing options of ``layerwise compare``'s ``hidlr`` (``relative_speed_adaptive``): an adaptive
+interval from Phi up to 128 steps, whole-batch probes, prefix reuse."""
 
 
 def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPTIVE["max_interval"]) -> dict[str, Any]:
@@ -127,9 +128,10 @@ def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPT
         "plain": None,
         "phi": {},
         "phi_step": {"direction": "step"},
-        "adaptive": adaptive,
         "phi_reuse": {"prefix_reuse": "allow"},
-        "adaptive_reuse": {**adaptive, "prefix_reuse": "allow"},
+        "adaptive": adaptive,
+        "adaptive_no_reuse": {**adaptive, "prefix_reuse": False},
+        "adaptive_half_batch": {**adaptive, "probe_fraction": 0.5},
     }
     models = {name: ResNetCNN() for name in variants}
     for model in models.values():
@@ -169,12 +171,15 @@ def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPT
         "relative_speed_step_and_restore": base / ms["phi_step"],
         "relative_speed_adaptive": base / ms["adaptive"],
         "relative_speed_prefix_reuse": base / ms["phi_reuse"],
-        "relative_speed_adaptive_prefix_reuse": base / ms["adaptive_reuse"],
+        "relative_speed_adaptive_no_reuse": base / ms["adaptive_no_reuse"],
+        "relative_speed_adaptive_half_batch": base / ms["adaptive_half_batch"],
         "prefix_reused_share": round(
             opts["phi_reuse"].stats["prefix_reused"] / max(1, opts["phi_reuse"].stats["forward_passes"]), 3
         ),
         "adaptive_options": adaptive,
         "adaptive_interval": opts["adaptive"].interval,
+        "adaptive_probe_rounds": opts["adaptive"].stats["probe_rounds"],
+        "phi_probe_rounds": opts["phi"].stats["probe_rounds"],
         "K": K,
         "phi": phi,
         "predicted_from_timed_forward": base / (base + 4 * K / phi * fwd),

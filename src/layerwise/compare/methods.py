@@ -37,6 +37,7 @@ from .._checks import (
     positive_number,
     unit_interval,
 )
+from .._probe_prefix import MODES as REUSE_MODES
 from .._registry import Registry
 from ..freezeout import STRATEGIES, FreezeOut
 from ..freezing import Freezer, FreezeWhenZero, GradualUnfreezing
@@ -403,17 +404,21 @@ def _hidlr_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
         "per_group": settings["per_group"],
         "max_interval": None if cap is None else max(cap, settings["update_every"]),  # never below Phi
         "probe_fraction": settings["probe_fraction"],
+        "prefix_reuse": settings["prefix_reuse"],
     }
 
 
 def _hidlr(context: Build, settings: dict[str, Any]) -> Setup:
     base = context.optimizer(_hidlr_partition(context, settings["groups"], settings["split"]))
+    options = _hidlr_options(context.task, settings)
+    if options["prefix_reuse"] == "allow" and any(hasattr(p, "device_mesh") for p in context.model.parameters()):
+        options["prefix_reuse"] = False  # FSDP2 shards: no reuse, as "allow" falls back where reuse is not valid
     optimizer = HiDLR(
         base,
         schedule=recipes.make_policy(context.policy),
         total_steps=context.total_steps,
         model=context.model,
-        **_hidlr_options(context.task, settings),
+        **options,
     )
     return Setup(optimizer, wants_closure=True)
 
@@ -618,6 +623,7 @@ _HIDLR_CHECKS: dict[str, Check] = {
     "per_group": boolean,
     "max_interval": optional(positive_int),
     "probe_fraction": lambda name, value: fraction(name, value, open_low=True, what="a fraction of the batch"),
+    "prefix_reuse": _choice(*REUSE_MODES),
 }
 _FREEZEOUT_CHECKS: dict[str, Check] = {"t0": _t0, "strategy": _choice(*STRATEGIES), "scale_lr": boolean}
 
@@ -631,6 +637,7 @@ _HIDLR_DEFAULTS = {
     "per_group": True,
     "max_interval": 128,  # adaptive: as accurate as fixed Phi, fewer rounds (BENCHMARKS.md, Hi-DLR probing)
     "probe_fraction": 1.0,  # half-batch probes cost 1.5 points at equal steps
+    "prefix_reuse": "allow",  # bitwise the same losses, fewer forward ops; off where not valid
 }
 
 _RANDOM_BODY = "from scratch, the body's random features are not worth keeping"
