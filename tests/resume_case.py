@@ -25,6 +25,7 @@ from layerwise import (
     SecantLR,
     recipes,
 )
+from layerwise.tasks.lora import peft_lora
 
 HALF = 7
 TOTAL = 2 * HALF
@@ -55,7 +56,10 @@ def build(case: str, partition: str = "layers"):
     """
     torch.manual_seed(0)
     model = Net()
-    if partition == "coarse":
+    if case.startswith("peft-"):  # a PEFT LoRA model (adapters on `mid`, `head` saved), the paper's groups
+        case, model = case.removeprefix("peft-"), peft_lora(model, targets=("mid",), r=2, head=("head",))
+        part = layerwise.by_lora(model, rest="head")
+    elif partition == "coarse":
         part = layerwise.by_patterns(model, {"^(conv|bn|mid)": "features", "^head": "head"})
     else:
         part = layerwise.by_layer(model, sample_input=torch.zeros(2, 1, 4, 4))
@@ -85,7 +89,8 @@ def build(case: str, partition: str = "layers"):
     raise ValueError(f"case: unknown {case!r}")
 
 
-CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant")
+PEFT_CASES = ("peft-llr", "peft-freezeout", "peft-unfreezing", "peft-multirate", "peft-hidlr", "peft-secant")
+CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant", *PEFT_CASES)
 
 
 def take_step(model, opt, x: torch.Tensor, y: torch.Tensor) -> None:

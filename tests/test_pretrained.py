@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import peft
 import pytest
 import torch
 from torch import nn
 
 import layerwise
 from layerwise.tasks import get_task, pretrained, tweets
-from layerwise.tasks.lora import LoRALinear, add_lora, lora_parameters
+from layerwise.tasks.lora import minilm_lora, peft_lora
 from layerwise.tasks.pretrained_tasks import fashion_unit_data, tweet_task_data
 
 
@@ -139,45 +140,49 @@ def test_fashion_images_come_back_in_unit_range(tmp_path):
     assert data.train[0].min() == 0 and data.train[0].max() == 1
 
 
-def test_lora_on_minilm_starts_equal_and_trains_only_lora_and_head(four_tweets):
+def test_peft_lora_on_minilm_starts_equal_and_trains_only_lora_and_the_saved_head(four_tweets):
     ids, labels = four_tweets
-    model = pretrained.minilm_classifier(num_labels=3).eval()
+    torch.manual_seed(0)
+    plain = pretrained.minilm_classifier(num_labels=3).eval()
+    torch.manual_seed(0)
+    model = minilm_lora(3, r=4, alpha=8).eval()
+    assert isinstance(model, peft.PeftModel)
     with torch.no_grad():
-        before = model(ids)
-    assert add_lora(model, targets=("query", "value"), r=4, alpha=8, trainable=("classifier",)) is model
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids), before, atol=0, rtol=0)  # lora_B starts at zero
-    lora_names = {name for name, _ in lora_parameters(model)}
-    assert len(lora_names) == 2 * 2 * 6 and "model.bert.encoder.layer.0.attention.self.query.lora_A" in lora_names
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == lora_names | {"model.classifier.weight", "model.classifier.bias"}
-    layer = model.model.bert.encoder.layer[0].attention.self.value
-    assert isinstance(layer, LoRALinear) and layer.lora_A.shape == (4, 384) and layer.lora_B.shape == (384, 4)
+        torch.testing.assert_close(model(ids), plain(ids), atol=0, rtol=0)  # lora_B starts at zero
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    lora = [n for n in trainable if ".lora_" in n]
+    assert (
+        len(lora) == 2 * 2 * 6
+        and "base_model.model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight" in lora
+    )
+    head = [n for n in trainable if ".lora_" not in n]
+    assert head == ["base_model.model.model.classifier.modules_to_save.default." + k for k in ("weight", "bias")]
+    layer = model.base_model.model.model.bert.encoder.layer[0].attention.self.value
+    assert layer.lora_A["default"].weight.shape == (4, 384) and layer.lora_B["default"].weight.shape == (384, 4)
     model.train()
     nn.functional.cross_entropy(model(ids), labels).backward()
-    with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
-    assert with_grad == trainable
-    partition = layerwise.by_lora(model)
-    assert partition.names == ("lora_A", "lora_B", "other")
+    assert {name for name, p in model.named_parameters() if p.grad is not None} == set(trainable)
+    partition = layerwise.by_lora(model, rest="head")  # the Hi-DLR paper's groups
+    assert partition.names == ("lora_A", "lora_B", "head")
     assert [len(group.params) for group in partition] == [12, 12, 2]
+    assert set(partition[2].param_names) == set(head)
 
 
-def test_lora_linear_math_and_errors():
-    base = nn.Linear(6, 3)
-    layer = LoRALinear(base, r=2, alpha=4.0, dropout=0.1).eval()
-    assert not base.weight.requires_grad and layer.scaling == 2.0 and (layer.in_features, layer.out_features) == (6, 3)
-    with torch.no_grad():
-        layer.lora_B.normal_()
-    x = torch.randn(5, 6)
-    torch.testing.assert_close(layer(x), base(x) + 2.0 * x @ layer.lora_A.T @ layer.lora_B.T)
+def test_peft_lora_refuses_bad_input_before_changing_the_model():
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match="targets"):
-        add_lora(net, targets=("query",))
-    with pytest.raises(ValueError, match="trainable"):
-        add_lora(net, targets=("0",), trainable=("classifier",))
-    assert isinstance(net[0], nn.Linear)  # a refused call leaves the model alone
-    with pytest.raises(TypeError):
-        add_lora(net, targets="0")
+    with pytest.raises(ValueError, match=r"targets: no nn.Linear named \['query'\]"):
+        peft_lora(net, targets=("query",))
+    with pytest.raises(ValueError, match=r"head: no module named \['classifier'\]"):
+        peft_lora(net, targets=("0",), head=("classifier",))
+    with pytest.raises(ValueError, match="r: expected a rank"):
+        peft_lora(net, targets=("0",), r=0)
+    with pytest.raises(ValueError, match="dropout"):
+        peft_lora(net, targets=("0",), dropout=1.0)
+    with pytest.raises(TypeError, match="targets"):
+        peft_lora(net, targets="0")
+    assert isinstance(net[0], nn.Linear) and all(p.requires_grad for p in net.parameters())  # untouched
+    with pytest.raises(ValueError, match=r"model: no trainable parameter named like \['lora_A', 'lora_B'\]"):
+        layerwise.by_lora(net)
 
 
 def test_missing_packages_name_the_install_command(monkeypatch):

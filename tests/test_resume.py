@@ -22,7 +22,8 @@ def test_resume_in_a_new_process_is_bitwise_exact(case, tmp_path):
     assert len(resumed) == len(straight)
     for a, b in zip(resumed, straight):
         assert torch.equal(a, b), case
-    # the checkpoint was taken in the middle of what each technique does
+    # the checkpoint was taken in the middle of what each technique does (on the plain and the PEFT model)
+    case = case.removeprefix("peft-")
     if case == "freezeout":
         assert 0 < len(checkpoint["freezeout"]["freezer"]["frozen"]) < 3
     if case == "unfreezing":

@@ -645,11 +645,15 @@ def by_lora(model: nn.Module, *, rest: str = "other") -> Partition:
         ('lora_A', 'lora_B', 'other')
         >>> opt = torch.optim.AdamW(by_lora(model).param_groups(lr=2e-4, lr_mult={"lora_B": 16}))
     """
-    return by_patterns(
-        model,
-        [(r"(^|\.)lora_A(\.|$)", "lora_A"), (r"(^|\.)lora_B(\.|$)", "lora_B")],
-        rest=rest,
-    )
+    rules = [(r"(^|\.)lora_A(\.|$)", "lora_A"), (r"(^|\.)lora_B(\.|$)", "lora_B")]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    absent = [group for pattern, group in rules if not any(re.search(pattern, n) for n in names)]
+    if absent:
+        raise ValueError(
+            f"model: no trainable parameter named like {absent} (a 'lora_A' / 'lora_B' name component, PEFT's "
+            "naming: add adapters with peft.get_peft_model or layerwise.tasks.lora.peft_lora first)"
+        )
+    return by_patterns(model, rules, rest=rest)
 
 
 def explicit(

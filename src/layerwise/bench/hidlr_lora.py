@@ -19,8 +19,7 @@ from torch import nn
 from ..groups import by_lora
 from ..hidlr import HiDLR
 from ..tasks.hidlr_problems import hidlr_variants
-from ..tasks.lora import add_lora
-from ..tasks.pretrained import minilm_classifier
+from ..tasks.lora import minilm_lora
 from ..tasks.tweets import load_tweet_data
 
 __all__ = ["LORA_GRID", "lora_comparison"]
@@ -31,8 +30,7 @@ LORA_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 
 def _model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    model = minilm_classifier(3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return add_lora(model, targets=("query", "value"), r=8, alpha=16, trainable=("classifier",))
+    return minilm_lora(3, r=8, alpha=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # PEFT's LoRA
 
 
 @torch.no_grad()
@@ -51,7 +49,7 @@ def _run(data, batches, lr: float, mode: str, seed: int, **options: Any) -> dict
     """One run: ``mode`` is uniform, hi-ulr or hi-dlr; ``options`` go to :class:`HiDLR`."""
     (train_ids, train_labels), (test_ids, test_labels) = data
     model = _model(seed)
-    part = by_lora(model)
+    part = by_lora(model, rest="head")
     if mode == "hi-dlr":
         groups = part.param_groups(lr=lr, weight_decay=0.01)
     else:
@@ -118,7 +116,7 @@ def lora_comparison(
         runs[name] = _run(data, batches, start_lr, mode, seed, **options)
     best_loss = runs[best]["final_train_loss"]
     return {
-        "model": "all-MiniLM-L6-v2 + LoRA(query, value; r=8, alpha=16), AdamW(weight_decay=0.01)",
+        "model": "all-MiniLM-L6-v2 + PEFT LoRA(query, value; r=8, alpha=16), AdamW(weight_decay=0.01)",
         "groups": ["lora_A", "lora_B", "head"],
         "steps": steps,
         "batch_size": batch_size,

@@ -38,6 +38,7 @@ from ..groups import Partition
 from ..scheduler import LayerwiseLR
 from ..schedules import Constant, LayerSchedule
 from ..tasks import OPTIMIZER_PRESETS, Task, make_optimizer
+from ..tasks.lora import PEFT_HINT, has_lora
 from .methods import (
     _LOOPS,
     Build,
@@ -79,7 +80,8 @@ def _needs_package(method: str, module: str, dist: str) -> Callable[[Mapping[str
     def check(settings: Mapping[str, Any]) -> None:
         del settings
         if find_spec(module) is None:
-            raise ValueError(f"{method}: needs the package {dist!r}, which is not installed; {PEERS_EXTRA}")
+            hint = PEFT_HINT if dist == "peft" else PEERS_EXTRA
+            raise ValueError(f"{method}: needs the package {dist!r}, which is not installed; {hint}")
 
     return check
 
@@ -786,7 +788,71 @@ def _schedule_peers() -> list[Method]:
     ]
 
 
+# ---- LoRA+ (PEFT's create_loraplus_optimizer) --------------------------------------------------
+
+LORAPLUS_GROUPS = ("groupA", "embedding", "groupB", "groupB_no_decay")
+"""The param groups of PEFT's ``create_loraplus_optimizer``, in its order (named here for the records)."""
+
+
+def _lora_applies(task: Task, partition: Partition) -> str | None:
+    del task
+    if has_lora([n for group in partition for n in group.param_names]):
+        return None
+    return (
+        "a LoRA method: the task's model has no LoRA adapters (no lora_A / lora_B parameters); "
+        "minilm-sentiment-lora has them"
+    )
+
+
+def _loraplus(context: Build, settings: dict[str, Any]) -> Setup:
+    from peft.optimizers import create_loraplus_optimizer
+
+    task = context.task
+
+    def task_optimizer(groups: list[dict[str, Any]], **kwargs: Any) -> Optimizer:
+        del kwargs  # every group carries its own lr and weight_decay
+        return make_optimizer(task, groups)
+
+    optimizer = create_loraplus_optimizer(
+        context.model,
+        task_optimizer,
+        lr=task.lr,
+        loraplus_lr_ratio=settings["ratio"],
+        loraplus_weight_decay=task.weight_decay,
+    )
+    for group, name in zip(optimizer.param_groups, LORAPLUS_GROUPS):
+        group["name"] = name
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    return Setup(optimizer, _policy_only(context, optimizer))
+
+
+def _loraplus_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    line = (
+        "opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr={lr:g}, loraplus_lr_ratio={ratio!r}, "
+        "loraplus_weight_decay={wd:g})"
+    ).format(lr=build.task.lr, ratio=settings["ratio"], wd=build.task.weight_decay)
+    return "from peft.optimizers import create_loraplus_optimizer\n" + _policy_loop(build, line)
+
+
+def _lora_peers() -> list[Method]:
+    return [
+        Method(
+            "loraplus",
+            "LoRA+ (Hayou, Ghosh & Yu 2024; peft.optimizers.create_loraplus_optimizer): lora_B (and every bias) at "
+            "`ratio` x the LR of lora_A and the rest, ratio=16 (PEFT's documented default); the task's optimizer, "
+            "LR and decay; times the policy",
+            _loraplus,
+            {"ratio": 16.0},
+            _lora_applies,
+            not_default=_NOT_DEFAULT,
+            same_cost=True,
+            snippet=_loraplus_snippet,
+            check=_all(_needs_package("loraplus", "peft", "peft"), checked("loraplus", ratio=positive_number)),
+        ),
+    ]
+
+
 def register_peers() -> None:
     """Register the peer methods (after the built-in methods, so a comparison runs them last)."""
-    for method in (*_optimizer_peers(), *_schedule_peers()):
+    for method in (*_optimizer_peers(), *_schedule_peers(), *_lora_peers()):
         register_method(method)

@@ -1,127 +1,104 @@
-"""LoRA (low-rank adaptation) for ``nn.Linear`` layers, with PEFT's parameter names.
+"""LoRA adapters as users add them: PEFT's ``LoraConfig`` and ``get_peft_model``, on any model.
 
-``add_lora`` wraps chosen linear layers as ``LoRALinear`` (frozen base plus a trainable
-``lora_B @ lora_A`` update) and freezes everything else, so ``layerwise.by_lora(model)`` gives the
-groups ``lora_A``, ``lora_B`` and ``other`` (what ``trainable`` kept, e.g. the classifier head).
+``peft_lora`` wraps the chosen linear layers with PEFT's LoRA, keeps the ``head`` modules trainable
+through PEFT's ``modules_to_save`` and freezes everything else, so ``layerwise.by_lora(model,
+rest="head")`` gives the Hi-DLR paper's groups ``lora_A``, ``lora_B`` and ``head``. PEFT is in the
+``pretrained`` extra (``pip install -c constraints.txt 'layerwise[pretrained]'``).
 
 Examples:
-    >>> import layerwise
-    >>> from layerwise.tasks.lora import add_lora
-    >>> model = add_lora(text_model, targets=("query", "value"), r=8, trainable=("classifier",))  # doctest: +SKIP
-    >>> layerwise.by_lora(model).names  # doctest: +SKIP
-    ('lora_A', 'lora_B', 'other')
+    >>> import torch, layerwise
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> model = peft_lora(net, targets=("0",), r=2, head=("2",))
+    >>> layerwise.by_lora(model, rest="head").names
+    ('lora_A', 'lora_B', 'head')
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-import torch
 from torch import nn
 
-__all__ = ["LoRALinear", "add_lora", "lora_parameters"]
+__all__ = ["PEFT_HINT", "has_lora", "minilm_lora", "peft_lora"]
+
+PEFT_HINT = "install PEFT with: pip install -c constraints.txt 'layerwise[pretrained]'"
+"""How to install what the LoRA tasks and benchmarks need."""
 
 
-class LoRALinear(nn.Module):
-    """``base(x) + (alpha / r) * dropout(x) @ lora_A.T @ lora_B.T`` with ``base`` frozen.
-
-    ``lora_A`` ``[r, in]`` starts Kaiming-uniform and ``lora_B`` ``[out, r]`` at zero, so the layer
-    starts equal to ``base``.
-
-    Examples:
-        >>> layer = LoRALinear(nn.Linear(16, 4), r=2)
-        >>> [name for name, p in layer.named_parameters() if p.requires_grad]
-        ['lora_A', 'lora_B']
-    """
-
-    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base: expected an nn.Linear, got {type(base).__name__}")
-        if r < 1:
-            raise ValueError(f"r: expected a rank >= 1, got {r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
-        self.base = base.requires_grad_(False)
-        self.r, self.alpha, self.scaling = r, alpha, alpha / r
-        kwargs = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **kwargs))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **kwargs))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and PEFT
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = nn.functional.linear(nn.functional.linear(self.dropout(x), self.lora_A), self.lora_B)
-        return self.base(x) + self.scaling * update
-
-    def extra_repr(self) -> str:
-        return f"r={self.r}, alpha={self.alpha}"
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError as error:
+        raise ImportError(f"LoRA adapters come from PEFT, which is not installed; {PEFT_HINT}") from error
+    return peft
 
 
-def _matches(name: str, pattern: str) -> bool:
-    """``pattern`` is a run of whole dotted components of ``name`` (``"value"`` matches ``a.value``)."""
-    return f".{pattern}." in f".{name}."
+def _names(flag: str, value: Any) -> list[str]:
+    if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError(f"{flag}: expected a sequence of module names (not one string), got {value!r}")
+    return list(value)
 
 
-def add_lora(
+def _ends(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def peft_lora(
     model: nn.Module,
     targets: Sequence[str] = ("query", "value"),
     r: int = 8,
     alpha: float = 16.0,
     dropout: float = 0.0,
-    trainable: Sequence[str] = (),
+    head: Sequence[str] = (),
 ) -> nn.Module:
-    """Wrap every ``nn.Linear`` whose name ends with a ``targets`` entry as :class:`LoRALinear`, in place.
-
-    Afterwards only the LoRA factors and the parameters whose names contain a ``trainable``
-    entry (whole dotted components, e.g. ``"classifier"``) require gradients.
+    """``model`` with PEFT LoRA adapters on the ``nn.Linear`` layers named (or ending with) ``targets``.
 
     Args:
         targets: module names or dotted name endings (``"query"``, ``"attention.self.value"``).
         r, alpha, dropout: LoRA rank, scale numerator (scaling ``alpha / r``) and input dropout.
-        trainable: parameter-name parts kept trainable besides the LoRA factors.
+        head: modules trained in full besides the adapters (PEFT's ``modules_to_save``), e.g. a new
+            classifier.
 
     Returns:
-        ``model`` itself.
+        A ``peft.PeftModel``; its forward is ``model``'s, and only the LoRA factors and the head train.
 
-    Examples:
-        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-        >>> net = add_lora(net, targets=("0",), r=2, trainable=("2",))
-        >>> [name for name, p in net.named_parameters() if p.requires_grad]
-        ['0.lora_A', '0.lora_B', '2.weight', '2.bias']
+    Raises:
+        ValueError: a target or head names no module, or a number is out of range (checked before
+            PEFT changes ``model``).
     """
-    if isinstance(targets, str) or isinstance(trainable, str):
-        raise TypeError("targets, trainable: expected sequences of names, not a single string")
-    chosen = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
-    ]
-    if not chosen:
-        raise ValueError(f"targets: no nn.Linear named {list(targets)} (or ending so) in the model")
-    names = [name for name, _ in model.named_parameters()]
-    unused = sorted(t for t in trainable if not any(_matches(name, t) for name in names))
-    if unused:
-        raise ValueError(f"trainable: no parameter name contains {unused}")
-    for name, module in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(module, r=r, alpha=alpha, dropout=dropout))
-    for name, param in model.named_parameters():
-        keep = any(_matches(name, t) for t in (*trainable, "lora_A", "lora_B"))
-        param.requires_grad_(keep)
-    return model
+    targets, head = _names("targets", targets), _names("head", head)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"r: expected a rank, an int >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha: expected a finite number > 0, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+    modules = dict(model.named_modules())
+    linear = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+    missing = [t for t in targets if not any(_ends(name, t) for name in linear)]
+    if not targets or missing:
+        raise ValueError(f"targets: no nn.Linear named {missing or targets} (or ending so) in the model")
+    absent = [h for h in head if not any(_ends(name, h) for name in modules)]
+    if absent:
+        raise ValueError(f"head: no module named {absent} (or ending so) in the model")
+    peft = _peft()
+    config = peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, modules_to_save=head or None, bias="none"
+    )
+    return peft.get_peft_model(model, config)
 
 
-def lora_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The ``(name, parameter)`` pairs of every LoRA factor in ``model``."""
-    return [(n, p) for n, p in model.named_parameters() if _matches(n, "lora_A") or _matches(n, "lora_B")]
+def has_lora(names: Sequence[str]) -> bool:
+    """Whether parameter ``names`` hold LoRA factors (PEFT's ``lora_A`` / ``lora_B``)."""
+    return any(".lora_A." in f".{n}." for n in names) and any(".lora_B." in f".{n}." for n in names)
+
+
+def minilm_lora(num_labels: int = 3, r: int = 8, alpha: float = 16.0, **config: Any) -> nn.Module:
+    """Pretrained all-MiniLM-L6-v2 with PEFT LoRA on the attention's query and value (the LoRA paper's
+    choice), rank ``r``, and a new ``num_labels``-way classifier trained in full; ``config`` as
+    :func:`~layerwise.tasks.pretrained.minilm_classifier`'s."""
+    from .pretrained import minilm_classifier
+
+    return peft_lora(minilm_classifier(num_labels, **config), ("query", "value"), r, alpha, head=("classifier",))

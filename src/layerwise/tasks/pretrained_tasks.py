@@ -5,6 +5,8 @@
 
 * ``effnet-finetune``: the same network at 32x32 in five groups, the main job's fine-tuning regime.
 * ``minilm-finetune``: MiniLM on the tweets in five groups (embeddings to head), 4000 tweets.
+* ``minilm-sentiment-lora``: MiniLM with PEFT LoRA adapters (query, value; r 8) and a trained head, in
+  the Hi-DLR paper's groups ``lora_A``, ``lora_B``, ``head``; 4000 tweets.
 
 All are registered when ``layerwise.tasks`` is imported; the heavy packages
 (``transformers``, the weight packages) are imported only when a model or the data is built.
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..groups import Partition, by_patterns
+from ..groups import Partition, by_lora, by_patterns
 from .base import Task, TaskData
 from .fashion_mnist import load_fashion_mnist
+from .lora import minilm_lora
 from .pretrained import EFFNET_SIZE, efficientnet_lite0, minilm_classifier
 from .tweets import LABELS, load_tweet_data
 
@@ -84,6 +87,16 @@ def _effnet_stages(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
 def _minilm_blocks(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
     del sample  # the rules are already in data-flow order
     return by_patterns(model, MINILM_BLOCKS)
+
+
+def _lora_groups(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
+    del sample
+    return by_lora(model, rest="head")
+
+
+def _minilm_lora() -> torch.nn.Module:
+    # dropout off, as in the Hi-DLR LoRA bench: every probe of a step evaluates one fixed function
+    return minilm_lora(len(LABELS), r=8, alpha=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def default_tasks() -> list[Task]:
@@ -160,6 +173,26 @@ def default_tasks() -> list[Task]:
             weight_decay=0.01,
             optimizer="adamw",
             partition=_minilm_blocks,
+            train_size=4000,
+            regime="fine-tuning",
+        ),
+        Task(
+            name="minilm-sentiment-lora",
+            description=(
+                "Tweet sentiment (3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 with PEFT LoRA adapters "
+                "(query, value; r 8, alpha 16; dropout off) and a new head trained in full, in the groups lora_A, "
+                "lora_B, head; AdamW at LoRA's usual 1e-3 (the best of 1e-4..3e-3 in the Hi-DLR LoRA bench)"
+            ),
+            make_model=_minilm_lora,
+            sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),
+            load_data=tweet_task_data,
+            epochs=2,
+            quick_epochs=1,
+            batch_size=32,
+            lr=1e-3,
+            weight_decay=0.01,
+            optimizer="adamw",
+            partition=_lora_groups,
             train_size=4000,
             regime="fine-tuning",
         ),
