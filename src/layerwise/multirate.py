@@ -14,7 +14,18 @@ level refreshes, its base optimizer's update ``delta`` is computed once, with th
 - ``drift=True`` (Algorithm 1, default): ``delta / period`` is applied on each of the ``period``
   steps of the cycle, the refresh step included (linear drift). With SGD this is exactly
   ``p_S := mu p_S + grad_S (+ omega theta_S)`` every k steps and ``theta_S -= h/k p_S`` every step.
-- ``drift=False`` (Algorithm 2): ``delta`` is applied at once on the refresh step.
+- ``drift=False`` (Algorithm 2): ``delta`` is applied at once on the refresh step. The fast part's
+  gradient of that step is the one taken before the jump (one backward per step); with
+  ``literal=True`` the paper's order is followed instead: the slow part jumps first and the fast
+  gradient is taken again at the moved slow parameters (``step(closure)`` calls the closure twice
+  on refresh steps).
+
+Each part may have its own base optimizer and options (hybrid schemes, App. A): ``base`` maps part
+names to a class or a ``(class, options)`` pair, e.g. AdamW for the fast head and SGD with momentum
+for the slow body. ``temperature`` adds Langevin noise to a part (eq. 2, App. A), in the SGLD form:
+after every step each of its parameters moves by ``sqrt(2 * eta * tau) * N(0, 1)``, ``eta`` its
+group's LR per step (``lr / period``), drawn from the optimizer's own seeded generator, which its
+``state_dict`` carries.
 
 The fast part steps with ``h / k`` every step. With Adam or AdamW as the base, the slow part's
 Adam update (moments advanced once per refresh, with the refresh's gradient) is computed every
@@ -36,7 +47,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +65,56 @@ from .wrapping import init_hooks
 __all__ = ["Multirate"]
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
+Base = type[Optimizer] | Mapping[str, type[Optimizer] | tuple[type[Optimizer], Mapping[str, Any]]]
+"""One base optimizer class for every part, or each part's own class (and options) by part name."""
+
+
+@dataclass(frozen=True)
+class _Extras:
+    temperature: Mapping[str, float] | None = None
+    noise_seed: int = 0
+    literal: bool = False
+
+
+def _optimizer_class(flag: str, cls: Any) -> type[Optimizer]:
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise TypeError(f"{flag}: expected a torch.optim.Optimizer class, got {cls!r}")
+    return cls
+
+
+def _bases(base: Base, names: list[str], shared: dict[str, Any]) -> list[tuple[type[Optimizer], dict[str, Any]]]:
+    """Each part's (base class, options): ``base`` for all, or per part name (a hybrid scheme)."""
+    if isinstance(base, Mapping):
+        unknown = sorted(set(base) - set(names))
+        missing = [n for n in names if n not in base]
+        if unknown or missing:
+            what = f"no part named {unknown}" if unknown else f"no base class for the parts {missing}"
+            raise ValueError(f"base: {what}; a hybrid scheme names every part, one of {names}")
+        bases = []
+        for name in names:
+            entry = base[name]
+            cls, options = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, {})
+            if not isinstance(options, Mapping):
+                raise TypeError(f"base[{name!r}]: options must be a mapping, got {type(options).__name__}")
+            bases.append((_optimizer_class(f"base[{name!r}]", cls), {**shared, **options}))
+    else:
+        bases = [(_optimizer_class("base", base), dict(shared)) for _ in names]
+    for (_, options), name in zip(bases, names):
+        for key in ("momentum", "weight_decay"):
+            if key in options:
+                finite_nonneg(f"base[{name!r}] {key}" if isinstance(base, Mapping) else key, options[key])
+    return bases
+
+
+def _temperatures(temperature: Mapping[str, float] | None, names: list[str]) -> list[float]:
+    if temperature is None:
+        return [0.0] * len(names)
+    if not isinstance(temperature, Mapping):
+        raise TypeError(f"temperature: expected a mapping of part names to tau >= 0, got {type(temperature).__name__}")
+    unknown = sorted(set(temperature) - set(names))
+    if unknown:
+        raise ValueError(f"temperature: no part named {unknown}; the parts are {names}")
+    return [finite_nonneg(f"temperature[{n!r}]", temperature[n]) if n in temperature else 0.0 for n in names]
 
 
 def _groups(argument: str, params: Params) -> list[dict[str, Any]]:
@@ -84,9 +146,15 @@ class Multirate(Optimizer):
         k: the slow part's period, an int >= 1.
         slow_lr: uncoupled slow step ``h_S`` (default ``h``).
         drift: linear drift of the slow part between refreshes (Algorithm 1) or one jump (Algorithm 2).
-        base: the base optimizer class of every part (``torch.optim.SGD``).
+        base: the base optimizer class of every part (``torch.optim.SGD``), or a mapping from every
+            part name to its own class or ``(class, options)`` (options override ``base_options``).
         model: if given, every trainable parameter of it must be in a part.
+        temperature: Langevin temperature ``tau >= 0`` per part name (default: none, pure optimization).
+        noise_seed: seed of the noise generator (with ``temperature``).
+        literal: with ``drift=False``, Algorithm 2 in the paper's order (the slow jump first, then the
+            fast gradient at the moved slow parameters); needs ``step(closure)``.
         **base_options: passed to ``base``: ``momentum``, ``weight_decay`` (Algorithm A3), ``betas``...
+            Per-part momentum and weight decay: give them per part in ``base``, or per param group.
 
     ``Multirate.levels([fast, mid, slow], lr, ratios=[K1, K2])`` builds more than two scales:
     part ``i`` has period ``K1 * ... * Ki`` (§3.1). ``Multirate.from_partition(part, fast=["head"])``
@@ -103,8 +171,11 @@ class Multirate(Optimizer):
         *,
         slow_lr: float | None = None,
         drift: bool = True,
-        base: type[Optimizer] = torch.optim.SGD,
+        base: Base = torch.optim.SGD,
         model: nn.Module | None = None,
+        temperature: Mapping[str, float] | None = None,
+        noise_seed: int = 0,
+        literal: bool = False,
         **base_options: Any,
     ) -> None:
         positive_int("k", k)
@@ -118,6 +189,7 @@ class Multirate(Optimizer):
             base=base,
             base_options=base_options,
             model=model,
+            extras=_Extras(temperature, noise_seed, literal),
         )
 
     @classmethod
@@ -129,8 +201,11 @@ class Multirate(Optimizer):
         *,
         slow_lr: float | None = None,
         drift: bool = True,
-        base: type[Optimizer] = torch.optim.SGD,
+        base: Base = torch.optim.SGD,
         model: nn.Module | None = None,
+        temperature: Mapping[str, float] | None = None,
+        noise_seed: int = 0,
+        literal: bool = False,
         **base_options: Any,
     ) -> Multirate:
         """``len(parts)`` time scales, fastest first; ``ratios[i]`` = period of part i+1 / period of part i.
@@ -154,6 +229,7 @@ class Multirate(Optimizer):
             base=base,
             base_options=base_options,
             model=model,
+            extras=_Extras(temperature, noise_seed, literal),
         )
         return self
 
@@ -182,19 +258,25 @@ class Multirate(Optimizer):
         *,
         slow_lr: float | None,
         drift: bool,
-        base: type[Optimizer],
+        base: Base,
         base_options: dict[str, Any],
         model: nn.Module | None,
+        extras: _Extras,
     ) -> None:
         """Validate everything, then build one base optimizer per part (the constructor and ``levels``)."""
         lr = finite_nonneg("lr", lr)
         if slow_lr is not None:
             slow_lr = finite_nonneg("slow_lr", slow_lr)
-        for key in ("momentum", "weight_decay"):
-            if key in base_options:
-                finite_nonneg(key, base_options[key])
-        if not (isinstance(base, type) and issubclass(base, Optimizer)):
-            raise TypeError(f"base: expected a torch.optim.Optimizer class, got {base!r}")
+        bases = _bases(base, names, base_options)
+        temperatures = _temperatures(extras.temperature, names)
+        positive_int("noise_seed", extras.noise_seed, minimum=0)
+        if not isinstance(extras.literal, bool):
+            raise TypeError(f"literal: expected a bool, got {extras.literal!r}")
+        if extras.literal and drift:
+            raise ValueError(
+                "literal: only with drift=False (Algorithm 2); Algorithm 1 (drift=True) takes every gradient of a "
+                "refresh step at one point, so its one-backward step is already the paper's order"
+            )
         level_groups = [_groups(name, part) for name, part in zip(names, parts)]
         refuse_flat_parameters((p for groups in level_groups for g in groups for p in g["params"]), ", ".join(names))
         seen: dict[int, str] = {}
@@ -208,6 +290,11 @@ class Multirate(Optimizer):
             missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
             if missing:
                 raise ValueError(f"{', '.join(names)}: parameters in neither part: {missing}")
+        noisy = [
+            p for level, groups in enumerate(level_groups) if temperatures[level] for g in groups for p in g["params"]
+        ]
+        if any(hasattr(p, "device_mesh") for p in noisy):
+            raise ValueError("temperature: not with sharded (FSDP2) parameters: each rank would draw the same noise")
         top = periods[-1]
         optimizers = []
         for i, groups in enumerate(level_groups):
@@ -215,7 +302,8 @@ class Multirate(Optimizer):
                 group["lr"] = group.get("lr", lr) * periods[i] / top
                 if slow_lr is not None and i == len(level_groups) - 1:
                     group["lr"] = slow_lr
-            optimizers.append(base(groups, **base_options))
+            cls, options = bases[i]
+            optimizers.append(cls(groups, **options))
 
         init_hooks(self, {"lr": lr, "drift": drift})
         self.optimizers = optimizers
@@ -224,6 +312,10 @@ class Multirate(Optimizer):
         """The parts, fastest first (``fast``, ``slow``; ``level<i>`` between with ``levels``)."""
         self.periods = periods
         self.drift = bool(drift)
+        self.literal = extras.literal
+        self.temperatures = temperatures
+        """Langevin temperature of each part (0: none)."""
+        self._noise = torch.Generator().manual_seed(extras.noise_seed) if any(temperatures) else None
         self.step_count = 0
         self._drift: list[list[Tensor] | None] = [None] * len(optimizers)
         self._prepare()
@@ -349,13 +441,29 @@ class Multirate(Optimizer):
         return len({tuple(step % period == 0 for period in self.periods) for step in range(cycle)})
 
     def step(self, closure=None):  # type: ignore[override]
-        """One step: the fast part steps, the other parts refresh or drift."""
+        """One step: the fast part steps, the other parts refresh or drift.
+
+        With ``literal=True``, on a step where a slow part refreshes, the slow parts jump first and
+        ``closure`` is called again for the fast part's gradient at the moved slow parameters.
+        """
+        if self.literal and closure is None:
+            raise ValueError(
+                "closure: literal=True (Algorithm 2 in the paper's order) takes the fast gradient again after the "
+                "slow jump, so step() needs a closure that computes the loss and calls backward()"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for level in range(len(self.optimizers)):
+        order = range(len(self.optimizers))
+        jumped = self.literal and any(self.periods[lv] > 1 and self.refreshes(lv) for lv in order)
+        if jumped:  # the slow parts first, then the fast gradient at their new values
+            order = [lv for lv in order if self.periods[lv] > 1] + [lv for lv in order if self.periods[lv] == 1]
+        for level in order:
             if self.periods[level] == 1:
+                if jumped:
+                    self._regradient(closure)
+                    jumped = False
                 self.optimizers[level].step()
                 continue
             if self.refreshes(level):
@@ -364,9 +472,35 @@ class Multirate(Optimizer):
             if pairs and (self.drift or self.refreshes(level)):
                 with torch.no_grad():
                     torch._foreach_add_(local_all(p for p, _ in pairs), [d for _, d in pairs])
+        self._add_noise()
         self.step_count += 1
         self._prepare()
         return loss
+
+    def _regradient(self, closure: Any) -> None:
+        """The fast parts' gradient again, at the current (moved) slow parameters."""
+        for level in range(len(self.optimizers)):
+            for p in self._params(level):
+                p.requires_grad_(self.periods[level] == 1)
+                p.grad = None
+        with torch.enable_grad():
+            closure()
+
+    @torch.no_grad()
+    def _add_noise(self) -> None:
+        """Langevin noise (SGLD form): ``sqrt(2 * eta * tau) * N(0, 1)`` on each parameter of a warm part."""
+        if self._noise is None:
+            return
+        for level, tau in enumerate(self.temperatures):
+            if not tau:
+                continue
+            for group in self.optimizers[level].param_groups:
+                std = math.sqrt(2.0 * group["lr"] / self.periods[level] * tau)
+                if std == 0.0:
+                    continue
+                for p in group["params"]:
+                    draw = torch.randn(p.shape, generator=self._noise, dtype=p.dtype)
+                    p.add_(draw.to(p.device), alpha=std)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -384,11 +518,17 @@ class Multirate(Optimizer):
             "parts": [opt.state_dict() for opt in self.optimizers],
             "step_count": self.step_count,
             "drift": drift,
+            **({} if self._noise is None else {"noise_rng": self._noise.get_state()}),
         }
 
     def _identity(self) -> dict[str, Any]:
         settings = {"parts": list(self.part_names), "periods": list(self.periods), "drift": self.drift}
-        settings["base"] = type(self.optimizers[0]).__name__
+        classes = [type(opt).__name__ for opt in self.optimizers]
+        settings["base"] = classes[0] if len(set(classes)) == 1 else classes
+        if any(self.temperatures):
+            settings["temperature"] = list(self.temperatures)
+        if self.literal:
+            settings["literal"] = True
         return stamp("Multirate", group_names(self.param_groups), settings)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -403,10 +543,18 @@ class Multirate(Optimizer):
         step_count = state_dict["step_count"]
         if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
             raise ValueError(f"state_dict['step_count']: expected an int >= 0, got {step_count!r}")
+        rng = state_dict.get("noise_rng")
+        saved_tau = state_dict.get("settings", {}).get("temperature")
+        if self._noise is None and (rng is not None or saved_tau):
+            raise ValueError(f"state_dict: saved with temperature={saved_tau!r}, this Multirate has none")
+        if self._noise is not None and not (isinstance(rng, Tensor) and rng.dtype == torch.uint8):
+            raise ValueError("state_dict['noise_rng']: missing or not a generator state (a run with temperature)")
         for opt, saved in zip(self.optimizers, state_dict["parts"]):  # checked: from here on state changes
             opt.load_state_dict(saved)
         self._drift = drift
         self.step_count = step_count
+        if self._noise is not None:
+            self._noise.set_state(rng)
         self._prepare()
 
     def _decode_drift(self, saved: Any) -> list[list[tuple[Tensor, Tensor]] | None]:
@@ -438,4 +586,5 @@ class Multirate(Optimizer):
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{n}: period {p}" for n, p in zip(self.part_names, self.periods))
-        return f"Multirate({type(self.optimizers[0]).__name__}; {parts}; drift={self.drift})"
+        classes = "/".join(dict.fromkeys(type(opt).__name__ for opt in self.optimizers))
+        return f"Multirate({classes}; {parts}; drift={self.drift})"

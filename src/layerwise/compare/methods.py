@@ -339,6 +339,14 @@ def _multirate_fast(context: Build, fast: Any) -> list[str]:
     return list(context.partition.names[-fast:])
 
 
+def _multirate_base_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The task preset's options; heavy-ball momentum (no Nesterov), the paper's Algorithm 1, unless asked."""
+    options = dict(OPTIMIZER_PRESETS.get(task.optimizer).options)
+    if settings["heavy_ball"] and options.get("nesterov"):
+        options["nesterov"] = False
+    return options
+
+
 def _multirate(context: Build, settings: dict[str, Any]) -> Setup:
     k, task = settings["k"], context.task
     preset = OPTIMIZER_PRESETS.get(task.optimizer)
@@ -351,7 +359,7 @@ def _multirate(context: Build, settings: dict[str, Any]) -> Setup:
         base=preset.cls,
         model=context.model,
         weight_decay=task.weight_decay,
-        **preset.options,
+        **_multirate_base_options(task, settings),
     )
     return Setup(optimizer, _policy_only(context, optimizer))
 
@@ -556,7 +564,7 @@ def _unfreezing_snippet(build: Build, settings: Mapping[str, Any]) -> str:
 def _multirate_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     task, k = build.task, settings["k"]
     preset = OPTIMIZER_PRESETS.get(task.optimizer)
-    options = "".join(f", {key}={value!r}" for key, value in preset.options.items())
+    options = "".join(f", {key}={value!r}" for key, value in _multirate_base_options(task, settings).items())
     return (
         f"opt = layerwise.Multirate.from_partition(part, fast={_multirate_fast(build, settings['fast'])!r}, "
         f"lr={task.lr * k:g}, k={k}, base=torch.optim.{preset.cls.__name__}, model=model, "
@@ -739,25 +747,26 @@ def register_defaults() -> None:
         ),
         Method(
             "multirate",
-            "Multirate (Algorithm 1): the last `fast` groups step every step, the rest get a gradient every k steps",
+            "Multirate (Algorithm 1): the last `fast` groups step every step, the rest get a gradient every k steps; "
+            "on SGD tasks heavy-ball momentum as in the paper's Algorithm 1 (`heavy_ball=false`: the task's Nesterov)",
             _multirate,
-            {"k": 4, "fast": 1},
+            {"k": 4, "fast": 1, "heavy_ball": True},
             _multirate_applies,
             not_default={"scratch": f"{_FINE_TUNING_ONLY}: from scratch it is 13 points behind at 250 steps"},
             period=_multirate_period,
             snippet=_multirate_snippet,
-            check=checked("multirate", k=positive_int, fast=positive_int),
+            check=checked("multirate", k=positive_int, fast=positive_int, heavy_ball=boolean),
         ),
         Method(
             "multirate-block",
             "Multirate with the head and the last block fast (`fast` = 2 last groups)",
             _multirate,
-            {"k": 4, "fast": 2},
+            {"k": 4, "fast": 2, "heavy_ball": True},
             _needs_groups(3),
             not_default={"scratch": _FINE_TUNING_ONLY},
             period=_multirate_period,
             snippet=_multirate_snippet,
-            check=checked("multirate-block", k=positive_int, fast=positive_int),
+            check=checked("multirate-block", k=positive_int, fast=positive_int, heavy_ball=boolean),
         ),
         Method(
             "hidlr",
