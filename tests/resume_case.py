@@ -90,7 +90,8 @@ def build(case: str, partition: str = "layers"):
 
 
 PEFT_CASES = ("peft-llr", "peft-freezeout", "peft-unfreezing", "peft-multirate", "peft-hidlr", "peft-secant")
-CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant", *PEFT_CASES)
+CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant")
+ALL_CASES = (*CASES, *PEFT_CASES)
 
 
 def take_step(model, opt, x: torch.Tensor, y: torch.Tensor) -> None:

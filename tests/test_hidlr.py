@@ -432,3 +432,22 @@ def test_per_group_acceptance_updates_only_the_groups_that_pass():
     assert opt.stats["accepted"] == 1 and opt.stats["groups_kept"] == 1
     with pytest.raises(ValueError, match="per_group"):
         HiDLR(torch.optim.SGD([x], lr=0.1), per_group=True, full_matrix=True)
+
+
+def test_anchored_fit_costs_one_forward_per_round_and_is_newton_on_the_ellipse():
+    x = nn.Parameter(torch.tensor([50.0], dtype=torch.float64))
+    y = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = HiDLR(torch.optim.SGD([{"params": [x]}, {"params": [y]}], lr=1e-4), update_every=1, gamma=0.0, anchored=True)
+
+    def loss():
+        return (x**2 + 100 * y**2).sum()
+
+    opt.zero_grad()
+    loss().backward()
+    opt.step(loss)
+    assert float(loss().detach()) < 1e-10 and opt.eta == pytest.approx([0.5, 0.005])
+    assert opt.stats["forward_passes"] == 4 * 2 + 1  # the probes and the loss at the current weights
+    saved = opt.state_dict()
+    plain = HiDLR(torch.optim.SGD([{"params": [x]}, {"params": [y]}], lr=1e-4), update_every=1, gamma=0.0)
+    with pytest.raises(ValueError, match="anchored"):
+        plain.load_state_dict(saved)

@@ -250,7 +250,6 @@ def test_literal_refusals_without_a_closure_or_with_drift_change_nothing():
 
 def test_compare_multirate_uses_heavy_ball_momentum_on_sgd_tasks_as_algorithm_1():
     from blobs import blobs_task
-
     from layerwise.compare.methods import Build, build_setup, method_snippet, resolve_settings
 
     task = blobs_task("multirate-heavy-ball", regime="fine-tuning")  # the sgd preset: Nesterov momentum 0.9

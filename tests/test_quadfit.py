@@ -54,3 +54,20 @@ def test_per_group_keeps_the_groups_that_pass_and_clip_bounds_them():
     assert fit.accepted and fit.groups.tolist() == [False, True] and fit.eta_star[1] == pytest.approx(0.2 * 2 / 6)
     clipped = fit_quadratic(PLAN, GOOD, ETA, clip=(0.0, 0.06))
     assert clipped.eta_star == pytest.approx([0.05, 0.06])
+
+
+def test_the_anchored_fit_is_the_papers_no_intercept_least_squares():
+    noise = np.random.default_rng(0).normal(0, 0.05, len(GOOD))
+    losses = GOOD + noise
+    anchored = fit_quadratic(PLAN, losses, ETA, anchor=1.0, min_r2=0.5)
+    # by hand: least squares of L_j - L_0 on (-u_k, u_k^2 / 2), 2K unknowns
+    design = np.stack([-U1, -U2, 0.5 * U1**2, 0.5 * U2**2], 1)
+    beta1, beta2, a1, a2 = np.linalg.lstsq(design, losses - 1.0, rcond=None)[0]
+    assert anchored.accepted
+    assert anchored.b == pytest.approx([beta1 / 0.1, beta2 / 0.2])
+    assert anchored.eta_star == pytest.approx([0.1 * beta1 / a1, 0.2 * beta2 / a2])
+    free = fit_quadratic(PLAN, losses, ETA, min_r2=0.5)
+    assert not np.allclose(free.eta_star, anchored.eta_star)  # the intercept is no longer free
+    exact = fit_quadratic(PLAN, GOOD, ETA, anchor=1.0)  # noiseless: both fits are the closed form
+    assert exact.eta_star == pytest.approx(fit_quadratic(PLAN, GOOD, ETA).eta_star)
+    assert fit_quadratic(PLAN, GOOD, ETA, anchor=float("nan")).reason == "nonfinite"

@@ -12,7 +12,7 @@ import resume_case
 SCRIPT = Path(__file__).with_name("resume_case.py")
 
 
-@pytest.mark.parametrize("case", resume_case.CASES)
+@pytest.mark.parametrize("case", resume_case.ALL_CASES)
 def test_resume_in_a_new_process_is_bitwise_exact(case, tmp_path):
     resume_case.main(case, "first", str(tmp_path))
     checkpoint = torch.load(tmp_path / "checkpoint.pt")

@@ -114,6 +114,9 @@ class HiDLR(GroupRates):
             interact (off-diagonal curvature); not in the paper, off by default.
         per_group: accept each group whose own curvature and slope are positive, instead of all or
             none (the paper); the others keep their LR. Diagonal fit only; off by default.
+        anchored: fit ``L_j - L_0`` without an intercept, ``L_0`` the loss at the current weights
+            (the paper's fit, eq. 3.2; one more forward pass per round). Default: a free intercept
+            fitted with the rest (2K + 1 unknowns, no extra forward).
         schedule: a global :class:`Policy` or a :class:`LayerSchedule` of progress; the applied LR
             is ``eta_k * factor_k(step / total_steps)``. A group whose factor is 0 is not probed.
         total_steps: run length, required with ``schedule``.
@@ -161,6 +164,7 @@ class HiDLR(GroupRates):
         clip: tuple[float, float] | None = None,
         joint_scale: bool = False,
         per_group: bool = False,
+        anchored: bool = False,
         schedule: Policy | LayerSchedule | None = None,
         total_steps: int | None = None,
         groups: Partition | None = None,
@@ -181,7 +185,7 @@ class HiDLR(GroupRates):
         fraction("probe_fraction", probe_fraction, open_low=True, what="a fraction of the batch")
         one_of("direction", direction, DIRECTIONS)
         unit_interval("gamma", gamma)
-        fit = FitOptions(probes, min_r2, full_matrix, clip, per_group, joint_scale)
+        fit = FitOptions(probes, min_r2, full_matrix, clip, per_group, joint_scale, anchored)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
         if not (isinstance(prefix_reuse, bool) or prefix_reuse in ("allow", "strict")):
@@ -311,6 +315,7 @@ class HiDLR(GroupRates):
             eta = np.array([self.eta[k] for k in active])
             plan = self._plan(len(active))
             options = self.fit
+            anchor = float(self._losses(closure, np.zeros((1, len(active))), moves)[0]) if options.anchored else None
             fit = fit_quadratic(
                 plan,
                 self._losses(closure, plan * eta, moves),
@@ -319,9 +324,10 @@ class HiDLR(GroupRates):
                 min_r2=options.min_r2,
                 clip=options.clip,
                 per_group=options.per_group,
+                anchor=anchor,
             )
             if fit.accepted and options.joint_scale and len(active) > 1:
-                fit = self._rescale(closure, fit, moves)
+                fit = self._rescale(closure, fit, moves, anchor)
         finally:
             torch._foreach_copy_(moved, start)
             for p in stepped if rule is None else ():
@@ -357,7 +363,7 @@ class HiDLR(GroupRates):
             for j in moved:
                 for i in slots[j]:
                     params[i].add_(direction(i), alpha=float(row[j]))
-            if self._reuse is None:
+            if self._reuse is None or not moved:  # the unmoved point (the anchor) reuses nothing
                 losses.append(self._call(closure))
             else:
                 losses.append(self._call(lambda moved=moved: self._reuse.call(closure, moved)))
@@ -372,12 +378,15 @@ class HiDLR(GroupRates):
             self.stats["prefix_reused"] = self.stats.get("prefix_reused", 0) + self._reuse.reused - reused
         return values.cpu().numpy()
 
-    def _rescale(self, closure: Callable[[], Tensor], fit: QuadraticFit, moves: tuple) -> QuadraticFit:
+    def _rescale(
+        self, closure: Callable[[], Tensor], fit: QuadraticFit, moves: tuple, anchor: float | None = None
+    ) -> QuadraticFit:
         """1-D quadratic fit along the combined step ``eta*``: scale ``eta*`` by its minimiser."""
         line = np.array(_JOINT)[:, None]
         step = np.where(fit.groups, fit.eta_star, 0.0)  # groups that did not pass stay put
         clip = self.fit.clip
-        along = fit_quadratic(line, self._losses(closure, line * step, moves), np.ones(1), min_r2=self.fit.min_r2)
+        losses = self._losses(closure, line * step, moves)
+        along = fit_quadratic(line, losses, np.ones(1), min_r2=self.fit.min_r2, anchor=anchor)
         if not along.accepted:
             return replace(fit, eta_star=None, reason="joint")
         star = fit.eta_star * float(along.eta_star[0])
@@ -471,6 +480,8 @@ class HiDLR(GroupRates):
 
     def _settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"update_every": self.update_every, "gamma": self.gamma}
+        if self.fit.anchored:
+            settings["anchored"] = True
         if self.max_interval is not None:  # recorded only when set: older checkpoints keep loading
             settings["max_interval"] = self.max_interval
         return settings

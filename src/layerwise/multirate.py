@@ -544,9 +544,6 @@ class Multirate(Optimizer):
         if isinstance(step_count, bool) or not isinstance(step_count, int) or step_count < 0:
             raise ValueError(f"state_dict['step_count']: expected an int >= 0, got {step_count!r}")
         rng = state_dict.get("noise_rng")
-        saved_tau = state_dict.get("settings", {}).get("temperature")
-        if self._noise is None and (rng is not None or saved_tau):
-            raise ValueError(f"state_dict: saved with temperature={saved_tau!r}, this Multirate has none")
         if self._noise is not None and not (isinstance(rng, Tensor) and rng.dtype == torch.uint8):
             raise ValueError("state_dict['noise_rng']: missing or not a generator state (a run with temperature)")
         for opt, saved in zip(self.optimizers, state_dict["parts"]):  # checked: from here on state changes

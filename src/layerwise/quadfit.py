@@ -7,8 +7,9 @@ optimizer's step at learning rate 1), the loss along ``w + sum_k xi_k d_k`` is m
 
 so ``b_k = G_k . g_k`` and ``A_kl = g_k^T H_kl g_l``. Probes sit at ``xi = u * eta`` for the
 rows ``u`` of a plan (multiples of the previous learning rates ``eta``). The intercept ``c``
-is fitted with the rest, so no extra forward pass at ``w`` is needed. The fit runs in the
-plan's units ``u`` (well conditioned whatever the scale of ``eta``) and is converted back.
+is fitted with the rest, so no extra forward pass at ``w`` is needed; the paper's anchored fit
+(``anchor``: the loss at ``w``) fits ``L_j - L(w)`` with no intercept instead. The fit runs in
+the plan's units ``u`` (well conditioned whatever the scale of ``eta``) and is converted back.
 
 Examples:
     >>> import numpy as np
@@ -49,6 +50,8 @@ class FitOptions:
         clip: optional ``(low, high)`` range for ``eta*``.
         per_group: accept each group whose own curvature and slope are positive (diagonal fit only).
         joint_scale: after an accepted fit, rescale ``eta*`` by a 1-D fit along the combined step.
+        anchored: fit ``L_j - L_0`` with ``L_0`` the loss at the current weights (the paper's eq. 3.2;
+            one more forward pass per round) instead of a free intercept.
 
     Examples:
         >>> FitOptions(clip=(0, 1)).clip
@@ -65,6 +68,7 @@ class FitOptions:
     clip: tuple[float, float] | None = None
     per_group: bool = False
     joint_scale: bool = False
+    anchored: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -76,7 +80,7 @@ class FitOptions:
         min_r2 = self.min_r2
         if isinstance(min_r2, bool) or not isinstance(min_r2, (int, float)) or not min_r2 < 1.0:
             raise ValueError(f"min_r2: must be a number < 1, got {min_r2!r}")
-        for flag in ("full_matrix", "per_group", "joint_scale"):
+        for flag in ("full_matrix", "per_group", "joint_scale", "anchored"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise TypeError(f"{flag}: expected a bool, got {type(getattr(self, flag)).__name__}")
         if self.per_group and self.full_matrix:
@@ -128,9 +132,9 @@ class QuadraticFit:
         return self.reason is None
 
 
-def _design(plan: np.ndarray, full_matrix: bool) -> np.ndarray:
-    """Columns: intercept, -u_k, u_k^2 / 2, and u_i u_j for i < j when ``full_matrix``."""
-    cols = [np.ones(len(plan)), *(-plan.T), *(0.5 * plan.T**2)]
+def _design(plan: np.ndarray, full_matrix: bool, intercept: bool = True) -> np.ndarray:
+    """Columns: intercept (unless anchored), -u_k, u_k^2 / 2, and u_i u_j for i < j when ``full_matrix``."""
+    cols = [*([np.ones(len(plan))] if intercept else []), *(-plan.T), *(0.5 * plan.T**2)]
     if full_matrix:
         cols += [plan[:, i] * plan[:, j] for i, j in combinations(range(plan.shape[1]), 2)]
     return np.stack(cols, 1)
@@ -145,8 +149,12 @@ def fit_quadratic(
     min_r2: float = 0.95,
     clip: tuple[float, float] | None = None,
     per_group: bool = False,
+    anchor: float | None = None,
 ) -> QuadraticFit:
     """Least-squares fit of the probe losses and the acceptance test of Algorithm 1.
+
+    ``anchor``: the loss at the current weights; the fit is then the paper's, of ``losses - anchor``
+    with no intercept (2K unknowns instead of 2K + 1).
 
     Accepted when the fit has full rank, ``A`` is positive definite, every ``b_k > 0``, every
     ``eta*_k > 0`` and ``R^2 > min_r2``. With ``per_group`` (diagonal fit only) the groups with
@@ -155,18 +163,20 @@ def fit_quadratic(
     losses = np.asarray(losses, dtype=float)
     eta = np.asarray(eta, dtype=float)
     num_groups = plan.shape[1]
-    if not np.isfinite(losses).all():
+    if not np.isfinite(losses).all() or (anchor is not None and not np.isfinite(anchor)):
         return QuadraticFit(None, None, float("nan"), None, "nonfinite")
-    design = _design(plan, full_matrix)
-    coef, _, rank, _ = np.linalg.lstsq(design, losses, rcond=None)
+    design = _design(plan, full_matrix, intercept=anchor is None)
+    target = losses if anchor is None else losses - float(anchor)
+    coef, _, rank, _ = np.linalg.lstsq(design, target, rcond=None)
     total = float(((losses - losses.mean()) ** 2).sum())
     if rank < design.shape[1] or total == 0.0 or not np.isfinite(coef).all():
         return QuadraticFit(None, None, float("nan"), None, "singular")
-    r2 = 1.0 - float(((design @ coef - losses) ** 2).sum()) / total
-    beta, alpha = coef[1 : 1 + num_groups], coef[1 + num_groups : 1 + 2 * num_groups]
+    r2 = 1.0 - float(((design @ coef - target) ** 2).sum()) / total
+    first = 1 if anchor is None else 0
+    beta, alpha = coef[first : first + num_groups], coef[first + num_groups : first + 2 * num_groups]
     curvature = np.diag(alpha)
     if full_matrix:
-        for value, (i, j) in zip(coef[1 + 2 * num_groups :], combinations(range(num_groups), 2)):
+        for value, (i, j) in zip(coef[first + 2 * num_groups :], combinations(range(num_groups), 2)):
             curvature[i, j] = curvature[j, i] = value
     b = beta / eta
     A = curvature / np.outer(eta, eta)

@@ -42,11 +42,13 @@ def check_state(state: Any, identity: Mapping[str, Any], *, keys: Sequence[str] 
     if saved_groups != identity["groups"]:
         raise ValueError(f"state_dict: saved for groups {saved_groups}, this {technique} has {identity['groups']}")
     saved_settings = state.get("settings", {})
-    for key, value in identity["settings"].items():
-        if saved_settings.get(key) != value:
-            raise ValueError(
-                f"state_dict: saved with {key}={saved_settings.get(key)!r}, this {technique} has {key}={value!r}"
-            )
+    if not isinstance(saved_settings, Mapping):
+        raise ValueError(f"state_dict: 'settings' must be a dict written by {technique}.state_dict()")
+    ours = identity["settings"]
+    for key in [*ours, *(k for k in saved_settings if k not in ours)]:  # a setting only one side has differs too
+        if saved_settings.get(key) != ours.get(key):
+            saved, have = saved_settings.get(key), ours.get(key)
+            raise ValueError(f"state_dict: saved with {key}={saved!r}, this {technique} has {key}={have!r}")
     require_keys(state, keys, f"state_dict: {technique} state")
 
 

@@ -228,12 +228,14 @@ def _memory(models: dict[str, nn.Module], opts: dict[str, Any], batch: tuple) ->
 def _toy(name: str, iterations: int, start_lr: float) -> dict[str, Any]:
     toy = TOYS[name]
 
-    def run(lr: float, groups: int, hidlr: bool) -> tuple[list[float], list[list[float]]]:
+    accepted: dict[bool, int] = {}
+
+    def run(lr: float, groups: int, hidlr: bool, anchored: bool = False) -> tuple[list[float], list[list[float]]]:
         x, y = (nn.Parameter(torch.tensor(v, dtype=torch.float64)) for v in toy.start)
         params = [{"params": [x]}, {"params": [y]}] if groups == 2 else [{"params": [x, y]}]
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr)
         if hidlr:
-            opt = HiDLR(opt, update_every=1, gamma=0.0)
+            opt = HiDLR(opt, update_every=1, gamma=0.0, anchored=anchored)
 
         def loss() -> torch.Tensor:
             return toy.loss(x, y)
@@ -245,14 +247,20 @@ def _toy(name: str, iterations: int, start_lr: float) -> dict[str, Any]:
             opt.step(loss)
             losses.append(float(loss().detach()))
             lrs.append([g["lr"] for g in opt.param_groups])
+        if hidlr and groups == 2:
+            accepted[anchored] = opt.stats["accepted"]
         return losses, lrs
 
     uniform = {lr: run(lr, 1, False)[0] for lr in grid(1e-5, 12)}
     best = min(uniform, key=lambda lr: _finite(uniform[lr][-1]))
     hi_ulr, ulr_lrs = run(start_lr, 1, True)
     hi_dlr, dlr_lrs = run(start_lr, 2, True)
+    anchored, _ = run(start_lr, 2, True, anchored=True)
     first_below = next((i for i, v in enumerate(hi_dlr) if v < 1e-10), None)
     return {
+        "hi_dlr_anchored_final_loss": anchored[-1],
+        "hi_dlr_anchored_iterations_to_1e-10": next((i for i, v in enumerate(anchored) if v < 1e-10), None),
+        "accepted_fits": {"free intercept": accepted[False], "anchored": accepted[True]},
         "iterations": iterations,
         "best_uniform_lr": best,
         "best_uniform_final_loss": uniform[best][-1],

@@ -104,13 +104,16 @@ def grid(start: float, count: int) -> list[float]:
 
 def hidlr_variants(phi: int, gamma: float, clip_top: float) -> dict[str, tuple[str, dict]]:
     """Name -> (mode, HiDLR options) of the compared variants: as published, ``eta*`` clipped to
-    ``[0, clip_top]``, and clipped with this library's ``joint_scale`` and ``per_group``."""
+    ``[0, clip_top]``, and clipped with this library's ``joint_scale`` and ``per_group``; and Hi-DLR
+    with the paper's anchored fit (``L_j - L_0``, no intercept) beside the default free intercept."""
     paper = {"update_every": phi, "gamma": gamma}
     clip = {**paper, "clip": (0.0, clip_top)}
     return {
         "hi-ulr": ("hi-ulr", paper),
         "hi-dlr": ("hi-dlr", paper),
+        "hi-dlr anchored": ("hi-dlr", {**paper, "anchored": True}),
         "hi-ulr clip": ("hi-ulr", clip),
         "hi-dlr clip": ("hi-dlr", clip),
+        "hi-dlr clip anchored": ("hi-dlr", {**clip, "anchored": True}),
         "hi-dlr clip+joint+per-group": ("hi-dlr", {**clip, "joint_scale": True, "per_group": True}),
     }
