@@ -172,3 +172,17 @@ def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_
     assert result["frozen"] == ["stem", "layer1", "layer2", "layer3"]
     state = result["optimizer_state_mb_at_end"]
     assert state["freezeout"] < state["baseline"] / 10
+
+
+def test_densenet_final_batchnorm_trains_to_the_end_with_the_classifier_as_in_the_authors_code():
+    from layerwise.tasks.models import DenseNetBC, dense_layer_groups
+
+    model = DenseNetBC(growth=4, layers_per_block=2)
+    part = dense_layer_groups(model, torch.zeros(2, 1, 28, 28))
+    final_norm = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)][-1]
+    assert part.names[-1] == "fc" and f"{final_norm}.weight" in part["fc"].param_names
+    assert len(part) == len(layerwise.by_block(model, 2, sample_input=torch.zeros(2, 1, 28, 28))) - 1
+    opt = torch.optim.SGD(part.param_groups(lr=0.1), lr=0.1)
+    fo = FreezeOut(model, opt, 100)
+    norm_group = next(i for i, g in enumerate(opt.param_groups) if g["name"] == "fc")
+    assert fo.frozen_at[norm_group] is None  # it never freezes: it trains with the classifier

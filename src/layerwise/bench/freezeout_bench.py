@@ -20,19 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..cost import group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
 from ..freezeout import FreezeOut
-from ..groups import by_block
+from ..groups import Partition, by_block
 from ..scheduler import LayerwiseLR
 from ..schedules import Cosine
 from ..tasks import TaskData, get_task, make_optimizer
-from ..tasks.models import build_model
+from ..tasks.models import build_model, dense_layer_groups
 from .train import optimizer_state_mb, train
 
 __all__ = ["DEPTHS", "Predictor", "run_freezeout_bench"]
 
 DEPTHS = {"resnet-cnn": 1, "densenet-bc": 2}
+
+
+def _partition(model_name: str, model: nn.Module, sample: torch.Tensor) -> Partition:
+    """FreezeOut's groups: the ResNet's blocks; DenseNet-BC's layers with its final BN in ``fc`` (the authors')."""
+    if model_name == "densenet-bc":
+        return dense_layer_groups(model, sample)
+    return by_block(model, DEPTHS[model_name], sample_input=sample)
+
+
 """Partition depth per model: the CNN's stages, the DenseNet's dense layers and transitions."""
 
 DEFAULT = {"t0": 0.8, "strategy": "cubic", "scale_lr": True}
@@ -46,7 +56,7 @@ class Predictor:
 
     def __init__(self, model_name: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         model, sample = build_model(model_name)
-        partition = by_block(model, DEPTHS[model_name], sample_input=sample)
+        partition = _partition(model_name, model, sample)
         self.model, self.groups = model, partition.param_groups(lr=0.1)
         self.flops = group_flops(model, partition, sample[:1])
         self.step_times = prefix_step_times(model, self.groups, batch)
@@ -90,7 +100,7 @@ def _lockstep(model_name: str, data: TaskData, steps: int, seed: int) -> dict[st
     for name in ("baseline", "freezeout"):
         torch.manual_seed(seed)
         model, sample = build_model(model_name)
-        part = by_block(model, DEPTHS[model_name], sample_input=sample)
+        part = _partition(model_name, model, sample)
         groups = part.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm"))
         opt = make_optimizer(task, groups)
         stepper = (

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from ..groups import Partition, by_block
+from ..groups import Partition
 from .base import Task, TaskData
 from .fashion_mnist import load_fashion_mnist
-from .models import DenseNetBC, ResNetCNN
+from .models import DenseNetBC, ResNetCNN, dense_layer_groups
 
 __all__ = ["default_tasks", "fashion_data"]
 
@@ -28,7 +28,7 @@ def fashion_data(data_dir: str | None, quick: bool) -> TaskData:
 
 
 def _dense_layers(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
-    return by_block(model, 2, sample_input=sample)  # the dense layers and transitions, as the FreezeOut bench
+    return dense_layer_groups(model, sample)  # the dense layers and transitions, as the FreezeOut bench
 
 
 def _sample() -> torch.Tensor:
@@ -57,7 +57,7 @@ def default_tasks() -> list[Task]:
         Task(
             name="fashion-densenet",
             description="Fashion-MNIST, FreezeOut's DenseNet-BC (growth 12, 3 blocks x 4 bottleneck layers, "
-            "17 groups) from scratch",
+            "16 groups, the final BatchNorm with the classifier as in the FreezeOut authors' code) from scratch",
             make_model=DenseNetBC,
             sample_input=_sample,
             load_data=fashion_data,

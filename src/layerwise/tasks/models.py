@@ -8,9 +8,13 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..groups import Partition
 
 __all__ = [
     "MODELS",
@@ -121,7 +125,8 @@ class DenseNetBC(nn.Module):
     ``layers_per_block`` bottleneck layers, growth rate ``growth``, compression 0.5.
 
     ``features`` is a flat ``nn.Sequential`` (stem, dense layers, transitions, final BN), so
-    ``by_block(model, depth=2)`` gives one group per dense layer or transition, plus ``fc``.
+    ``by_block(model, depth=2)`` gives one group per dense layer or transition, plus ``fc``;
+    :func:`dense_layer_groups` puts the final BN with ``fc`` (FreezeOut's grouping).
     """
 
     def __init__(self, growth: int = 12, layers_per_block: int = 4, num_classes: int = 10, in_channels: int = 1):
@@ -142,6 +147,26 @@ class DenseNetBC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.features(x))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def dense_layer_groups(model: DenseNetBC, sample: torch.Tensor) -> Partition:
+    """FreezeOut's groups of a :class:`DenseNetBC`: the stem, each dense layer and transition in turn,
+    and last ``fc`` with the final BatchNorm, which trains to the end with the classifier as in the
+    authors' code (it has no layer of its own there).
+
+    Examples:
+        >>> len(dense_layer_groups(DenseNetBC(), torch.zeros(2, 1, 28, 28)))
+        16
+    """
+    from ..groups import by_block, explicit
+
+    part = by_block(model, 2, sample_input=sample)
+    *layers, final_norm, head = part
+    if not isinstance(model.get_submodule(final_norm.name), nn.BatchNorm2d) or head.name != "fc":
+        raise ValueError(f"model: expected a DenseNetBC ending in its final BatchNorm and fc, got groups {part.names}")
+    return explicit(
+        model, {g.name: list(g.param_names) for g in layers} | {"fc": [*final_norm.param_names, *head.param_names]}
+    )
 
 
 def _resnet() -> tuple[nn.Module, torch.Tensor]:
