@@ -40,3 +40,11 @@ def test_predictions_refuse_mismatched_inputs():
         paper_saving([0.5], [0.0])
     with pytest.raises(ValueError, match="one entry per group"):
         timed_saving([0.5], [1.0, 0.5])
+
+
+def test_the_authors_estimate_scales_the_linear_schedule_only_and_refuses_other_strategies():
+    from layerwise.cost import authors_saving
+
+    assert authors_saving(0.2, "linear") == pytest.approx(0.26) and authors_saving(0.2, "cubic") == 0.2
+    with pytest.raises(ValueError, match="strategy: must be 'linear' or 'cubic'"):
+        authors_saving(0.2, "quadratic")

@@ -42,7 +42,15 @@ from .freezing import Freezer
 from .groups import Partition
 from .prefix_cache import FrozenPrefixCache
 
-__all__ = ["group_flops", "paper_saving", "prefix_step_times", "timed_saving", "train_fractions"]
+__all__ = [
+    "AUTHORS_LINEAR_FACTOR",
+    "authors_saving",
+    "group_flops",
+    "paper_saving",
+    "prefix_step_times",
+    "timed_saving",
+    "train_fractions",
+]
 
 
 def group_flops(model: nn.Module, partition: Partition, sample_input: Any) -> list[int]:
@@ -108,6 +116,22 @@ def paper_saving(train_fractions: Sequence[float], flops: Sequence[float], *, ca
         raise ValueError("flops: the groups have no forward cost to save on")
     forward = (lambda t: t) if cached else (lambda t: 1.0)
     return 1.0 - sum((forward(t) + t) * c for t, c in zip(train_fractions, flops)) / total
+
+
+AUTHORS_LINEAR_FACTOR = 1.3
+"""What the FreezeOut authors' code multiplies its linear-schedule estimate by (the text does not)."""
+
+
+def authors_saving(paper: float, strategy: str) -> float:
+    """The FreezeOut authors' code's estimate: :func:`paper_saving` times 1.3 for the linear schedule.
+
+    Examples:
+        >>> authors_saving(0.1, "linear"), authors_saving(0.1, "cubic")
+        (0.13, 0.1)
+    """
+    if strategy not in ("linear", "cubic"):
+        raise ValueError(f"strategy: must be 'linear' or 'cubic', got {strategy!r}")
+    return round(paper * AUTHORS_LINEAR_FACTOR, 12) if strategy == "linear" else paper
 
 
 def timed_saving(train_fractions: Sequence[float], step_times: Sequence[float]) -> float:

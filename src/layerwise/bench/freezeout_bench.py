@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cost import group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
+from ..cost import authors_saving, group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
 from ..freezeout import FreezeOut
 from ..groups import Partition, by_block
 from ..scheduler import LayerwiseLR
@@ -65,8 +65,10 @@ class Predictor:
         optimizer = torch.optim.SGD([dict(g) for g in self.groups], lr=0.1)
         frozen_at = FreezeOut(self.model, optimizer, steps, **settings).frozen_at  # nothing steps
         fractions = train_fractions(frozen_at, steps)
+        paper = paper_saving(fractions, self.flops)
         return {
-            "predicted_saving_paper": paper_saving(fractions, self.flops),
+            "predicted_saving_paper": paper,
+            "predicted_saving_authors": authors_saving(paper, settings.get("strategy", "cubic")),
             "predicted_saving_timed": timed_saving(fractions, self.step_times),
             "prefix_step_ms": [round(t * 1e3, 2) for t in self.step_times],
         }
@@ -253,7 +255,12 @@ def run_freezeout_bench(
             {"t0": float(t0), "strategy": strategy, "scale_lr": scale}
             for strategy, scale, t0 in product(("linear", "cubic"), (True, False), str(t0s).split(","))
         ]
+    elif configs == "scaled":  # the t0 sweep: both spacings with the paper's scaled LRs
+        settings = [
+            {"t0": float(t0), "strategy": strategy, "scale_lr": True}
+            for strategy, t0 in product(("linear", "cubic"), str(t0s).split(","))
+        ]
     else:
-        raise ValueError(f"configs: 'all' (4 strategies x t0s) or 'default', got {configs!r}")
+        raise ValueError(f"configs: 'all' (4 strategies x t0s), 'scaled' (2 x t0s) or 'default', got {configs!r}")
     subset = TaskData((data.train[0][:train_size], data.train[1][:train_size]), data.test)
     return _full(subset, names, seeds, epochs, settings, Path(out))
