@@ -28,6 +28,7 @@ from .hidlr import HiDLR
 from .multirate import Multirate
 from .prefix_cache import FrozenPrefixCache
 from .random_subsets import RandomSubsetMultirate
+from .row_groups import by_rows, merge_rows
 from .scheduler import LayerwiseLR
 from .schedules import (
     Constant,
@@ -89,11 +90,13 @@ __all__ = [
     "by_layer",
     "by_lora",
     "by_patterns",
+    "by_rows",
     "depth_ramp",
     "distributed",
     "explicit",
     "freeze_times",
     "fsdp",
     "groups",
+    "merge_rows",
     "schedules",
 ]

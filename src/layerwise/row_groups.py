@@ -1,0 +1,138 @@
+"""Sub-tensor groups: each output row (neuron, task) of a layer as its own learning-rate group.
+
+Hi-DLR's CelebA setting (§4.3, App. B.2) gives each of 40 binary tasks sharing one last layer its
+own learning rate. Torch optimizers take whole leaf tensors, so :func:`by_rows` splits the layer's
+``weight`` and ``bias`` into one leaf parameter per row group with a ``torch.nn.utils.parametrize``
+parametrization, which concatenates them back in the forward. Every torch optimizer, weight decay,
+``state_dict`` and exact resume then work as for any parameter. (The other design, masked views with
+per-slice learning rates, cannot give per-row LRs to Adam: its update does not scale with the
+gradient.) :func:`merge_rows` turns the layer back into a plain one, for export.
+
+Examples:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> part = by_rows(net, "2")
+    >>> part.names
+    ('body', '2.row0', '2.row1', '2.row2')
+    >>> opt = torch.optim.AdamW(part.param_groups(lr=1e-3, lr_mult={"2.row1": 10}), weight_decay=0.01)
+    >>> net(torch.randn(5, 4)).shape
+    torch.Size([5, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .groups import Partition, explicit
+
+__all__ = ["RowSplit", "by_rows", "merge_rows"]
+
+Rows = Sequence[Sequence[int]] | Mapping[str, Sequence[int]] | None
+
+
+class RowSplit(nn.Module):
+    """Parametrization: a tensor whose first dimension is cut into row groups, one leaf each.
+
+    ``chunks[j]`` lists the rows of leaf ``j`` (``original<j>``); the forward puts every row back in
+    its place (one concatenation, and one gather when the chunks are not in order).
+    """
+
+    def __init__(self, chunks: Sequence[Sequence[int]], rows: int) -> None:
+        super().__init__()
+        self.chunks = [list(chunk) for chunk in chunks]
+        order = torch.tensor([row for chunk in self.chunks for row in chunk])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(rows)
+        self.in_order = bool(torch.equal(order, torch.arange(rows)))
+        self.register_buffer("inverse", inverse, persistent=False)
+
+    def forward(self, *parts: Tensor) -> Tensor:
+        whole = torch.cat(parts, 0)
+        return whole if self.in_order else whole.index_select(0, self.inverse.to(whole.device))
+
+    def right_inverse(self, value: Tensor) -> tuple[Tensor, ...]:
+        return tuple(value[chunk].clone() for chunk in self.chunks)
+
+
+def _chunks(rows: Rows, count: int, module: str) -> dict[str, list[int]]:
+    """Group name -> row indices, checked: in range, disjoint; the rows no group names go to ``<module>.rest``."""
+    if rows is None:
+        return {f"{module}.row{i}": [i] for i in range(count)}
+    if isinstance(rows, Mapping):
+        named = {str(name): list(chunk) for name, chunk in rows.items()}
+    elif isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)):
+        named = {f"{module}.rows{j}": list(chunk) for j, chunk in enumerate(rows)}
+    else:
+        raise TypeError(f"rows: expected None, a sequence of row lists or a mapping name -> rows, got {rows!r}")
+    owner: dict[int, str] = {}
+    for name, chunk in named.items():
+        if not chunk:
+            raise ValueError(f"rows[{name!r}]: is empty; every group needs at least one row")
+        for row in chunk:
+            if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < count:
+                raise ValueError(f"rows[{name!r}]: row {row!r} is outside the tensor's rows 0..{count - 1}")
+            if row in owner:
+                raise ValueError(f"rows[{name!r}]: row {row} is also in group {owner[row]!r} (groups must not overlap)")
+            owner[row] = name
+    rest = [row for row in range(count) if row not in owner]
+    if rest:
+        named[f"{module}.rest"] = rest
+    return named
+
+
+def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "body") -> Partition:
+    """Split the output rows of ``model``'s ``module`` into their own groups; every other trainable
+    parameter goes to ``rest``, first (it comes before the layer in the data flow).
+
+    Args:
+        module: the name of a module with a ``weight`` of shape ``[out, ...]`` (and optionally a
+            ``bias`` of shape ``[out]``), e.g. an output ``nn.Linear``.
+        rows: None: one group per row (``<module>.row<i>``); a sequence of row lists
+            (``<module>.rows<j>``); or a mapping from group names to row lists. Rows no group names
+            form ``<module>.rest``.
+
+    Returns:
+        The partition (``rest`` group, then the row groups in the order given). The module's weight
+        and bias are now parametrized: their leaves are ``parametrizations.weight.original<j>``.
+
+    Raises:
+        ValueError: no such module, no weight, already split, or rows that overlap or fall outside
+            the tensor; the model is left as it was.
+    """
+    modules = dict(model.named_modules())
+    if module not in modules or module == "":
+        raise ValueError(f"module: no submodule named {module!r} in the model")
+    layer = modules[module]
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, Tensor) or weight.ndim < 1:
+        raise ValueError(f"module: {module!r} ({type(layer).__name__}) has no weight tensor to split by rows")
+    if parametrize.is_parametrized(layer):
+        raise ValueError(f"module: {module!r} is already parametrized (split once; merge_rows() undoes it)")
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, Tensor) and (bias.ndim != 1 or len(bias) != len(weight)):
+        raise ValueError(f"module: {module!r} has a bias of shape {tuple(bias.shape)}, not one entry per row")
+    named = _chunks(rows, len(weight), module)
+    if rest in named:
+        raise ValueError(f"rest: {rest!r} is also a row group's name")
+    others = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(f"{module}.")]
+    chunks = list(named.values())
+    for tensor_name in ("weight", "bias") if isinstance(bias, Tensor) else ("weight",):
+        parametrize.register_parametrization(layer, tensor_name, RowSplit(chunks, len(weight)))
+    assignment: dict[str, list[str]] = {rest: others} if others else {}
+    held = [name for name in ("weight", "bias") if name in layer.parametrizations]
+    for j, group in enumerate(named):
+        assignment[group] = [f"{module}.parametrizations.{name}.original{j}" for name in held]
+    return explicit(model, assignment)
+
+
+def merge_rows(model: nn.Module, module: str) -> None:
+    """Make ``module``'s split weight and bias plain parameters again (their current values)."""
+    layer = model.get_submodule(module)
+    if not parametrize.is_parametrized(layer):
+        raise ValueError(f"module: {module!r} is not split by rows")
+    for name in list(layer.parametrizations):
+        parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
