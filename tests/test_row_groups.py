@@ -134,9 +134,26 @@ def test_subtensor_bad_specs_are_refused_and_leave_the_model_untouched():
     with pytest.raises(TypeError, match="rows: expected None"):
         by_rows(net, "2", "0,1")
     assert [n for n, _ in net.named_parameters()] == names  # nothing was split
-    by_rows(net, "2")
+    first = by_rows(net, "2")
+    assert by_rows(net, "2").names == first.names  # asked again: the same split, not a second one
     with pytest.raises(ValueError, match="already parametrized"):
-        by_rows(net, "2")
+        by_rows(net, "2", {"a": [0]})
     with pytest.raises(ValueError, match="is not split by rows"):
         merge_rows(net, "0")
     assert layerwise.by_rows is by_rows
+
+
+def test_subtensor_task_fashion_mnist_tasks_one_group_per_binary_task():
+    from layerwise.tasks import get_task
+    from layerwise.tasks.fashion_tasks import one_vs_rest_loss, task_accuracy
+
+    task = get_task("fashion-mnist-tasks")
+    model = task.make_model()
+    part = task.partition_of(model)
+    assert part.names == ("body", *(f"fc.row{i}" for i in range(10)))
+    assert task.partition_of(model).names == part.names  # asked twice: one split
+    out = torch.tensor([[2.0, -1.0, -3.0], [-1.0, -1.0, 0.5]])
+    labels = torch.tensor([0, 1])
+    assert task_accuracy(out, labels).tolist() == pytest.approx([1.0, 1 / 3])  # row 2: wrong on tasks 1 and 2
+    expected = nn.functional.binary_cross_entropy_with_logits(out, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+    assert one_vs_rest_loss(out, labels) == pytest.approx(float(expected))

@@ -41,9 +41,11 @@ class RowSplit(nn.Module):
     its place (one concatenation, and one gather when the chunks are not in order).
     """
 
-    def __init__(self, chunks: Sequence[Sequence[int]], rows: int) -> None:
+    def __init__(self, chunks: Sequence[Sequence[int]], rows: int, names: Sequence[str] | None = None) -> None:
         super().__init__()
         self.chunks = [list(chunk) for chunk in chunks]
+        self.names = list(names) if names is not None else [f"rows{j}" for j in range(len(self.chunks))]
+        """The group name of each chunk."""
         order = torch.tensor([row for chunk in self.chunks for row in chunk])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(rows)
@@ -93,7 +95,8 @@ def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "bo
             ``bias`` of shape ``[out]``), e.g. an output ``nn.Linear``.
         rows: None: one group per row (``<module>.row<i>``); a sequence of row lists
             (``<module>.rows<j>``); or a mapping from group names to row lists. Rows no group names
-            form ``<module>.rest``.
+            form ``<module>.rest``. On a module this function already split, ``rows=None`` keeps the
+            split and returns its partition again.
 
     Returns:
         The partition (``rest`` group, then the row groups in the order given). The module's weight
@@ -111,6 +114,9 @@ def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "bo
     if not isinstance(weight, Tensor) or weight.ndim < 1:
         raise ValueError(f"module: {module!r} ({type(layer).__name__}) has no weight tensor to split by rows")
     if parametrize.is_parametrized(layer):
+        split = layer.parametrizations["weight"][0] if "weight" in layer.parametrizations else None
+        if rows is None and isinstance(split, RowSplit):
+            return _partition(model, module, layer, split.names, rest)
         raise ValueError(f"module: {module!r} is already parametrized (split once; merge_rows() undoes it)")
     bias = getattr(layer, "bias", None)
     if isinstance(bias, Tensor) and (bias.ndim != 1 or len(bias) != len(weight)):
@@ -118,13 +124,17 @@ def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "bo
     named = _chunks(rows, len(weight), module)
     if rest in named:
         raise ValueError(f"rest: {rest!r} is also a row group's name")
-    others = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(f"{module}.")]
     chunks = list(named.values())
     for tensor_name in ("weight", "bias") if isinstance(bias, Tensor) else ("weight",):
-        parametrize.register_parametrization(layer, tensor_name, RowSplit(chunks, len(weight)))
+        parametrize.register_parametrization(layer, tensor_name, RowSplit(chunks, len(weight), list(named)))
+    return _partition(model, module, layer, list(named), rest)
+
+
+def _partition(model: nn.Module, module: str, layer: nn.Module, names: list[str], rest: str) -> Partition:
+    others = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(f"{module}.")]
     assignment: dict[str, list[str]] = {rest: others} if others else {}
     held = [name for name in ("weight", "bias") if name in layer.parametrizations]
-    for j, group in enumerate(named):
+    for j, group in enumerate(names):
         assignment[group] = [f"{module}.parametrizations.{name}.original{j}" for name in held]
     return explicit(model, assignment)
 

@@ -39,13 +39,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     x, y = split
-    loss_sum, correct = 0.0, 0
+    loss_sum, correct = 0.0, 0.0
     for start in range(0, len(x), batch_size):
         out = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
         loss_sum += float(task.loss(out, target)) * len(target)
         if task.metric == "accuracy":
-            correct += int((out.argmax(1) == target).sum())
+            hits = (out.argmax(1) == target) if task.score is None else task.score(out, target)
+            correct += float(hits.sum())
     model.train(was_training)
     result = {"loss": loss_sum / len(x)}
     if task.metric == "accuracy":

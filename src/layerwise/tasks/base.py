@@ -65,6 +65,8 @@ class Task:
         batch_size, lr, weight_decay: default training settings.
         optimizer: one of :data:`OPTIMIZERS`.
         metric: ``"accuracy"`` (classification, higher is better) or ``"loss"`` (lower is better).
+        score: with ``"accuracy"``: ``score(outputs, targets)`` gives each example's accuracy in [0, 1]
+            (default: 1 where the argmax is the label); e.g. the mean over binary tasks.
         partition: ``partition(model, sample_input) -> Partition``; default: the layers in data-flow order.
         head: the last group is an output head (what Multirate trains fast by default).
         train_size: examples ``layerwise compare`` trains on by default (None: all).
@@ -85,6 +87,7 @@ class Task:
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
     metric: Metric = "accuracy"
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     partition: Callable[[nn.Module, Any], Partition] | None = None
     head: bool = True
     train_size: int | None = None

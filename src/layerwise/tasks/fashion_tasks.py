@@ -1,5 +1,6 @@
 """The from-scratch Fashion-MNIST tasks: the small ResNet (the default task), the same network
-without shortcuts, and FreezeOut's DenseNet-BC.
+without shortcuts, FreezeOut's DenseNet-BC, and the ResNet on 10 one-vs-rest binary tasks sharing
+its last layer, one learning-rate group per task (Hi-DLR's CelebA setting, §4.3, at our scale).
 
 Examples:
     >>> from layerwise.tasks import get_task
@@ -12,11 +13,12 @@ from __future__ import annotations
 import torch
 
 from ..groups import Partition
+from ..row_groups import by_rows
 from .base import Task, TaskData
 from .fashion_mnist import load_fashion_mnist
 from .models import DenseNetBC, ResNetCNN, dense_layer_groups
 
-__all__ = ["default_tasks", "fashion_data"]
+__all__ = ["default_tasks", "fashion_data", "one_vs_rest_loss", "task_accuracy"]
 
 
 def fashion_data(data_dir: str | None, quick: bool) -> TaskData:
@@ -29,6 +31,23 @@ def fashion_data(data_dir: str | None, quick: bool) -> TaskData:
 
 def _dense_layers(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
     return dense_layer_groups(model, sample)  # the dense layers and transitions, as the FreezeOut bench
+
+
+def one_vs_rest_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each output against "is this the class", averaged over tasks and examples."""
+    targets = torch.nn.functional.one_hot(labels, outputs.shape[1]).to(outputs.dtype)
+    return torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets)
+
+
+def task_accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each example's accuracy over the binary tasks (an output > 0 says "this class")."""
+    targets = torch.nn.functional.one_hot(labels, outputs.shape[1]).bool()
+    return ((outputs > 0) == targets).float().mean(1)
+
+
+def _per_task(model: torch.nn.Module, sample: torch.Tensor) -> Partition:
+    del sample
+    return by_rows(model, "fc")  # the body, then one group per task: a row of the output layer
 
 
 def _sample() -> torch.Tensor:
@@ -64,5 +83,18 @@ def default_tasks() -> list[Task]:
             epochs=3,
             train_size=6000,
             partition=_dense_layers,
+        ),
+        Task(
+            name="fashion-mnist-tasks",
+            description="Fashion-MNIST as 10 one-vs-rest binary tasks sharing the small ResNet's last layer, from "
+            "scratch: binary cross-entropy per task, mean task accuracy; groups: the body and one per task (a row of "
+            "the output layer, layerwise.by_rows)",
+            make_model=ResNetCNN,
+            sample_input=_sample,
+            load_data=fashion_data,
+            loss=one_vs_rest_loss,
+            score=task_accuracy,
+            partition=_per_task,
+            train_size=16000,
         ),
     ]
