@@ -246,7 +246,7 @@ def test_welch_matches_scipy_and_the_study_reads_its_outcomes():
         return {"test_metric": final, "curve": curve}
 
     labels = [label for label, _, _ in llr_variants()]
-    assert labels[0] == "step uniform" and labels[-1] == "staggered 1cycle"
+    assert labels[0] == "step uniform" and labels[-1] == "unfreezing input-first"
     outcomes = {label: {"records": [record(0.80 + 0.001 * s, 20) for s in range(3)], "errors": []} for label in labels}
     outcomes["step first-high"]["records"] = [record(0.90 + 0.001 * s, 10) for s in range(3)]
     lines, findings = _analyse(outcomes)
@@ -255,6 +255,11 @@ def test_welch_matches_scipy_and_the_study_reads_its_outcomes():
     assert by_variant["step first-high"]["accuracy"]["diff"] == pytest.approx(0.10)
     assert by_variant["step first-low"]["accuracy"]["diff"] == pytest.approx(0.0, abs=1e-12)
     assert by_variant["staggered 1cycle"]["reference"] == "onecycle uniform"
+    references = {f["variant"]: f["reference"] for f in findings}
+    assert references["triangular first-low"] == "triangular uniform"
+    assert references["constant first-high"] == "constant uniform"
+    assert references["staggered 1cycle, per-group min/max"] == "onecycle uniform"
+    assert references["unfreezing input-first"] == references["unfreezing head-first"] == "cosine uniform"
     assert any(line.startswith("| step first-high |") and "significant (p < 0.05)" in line for line in lines)
 
 

@@ -33,12 +33,15 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ._checks import int_between, positive_int
+from ._checks import int_between, one_of, positive_int
 from ._shards import refuse_flat_parameters
 from .groups import tied_parameters
 from .state_check import check_state, stamp
 
-__all__ = ["FreezeWhenZero", "Freezer", "GradualUnfreezing", "freeze_due"]
+__all__ = ["UNFREEZING_ORDERS", "FreezeWhenZero", "Freezer", "GradualUnfreezing", "freeze_due"]
+
+UNFREEZING_ORDERS = ("head-first", "input-first")
+"""``GradualUnfreezing(order=...)``: ULMFiT's head-first, or from the input towards the head."""
 
 
 class Freezer:
@@ -328,7 +331,9 @@ class GradualUnfreezing:
 
     At construction every group except the last ``start`` groups is frozen; each
     ``step()`` counts one step (a batch or an epoch: your choice) and every ``every``
-    steps the next group towards the input is unfrozen.
+    steps the next group towards the input is unfrozen. ``order="input-first"`` runs the other
+    way (Smith's thread): the first ``start`` groups train, and the next group towards the head
+    is unfrozen every ``every`` steps.
 
     Examples:
         >>> import torch, layerwise
@@ -345,15 +350,17 @@ class GradualUnfreezing:
         3 ['0']
     """
 
-    def __init__(self, freezer: Freezer, every: int, *, start: int = 1) -> None:
+    def __init__(self, freezer: Freezer, every: int, *, start: int = 1, order: str = "head-first") -> None:
         if not isinstance(freezer, Freezer):
             raise TypeError(f"freezer: expected a Freezer, got {type(freezer).__name__}")
         positive_int("every", every)
         count = len(freezer.names)
         int_between("start", start, 1, count, f"the number of groups ({count})")
+        one_of("order", order, UNFREEZING_ORDERS)
         self.freezer = freezer
         self.every = every
         self.start = start
+        self.order = order
         self.step_count = 0
         self._apply()
 
@@ -363,7 +370,7 @@ class GradualUnfreezing:
     def _apply(self) -> None:
         names = self.freezer.names
         keep = self._trainable_count()
-        should_freeze = names[: len(names) - keep]
+        should_freeze = names[: len(names) - keep] if self.order == "head-first" else names[keep:]
         thaw = [n for n in self.freezer.frozen if n not in should_freeze]
         if thaw:
             self.freezer.unfreeze(*thaw)
@@ -378,7 +385,10 @@ class GradualUnfreezing:
         self._apply()
 
     def _identity(self) -> dict[str, Any]:
-        return stamp("GradualUnfreezing", self.freezer.names, {"every": self.every, "start": self.start})
+        settings: dict[str, Any] = {"every": self.every, "start": self.start}
+        if self.order != "head-first":
+            settings["order"] = self.order
+        return stamp("GradualUnfreezing", self.freezer.names, settings)
 
     def state_dict(self) -> dict[str, Any]:
         # the key stays "steps", so checkpoints written before the rename load

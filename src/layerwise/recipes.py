@@ -121,10 +121,26 @@ def _llr(
 
 
 @register("staggered", "a 1cycle per group, peaks staggered from the first group to the last")
-def _staggered(num_groups: int, policy: Policy, first_peak: float = 0.2, last_peak: float = 0.6) -> LayerSchedule:
+def _staggered(
+    num_groups: int,
+    policy: Policy,
+    first_peak: float = 0.2,
+    last_peak: float = 0.6,
+    first_high: float | None = None,
+    last_high: float | None = None,
+    first_low: float | None = None,
+    last_low: float | None = None,
+) -> LayerSchedule:
+    """The groups' maxima spread from ``first_high`` to ``last_high`` and minima from ``first_low`` to
+    ``last_low`` (None: every maximum 1, every minimum 0.04 x it)."""
     if policy != Constant():
         raise ValueError("policy: the staggered recipe gives each group its own 1cycle; it takes no global policy")
-    return LayerSchedule(Constant(), StaggeredOneCycle.spaced(num_groups, first_peak, last_peak))
+    spread = {
+        k: v
+        for k, v in dict(first_high=first_high, last_high=last_high, first_low=first_low, last_low=last_low).items()
+        if v is not None
+    }
+    return LayerSchedule(Constant(), StaggeredOneCycle.spaced(num_groups, first_peak, last_peak, **spread))
 
 
 def register_defaults() -> None:

@@ -347,7 +347,9 @@ class StaggeredOneCycle:
 
     Group ``g`` follows ``OneCycle(peak_at=peaks[g], start, end, anneal)``, evaluated for
     all groups at once. Use it with a constant global policy for fully staggered
-    per-group schedules.
+    per-group schedules. ``highs[g]`` scales group ``g``'s whole cycle (its maximum; default 1)
+    and ``lows[g]`` sets where it starts (its minimum; default ``start * highs[g]``); every group
+    ends at ``end * highs[g]``.
 
     Example (5 groups peaking at epochs 10, 15, 20, 25, 30 of 50):
         >>> rule = StaggeredOneCycle.spaced(5, first_peak=0.2, last_peak=0.6)
@@ -359,6 +361,8 @@ class StaggeredOneCycle:
     start: float = 0.04
     end: float = 4e-6
     anneal: Anneal = "linear"
+    highs: Sequence[float] | None = None
+    lows: Sequence[float] | None = None
     _arrays: tuple[np.ndarray, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -370,7 +374,18 @@ class StaggeredOneCycle:
         array = np.array(peaks)
         inv_up = 1.0 / np.where(array > 0, array, 1.0)
         inv_down = 1.0 / np.where(array < 1, 1.0 - array, 1.0)
-        object.__setattr__(self, "_arrays", (array, inv_up, inv_down))
+        highs = self._per_group("highs", self.highs, [1.0] * len(peaks))
+        lows = self._per_group("lows", self.lows, [self.start * h for h in highs])
+        object.__setattr__(self, "_arrays", (array, inv_up, inv_down, np.array(highs), np.array(lows)))
+
+    def _per_group(self, name: str, values: Sequence[float] | None, default: list[float]) -> tuple[float, ...]:
+        if values is None:
+            return tuple(default)
+        values = tuple(finite_nonneg(name, v) for v in values)
+        if len(values) != len(self.peaks):
+            raise ValueError(f"{name}: one value per group ({len(self.peaks)}), got {len(values)}")
+        object.__setattr__(self, name, values)
+        return values
 
     @classmethod
     def spaced(
@@ -380,26 +395,44 @@ class StaggeredOneCycle:
         last_peak: float = 0.6,
         **one_cycle: float | str,
     ) -> StaggeredOneCycle:
-        """Peaks evenly spaced from ``first_peak`` (group 0) to ``last_peak`` (last group)."""
+        """Peaks evenly spaced from ``first_peak`` (group 0) to ``last_peak`` (last group).
+
+        ``first_high``/``last_high`` and ``first_low``/``last_low`` (in ``one_cycle``) space the
+        groups' maxima and minima the same way.
+
+        Examples:
+            >>> rule = StaggeredOneCycle.spaced(3, first_high=1.5, last_high=0.5, first_low=0.1, last_low=0.1)
+            >>> rule.highs, [round(float(m), 3) for m in rule.multipliers(0.0, 3)]
+            ((1.5, 1.0, 0.5), [0.1, 0.1, 0.1])
+        """
         positive_int("num_groups", num_groups)
         fraction("first_peak", first_peak)
         fraction("last_peak", last_peak)
-        return cls(tuple(np.linspace(first_peak, last_peak, num_groups).tolist()), **one_cycle)
+        spread = {}
+        for name in ("high", "low"):
+            first, last = one_cycle.pop(f"first_{name}", None), one_cycle.pop(f"last_{name}", None)
+            if (first is None) != (last is None):
+                raise ValueError(f"first_{name}, last_{name}: give both or neither")
+            if first is not None:
+                ends = finite_nonneg(f"first_{name}", first), finite_nonneg(f"last_{name}", last)
+                spread[f"{name}s"] = tuple(np.linspace(*ends, num_groups).tolist())
+        return cls(tuple(np.linspace(first_peak, last_peak, num_groups).tolist()), **one_cycle, **spread)
 
     @property
     def num_groups(self) -> int:
         return len(self.peaks)
 
     def multipliers(self, p: float, num_groups: int) -> np.ndarray:
-        peaks, inv_up, inv_down = self._arrays
+        peaks, inv_up, inv_down, highs, lows = self._arrays
         x_up = p * inv_up
         x_down = (p - peaks) * inv_down
+        ends = self.end * highs
         if self.anneal == "cos":
-            up = 1.0 + (self.start - 1.0) * 0.5 * (1.0 + np.cos(np.pi * x_up))
-            down = self.end + (1.0 - self.end) * 0.5 * (1.0 + np.cos(np.pi * x_down))
+            up = highs + (lows - highs) * 0.5 * (1.0 + np.cos(np.pi * x_up))
+            down = ends + (highs - ends) * 0.5 * (1.0 + np.cos(np.pi * x_down))
         else:
-            up = self.start + (1.0 - self.start) * x_up
-            down = 1.0 + (self.end - 1.0) * x_down
+            up = lows + (highs - lows) * x_up
+            down = highs + (ends - highs) * x_down
         return np.where(p < peaks, up, down)
 
 

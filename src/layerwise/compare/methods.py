@@ -39,12 +39,12 @@ from .._checks import (
 )
 from .._probe_prefix import MODES as REUSE_MODES
 from .._registry import Registry
-from ..freezeout import STRATEGIES, FreezeOut
-from ..freezing import Freezer, FreezeWhenZero, GradualUnfreezing
+from ..freezeout import STRATEGIES, FreezeOut, FreezeOutRule
+from ..freezing import UNFREEZING_ORDERS, Freezer, FreezeWhenZero, GradualUnfreezing
 from ..groups import Partition, by_depth_buckets, by_kind, explicit
 from ..hidlr import HiDLR
 from ..multirate import Multirate
-from ..scheduler import LayerwiseLR
+from ..scheduler import LayerwiseLR, group_depths
 from ..secant import MODES, SecantLR
 from ..tasks import OPTIMIZER_PRESETS, Task, make_optimizer
 
@@ -301,6 +301,14 @@ def _freezeout(context: Build, settings: dict[str, Any]) -> Setup:
     return Setup(optimizer, freezeout, freezer=freezeout.freezer)
 
 
+def _freezeout_soft(context: Build, settings: dict[str, Any]) -> Setup:
+    """FreezeOut's LRs, but every group stays in the backward pass (soft freezing: no speed-up)."""
+    optimizer = context.optimizer()
+    depth = max(group_depths(optimizer.param_groups)) + 1
+    rule = FreezeOutRule.build(depth, settings["t0"], settings["strategy"], scale_lr=settings["scale_lr"])
+    return Setup(optimizer, LayerwiseLR(optimizer, context.total_steps, layers=rule))
+
+
 def _policy_only(context: Build, optimizer: Optimizer) -> LayerwiseLR:
     return LayerwiseLR(optimizer, context.total_steps, policy=recipes.make_policy(context.policy))
 
@@ -329,7 +337,7 @@ def _unfreeze_every(context: Build, until: float) -> int:
 def _gradual_unfreezing(context: Build, settings: dict[str, Any]) -> Setup:
     optimizer = context.optimizer()
     freezer = Freezer(context.model, optimizer)
-    unfreezing = GradualUnfreezing(freezer, _unfreeze_every(context, settings["until"]))
+    unfreezing = GradualUnfreezing(freezer, _unfreeze_every(context, settings["until"]), order=settings["order"])
     return Setup(optimizer, _Chain(unfreezing, _policy_only(context, optimizer)), freezer=freezer)
 
 
@@ -513,7 +521,7 @@ def _policy_expr(name: str) -> str:
 
 def _scheduled_snippet(recipe: str, *, uses_policy: bool = True):
     def snippet(build: Build, settings: Mapping[str, Any]) -> str:
-        options = [k for k in settings if k != "policy"]
+        options = [k for k in settings if k != "policy" and settings[k] is not None]
         policy = f", policy={_policy_expr(_policy_name(build, settings))}" if uses_policy else ""
         extra = f", {_kwargs(settings, options)}" if options else ""
         return (
@@ -542,6 +550,16 @@ def _freezeout_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     )
 
 
+def _freezeout_soft_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    return (
+        f"{_optimizer_line(build)}\n"
+        f"rule = layerwise.FreezeOutRule.build(len(part), {settings['t0']!r}, {settings['strategy']!r}, "
+        f"scale_lr={settings['scale_lr']!r})   # the LRs only: nothing leaves the backward pass\n"
+        f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, layers=rule)\n"
+        f"{_loop('sched', build.total_steps)}"
+    )
+
+
 def _head_only_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     del settings
     return (
@@ -556,7 +574,7 @@ def _unfreezing_snippet(build: Build, settings: Mapping[str, Any]) -> str:
         f"{_optimizer_line(build)}\n"
         "freezer = layerwise.Freezer(model, opt)\n"
         f"unfreeze = layerwise.GradualUnfreezing(freezer, "
-        f"every={_unfreeze_every(build, settings['until'])})\n"
+        f"every={_unfreeze_every(build, settings['until'])}, order={settings['order']!r})\n"
         f"{_policy_snippet(build)}; unfreeze.step()"
     )
 
@@ -705,13 +723,13 @@ def register_defaults() -> None:
         Method(
             "gradual-unfreezing",
             "ULMFiT gradual unfreezing: the head first, then one more group towards the input at even intervals "
-            "until `until` of training, times the policy",
+            "until `until` of training, times the policy; `order=input-first` runs from the input to the head",
             _gradual_unfreezing,
-            {"until": 0.5},
+            {"until": 0.5, "order": "head-first"},
             _needs_groups(2),
             not_default={"scratch": _RANDOM_BODY},
             snippet=_unfreezing_snippet,
-            check=checked("gradual-unfreezing", until=_t0),
+            check=checked("gradual-unfreezing", until=_t0, order=_choice(*UNFREEZING_ORDERS)),
         ),
         Method(
             "llr",
@@ -727,14 +745,27 @@ def register_defaults() -> None:
         ),
         Method(
             "staggered",
-            "a 1cycle per group, peaks staggered from the first group (20 %) to the last (60 %)",
+            "a 1cycle per group, peaks staggered from the first group (20 %) to the last (60 %); `first_high` -> "
+            "`last_high` and `first_low` -> `last_low` spread the groups' maxima and minima (None: 1 and 0.04 x it)",
             _scheduled("staggered", uses_policy=False),
-            {"first_peak": 0.2, "last_peak": 0.6},
+            {
+                "first_peak": 0.2,
+                "last_peak": 0.6,
+                "first_high": None,
+                "last_high": None,
+                "first_low": None,
+                "last_low": None,
+            },
             _needs_groups(2),
             not_default=scratch_only,
             same_cost=True,
             snippet=_scheduled_snippet("staggered", uses_policy=False),
-            check=checked("staggered", first_peak=fraction, last_peak=fraction),
+            check=checked(
+                "staggered",
+                first_peak=fraction,
+                last_peak=fraction,
+                **dict.fromkeys(("first_high", "last_high", "first_low", "last_low"), optional(finite_nonneg)),
+            ),
         ),
         Method(
             "freezeout",
@@ -744,6 +775,18 @@ def register_defaults() -> None:
             _needs_groups(2),
             snippet=_freezeout_snippet,
             check=checked("freezeout", **_FREEZEOUT_CHECKS),
+        ),
+        Method(
+            "freezeout-soft",
+            "soft freezing (Smith's thread): FreezeOut's per-group cosine to zero, but no group leaves the backward "
+            "pass, so it costs what the baseline costs; beside `freezeout` it isolates what hard freezing buys",
+            _freezeout_soft,
+            {"t0": 0.8, "strategy": "cubic", "scale_lr": True},
+            _needs_groups(2),
+            not_default={"scratch": "an ablation, run on request", "fine-tuning": "an ablation, run on request"},
+            same_cost=True,
+            snippet=_freezeout_soft_snippet,
+            check=checked("freezeout-soft", **_FREEZEOUT_CHECKS),
         ),
         Method(
             "multirate",

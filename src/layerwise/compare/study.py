@@ -1,12 +1,14 @@
 """Built-in studies: a fixed set of variants on fixed tasks, several seeds, and a statistical reading.
 
-``llr``: L. N. Smith's thought experiment on layer learning rates. Under two global policies
-(step drops x0.1 at 50/75/90 % and 1cycle), layer multipliers are uniform, first-layers-high
-(1.5 -> 0.5 across depth, reversing linearly by the end), the opposite (0.5 -> 1.5, reversing),
-or a staggered 1cycle per group; on a plain CNN and on the same network with residual
-connections (a ResNet). Every variant is compared with uniform multipliers under the same policy
-(staggered with uniform 1cycle): final test accuracy and steps to a target accuracy, each as a
-mean difference with a 95 % confidence interval and Welch's t-test.
+``llr``: L. N. Smith's thought experiment on layer learning rates. Under four global policies
+(step drops x0.1 at 50/75/90 %, 1cycle, triangular cycles (CLR) and a constant LR), layer
+multipliers are uniform, first-layers-high (1.5 -> 0.5 across depth, reversing linearly by the
+end) or the opposite (0.5 -> 1.5, reversing); besides, a staggered 1cycle per group (with equal,
+and with per-group maxima 1.5 -> 0.5 and minima), and gradual unfreezing head-first and
+input-first under cosine; on a plain CNN and on the same network with residual connections (a
+ResNet). Every variant is compared with uniform multipliers under the same policy (staggered with
+uniform 1cycle, unfreezing with uniform cosine): final test accuracy and steps to a target
+accuracy, each as a mean difference with a 95 % confidence interval and Welch's t-test.
 
 Examples:
     $ layerwise compare --study llr --seeds 3
@@ -35,18 +37,29 @@ TARGET_FRACTION = 0.98
 def llr_variants() -> list[Variant]:
     """The llr study's variants; the first of each policy is its reference (uniform multipliers)."""
     variants: list[Variant] = []
-    for policy in ("step", "onecycle"):
+    for policy in ("step", "onecycle", "triangular", "constant"):
         variants += [
             (f"{policy} uniform", "baseline", {"policy": policy}),
             (f"{policy} first-high", "llr", {"policy": policy, "first": 1.5, "last": 0.5}),
             (f"{policy} first-low", "llr", {"policy": policy, "first": 0.5, "last": 1.5}),
         ]
-    variants.append(("staggered 1cycle", "staggered", {}))
+    spread = {"first_high": 1.5, "last_high": 0.5, "first_low": 0.06, "last_low": 0.02}
+    variants += [
+        ("staggered 1cycle", "staggered", {}),
+        ("staggered 1cycle, per-group min/max", "staggered", spread),
+        ("cosine uniform", "baseline", {"policy": "cosine"}),
+        ("unfreezing head-first", "gradual-unfreezing", {}),
+        ("unfreezing input-first", "gradual-unfreezing", {"order": "input-first"}),
+    ]
     return variants
 
 
 def _reference(label: str) -> str:
-    return "onecycle uniform" if label.startswith(("onecycle", "staggered")) else "step uniform"
+    """Each variant's reference: uniform multipliers under the same global policy."""
+    for prefix, reference in (("staggered", "onecycle"), ("unfreezing", "cosine")):
+        if label.startswith(prefix):
+            return f"{reference} uniform"
+    return f"{label.split()[0]} uniform"
 
 
 def _steps_to(record: dict[str, Any], target: float) -> int | None:
