@@ -290,7 +290,8 @@ class HiDLR(GroupRates):
         )
         index = {id(p): i for i, p in enumerate(params)}
         moved = local_all(stepped)  # under FSDP2, this rank's shards: every move below is local
-        start = [p.detach().clone() for p in moved]
+        # Stepping needs the whole start to restore from; without it, each probe copies only the groups it moves.
+        start = [p.detach().clone() for p in moved] if rule is None or self.fit.joint_scale else None
         saved_state = {} if rule is not None else {p: self._copy_state(opt.state[p]) for p in stepped if p in opt.state}
         saved_lrs = [float(g["lr"]) for g in opt.param_groups]
         buffers = [b.detach().clone() for b in self.model.buffers()] if self.model is not None else []
@@ -329,7 +330,8 @@ class HiDLR(GroupRates):
             if fit.accepted and options.joint_scale and len(active) > 1:
                 fit = self._rescale(closure, fit, moves, anchor)
         finally:
-            torch._foreach_copy_(moved, start)
+            if start is not None:
+                torch._foreach_copy_(moved, start)
             for p in stepped if rule is None else ():
                 if p in saved_state:
                     opt.state[p] = saved_state[p]
@@ -360,15 +362,19 @@ class HiDLR(GroupRates):
         reused = 0 if self._reuse is None else self._reuse.reused
         for row in steps:
             moved = [j for j in range(len(slots)) if row[j] != 0.0]
-            for j in moved:
-                for i in slots[j]:
-                    params[i].add_(direction(i), alpha=float(row[j]))
-            if self._reuse is None or not moved:  # the unmoved point (the anchor) reuses nothing
-                losses.append(self._call(closure))
-            else:
-                losses.append(self._call(lambda moved=moved: self._reuse.call(closure, moved)))
-            for j in moved:
-                torch._foreach_copy_([params[i] for i in slots[j]], [start[i] for i in slots[j]])
+            # the values to restore: the round's start, or a copy of only the groups this probe moves
+            back = {j: [params[i].clone() if start is None else start[i] for i in slots[j]] for j in moved}
+            try:
+                for j in moved:
+                    for i in slots[j]:
+                        params[i].add_(direction(i), alpha=float(row[j]))
+                if self._reuse is None or not moved:  # the unmoved point (the anchor) reuses nothing
+                    losses.append(self._call(closure))
+                else:
+                    losses.append(self._call(lambda moved=moved: self._reuse.call(closure, moved)))
+            finally:
+                for j in moved:
+                    torch._foreach_copy_([params[i] for i in slots[j]], back[j])
         values = torch.stack(losses).double()
         if self.sync is not False and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(values)
