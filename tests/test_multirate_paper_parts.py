@@ -260,3 +260,21 @@ def test_compare_multirate_uses_heavy_ball_momentum_on_sgd_tasks_as_algorithm_1(
         setup = build_setup(build, "multirate", settings)
         assert all(g["nesterov"] is nesterov and g["momentum"] == 0.9 for g in setup.optimizer.param_groups)
         assert f"nesterov={nesterov}" in method_snippet(build, "multirate", settings)
+
+
+def test_compare_multirate_ablation_settings_drift_same_lr_and_weight_decay():
+    from blobs import blobs_task
+
+    from layerwise.compare.methods import Build, build_setup, method_snippet, resolve_settings
+
+    task = blobs_task("multirate-ablations", regime="fine-tuning", weight_decay=1e-3)
+    model = task.make_model()
+    build = Build(task, model, task.partition_of(model), 8, "constant")
+    default = build_setup(build, "multirate", resolve_settings("multirate")).optimizer
+    assert default.drift and default.slow_lr is None and default.optimizers[1].param_groups[0]["weight_decay"] == 1e-3
+    settings = resolve_settings("multirate", {"drift": False, "same_lr": True, "weight_decay": 0.0, "k": 5})
+    ablated = build_setup(build, "multirate", settings).optimizer
+    assert not ablated.drift and ablated.slow_lr == task.lr  # h_S = h_F: the slow part steps the fast part's LR
+    assert all(g["weight_decay"] == 0.0 for g in ablated.param_groups)
+    text = method_snippet(build, "multirate", settings)
+    assert "drift=False" in text and f"slow_lr={task.lr!r}" in text and "weight_decay=0.0" in text

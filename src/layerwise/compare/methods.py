@@ -348,10 +348,17 @@ def _multirate_fast(context: Build, fast: Any) -> list[str]:
 
 
 def _multirate_base_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The task preset's options; heavy-ball momentum (no Nesterov), the paper's Algorithm 1, unless asked."""
+    """The task preset's options; heavy-ball momentum (no Nesterov), the paper's Algorithm 1, unless asked;
+    the ablations' ``drift`` (False: Algorithm 2), ``same_lr`` (h_S = h_F) and ``weight_decay``."""
     options = dict(OPTIMIZER_PRESETS.get(task.optimizer).options)
     if settings["heavy_ball"] and options.get("nesterov"):
         options["nesterov"] = False
+    decay = settings["weight_decay"]
+    options["weight_decay"] = task.weight_decay if decay is None else decay
+    if not settings["drift"]:
+        options["drift"] = False
+    if settings["same_lr"]:
+        options["slow_lr"] = task.lr  # the fast part's step (Table 2's ablation)
     return options
 
 
@@ -366,7 +373,6 @@ def _multirate(context: Build, settings: dict[str, Any]) -> Setup:
         k=k,
         base=preset.cls,
         model=context.model,
-        weight_decay=task.weight_decay,
         **_multirate_base_options(task, settings),
     )
     return Setup(optimizer, _policy_only(context, optimizer))
@@ -585,8 +591,7 @@ def _multirate_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     options = "".join(f", {key}={value!r}" for key, value in _multirate_base_options(task, settings).items())
     return (
         f"opt = layerwise.Multirate.from_partition(part, fast={_multirate_fast(build, settings['fast'])!r}, "
-        f"lr={task.lr * k:g}, k={k}, base=torch.optim.{preset.cls.__name__}, model=model, "
-        f"weight_decay={task.weight_decay:g}{options})\n"
+        f"lr={task.lr * k:g}, k={k}, base=torch.optim.{preset.cls.__name__}, model=model{options})\n"
         f"{_policy_snippet(build)}"
     )
 
@@ -664,6 +669,16 @@ _HIDLR_DEFAULTS = {
     "max_interval": 128,  # adaptive: as accurate as fixed Phi, fewer rounds (BENCHMARKS.md, Hi-DLR probing)
     "probe_fraction": 1.0,  # half-batch probes cost 1.5 points at equal steps
     "prefix_reuse": "allow",  # bitwise the same losses, fewer forward ops; off where not valid
+}
+
+_MULTIRATE_DEFAULTS = {"heavy_ball": True, "drift": True, "same_lr": False, "weight_decay": None}
+_MULTIRATE_CHECKS: dict[str, Check] = {
+    "k": positive_int,
+    "fast": positive_int,
+    "heavy_ball": boolean,
+    "drift": boolean,
+    "same_lr": boolean,
+    "weight_decay": optional(finite_nonneg),
 }
 
 _RANDOM_BODY = "from scratch, the body's random features are not worth keeping"
@@ -791,25 +806,26 @@ def register_defaults() -> None:
         Method(
             "multirate",
             "Multirate (Algorithm 1): the last `fast` groups step every step, the rest get a gradient every k steps; "
-            "on SGD tasks heavy-ball momentum as in the paper's Algorithm 1 (`heavy_ball=false`: the task's Nesterov)",
+            "on SGD tasks heavy-ball momentum as in the paper's Algorithm 1 (`heavy_ball=false`: the task's Nesterov); "
+            "ablations: `drift=false` (Algorithm 2), `same_lr` (slow step = fast step), `weight_decay` (None: task's)",
             _multirate,
-            {"k": 4, "fast": 1, "heavy_ball": True},
+            {**_MULTIRATE_DEFAULTS, "k": 4, "fast": 1},
             _multirate_applies,
             not_default={"scratch": f"{_FINE_TUNING_ONLY}: from scratch it is 13 points behind at 250 steps"},
             period=_multirate_period,
             snippet=_multirate_snippet,
-            check=checked("multirate", k=positive_int, fast=positive_int, heavy_ball=boolean),
+            check=checked("multirate", **_MULTIRATE_CHECKS),
         ),
         Method(
             "multirate-block",
             "Multirate with the head and the last block fast (`fast` = 2 last groups)",
             _multirate,
-            {"k": 4, "fast": 2, "heavy_ball": True},
+            {**_MULTIRATE_DEFAULTS, "k": 4, "fast": 2},
             _needs_groups(3),
             not_default={"scratch": _FINE_TUNING_ONLY},
             period=_multirate_period,
             snippet=_multirate_snippet,
-            check=checked("multirate-block", k=positive_int, fast=positive_int, heavy_ball=boolean),
+            check=checked("multirate-block", **_MULTIRATE_CHECKS),
         ),
         Method(
             "hidlr",
