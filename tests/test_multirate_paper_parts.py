@@ -264,7 +264,6 @@ def test_compare_multirate_uses_heavy_ball_momentum_on_sgd_tasks_as_algorithm_1(
 
 def test_compare_multirate_ablation_settings_drift_same_lr_and_weight_decay():
     from blobs import blobs_task
-
     from layerwise.compare.methods import Build, build_setup, method_snippet, resolve_settings
 
     task = blobs_task("multirate-ablations", regime="fine-tuning", weight_decay=1e-3)
