@@ -20,6 +20,8 @@ Examples:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..groups import Partition, by_lora, by_patterns
@@ -101,6 +103,25 @@ def _minilm_lora() -> torch.nn.Module:
 
 def default_tasks() -> list[Task]:
     """The fine-tuning tasks on packaged pretrained weights (heavy libraries load only when used)."""
+    minilm_finetune = Task(
+        name="minilm-finetune",
+        description=(
+            "Tweet sentiment (3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 fine-tuned in 5 groups "
+            "(early, middle layers, late layer, last block, head), AdamW"
+        ),
+        make_model=lambda: minilm_classifier(num_labels=len(LABELS)),
+        sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),
+        load_data=tweet_task_data,
+        epochs=2,
+        quick_epochs=1,
+        batch_size=32,
+        lr=5e-5,
+        weight_decay=0.01,
+        optimizer="adamw",
+        partition=_minilm_blocks,
+        train_size=4000,
+        regime="fine-tuning",
+    )
     return [
         Task(
             name="minilm-sentiment",
@@ -157,26 +178,9 @@ def default_tasks() -> list[Task]:
             train_size=4000,
             regime="fine-tuning",
         ),
-        Task(
-            name="minilm-finetune",
-            description=(
-                "Tweet sentiment (3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 fine-tuned in 5 groups "
-                "(early, middle layers, late layer, last block, head), AdamW"
-            ),
-            make_model=lambda: minilm_classifier(num_labels=len(LABELS)),
-            sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),
-            load_data=tweet_task_data,
-            epochs=2,
-            quick_epochs=1,
-            batch_size=32,
-            lr=5e-5,
-            weight_decay=0.01,
-            optimizer="adamw",
-            partition=_minilm_blocks,
-            train_size=4000,
-            regime="fine-tuning",
-        ),
-        Task(
+        minilm_finetune,
+        replace(
+            minilm_finetune,
             name="minilm-sentiment-lora",
             description=(
                 "Tweet sentiment (3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 with PEFT LoRA adapters "
@@ -184,16 +188,7 @@ def default_tasks() -> list[Task]:
                 "lora_B, head; AdamW at LoRA's usual 1e-3 (the best of 1e-4..3e-3 in the Hi-DLR LoRA bench)"
             ),
             make_model=_minilm_lora,
-            sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),
-            load_data=tweet_task_data,
-            epochs=2,
-            quick_epochs=1,
-            batch_size=32,
             lr=1e-3,
-            weight_decay=0.01,
-            optimizer="adamw",
             partition=_lora_groups,
-            train_size=4000,
-            regime="fine-tuning",
         ),
     ]
