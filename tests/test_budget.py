@@ -101,7 +101,8 @@ def test_a_method_of_known_cost_is_measured_exactly_and_its_steps_hit_the_budget
 
 
 def test_hidlr_cost_includes_its_probe_forwards():
-    settings = resolve_settings("hidlr", {"update_every": 4, "groups": 2, "max_interval": None})
+    # (prefix reuse traces the model once, one more forward: off here, to count the probes alone)
+    settings = resolve_settings("hidlr", {"update_every": 4, "groups": 2, "max_interval": None, "prefix_reuse": False})
     costs = measure_costs(TASK, [("h", "hidlr", settings)], BATCHES, policy="constant", repeats=1, clock=CLOCK)
     assert costs.block == 32
     # per 4 steps: 4 training forwards + 4 K probe forwards (K = 2 groups, v in (-2, -1, 1, 2))

@@ -648,7 +648,7 @@ def by_lora(model: nn.Module, *, rest: str = "other") -> Partition:
     rules = [(r"(^|\.)lora_A(\.|$)", "lora_A"), (r"(^|\.)lora_B(\.|$)", "lora_B")]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     absent = [group for pattern, group in rules if not any(re.search(pattern, n) for n in names)]
-    if absent:
+    if names and absent:  # (no trainable parameter at all: by_patterns says so)
         raise ValueError(
             f"model: no trainable parameter named like {absent} (a 'lora_A' / 'lora_B' name component, PEFT's "
             "naming: add adapters with peft.get_peft_model or layerwise.tasks.lora.peft_lora first)"
