@@ -107,3 +107,10 @@ def test_hidlr_cost_includes_its_probe_forwards():
     assert costs.block == 32
     # per 4 steps: 4 training forwards + 4 K probe forwards (K = 2 groups, v in (-2, -1, 1, 2))
     assert costs.ratios["h"] == pytest.approx((4 + 4 * 2) / 4)
+
+
+def test_an_adaptive_hidlr_is_timed_over_its_ramp_of_doubling_intervals():
+    period = METHODS["hidlr"].period
+    assert period(resolve_settings("hidlr")) == 16 + 32 + 64 + 128  # then every 128 steps
+    assert period(resolve_settings("hidlr", {"update_every": 8, "max_interval": 8})) == 8
+    assert period(resolve_settings("hidlr", {"max_interval": None})) == 16

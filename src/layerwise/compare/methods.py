@@ -686,7 +686,16 @@ _FINE_TUNING_ONLY = "a fine-tuning method"
 
 
 def _hidlr_period(settings: Mapping[str, Any]) -> int:
-    return max(settings["max_interval"] or 0, settings["update_every"])  # an adaptive interval settles at its cap
+    """Fixed: Phi. Adaptive: the ramp, Phi + 2 Phi + ... up to the cap (16 + 32 + 64 + 128 = 240 by default):
+    a run's probing starts dense and thins out as the interval doubles, so timing one cap-long block from
+    the start (4 rounds in 128 steps) would charge a 250-step run for 1.5x the rounds it makes (5)."""
+    phi, cap = settings["update_every"], settings["max_interval"]
+    if cap is None or cap <= phi:
+        return phi
+    ramp, interval = 0, phi
+    while interval < cap:
+        ramp, interval = ramp + interval, 2 * interval
+    return ramp + cap
 
 
 def _multirate_period(settings: Mapping[str, Any]) -> int:
