@@ -30,7 +30,7 @@ from ..cost import prefix_step_times
 from ..tasks import resolve_task
 from ..training import seeded_indices, steps_per_epoch
 
-__all__ = ["CASES", "frozen_counts", "predicted_savings", "run_cache_bench", "simulate_served"]
+__all__ = ["CASES", "cut_depths", "frozen_counts", "predicted_savings", "run_cache_bench", "simulate_served"]
 
 CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, int]]] = {
     "freezeout": ("fashion-mnist", "freezeout", {}, {}),
@@ -61,16 +61,44 @@ def frozen_counts(task: Any, method: str, settings: dict[str, Any], total: int, 
     return counts
 
 
-def simulate_served(counts: Sequence[int], *, examples: int, batch: int, seed: int) -> list[float]:
-    """Per step, the share of the batch's rows a cache serves: rows stored since the frozen prefix last changed."""
-    stored = np.zeros(examples, dtype=np.int64)  # the frozen count each example is stored at (0: not stored)
+def simulate_served(
+    counts: Sequence[int], *, examples: int, batch: int, seed: int, cuts: Sequence[int] | None = None
+) -> list[float]:
+    """Per step, the share of the batch's rows a cache serves: rows stored at the current cut since it
+    last moved. ``cuts[k]``: the cut (its depth; 0: none) the cache takes with ``k`` groups frozen, so
+    freezing a group that moves no cut keeps the rows (default: every frozen count is its own cut)."""
+    depth = list(range(max(counts, default=0) + 1)) if cuts is None else list(cuts)
+    stored = np.zeros(examples, dtype=np.int64)  # the cut each example is stored at (0: not stored)
     served = []
     for (_, _, index), k in zip(seeded_indices(examples, batch, seed=seed, steps=len(counts)), counts):
-        rows = index.numpy()
-        stored[stored > k] = 0  # a group unfroze: the deeper entries are dropped
-        served.append(float((stored[rows] == k).mean()) if k else 0.0)
-        stored[rows] = k
+        rows, cut = index.numpy(), depth[k]
+        stored[stored > cut] = 0  # a group unfroze: the deeper entries are dropped
+        served.append(float((stored[rows] == cut).mean()) if cut else 0.0)
+        stored[rows] = cut
     return served
+
+
+def cut_depths(model: Any, setup: Any, batch: tuple[Any, Any]) -> list[int]:
+    """The cut a :class:`~layerwise.FrozenPrefixCache` takes with the first k groups frozen, k = 0..K, as
+    the number of ops before it (0: no cut), from one forward per k."""
+    from ..freezing import Freezer
+    from ..prefix_cache import FrozenPrefixCache
+
+    freezer = Freezer(model, setup.optimizer)
+    rows = len(batch[1])
+    depths = [0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a shallower cut is what is asked for
+        for k in range(1, len(freezer.names) + 1):
+            freezer.freeze(*freezer.names[:k])
+            cache = FrozenPrefixCache(model, freezer, rows, same_inputs=True, shallower="allow")
+            with cache.batch(np.arange(rows)):
+                model(batch[0])
+            cut = cache._choose(cache._frozen_ids())[0] if cache._trace is not None else None
+            depths.append(0 if cut is None else cut.position)
+            cache.remove()
+    freezer.unfreeze(*freezer.names)
+    return depths
 
 
 def predicted_savings(
@@ -106,6 +134,7 @@ def _case(name: str, seeds: int, quick: bool, policy: str) -> dict[str, Any]:
     repeats = 2 if quick else 9
     plain = prefix_step_times(model, groups, batch, task.loss, repeats=repeats)
     cached = prefix_step_times(model, groups, batch, task.loss, repeats=repeats, cached=True)
+    cuts = cut_depths(model, setup, batch)
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], method: [], f"{method}+cache": []}
     for seed in range(seeds):
         order = list(runs)
@@ -128,7 +157,10 @@ def _case(name: str, seeds: int, quick: bool, policy: str) -> dict[str, Any]:
             )
     predictions = [
         predicted_savings(
-            counts, simulate_served(counts, examples=train_size, batch=task.batch_size, seed=s), plain, cached
+            counts,
+            simulate_served(counts, examples=train_size, batch=task.batch_size, seed=s, cuts=cuts),
+            plain,
+            cached,
         )
         for s in range(seeds)
     ]
