@@ -1,7 +1,7 @@
 """LoRA+ beside Hi-DLR (the Hi-DLR paper's Fig. 1 / App. A.2 discussion) on `minilm-sentiment-lora`:
 PEFT LoRA on MiniLM-L6, AdamW, 3 seeds, the task's quick slice (4,000 tweets, one epoch of 125 steps,
 1,000 test tweets, 4 evaluations per run). Compared: a tuned uniform LR (the task's LR x 0.3 / 1 / 3;
-x1 is the baseline), LoRA+ at ratios 2 and 16 (PEFT's create_loraplus_optimizer; the Hi-DLR paper
+x1 is the baseline), LoRA+ at ratios 2, 4 and 16 (PEFT's create_loraplus_optimizer; the Hi-DLR paper
 quotes 2^1-2^2 as best for LLaMA, 2^4 for RoBERTa), Hi-DLR on lora_A | lora_B | head, and SecantLR.
 
 Run: .venv/bin/python scripts/lora-peers.py steps [OUT]   equal steps (about 40 minutes on 2 cores)
@@ -33,7 +33,7 @@ if budget == "steps":
     )
     print(sweep["table"])
     variants = [("baseline", "baseline", {})]
-    variants += [(f"loraplus x{r}", "loraplus", {"ratio": float(r)}) for r in (2, 16)]
+    variants += [(f"loraplus x{r}", "loraplus", {"ratio": float(r)}) for r in (2, 4, 16)]
     variants += [("hidlr", "hidlr", {}), ("secant", "secant", {})]
 else:
     variants = [("baseline", "baseline", {}), ("hidlr", "hidlr", {}), ("secant", "secant", {})]

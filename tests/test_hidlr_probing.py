@@ -98,6 +98,22 @@ def test_the_interval_doubles_up_to_the_cap_and_halves_on_a_large_move():
     assert [h["step"] for h in opt.history] == list(range(0, 12, 2)) and opt.interval == 2
 
 
+def test_an_adaptive_round_smooths_with_gamma_per_phi_steps_since_the_last_one(monkeypatch):
+    stars = []
+    fit = HiDLR._update_eta
+    monkeypatch.setattr(HiDLR, "_update_eta", lambda self, active, f: stars.append(f.eta_star) or fit(self, active, f))
+    _, opt = _train("auto", "sgd", steps=40, max_interval=8, interval_tolerance=10.0, gamma=0.8)
+    steps = [h["step"] for h in opt.history]
+    assert steps == [0, 4, 12, 20, 28, 36]
+    eta, gaps = [0.1, 0.1], [2] + [b - a for a, b in zip(steps, steps[1:])]  # the first round: Phi
+    for gap, star, record in zip(gaps, stars, opt.history):
+        gamma = 0.8 ** (gap / 2)
+        eta = [gamma * e + (1 - gamma) * float(s) for e, s in zip(eta, star)]
+        assert record["eta"] == pytest.approx(eta, rel=1e-12)
+    _, fixed = _train("auto", "sgd", steps=8, gamma=0.8)  # a fixed interval: gamma itself, the paper
+    assert fixed._round_gamma() == 0.8
+
+
 def test_an_adaptive_run_resumes_exactly(tmp_path):
     straight, _ = _train("auto", "adamw", steps=20, max_interval=8, interval_tolerance=0.5)
     net = _net()

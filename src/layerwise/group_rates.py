@@ -70,9 +70,11 @@ class GroupRates(Wrapper):
         self._ratio = [lr / self.eta[m] if self.eta[m] > 0 else 0.0 for lr, m in zip(lrs, self._member)]
         self.step_count = 0
 
-    def _accept(self, k: int, eta_star: float) -> None:
-        """Move group ``k``'s rate toward an accepted estimate: ``eta <- gamma eta + (1 - gamma) eta*``."""
-        self.eta[k] = self.gamma * self.eta[k] + (1.0 - self.gamma) * float(eta_star)
+    def _accept(self, k: int, eta_star: float, gamma: float | None = None) -> None:
+        """Move group ``k``'s rate toward an accepted estimate: ``eta <- gamma eta + (1 - gamma) eta*``
+        (``gamma``: this round's smoothing, default :attr:`gamma`)."""
+        gamma = self.gamma if gamma is None else gamma
+        self.eta[k] = gamma * self.eta[k] + (1.0 - gamma) * float(eta_star)
 
     def _reject(self, reason: str) -> None:
         """Count a rejected estimate under ``reason``."""

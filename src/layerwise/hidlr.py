@@ -103,7 +103,10 @@ class HiDLR(GroupRates):
             without stepping for SGD, Adam and AdamW (bitwise the stepped one; no copy of the
             optimizer state or of the update is kept), and steps and restores for any other
             optimizer; ``"step"`` always steps and restores.
-        gamma: smoothing, ``eta <- gamma * eta + (1 - gamma) * eta*``; in [0, 1).
+        gamma: smoothing, ``eta <- gamma * eta + (1 - gamma) * eta*``; in [0, 1). It is the smoothing
+            per ``update_every`` steps: with ``max_interval``, a round ``m * update_every`` steps after
+            the previous one smooths with ``gamma ** m``, so the LRs follow the estimates with the same
+            time constant in steps as at a fixed interval (fewer rounds, not slower LRs).
         min_r2: acceptance threshold on the fit's R^2.
         probes: the probing vector v (at least three distinct non-zero values).
         full_matrix: also probe pairs of groups and fit the full K x K curvature (O(K^2) forwards).
@@ -423,9 +426,10 @@ class HiDLR(GroupRates):
         self.last_fit = fit
         self.stats["probe_rounds"] += 1
         if fit.accepted:
+            gamma = self._round_gamma()
             for k, star, passed in zip(active, fit.eta_star, fit.groups):
                 if passed:
-                    self._accept(k, star)
+                    self._accept(k, star, gamma)
             self.stats["accepted"] += 1
             self.stats["groups_kept"] += int((~fit.groups).sum())
         else:
@@ -435,6 +439,13 @@ class HiDLR(GroupRates):
             log.log(level, "Hi-DLR step %d: fit rejected (%s, R2=%.3f)", self.step_count, fit.reason, fit.r2)
         record = {"step": self.step_count, "eta": list(self.eta), "accepted": fit.accepted, "reason": fit.reason}
         self.history.append({**record, "r2": fit.r2})
+
+    def _round_gamma(self) -> float:
+        """This round's smoothing: ``gamma`` per ``update_every`` steps since the previous round (the
+        interval, not yet adapted); ``gamma`` itself at a fixed interval."""
+        if self.max_interval is None:
+            return self.gamma
+        return self.gamma ** (self.interval / self.update_every)
 
     # -- checkpoints ---------------------------------------------------------------------
 

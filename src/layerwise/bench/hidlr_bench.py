@@ -110,7 +110,7 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mode.peak
 
 
-ADAPTIVE = {"max_interval": 128, "probe_fraction": 1.0, "prefix_reuse": "allow"}
+ADAPTIVE = {"max_interval": 128, "interval_tolerance": 1.0, "probe_fraction": 1.0, "prefix_reuse": "allow"}
 """The probing options of ``layerwise compare``'s ``hidlr`` (``relative_speed_adaptive``): an adaptive
 interval from Phi up to 128 steps, whole-batch probes, prefix reuse."""
 

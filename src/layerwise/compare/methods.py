@@ -425,6 +425,7 @@ def _hidlr_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
         "joint_scale": settings["joint_scale"],
         "per_group": settings["per_group"],
         "max_interval": None if cap is None else max(cap, settings["update_every"]),  # never below Phi
+        "interval_tolerance": settings["interval_tolerance"],
         "probe_fraction": settings["probe_fraction"],
         "prefix_reuse": settings["prefix_reuse"],
     }
@@ -653,6 +654,7 @@ _HIDLR_CHECKS: dict[str, Check] = {
     "joint_scale": boolean,
     "per_group": boolean,
     "max_interval": optional(positive_int),
+    "interval_tolerance": positive_number,
     "probe_fraction": lambda name, value: fraction(name, value, open_low=True, what="a fraction of the batch"),
     "prefix_reuse": _choice(*REUSE_MODES),
 }
@@ -667,6 +669,7 @@ _HIDLR_DEFAULTS = {
     "joint_scale": False,
     "per_group": True,
     "max_interval": 128,  # adaptive: as accurate as fixed Phi, fewer rounds (BENCHMARKS.md, Hi-DLR probing)
+    "interval_tolerance": 1.0,  # the interval grows unless a round moves an LR by more than 100 %
     "probe_fraction": 1.0,  # half-batch probes cost 1.5 points at equal steps
     "prefix_reuse": "allow",  # bitwise the same losses, fewer forward ops; off where not valid
 }
