@@ -1,6 +1,6 @@
 """LoRA+ beside Hi-DLR (the Hi-DLR paper's Fig. 1 / App. A.2 discussion) on `minilm-sentiment-lora`:
 PEFT LoRA on MiniLM-L6, AdamW, 3 seeds, the task's quick slice (4,000 tweets, one epoch of 125 steps,
-1,000 test tweets, 4 evaluations per run). Compared: a tuned uniform LR (the task's LR x 0.3 / 1 / 3;
+1,000 test tweets, 4 evaluations per run). Compared: a tuned uniform LR (the task's LR x 0.3 / 1 / 3 / 10;
 x1 is the baseline), LoRA+ at ratios 2, 4 and 16 (PEFT's create_loraplus_optimizer; the Hi-DLR paper
 quotes 2^1-2^2 as best for LLaMA, 2^4 for RoBERTa), Hi-DLR on lora_A | lora_B | head, and SecantLR.
 
@@ -23,7 +23,7 @@ if budget == "steps":
     sweep = lr_sweep(
         TASK,
         ["baseline"],
-        [0.3, 3.0],
+        [0.3, 3.0, 10.0],
         out=f"{out}/uniform",
         seeds=3,
         quick=True,

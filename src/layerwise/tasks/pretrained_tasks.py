@@ -103,14 +103,14 @@ def _minilm_lora() -> torch.nn.Module:
 
 def default_tasks() -> list[Task]:
     """The fine-tuning tasks on packaged pretrained weights (heavy libraries load only when used)."""
-    minilm_finetune = Task(
-        name="minilm-finetune",
+    minilm_sentiment = Task(
+        name="minilm-sentiment",
         description=(
-            "Tweet sentiment (3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 fine-tuned in 5 groups "
-            "(early, middle layers, late layer, last block, head), AdamW"
+            "Tweet sentiment (37k tweets, 3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 "
+            "(22.7M parameters) fine-tuned, AdamW settings"
         ),
         make_model=lambda: minilm_classifier(num_labels=len(LABELS)),
-        sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),
+        sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),  # [CLS] hello world [SEP] pad pad
         load_data=tweet_task_data,
         epochs=2,
         quick_epochs=1,
@@ -118,28 +118,20 @@ def default_tasks() -> list[Task]:
         lr=5e-5,
         weight_decay=0.01,
         optimizer="adamw",
-        partition=_minilm_blocks,
-        train_size=4000,
         regime="fine-tuning",
     )
-    return [
-        Task(
-            name="minilm-sentiment",
-            description=(
-                "Tweet sentiment (37k tweets, 3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 "
-                "(22.7M parameters) fine-tuned, AdamW settings"
-            ),
-            make_model=lambda: minilm_classifier(num_labels=len(LABELS)),
-            sample_input=lambda: torch.tensor([[101, 7592, 2088, 102, 0, 0]] * 2),  # [CLS] hello world [SEP] pad pad
-            load_data=tweet_task_data,
-            epochs=2,
-            quick_epochs=1,
-            batch_size=32,
-            lr=5e-5,
-            weight_decay=0.01,
-            optimizer="adamw",
-            regime="fine-tuning",
+    minilm_finetune = replace(
+        minilm_sentiment,
+        name="minilm-finetune",
+        description=(
+            "Tweet sentiment (3 classes, 64 tokens), pretrained all-MiniLM-L6-v2 fine-tuned in 5 groups "
+            "(early, middle layers, late layer, last block, head), AdamW"
         ),
+        partition=_minilm_blocks,
+        train_size=4000,
+    )
+    return [
+        minilm_sentiment,
         Task(
             name="effnet-fashion",
             description=(
