@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_an_adaptive_round_smooths_with_gamma_per_phi_steps_since_the_last_one(m
     _, opt = _train("auto", "sgd", steps=40, max_interval=8, interval_tolerance=10.0, gamma=0.8)
     steps = [h["step"] for h in opt.history]
     assert steps == [0, 4, 12, 20, 28, 36]
-    eta, gaps = [0.1, 0.1], [2] + [b - a for a, b in zip(steps, steps[1:])]  # the first round: Phi
+    eta, gaps = [0.1, 0.1], [2] + [b - a for a, b in itertools.pairwise(steps)]  # the first round: Phi
     for gap, star, record in zip(gaps, stars, opt.history):
         gamma = 0.8 ** (gap / 2)
         eta = [gamma * e + (1 - gamma) * float(s) for e, s in zip(eta, star)]

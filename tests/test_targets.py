@@ -76,6 +76,14 @@ def test_verdict_reports_worse_accuracy_at_equal_time():
     assert "10.00 points worse at equal time [" in result["text"]
 
 
+def test_verdict_under_a_steps_budget_says_equal_steps():
+    result = verdict([0.70, 0.71, 0.705], [0.80, 0.81, 0.805], [None] * 3, [20.0, 21.0, 19.0], "accuracy", "steps")
+    assert "10.00 points worse at equal steps [" in result["text"] and "equal time" not in result["text"]
+    assert verdict([0.82], [0.80], [10.0], [20.0], "accuracy", "steps")["text"].startswith(
+        "one seed, no interval: +2.00 points at equal steps"
+    )
+
+
 def test_verdict_without_a_difference_says_so():
     result = verdict([0.80, 0.82, 0.81], [0.81, 0.80, 0.82], [10.0, 30.0, 20.0], [20.0, 12.0, 25.0], "accuracy")
     assert result["text"] == "no significant difference"

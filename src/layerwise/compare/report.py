@@ -50,8 +50,10 @@ def summarize(
     metric: str = "accuracy",
     target: float | None = None,
     target_tolerance: float | None = None,
+    budget: str = "time",
 ) -> dict[str, Any]:
-    """One row per method, and the target used for time to target.
+    """One row per method, and the target used for time to target (``budget``: what the runs had equal,
+    ``"time"`` or ``"steps"``, for the verdicts' wording).
 
     A row has: runs, steps, mean training wall-clock, speed-up vs ``baseline`` (its wall-clock over
     the method's), achieved training time over the budget, the metric's mean and std at the end
@@ -95,7 +97,12 @@ def summarize(
         judged = None
         if label != baseline and records and base_records:
             judged = verdict(
-                [r["test_metric"] for r in records], [r["test_metric"] for r in base_records], mine, base_times, metric
+                [r["test_metric"] for r in records],
+                [r["test_metric"] for r in base_records],
+                mine,
+                base_times,
+                metric,
+                budget,
             )
         rows.append(
             {

@@ -381,7 +381,12 @@ def compare_variants(
                     outcomes[label]["errors"].append(store.error(key) or "not run")
     baseline = "baseline" if "baseline" in outcomes else labels[0]
     summary = summarize(
-        outcomes, baseline=baseline, metric=task.metric, target=target, target_tolerance=target_tolerance
+        outcomes,
+        baseline=baseline,
+        metric=task.metric,
+        target=target,
+        target_tolerance=target_tolerance,
+        budget=config.budget,
     )
     rows, target_value = summary["rows"], summary["target"]
     budget_text = _budget_text(config, plan, epochs)

@@ -89,10 +89,12 @@ def verdict(
     times: Sequence[float | None],
     baseline_times: Sequence[float | None],
     metric: str,
+    budget: str = "time",
 ) -> dict[str, Any]:
     """A method against the baseline at equal cost: both comparisons with their 95 % intervals, and a sentence.
 
     ``finals``: final test metrics per seed; ``times``: time to target per seed (None: not reached).
+    ``budget``: what the runs had equal, ``"time"`` or ``"steps"`` (the sentence says which).
     """
     mine = [v for v in finals if v is not None]
     base = [v for v in baseline_finals if v is not None]
@@ -107,6 +109,7 @@ def verdict(
     if not mine or not base:
         result["text"] = "no finished runs to compare"
         return result
+    at = "at equal time" if budget == "time" else "at equal steps"
     parts = []
     if speed["diff"] is not None and (speed["low"] > 0 or speed["high"] < 0):
         factor, low, high = (math.exp(speed[k]) for k in ("diff", "low", "high"))
@@ -122,7 +125,7 @@ def verdict(
         scale, unit = _scale(metric)
         word = "better" if _better(accuracy["diff"], metric) else "worse"
         parts.append(
-            f"{abs(accuracy['diff']) * scale:.2f} {unit} {word} at equal time "
+            f"{abs(accuracy['diff']) * scale:.2f} {unit} {word} {at} "
             f"[{accuracy['low'] * scale:+.2f}, {accuracy['high'] * scale:+.2f}]"
         )
     if accuracy["diff"] is None:  # one seed on a side: the differences, without an interval
@@ -132,7 +135,7 @@ def verdict(
         if reached and base_reached:
             speed = statistics.fmean(base_reached) / statistics.fmean(reached)
             ratio = f", {speed:.2f}x the baseline's speed to target"
-        parts.append(f"one seed, no interval: {diff * scale:+.2f} {unit} at equal time{ratio}")
+        parts.append(f"one seed, no interval: {diff * scale:+.2f} {unit} {at}{ratio}")
     elif not parts or all(p.startswith("reaches the target in") for p in parts):
         parts.append("no significant difference")
     result["text"] = "; ".join(parts)
