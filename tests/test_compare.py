@@ -66,8 +66,10 @@ def test_every_method_runs_on_the_tiny_task():
     assert sorted(freeze["frozen_at"]) == ["0", "2"]  # the head (4) trains to the end
     multirate = run_one("tiny-blobs", "multirate", {"k": 4}, seed=0, policy="constant")
     assert multirate["lr"]["4"][0] == pytest.approx(0.05) and multirate["lr"]["0"][0] == pytest.approx(0.2)
-    hidlr = run_one("tiny-blobs", "hidlr", {"update_every": 4}, seed=0)
-    assert hidlr["found_lr_stats"]["probe_rounds"] == 4
+    hidlr = run_one("tiny-blobs", "hidlr", {"update_every": 4, "max_interval": None}, seed=0)
+    assert hidlr["found_lr_stats"]["probe_rounds"] == 4  # a fixed interval: steps 0, 4, 8, 12
+    adaptive = run_one("tiny-blobs", "hidlr", {"update_every": 4}, seed=0)
+    assert adaptive["found_lr_stats"]["probe_rounds"] == 2  # the default: the interval grows, 4 -> 8 -> 16
 
 
 def test_compare_writes_table_records_plots_and_html(tmp_path):
