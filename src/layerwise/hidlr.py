@@ -442,9 +442,7 @@ class HiDLR(GroupRates):
 
     def _round_gamma(self) -> float:
         """This round's smoothing: ``gamma`` per ``update_every`` steps since the previous round (the
-        interval, not yet adapted); ``gamma`` itself at a fixed interval."""
-        if self.max_interval is None:
-            return self.gamma
+        interval, not yet adapted; ``gamma`` itself at a fixed interval)."""
         return self.gamma ** (self.interval / self.update_every)
 
     # -- checkpoints ---------------------------------------------------------------------
