@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..compare.methods import HIDLR_PROBING
 from ..groups import by_depth_buckets
 from ..hidlr import HiDLR
 from ..tasks import get_task
@@ -110,7 +111,7 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mode.peak
 
 
-ADAPTIVE = {"max_interval": 128, "interval_tolerance": 1.0, "probe_fraction": 1.0, "prefix_reuse": "allow"}
+ADAPTIVE = HIDLR_PROBING
 """The probing options of ``layerwise compare``'s ``hidlr`` (``relative_speed_adaptive``): an adaptive
 interval from Phi up to 128 steps, whole-batch probes, prefix reuse."""
 

@@ -49,6 +49,7 @@ from ..secant import MODES, SecantLR
 from ..tasks import OPTIMIZER_PRESETS, Task, make_optimizer
 
 __all__ = [
+    "HIDLR_PROBING",
     "METHODS",
     "Build",
     "Method",
@@ -660,6 +661,14 @@ _HIDLR_CHECKS: dict[str, Check] = {
 }
 _FREEZEOUT_CHECKS: dict[str, Check] = {"t0": _t0, "strategy": _choice(*STRATEGIES), "scale_lr": boolean}
 
+HIDLR_PROBING = {
+    "max_interval": 128,  # adaptive: as accurate as fixed Phi, fewer rounds (BENCHMARKS.md, Hi-DLR probing)
+    "interval_tolerance": 1.0,  # the interval grows unless a round moves an LR by more than 100 %
+    "probe_fraction": 1.0,  # half-batch probes cost 1.5 points at equal steps
+    "prefix_reuse": "allow",  # bitwise the same losses, fewer forward ops; off where not valid
+}
+"""The ``hidlr`` method's probing options (``bench hidlr --quick`` times them as ``relative_speed_adaptive``)."""
+
 _HIDLR_DEFAULTS = {
     "groups": 3,
     "split": None,
@@ -668,10 +677,7 @@ _HIDLR_DEFAULTS = {
     "clip": 10.0,
     "joint_scale": False,
     "per_group": True,
-    "max_interval": 128,  # adaptive: as accurate as fixed Phi, fewer rounds (BENCHMARKS.md, Hi-DLR probing)
-    "interval_tolerance": 1.0,  # the interval grows unless a round moves an LR by more than 100 %
-    "probe_fraction": 1.0,  # half-batch probes cost 1.5 points at equal steps
-    "prefix_reuse": "allow",  # bitwise the same losses, fewer forward ops; off where not valid
+    **HIDLR_PROBING,
 }
 
 _MULTIRATE_DEFAULTS = {"heavy_ball": True, "drift": True, "same_lr": False, "weight_decay": None}
