@@ -12,7 +12,7 @@ from layerwise.bench.gpu_bench import run_gpu_bench
 def test_tiny_mode_runs_every_part_and_writes_one_json(tmp_path):
     report = run_gpu_bench(tiny=True, out=str(tmp_path))
     assert json.loads((tmp_path / "gpu.json").read_text()) == report
-    assert set(report["freezeout"]) == {"densenet-bc", "resnet"} and set(report["multirate"]) == {
+    assert set(report["freezeout"]) == {"densenet-bc", "resnet-cnn"} and set(report["multirate"]) == {
         "efficientnet-lite0",
         "minilm",
     }

@@ -153,6 +153,31 @@ def test_langevin_noise_has_the_formulas_variance_per_step_on_each_part():
     assert opt.temperatures == [0.5, 2.0]
 
 
+def test_langevin_trajectory_equals_a_hand_written_loop_with_the_documented_draws():
+    net, ref = _net(), _net()
+    tau = {"fast": 1e-3, "slow": 4e-3}
+    _train(
+        Multirate(list(net[2].parameters()), list(net[0].parameters()), lr=H, k=K, temperature=tau, noise_seed=5), net
+    )
+    rf, rs = list(ref[2].parameters()), list(ref[0].parameters())
+    noise = torch.Generator().manual_seed(5)
+    drift = None
+    for step in range(STEPS):
+        grads = _grads(ref, step, rf + rs)
+        with torch.no_grad():
+            for p, g in zip(rf, grads[: len(rf)]):
+                p.sub_(H / K * g)
+            if step % K == 0:  # Algorithm 1 without momentum: the slow gradient spread over k steps
+                drift = [-(H / K) * g for g in grads[len(rf) :]]
+            for p, d in zip(rs, drift):
+                p.add_(d)
+            for params, t in ((rf, tau["fast"]), (rs, tau["slow"])):  # then eq. 2's noise, fast part first
+                for p in params:  # sqrt(2 eta tau) N(0, 1), eta = h / k the LR per step of both parts
+                    p.add_(math.sqrt(2 * (H / K) * t) * torch.randn(p.shape, generator=noise))
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_langevin_noise_is_seeded_and_resumes_with_the_same_draws():
     def run(stop=None, state=None, seed=7):
         net = _net()

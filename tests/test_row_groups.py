@@ -1,7 +1,9 @@
 """Sub-tensor groups (Hi-DLR §4.3): each output row of a layer its own LR group, against hand-written references."""
 
 import copy
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -157,3 +159,73 @@ def test_subtensor_task_fashion_mnist_tasks_one_group_per_binary_task():
     assert task_accuracy(out, labels).tolist() == pytest.approx([1.0, 1 / 3])  # row 2: wrong on tasks 1 and 2
     expected = nn.functional.binary_cross_entropy_with_logits(out, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
     assert one_vs_rest_loss(out, labels) == pytest.approx(float(expected))
+
+
+def test_subtensor_rows_with_adamw_and_no_decay_biases_match_a_hand_written_adamw():
+    net, ref = _net(), _net()
+    part = by_rows(net, "2")
+    lr_mult = {f"2.row{i}": lr / 0.05 for i, lr in enumerate(ROW_LRS)}
+    opt = torch.optim.AdamW(part.param_groups(lr=0.05, lr_mult=lr_mult, weight_decay=0.1, no_decay=("bias",)))
+    rows = torch.tensor(ROW_LRS)
+    lrs = [
+        rows.view(-1, 1) if name == "2.weight" else rows if name == "2.bias" else torch.tensor(0.05)
+        for name, _ in ref.named_parameters()
+    ]
+    decays = [0.0 if name.endswith("bias") else 0.1 for name, _ in ref.named_parameters()]  # biases: no decay
+    m = [torch.zeros_like(p) for p in ref.parameters()]
+    v = [torch.zeros_like(p) for p in ref.parameters()]
+    for step in range(1, 6):
+        opt.zero_grad()
+        _loss(net, step).backward()
+        opt.step()
+        grads = torch.autograd.grad(_loss(ref, step), list(ref.parameters()))  # by hand: AdamW, row LRs
+        with torch.no_grad():
+            for p, g, mi, vi, lr, wd in zip(ref.parameters(), grads, m, v, lrs, decays):
+                p.mul_(1 - lr * wd)
+                mi.mul_(0.9).add_(0.1 * g)
+                vi.mul_(0.999).add_(0.001 * g * g)
+                p.sub_(lr * (mi / (1 - 0.9**step)) / ((vi / (1 - 0.999**step)).sqrt() + 1e-8))
+    for a, b in ((net[0].weight, ref[0].weight), (net[0].bias, ref[0].bias), (net[2].weight, ref[2].weight)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net[2].bias, ref[2].bias, rtol=1e-5, atol=1e-6)
+    assert [g["weight_decay"] for g in opt.param_groups if g["name"] == "2.row3"] == [0.1, 0.0]  # weight, bias
+    by_kind = {group.name: len(group.params) for group in layerwise.by_kind(net)}
+    assert by_kind == {"weight": 1 + 4, "bias": 1 + 4}  # the row leaves keep the kind of the tensor they cut
+
+
+def test_subtensor_row_lrs_follow_the_closed_form_and_telemetry_sees_each_rows_gradient():
+    net, ref = _net(), _net()
+    part = by_rows(net, "2")
+    opt = torch.optim.SGD(part.param_groups(lr=0.05, lr_mult={"2.row1": 10.0}))
+    sched = LayerwiseLR(opt, 10, policy=Cosine())
+    monitor = LayerMonitor(opt, every=1)
+    for step in range(3):
+        opt.zero_grad()
+        _loss(net, step).backward()
+        names, params = zip(*ref.named_parameters())
+        grads = dict(zip(names, torch.autograd.grad(_loss(ref, step), list(params))))
+        opt.step()
+        sched.step()
+        with torch.no_grad():  # the reference follows: SGD with the same per-row LRs
+            for name, p in ref.named_parameters():
+                lr = 0.05 * 0.5 * (1 + math.cos(math.pi * step / 10))  # the LR used this step (before sched.step)
+                if name.startswith("2."):
+                    mult = torch.tensor([1.0, 10.0, 1.0, 1.0])
+                    p.sub_((lr * mult).view(-1, *([1] * (p.ndim - 1))) * grads[name])
+                else:
+                    p.sub_(lr * grads[name])
+        row3 = torch.cat([grads["2.weight"][3], grads["2.bias"][3:]]).norm()
+        assert monitor.history["grad_norm"]["2.row3"][-1] == pytest.approx(float(row3), rel=1e-5)
+    cosine = 0.5 * (1 + math.cos(math.pi * 3 / 10))
+    row_lrs = [g["lr"] for g in opt.param_groups[1:]]
+    assert row_lrs == pytest.approx([0.05 * cosine, 0.5 * cosine, 0.05 * cosine, 0.05 * cosine])
+    torch.testing.assert_close(net[2].weight, ref[2].weight, rtol=1e-6, atol=1e-7)
+
+
+def test_subtensor_rows_accept_integer_indices_of_any_kind_and_refuse_others():
+    assert by_rows(_net(), "2", {"a": [np.int64(0), torch.tensor(2)]}).names == ("body", "a", "2.rest")
+    net = _net()
+    for bad in (1.0, True, "1"):
+        with pytest.raises(TypeError, match=rf"rows\['a'\]: row {bad!r} is a {type(bad).__name__}, not an integer"):
+            by_rows(net, "2", {"a": [0, bad]})
+    assert [n for n, _ in net.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]

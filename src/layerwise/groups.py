@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 from ._checks import finite_nonneg, int_between, one_of, positive_int
@@ -118,8 +119,9 @@ class Partition:
     excluded: tuple[str, ...] = ()
     order: Order = "execution"
     unused: tuple[str, ...] = ()
-    _owners: Mapping[str, nn.Module] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
-    """Parameter name -> owning module, filled by the builders (keyword-only, not part of equality)."""
+    _kinds: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+    """Parameter name -> ``"weight"``, ``"bias"`` or ``"norm"``, filled by the builders (keyword-only, not
+    part of equality); a name it lacks gets its kind from the name alone."""
     tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -220,7 +222,7 @@ class Partition:
             if not no_decay:
                 result.append({**base, "params": list(group.params)})
                 continue
-            kinds = _kinds_by_param(group, self._owners)
+            kinds = [self._kinds.get(pname) or _kind_from_name(pname) for pname in group.param_names]
             decayed = [p for p, k in zip(group.params, kinds) if k not in no_decay]
             exempt = [p for p, k in zip(group.params, kinds) if k in no_decay]
             if decayed:
@@ -246,16 +248,23 @@ class Partition:
         return values
 
 
-def _kinds_by_param(group: Group, owners: Mapping[str, nn.Module]) -> list[str]:
-    kinds = []
-    for pname in group.param_names:
-        owner = owners.get(pname)
-        if owner is not None and isinstance(owner, NORM_TYPES):
-            kinds.append("norm")
-        elif pname.rsplit(".", 1)[-1].startswith("bias"):
-            kinds.append("bias")
-        else:
-            kinds.append("weight")
+def _kind_from_name(param_name: str) -> str:
+    return "bias" if param_name.rsplit(".", 1)[-1].startswith("bias") else "weight"
+
+
+def _param_kinds(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> kind: ``"norm"`` (of a normalization layer), ``"bias"`` or ``"weight"``. The leaves
+    of a parametrized tensor (``fc.parametrizations.bias.original0``, e.g. :func:`~layerwise.by_rows`'s
+    row groups) take the kind of the tensor they make up."""
+    kinds: dict[str, str] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            layer, tensor = module, pname
+            if isinstance(module, parametrize.ParametrizationList):
+                layer_name, _, tensor = f".{mname}".rpartition(".parametrizations.")
+                layer = model.get_submodule(layer_name[1:])
+            kinds.setdefault(full, "norm" if isinstance(layer, NORM_TYPES) else _kind_from_name(tensor))
     return kinds
 
 
@@ -404,7 +413,8 @@ def _build(
     )
     if not groups and unused:
         raise ValueError(f"sample_input: the forward pass used none of the model's parameters ({list(unused)[:5]} ...)")
-    return Partition(groups, tuple(excluded), order, tuple(unused), _owners=owners, tied=tied_parameters(model))
+    kinds = _param_kinds(model)
+    return Partition(groups, tuple(excluded), order, tuple(unused), _kinds=kinds, tied=tied_parameters(model))
 
 
 def _slot(param_name: str, owners: Mapping[str, nn.Module]) -> tuple[nn.Module, str]:
@@ -587,7 +597,8 @@ def by_kind(model: nn.Module) -> Partition:
     entries, excluded = _owned_params(model)
     owners = _owner_map(entries)
     everything = Group("all", tuple(owners), tuple(p for _, _, ps in entries for _, p in ps), 0)
-    kinds = _kinds_by_param(everything, owners)
+    by_name = _param_kinds(model)
+    kinds = [by_name[pname] for pname in everything.param_names]
     merged: dict[str, list[tuple[str, nn.Parameter]]] = {"weight": [], "bias": [], "norm": []}
     for pname, param, kind in zip(everything.param_names, everything.params, kinds):
         merged[kind].append((pname, param))

@@ -21,6 +21,7 @@ Examples:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -60,6 +61,16 @@ class RowSplit(nn.Module):
         return tuple(value[chunk].clone() for chunk in self.chunks)
 
 
+def _row_index(name: str, row: object) -> int:
+    """A row index as an int: Python and numpy integers and integer 0-d tensors; bools and others refused."""
+    try:
+        if isinstance(row, bool):
+            raise TypeError
+        return operator.index(row)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"rows[{name!r}]: row {row!r} is a {type(row).__name__}, not an integer index") from None
+
+
 def _chunks(rows: Rows, count: int, module: str) -> dict[str, list[int]]:
     """Group name -> row indices, checked: in range, disjoint; the rows no group names go to ``<module>.rest``."""
     if rows is None:
@@ -74,8 +85,9 @@ def _chunks(rows: Rows, count: int, module: str) -> dict[str, list[int]]:
     for name, chunk in named.items():
         if not chunk:
             raise ValueError(f"rows[{name!r}]: is empty; every group needs at least one row")
+        named[name] = chunk = [_row_index(name, row) for row in chunk]
         for row in chunk:
-            if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < count:
+            if not 0 <= row < count:
                 raise ValueError(f"rows[{name!r}]: row {row!r} is outside the tensor's rows 0..{count - 1}")
             if row in owner:
                 raise ValueError(f"rows[{name!r}]: row {row} is also in group {owner[row]!r} (groups must not overlap)")
@@ -105,6 +117,13 @@ def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "bo
     Raises:
         ValueError: no such module, no weight, already split, or rows that overlap or fall outside
             the tensor; the model is left as it was.
+        TypeError: a row that is not an integer index (Python or numpy integer, integer 0-d tensor).
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+        >>> by_rows(net, "2", {"cats": [3, 5], "dogs": [4]}).names
+        ('body', 'cats', 'dogs', '2.rest')
     """
     modules = dict(model.named_modules())
     if module not in modules or module == "":
@@ -140,7 +159,16 @@ def _partition(model: nn.Module, module: str, layer: nn.Module, names: list[str]
 
 
 def merge_rows(model: nn.Module, module: str) -> None:
-    """Make ``module``'s split weight and bias plain parameters again (their current values)."""
+    """Make ``module``'s split weight and bias plain parameters again (their current values).
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> _ = by_rows(net, "0")
+        >>> merge_rows(net, "0")
+        >>> [name for name, _ in net.named_parameters()]
+        ['0.weight', '0.bias']
+    """
     layer = model.get_submodule(module)
     if not parametrize.is_parametrized(layer):
         raise ValueError(f"module: {module!r} is not split by rows")

@@ -34,16 +34,15 @@ from .train import optimizer_state_mb, train
 __all__ = ["DEPTHS", "Predictor", "run_freezeout_bench"]
 
 DEPTHS = {"resnet-cnn": 1, "densenet-bc": 2}
+"""Partition depth per model: the CNN's stages, the DenseNet's dense layers and transitions."""
 
 
-def _partition(model_name: str, model: nn.Module, sample: torch.Tensor) -> Partition:
+def freezeout_groups(model_name: str, model: nn.Module, sample: torch.Tensor) -> Partition:
     """FreezeOut's groups: the ResNet's blocks; DenseNet-BC's layers with its final BN in ``fc`` (the authors')."""
     if model_name == "densenet-bc":
         return dense_layer_groups(model, sample)
     return by_block(model, DEPTHS[model_name], sample_input=sample)
 
-
-"""Partition depth per model: the CNN's stages, the DenseNet's dense layers and transitions."""
 
 DEFAULT = {"t0": 0.8, "strategy": "cubic", "scale_lr": True}
 
@@ -56,7 +55,7 @@ class Predictor:
 
     def __init__(self, model_name: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         model, sample = build_model(model_name)
-        partition = _partition(model_name, model, sample)
+        partition = freezeout_groups(model_name, model, sample)
         self.model, self.groups = model, partition.param_groups(lr=0.1)
         self.flops = group_flops(model, partition, sample[:1])
         self.step_times = prefix_step_times(model, self.groups, batch)
@@ -102,7 +101,7 @@ def _lockstep(model_name: str, data: TaskData, steps: int, seed: int) -> dict[st
     for name in ("baseline", "freezeout"):
         torch.manual_seed(seed)
         model, sample = build_model(model_name)
-        part = _partition(model_name, model, sample)
+        part = freezeout_groups(model_name, model, sample)
         groups = part.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm"))
         opt = make_optimizer(task, groups)
         stepper = (

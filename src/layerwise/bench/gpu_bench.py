@@ -40,10 +40,11 @@ from torch import nn
 
 from ..cost import group_flops, paper_saving, prefix_step_times, timed_saving
 from ..freezeout import freeze_times
-from ..groups import by_depth_buckets, by_head, by_layer
+from ..groups import by_depth_buckets, by_head
 from ..hidlr import HiDLR
 from ..multirate import Multirate
 from ..tasks.models import DenseNetBC, ResNetCNN
+from .freezeout_bench import freezeout_groups
 
 __all__ = ["run_gpu_bench"]
 
@@ -99,14 +100,14 @@ def _images(batch: int, side: int, device: torch.device) -> tuple[torch.Tensor, 
 
 def _freezeout(clock: _Clock, tiny: bool) -> dict[str, Any]:
     batch, side, repeats = (4, 16, 1) if tiny else (256, 32, 7)
-    models = {
+    models = {  # FreezeOut's groups as in `bench freezeout`: DenseNet-BC's final BN trains with the classifier
         "densenet-bc": DenseNetBC(growth=4 if tiny else 12, layers_per_block=2 if tiny else 16, in_channels=3),
-        "resnet": ResNetCNN(width=4 if tiny else 64, in_channels=3),
+        "resnet-cnn": ResNetCNN(width=4 if tiny else 64, in_channels=3),
     }
     results = {}
     for name, net in models.items():
         x, y = _images(batch, side, clock.device)
-        part = by_layer(net, sample_input=x[:2].cpu())
+        part = freezeout_groups(name, net, x[:2].cpu())
         flops = group_flops(net, part, x[:2].cpu())
         model = _Autocast(net.to(clock.device), clock.device)
         groups = part.param_groups()
