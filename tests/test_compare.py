@@ -279,3 +279,19 @@ def test_a_cached_variant_trains_like_its_method_and_reports_the_cache(tmp_path,
     assert stats["hits"] + stats["advanced"] > 0 and stats["boundary"] is not None
     with pytest.raises(ValueError, match=rf"--set {method}\+cache.cache_dtype: must be one of"):
         METHODS[f"{method}+cache"].check({"cache_dtype": "int8"})
+
+
+def test_a_report_names_the_variants_own_policies_and_the_callers_note(tmp_path):
+    from layerwise.compare.session import CompareConfig, compare_variants
+
+    variants = [
+        ("uniform", "baseline", {}),
+        ("step", "baseline", {"policy": "step"}),
+        ("1cycle", "llr", {"policy": "onecycle"}),
+    ]
+    config = CompareConfig(policy="constant", eval_points=2, budget="steps")
+    result = compare_variants("tiny-blobs", variants, config=config, out=tmp_path, progress=False, note="Read me.")
+    assert "global policy constant unless a variant sets its own (onecycle, step)" in result["setting"]
+    assert result["setting"].endswith(" Read me.") and "Read me." in (tmp_path / "report.html").read_text()
+    plain = compare_variants("tiny-blobs", variants[:1], config=config, out=tmp_path / "plain", progress=False)
+    assert "global policy constant, 1 seed(s)" in plain["setting"]

@@ -233,6 +233,7 @@ def compare_variants(
     title: str | None = None,
     data: TaskData | None = None,
     retime: bool = False,
+    note: str = "",
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -244,6 +245,7 @@ def compare_variants(
         data: replaces the task's own data (``config.test_size`` does not apply to it).
         retime: rerun the finished runs timed by an earlier invocation, so every time in the report
             comes from this one (the stored plan, and so every run's steps, is kept).
+        note: a sentence added to the report's description of the setting.
 
     Returns ``{"rows", "table", "setting", "outcomes", "plan", "target", "paths"}``.
     """
@@ -397,10 +399,13 @@ def compare_variants(
     used = next((r["train_size"] for o in outcomes.values() for r in o["records"]), train_size)
     tested = next((r["test_examples"] for o in outcomes.values() for r in o["records"]), "the")
     target_text = "no target (no finished baseline run)" if target_value is None else _target_text(task, target_value)
+    own = sorted({str(settings["policy"]) for _, _, settings in resolved if settings.get("policy")})
+    policy = f"global policy {config.policy}" + (f" unless a variant sets its own ({', '.join(own)})" if own else "")
     setting = (
         f"{task.description}. {used or 'all'} training examples, {tested} test examples, batch "
-        f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, global policy {config.policy}, {seeds} seed(s). "
+        f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, {policy}, {seeds} seed(s). "
         f"{budget_text} {target_text} Training time excludes the {config.eval_points} evaluations per run."
+        + (f" {note}" if note else "")
     )
     snippets = _snippets(task, model, partition, resolved, rows, config.policy)
     (out / "results.md").write_text(f"# {title}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}")

@@ -196,6 +196,8 @@ def run_study(
             progress=progress,
             title=f"llr study: {model}",
             data=data,
+            note="Verdicts here are against the first variant; study.md compares each variant with uniform "
+            "multipliers under its own policy.",
         )
         lines, findings = _analyse(report["outcomes"])
         results[model] = findings
