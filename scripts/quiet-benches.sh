@@ -8,10 +8,7 @@ set -eu
 LW=${LW:-.venv/bin/layerwise}
 OUT=${OUT:-runs/quiet}
 mkdir -p "$OUT"
-once() {  # once FILE COMMAND...: run COMMAND into FILE unless FILE already holds a result
-  file=$1; shift
-  [ -s "$file" ] || { "$@" > "$file.tmp" && mv "$file.tmp" "$file"; }
-}
+. "$(dirname "$0")/once.sh"
 for case in freezeout fine-tune head-only; do
   once "$OUT/cache-$case.json" $LW bench cache --json --set cases=$case
 done
