@@ -252,19 +252,17 @@ def _kind_from_name(param_name: str) -> str:
     return "bias" if param_name.rsplit(".", 1)[-1].startswith("bias") else "weight"
 
 
-def _param_kinds(model: nn.Module) -> dict[str, str]:
-    """Parameter name -> kind: ``"norm"`` (of a normalization layer), ``"bias"`` or ``"weight"``. The leaves
-    of a parametrized tensor (``fc.parametrizations.bias.original0``, e.g. :func:`~layerwise.by_rows`'s
-    row groups) take the kind of the tensor they make up."""
+def _param_kinds(model: nn.Module, owners: Mapping[str, nn.Module]) -> dict[str, str]:
+    """Parameter name -> kind: ``"norm"`` (of a normalization layer), ``"bias"`` or ``"weight"``, from each
+    parameter's owning module. The leaves of a parametrized tensor (``fc.parametrizations.bias.original0``,
+    e.g. :func:`~layerwise.by_rows`'s row groups) take the kind of the tensor they make up."""
     kinds: dict[str, str] = {}
-    for mname, module in model.named_modules(remove_duplicate=False):
-        for pname, _ in module.named_parameters(recurse=False):
-            full = f"{mname}.{pname}" if mname else pname
-            layer, tensor = module, pname
-            if isinstance(module, parametrize.ParametrizationList):
-                layer_name, _, tensor = f".{mname}".rpartition(".parametrizations.")
-                layer = model.get_submodule(layer_name[1:])
-            kinds.setdefault(full, "norm" if isinstance(layer, NORM_TYPES) else _kind_from_name(tensor))
+    for pname, owner in owners.items():
+        layer, tensor = owner, pname
+        if isinstance(owner, parametrize.ParametrizationList):  # "<layer>.parametrizations.<tensor>.original<j>"
+            layer_name, _, leaf = f".{pname}".rpartition(".parametrizations.")
+            layer, tensor = model.get_submodule(layer_name[1:]), leaf.partition(".")[0]
+        kinds[pname] = "norm" if isinstance(layer, NORM_TYPES) else _kind_from_name(tensor)
     return kinds
 
 
@@ -413,7 +411,7 @@ def _build(
     )
     if not groups and unused:
         raise ValueError(f"sample_input: the forward pass used none of the model's parameters ({list(unused)[:5]} ...)")
-    kinds = _param_kinds(model)
+    kinds = _param_kinds(model, owners)
     return Partition(groups, tuple(excluded), order, tuple(unused), _kinds=kinds, tied=tied_parameters(model))
 
 
@@ -597,7 +595,7 @@ def by_kind(model: nn.Module) -> Partition:
     entries, excluded = _owned_params(model)
     owners = _owner_map(entries)
     everything = Group("all", tuple(owners), tuple(p for _, _, ps in entries for _, p in ps), 0)
-    by_name = _param_kinds(model)
+    by_name = _param_kinds(model, owners)
     kinds = [by_name[pname] for pname in everything.param_names]
     merged: dict[str, list[tuple[str, nn.Parameter]]] = {"weight": [], "bias": [], "norm": []}
     for pname, param, kind in zip(everything.param_names, everything.params, kinds):

@@ -21,6 +21,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Mapping, Sequence
 
@@ -63,12 +64,10 @@ class RowSplit(nn.Module):
 
 def _row_index(name: str, row: object) -> int:
     """A row index as an int: Python and numpy integers and integer 0-d tensors; bools and others refused."""
-    try:
-        if isinstance(row, bool):
-            raise TypeError
-        return operator.index(row)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"rows[{name!r}]: row {row!r} is a {type(row).__name__}, not an integer index") from None
+    if not isinstance(row, bool):
+        with contextlib.suppress(TypeError):
+            return operator.index(row)  # type: ignore[arg-type]
+    raise TypeError(f"rows[{name!r}]: row {row!r} is a {type(row).__name__}, not an integer index")
 
 
 def _chunks(rows: Rows, count: int, module: str) -> dict[str, list[int]]:
@@ -76,16 +75,16 @@ def _chunks(rows: Rows, count: int, module: str) -> dict[str, list[int]]:
     if rows is None:
         return {f"{module}.row{i}": [i] for i in range(count)}
     if isinstance(rows, Mapping):
-        named = {str(name): list(chunk) for name, chunk in rows.items()}
+        given = {str(name): chunk for name, chunk in rows.items()}
     elif isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)):
-        named = {f"{module}.rows{j}": list(chunk) for j, chunk in enumerate(rows)}
+        given = {f"{module}.rows{j}": chunk for j, chunk in enumerate(rows)}
     else:
         raise TypeError(f"rows: expected None, a sequence of row lists or a mapping name -> rows, got {rows!r}")
+    named = {name: [_row_index(name, row) for row in chunk] for name, chunk in given.items()}
     owner: dict[int, str] = {}
     for name, chunk in named.items():
         if not chunk:
             raise ValueError(f"rows[{name!r}]: is empty; every group needs at least one row")
-        named[name] = chunk = [_row_index(name, row) for row in chunk]
         for row in chunk:
             if not 0 <= row < count:
                 raise ValueError(f"rows[{name!r}]: row {row!r} is outside the tensor's rows 0..{count - 1}")

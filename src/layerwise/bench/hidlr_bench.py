@@ -111,13 +111,10 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mode.peak
 
 
-ADAPTIVE = HIDLR_PROBING
-"""The probing options of ``layerwise compare``'s ``hidlr`` (``relative_speed_adaptive``): an adaptive
-interval from Phi up to 128 steps, whole-batch probes, prefix reuse."""
-
-
-def _cost(K: int, phi: int, cycles: int, repeats: int, max_interval: int = ADAPTIVE["max_interval"]) -> dict[str, Any]:
-    adaptive = {**ADAPTIVE, "max_interval": max(max_interval, phi)}
+def _cost(
+    K: int, phi: int, cycles: int, repeats: int, max_interval: int = HIDLR_PROBING["max_interval"]
+) -> dict[str, Any]:
+    adaptive = {**HIDLR_PROBING, "max_interval": max(max_interval, phi)}
     task = get_task("fashion-mnist")
     train = task.load_data(None, True).train
     batch = task.batch_size
@@ -423,7 +420,7 @@ def run_hidlr_bench(
     nam_phi: int = 2,
     gamma: float = 0.9,
     lora_steps: int = 150,
-    max_interval: int = ADAPTIVE["max_interval"],
+    max_interval: int = HIDLR_PROBING["max_interval"],
     out: str = "runs/bench-hidlr",
 ) -> dict[str, Any]:
     """The benchmark entry point; options come from ``layerwise bench hidlr --set key=value``."""
