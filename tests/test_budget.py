@@ -87,8 +87,9 @@ def test_block_length_is_a_multiple_of_every_period(periods, minimum, expected):
 
 def test_a_method_of_known_cost_is_measured_exactly_and_its_steps_hit_the_budget(triple_cost):
     entries = [("t", "triple-cost", {}), ("l", "llr", resolve_settings("llr"))]
-    costs = measure_costs(TASK, entries, BATCHES, policy="constant", repeats=2, minimum=12, clock=CLOCK)
-    assert costs.block == 15  # the method's period 5, at least 12 steps
+    costs = measure_costs(TASK, entries, BATCHES, policy="constant", steps=30, repeats=2, minimum=12, clock=CLOCK)
+    assert costs.blocks == {"t": 15}  # the method's period 5, at least 12 steps
+    assert costs.timing_steps == 2 * (15 + 15)  # two repeats of the baseline's block and the method's
     assert costs.baseline_step_s == pytest.approx(1.0)
     assert costs.ratios == {"t": pytest.approx(3.0), "l": 1.0}  # llr only moves LRs: not timed
     assert costs.timed == ["t"]
@@ -100,17 +101,51 @@ def test_a_method_of_known_cost_is_measured_exactly_and_its_steps_hit_the_budget
         assert count * costs.ratios[key] * costs.baseline_step_s == pytest.approx(budget)
 
 
-def test_hidlr_cost_includes_its_probe_forwards():
-    # (prefix reuse traces the model once, one more forward: off here, to count the probes alone)
-    settings = resolve_settings("hidlr", {"update_every": 4, "groups": 2, "max_interval": None, "prefix_reuse": False})
-    costs = measure_costs(TASK, [("h", "hidlr", settings)], BATCHES, policy="constant", repeats=1, clock=CLOCK)
-    assert costs.block == 32
-    # per 4 steps: 4 training forwards + 4 K probe forwards (K = 2 groups, v in (-2, -1, 1, 2))
-    assert costs.ratios["h"] == pytest.approx((4 + 4 * 2) / 4)
+@pytest.fixture
+def long_period():
+    def build(context, settings):
+        del settings
+        return Setup(context.optimizer())
+
+    register_method(Method("long-period", "a baseline step whose cost repeats every 40", build, period=lambda s: 40))
+    yield
+    METHODS.unregister("long-period")
 
 
-def test_an_adaptive_hidlr_is_timed_over_its_ramp_of_doubling_intervals():
-    period = METHODS["hidlr"].period
-    assert period(resolve_settings("hidlr")) == 16 + 32 + 64 + 128  # then every 128 steps
-    assert period(resolve_settings("hidlr", {"update_every": 8, "max_interval": 8})) == 8
-    assert period(resolve_settings("hidlr", {"max_interval": None})) == 16
+def test_a_methods_block_does_not_grow_with_another_methods_period(triple_cost, long_period):
+    entries = [("t", "triple-cost", {}), ("p", "long-period", {})]
+    costs = measure_costs(TASK, entries, BATCHES, policy="constant", steps=30, repeats=1, minimum=12, clock=CLOCK)
+    assert costs.blocks == {"t": 15, "p": 40}  # not lcm(5, 40) = 40 for both
+    assert costs.timing_steps == 40 + 15 + 40  # the baseline runs the longest block, beside both
+    assert costs.ratios["t"] == pytest.approx(3.0) and costs.ratios["p"] == pytest.approx(1.0)
+
+
+HIDLR_COUNTED = {"groups": 2, "prefix_reuse": False}  # prefix reuse traces once more: off, to count probes alone
+
+
+def test_a_fixed_interval_hidlr_costs_its_probe_forwards_per_step():
+    settings = resolve_settings("hidlr", {**HIDLR_COUNTED, "update_every": 4, "max_interval": None})
+    costs = measure_costs(TASK, [("h", "hidlr", settings)], BATCHES, policy="constant", steps=400, clock=CLOCK)
+    assert costs.blocks == {"h": 16}
+    # a round every 4 steps: 1 training forward + 4 K probe forwards (K = 2 groups, v in (-2, -1, 1, 2));
+    # a run of 400 / 3 = 133 steps makes 34 rounds (steps 0, 4, ..., 132)
+    assert costs.ratios["h"] == pytest.approx(1 + 8 * 34 / 133)
+
+
+def test_an_adaptive_hidlr_pays_for_the_rounds_of_its_ramp_not_of_the_timing_block():
+    settings = resolve_settings("hidlr", {**HIDLR_COUNTED, "update_every": 16, "max_interval": 128})
+    costs = measure_costs(TASK, [("h", "hidlr", settings)], BATCHES, policy="constant", steps=250, clock=CLOCK)
+    assert costs.blocks == {"h": 16}  # timed with a round every 4 steps, not over its 240-step ramp
+    # 250 baseline steps: about 216 Hi-DLR steps, with rounds at steps 0, 16, 48, 112
+    assert costs.ratios["h"] == pytest.approx(1 + 8 * 4 / 216)
+    budget, steps = plan_budget(costs, baseline_steps=250)
+    assert steps["h"] == 218 and steps["h"] * costs.ratios["h"] == pytest.approx(budget, rel=0.01)
+
+
+def test_hidlr_counts_the_rounds_a_run_makes():
+    rounds = METHODS["hidlr"].rounds
+    assert rounds(resolve_settings("hidlr")).count(250) == 5  # steps 0, 16, 48, 112, 240
+    assert rounds(resolve_settings("hidlr")).count(240) == 4
+    assert rounds(resolve_settings("hidlr", {"max_interval": None})).count(250) == 16  # every 16 steps
+    timed = rounds(resolve_settings("hidlr")).timed
+    assert timed["update_every"] == 4 and timed["max_interval"] is None

@@ -188,3 +188,67 @@ def test_gradual_unfreezing_head_first():
         GradualUnfreezing(freezer, every=0)
     with pytest.raises(ValueError, match="start"):
         GradualUnfreezing(freezer, every=1, start=9)
+
+
+class TiedTokens(nn.Module):
+    """Embedding, two hidden layers, and an output layer (with a bias) whose weight is the embedding's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 8)
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 10)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.out(torch.relu(self.b(torch.relu(self.a(self.emb(tokens))))))
+
+
+def _tied_in_one_group(position):
+    model = TiedTokens()
+    groups = {"a": [model.a], "b": [model.b]}
+    order = list(groups)
+    order.insert(position, "emb+out")
+    groups["emb+out"] = [model.emb, model.out]
+    part = layerwise.explicit(model, {name: groups[name] for name in order})
+    assert part.names[position] == "emb+out"
+    return model, torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_tied_modules_in_one_group_freeze_with_freezer_in_any_position(position):
+    model, opt = _tied_in_one_group(position)
+    Freezer(model, opt).freeze("emb+out")
+    assert not model.emb.weight.requires_grad and not model.out.bias.requires_grad
+    assert model.a.weight.requires_grad and model.b.weight.requires_grad
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_tied_modules_in_one_group_freeze_with_freezeout_in_any_position(position):
+    model, opt = _tied_in_one_group(position)
+    freezeout = layerwise.FreezeOut(model, opt, total_steps=12, t0=0.3, strategy="linear")
+    tokens = torch.randint(0, 10, (4, 5), generator=torch.Generator().manual_seed(2))
+    targets = torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(3))
+    for _ in range(12):
+        loss = nn.functional.cross_entropy(model(tokens).reshape(-1, 10), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        freezeout.step()
+    tied_frozen = position < 2  # the last group (the head) trains to the end
+    assert freezeout.freezer.is_frozen("emb+out") == tied_frozen
+    assert model.out.bias.requires_grad != tied_frozen
+
+
+def test_a_tied_module_without_other_parameters_is_refused_with_a_fix_that_applies():
+    model = TiedTokens()
+    model.out = nn.Linear(8, 10, bias=False)
+    model.out.weight = model.emb.weight
+    part = layerwise.by_layer(model, sample_input=torch.zeros(1, 2, dtype=torch.long))
+    freezer = Freezer(model, torch.optim.SGD(part.param_groups(lr=0.1)))
+    with pytest.raises(ValueError, match=r"'out' has no other parameter.*Freeze 'emb' last"):
+        freezer.freeze("emb")
+    freezer.freeze("a", "b", "emb")
+    assert not model.emb.weight.requires_grad

@@ -114,3 +114,32 @@ def test_import_layerwise_imports_no_framework():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
     )
+
+
+def test_hidlr_with_no_scheduler_keeps_its_lrs(tmp_path, minilm):
+    model, part = _fresh(minilm)
+    hidlr = HiDLR(torch.optim.AdamW(part.param_groups(lr=1e-4)), update_every=2, clip=(0, 1e-3), model=model)
+    trainer = _trainer(tmp_path, model, (hidlr, None))
+    trainer.train()
+    lrs = [float(g["lr"]) for g in hidlr.param_groups]
+    assert all(lr > 0 for lr in lrs)  # the Trainer's linear decay ended them at 0.0
+    assert list(hidlr.lrs.values()) == pytest.approx(lrs)
+    assert _lr_logs(trainer)[-1]["lr/" + part.names[0]] == pytest.approx(lrs[0])
+
+
+def test_a_scheduler_beside_an_optimizer_that_owns_its_lrs_is_refused(tmp_path, minilm):
+    model, part = _fresh(minilm)
+    hidlr = HiDLR(torch.optim.AdamW(part.param_groups(lr=1e-4)), update_every=2, model=model)
+    step_lr = torch.optim.lr_scheduler.StepLR(hidlr, step_size=1)
+    with pytest.raises(ValueError, match=r"optimizers: HiDLR sets every group's lr itself.*\(optimizer, None\)"):
+        _trainer(tmp_path, model, (hidlr, step_lr))
+
+
+def test_schedule_arguments_ignored_for_an_optimizer_that_owns_its_lrs_are_warned(tmp_path, minilm):
+    model, part = _fresh(minilm)
+    hidlr = HiDLR(torch.optim.AdamW(part.param_groups(lr=1e-4)), update_every=2, model=model)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), lr_scheduler_type="cosine", report_to=[], use_cpu=True, max_steps=1
+    )
+    with pytest.warns(UserWarning, match=r"args: lr_scheduler_type='cosine' ignored: HiDLR"):
+        LayerwiseTrainer(model=model, args=args, train_dataset=_data(), optimizers=(hidlr, None))

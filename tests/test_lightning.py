@@ -256,3 +256,13 @@ def test_bad_arguments_are_refused():
     built = FreezeOut(net, _sgd(net), 10)
     with pytest.raises(TypeError, match=r"technique: expected a function \(module, optimizer\) -> technique"):
         LayerwiseCallback(built)  # Lightning builds the optimizer: the technique must be built after it
+
+
+def test_a_scheduler_beside_an_optimizer_that_owns_its_lrs_is_refused_and_multirate_keeps_one(tmp_path):
+    step_lr = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1)  # noqa: E731
+    with pytest.raises(ValueError, match=r"configure_optimizers: HiDLR sets every group's lr itself.*StepLR"):
+        _fit(Tiny(_hidlr, step_lr), [LayerwiseCallback()], tmp_path / "h")
+    module = Tiny(_multirate, lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5))
+    trainer = _fit(module, [LayerwiseCallback()], tmp_path / "m", epochs=1)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([g["initial_lr"] * 0.5**3 for g in groups])

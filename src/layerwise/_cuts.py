@@ -12,7 +12,11 @@ At a cut, the prefix's *maximal* calls (those whose parent call ends after the c
 caller replaces: the cut's own call returns the stored outputs, the others return placeholders of
 the traced shapes (whatever reads them is itself in the prefix). Code of a parent module between
 those calls still runs, on the placeholders: a cut is refused when its results are read after
-the cut.
+the cut, or turned into a Python value (``bool``, ``item()``, ``tolist()``: a branch decision)
+before it.
+
+Every op that draws from an explicit ``torch.Generator`` is recorded: :meth:`Trace.draws` says
+whether a cut's prefix holds one (its output then differs on every pass).
 """
 
 from __future__ import annotations
@@ -49,9 +53,30 @@ _METADATA = frozenset(
         "grad_fn",
         "is_leaf",
         "names",
+        "__len__",
+        "__hash__",
+        "get_device",
+        "storage_offset",
+        "dim_order",
+        "nbytes",
+        "itemsize",
+        "is_sparse",
+        "is_quantized",
+        "is_meta",
+        "is_nested",
+        "is_signed",
+        "is_inference",
     }
 )
 """Functions that read only a tensor's metadata, which a placeholder of the traced shape keeps."""
+
+_PYTHON = (bool, int, float, complex, str)
+
+
+def _python_value(result: Any) -> bool:
+    """Whether an op's result is a Python value (``bool(t)``, ``t.item()``, ``t.tolist()``, ``torch.equal``)."""
+    leaves = pytree.tree_leaves(result)
+    return bool(leaves) and all(isinstance(leaf, _PYTHON) for leaf in leaves)
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,7 @@ class Trace:
     rejected: list[tuple[int, frozenset[int], str]]  # (position, params read, reason)
     rows: int  # the traced batch's size
     first_read: dict[int, int] = field(default_factory=dict, repr=False)  # parameter id -> its first op
+    drawing: list[tuple[int, str]] = field(default_factory=list, repr=False)  # (op, name) given a Generator
 
     def deepest(self, frozen: set[int]) -> tuple[Cut | None, str | None]:
         """The deepest clean cut whose prefix reads only ``frozen`` parameters, and the reason a deeper
@@ -122,6 +148,13 @@ class Trace:
                 reason = why
         return best, reason
 
+    def draws(self, cut: Cut) -> str | None:
+        """The first op of ``cut``'s prefix that draws from an explicit ``torch.Generator``, or None."""
+        for op, name in self.drawing:
+            if any(self.calls[i].start <= op < self.calls[i].end for i in cut.stubbed):
+                return name
+        return None
+
     def name(self, cut: Cut) -> str:
         call = self.calls[cut.call]
         return call.name + (f" (call {call.ordinal + 1})" if call.ordinal else "")
@@ -135,6 +168,8 @@ class _Recorder(TorchFunctionMode):
         self.reads: list[tuple[int, ...]] = []
         self.writes: list[tuple[int, ...]] = []
         self.inside: list[int | None] = []
+        self.converts: list[bool] = []  # the op returned a Python value computed from tensor data
+        self.drawing: list[tuple[int, str]] = []  # (op, name) of the ops given a torch.Generator
         self.stack: list[int] = []
         self.alive: dict[int, torch.Tensor] = {}
 
@@ -152,9 +187,12 @@ class _Recorder(TorchFunctionMode):
         if name == "__get__":
             name = getattr(getattr(func, "__self__", None), "__name__", "")
         if name not in _METADATA:
+            if any(isinstance(leaf, torch.Generator) for leaf in pytree.tree_leaves((args, kwargs))):
+                self.drawing.append((len(self.reads), name))
             self.reads.append(self._ids((args, kwargs)))
             self.writes.append(self._ids(result))
             self.inside.append(self.stack[-1] if self.stack else None)
+            self.converts.append(_python_value(result))
         return result
 
 
@@ -174,6 +212,8 @@ def trace_cuts(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], 
     """Trace ``model(*args, **kwargs)`` once (no grad; buffers and RNG restored) and find its clean cuts.
 
     ``rows`` is the batch size: a cut's outputs read later must have it as their first dimension.
+    The forward runs on copies of the input tensors, so one that edits its input in place edits
+    no tensor of the caller.
     """
     recorder = _Recorder()
     calls: list[Call] = []
@@ -205,6 +245,8 @@ def trace_cuts(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], 
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(leave))
     buffers = {key: b.detach().clone() for key, b in model.named_buffers()}
+    with torch.no_grad():
+        args, kwargs = pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, (args, kwargs))
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
@@ -269,13 +311,24 @@ def _analyse(
         tainted: set[int] = set()
         for i in stubbed:
             tainted.update(leaf.key for leaf in calls[i].leaves if leaf.key is not None)
+        decision = None  # the first op outside the stubbed calls that turns a prefix's tensor into a Python value
         for op in range(position):
             if op in inside or any(k in tainted for k in recorder.reads[op]):
+                if decision is None and op not in inside and recorder.converts[op]:
+                    decision = op
                 tainted.update(recorder.writes[op])
         tainted -= stateful
         kept_keys = {leaf.key for leaf in cut_call.leaves if leaf.key is not None}
         reason = None
+        if decision is not None:
+            reason = (
+                f"{where(decision)} turns a tensor computed before the end of {cut_call.name!r} into a Python value "
+                "(bool(), item(), tolist(): a branch decision) before that end, where the cache would serve it "
+                "uninitialized placeholders (data-dependent control flow crosses the cut)"
+            )
         for key in tainted:
+            if reason is not None:
+                break
             later = [i for i in reads_at.get(key, ()) if i >= position]
             if not later:
                 continue
@@ -310,7 +363,7 @@ def _analyse(
         for key in reads:
             if key in stateful:
                 first_read.setdefault(key, op)
-    return Trace(calls, cuts, rejected, rows, first_read)
+    return Trace(calls, cuts, rejected, rows, first_read, recorder.drawing)
 
 
 class Stop(Exception):

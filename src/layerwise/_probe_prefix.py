@@ -8,8 +8,9 @@ in the prefix), records the cut's outputs in the first probe that reaches it, an
 the later probes of the round instead of recomputing the prefix. Losses are bitwise those of a
 full forward when the prefix is deterministic (BatchNorm in training mode is: its batch
 statistics are the same in every probe; dropout is not, and a cut past a dropout in training
-mode is not used). Where no clean cut lies right before a group (a skip connection crosses its
-boundary), a shallower one is used, with a warning (``"strict"``: a ValueError).
+mode, or past an op given its own ``torch.Generator``, is not used). Where no clean cut lies
+right before a group (a skip connection crosses its boundary), a shallower one is used, with a
+warning (``"strict"``: a ValueError).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class PrefixReuse:
             cut, why = self.trace.deepest(state - moving)
             if cut is not None and self._random(cut):
                 cut, why = None, f"a dropout in training mode lies before probed group {i}"
+            elif cut is not None and (drawn := self.trace.draws(cut)) is not None:
+                cut, why = None, f"an op given a torch.Generator ({drawn!r}) lies before probed group {i}"
             if why is not None and i > 0:
                 message = f"prefix_reuse: the probes of group {i} start from a shallower cut: {why}"
                 if self.mode == "strict":

@@ -188,6 +188,8 @@ def _schedule(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps: must be >= 1, got {args.steps}")
     if not args.lr >= 0 or args.lr == float("inf"):
         raise ValueError(f"--lr: must be finite and >= 0, got {args.lr}")
+    if not 0 <= args.warmup < 1:
+        raise ValueError(f"--warmup: must be a fraction of training in [0, 1) (some must follow it), got {args.warmup}")
     if args.model:
         model, sample, partition = _model_partition(args)
         names = list(partition.names)
@@ -388,7 +390,9 @@ def _print_list() -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare, parse_overrides
+    from .compare import parse_overrides
+    from .compare.session import check_request, compare_variants
+    from .tasks import is_task_file
 
     if args.list:
         _print_list()
@@ -469,15 +473,27 @@ def _compare(args: argparse.Namespace) -> int:
         return _failures(result["sections"])
     if _launched():
         options["progress"] = options["progress"] and _rank() == 0
-    result = compare(
-        args.task, methods, settings=parse_overrides(args.set), out=args.out or Path("runs/compare"), **options
-    )
+    out = args.out or Path("runs/compare")
+    request = check_request(args.task, methods, settings=parse_overrides(args.set), out=out, **options)
+    if is_task_file(args.task):  # its data, loaded once, label-checked before anything is written
+        request["task"].load_data(None, request["config"].quick)
+    with _holding(out):
+        result = compare_variants(**request)
     if result.get("follower"):  # a torchrun rank other than 0: rank 0 reports
         return 0
     paths = result["paths"]
     print(f"\n{result['setting']}\n\n{result['table']}\n")
     print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots'])} plots, run records in {paths['runs']}")
     return _failures([result])
+
+
+def _holding(out: Path):
+    """The lock on ``out`` for this comparison (a torchrun follower writes nothing and takes none)."""
+    from contextlib import nullcontext
+
+    from .compare.store import locked
+
+    return nullcontext() if _launched() and _rank() != 0 else locked(out)
 
 
 def _launched() -> bool:

@@ -120,7 +120,8 @@ class FreezeOut:
     Args:
         model: the model being trained.
         optimizer: its optimizer, one named param group (or several with the same
-            ``name`` and ``depth``) per layer.
+            ``name`` and ``depth``) per layer; a wrapper exposing it as ``.optimizer``
+            (accelerate's ``AcceleratedOptimizer``) is unwrapped, keep stepping the wrapper.
         total_steps: ``step()`` calls in the run (epochs x batches per epoch).
         t0: when the first group freezes, as a fraction of training, before cubing.
         strategy: ``"cubic"`` or ``"linear"`` spacing of the freeze times.
@@ -138,8 +139,15 @@ class FreezeOut:
         scale_lr: bool = True,
     ) -> None:
         self.freezer = Freezer(model, optimizer)  # checks the types and group names; changes nothing
+        optimizer = self.freezer.optimizer  # unwrapped
         rule = FreezeOutRule.build(max(group_depths(optimizer.param_groups)) + 1, t0, strategy, scale_lr=scale_lr)
         self.scheduler = LayerwiseLR(optimizer, total_steps, layers=rule)
+        self.scheduler.owner = "FreezeOut"
+        self.scheduler.fix = (
+            "drop the other scheduler (FreezeOut's per-layer cosines are the whole schedule; scale a group's "
+            "start through Partition.param_groups(lr_mult=)), or freeze on your own schedule with "
+            "LayerwiseLR(policy=..., layers=FreezeOutRule.build(...)) and FreezeWhenZero"
+        )
         self.optimizer = optimizer
         self.t0, self.strategy, self.scale_lr = t0, strategy, scale_lr
         self.frozen_at: list[int | None] = self.scheduler.zero_from()

@@ -37,6 +37,7 @@ from ._checks import int_between, one_of, positive_int
 from ._shards import refuse_flat_parameters
 from .groups import tied_parameters
 from .state_check import check_state, stamp
+from .wrapping import unwrap_optimizer
 
 __all__ = ["UNFREEZING_ORDERS", "FreezeWhenZero", "Freezer", "GradualUnfreezing", "freeze_due"]
 
@@ -48,14 +49,14 @@ class Freezer:
     """Freezes the optimizer's named param groups (their ``name`` key) on ``model``.
 
     Several param-group dicts may share a name (a layer split into decay / no-decay
-    halves): they freeze together.
+    halves): they freeze together. A wrapper exposing the optimizer as ``.optimizer`` (accelerate's
+    ``AcceleratedOptimizer``) is unwrapped: keep stepping the wrapper.
     """
 
     def __init__(self, model: nn.Module, optimizer: Optimizer) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        optimizer = unwrap_optimizer(optimizer)
         refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
         unnamed = [i for i, g in enumerate(optimizer.param_groups) if "name" not in g]
         if unnamed:
@@ -155,24 +156,17 @@ class Freezer:
         params = dict(self.model.named_parameters())
         modules = dict(self.model.named_modules())
         for pname, users in tied_parameters(self.model).items():
-            group = group_of.get(id(params[pname]))
+            tied = params[pname]
+            group = group_of.get(id(tied))
             if group not in freezing or group in self._frozen:
                 continue
             for user in users[1:]:
                 module = self.model if user == "root" else modules[user]
-                own = {group_of.get(id(p)) for p in module.parameters(recurse=False)} - {group, None}
+                # the groups of the user's other parameters: the tied group itself when both modules are in it
+                own = {group_of.get(id(p)) for p in module.parameters(recurse=False) if p is not tied} - {None}
                 training = sorted(own - freezing) if own else sorted(set(self.names) - freezing)
                 if training:
-                    where, fix = (
-                        (f"in group {training[0]!r}", f", freeze {training[0]!r} first or with it,")
-                        if own
-                        else ("in no group of its own", "")
-                    )
-                    raise ValueError(
-                        f"{argument}: group {group!r} holds {pname!r}, which module {user!r} ({where}) also uses "
-                        f"(tied weights); freezing {group!r} now would stop {user!r} training it. Put both "
-                        f"modules in one group (layerwise.explicit, in the order you want){fix} or untie them"
-                    )
+                    raise ValueError(_tied_refusal(argument, group, pname, user, training, bool(own)))
 
     def freeze(self, *names: str) -> None:
         """Freeze the named groups (already frozen ones are left as they are); see :meth:`check_freezable`."""
@@ -259,6 +253,22 @@ class Freezer:
             self._thaw(thaw, fresh_state=False)
         self.freeze(*frozen)
         self._frozen = frozen
+
+
+def _tied_refusal(argument: str, group: str, pname: str, user: str, training: list[str], has_own: bool) -> str:
+    """Why freezing ``group`` is refused while module ``user``, which also uses ``pname``, trains, and the fix."""
+    stop = f"freezing {group!r} now would stop {user!r} training it"
+    if has_own:
+        return (
+            f"{argument}: group {group!r} holds {pname!r}, which module {user!r} (in group {training[0]!r}) also uses "
+            f"(tied weights); {stop}. Put both modules in one group (layerwise.explicit, in the order you want), "
+            f"freeze {training[0]!r} first or with it, or untie them"
+        )
+    return (
+        f"{argument}: group {group!r} holds {pname!r}, which module {user!r} also uses (tied weights); {user!r} has "
+        f"no other parameter, so no group shows when it trains, and {stop} while {training} train. Freeze "
+        f"{group!r} last (for FreezeOut: make it the last group, e.g. with layerwise.explicit), or untie them"
+    )
 
 
 def freeze_due(freezer: Freezer, names: Iterable[str], frozen_at: Iterable[int | None], step: int) -> None:

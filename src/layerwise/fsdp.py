@@ -16,7 +16,8 @@ allows ``requires_grad`` to differ between parameters and to change during train
   another world size (DCP reshards), into a 1-process run too.
 
 A partition may be built before or after sharding (:attr:`layerwise.groups.Group.params` reads the
-parameters from their modules, so it gives the sharded ones).
+parameters from their modules, so it gives the sharded ones); the optimizer and the techniques are
+built after it (one built before holds the replaced tensors: Multirate refuses it when it steps).
 
 Examples:
     >>> import tempfile, torch, torch.distributed as dist, layerwise
@@ -39,15 +40,18 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, fully_shard
 
@@ -58,6 +62,7 @@ except ImportError:  # pragma: no cover - older torch (e.g. a GPU machine's own 
 from torch.distributed.tensor import DTensor, Shard
 
 from ._checks import one_of
+from .state_check import STAMP_KEYS, check_optimizer_state, check_state
 
 __all__ = ["FROZEN", "comm_bytes", "count_collectives", "load", "save", "shard"]
 
@@ -307,6 +312,7 @@ def save(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, **techni
 
     ``optimizer`` is the one the loop steps (a HiDLR or Multirate wrapper included); its
     ``state_dict`` is saved as it is, DTensors sharded, so the checkpoint reshards on load.
+    A failed write raises ``ValueError`` naming ``path``, the same on every rank.
     """
     objects = _states(optimizer, techniques)
     for module in model.modules():  # blocks kept gathered (frozen="gathered") register their shards again
@@ -315,25 +321,89 @@ def save(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, **techni
     states = {name: obj.state_dict() for name, obj in objects.items()}
     layout = {name: _describe(state) for name, state in states.items()}
     saved = {"model": get_model_state_dict(model), "states": _plain(states), "layout": json.dumps(layout)}
-    dcp.save(saved, checkpoint_id=path)
+    with _checkpoint_errors(path, "write"):
+        dcp.save(saved, checkpoint_id=path)
 
 
 def load(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, **techniques: Any) -> None:
     """Load a :func:`save` checkpoint into ``model``, ``optimizer`` and the same named techniques,
-    at this run's world size (sharded or not): the model first, then the optimizer, then the
-    techniques in the order given. Each ``load_state_dict`` checks its state before it changes anything.
+    at this run's world size (sharded or not).
+
+    Every state is read and checked first (its ``check_state_dict``, else the technique, groups and
+    settings it was saved with, and a plain optimizer's parameter counts and shapes); a mismatch
+    raises ``ValueError`` naming the argument before the model or any state changes. Then the model
+    loads, the optimizer, and the techniques in the order given. A missing checkpoint raises
+    ``FileNotFoundError`` and an unreadable one ``ValueError``, naming ``path``, the same on every rank.
     """
     objects = _states(optimizer, techniques)
+    _require_checkpoint(path)
     head = {"layout": ""}
-    dcp.load(head, checkpoint_id=path)
+    with _checkpoint_errors(path, "read"):
+        dcp.load(head, checkpoint_id=path)
     layout = json.loads(head["layout"])
     missing = sorted(set(objects) - set(layout))
     if missing:
         raise ValueError(f"techniques: {missing} not in the checkpoint, which holds {sorted(layout)}")
     mesh = _mesh(model)
-    states = {name: _template(layout[name], mesh) for name in objects}
-    target = {"model": get_model_state_dict(model), "states": states}
-    dcp.load(target, checkpoint_id=path)
-    set_model_state_dict(model, target["model"])
+    target = {"states": {name: _template(layout[name], mesh) for name in objects}}
+    with _checkpoint_errors(path, "read"):
+        dcp.load(target, checkpoint_id=path)
+    states = {name: _restore(layout[name], target["states"][name]) for name in objects}
     for name, obj in objects.items():
-        obj.load_state_dict(_restore(layout[name], target["states"][name]))
+        _check_loadable(name, obj, states[name])
+    weights = {"model": get_model_state_dict(model)}  # DCP reads into the model's own tensors
+    with _checkpoint_errors(path, "read"):
+        dcp.load(weights, checkpoint_id=path)
+    set_model_state_dict(model, weights["model"])
+    for name, obj in objects.items():
+        obj.load_state_dict(states[name])
+
+
+def _check_loadable(name: str, obj: Any, state: Any) -> None:
+    """Raise unless ``state`` loads into ``obj`` (the keyword ``name``), changing nothing: its own
+    ``check_state_dict`` when it has one, else the identity its ``state_dict`` is stamped with, else
+    (a torch optimizer) the saved groups' parameter counts and shapes."""
+    try:
+        check = getattr(obj, "check_state_dict", None)
+        if callable(check):
+            check(state)
+            return
+        current = obj.state_dict()
+        if isinstance(current, Mapping) and "technique" in current:
+            check_state(state, {key: current.get(key) for key in STAMP_KEYS})
+        elif isinstance(obj, torch.optim.Optimizer):
+            check_optimizer_state(obj, state, "state_dict")
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{name}: {err}; nothing was loaded (the model and every state are as they were)") from err
+
+
+def _require_checkpoint(path: str) -> None:
+    """``FileNotFoundError`` on every rank when rank 0 finds no checkpoint metadata in a local ``path``,
+    raised before DCP, which would log a traceback from every rank (URLs are left to DCP)."""
+    if "://" in str(path):
+        return
+    found = os.path.isdir(path) and any(name.endswith(".metadata") for name in os.listdir(path))
+    if dist.is_available() and dist.is_initialized():
+        verdict = [found]
+        dist.broadcast_object_list(verdict, src=0)  # the ranks agree, so none waits in a collective alone
+        found = verdict[0]
+    if not found:
+        raise FileNotFoundError(_NO_CHECKPOINT.format(path=path))
+
+
+_NO_CHECKPOINT = "path: no checkpoint at {path!r} (layerwise.fsdp.save writes a directory with a .metadata file)"
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(path: str, action: str) -> Iterator[None]:
+    """torch's ``CheckpointException`` (a ``BaseException`` holding every rank's traceback) as one
+    ``FileNotFoundError`` (nothing at ``path``) or ``ValueError`` naming ``path``, raised on every rank."""
+    try:
+        yield
+    except CheckpointException as err:
+        ranks = sorted(err.failures)
+        cause = err.failures[ranks[0]][0]  # (exception, stack summary) per failed rank
+        text = f"{type(cause).__name__}: {cause}"
+        if action == "read" and (isinstance(cause, FileNotFoundError) or "No such file or directory" in text):
+            raise FileNotFoundError(_NO_CHECKPOINT.format(path=path)) from None
+        raise ValueError(f"path: could not {action} the checkpoint {path!r} (ranks {ranks}): {text}") from None

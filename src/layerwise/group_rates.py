@@ -22,14 +22,25 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._checks import finite_nonneg, positive_int
-from ._shards import refuse_flat_parameters
+from ._shards import check_current, refuse_flat_parameters
 from .groups import Partition
 from .param_groups import check_partition, group_names, set_lr
 from .schedules import LayerSchedule, Policy
 from .state_check import stamp
 from .wrapping import Wrapper, init_hooks
 
-__all__ = ["GroupRates"]
+__all__ = ["ForeignLRWarning", "GroupRates"]
+
+
+def _is_step_wrapper(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer`` only passes its steps on to the one it exposes as ``.optimizer``, without
+    ``Optimizer``'s own machinery (accelerate's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``)."""
+    inner = getattr(optimizer, "optimizer", None)
+    return isinstance(inner, Optimizer) and not hasattr(optimizer, "_optimizer_step_pre_hooks")
+
+
+class ForeignLRWarning(UserWarning):
+    """A param group's ``lr`` was written by something else than the technique that owns it."""
 
 
 class GroupRates(Wrapper):
@@ -37,6 +48,25 @@ class GroupRates(Wrapper):
 
     technique = "GroupRates"
     """The name its checkpoints are stamped with (subclasses keep their base's, so they load its states)."""
+
+    owns_lr: bool = True
+    """It writes every group's ``lr`` before each base step: trainers give it a schedule that leaves ``lr`` alone."""
+
+    @classmethod
+    def _check_base(cls, optimizer: Any) -> None:
+        """Refuse what cannot be the base optimizer: not an optimizer, one of these, or a wrapper of another."""
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, GroupRates):
+            raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
+        if _is_step_wrapper(optimizer):
+            raise TypeError(
+                f"optimizer: a {type(optimizer).__name__} wrapping a {type(optimizer.optimizer).__name__}: it decides "
+                f"when and how the inner optimizer steps (accelerate skips the steps of accumulated micro-batches and "
+                f"unscales gradients), which {cls.__name__} must see; wrap the inner optimizer first and prepare "
+                f"the result: opt = accelerator.prepare({cls.__name__}(base, ...)) (keep the {cls.__name__} object, or "
+                f"opt.optimizer, for .stats and .lrs)"
+            )
 
     def _setup_rates(
         self,
@@ -68,6 +98,8 @@ class GroupRates(Wrapper):
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         self.eta = [max(lr for lr, m in zip(lrs, self._member) if m == k) for k in range(len(unique))]
         self._ratio = [lr / self.eta[m] if self.eta[m] > 0 else 0.0 for lr, m in zip(lrs, self._member)]
+        self._written = lrs  # each param group's lr as this object last wrote (or found) it
+        self._warned_foreign = False
         self.step_count = 0
 
     def _accept(self, k: int, eta_star: float, gamma: float | None = None) -> None:
@@ -139,6 +171,7 @@ class GroupRates(Wrapper):
                 raise ValueError(f"param_group: the schedule is written for {self.schedule.num_groups} groups")
             self._names.append(name)
             self.eta.append(float(group["lr"]))
+        self._written.append(float(group["lr"]))
         k = self._names.index(name)
         self._member.append(k)
         self._ratio.append(float(group["lr"]) / self.eta[k] if self.eta[k] > 0 else 0.0)
@@ -156,6 +189,30 @@ class GroupRates(Wrapper):
     def _apply_lrs(self, factors: np.ndarray) -> None:
         for group, k, ratio in zip(self.optimizer.param_groups, self._member, self._ratio):
             set_lr(group, self.eta[k] * float(factors[k]) * ratio)
+        self._written = [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def _check_foreign_lrs(self) -> None:
+        """Warn once when a group's ``lr`` is not what this object wrote last (it is overwritten next)."""
+        check_current((p for g in self.optimizer.param_groups for p in g["params"]), "optimizer")
+        if self._warned_foreign:
+            return
+        groups = self.optimizer.param_groups
+        changed = [i for i, (g, lr) in enumerate(zip(groups, self._written)) if float(g["lr"]) != lr]
+        if not changed:
+            return
+        self._warned_foreign = True
+        i, kind = changed[0], type(self).__name__
+        others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        warnings.warn(
+            f"{kind}: param group {self._names[self._member[i]]!r} has lr {float(groups[i]['lr']):.6g}{others}, but "
+            f"{kind} last wrote {self._written[i]:.6g}: something else writes lr (a torch LRScheduler such as "
+            f"StepLR, a Trainer's default schedule, an assignment). {kind} sets every group's lr before each step, "
+            f"so that write has no effect. To keep a schedule, stop stepping the other one and pass it as "
+            f"{kind}(..., schedule=<a layerwise Policy or LayerSchedule>, total_steps=N), which multiplies the found "
+            f"LRs; with transformers' Trainer, use layerwise's LayerwiseTrainer (warned once)",
+            ForeignLRWarning,
+            stacklevel=3,
+        )
 
     def _members(self) -> list[list[Tensor]]:
         """Each group's parameters that have a gradient now."""

@@ -54,7 +54,7 @@ from ._shards import local_all
 from .group_rates import GroupRates
 from .groups import Partition
 from .param_groups import set_lr
-from .quadfit import PROBES, REJECTION_REASONS, FitOptions, QuadraticFit, fit_quadratic, probe_plan
+from .quadfit import PROBES, REJECTION_ADVICE, REJECTION_REASONS, FitOptions, QuadraticFit, fit_quadratic, probe_plan
 from .schedules import LayerSchedule, Policy
 from .state_check import check_optimizer_state, check_state, require_keys
 
@@ -69,6 +69,9 @@ DIRECTIONS = ("auto", "step")
 
 _JOINT = (-1.0, -0.5, 0.5, 1.0)
 """Step multipliers probed along the combined step with ``joint_scale``."""
+
+NEVER_ACCEPTED_ROUNDS = 5
+"""After this many probe rounds with no fit accepted, :class:`HiDLR` warns once (:attr:`HiDLR.diagnosis`)."""
 
 
 def _saving_buffers(saved: dict[int, tuple[nn.Module, list[Tensor]]]) -> Callable[..., None]:
@@ -92,8 +95,8 @@ class HiDLR(GroupRates):
         update_every: Phi, probe every this many steps (the first step probes); with
             ``max_interval``, the shortest interval.
         max_interval: adapt Phi: after an accepted fit that moved no group's LR by more than
-            ``interval_tolerance`` (relative), the interval doubles, up to this cap; after a
-            rejection or a larger move it halves, down to ``update_every``. None: Phi is fixed.
+            ``interval_tolerance`` (relative), or a rejected fit, the interval doubles, up to this
+            cap; after a larger move it halves, down to ``update_every``. None: Phi is fixed.
         interval_tolerance: the relative LR move below which the interval grows.
         probe_fraction: probe on this fraction of the current batch, in (0, 1]: on probing steps
             ``step(closure)`` calls ``closure(probe_fraction)``, which must return the loss of the
@@ -140,7 +143,10 @@ class HiDLR(GroupRates):
     given to ``step`` is the trainer's own torch-style one (forward and backward, as Lightning
     passes it): it runs first, with grad, and its loss is returned.
     ``param_groups`` are the base optimizer's, so ``lr`` shows the applied rate to loggers.
-    HiDLR owns ``lr``: combine with schedules through ``schedule``, not a torch ``LRScheduler``.
+    HiDLR owns ``lr``: combine with schedules through ``schedule``, not a torch ``LRScheduler`` (a
+    foreign write is overwritten and warned of once, :class:`~layerwise.group_rates.ForeignLRWarning`).
+    After :data:`NEVER_ACCEPTED_ROUNDS` rounds without an accepted fit it warns once with
+    :attr:`diagnosis`.
     """
 
     technique = "HiDLR"
@@ -175,10 +181,7 @@ class HiDLR(GroupRates):
         sync: bool | None = None,
         prefix_reuse: bool | str = False,
     ) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, GroupRates):
-            raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
+        self._check_base(optimizer)
         positive_int("update_every", update_every)
         if max_interval is not None:
             int_between(
@@ -226,6 +229,7 @@ class HiDLR(GroupRates):
         }
         self.history: list[dict[str, Any]] = []
         self.last_fit: QuadraticFit | None = None
+        self._warned_never_accepted = False
         self.closure: Callable[[], Tensor] | None = None
         """The probes' loss closure of the current batch, set by trainers that own the loop."""
 
@@ -234,6 +238,7 @@ class HiDLR(GroupRates):
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """One optimizer step; probes first when the step is :attr:`next_probe` (every ``update_every``
         steps unless ``max_interval`` adapts the interval)."""
+        self._check_foreign_lrs()
         loss = None
         probe = closure if self.closure is None else self.closure
         if closure is not None and self.closure is not None:
@@ -268,14 +273,15 @@ class HiDLR(GroupRates):
         return lambda: closure(self.probe_fraction)
 
     def _adapt_interval(self, before: list[float], fit: QuadraticFit) -> None:
-        """Double Phi after a small accepted move, halve it after a rejection or a large one."""
+        """Halve Phi after an accepted large move; double it otherwise: after a small move or a rejection
+        (no LR moved), so a run whose fits are rejected probes less, not more."""
         if self.max_interval is None:
             return
         moves = [abs(now - then) / then for now, then in zip(self.eta, before) if then > 0]
-        if fit.accepted and max(moves, default=0.0) <= self.interval_tolerance:
-            self.interval = min(2 * self.interval, self.max_interval)
-        else:
+        if fit.accepted and max(moves, default=0.0) > self.interval_tolerance:
             self.interval = max(self.interval // 2, self.update_every)
+        else:
+            self.interval = min(2 * self.interval, self.max_interval)
         self.stats["interval"] = self.interval
 
     @torch.no_grad()
@@ -437,8 +443,46 @@ class HiDLR(GroupRates):
             first_nonfinite = fit.reason == "nonfinite" and self.stats["rejections"]["nonfinite"] == 1
             level = logging.WARNING if first_nonfinite else logging.DEBUG  # then counted, logged at debug
             log.log(level, "Hi-DLR step %d: fit rejected (%s, R2=%.3f)", self.step_count, fit.reason, fit.r2)
+            self._warn_never_accepted()
         record = {"step": self.step_count, "eta": list(self.eta), "accepted": fit.accepted, "reason": fit.reason}
         self.history.append({**record, "r2": fit.r2})
+
+    def _warn_never_accepted(self) -> None:
+        diagnosis = self.diagnosis
+        if diagnosis is not None and not self._warned_never_accepted:
+            self._warned_never_accepted = True
+            warnings.warn(diagnosis, UserWarning, stacklevel=4)
+
+    @property
+    def diagnosis(self) -> str | None:
+        """Why the LRs do not move, once :data:`NEVER_ACCEPTED_ROUNDS` rounds ran without an accepted fit
+        (the rejections by reason and what to try; warned once); None otherwise."""
+        stats = self.stats
+        if stats["accepted"] or stats["probe_rounds"] < NEVER_ACCEPTED_ROUNDS:
+            return None
+        reasons = sorted(((n, r) for r, n in stats["rejections"].items() if n), reverse=True)
+        counts = ", ".join(f"{r} {n}" for n, r in reasons)
+        advice = " ".join(REJECTION_ADVICE.get(r, r) for _, r in reasons)
+        backoff = (
+            f"While nothing is accepted the interval grows (now {self.interval} steps, up to max_interval)."
+            if self.max_interval is not None
+            else f"Probing continues every {self.update_every} steps; max_interval=... lets it back off."
+        )
+        return (
+            f"Hi-DLR: none of {stats['probe_rounds']} fits was accepted (rejections: {counts}), so every group "
+            f"keeps its starting LR and the {stats['forward_passes']} probe forward passes bought nothing. "
+            f"{advice} {backoff} If no fit is ever accepted, the base optimizer alone trains the same, cheaper."
+        )
+
+    @property
+    def log_stats(self) -> dict[str, float]:
+        """:attr:`stats` as numbers for a trainer's log line: ``hidlr/probe_rounds``, ``hidlr/accepted``,
+        ``hidlr/rejected``, ``hidlr/rejected_<reason>`` for every reason seen, ``hidlr/interval`` and
+        ``hidlr/never_accepted`` (1.0 while :attr:`diagnosis` holds)."""
+        stats = self.stats
+        line = {f"hidlr/{key}": float(stats[key]) for key in ("probe_rounds", "accepted", "rejected", "interval")}
+        line |= {f"hidlr/rejected_{r}": float(n) for r, n in stats["rejections"].items() if n}
+        return {**line, "hidlr/never_accepted": float(self.diagnosis is not None)}
 
     def _round_gamma(self) -> float:
         """This round's smoothing: ``gamma`` per ``update_every`` steps since the previous round (the

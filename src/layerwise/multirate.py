@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ._checks import finite_nonneg, positive_int
-from ._shards import local_all, local_like, refuse_flat_parameters, shaped_like
+from ._shards import check_current, local_all, local_like, refuse_flat_parameters, shaped_like
 from .groups import Partition
 from .param_groups import group_names
 from .state_check import check_optimizer_state, check_state, stamp
@@ -445,7 +445,9 @@ class Multirate(Optimizer):
 
         With ``literal=True``, on a step where a slow part refreshes, the slow parts jump first and
         ``closure`` is called again for the fast part's gradient at the moved slow parameters.
+        Parameters that ``fully_shard`` replaced (the optimizer was built before sharding) raise ValueError.
         """
+        check_current((p for g in self.param_groups for p in g["params"]), "optimizer")
         if self.literal and closure is None:
             raise ValueError(
                 "closure: literal=True (Algorithm 2 in the paper's order) takes the fast gradient again after the "
@@ -533,6 +535,21 @@ class Multirate(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Resume (mid-cycle too); a state of another technique, partition or setting raises ValueError."""
+        drift = self._checked(state_dict)
+        for opt, saved in zip(self.optimizers, state_dict["parts"]):  # checked: from here on state changes
+            opt.load_state_dict(saved)
+        self._drift = drift
+        self.step_count = state_dict["step_count"]
+        if self._noise is not None:
+            self._noise.set_state(state_dict["noise_rng"])
+        self._prepare()
+
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raise ValueError unless ``state_dict`` loads into this Multirate; changes nothing."""
+        self._checked(state_dict)
+
+    def _checked(self, state_dict: dict[str, Any]) -> list[list[tuple[Tensor, Tensor]] | None]:
+        """Every check :meth:`load_state_dict` makes; the saved drift, decoded."""
         check_state(state_dict, self._identity(), keys=("parts", "step_count", "drift"))
         if len(state_dict["parts"]) != len(self.optimizers):
             saved_parts = len(state_dict["parts"])
@@ -546,13 +563,7 @@ class Multirate(Optimizer):
         rng = state_dict.get("noise_rng")
         if self._noise is not None and not (isinstance(rng, Tensor) and rng.dtype == torch.uint8):
             raise ValueError("state_dict['noise_rng']: missing or not a generator state (a run with temperature)")
-        for opt, saved in zip(self.optimizers, state_dict["parts"]):  # checked: from here on state changes
-            opt.load_state_dict(saved)
-        self._drift = drift
-        self.step_count = step_count
-        if self._noise is not None:
-            self._noise.set_state(rng)
-        self._prepare()
+        return drift
 
     def _decode_drift(self, saved: Any) -> list[list[tuple[Tensor, Tensor]] | None]:
         """The saved drift as (parameter, tensor) pairs, checked against this model's parameters."""

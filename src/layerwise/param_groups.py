@@ -10,6 +10,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,26 @@ from torch import Tensor
 
 from .groups import Partition
 
-__all__ = ["check_partition", "group_names", "lr_log", "set_lr"]
+__all__ = ["ForeignLRWarning", "check_partition", "foreign_lr", "group_names", "lr_log", "set_lr"]
+
+
+class ForeignLRWarning(UserWarning):
+    """A technique that writes every group's LR found one it had not written (another scheduler, a
+    trainer's schedule, an assignment). ``warnings.filterwarnings("error", category=ForeignLRWarning)``
+    makes it an error."""
+
+
+def foreign_lr(param_groups: Sequence[dict[str, Any]], written: Sequence[float]) -> tuple[int, float] | None:
+    """The first param group whose ``lr`` is not the value ``written`` for it last (index, its lr), else None.
+
+    Groups beyond ``written`` (added since) are not compared; a relative difference under 1e-6 (a
+    float32 tensor LR's rounding) is not a change.
+    """
+    for index, (group, value) in enumerate(zip(param_groups, written)):
+        found = float(group["lr"])
+        if not math.isclose(found, float(value), rel_tol=1e-6, abs_tol=1e-12):
+            return index, found
+    return None
 
 
 def set_lr(group: dict[str, Any], value: float) -> None:

@@ -12,12 +12,17 @@ ResNet stage boundary is one; a point inside a residual block, whose skip connec
 is not, and the cache then cuts at the block's start (a warning says why; ``shallower="raise"``
 raises instead). When a deeper group freezes, stored entries are advanced lazily through the
 newly frozen layers from the old entries, not from the input; when a group unfreezes, or a
-prefix parameter or buffer changes in any way (``Tensor._version``), the entries behind it are
+prefix parameter or buffer changes in any way (its storage, its version counter, or a checksum of
+its bits taken every batch, which sees a write through ``.data``), the entries behind it are
 dropped. The cache is derived data: it is not saved in checkpoints, and a resumed run rebuilds it.
 
 Validity is checked, not assumed: the inputs must be declared free of random augmentation
-(``same_inputs=True``), no norm or dropout module in the prefix may be in training mode, and a
-prefix that draws random numbers (its computation changes the RNG state) is refused.
+(``same_inputs=True``), no norm or dropout module in the prefix may be in training mode, a
+prefix that draws random numbers (its computation changes the RNG state, or an op is given a
+``torch.Generator``) is refused, and a cut after which a branch decision reads the prefix's
+output is not used. What no trace can see (Python state the prefix reads) is caught by a
+self-check: the first ``verify`` batches that compute rows and the first ``verify`` that serve
+stored ones are run again without the cache and must give the same output.
 
 Examples:
     >>> import torch, layerwise
@@ -61,6 +66,39 @@ _STORAGE = (None, torch.float16, torch.bfloat16)
 SHALLOWER = ("warn", "raise", "allow")
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16, torch.float64: np.float64}
 _TRAINING_SENSITIVE = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_TOLERANCE = {None: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}  # of the self-check, relative to the output
+
+
+def _stamp(tensors: list[torch.Tensor]) -> tuple[list[tuple[int, int]], torch.Tensor | None]:
+    """Where each tensor's data lives and its version, and a checksum of its bits: the row and column
+    sums of each tensor as a matrix of integers, which any single changed element changes."""
+    places = [(t.data_ptr(), t._version) for t in tensors]
+    sums = []
+    for t in tensors:
+        bits = t.detach().contiguous()
+        bits = bits.view(_BITS.get(bits.element_size(), torch.uint8))
+        matrix = bits.reshape(bits.shape[0] if bits.ndim > 1 else 1, -1)
+        # sums in the bits' own type (they wrap): a changed element changes its row's and its column's sum
+        sums += [matrix.sum(0, dtype=bits.dtype).long(), matrix.sum(1, dtype=bits.dtype).long()]
+    if not sums:
+        return places, None
+    return places, torch.cat([part.to(sums[0].device) for part in sums])
+
+
+class _Shadow:
+    """What a self-checked batch needs to run its forward again without the cache."""
+
+    def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], served: bool) -> None:
+        self.args, self.kwargs = pytree.tree_map(_copy, (args, kwargs))
+        self.served = served
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self.buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+
+
+def _copy(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
 class _Store:
@@ -97,7 +135,8 @@ class _Store:
             self.files.append(path)
             self.data.append(torch.from_numpy(array).view(kept))
         self.row_bytes = sum(int(np.prod(t.shape[1:])) * t.element_size() for t in self.data)
-        self.state = [(t, t._version) for t in state]
+        self.state = state
+        self.places, self.checksum = _stamp(state)
         self.seconds, self.rows = 0.0, 0  # time computing the prefix from the input, and its rows
 
     @property
@@ -105,7 +144,9 @@ class _Store:
         return self.used * self.row_bytes
 
     def valid(self) -> bool:
-        return all(t._version == version for t, version in self.state)
+        """Whether every tensor the prefix reads is as it was when the store was made (no write at all)."""
+        places, checksum = _stamp(self.state)
+        return places == self.places and (checksum is None or torch.equal(checksum, self.checksum))
 
     def get(self, slots: torch.Tensor) -> list[torch.Tensor]:
         return [
@@ -143,6 +184,27 @@ class _Store:
             path.unlink(missing_ok=True)
 
 
+def _difference(output: Any, expected: Any) -> float:
+    """The largest difference between two outputs' floating tensors, relative to the expected's largest value
+    (inf when their structures or other values differ)."""
+    got, spec = pytree.tree_flatten(output)
+    want, want_spec = pytree.tree_flatten(expected)
+    if spec != want_spec:
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(got, want):
+        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+            if not (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b):
+                return float("inf")
+            continue
+        if a.shape != b.shape:
+            return float("inf")
+        if a.numel():
+            scale = max(float(b.abs().max()), 1e-12)
+            worst = max(worst, float((a.detach() - b).abs().max()) / scale)
+    return worst
+
+
 class FrozenPrefixCache:
     """Serves a frozen prefix's output from a cache keyed by example index.
 
@@ -163,6 +225,10 @@ class FrozenPrefixCache:
         shallower: when the cache must cut shallower than the frozen prefix (a skip connection
             crosses the deeper boundary): ``"warn"`` (once), ``"raise"`` a ValueError, or ``"allow"``
             silently; ``stats["shallower_cuts"]`` counts those batches either way.
+        verify: self-check the first ``verify`` batches that compute prefix rows and the first
+            ``verify`` that serve stored ones: each forward runs again without the cache (same
+            RNG state and buffers) and a different output raises a RuntimeError (0: no check).
+        label: how the self-check's error names this cache (``compare`` gives its method's name).
     """
 
     def __init__(
@@ -176,6 +242,8 @@ class FrozenPrefixCache:
         dtype: torch.dtype | None = None,
         directory: str | Path | bool | None = None,
         shallower: str = "warn",
+        verify: int = 2,
+        label: str = "FrozenPrefixCache",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -195,6 +263,10 @@ class FrozenPrefixCache:
         if dtype not in _STORAGE:
             raise ValueError(f"dtype: must be one of {_STORAGE}, got {dtype!r}")
         one_of("shallower", shallower, SHALLOWER)
+        if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
+            raise ValueError(f"verify: must be a number of batches to self-check (an int >= 0), got {verify!r}")
+        if not isinstance(label, str):
+            raise TypeError(f"label: expected a str, got {type(label).__name__}")
         if directory is True:
             self._tmp = tempfile.TemporaryDirectory(prefix="layerwise-cache-")
             directory = self._tmp.name
@@ -203,6 +275,9 @@ class FrozenPrefixCache:
             directory.mkdir(parents=True, exist_ok=True)
         self.model, self.freezer, self.num_examples = model, freezer, int(num_examples)
         self.max_bytes, self.dtype, self.shallower = int(max_bytes), dtype, shallower
+        self.verify, self.label = verify, label
+        self._checked = {False: 0, True: 0}  # self-checked batches that computed rows / that served some
+        self._shadow: _Shadow | None = None
         self.directory = None if directory in (None, False) else Path(directory)
         self._state = {id(t): t for t in (*model.parameters(), *model.buffers())}
         self._trace: Trace | None = None
@@ -212,13 +287,13 @@ class FrozenPrefixCache:
         self._stubs = Stubs()
         self._warned = False
         self.stats: dict[str, Any] = dict.fromkeys(
-            ("hits", "misses", "advanced", "uncached", "stored_rows", "shallower_cuts"), 0
+            ("hits", "misses", "advanced", "uncached", "stored_rows", "shallower_cuts", "verified"), 0
         )
         self.stats.update(stored_bytes=0, prefix_seconds=0.0, saved_seconds=0.0)
         self.boundary: str | None = None
         self._hooks = [
             model.register_forward_pre_hook(self._before, with_kwargs=True),
-            model.register_forward_hook(self._after, always_call=True),
+            model.register_forward_hook(self._after, with_kwargs=True, always_call=True),
         ]
 
     # ---- the user's side -------------------------------------------------------------------
@@ -226,9 +301,15 @@ class FrozenPrefixCache:
     @contextmanager
     def batch(self, indices: torch.Tensor | np.ndarray | list[int]) -> Iterator[None]:
         """Forwards inside are for the training examples ``indices`` (one per input row)."""
-        index = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1).cpu()
-        if len(index) == 0:
+        given = indices.detach().cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
+        if given.size == 0:
             raise ValueError("indices: empty; give one example index per row of the batch")
+        if given.dtype.kind not in "iu":
+            raise TypeError(
+                f"indices: must be integer example indices (one per row of the batch), got dtype {given.dtype}; "
+                "a float or bool index would be truncated to another example"
+            )
+        index = torch.as_tensor(given, dtype=torch.long).reshape(-1)
         if int(index.min()) < 0 or int(index.max()) >= self.num_examples:
             raise ValueError(
                 f"indices: must lie in [0, num_examples={self.num_examples}), got {int(index.min())}"
@@ -279,19 +360,60 @@ class FrozenPrefixCache:
             self._trace = self._run(lambda: trace_cuts(model, args, kwargs, rows))
         self._check_prefix(frozen)
         cut, why = self._choose(frozen)
+        self._refuse_generators(cut)
         self._explain(cut, why)
         self._drop([s for s in self._stores if not s.valid() or not s.cut.params <= frozen])
         if cut is None:
             self.stats["uncached"] += rows
             return None
         self.boundary = self._trace.name(cut)
+        served = self.stats["hits"] + self.stats["advanced"]
         values = self._gather(cut, index, args, kwargs)
+        served = self.stats["hits"] + self.stats["advanced"] > served
+        if self._checked[served] < self.verify:
+            self._checked[served] += 1
+            self._shadow = _Shadow(model, args, kwargs, served)
         self._stubs.serve(self._trace, cut, values, rows)
         return None
 
-    def _after(self, _model: nn.Module, _args: Any, _output: Any) -> None:
-        if not self._busy:
-            self._stubs.remove()
+    def _after(self, model: nn.Module, _args: Any, _kwargs: Any, output: Any) -> None:
+        if self._busy:
+            return
+        self._stubs.remove()
+        shadow, self._shadow = self._shadow, None
+        if shadow is not None and output is not None:
+            self._self_check(model, shadow, output)
+
+    # ---- the self-check --------------------------------------------------------------------
+
+    def _self_check(self, model: nn.Module, shadow: _Shadow, output: Any) -> None:
+        """Run the batch's forward again without the cache, from the same RNG state and on copies of the
+        buffers as they were (the model's own are not written: a backward may need their versions); the
+        outputs must agree (bitwise up to the rounding of a sub-batch, or of half-precision storage)."""
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        torch.set_rng_state(shadow.rng)
+        if shadow.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(shadow.cuda_rng)
+        self._busy = True
+        try:
+            with torch.no_grad():
+                expected = torch.func.functional_call(model, shadow.buffers, shadow.args, shadow.kwargs)
+        finally:
+            self._busy = False
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        self.stats["verified"] += 1
+        difference = _difference(output, expected)
+        if difference > _TOLERANCE[self.dtype]:
+            kind = "served stored rows" if shadow.served else "computed its rows"
+            raise RuntimeError(
+                f"{self.label}: self-check failed: with the cache (cut at {self.boundary!r}, a batch that {kind}) "
+                f"the model's output differs from the output without it by {difference:.3g} (relative); the frozen "
+                "prefix is not a fixed function of each example's input (Python state or control flow the trace "
+                "cannot see), so stored activations would be wrong: train without the cache"
+            )
 
     # ---- choosing the cut ------------------------------------------------------------------
 
@@ -323,6 +445,17 @@ class FrozenPrefixCache:
                 f"freezer: the frozen groups {late} are not a prefix of the network (a trainable group runs before "
                 "them), so there is no frozen prefix to cache; freeze input-side groups first, or call "
                 "cache.remove() to train without the cache"
+            )
+
+    def _refuse_generators(self, cut: Cut | None) -> None:
+        """A prefix with an op given a ``torch.Generator`` draws other numbers on every pass: refused."""
+        assert self._trace is not None
+        drawn = None if cut is None else self._trace.draws(cut)
+        if drawn is not None:
+            raise ValueError(
+                f"model: the frozen prefix up to {self._trace.name(cut)!r} draws random numbers from its own "
+                f"torch.Generator ({drawn!r}), so its output is not a fixed function of its input and cannot be "
+                "cached; make the op deterministic in inference mode or train without the cache"
             )
 
     def _explain(self, cut: Cut | None, why: str | None) -> None:
@@ -486,8 +619,8 @@ class FrozenPrefixCache:
         take = mask.nonzero().reshape(-1)
         count = len(take)
 
-        def rows_of(value: Any) -> Any:
-            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows and count != rows:
+        def rows_of(value: Any) -> Any:  # a copy, also of every row: a forward may edit its input in place
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == rows:
                 return value[take.to(value.device)]
             return value
 

@@ -30,13 +30,39 @@ import numpy as np
 
 from ._checks import clip_range
 
-__all__ = ["PROBES", "REJECTION_REASONS", "FitOptions", "QuadraticFit", "fit_quadratic", "probe_plan"]
+__all__ = [
+    "PROBES",
+    "REJECTION_ADVICE",
+    "REJECTION_REASONS",
+    "FitOptions",
+    "QuadraticFit",
+    "fit_quadratic",
+    "probe_plan",
+]
 
 PROBES: tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0)
 """The paper's probing vector v (Algorithm 1, line 6)."""
 
 REJECTION_REASONS = ("nonfinite", "singular", "curvature", "slope", "r2")
 """Why a fit is rejected, in the order they are checked."""
+
+REJECTION_ADVICE = {
+    "nonfinite": "nonfinite: a probe at 2x the current LR diverged; start from smaller LRs.",
+    "singular": "singular: the probe losses do not determine a quadratic (a group whose update is zero).",
+    "curvature": (
+        "curvature: the loss is not convex along some group's update at 1-2x its LR (the LR is already past "
+        "that minimum, or the probes are noise); try per_group=True (the groups that fit move), smaller "
+        "starting LRs or larger batches."
+    ),
+    "slope": "slope: the loss rises along some group's own update on this batch; try per_group=True or larger batches.",
+    "r2": (
+        "r2: the probe losses are too noisy for a quadratic; dropout in training mode draws new masks for "
+        "every probe (a closure that runs the model with fixed masks or in eval mode removes that noise), "
+        "or lower min_r2."
+    ),
+    "joint": "joint: the line fit along the combined step failed; try joint_scale=False.",
+}
+"""What each rejection reason (and HiDLR's ``joint``) means and what to try, for HiDLR's warning."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ._checks import finite_nonneg, fraction, positive_int
-from ._shards import local, local_like, refuse_flat_parameters, shaped_like
+from ._shards import check_current, local, local_like, refuse_flat_parameters, shaped_like
 from .param_groups import group_names
 from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import Wrapper, init_hooks
@@ -121,6 +121,7 @@ class RandomSubsetMultirate(Wrapper):
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         """A fast step (slow entries stay zero) or the joint step (slow entries move ``slow_lr``)."""
+        check_current((p for g in self.param_groups for p in g["params"]), "optimizer")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -170,10 +171,14 @@ class RandomSubsetMultirate(Wrapper):
         names = group_names(self.optimizer.param_groups)
         return stamp("RandomSubsetMultirate", names, {"k": self.k, "subsets": shapes})
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """Resume (RNG included); another technique's state, other groups or subsets raise ValueError."""
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raise ValueError unless ``state_dict`` loads into this optimizer; changes nothing."""
         check_state(state_dict, self._identity(), keys=("base", "step_count", "generator", "masks", "kept"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Resume (RNG included); another technique's state, other groups or subsets raise ValueError."""
+        self.check_state_dict(state_dict)
         self.optimizer.load_state_dict(state_dict["base"])
         self.step_count = int(state_dict["step_count"])
         self.generator.set_state(state_dict["generator"])

@@ -114,8 +114,9 @@ def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "bo
         and bias are now parametrized: their leaves are ``parametrizations.weight.original<j>``.
 
     Raises:
-        ValueError: no such module, no weight, already split, or rows that overlap or fall outside
-            the tensor; the model is left as it was.
+        ValueError: no such module, no weight, already split, a weight or bias another module shares
+            (a tied output layer: splitting would untie it), or rows that overlap or fall outside the
+            tensor; the model is left as it was.
         TypeError: a row that is not an integer index (Python or numpy integer, integer 0-d tensor).
 
     Examples:
@@ -139,6 +140,7 @@ def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "bo
     bias = getattr(layer, "bias", None)
     if isinstance(bias, Tensor) and (bias.ndim != 1 or len(bias) != len(weight)):
         raise ValueError(f"module: {module!r} has a bias of shape {tuple(bias.shape)}, not one entry per row")
+    _refuse_tied(model, module, layer)
     named = _chunks(rows, len(weight), module)
     if rest in named:
         raise ValueError(f"rest: {rest!r} is also a row group's name")
@@ -146,6 +148,23 @@ def by_rows(model: nn.Module, module: str, rows: Rows = None, *, rest: str = "bo
     for tensor_name in ("weight", "bias") if isinstance(bias, Tensor) else ("weight",):
         parametrize.register_parametrization(layer, tensor_name, RowSplit(chunks, len(weight), list(named)))
     return _partition(model, module, layer, list(named), rest)
+
+
+def _refuse_tied(model: nn.Module, module: str, layer: nn.Module) -> None:
+    """``ValueError`` naming both modules when another module registers ``layer``'s weight or bias:
+    the split would give ``layer`` its own leaves and the other module would keep the old tensor."""
+    split = {id(getattr(layer, name)) for name in ("weight", "bias") if isinstance(getattr(layer, name, None), Tensor)}
+    for other, owner in model.named_modules(remove_duplicate=False):
+        if owner is layer:
+            continue
+        for pname, param in owner.named_parameters(recurse=False, remove_duplicate=False):
+            if id(param) in split:
+                shared = f"{other}.{pname}" if other else pname
+                raise ValueError(
+                    f"module: {module!r} shares its parameter with module {other or 'root'!r} ({shared!r}, tied "
+                    f"weights); splitting {module!r} by rows would untie them. Untie them first (give {module!r} "
+                    "its own nn.Parameter) or split a layer whose parameters no other module uses"
+                )
 
 
 def _partition(model: nn.Module, module: str, layer: nn.Module, names: list[str], rest: str) -> Partition:

@@ -18,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +29,10 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ._checks import positive_int
 from ._shards import refuse_flat_parameters
-from .param_groups import group_names, set_lr
+from .param_groups import ForeignLRWarning, foreign_lr, group_names, set_lr
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
+from .wrapping import unwrap_optimizer
 
 __all__ = ["LayerwiseLR", "group_depths"]
 
@@ -57,7 +59,8 @@ class LayerwiseLR(LRScheduler):
     """Per-group LR(t) = initial LR x policy(t) x layer multiplier(t), in closed form.
 
     Args:
-        optimizer: any torch optimizer; its param groups are the layers.
+        optimizer: any torch optimizer; its param groups are the layers. A wrapper exposing one as
+            ``.optimizer`` (accelerate's ``AcceleratedOptimizer``) is unwrapped; keep stepping the wrapper.
         total_steps: number of ``step()`` calls in the run (batches x epochs when
             stepping per batch, epochs when stepping per epoch). Past it, the final
             values hold.
@@ -70,7 +73,19 @@ class LayerwiseLR(LRScheduler):
     scheduler's ``state_dict`` holds plain numbers only (the schedule is
     configuration: build the same one, then ``load_state_dict``, which also writes
     the resumed step's LRs into the optimizer, so the loading order does not matter).
+
+    It writes every group's LR at every step, so a change made by anything else (another
+    scheduler such as ``StepLR``, a trainer's schedule, an assignment) would be lost: the first
+    such change found at a ``step()`` is reported once with a :class:`~layerwise.param_groups.ForeignLRWarning`.
+    A scheduler handing over to it (``SequentialLR``) is not a foreign write.
     """
+
+    fix = (
+        "give that schedule to LayerwiseLR instead (policy=, e.g. layerwise.StepDrops for a StepLR, "
+        "layerwise.Warmup for a warm-up; a per-group factor through Partition.param_groups(lr_mult=)), "
+        "or chain a warm-up before it with torch.optim.lr_scheduler.SequentialLR"
+    )
+    """How to compose instead, in the foreign-write warning (FreezeOut gives its own)."""
 
     def __init__(
         self,
@@ -82,8 +97,7 @@ class LayerwiseLR(LRScheduler):
         schedule: LayerSchedule | None = None,
         last_epoch: int = -1,
     ) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        optimizer = unwrap_optimizer(optimizer)
         refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
         positive_int("total_steps", total_steps)
         if schedule is None:
@@ -100,6 +114,9 @@ class LayerwiseLR(LRScheduler):
         self.total_steps = total_steps
         self._depths = depths
         self._num_layers = num_layers
+        self.owner = "LayerwiseLR"
+        """The technique named in the foreign-write warning."""
+        self._foreign_warned = False
         super().__init__(optimizer, last_epoch)
 
     def _sync_groups(self) -> None:
@@ -147,12 +164,32 @@ class LayerwiseLR(LRScheduler):
         takes a lean path: the LRs are computed once and written straight into the groups.
         """
         self._sync_groups()  # validate added groups before anything advances
+        if epoch is None and self._step_count >= 1 and not self._foreign_warned:
+            self._warn_foreign()  # not at the initial step, nor at an explicit jump (a hand-over)
         if epoch is not None or self._step_count == 1:
             super().step(epoch)
             return
         self._step_count += 1
         self.last_epoch += 1
         self._write(self.get_lr())
+
+    def _warn_foreign(self) -> None:
+        """Warn once if a group's LR is not the one this scheduler wrote last (torch's hand-over writes
+        ``_last_lr`` too, so a SequentialLR warm-up before it is silent)."""
+        found = foreign_lr(self.optimizer.param_groups, self._last_lr)
+        if found is None:
+            return
+        index, value = found
+        self._foreign_warned = True
+        name = group_names(self.optimizer.param_groups)[index]
+        warnings.warn(
+            f"{self.owner}: param group {name!r} has lr {value:.6g}, but {self.owner} wrote "
+            f"{float(self._last_lr[index]):.6g} at its last step: something else changed it (another scheduler "
+            f"such as StepLR, a trainer's schedule, an assignment), and {self.owner} overwrites it now and at "
+            f"every step. To keep that schedule, {self.fix}. Reported once.",
+            ForeignLRWarning,
+            stacklevel=3,
+        )
 
     def _write(self, values: list[float]) -> None:
         for group, lr in zip(self.optimizer.param_groups, values):
@@ -165,7 +202,7 @@ class LayerwiseLR(LRScheduler):
         return [0 if base == 0 else firsts[d] for base, d in zip(self.base_lrs, self._depths)]
 
     def state_dict(self) -> dict[str, Any]:
-        skip = ("optimizer", "schedule", "_cache", "_cache_key")
+        skip = ("optimizer", "schedule", "_cache", "_cache_key", "owner", "fix", "_foreign_warned")
         own = {k: v for k, v in self.__dict__.items() if k not in skip}
         return {**self._identity(), **own}
 

@@ -89,10 +89,7 @@ class SecantLR(GroupRates):
         total_steps: int | None = None,
         groups: Partition | None = None,
     ) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, GroupRates):
-            raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
+        self._check_base(optimizer)
         one_of("mode", mode, MODES)
         unit_interval("beta", beta)
         unit_interval("gamma", gamma)
@@ -202,6 +199,7 @@ class SecantLR(GroupRates):
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """Observe the last step's secant, maybe update the rates, then take the base step."""
+        self._check_foreign_lrs()
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -1,4 +1,5 @@
-"""Shared plumbing for optimizers that wrap other optimizers (``HiDLR``, ``Multirate``).
+"""Shared plumbing for optimizers that wrap other optimizers (``HiDLR``, ``Multirate``), and
+:func:`unwrap_optimizer` for the wrappers other libraries hand back (accelerate's ``AcceleratedOptimizer``).
 
 They subclass ``torch.optim.Optimizer`` (so schedulers, ``GradScaler`` and hooks accept them) but
 keep their parameters in the wrapped optimizers, so ``Optimizer.__init__`` (which would take the
@@ -22,7 +23,40 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-__all__ = ["Wrapper", "init_hooks"]
+__all__ = ["Wrapper", "init_hooks", "owns_lr", "unwrap_optimizer"]
+
+
+def _has_hooks(optimizer: Any) -> bool:
+    """A torch ``Optimizer`` with its own step-hook machinery (``Optimizer.__init__`` or :func:`init_hooks` ran)."""
+    return isinstance(optimizer, Optimizer) and hasattr(optimizer, "_optimizer_step_pre_hooks")
+
+
+def unwrap_optimizer(optimizer: Any, argument: str = "optimizer") -> Optimizer:
+    """The torch optimizer a technique should act on: ``optimizer`` itself, or the one a wrapper exposes.
+
+    Wrappers such as accelerate's ``AcceleratedOptimizer`` or Lightning's ``LightningOptimizer`` pass
+    ``param_groups`` and ``step`` through to ``.optimizer`` but lack ``Optimizer``'s hook machinery, so a
+    technique registering a step hook on them would fail mid-run. They are unwrapped once; the
+    training loop keeps stepping the wrapper, which steps the inner optimizer (and its hooks).
+    Raises TypeError, naming ``argument``, for anything else.
+    """
+    if _has_hooks(optimizer):
+        return optimizer
+    inner = getattr(optimizer, "optimizer", None)
+    if _has_hooks(inner):
+        return inner
+    why = " (an Optimizer subclass that never ran Optimizer.__init__)" if isinstance(optimizer, Optimizer) else ""
+    raise TypeError(
+        f"{argument}: expected a torch.optim.Optimizer, or a wrapper exposing one as .optimizer (such as "
+        f"accelerate's AcceleratedOptimizer), got {type(optimizer).__name__}{why}; pass the optimizer it wraps"
+    )
+
+
+def owns_lr(optimizer: Any) -> bool:
+    """Whether ``optimizer`` (or the one a wrapper exposes) sets its groups' LRs itself (declares ``owns_lr``,
+    as Hi-DLR and SecantLR do), so a trainer must give it a schedule that leaves ``lr`` alone."""
+    inner = optimizer if _has_hooks(optimizer) else getattr(optimizer, "optimizer", optimizer)
+    return bool(getattr(inner, "owns_lr", False))
 
 
 def init_hooks(optimizer: Optimizer, defaults: dict[str, Any]) -> None:

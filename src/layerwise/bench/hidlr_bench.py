@@ -35,6 +35,7 @@ from ..hidlr import HiDLR
 from ..tasks import get_task
 from ..tasks.hidlr_problems import NAM, TOYS, grid, hidlr_variants, nam_synthetic_data
 from ..tasks.models import ResNetCNN
+from ..training import progress_bar
 
 __all__ = ["run_hidlr_bench"]
 
@@ -111,8 +112,19 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mode.peak
 
 
+QUICK_VARIANTS = ("plain", "phi", "phi_step", "adaptive")
+"""The cost variants ``--quick`` times (the rest need the full run: about 7 minutes here)."""
+
+
 def _cost(
-    K: int, phi: int, cycles: int, repeats: int, max_interval: int = HIDLR_PROBING["max_interval"]
+    K: int,
+    phi: int,
+    cycles: int,
+    repeats: int,
+    max_interval: int = HIDLR_PROBING["max_interval"],
+    *,
+    only: tuple[str, ...] | None = None,
+    warm_blocks: int = 2,
 ) -> dict[str, Any]:
     adaptive = {**HIDLR_PROBING, "max_interval": max(max_interval, phi)}
     task = get_task("fashion-mnist")
@@ -131,6 +143,8 @@ def _cost(
         "adaptive_no_reuse": {**adaptive, "prefix_reuse": False},
         "adaptive_half_batch": {**adaptive, "probe_fraction": 0.5},
     }
+    if only is not None:
+        variants = {name: options for name, options in variants.items() if name in only}
     models = {name: ResNetCNN() for name in variants}
     for model in models.values():
         model.load_state_dict(models["plain"].state_dict())
@@ -146,13 +160,18 @@ def _cost(
             _cnn_step(models[name], opts[name], x, y, closure=name != "plain")
         return (time.perf_counter() - start) / steps
 
-    for name in variants:  # warm-up: the adaptive interval grows toward its cap
-        for _ in range(2):
-            block(name)
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):  # alternate, so drifts of the machine hit all alike
-        for name in variants:
-            times[name].append(block(name))
+    with progress_bar((warm_blocks + repeats) * len(variants), "hidlr cost blocks", True, unit="block") as bar:
+        for name in variants:  # warm-up: the adaptive interval grows toward its cap
+            for _ in range(warm_blocks):
+                block(name)
+                if bar is not None:
+                    bar.update(1)
+        for _ in range(repeats):  # alternate, so drifts of the machine hit all alike
+            for name in variants:
+                times[name].append(block(name))
+                if bar is not None:
+                    bar.update(1)
     x, y = batches[0]
     forward = []
     with torch.no_grad():
@@ -163,17 +182,22 @@ def _cost(
     ms = {name: statistics.median(t) for name, t in times.items()}
     fwd = statistics.median(forward)
     base = ms["plain"]
+    speeds = {
+        "relative_speed": "phi",
+        "relative_speed_step_and_restore": "phi_step",
+        "relative_speed_adaptive": "adaptive",
+        "relative_speed_prefix_reuse": "phi_reuse",
+        "relative_speed_adaptive_no_reuse": "adaptive_no_reuse",
+        "relative_speed_adaptive_half_batch": "adaptive_half_batch",
+    }
+    report = {key: base / ms[name] for key, name in speeds.items() if name in ms}
+    if "phi_reuse" in opts:
+        stats = opts["phi_reuse"].stats
+        report["prefix_reused_share"] = round(stats["prefix_reused"] / max(1, stats["forward_passes"]), 3)
     return {
-        "relative_speed": base / ms["phi"],
+        **report,
         "bound": 1.0 / (1.0 + 4 * K / (3 * phi)),
-        "relative_speed_step_and_restore": base / ms["phi_step"],
-        "relative_speed_adaptive": base / ms["adaptive"],
-        "relative_speed_prefix_reuse": base / ms["phi_reuse"],
-        "relative_speed_adaptive_no_reuse": base / ms["adaptive_no_reuse"],
-        "relative_speed_adaptive_half_batch": base / ms["adaptive_half_batch"],
-        "prefix_reused_share": round(
-            opts["phi_reuse"].stats["prefix_reused"] / max(1, opts["phi_reuse"].stats["forward_passes"]), 3
-        ),
+        "variants": list(variants),
         "adaptive_options": adaptive,
         "adaptive_interval": opts["adaptive"].interval,
         "adaptive_probe_rounds": opts["adaptive"].stats["probe_rounds"],
@@ -216,11 +240,8 @@ def _memory(models: dict[str, nn.Module], opts: dict[str, Any], batch: tuple) ->
 
     floor = measured("plain")
     param_bytes = sum(p.numel() * p.element_size() for p in models["phi"].parameters() if p.requires_grad)
-    return {
-        "peak_extra_bytes": measured("phi") - floor,
-        "peak_extra_bytes_step_and_restore": measured("phi_step") - floor,
-        "param_bytes": param_bytes,
-    }
+    extra = {"peak_extra_bytes": "phi", "peak_extra_bytes_step_and_restore": "phi_step"}
+    return {key: measured(name) - floor for key, name in extra.items() if name in opts} | {"param_bytes": param_bytes}
 
 
 def _toy(name: str, iterations: int, start_lr: float) -> dict[str, Any]:
@@ -426,7 +447,7 @@ def run_hidlr_bench(
     """The benchmark entry point; options come from ``layerwise bench hidlr --set key=value``."""
     logging.getLogger("layerwise.hidlr").setLevel(logging.ERROR)  # rejections are counted in the report
     if quick:
-        return _cost(K, phi, cycles or 1, repeats or 5, max_interval)
+        return _cost(K, phi, cycles or 1, repeats or 2, max_interval, only=QUICK_VARIANTS, warm_blocks=1)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = [p.strip() for p in problems.split(",") if p.strip()]

@@ -2,14 +2,16 @@
 
 A method's cost is measured before any run, so the plan is fixed (and stored) and every run stays
 deterministic and resumable. Every timed method runs its whole schedule compressed into a short
-block of ``block`` steps (a multiple of every method's period: Hi-DLR's probing interval,
-Multirate's cycle), so the block holds the method's probes, its slow refreshes and, for FreezeOut
-and gradual unfreezing, every stage of its freeze schedule in the proportions of the real run:
-the block's mean step cost is the cost integrated over the schedule. The baseline and every timed
-method step in turn on the same batches (the order rotates each step, so machine drift and cache
-effects hit all alike); the block is repeated on fresh models and the median ratio is kept.
-Methods that only move learning rates (``Method.same_cost``) cost what the baseline costs and are
-not timed.
+block of its own (``minimum`` steps, rounded up to a multiple of its own period: Multirate's cycle),
+so the block holds its slow refreshes and, for FreezeOut and gradual unfreezing, every stage of its
+freeze schedule in the proportions of the real run: the block's mean step cost is the cost
+integrated over the schedule. A method with rare expensive rounds (Hi-DLR's probing,
+:class:`~layerwise.compare.methods.Rounds`) is timed with a round every few steps, and the round
+steps' extra cost is weighed by the rounds its run makes. The baseline and every timed method step
+in turn on the same batches (the order rotates each step, so machine drift and cache effects hit
+all alike; a method's cost is against the baseline's steps taken beside its own); the blocks are
+repeated on fresh models and the median ratio is kept. Methods that only move learning rates
+(``Method.same_cost``) cost what the baseline costs and are not timed.
 
 Examples:
     >>> plan_steps(60.0, 0.25)
@@ -31,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..tasks import Task
-from .methods import METHODS
+from ..training import progress_bar
+from .methods import METHODS, Rounds
 from .runner import attach_cache, new_run, train_step
 
 if TYPE_CHECKING:
@@ -60,13 +63,18 @@ def block_length(periods: Sequence[int], minimum: int = 32) -> int:
 
 @dataclass(frozen=True)
 class CostPlan:
-    """Measured step costs: the baseline's seconds per step and each method's cost relative to it."""
+    """Measured step costs: the baseline's seconds per step and each method's cost relative to it.
+
+    ``blocks``: each timed method's block length; ``timing_steps``: every step the measurement took
+    (all repeats, the baseline's included).
+    """
 
     baseline_step_s: float
     ratios: dict[str, float]
     timed: list[str]
-    block: int
+    blocks: dict[str, int]
     repeats: int
+    timing_steps: int
 
 
 def measure_costs(
@@ -75,53 +83,107 @@ def measure_costs(
     batches: Sequence[tuple[Any, torch.Tensor]],
     *,
     policy: str,
-    repeats: int = 3,
-    minimum: int = 32,
+    steps: int,
+    repeats: int = 2,
+    minimum: int = 16,
     clock: Callable[[], float] = time.perf_counter,
     parallel: Parallel | None = None,
     indices: Sequence[torch.Tensor] | None = None,
+    progress: bool = False,
 ) -> CostPlan:
     """Step costs of ``entries`` relative to the baseline (uniform LR, the task's optimizer).
 
-    ``batches``: the batches of the timing block (cycled). ``clock``: seconds (a fake clock in tests).
-    ``parallel``: every rank of a data-parallel comparison calls this alike and times its steps on
-    its slice of each batch, communication included (each rank's own clock). ``indices``: each
-    batch's example indices, for the methods with a :class:`~layerwise.FrozenPrefixCache` (the
-    cache fills on the block's first pass over the batches and serves them after, as in a run).
+    ``batches``: the batches of the timing block (cycled). ``steps``: the baseline's steps in a run
+    (how many rounds a run of a :class:`~layerwise.compare.methods.Rounds` method makes per step).
+    ``clock``: seconds (a fake clock in tests). ``parallel``: every rank of a data-parallel
+    comparison calls this alike and times its steps on its slice of each batch, communication
+    included (each rank's own clock). ``indices``: each batch's example indices, for the methods
+    with a :class:`~layerwise.FrozenPrefixCache` (the cache fills on the block's first pass over the
+    batches and serves them after, as in a run). ``progress``: a progress line (repeat, step).
     """
     timed = [e for e in entries if not METHODS[e[1]].same_cost]
-    block = block_length([METHODS[method].period(settings) for _, method, settings in timed], minimum)
+    timings = [_timing(method, settings, minimum) for _, method, settings in timed]
+    blocks = [block for _, block, _ in timings]
+    longest = max(blocks, default=minimum)  # the baseline alone still prices a given budget
     samples: dict[str, list[float]] = {key: [] for key, _, _ in timed}
     base_steps: list[float] = []
-    for repeat in range(repeats):
-        runs = [new_run(task, "baseline", {"policy": None}, block, policy, repeat, parallel)]
-        runs += [new_run(task, method, settings, block, policy, repeat, parallel) for _, method, settings in timed]
-        if parallel is not None:
-            runs = [(parallel.prepare(model), setup) for model, setup in runs]
-        caches = [_cache_for(model, setup, indices) for model, setup in runs]
-        seconds = [0.0] * len(runs)
-        weight = 1.0
-        for step in range(block):
-            xb, yb = batches[step % len(batches)]
+    total = repeats * (longest + sum(blocks))
+    with progress_bar(total, f"timing {len(timed)} method(s) against the baseline", progress) as bar:
+        for repeat in range(repeats):
+            runs = [new_run(task, "baseline", {"policy": None}, longest, policy, repeat, parallel)]
+            runs += [
+                new_run(task, method, timing_settings, block, policy, repeat, parallel)
+                for (_, method, _), (timing_settings, block, _) in zip(timed, timings)
+            ]
+            lengths = [longest, *blocks]
             if parallel is not None:
-                xb, yb, weight = parallel.split(xb, yb)
-            for offset in range(len(runs)):
-                which = (step + offset) % len(runs)
-                model, setup = runs[which]
-                cache = caches[which]
-                start = clock()
-                with nullcontext() if cache is None else cache.batch(indices[step % len(batches)]):
-                    train_step(model, setup, task, xb, yb, weight)
-                seconds[which] += clock() - start
-        for cache in caches:
-            if cache is not None:
-                cache.remove()
-        base_steps.append(seconds[0] / block)
-        for (key, _, _), spent in zip(timed, seconds[1:]):
-            samples[key].append(spent / seconds[0])
+                runs = [(parallel.prepare(model), setup) for model, setup in runs]
+            caches = [_cache_for(model, setup, indices) for model, setup in runs]
+            seconds: list[list[float]] = [[] for _ in runs]
+            weight = 1.0
+            for step in range(longest):
+                xb, yb = batches[step % len(batches)]
+                if parallel is not None:
+                    xb, yb, weight = parallel.split(xb, yb)
+                active = [which for which, length in enumerate(lengths) if step < length]
+                for offset in range(len(active)):
+                    which = active[(step + offset) % len(active)]
+                    model, setup = runs[which]
+                    cache = caches[which]
+                    start = clock()
+                    with nullcontext() if cache is None else cache.batch(indices[step % len(batches)]):
+                        train_step(model, setup, task, xb, yb, weight)
+                    seconds[which].append(clock() - start)
+                if bar is not None:
+                    bar.update(len(active))
+                    bar.set_postfix(repeat=f"{repeat + 1}/{repeats}", refresh=False)
+            for cache in caches:
+                if cache is not None:
+                    cache.remove()
+            base = seconds[0]
+            base_steps.append(sum(base) / len(base) if base else 0.0)
+            for (key, _, _), (_, block, rounds), spent in zip(timed, timings, seconds[1:]):
+                beside = sum(base[:block]) / block  # the baseline's steps taken beside this method's
+                samples[key].append(_per_step(spent, rounds, steps, beside) / beside)
     ratios = {key: 1.0 for key, _, _ in entries}
     ratios.update({key: statistics.median(values) for key, values in samples.items()})
-    return CostPlan(statistics.median(base_steps), ratios, [key for key, _, _ in timed], block, repeats)
+    return CostPlan(
+        statistics.median(base_steps) if base_steps else 0.0,
+        ratios,
+        [key for key, _, _ in timed],
+        {key: block for (key, _, _), (_, block, _) in zip(timed, timings)},
+        repeats,
+        total,
+    )
+
+
+def _timing(method: str, settings: Mapping[str, Any], minimum: int) -> tuple[Mapping[str, Any], int, Rounds | None]:
+    """The settings a method's timing block runs, the block's length, and its rounds (if it has any)."""
+    spec = METHODS[method]
+    if spec.rounds is None:
+        return settings, block_length([spec.period(settings)], minimum), None
+    rounds = spec.rounds(settings)
+    return rounds.timed, block_length([rounds.every], max(minimum, 2 * rounds.every)), rounds
+
+
+def _per_step(seconds: Sequence[float], rounds: Rounds | None, steps: int, baseline_s: float) -> float:
+    """A method's mean step seconds in its run, from its timing block's steps.
+
+    With rounds, step 0 (a round that also pays one-time costs) is left out, and the round steps'
+    extra seconds are weighed by the run's rounds per step: a run of ``s`` steps makes
+    ``rounds.count(s)`` rounds, and ``s`` is the baseline's ``steps`` over the cost ratio (two
+    refinements from ``s = steps``).
+    """
+    if rounds is None:
+        return sum(seconds) / len(seconds)
+    spikes = [t for step, t in enumerate(seconds) if step and step % rounds.every == 0]
+    plain = [t for step, t in enumerate(seconds) if step % rounds.every]
+    plain_s, extra_s = statistics.fmean(plain), statistics.fmean(spikes) - statistics.fmean(plain)
+    run_steps, per_step = steps, plain_s
+    for _ in range(2):
+        per_step = plain_s + extra_s * rounds.count(run_steps) / run_steps
+        run_steps = max(1, round(steps * baseline_s / per_step))
+    return per_step
 
 
 def _cache_for(model: torch.nn.Module, setup: Any, indices: Sequence[torch.Tensor] | None) -> Any:

@@ -7,6 +7,11 @@ random augmentation). They are separate methods, so a report shows each gain bes
 without it; an equal-time plan measures their step cost with the cache warm, as it is from the
 second epoch on. ``cache_dtype`` stores the outputs in ``"float16"`` or ``"bfloat16"``.
 
+A ``+cache`` run is trusted only after its self-check: the cache runs the first
+:data:`SELF_CHECK` batches that compute prefix rows and the first :data:`SELF_CHECK` that serve
+stored ones again without the cache, and a different output stops the run with an error naming
+the method (:class:`~layerwise.prefix_cache.FrozenPrefixCache`'s ``verify``).
+
 Examples:
     >>> from layerwise.compare.methods import METHODS
     >>> METHODS["freezeout+cache"].defaults["cache_dtype"] is None
@@ -24,7 +29,7 @@ import torch
 from .._checks import one_of
 from .methods import METHODS, Build, Method, Setup, register_method
 
-__all__ = ["CACHED", "cached_variant", "register_cached"]
+__all__ = ["CACHED", "SELF_CHECK", "cached_variant", "register_cached"]
 
 CACHED = ("freezeout", "gradual-unfreezing", "head-only", "layer-freezing", "fine-tune", "lp-ft")
 """The methods that freeze a prefix, in the order their variants are registered."""
@@ -32,6 +37,9 @@ CACHED = ("freezeout", "gradual-unfreezing", "head-only", "layer-freezing", "fin
 DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _KEYS = ("cache_dtype",)
+
+SELF_CHECK = 2
+"""Batches of each kind (rows computed, rows served) a ``+cache`` run checks against the forward without the cache."""
 
 
 def _own(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,7 +54,7 @@ def cached_variant(method: Method) -> Method:
         setup = method.build(context, _own(settings))
         if setup.freezer is None:
             raise ValueError(f"{name}: {method.name} has no Freezer, so there is no frozen prefix to cache")
-        return replace(setup, cache={"dtype": DTYPES[settings["cache_dtype"]]})
+        return replace(setup, cache={"dtype": DTYPES[settings["cache_dtype"]], "verify": SELF_CHECK, "label": name})
 
     def check(settings: Mapping[str, Any]) -> None:
         try:

@@ -5,8 +5,8 @@ its settings into a :class:`Setup`: the optimizer, what is stepped after it, and
 ``optimizer.step`` wants a loss closure. Every method starts from the task's optimizer preset and
 learning rate, so methods differ only in how the per-group learning rates move and which parts get
 a gradient. A method also declares what an equal-cost plan needs: the period over which its step
-cost repeats, and whether it costs exactly what the baseline costs. Register your own with
-:func:`register_method`.
+cost repeats, its rare expensive rounds (:class:`Rounds`), and whether it costs exactly what the
+baseline costs. Register your own with :func:`register_method`.
 
 Examples:
     >>> from layerwise.compare.methods import METHODS, resolve_settings
@@ -14,12 +14,15 @@ Examples:
     {'t0': 0.5, 'strategy': 'cubic', 'scale_lr': True}
     >>> METHODS["multirate"].period(resolve_settings("multirate"))
     4
+    >>> METHODS["hidlr"].rounds(resolve_settings("hidlr")).count(250)  # probing at steps 0, 16, 48, 112, 240
+    5
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from torch import nn
@@ -53,6 +56,7 @@ __all__ = [
     "METHODS",
     "Build",
     "Method",
+    "Rounds",
     "Setup",
     "build_setup",
     "check_methods",
@@ -125,6 +129,25 @@ def _once(settings: Mapping[str, Any]) -> int:
     return 1
 
 
+@dataclass(frozen=True)
+class Rounds:
+    """A method whose step cost is a plain step plus rare, expensive rounds (Hi-DLR's probing).
+
+    Rounds are too sparse for a short timing block to hold them in the run's proportion (5 rounds
+    in 250 steps), so the plan times the block with a round every ``every`` steps (``timed``: the
+    settings that do that) and weighs the round steps' extra cost by the rounds a run makes.
+
+    Attributes:
+        timed: the settings the timing block runs: a round every ``every`` steps, the first at step 0.
+        every: steps from one round to the next in the timing block.
+        count: ``count(steps)``: the rounds a run of ``steps`` steps makes.
+    """
+
+    timed: Mapping[str, Any]
+    every: int
+    count: Callable[[int], int]
+
+
 def _no_check(settings: Mapping[str, Any]) -> None:
     del settings
 
@@ -177,8 +200,10 @@ class Method:
         applies: ``applies(task, partition)`` says why the method cannot run on a task, or None.
         not_default: per regime (``"scratch"``, ``"fine-tuning"``), why the method is left out of
             that regime's default set (it still runs when named).
-        period: ``period(settings)``: steps after which the method's step cost repeats (Hi-DLR's
-            probing interval, Multirate's k); an equal-cost plan times whole periods.
+        period: ``period(settings)``: steps after which the method's step cost repeats (Multirate's
+            k); an equal-cost plan times whole periods.
+        rounds: ``rounds(settings) -> Rounds``: for a method with rare expensive rounds, how the
+            plan times them (None: its cost repeats every ``period`` steps).
         same_cost: the method's steps cost exactly the baseline's (it only moves LRs), so an
             equal-cost plan gives it the baseline's steps without timing it.
         snippet: ``snippet(Build, settings) -> str``: the lines that set the method up in a plain loop.
@@ -197,6 +222,7 @@ class Method:
     applies: Callable[[Task, Partition], str | None] = _everywhere
     not_default: Mapping[str, str] = field(default_factory=dict)
     period: Callable[[Mapping[str, Any]], int] = _once
+    rounds: Callable[[Mapping[str, Any]], Rounds] | None = None
     same_cost: bool = False
     snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
     check: Callable[[Mapping[str, Any]], None] = _no_check
@@ -694,17 +720,28 @@ _RANDOM_BODY = "from scratch, the body's random features are not worth keeping"
 _FINE_TUNING_ONLY = "a fine-tuning method"
 
 
-def _hidlr_period(settings: Mapping[str, Any]) -> int:
-    """Fixed: Phi. Adaptive: the ramp, Phi + 2 Phi + ... up to the cap (16 + 32 + 64 + 128 = 240 by default):
-    a run's probing starts dense and thins out as the interval doubles, so timing one cap-long block from
-    the start (4 rounds in 128 steps) would charge a 250-step run for 1.5x the rounds it makes (5)."""
-    phi, cap = settings["update_every"], settings["max_interval"]
-    if cap is None or cap <= phi:
-        return phi
-    ramp, interval = 0, phi
-    while interval < cap:
-        ramp, interval = ramp + interval, 2 * interval
-    return ramp + cap
+_TIMED_ROUND_EVERY = 4
+"""Hi-DLR's probing interval in the plan's timing block: 3 rounds besides step 0's in 16 steps."""
+
+
+def _hidlr_round_count(update_every: int, max_interval: int | None, steps: int) -> int:
+    """Probing rounds in ``steps`` steps: at step 0, then every Phi steps, Phi doubling up to the cap if adaptive.
+
+    An adaptive interval is counted as it ramps when every round is accepted with a small move (the
+    default comparison's case); a round that moves an LR more keeps the interval, so a run can make more.
+    """
+    count, step, interval = 0, 0, update_every
+    while step < steps:
+        count, step = count + 1, step + interval
+        if max_interval is not None:
+            interval = min(2 * interval, max_interval)
+    return count
+
+
+def _hidlr_rounds(settings: Mapping[str, Any]) -> Rounds:
+    every = _TIMED_ROUND_EVERY
+    timed = {**settings, "update_every": every, "max_interval": None}
+    return Rounds(timed, every, partial(_hidlr_round_count, settings["update_every"], settings["max_interval"]))
 
 
 def _multirate_period(settings: Mapping[str, Any]) -> int:
@@ -852,7 +889,7 @@ def register_defaults() -> None:
             "Table 2; groups=1 is Hi-ULR); eta* clipped to `clip` x the task LR; times the policy",
             _hidlr,
             _HIDLR_DEFAULTS,
-            period=_hidlr_period,
+            rounds=_hidlr_rounds,
             snippet=_hidlr_snippet,
             check=checked("hidlr", **_HIDLR_CHECKS),
         ),
@@ -881,7 +918,7 @@ def register_defaults() -> None:
             {**_HIDLR_DEFAULTS, "t0": 0.8, "strategy": "cubic"},
             _needs_groups(2),
             not_default={"fine-tuning": "a combination; FreezeOut and Hi-DLR each run in the fine-tuning set"},
-            period=_hidlr_period,
+            rounds=_hidlr_rounds,
             check=checked("freezeout+hidlr", **_HIDLR_CHECKS, **{k: _FREEZEOUT_CHECKS[k] for k in ("t0", "strategy")}),
         ),
     ):

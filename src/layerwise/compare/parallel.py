@@ -14,7 +14,9 @@ The ranks come from one of two places:
   inherit the task, its data and the registered methods (nothing is pickled), run one intra-op
   thread each (as ``torchrun`` sets ``OMP_NUM_THREADS=1``; OpenMP threads in a forked child of a
   process that used them can deadlock), join a gloo group over a temporary file and serve the
-  session's requests until it closes them.
+  session's requests until it closes them. They never outlive the session: each asks the kernel
+  for SIGKILL when its parent dies (Linux; elsewhere a thread polls the parent's PID), and a
+  SIGTERM to the session ends it through ``SystemExit(143)``, which stops the workers at once.
 - ``torchrun`` (``WORLD_SIZE`` and ``RANK`` set, or a process group already initialised): every
   rank runs the same ``layerwise compare``; rank 0 is the session and broadcasts each request to
   the others (:class:`Launched`), which loaded the same task and data themselves and
@@ -37,12 +39,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import gc
 import multiprocessing
 import os
 import queue
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +83,12 @@ _READY_S = 300.0
 
 _STRAGGLER_S = 30.0
 """After one rank failed, how long the others get to report before the pool is torn down."""
+
+_ORPHAN_POLL_S = 1.0
+"""Where the kernel cannot signal a parent's death: how often a worker checks its parent is alive."""
+
+_PR_SET_PDEATHSIG = 1
+"""``prctl`` option (linux/prctl.h): the signal this process gets when its parent dies."""
 
 
 def launched_world() -> int | None:
@@ -221,9 +233,35 @@ def _warm_up(task: Task, data: TaskData) -> None:
 # ---- --nproc N in one process: forked workers ------------------------------------------------
 
 
-def _pool_worker(rank: int, world: int, engine: str, store: str, task: Task, data: TaskData, requests, replies) -> None:
+def _die_with(parent: int) -> None:
+    """End this worker when the process ``parent`` ends, however it ends (SIGKILL included).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere a daemon thread polls ``os.getppid()``.
+    A parent that died before either was in place is caught by the PID check.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the session's handler: Pool.close terminates
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="layerwise-orphan-watch").start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_ORPHAN_POLL_S)
+    os._exit(1)
+
+
+def _pool_worker(
+    rank: int, world: int, engine: str, store: str, task: Task, data: TaskData, requests, replies, parent: int
+) -> None:
     torch.set_num_threads(1)
     try:
+        _die_with(parent)
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
         parallel = Parallel(rank, world, engine)
         _warm_up(task, data)
@@ -235,15 +273,9 @@ def _pool_worker(rank: int, world: int, engine: str, store: str, task: Task, dat
     def progress(step: int, total: int, loss: float) -> None:
         replies.put(("step", rank, (step, total, loss)))
 
-    parent = os.getppid()
     try:
         while True:
-            try:
-                request = requests.get(timeout=5.0)
-            except queue.Empty:
-                if os.getppid() != parent:  # the session is gone
-                    return
-                continue
+            request = requests.get()
             if request is None:
                 return
             kind, options, wants_progress = request
@@ -276,6 +308,7 @@ class Pool:
         self._replies: Any = None
         self._folder: str | None = None
         self._inputs: tuple[Task, TaskData] | None = None
+        self._sigterm: Any = None
 
     rank = 0
     """The session's process leads (the workers are ranks 0 to ``nproc - 1`` of their own group)."""
@@ -292,10 +325,11 @@ class Pool:
         self._requests = [context.Queue() for _ in range(self.nproc)]
         self._inputs = (task, data)
         for rank in range(self.nproc):
-            args = (rank, self.nproc, self.engine, store, task, data, self._requests[rank], self._replies)
+            args = (rank, self.nproc, self.engine, store, task, data, self._requests[rank], self._replies, os.getpid())
             process = context.Process(target=_pool_worker, args=args, daemon=True, name=f"layerwise-rank{rank}")
             process.start()
             self._processes.append(process)
+        self._exit_on_sigterm()
         ready = self._collect("ready", _READY_S)
         failed = [(rank, text) for rank, text in sorted(ready.items()) if text is not None]
         if failed:
@@ -348,13 +382,23 @@ class Pool:
         """:func:`~layerwise.compare.budget.measure_costs` on every rank; rank 0's timing."""
         return self._request("costs", task, data, {"entries": list(entries), "batches": list(batches), **options})
 
-    def close(self) -> None:
-        """Stop the workers (each leaves its process group) and remove the group's file."""
+    def _exit_on_sigterm(self) -> None:
+        """While workers run, SIGTERM raises ``SystemExit(143)`` here, so ``with Pool`` stops them.
+
+        Only from the main thread (where Python runs signal handlers), and only over the default action.
+        """
+        if threading.current_thread() is not threading.main_thread() or self._sigterm is not None:
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._sigterm = signal.signal(signal.SIGTERM, _raise_exit)
+
+    def close(self, grace: float = 10.0) -> None:
+        """Stop the workers (each leaves its process group; after ``grace`` seconds it is terminated) and clean up."""
         for requests in self._requests:
             with contextlib.suppress(OSError, ValueError):  # a queue already closed
                 requests.put(None)
         for process in self._processes:
-            process.join(timeout=10)
+            process.join(timeout=grace)
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
@@ -362,12 +406,19 @@ class Pool:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
 
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(grace=10.0 if kind is None else 0.0)  # on an error the workers may be mid-run: no waiting
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 # ---- torchrun: every rank runs the CLI, rank 0 leads ------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import statistics
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ def summarize(
     if target is None:
         target = default_target([r["test_metric"] for r in base_records], metric, target_tolerance)
     base_wall = _mean_std([r["wall_clock_s"] for r in base_records])[0]
+    void_speed = _baseline_off_plan(base_records, base_wall)
 
     def times(records: list[dict[str, Any]]) -> list[float | None]:
         if target is None:
@@ -103,6 +105,7 @@ def summarize(
                 base_times,
                 metric,
                 budget,
+                void_speed=void_speed,
             )
         rows.append(
             {
@@ -117,7 +120,7 @@ def summarize(
                 "metric_std": metric_std,
                 "time_to_target_s": ttt,
                 "reached": len(reached),
-                "target_ratio": (statistics.fmean(base_reached) / ttt) if ttt and base_reached else None,
+                "target_ratio": None if not (ttt and base_reached) or void_speed else fmean(base_reached) / ttt,
                 "verdict": "reference" if label == baseline else (judged or {}).get("text", "—"),
                 "tests": None if judged is None else {"accuracy": judged["accuracy"], "speed": judged["speed"]},
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in records])[0],
@@ -135,6 +138,22 @@ def _timed_apart(records: list[dict[str, Any]], base_records: list[dict[str, Any
     loads = ", ".join(str(t.get("load")) for t in runs.values())
     return (
         f"timed apart: {len(runs)} invocations with baseline (load {loads}); rerun with --retime to time them together"
+    )
+
+
+def _baseline_off_plan(base_records: list[dict[str, Any]], base_wall: float | None) -> str | None:
+    """Why the table's speed comparisons are void, or None: the baseline trained more than
+    :data:`BUDGET_WARNING` off the time the plan predicted for it (the machine's speed changed
+    between the timing and the runs, so every method's planned steps bought another time)."""
+    planned = [r["budget"]["seconds"] for r in base_records if r.get("budget", {}).get("seconds")]
+    if not planned or not base_wall:
+        return None
+    off = base_wall / statistics.fmean(planned)
+    if abs(off - 1) <= BUDGET_WARNING:
+        return None
+    return (
+        f"speed not compared: the baseline trained {off:.2f}x its planned {statistics.fmean(planned):.1f} s "
+        "(the machine's speed changed after the plan; rerun on a quiet machine with --retime)"
     )
 
 

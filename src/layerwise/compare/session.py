@@ -19,6 +19,8 @@ import os
 import platform
 import re
 import sqlite3
+import sys
+import time
 import traceback
 import uuid
 import warnings
@@ -39,7 +41,7 @@ from .methods import METHODS, Build, check_methods, default_methods, method_snip
 from .parallel import check_parallel, group_for
 from .report import markdown_table, plot_all, summarize, write_html
 from .runner import run_one
-from .store import RunStore
+from .store import RunStore, locked
 from .targets import check_target
 
 __all__ = [
@@ -80,7 +82,8 @@ class CompareConfig:
         telemetry_every: record :class:`~layerwise.LayerMonitor` telemetry every this many steps.
         budget: ``"time"`` (equal wall-clock) or ``"steps"`` (equal epochs).
         budget_seconds: with ``budget="time"``: the budget itself (default: the baseline's time).
-        plan_block: with ``budget="time"``: at least this many steps per timing block.
+        plan_block: with ``budget="time"``: at least this many steps per timing block (each
+            method's own block is this, rounded up to a multiple of its own period).
         plan_repeats: with ``budget="time"``: timing blocks per method (the median is kept).
         nproc: train each run on this many processes, data-parallel (None or 1: this process alone;
             under torchrun: its world size). See :mod:`.parallel`.
@@ -96,8 +99,8 @@ class CompareConfig:
     telemetry_every: int | None = None
     budget: Literal["steps", "time"] = "time"
     budget_seconds: float | None = None
-    plan_block: int = 32
-    plan_repeats: int = 3
+    plan_block: int = 16
+    plan_repeats: int = 2
     nproc: int | None = None
     fsdp: bool = False
 
@@ -186,8 +189,12 @@ def _plan(
     baseline_steps: int,
     train_size: int | None,
     group: Any = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """The stored plan, extended with the entries it lacks (timed now on batches of the runs' training data)."""
+    """The stored plan, extended with the entries it lacks (timed now on batches of the runs' training data).
+
+    The plan records what the timing cost (``timing_s``, ``timing_steps``: every step it took).
+    """
     plan = store.plan() or {"entries": {}}
     missing = [e for e in entries if e[0] not in plan["entries"]]
     if not missing:
@@ -197,9 +204,15 @@ def _plan(
         x, y = x[:train_size], y[:train_size]
     indices = _timing_indices(task, len(y), 8)
     batches = [(x[index], y[index]) for index in indices]
-    options = {"policy": config.policy, "repeats": config.plan_repeats, "minimum": config.plan_block}
+    options = {
+        "policy": config.policy,
+        "repeats": config.plan_repeats,
+        "minimum": config.plan_block,
+        "steps": baseline_steps,
+    }
+    started = time.perf_counter()
     if group is None:
-        costs = measure_costs(task, missing, batches, indices=indices, **options)
+        costs = measure_costs(task, missing, batches, indices=indices, progress=progress, **options)
     else:  # timed on every rank, communication included
         costs = group.measure_costs(task, missing, batches, data=data, **options)
     # the first plan's baseline cost prices every later entry, so a resumed plan keeps its budget
@@ -208,12 +221,14 @@ def _plan(
     plan.setdefault("baseline_steps", baseline_steps)
     plan.setdefault("baseline_step_s", measured.baseline_step_s)
     plan.setdefault("budget_s", budget)
+    plan["timing_s"] = plan.get("timing_s", 0.0) + time.perf_counter() - started
+    plan["timing_steps"] = plan.get("timing_steps", 0) + costs.timing_steps
     for key, _, _ in missing:
         plan["entries"][key] = {
             "ratio": costs.ratios[key],
             "steps": steps[key],
             "timed": key in costs.timed,
-            "block": costs.block,
+            "block": costs.blocks.get(key),
         }
     store.save_plan(plan)
     return plan
@@ -287,7 +302,8 @@ def compare_variants(
         del store_key["telemetry_every"]
     outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
     plan: dict[str, Any] | None = None
-    with group or nullcontext(), RunStore(out / "runs.sqlite", store_key) as store:  # followers end with it
+    # one comparison per --out at a time; followers end with the group
+    with group or nullcontext(), locked(out), RunStore(out / "runs.sqlite", store_key) as store:
         invocation = fingerprint()
         if engine is not None:
             invocation["nproc"], invocation["engine"] = nproc, engine
@@ -315,7 +331,9 @@ def compare_variants(
         if config.budget == "time":
             if todo:
                 entries = [(keys[label], method, settings) for label, method, settings in resolved]
-                plan = _plan(store, task, data, config, entries, epochs * per_epoch, train_size, group)
+                plan = _plan(store, task, data, config, entries, epochs * per_epoch, train_size, group, progress)
+                if progress:
+                    _say(_estimate_text(plan, todo, keys, config.eval_points))
             else:
                 plan = store.plan()
         with progress_bar(len(todo), f"compare {task.name}", progress, unit="run", leave=True) as runs_bar:
@@ -402,7 +420,7 @@ def compare_variants(
     own = sorted({str(settings["policy"]) for _, _, settings in resolved if settings.get("policy")})
     policy = f"global policy {config.policy}" + (f" unless a variant sets its own ({', '.join(own)})" if own else "")
     setting = (
-        f"{task.description}. {used or 'all'} training examples, {tested} test examples, batch "
+        f"{task.description or task.name}. {used or 'all'} training examples, {tested} test examples, batch "
         f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, {policy}, {seeds} seed(s). "
         f"{budget_text} {target_text} Training time excludes the {config.eval_points} evaluations per run."
         + (f" {note}" if note else "")
@@ -428,6 +446,29 @@ def compare_variants(
     }
 
 
+def _say(text: str) -> None:
+    """A line for the user, between progress bars."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        print(text, file=sys.stderr)
+    else:
+        tqdm.write(text, file=sys.stderr)
+
+
+def _estimate_text(plan: dict[str, Any], todo: Sequence[tuple], keys: Mapping[str, str], eval_points: int) -> str:
+    """The plan in one line: what timing cost, and the training time the runs still to do will take."""
+    seconds = sum(
+        plan["entries"][keys[label]]["steps"] * plan["entries"][keys[label]]["ratio"] * plan["baseline_step_s"]
+        for label, _, _, _ in todo
+    )
+    return (
+        f"plan: step costs timed in {plan.get('timing_s', 0.0):.0f} s ({plan.get('timing_steps', 0)} steps); "
+        f"{len(todo)} run(s) to train, about {seconds / 60:.1f} min of training "
+        f"(budget {plan['budget_s']:.1f} s a run) plus {eval_points} evaluations per run"
+    )
+
+
 def _budget_text(config: CompareConfig, plan: dict[str, Any] | None, epochs: int) -> str:
     if config.budget == "steps" or plan is None:
         return f"Equal steps: every method trains {epochs} epoch(s)."
@@ -440,7 +481,8 @@ def _budget_text(config: CompareConfig, plan: dict[str, Any] | None, epochs: int
     return (
         f"Equal wall-clock: a budget of {plan['budget_s']:.1f} s of training ({source}); each method's steps are "
         f"planned from its step cost relative to the baseline, measured before the runs in interleaved blocks "
-        f"on the same batches (median of {config.plan_repeats}); 'train s / budget' is over {ratio}."
+        f"on the same batches (median of {config.plan_repeats}; {plan.get('timing_steps', 0)} steps, "
+        f"{plan.get('timing_s', 0.0):.0f} s); 'train s / budget' is over {ratio}."
     )
 
 

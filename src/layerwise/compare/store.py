@@ -5,6 +5,10 @@ of its runs; opening it with a different configuration raises ValueError instead
 Every run is keyed by its method, settings and seed: a finished run is never redone, a failed one
 is kept with its error until it is tried again.
 
+One comparison writes to a directory at a time: :func:`locked` holds an exclusive ``flock`` on
+``DIR/.layerwise.lock`` for as long as the comparison runs, and a second one is refused naming the
+holder's PID. The kernel drops the lock when its holder ends, killed or not, so it never stays stuck.
+
 Examples:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "runs.sqlite"
@@ -20,14 +24,28 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunStore", "prepare_out"]
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; comparisons are not locked there
+    fcntl = None
+
+__all__ = ["LOCK_NAME", "RunStore", "locked", "prepare_out"]
+
+LOCK_NAME = ".layerwise.lock"
+"""The lock file :func:`locked` holds in an output directory (it stays; only its flock matters)."""
+
+_HELD: dict[Path, int] = {}
+"""The directories this process holds locked, with how many ``locked`` blocks hold each."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,6 +69,44 @@ def prepare_out(out: str | Path) -> Path:
     except OSError as err:
         raise ValueError(f"--out: cannot write to {out}: {err.strerror or err}") from None
     return out
+
+
+@contextlib.contextmanager
+def locked(out: str | Path) -> Iterator[Path]:
+    """Hold ``out`` (created if missing) for one comparison: ValueError naming the holder if another process does.
+
+    Re-entrant within a process; the lock is released when the outermost block ends or the process dies.
+    """
+    folder = prepare_out(out).resolve()
+    with contextlib.ExitStack() as stack:
+        if folder not in _HELD and fcntl is not None:
+            stack.enter_context(_flock(folder / LOCK_NAME, out))
+        _HELD[folder] = _HELD.get(folder, 0) + 1
+        try:
+            yield folder
+        finally:
+            _HELD[folder] -= 1
+            if not _HELD[folder]:
+                del _HELD[folder]
+
+
+@contextlib.contextmanager
+def _flock(path: Path, out: str | Path) -> Iterator[None]:
+    """An exclusive flock on ``path`` holding this process's PID, or ValueError naming the holder's."""
+    with open(path, "a+") as handle:  # closing the file drops the lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ValueError(
+                f"--out: {out} is in use by another layerwise compare (PID {holder}); "
+                "wait for it to end or choose another --out"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
 
 
 class RunStore:

@@ -90,11 +90,14 @@ def verdict(
     baseline_times: Sequence[float | None],
     metric: str,
     budget: str = "time",
+    *,
+    void_speed: str | None = None,
 ) -> dict[str, Any]:
     """A method against the baseline at equal cost: both comparisons with their 95 % intervals, and a sentence.
 
     ``finals``: final test metrics per seed; ``times``: time to target per seed (None: not reached).
     ``budget``: what the runs had equal, ``"time"`` or ``"steps"`` (the sentence says which).
+    ``void_speed``: why times cannot be compared (the sentence says it instead of any speed claim).
     """
     mine = [v for v in finals if v is not None]
     base = [v for v in baseline_finals if v is not None]
@@ -103,7 +106,7 @@ def verdict(
     base_reached = [t for t in baseline_times if t is not None]
     all_reached = bool(times) and len(reached) == len(times) and len(base_reached) == len(baseline_times)
     speed = {"diff": None, "low": None, "high": None, "p": None}
-    if all_reached and min(reached + base_reached) > 0:
+    if all_reached and min(reached + base_reached) > 0 and void_speed is None:
         speed = welch([math.log(t) for t in base_reached], [math.log(t) for t in reached])
     result = {"accuracy": accuracy, "speed": speed, "reached": len(reached), "runs": len(times)}
     if not mine or not base:
@@ -132,11 +135,13 @@ def verdict(
         scale, unit = _scale(metric)
         diff = statistics.fmean(mine) - statistics.fmean(base)
         ratio = ""
-        if reached and base_reached:
+        if reached and base_reached and void_speed is None:
             speed = statistics.fmean(base_reached) / statistics.fmean(reached)
             ratio = f", {speed:.2f}x the baseline's speed to target"
         parts.append(f"one seed, no interval: {diff * scale:+.2f} {unit} {at}{ratio}")
     elif not parts or all(p.startswith("reaches the target in") for p in parts):
         parts.append("no significant difference")
+    if void_speed is not None:
+        parts.append(void_speed)
     result["text"] = "; ".join(parts)
     return result

@@ -5,7 +5,9 @@ Where each technique goes:
 * :class:`~layerwise.LayerwiseLR` is a torch ``LRScheduler``: return it from
   ``configure_optimizers`` with ``"interval": "step"``.
 * :class:`~layerwise.Multirate`, :class:`~layerwise.HiDLR` and :class:`~layerwise.SecantLR` are
-  optimizers: return them from ``configure_optimizers``.
+  optimizers: return them from ``configure_optimizers``. Hi-DLR and SecantLR set every group's LR
+  themselves (they declare ``owns_lr``): return them without a scheduler (give them ``schedule=``);
+  :class:`LayerwiseCallback` refuses a scheduler beside them. Multirate takes any scheduler.
 * :class:`~layerwise.FreezeOut` and :class:`~layerwise.GradualUnfreezing` need the optimizer
   Lightning builds: give :class:`LayerwiseCallback` a factory ``(module, optimizer) -> technique``.
 
@@ -44,6 +46,7 @@ from .._checks import one_of
 from ..hidlr import HiDLR
 from ..param_groups import lr_log
 from ..technique import Technique
+from ..wrapping import owns_lr
 
 __all__ = ["LayerwiseCallback"]
 
@@ -108,6 +111,12 @@ class LayerwiseCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         optimizer = self._optimizer(trainer)
+        if owns_lr(optimizer) and trainer.lr_scheduler_configs:
+            kind, scheduler = type(optimizer).__name__, type(trainer.lr_scheduler_configs[0].scheduler).__name__
+            raise ValueError(
+                f"configure_optimizers: {kind} sets every group's lr itself, so the scheduler {scheduler} would "
+                f"overwrite it (or be overwritten); return {kind} alone and give it schedule= and total_steps="
+            )
         if self.factory is None:
             if self._pending is not None:
                 raise ValueError("LayerwiseCallback: the checkpoint holds a technique's state; no technique was given")

@@ -29,6 +29,7 @@ __all__ = [
     "OptimizerPreset",
     "Task",
     "TaskData",
+    "check_labels",
     "get_task",
     "make_optimizer",
     "register_task",
@@ -108,6 +109,35 @@ class Task:
         """Deprecated name of :meth:`partition_of` (``partition`` is the field that builds it)."""
         warnings.warn("Task.groups(model) is now Task.partition_of(model)", DeprecationWarning, stacklevel=2)
         return self.partition_of(model)
+
+
+_IGNORED_LABEL = -100
+"""``cross_entropy``'s default ``ignore_index``: a label it skips."""
+
+
+def check_labels(task: Task, outputs: Any, labels: torch.Tensor) -> None:
+    """Refuse class labels the model's ``outputs`` cannot score under the task's cross-entropy.
+
+    ``outputs`` is the model's output on a batch (its dim 1 holds the classes); ``labels`` any
+    integer class labels of the task (a whole split). Tasks with another loss, or with soft or
+    float targets, are not checked.
+
+    Raises:
+        ValueError: naming the task, the labels' range and the model's output width.
+    """
+    if task.loss is not nn.functional.cross_entropy or not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
+        return
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+        return
+    labels = labels[labels != _IGNORED_LABEL]
+    if labels.numel() == 0:
+        return
+    width, low, high = outputs.shape[1], int(labels.min()), int(labels.max())
+    if low < 0 or high >= width:
+        raise ValueError(
+            f"task {task.name!r}: labels range over [{low}, {high}] but the model outputs {width} classes; "
+            f"labels must lie in [0, {width - 1}] (or the model's last layer needs {high + 1} outputs)"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
 r"""A user's own task from a Python file: ``--task path/to/file.py:factory``.
 
 The file is imported as a module (nothing of it is registered) and ``factory()`` must return a
-:class:`~layerwise.tasks.Task`.
+:class:`~layerwise.tasks.Task`. Any failure, in the file, the factory or later in the task's own
+``make_model``, ``sample_input``, ``load_data`` or ``partition``, is one ValueError naming the file,
+the factory, the part that failed and its exception (the original is chained). The task's data is
+loaded once per ``(data_dir, quick)`` and its class labels are checked against the model's output
+on the first batch (:func:`~layerwise.tasks.base.check_labels`).
 
 Examples:
     >>> import pathlib, tempfile
@@ -17,10 +21,18 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from .base import Task
+import torch
+
+from ..training import slice_batch
+from .base import Task, TaskData, check_labels
 
 __all__ = ["is_task_file", "load_task_file"]
 
@@ -35,7 +47,8 @@ def load_task_file(spec: str) -> Task:
     """Import ``path.py`` and return what its ``factory()`` returns (it must be a Task).
 
     Raises:
-        ValueError: ``spec`` is not ``PATH.py:FACTORY``, the file does not exist, or it has no such callable.
+        ValueError: ``spec`` is not ``PATH.py:FACTORY``, the file does not exist, cannot be imported
+            (a syntax error, an exception at import), has no such callable, or the factory raised.
         TypeError: the factory returned something other than a Task.
     """
     path_text, sep, factory_name = spec.rpartition(":")
@@ -44,15 +57,64 @@ def load_task_file(spec: str) -> Task:
     path = Path(path_text)
     if not path.is_file():
         raise ValueError(f"--task: no such file {path}")
+    module = _import(path, spec)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ValueError(f"--task: {path} has no callable {factory_name!r}")
+    task = _reporting(spec, f"{factory_name}()", factory)()
+    if not isinstance(task, Task):
+        raise TypeError(f"--task: {spec} returned {type(task).__name__}, expected a layerwise.tasks.Task")
+    return _checked(task, spec)
+
+
+def _import(path: Path, spec: str) -> ModuleType:
     module_spec = importlib.util.spec_from_file_location(f"layerwise_user_task_{path.stem}", path)
     if module_spec is None or module_spec.loader is None:
         raise ValueError(f"--task: cannot import {path}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        raise ValueError(f"--task: {path} has no callable {factory_name!r}")
-    task = factory()
-    if not isinstance(task, Task):
-        raise TypeError(f"--task: {spec} returned {type(task).__name__}, expected a layerwise.tasks.Task")
-    return task
+    _reporting(spec, "importing the file", module_spec.loader.exec_module)(module)
+    return module
+
+
+def _reporting(spec: str, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, whose exceptions become one ValueError naming ``spec`` and ``part``."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise ValueError(f"--task: {spec}: {part} raised {type(err).__name__}: {err}") from err
+
+    return call
+
+
+def _checked(task: Task, spec: str) -> Task:
+    """``task`` with its callables reporting ``spec`` on failure and its data loaded once and label-checked."""
+
+    def reporting(part: str) -> Any:
+        fn = getattr(task, part)
+        return None if fn is None else _reporting(spec, f"task {task.name!r}'s {part}()", fn)
+
+    make_model, load_data = reporting("make_model"), reporting("load_data")
+    loaded: dict[tuple[Any, bool], TaskData] = {}
+
+    def load_once(data_dir: str | None, quick: bool) -> TaskData:
+        key = (data_dir, quick)
+        if key not in loaded:
+            data = load_data(data_dir, quick)
+            _check_data_labels(task, make_model(), data)
+            loaded[key] = data
+        return loaded[key]
+
+    wrapped = {"make_model": make_model, "sample_input": reporting("sample_input"), "partition": reporting("partition")}
+    return dataclasses.replace(task, load_data=load_once, **wrapped)
+
+
+def _check_data_labels(task: Task, model: torch.nn.Module, data: TaskData) -> None:
+    """Every train and test label against the model's output on the first training batch."""
+    x, _ = data.train
+    with torch.no_grad():
+        outputs = model(slice_batch(x, slice(0, task.batch_size)))
+    for _, labels in (data.train, data.test):
+        check_labels(task, outputs, labels)

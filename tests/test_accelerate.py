@@ -1,0 +1,75 @@
+"""The techniques on accelerate's AcceleratedOptimizer (what ``accelerator.prepare`` returns), on CPU."""
+
+import pytest
+import torch
+from torch import nn
+
+import layerwise
+from layerwise import FreezeOut, Freezer, GradualUnfreezing, LayerwiseLR
+from layerwise.wrapping import unwrap_optimizer
+
+accelerate = pytest.importorskip("accelerate")
+
+X = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+Y = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(1))
+
+
+def _prepared():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    part = layerwise.by_layer(model, sample_input=X)
+    opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+    accelerator = accelerate.Accelerator(cpu=True)
+    model, opt = accelerator.prepare(model, opt)
+    assert type(opt).__name__ == "AcceleratedOptimizer"
+    return accelerator, model, opt
+
+
+def _train(accelerator, model, opt, steps, technique):
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(X), Y)
+        opt.zero_grad()
+        accelerator.backward(loss)
+        opt.step()
+        technique.step()
+
+
+def test_freezeout_on_an_accelerated_optimizer_trains_past_its_freezes():
+    accelerator, model, opt = _prepared()
+    freezeout = FreezeOut(model, opt, total_steps=20, t0=0.3, strategy="linear")
+    assert freezeout.optimizer is opt.optimizer
+    _train(accelerator, model, opt, 12, freezeout)
+    assert freezeout.frozen == ("0",)
+    frozen = model[0].weight.detach().clone()
+    _train(accelerator, model, opt, 8, freezeout)
+    assert freezeout.frozen == ("0", "2") and torch.equal(model[0].weight, frozen)
+    model[0].weight.grad = torch.ones_like(model[0].weight)  # the guard runs when the wrapper steps
+    with pytest.raises(RuntimeError, match="got gradients after they froze"):
+        opt.step()
+
+
+def test_layerwise_lr_and_gradual_unfreezing_on_an_accelerated_optimizer():
+    accelerator, model, opt = _prepared()
+    sched = LayerwiseLR(opt, 6, layers=layerwise.Discriminative(2.0))
+    _train(accelerator, model, opt, 6, sched)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(sched.lr_at(6))
+    unfreezing = GradualUnfreezing(Freezer(model, opt), every=2)
+    assert unfreezing.freezer.frozen == ("0", "2")
+    _train(accelerator, model, opt, 4, unfreezing)
+    assert unfreezing.freezer.frozen == ()
+
+
+def test_anything_else_is_refused_at_construction_naming_the_argument():
+    model = nn.Linear(2, 2)
+
+    class NoInit(torch.optim.Optimizer):
+        def __init__(self):
+            pass
+
+    for bad in (NoInit(), object()):
+        with pytest.raises(TypeError, match=r"optimizer: expected a torch\.optim\.Optimizer, or a wrapper"):
+            Freezer(model, bad)
+        with pytest.raises(TypeError, match="optimizer: expected"):
+            LayerwiseLR(bad, 3)
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert unwrap_optimizer(inner) is inner
