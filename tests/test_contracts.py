@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import layerwise
-from layerwise.group_rates import ForeignLRWarning
+from layerwise.param_groups import ForeignLRWarning
 
 
 def _model():

@@ -26,7 +26,6 @@ from layerwise.distributed import leave_group
 STALE_CASES = ("multirate", "subsets", "freezeout", "hidlr", "secant")
 """Techniques built before sharding; each must refuse when it next steps."""
 AWAITING_CALL_SITE = {
-    "freezeout": "FreezeOut.step needs _shards.check_current (freezeout.py, owned elsewhere)",
 }
 """Cases whose technique does not call the check yet: drop an entry once its call site is added."""
 FIX = "build the optimizer and the technique after layerwise.fsdp.shard / fully_shard"

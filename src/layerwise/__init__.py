@@ -26,6 +26,7 @@ from .groups import (
 )
 from .hidlr import HiDLR
 from .multirate import Multirate
+from .param_groups import ForeignLRWarning
 from .prefix_cache import FrozenPrefixCache
 from .random_subsets import RandomSubsetMultirate
 from .row_groups import by_rows, merge_rows
@@ -59,6 +60,7 @@ __all__ = [
     "Cosine",
     "DepthRamp",
     "Discriminative",
+    "ForeignLRWarning",
     "FreezeOut",
     "FreezeOutRule",
     "Freezer",

@@ -34,6 +34,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._checks import fraction, one_of, positive_int
+from ._shards import check_current
 from .freezing import Freezer, FreezeWhenZero
 from .scheduler import LayerwiseLR, group_depths
 from .schedules import Constant, LayerSchedule, Policy
@@ -170,6 +171,7 @@ class FreezeOut:
 
     def step(self) -> None:
         """Advance one step: set every group's LR and freeze the groups that reached zero."""
+        check_current((p for g in self.freezer.optimizer.param_groups for p in g["params"]), "optimizer")
         self.scheduler.step()
         self.freezing.apply(self.scheduler.last_epoch)
 
@@ -188,10 +190,14 @@ class FreezeOut:
     def state_dict(self) -> dict[str, Any]:
         return {**self._identity(), "scheduler": self.scheduler.state_dict(), "freezer": self.freezer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """ValueError if ``state`` is not a state of this FreezeOut (technique, partition, settings, schedule)."""
         check_state(state, self._identity(), keys=("scheduler", "freezer"))
         self.scheduler.check_state_dict(state["scheduler"])
         self.freezer.check_state_dict(state["freezer"])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
+        self.check_state_dict(state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.freezer.load_state_dict(state["freezer"])

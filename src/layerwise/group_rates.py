@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from ._checks import finite_nonneg, positive_int
 from ._shards import check_current, refuse_flat_parameters
 from .groups import Partition
-from .param_groups import check_partition, group_names, set_lr
+from .param_groups import ForeignLRWarning, check_partition, group_names, set_lr
 from .schedules import LayerSchedule, Policy
 from .state_check import stamp
 from .wrapping import Wrapper, init_hooks
@@ -37,10 +37,6 @@ def _is_step_wrapper(optimizer: Optimizer) -> bool:
     ``Optimizer``'s own machinery (accelerate's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``)."""
     inner = getattr(optimizer, "optimizer", None)
     return isinstance(inner, Optimizer) and not hasattr(optimizer, "_optimizer_step_pre_hooks")
-
-
-class ForeignLRWarning(UserWarning):
-    """A param group's ``lr`` was written by something else than the technique that owns it."""
 
 
 class GroupRates(Wrapper):

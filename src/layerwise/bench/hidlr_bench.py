@@ -112,8 +112,8 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mode.peak
 
 
-QUICK_VARIANTS = ("plain", "phi", "phi_step", "adaptive")
-"""The cost variants ``--quick`` times (the rest need the full run: about 7 minutes here)."""
+QUICK_VARIANTS = ("plain", "phi", "adaptive")
+"""The cost variants ``--quick`` times (the rest are timed by the full run; memory is measured for all)."""
 
 
 def _cost(
@@ -143,8 +143,6 @@ def _cost(
         "adaptive_no_reuse": {**adaptive, "prefix_reuse": False},
         "adaptive_half_batch": {**adaptive, "probe_fraction": 0.5},
     }
-    if only is not None:
-        variants = {name: options for name, options in variants.items() if name in only}
     models = {name: ResNetCNN() for name in variants}
     for model in models.values():
         model.load_state_dict(models["plain"].state_dict())
@@ -160,15 +158,16 @@ def _cost(
             _cnn_step(models[name], opts[name], x, y, closure=name != "plain")
         return (time.perf_counter() - start) / steps
 
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with progress_bar((warm_blocks + repeats) * len(variants), "hidlr cost blocks", True, unit="block") as bar:
-        for name in variants:  # warm-up: the adaptive interval grows toward its cap
+    timed = [name for name in variants if only is None or name in only]
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    with progress_bar((warm_blocks + repeats) * len(timed), "hidlr cost blocks", True, unit="block") as bar:
+        for name in timed:  # warm-up: the adaptive interval grows toward its cap
             for _ in range(warm_blocks):
                 block(name)
                 if bar is not None:
                     bar.update(1)
         for _ in range(repeats):  # alternate, so drifts of the machine hit all alike
-            for name in variants:
+            for name in timed:
                 times[name].append(block(name))
                 if bar is not None:
                     bar.update(1)
@@ -191,13 +190,13 @@ def _cost(
         "relative_speed_adaptive_half_batch": "adaptive_half_batch",
     }
     report = {key: base / ms[name] for key, name in speeds.items() if name in ms}
-    if "phi_reuse" in opts:
+    if "phi_reuse" in ms:
         stats = opts["phi_reuse"].stats
         report["prefix_reused_share"] = round(stats["prefix_reused"] / max(1, stats["forward_passes"]), 3)
     return {
         **report,
         "bound": 1.0 / (1.0 + 4 * K / (3 * phi)),
-        "variants": list(variants),
+        "variants": timed,
         "adaptive_options": adaptive,
         "adaptive_interval": opts["adaptive"].interval,
         "adaptive_probe_rounds": opts["adaptive"].stats["probe_rounds"],
@@ -240,8 +239,11 @@ def _memory(models: dict[str, nn.Module], opts: dict[str, Any], batch: tuple) ->
 
     floor = measured("plain")
     param_bytes = sum(p.numel() * p.element_size() for p in models["phi"].parameters() if p.requires_grad)
-    extra = {"peak_extra_bytes": "phi", "peak_extra_bytes_step_and_restore": "phi_step"}
-    return {key: measured(name) - floor for key, name in extra.items() if name in opts} | {"param_bytes": param_bytes}
+    return {
+        "peak_extra_bytes": measured("phi") - floor,
+        "peak_extra_bytes_step_and_restore": measured("phi_step") - floor,
+        "param_bytes": param_bytes,
+    }
 
 
 def _toy(name: str, iterations: int, start_lr: float) -> dict[str, Any]:

@@ -103,4 +103,6 @@ class LayerwiseTrainer(Trainer):
         optimizer = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
         if optimizer is not None and "loss" in logs:
             logs.update(lr_log(optimizer.param_groups))
+            if isinstance(optimizer, HiDLR):  # whether its fits are accepted, and why not
+                logs.update(optimizer.log_stats)
         super().log(logs, *args, **kwargs)

@@ -164,7 +164,11 @@ class LayerwiseCallback(Callback):
         if self.technique is not None and self.interval == "step":
             self.technique.step()
         if self.log:
-            pl_module.log_dict(lr_log(self._optimizer(trainer).param_groups), on_step=True, on_epoch=False)
+            optimizer = self._optimizer(trainer)
+            line = lr_log(optimizer.param_groups)
+            if isinstance(optimizer, HiDLR):  # whether its fits are accepted, and why not
+                line |= optimizer.log_stats
+            pl_module.log_dict(line, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.technique is not None and self.interval == "epoch":
