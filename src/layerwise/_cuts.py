@@ -149,11 +149,10 @@ class Trace:
         return best, reason
 
     def draws(self, cut: Cut) -> str | None:
-        """The first op of ``cut``'s prefix that draws from an explicit ``torch.Generator``, or None."""
-        for op, name in self.drawing:
-            if any(self.calls[i].start <= op < self.calls[i].end for i in cut.stubbed):
-                return name
-        return None
+        """The first op before ``cut``'s end that draws from an explicit ``torch.Generator``, or None:
+        inside the prefix's calls or in the code between them (a stored output holds that draw)."""
+        end = self.calls[cut.call].end
+        return next((name for op, name in self.drawing if op < end), None)
 
     def name(self, cut: Cut) -> str:
         call = self.calls[cut.call]

@@ -34,7 +34,6 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._checks import fraction, one_of, positive_int
-from ._shards import check_current
 from .freezing import Freezer, FreezeWhenZero
 from .scheduler import LayerwiseLR, group_depths
 from .schedules import Constant, LayerSchedule, Policy
@@ -171,8 +170,7 @@ class FreezeOut:
 
     def step(self) -> None:
         """Advance one step: set every group's LR and freeze the groups that reached zero."""
-        check_current((p for g in self.freezer.optimizer.param_groups for p in g["params"]), "optimizer")
-        self.scheduler.step()
+        self.scheduler.step()  # LayerwiseLR refuses an optimizer built before sharding
         self.freezing.apply(self.scheduler.last_epoch)
 
     def get_last_lr(self) -> list[float]:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ._checks import int_between, one_of, positive_int
-from ._shards import refuse_flat_parameters
+from ._shards import check_current, refuse_flat_parameters
 from .groups import tied_parameters
 from .state_check import check_state, stamp
 from .wrapping import unwrap_optimizer
@@ -316,6 +316,7 @@ class FreezeWhenZero:
 
     def step(self) -> None:
         """Count one step and freeze what is due."""
+        check_current((p for g in self.freezer.optimizer.param_groups for p in g["params"]), "optimizer")
         self.step_count += 1
         self.apply(self.step_count)
 
@@ -391,6 +392,7 @@ class GradualUnfreezing:
         return len(self.freezer.names) - self.start + 1
 
     def step(self) -> None:
+        check_current((p for g in self.freezer.optimizer.param_groups for p in g["params"]), "optimizer")
         self.step_count += 1
         self._apply()
 

@@ -509,6 +509,19 @@ class HiDLR(GroupRates):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
+        eta, step_count, stats, history, interval, next_probe = self._decoded(state_dict)
+        self.optimizer.load_state_dict(state_dict["base"])
+        self.eta, self.step_count, self.stats, self.history = eta, step_count, stats, history
+        self.interval, self.next_probe = interval, next_probe
+        self.stats["interval"] = interval
+        self._apply_lrs(self._factors())
+
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """ValueError if :meth:`load_state_dict` would refuse ``state_dict``; nothing changes."""
+        self._decoded(state_dict)
+
+    def _decoded(self, state_dict: dict[str, Any]) -> tuple[list[float], int, dict, list[dict], int, int]:
+        """The checked state: eta, step count, stats, history, interval and next probing step."""
         check_state(state_dict, self._identity(), keys=("base", "hidlr"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["hidlr"]
@@ -521,11 +534,7 @@ class HiDLR(GroupRates):
             interval, next_probe = self._decode_schedule(saved, step_count)
         except (TypeError, KeyError) as err:
             raise ValueError(f"state_dict['hidlr']: malformed ({type(err).__name__}: {err})") from None
-        self.optimizer.load_state_dict(state_dict["base"])
-        self.eta, self.step_count, self.stats, self.history = eta, step_count, stats, history
-        self.interval, self.next_probe = interval, next_probe
-        self.stats["interval"] = interval
-        self._apply_lrs(self._factors())
+        return eta, step_count, stats, history, interval, next_probe
 
     def _decode_schedule(self, saved: dict[str, Any], step_count: int) -> tuple[int, int]:
         """The saved interval and next probing step (a checkpoint from before adaptive Phi: every

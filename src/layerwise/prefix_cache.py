@@ -21,8 +21,9 @@ Validity is checked, not assumed: the inputs must be declared free of random aug
 prefix that draws random numbers (its computation changes the RNG state, or an op is given a
 ``torch.Generator``) is refused, and a cut after which a branch decision reads the prefix's
 output is not used. What no trace can see (Python state the prefix reads) is caught by a
-self-check: the first ``verify`` batches that compute rows and the first ``verify`` that serve
-stored ones are run again without the cache and must give the same output.
+self-check, on request (``compare``'s ``+cache`` methods ask for it): the first ``verify`` batches
+that compute rows and the first ``verify`` that serve stored ones are run again without the cache
+and must give the same output.
 
 Examples:
     >>> import torch, layerwise
@@ -78,6 +79,8 @@ def _stamp(tensors: list[torch.Tensor]) -> tuple[list[tuple[int, int]], torch.Te
     for t in tensors:
         bits = t.detach().contiguous()
         bits = bits.view(_BITS.get(bits.element_size(), torch.uint8))
+        if not bits.numel():  # nothing to sum (and no row length to infer)
+            continue
         matrix = bits.reshape(bits.shape[0] if bits.ndim > 1 else 1, -1)
         # sums in the bits' own type (they wrap): a changed element changes its row's and its column's sum
         sums += [matrix.sum(0, dtype=bits.dtype).long(), matrix.sum(1, dtype=bits.dtype).long()]
@@ -227,7 +230,9 @@ class FrozenPrefixCache:
             silently; ``stats["shallower_cuts"]`` counts those batches either way.
         verify: self-check the first ``verify`` batches that compute prefix rows and the first
             ``verify`` that serve stored ones: each forward runs again without the cache (same
-            RNG state and buffers) and a different output raises a RuntimeError (0: no check).
+            RNG state and buffers) and a different output raises a RuntimeError (0: no check). The
+            check runs those forwards twice, so a ``torch.Generator`` of the model's own after the
+            cut draws twice: leave it at 0 for such a model.
         label: how the self-check's error names this cache (``compare`` gives its method's name).
     """
 
@@ -242,7 +247,7 @@ class FrozenPrefixCache:
         dtype: torch.dtype | None = None,
         directory: str | Path | bool | None = None,
         shallower: str = "warn",
-        verify: int = 2,
+        verify: int = 0,
         label: str = "FrozenPrefixCache",
     ) -> None:
         if not isinstance(model, nn.Module):

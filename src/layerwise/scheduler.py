@@ -28,7 +28,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ._checks import positive_int
-from ._shards import refuse_flat_parameters
+from ._shards import check_current, refuse_flat_parameters
 from .param_groups import ForeignLRWarning, foreign_lr, group_names, set_lr
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
@@ -164,6 +164,7 @@ class LayerwiseLR(LRScheduler):
         takes a lean path: the LRs are computed once and written straight into the groups.
         """
         self._sync_groups()  # validate added groups before anything advances
+        check_current((p for g in self.optimizer.param_groups for p in g["params"]), "optimizer")
         if epoch is None and self._step_count >= 1 and not self._foreign_warned:
             self._warn_foreign()  # not at the initial step, nor at an explicit jump (a hand-over)
         if epoch is not None or self._step_count == 1:

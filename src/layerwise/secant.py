@@ -244,6 +244,18 @@ class SecantLR(GroupRates):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict`; another technique's, other groups or another base optimizer raise."""
+        eta, step_count, sums, seen, prev = self._decoded(state_dict)
+        self.optimizer.load_state_dict(state_dict["base"])
+        self.eta, self.step_count, self._sums, self._seen, self._prev = eta, step_count, sums, seen, prev
+        self.stats = self._copy_stats(state_dict["secant"]["stats"])
+        self._apply_lrs(self._factors())
+
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """ValueError if :meth:`load_state_dict` would refuse ``state_dict``; nothing changes."""
+        self._decoded(state_dict)
+
+    def _decoded(self, state_dict: dict[str, Any]) -> tuple[list[float], int, list, list[bool], list]:
+        """The checked state: eta, step count, running sums, seen flags and previous secants."""
         check_state(state_dict, self._identity(), keys=("base", "secant"))
         check_optimizer_state(self.optimizer, state_dict["base"], "state_dict['base']")
         saved = state_dict["secant"]
@@ -260,10 +272,7 @@ class SecantLR(GroupRates):
             raise ValueError(f"state_dict['secant']: malformed ({type(err).__name__}: {err})") from None
         if not len(sums) == len(seen) == len(prev) == count or any(len(s) != 3 for s in sums):
             raise ValueError(f"state_dict['secant']: expected running sums, flags and secants for {count} groups")
-        self.optimizer.load_state_dict(state_dict["base"])
-        self.eta, self.step_count, self._sums, self._seen, self._prev = eta, step_count, sums, seen, prev
-        self.stats = self._copy_stats(saved["stats"])
-        self._apply_lrs(self._factors())
+        return eta, step_count, sums, seen, prev
 
     @staticmethod
     def _decode_prev(saved: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:

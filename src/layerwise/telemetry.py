@@ -41,6 +41,7 @@ from ._checks import positive_int
 from ._shards import global_sums, local, local_all, refuse_flat_parameters, shard_group
 from .groups import Partition
 from .param_groups import check_partition, group_names
+from .wrapping import unwrap_optimizer
 
 __all__ = ["QUANTITIES", "LayerMonitor"]
 
@@ -86,8 +87,7 @@ class LayerMonitor:
         groups: Partition | None = None,
         writer: Any = None,
     ) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        optimizer = unwrap_optimizer(optimizer)  # accelerate's wrapper: its hooks are the inner optimizer's
         refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
         positive_int("every", every)
         if isinstance(quantities, str):

@@ -27,7 +27,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -108,7 +108,8 @@ def measure_costs(
     samples: dict[str, list[float]] = {key: [] for key, _, _ in timed}
     base_steps: list[float] = []
     total = repeats * (longest + sum(blocks))
-    with progress_bar(total, f"timing {len(timed)} method(s) against the baseline", progress) as bar:
+    named = ", ".join(f"{method} {block}" for (_, method, _), block in zip(timed, blocks))
+    with progress_bar(total, f"timing step costs (steps per block: {named}; baseline {longest})", progress) as bar:
         for repeat in range(repeats):
             runs = [new_run(task, "baseline", {"policy": None}, longest, policy, repeat, parallel)]
             runs += [
@@ -143,7 +144,8 @@ def measure_costs(
             base = seconds[0]
             base_steps.append(sum(base) / len(base) if base else 0.0)
             for (key, _, _), (_, block, rounds), spent in zip(timed, timings, seconds[1:]):
-                beside = sum(base[:block]) / block  # the baseline's steps taken beside this method's
+                # the baseline's steps taken beside this method's (without step 0 where its step 0 is left out)
+                beside = statistics.fmean(base[1 if rounds else 0 : block])
                 samples[key].append(_per_step(spent, rounds, steps, beside) / beside)
     ratios = {key: 1.0 for key, _, _ in entries}
     ratios.update({key: statistics.median(values) for key, values in samples.items()})
@@ -191,7 +193,8 @@ def _cache_for(model: torch.nn.Module, setup: Any, indices: Sequence[torch.Tenso
         return None
     if indices is None:
         raise ValueError("indices: a method with a prefix cache is timed on batches of known example indices")
-    return attach_cache(model, setup, int(max(int(i.max()) for i in indices)) + 1)
+    unchecked = replace(setup, cache={**setup.cache, "verify": 0})  # a run self-checks only its first batches
+    return attach_cache(model, unchecked, int(max(int(i.max()) for i in indices)) + 1)
 
 
 def plan_budget(
