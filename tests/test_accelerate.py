@@ -73,3 +73,10 @@ def test_anything_else_is_refused_at_construction_naming_the_argument():
             LayerwiseLR(bad, 3)
     inner = torch.optim.SGD(model.parameters(), lr=0.1)
     assert unwrap_optimizer(inner) is inner
+
+
+def test_a_layer_monitor_on_an_accelerated_optimizer_records_through_it():
+    accelerator, model, opt = _prepared()
+    monitor = layerwise.LayerMonitor(opt, every=1)
+    _train(accelerator, model, opt, 2, LayerwiseLR(opt, total_steps=2))
+    assert all(len(values) == 2 for per_group in monitor.history.values() for values in per_group.values())

@@ -114,6 +114,25 @@ def test_a_prefix_drawing_from_its_own_generator_is_refused(kind):
     assert all(torch.equal(a, b) for a, b in zip(state.values(), model.state_dict().values()))
 
 
+class _NoiseBetween(nn.Module):
+    """Noise from its own generator drawn by the parent, between two frozen modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.g = torch.Generator().manual_seed(3)
+
+    def forward(self, x):
+        h = self.a(x) + 0.1 * torch.randn(x.shape[0], 8, generator=self.g)
+        return self.head(torch.relu(self.b(h)))
+
+
+def test_a_draw_from_its_own_generator_between_prefix_modules_is_refused():
+    model = _fresh(_NoiseBetween)
+    with pytest.raises(ValueError, match=r"draws random numbers from its own torch.Generator \('randn'\)"):
+        _train(model, ["a", "b"], cache={})
+
+
 # ---- 3. a frozen weight written through .data or set_ ----------------------------------------------
 
 
@@ -280,3 +299,20 @@ def test_a_cached_compare_method_self_checks_and_a_divergent_one_fails_naming_th
     task = blobs_task("counting-blobs", make_model=counting)
     with pytest.raises(RuntimeError, match=r"head-only\+cache: self-check failed: .*differs from the output without"):
         run_one(task, "head-only+cache", seed=1, policy="constant", eval_points=1, epochs=3)
+
+
+class _WithEmptyBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.register_buffer("unused", torch.zeros(0, 4))  # an empty 2-D tensor in the prefix
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_a_prefix_holding_an_empty_tensor_is_stamped_and_served():
+    make = lambda: nn.Sequential(_WithEmptyBuffer(), nn.ReLU(), nn.Linear(8, 3))  # noqa: E731
+    plain, _ = _train(_fresh(make), ["0"])
+    cached, cache = _train(_fresh(make), ["0"], cache={})
+    assert cached == plain and cache.stats["hits"] > 0

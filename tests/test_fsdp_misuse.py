@@ -23,11 +23,8 @@ import parallel_cases as cases
 from layerwise import fsdp
 from layerwise.distributed import leave_group
 
-STALE_CASES = ("multirate", "subsets", "freezeout", "hidlr", "secant")
+STALE_CASES = ("multirate", "subsets", "freezeout", "hidlr", "secant", "llr", "unfreezing")
 """Techniques built before sharding; each must refuse when it next steps."""
-AWAITING_CALL_SITE = {
-}
-"""Cases whose technique does not call the check yet: drop an entry once its call site is added."""
 FIX = "build the optimizer and the technique after layerwise.fsdp.shard / fully_shard"
 
 
@@ -162,15 +159,7 @@ def test_fsdp_save_that_cannot_write_is_one_value_error_naming_the_path(runs):
         assert "Traceback" not in message and "Error: " in message  # the first failure's type and text
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=AWAITING_CALL_SITE[case]))
-        if case in AWAITING_CALL_SITE
-        else case
-        for case in STALE_CASES
-    ],
-)
+@pytest.mark.parametrize("case", STALE_CASES)
 def test_fsdp_optimizer_built_before_sharding_is_refused_when_it_steps(case, runs):
     for rank in (0, 1):
         kind, message = runs[("stale", case, rank)]["error"]

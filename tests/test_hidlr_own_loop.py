@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from layerwise import HiDLR, SecantLR
-from layerwise.group_rates import ForeignLRWarning
+from layerwise import ForeignLRWarning, HiDLR, SecantLR
 from layerwise.hidlr import NEVER_ACCEPTED_ROUNDS
 
 TECHNIQUES = {
@@ -250,3 +249,18 @@ def test_resume_with_dropout_is_exact_when_the_rng_state_is_saved():
 
     for a, b in zip(run(None), run(3)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_check_state_dict_refuses_a_misshapen_base_state_without_changing_anything(name):
+    net = _net()
+    trained = TECHNIQUES[name](torch.optim.SGD(_groups(net), momentum=0.9))
+    _train(net, trained, range(3))
+    saved = copy.deepcopy(trained.state_dict())
+    saved["base"]["state"][0]["momentum_buffer"] = torch.zeros(3)  # not the shape of parameter 0
+    fresh = TECHNIQUES[name](torch.optim.SGD(_groups(_net()), momentum=0.9))
+    before = str(fresh.state_dict())
+    with pytest.raises(ValueError, match=r"state_dict\['base'\]"):
+        fresh.check_state_dict(saved)
+    fresh.check_state_dict(trained.state_dict())  # a state of this setup passes
+    assert str(fresh.state_dict()) == before

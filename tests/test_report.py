@@ -89,3 +89,19 @@ def test_a_budget_set_by_the_baseline_is_read_against_its_achieved_time():
     rows = {row["method"]: row for row in summarize(outcomes, metric="accuracy")["rows"]}
     assert rows["baseline"]["budget_ratio"] == pytest.approx(1.0) and rows["fast"]["budget_ratio"] == pytest.approx(1.0)
     assert rows["over"]["budget_ratio"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(("planned", "void"), [(8.0, True), (9.5, False)], ids=["off-25pct", "off-5pct"])
+def test_a_baseline_off_its_plan_voids_every_speed_comparison_in_the_verdicts(planned, void):
+    outcomes = _outcomes()  # the baseline trains 10 s
+    for outcome in outcomes.values():
+        for record in outcome["records"]:
+            record["budget"].update(seconds=planned, source="baseline")
+    rows = {row["method"]: row for row in summarize(outcomes, metric="accuracy")["rows"]}
+    verdict = rows["fast"]["verdict"]
+    if void:
+        assert "x sooner" not in verdict and rows["fast"]["target_ratio"] is None
+        assert "speed not compared: the baseline trained 1.25x its planned 8.0 s" in verdict
+        assert rows["fast"]["tests"]["speed"]["diff"] is None
+    else:
+        assert "x sooner [" in verdict and "speed not compared" not in verdict
