@@ -449,7 +449,7 @@ def run_hidlr_bench(
     """The benchmark entry point; options come from ``layerwise bench hidlr --set key=value``."""
     logging.getLogger("layerwise.hidlr").setLevel(logging.ERROR)  # rejections are counted in the report
     if quick:
-        return _cost(K, phi, cycles or 1, repeats or 2, max_interval, only=QUICK_VARIANTS, warm_blocks=1)
+        return _cost(K, phi, cycles or 1, repeats or 1, max_interval, only=QUICK_VARIANTS, warm_blocks=1)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = [p.strip() for p in problems.split(",") if p.strip()]
