@@ -24,19 +24,12 @@ from torch.optim import Optimizer
 from ._checks import finite_nonneg, positive_int
 from ._shards import check_current, refuse_flat_parameters
 from .groups import Partition
-from .param_groups import ForeignLRWarning, check_partition, group_names, set_lr
+from .param_groups import ForeignLRWarning, check_partition, foreign_lr, group_names, set_lr
 from .schedules import LayerSchedule, Policy
 from .state_check import stamp
-from .wrapping import Wrapper, init_hooks
+from .wrapping import Wrapper, init_hooks, is_step_wrapper
 
 __all__ = ["ForeignLRWarning", "GroupRates"]
-
-
-def _is_step_wrapper(optimizer: Optimizer) -> bool:
-    """Whether ``optimizer`` only passes its steps on to the one it exposes as ``.optimizer``, without
-    ``Optimizer``'s own machinery (accelerate's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``)."""
-    inner = getattr(optimizer, "optimizer", None)
-    return isinstance(inner, Optimizer) and not hasattr(optimizer, "_optimizer_step_pre_hooks")
 
 
 class GroupRates(Wrapper):
@@ -55,7 +48,7 @@ class GroupRates(Wrapper):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if isinstance(optimizer, GroupRates):
             raise TypeError(f"optimizer: already a {type(optimizer).__name__}; wrap the base optimizer")
-        if _is_step_wrapper(optimizer):
+        if is_step_wrapper(optimizer):
             raise TypeError(
                 f"optimizer: a {type(optimizer).__name__} wrapping a {type(optimizer.optimizer).__name__}: it decides "
                 f"when and how the inner optimizer steps (accelerate skips the steps of accumulated micro-batches and "
@@ -192,15 +185,13 @@ class GroupRates(Wrapper):
         check_current((p for g in self.optimizer.param_groups for p in g["params"]), "optimizer")
         if self._warned_foreign:
             return
-        groups = self.optimizer.param_groups
-        changed = [i for i, (g, lr) in enumerate(zip(groups, self._written)) if float(g["lr"]) != lr]
-        if not changed:
+        found = foreign_lr(self.optimizer.param_groups, self._written)
+        if found is None:
             return
         self._warned_foreign = True
-        i, kind = changed[0], type(self).__name__
-        others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        (i, lr), kind = found, type(self).__name__
         warnings.warn(
-            f"{kind}: param group {self._names[self._member[i]]!r} has lr {float(groups[i]['lr']):.6g}{others}, but "
+            f"{kind}: param group {self._names[self._member[i]]!r} has lr {lr:.6g}, but "
             f"{kind} last wrote {self._written[i]:.6g}: something else writes lr (a torch LRScheduler such as "
             f"StepLR, a Trainer's default schedule, an assignment). {kind} sets every group's lr before each step, "
             f"so that write has no effect. To keep a schedule, stop stepping the other one and pass it as "

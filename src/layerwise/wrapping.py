@@ -23,12 +23,18 @@ from typing import Any
 
 from torch.optim import Optimizer
 
-__all__ = ["Wrapper", "init_hooks", "owns_lr", "unwrap_optimizer"]
+__all__ = ["Wrapper", "init_hooks", "is_step_wrapper", "owns_lr", "unwrap_optimizer"]
 
 
 def _has_hooks(optimizer: Any) -> bool:
     """A torch ``Optimizer`` with its own step-hook machinery (``Optimizer.__init__`` or :func:`init_hooks` ran)."""
     return isinstance(optimizer, Optimizer) and hasattr(optimizer, "_optimizer_step_pre_hooks")
+
+
+def is_step_wrapper(optimizer: Any) -> bool:
+    """Whether ``optimizer`` only passes its steps on to the torch optimizer it exposes as ``.optimizer``
+    (accelerate's ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``)."""
+    return not _has_hooks(optimizer) and _has_hooks(getattr(optimizer, "optimizer", None))
 
 
 def unwrap_optimizer(optimizer: Any, argument: str = "optimizer") -> Optimizer:
@@ -42,9 +48,8 @@ def unwrap_optimizer(optimizer: Any, argument: str = "optimizer") -> Optimizer:
     """
     if _has_hooks(optimizer):
         return optimizer
-    inner = getattr(optimizer, "optimizer", None)
-    if _has_hooks(inner):
-        return inner
+    if is_step_wrapper(optimizer):
+        return optimizer.optimizer
     why = " (an Optimizer subclass that never ran Optimizer.__init__)" if isinstance(optimizer, Optimizer) else ""
     raise TypeError(
         f"{argument}: expected a torch.optim.Optimizer, or a wrapper exposing one as .optimizer (such as "
