@@ -86,11 +86,14 @@ def build(case: str, partition: str = "layers"):
     if case == "secant":
         opt = SecantLR(torch.optim.SGD(part.param_groups(lr=0.05), momentum=0.9), mode="line", clip=(0, 0.5))
         return model, opt, {}
+    if case == "muon":  # Muon (the conv reshaped, the hidden Linear) and AdamW, under FreezeOut
+        opt = layerwise.muon_split(part)
+        return model, opt, {"freezeout": FreezeOut(model, opt, TOTAL, t0=0.3, strategy="linear")}
     raise ValueError(f"case: unknown {case!r}")
 
 
 PEFT_CASES = ("peft-llr", "peft-freezeout", "peft-unfreezing", "peft-multirate", "peft-hidlr", "peft-secant")
-CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant")
+CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant", "muon")
 ALL_CASES = (*CASES, *PEFT_CASES)
 
 

@@ -309,7 +309,7 @@ def test_by_layer_partition_of_the_blobs_model_is_what_the_tests_assume():
 
 
 def test_hidlr_with_one_group_is_hi_ulr_even_on_a_task_with_its_own_groups():
-    from layerwise.compare.methods import _hidlr_partition
+    from layerwise.compare.methods.found_lrs import hidlr_partition as _hidlr_partition
 
     own = replace(FINE, name="peer-own-groups", partition=lambda model, sample: by_layer(model, sample_input=sample))
     build = _build(own, 10)

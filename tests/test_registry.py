@@ -58,15 +58,3 @@ def test_the_built_in_registries_share_the_shape():
 
     for registry in (METHODS, TASKS, OPTIMIZER_PRESETS):
         assert isinstance(registry, Registry) and all(description for _, description in registry.describe())
-
-
-def test_old_task_module_paths_still_import_with_a_deprecation_warning():
-    import importlib
-    import sys
-
-    sys.modules.pop("layerwise.bench.tasks", None)
-    with pytest.warns(DeprecationWarning, match=r"layerwise\.bench\.tasks moved to layerwise\.tasks"):
-        old = importlib.import_module("layerwise.bench.tasks")
-    from layerwise.tasks import get_task
-
-    assert old.get_task is get_task

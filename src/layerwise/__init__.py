@@ -26,7 +26,9 @@ from .groups import (
 )
 from .hidlr import HiDLR
 from .multirate import Multirate
+from .muon import ReshapedMuon, muon_split
 from .param_groups import ForeignLRWarning
+from .per_group import Part, PerGroupOptimizer
 from .prefix_cache import FrozenPrefixCache
 from .random_subsets import RandomSubsetMultirate
 from .row_groups import by_rows, merge_rows
@@ -76,8 +78,11 @@ __all__ = [
     "LinearInTime",
     "Multirate",
     "OneCycle",
+    "Part",
     "Partition",
+    "PerGroupOptimizer",
     "RandomSubsetMultirate",
+    "ReshapedMuon",
     "SecantLR",
     "StaggeredOneCycle",
     "StepDrops",
@@ -100,5 +105,6 @@ __all__ = [
     "fsdp",
     "groups",
     "merge_rows",
+    "muon_split",
     "schedules",
 ]

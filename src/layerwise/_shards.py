@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.fsdp import FlatParameter, FSDPModule
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 __all__ = [
@@ -133,8 +134,6 @@ def check_current(params: Iterable[Tensor], what: str) -> None:
 
 def refuse_flat_parameters(params: Iterable[Tensor], argument: str) -> None:
     """``TypeError`` for FSDP1's flat parameters, which merge layers that layerwise must tell apart."""
-    from torch.distributed.fsdp import FlatParameter
-
     if any(isinstance(p, FlatParameter) for p in params):
         raise TypeError(
             f"{argument}: holds FSDP1 FlatParameters (FullyShardedDataParallel), which merge a block's layers into "
@@ -150,8 +149,6 @@ def unsharded_names(model: nn.Module) -> dict[int, str]:
     FSDP module is unsharded for a moment (a collective: every rank calls this) and resharded.
     Empty for a model without FSDP2 modules.
     """
-    from torch.distributed.fsdp import FSDPModule
-
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     if not sharded:
         return {}

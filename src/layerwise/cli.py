@@ -20,8 +20,12 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from . import recipes
 
@@ -141,8 +145,6 @@ def _model_partition(args: argparse.Namespace):
 
 def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list[int | None]) -> dict[str, float]:
     """Predicted wall-clock saving of a freezing schedule on the built-in model."""
-    import torch
-
     from .cost import authors_saving, group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
 
     fractions = train_fractions(frozen_at, args.steps)
@@ -343,7 +345,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget-seconds", type=_number(positive=True), help="with --budget time: the training budget in seconds"
     )
-    p.add_argument("--eval-points", type=_count(1), default=10, help="test evaluations per run (default 10)")
+    p.add_argument(
+        "--eval-points", type=_count(1), default=None, help="test evaluations per run (default 10; 4 with --quick)"
+    )
     p.add_argument("--target", type=_finite, help="time-to-target value (accuracy as a fraction, e.g. 0.85)")
     p.add_argument(
         "--target-tolerance",
@@ -390,37 +394,45 @@ def _print_list() -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import parse_overrides
-    from .compare.session import check_request, compare_variants
-    from .tasks import is_task_file
-
     if args.list:
         _print_list()
         return 0
-    given = {"epochs": args.epochs, "train_size": args.train_size}
-    common = {
-        **{k: v for k, v in given.items() if v is not None},
-        "quick": args.quick,
-        "progress": not args.no_progress,
-    }
+    _check_compare_flags(args)
+    if args.study:
+        return _study(args)
+    options = _compare_options(args)
+    methods = _methods_of(args)
+    if args.lr_sweep is not None:
+        return _lr_sweep(args, methods, options)
+    if args.task is None:
+        return _main_job(args, methods, options)
+    return _one_comparison(args, methods, options)
+
+
+def _check_compare_flags(args: argparse.Namespace) -> None:
+    """The rules on how ``compare``'s flags combine that hold whatever it runs."""
     if args.tensorboard and not args.telemetry:
         raise ValueError("--tensorboard: needs --telemetry N (what to log, how often)")
-    parallel = {"nproc": args.nproc, "fsdp": args.fsdp} if args.nproc is not None or args.fsdp else {}
     if _launched() and (args.study or args.lr_sweep is not None or args.task is None):
         raise ValueError(
             "torchrun: launch one comparison (--task) per torchrun; the main job, --study and --lr-sweep "
             "run data-parallel with --nproc N instead"
         )
-    if args.study:
-        from .compare.study import run_study
 
-        if args.methods or args.set or args.telemetry or args.task:
-            raise ValueError("--study: runs its own tasks and variants; drop --task, --methods, --set and --telemetry")
-        if parallel:
-            raise ValueError("--study: runs in one process; drop --nproc and --fsdp")
-        result = run_study(args.study, seeds=args.seeds or 3, out=args.out, **common)
-        print(result["text"])
-        return 0
+
+def _parallel_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``nproc`` and ``fsdp`` when either is given."""
+    return {"nproc": args.nproc, "fsdp": args.fsdp} if args.nproc is not None or args.fsdp else {}
+
+
+def _common_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every kind of comparison takes: the data's size, ``quick`` and progress bars."""
+    given = {"epochs": args.epochs, "train_size": args.train_size}
+    return {**{k: v for k, v in given.items() if v is not None}, "quick": args.quick, "progress": not args.no_progress}
+
+
+def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`~layerwise.compare.compare`'s options from the flags (those not given left to its defaults)."""
     optional = {
         "budget_seconds": args.budget_seconds,
         "target": args.target,
@@ -428,7 +440,7 @@ def _compare(args: argparse.Namespace) -> int:
         "telemetry_every": args.telemetry,
     }
     options = {
-        **common,
+        **_common_options(args),
         **{k: v for k, v in optional.items() if v is not None},
         "seeds": 1 if args.seeds is None else args.seeds,
         "policy": args.policy,
@@ -436,41 +448,71 @@ def _compare(args: argparse.Namespace) -> int:
         "budget": args.budget,
         "eval_points": args.eval_points,
         "tensorboard": args.tensorboard,
-        **parallel,
+        **_parallel_options(args),
     }
     if args.test_size is not None:
         options["test_size"] = args.test_size or None
-    methods = None
-    if args.methods is not None:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        if not methods:
-            raise ValueError(f"--methods: names no method, got {args.methods!r}; see `layerwise compare --list`")
-    if args.lr_sweep is not None:
-        from .compare.sweep import check_factors, lr_sweep
+    return options
 
-        check_factors(args.lr_sweep)
-        if args.task is None:
-            raise ValueError("--lr-sweep: needs --task (a sweep runs one task)")
-        result = lr_sweep(
-            args.task,
-            methods,
-            args.lr_sweep,
-            settings=parse_overrides(args.set),
-            out=args.out or Path("runs/lr-sweep"),
-            **options,
-        )
-        print(f"\n{result['table']}\n\nwrote {result['paths']['markdown']} and {result['paths']['plot']}")
-        return _failures(result["results"])
+
+def _methods_of(args: argparse.Namespace) -> list[str] | None:
+    """``--methods`` as a list (None: not given)."""
+    if args.methods is None:
+        return None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ValueError(f"--methods: names no method, got {args.methods!r}; see `layerwise compare --list`")
+    return methods
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .compare.study import run_study
+
+    if args.methods or args.set or args.telemetry or args.task:
+        raise ValueError("--study: runs its own tasks and variants; drop --task, --methods, --set and --telemetry")
+    if _parallel_options(args):
+        raise ValueError("--study: runs in one process; drop --nproc and --fsdp")
+    result = run_study(args.study, seeds=args.seeds or 3, out=args.out, **_common_options(args))
+    print(result["text"])
+    return 0
+
+
+def _lr_sweep(args: argparse.Namespace, methods: list[str] | None, options: dict[str, Any]) -> int:
+    from .compare import parse_overrides
+    from .compare.sweep import check_factors, lr_sweep
+
+    check_factors(args.lr_sweep)
     if args.task is None:
-        from .compare.main_job import run_main
+        raise ValueError("--lr-sweep: needs --task (a sweep runs one task)")
+    result = lr_sweep(
+        args.task,
+        methods,
+        args.lr_sweep,
+        settings=parse_overrides(args.set),
+        out=args.out or Path("runs/lr-sweep"),
+        **options,
+    )
+    print(f"\n{result['table']}\n\nwrote {result['paths']['markdown']} and {result['paths']['plot']}")
+    return _failures(result["results"])
 
-        result = run_main(
-            out=args.out or Path("runs/compare"), methods=methods, settings=parse_overrides(args.set), **options
-        )
-        for section in result["sections"]:
-            print(f"\n## {section['heading']}\n\n{section['setting']}\n\n{section['table']}")
-        print(f"\nwrote {result['paths']['markdown']} and {result['paths']['html']} ({result['minutes']:.1f} minutes)")
-        return _failures(result["sections"])
+
+def _main_job(args: argparse.Namespace, methods: list[str] | None, options: dict[str, Any]) -> int:
+    from .compare import parse_overrides
+    from .compare.main_job import run_main
+
+    out = args.out or Path("runs/compare")
+    result = run_main(out=out, methods=methods, settings=parse_overrides(args.set), **options)
+    for section in result["sections"]:
+        print(f"\n## {section['heading']}\n\n{section['setting']}\n\n{section['table']}")
+    print(f"\nwrote {result['paths']['markdown']} and {result['paths']['html']} ({result['minutes']:.1f} minutes)")
+    return _failures(result["sections"])
+
+
+def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options: dict[str, Any]) -> int:
+    from .compare import parse_overrides
+    from .compare.session import check_request, compare_variants
+    from .tasks import is_task_file
+
     if _launched():
         options["progress"] = options["progress"] and _rank() == 0
     out = args.out or Path("runs/compare")
@@ -489,8 +531,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _holding(out: Path):
     """The lock on ``out`` for this comparison (a torchrun follower writes nothing and takes none)."""
-    from contextlib import nullcontext
-
     from .compare.store import locked
 
     return nullcontext() if _launched() and _rank() != 0 else locked(out)
@@ -503,8 +543,6 @@ def _launched() -> bool:
 
 
 def _rank() -> int:
-    import torch.distributed as dist
-
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 

@@ -31,6 +31,8 @@ Examples:
 
 from __future__ import annotations
 
+import torch
+
 from ._checks import positive_int
 from .technique import ChangesTrainable, Technique
 
@@ -55,9 +57,7 @@ def allow_recompiles(technique: Technique | ChangesTrainable, modes: int = 2, ex
     """
     positive_int("modes", modes)
     positive_int("extra", extra, minimum=0)
-    import torch._dynamo  # only when asked: importing it costs a second
-
-    config = torch._dynamo.config
+    config = torch._dynamo.config  # torch imports _dynamo on this first use: importing it costs a second
     key = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
     needed = trainable_sets(technique) * modes + extra
     setattr(config, key, max(getattr(config, key), needed))

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,12 +59,12 @@ from ._checks import finite_nonneg, positive_int
 from ._shards import check_current, local_all, local_like, refuse_flat_parameters, shaped_like
 from .groups import Partition
 from .param_groups import group_names
+from .per_group import Composite, Params, optimizer_class, part_groups
 from .state_check import check_optimizer_state, check_state, stamp
 from .wrapping import init_hooks
 
 __all__ = ["Multirate"]
 
-Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 Base = type[Optimizer] | Mapping[str, type[Optimizer] | tuple[type[Optimizer], Mapping[str, Any]]]
 """One base optimizer class for every part, or each part's own class (and options) by part name."""
 
@@ -74,12 +74,6 @@ class _Extras:
     temperature: Mapping[str, float] | None = None
     noise_seed: int = 0
     literal: bool = False
-
-
-def _optimizer_class(flag: str, cls: Any) -> type[Optimizer]:
-    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
-        raise TypeError(f"{flag}: expected a torch.optim.Optimizer class, got {cls!r}")
-    return cls
 
 
 def _bases(base: Base, names: list[str], shared: dict[str, Any]) -> list[tuple[type[Optimizer], dict[str, Any]]]:
@@ -96,9 +90,9 @@ def _bases(base: Base, names: list[str], shared: dict[str, Any]) -> list[tuple[t
             cls, options = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, {})
             if not isinstance(options, Mapping):
                 raise TypeError(f"base[{name!r}]: options must be a mapping, got {type(options).__name__}")
-            bases.append((_optimizer_class(f"base[{name!r}]", cls), {**shared, **options}))
+            bases.append((optimizer_class(f"base[{name!r}]", cls), {**shared, **options}))
     else:
-        bases = [(_optimizer_class("base", base), dict(shared)) for _ in names]
+        bases = [(optimizer_class("base", base), dict(shared)) for _ in names]
     for (_, options), name in zip(bases, names):
         for key in ("momentum", "weight_decay"):
             if key in options:
@@ -117,26 +111,7 @@ def _temperatures(temperature: Mapping[str, float] | None, names: list[str]) -> 
     return [finite_nonneg(f"temperature[{n!r}]", temperature[n]) if n in temperature else 0.0 for n in names]
 
 
-def _groups(argument: str, params: Params) -> list[dict[str, Any]]:
-    if isinstance(params, Tensor):
-        raise TypeError(f"{argument}: expected an iterable of parameters or param-group dicts, got a Tensor")
-    items = list(params)
-    if not items:
-        raise ValueError(f"{argument}: is empty; every part needs at least one parameter")
-    if all(isinstance(item, dict) for item in items):
-        groups = [dict(item) for item in items]
-        for group in groups:
-            group["params"] = list(group["params"])
-    elif all(isinstance(item, Tensor) for item in items):
-        groups = [{"params": items}]
-    else:
-        raise TypeError(f"{argument}: mix of tensors and dicts; give parameters or param-group dicts")
-    if not any(group["params"] for group in groups):
-        raise ValueError(f"{argument}: is empty; every part needs at least one parameter")
-    return groups
-
-
-class Multirate(Optimizer):
+class Multirate(Composite):
     """Multirate optimizer over parts of different periods (fastest first).
 
     Args:
@@ -277,7 +252,7 @@ class Multirate(Optimizer):
                 "literal: only with drift=False (Algorithm 2); Algorithm 1 (drift=True) takes every gradient of a "
                 "refresh step at one point, so its one-backward step is already the paper's order"
             )
-        level_groups = [_groups(name, part) for name, part in zip(names, parts)]
+        level_groups = [part_groups(name, part) for name, part in zip(names, parts)]
         refuse_flat_parameters((p for groups in level_groups for g in groups for p in g["params"]), ", ".join(names))
         seen: dict[int, str] = {}
         for name, groups in zip(names, level_groups):
@@ -326,15 +301,7 @@ class Multirate(Optimizer):
         warnings.warn("Multirate.names is now Multirate.part_names", DeprecationWarning, stacklevel=2)
         return self.part_names
 
-    # -- the base optimizers' view --------------------------------------------------------
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    @property
-    def state(self) -> dict:  # type: ignore[override]
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+    # -- the base optimizers' view (param_groups, state, zero_grad: Composite's) ---------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the part its ``"part"`` key names (one of :attr:`part_names`).
@@ -358,7 +325,7 @@ class Multirate(Optimizer):
                 f"param_group: needs a 'part' key naming the part that trains it, one of {self.part_names}; "
                 f"got {part!r}"
             )
-        (group,) = _groups("param_group", [{k: v for k, v in param_group.items() if k != "part"}])
+        (group,) = part_groups("param_group", [{k: v for k, v in param_group.items() if k != "part"}])
         known = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in known for p in group["params"]):
             raise ValueError("param_group: some of its parameters are already in a part")
@@ -383,10 +350,6 @@ class Multirate(Optimizer):
             needed = self.refreshes(level)
             for p in self._params(level):
                 p.requires_grad_(needed)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
 
     # -- stepping ------------------------------------------------------------------------
 

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from ..compare.methods import resolve_settings
-from ..compare.runner import new_run, run_one
+from ..compare.runner import RunSpec, new_run, run
 from ..cost import prefix_step_times
+from ..freezing import Freezer
+from ..prefix_cache import FrozenPrefixCache
 from ..tasks import resolve_task
 from ..training import seeded_indices, steps_per_epoch
 
@@ -81,9 +83,6 @@ def simulate_served(
 def cut_depths(model: Any, setup: Any, batch: tuple[Any, Any]) -> list[int]:
     """The cut a :class:`~layerwise.FrozenPrefixCache` takes with the first k groups frozen, k = 0..K, as
     the number of ops before it (0: no cut), from one forward per k."""
-    from ..freezing import Freezer
-    from ..prefix_cache import FrozenPrefixCache
-
     freezer = Freezer(model, setup.optimizer)
     rows = len(batch[1])
     depths = [0]
@@ -141,20 +140,17 @@ def _case(name: str, seeds: int, quick: bool, policy: str) -> dict[str, Any]:
         order = order[seed % 3 :] + order[: seed % 3]  # rotate, so drift hits each alike
         for which in order:
             base = "baseline" if which == "baseline" else which
-            runs[which].append(
-                run_one(
-                    task,
-                    base,
-                    None if which == "baseline" else settings,
-                    seed=seed,
-                    steps=total,
-                    train_size=train_size,
-                    policy=policy,
-                    quick=quick,
-                    data=data,
-                    eval_points=1,
-                )
+            spec = RunSpec(
+                base,
+                {} if which == "baseline" else settings,
+                seed=seed,
+                steps=total,
+                train_size=train_size,
+                policy=policy,
+                quick=quick,
+                eval_points=1,
             )
+            runs[which].append(run(task, spec, data=data))
     predictions = [
         predicted_savings(
             counts,

@@ -25,6 +25,7 @@ from torch import nn
 from ..cost import authors_saving, group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
 from ..freezeout import FreezeOut
 from ..groups import Partition, by_block
+from ..plotting import pyplot
 from ..scheduler import LayerwiseLR
 from ..schedules import Cosine
 from ..tasks import TaskData, get_task, make_optimizer
@@ -190,8 +191,6 @@ def _full(data: TaskData, models: list[str], seeds: int, epochs: int, configs: l
 
 
 def _plot(report: dict, path: Path) -> None:
-    from ..plotting import pyplot
-
     plt = pyplot()
     models = report["models"]
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), dpi=110, squeeze=False)

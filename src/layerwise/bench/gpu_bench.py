@@ -44,7 +44,9 @@ from ..groups import by_depth_buckets, by_head
 from ..hidlr import HiDLR
 from ..multirate import Multirate
 from ..tasks.models import DenseNetBC, ResNetCNN
+from ..tasks.pretrained import TextClassifier
 from .freezeout_bench import freezeout_groups
+from .suite import scheduler_overhead
 
 __all__ = ["run_gpu_bench"]
 
@@ -135,8 +137,6 @@ def _efficientnet(tiny: bool) -> nn.Module:
 
 def _minilm(tiny: bool) -> tuple[nn.Module, int]:
     import transformers
-
-    from ..tasks.pretrained import TextClassifier
 
     size = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
     if not tiny:  # all-MiniLM-L6-v2's configuration
@@ -241,8 +241,6 @@ def _hidlr(clock: _Clock, tiny: bool) -> dict[str, Any]:
 
 def run_gpu_bench(quick: bool = False, *, tiny: bool = False, out: str = "runs/bench-gpu") -> dict[str, Any]:
     """Every part on CUDA (or at toy sizes on the CPU with ``tiny``); writes ``out/gpu.json``."""
-    from .suite import scheduler_overhead
-
     if not tiny and not torch.cuda.is_available():
         raise ValueError(  # the CLI prints it as one line
             "bench gpu: no CUDA device here; it measures GPU speed (run it on a GPU machine), "

@@ -32,10 +32,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..compare.methods import HIDLR_PROBING
 from ..groups import by_depth_buckets
 from ..hidlr import HiDLR
+from ..plotting import pyplot
 from ..tasks import get_task
 from ..tasks.hidlr_problems import NAM, TOYS, grid, hidlr_variants, nam_synthetic_data
 from ..tasks.models import ResNetCNN
 from ..training import progress_bar
+from .hidlr_lora import lora_comparison
 
 __all__ = ["run_hidlr_bench"]
 
@@ -367,8 +369,6 @@ def _strip(report: Any) -> Any:
 
 
 def _plot_toys(toys: dict[str, Any], path: Path) -> None:
-    from ..plotting import pyplot
-
     plt = pyplot()
     fig, axes = plt.subplots(2, len(toys), figsize=(6 * len(toys), 8), dpi=110, squeeze=False)
     for col, (name, result) in enumerate(toys.items()):
@@ -400,8 +400,6 @@ def _plot_toys(toys: dict[str, Any], path: Path) -> None:
 
 
 def _plot_runs(report: dict[str, Any], path: Path, title: str, lr_run: str, names: list[str] | None = None) -> None:
-    from ..plotting import pyplot
-
     plt = pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
     colors = {"hi-ulr": "tab:blue", "hi-dlr": "tab:red"}
@@ -467,8 +465,6 @@ def run_hidlr_bench(
         _plot_runs(nam, out_dir / "hidlr_nam.png", "NAM synthetic: training MSE", "hi-dlr clip+joint+per-group", names)
         report["nam"] = _strip(nam)
     if "lora" in wanted:
-        from .hidlr_lora import lora_comparison
-
         lora = lora_comparison(lora_steps, gamma=gamma)
         _plot_runs(
             lora,

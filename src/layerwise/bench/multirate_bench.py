@@ -37,6 +37,7 @@ import torch
 
 from ..groups import by_head, by_patterns
 from ..multirate import Multirate
+from ..plotting import pyplot
 from ..random_subsets import RandomSubsetMultirate
 from ..tasks import get_task
 
@@ -309,8 +310,6 @@ def _finetune(
 
 
 def _plot_finetune(runs: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    from ..plotting import pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for method, results in runs.items():

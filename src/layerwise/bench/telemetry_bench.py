@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..compare import CompareConfig, compare_variants
 from ..plotting import plot_telemetry
 from ..tasks import get_task, make_optimizer
 from ..telemetry import LayerMonitor
@@ -115,8 +116,6 @@ def summarize_telemetry(data: dict[str, Any], total_steps: int) -> dict[str, Any
 
 
 def _layers() -> dict[str, Any]:
-    from ..compare import CompareConfig, compare_variants
-
     variants = [
         ("uniform SGD", "baseline", {"policy": "onecycle"}),
         ("llr SGD", "llr", {"policy": "onecycle"}),

@@ -1,4 +1,4 @@
-"""A seeded training run of a task under a layer-wise schedule, with timing.
+"""A seeded training run of a task under a layer-wise schedule, with timing (the loop of :mod:`layerwise.tasks.loop`).
 
 Examples:
     >>> from layerwise.bench.train import train
@@ -18,40 +18,12 @@ from ..freezeout import FreezeOut
 from ..groups import by_block, by_layer
 from ..scheduler import LayerwiseLR
 from ..tasks import Task, TaskData, get_task, make_optimizer
+from ..tasks.loop import Batch, evaluate, seeded_loop, train_step
 from ..tasks.models import build_model
-from ..training import progress_bar, seeded_batches
+from ..training import progress_bar
 from .timing import peak_memory_mb, summarize_ms
 
-__all__ = ["evaluate", "optimizer_state_mb", "train"]
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    split: tuple[torch.Tensor, torch.Tensor],
-    task: Task,
-    batch_size: int = 1000,
-) -> dict[str, float]:
-    """Mean loss (and accuracy, for classification tasks) of ``model`` on ``split``.
-
-    The model is in eval mode meanwhile and goes back to its previous mode afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    x, y = split
-    loss_sum, correct = 0.0, 0.0
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += float(task.loss(out, target)) * len(target)
-        if task.metric == "accuracy":
-            hits = (out.argmax(1) == target) if task.score is None else task.score(out, target)
-            correct += float(hits.sum())
-    model.train(was_training)
-    result = {"loss": loss_sum / len(x)}
-    if task.metric == "accuracy":
-        result["accuracy"] = correct / len(x)
-    return result
+__all__ = ["optimizer_state_mb", "train"]
 
 
 def train(
@@ -97,44 +69,40 @@ def train(
         x_train, y_train = x_train[:train_size], y_train[:train_size]
     steps_per_epoch = -(-len(x_train) // task.batch_size)
     total = epochs * steps_per_epoch
-    if recipe == "freezeout":
-        if policy not in ("constant", "cosine"):
-            raise ValueError("policy: FreezeOut brings its own per-layer cosine; use 'constant'")
-        scheduler: LayerwiseLR | FreezeOut = FreezeOut(net, optimizer, total, **(recipe_options or {}))
-    else:
-        schedule = recipes.build(recipe, len(partition), policy=recipes.make_policy(policy), **(recipe_options or {}))
-        scheduler = LayerwiseLR(optimizer, total, schedule=schedule)
+    scheduler = _scheduler(net, optimizer, len(partition), total, recipe, policy, recipe_options or {})
     step_times: list[float] = []
     losses: list[float] = []
     history: list[dict[str, float]] = []
     lr_trace: list[list[float]] = []
+
+    def sample_lrs(batch: Batch) -> None:  # bookkeeping, not timed
+        lr_trace.append([g["lr"] for g in optimizer.param_groups])
+
+    def step(batch: Batch) -> torch.Tensor:
+        return train_step(net, optimizer, task.loss, batch.x, batch.y, scheduler=scheduler)
+
+    def after(batch: Batch, loss: torch.Tensor, seconds: float) -> None:
+        step_times.append(seconds)
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            if batch.step % 25 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=batch.epoch + 1, refresh=False)
+        if (batch.step + 1) % steps_per_epoch == 0 or batch.step + 1 == total:
+            metrics = evaluate(net, data.test, task)
+            history.append(
+                {
+                    "epoch": batch.epoch + 1,
+                    "seconds": time.perf_counter() - start,
+                    "test_loss": metrics["loss"],
+                    "test_accuracy": metrics.get("accuracy"),
+                }
+            )
+
     start = time.perf_counter()
     net.train()
     with progress_bar(total, f"{task.name} {recipe}", progress) as bar:
-        for step, epoch, xb, yb in seeded_batches(x_train, y_train, task.batch_size, seed=seed, steps=total):
-            lr_trace.append([g["lr"] for g in optimizer.param_groups])  # bookkeeping, not timed
-            t0 = time.perf_counter()
-            loss = task.loss(net(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step_times.append(time.perf_counter() - t0)
-            losses.append(loss.item())
-            if bar is not None:
-                bar.update(1)
-                if step % 25 == 0:
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch + 1, refresh=False)
-            if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
-                metrics = evaluate(net, data.test, task)
-                history.append(
-                    {
-                        "epoch": epoch + 1,
-                        "seconds": time.perf_counter() - start,
-                        "test_loss": metrics["loss"],
-                        "test_accuracy": metrics.get("accuracy"),
-                    }
-                )
+        seeded_loop((x_train, y_train), task.batch_size, step, seed=seed, steps=total, before=sample_lrs, after=after)
     wall = time.perf_counter() - start
     depth_of_group = [g["depth"] for g in optimizer.param_groups]
     tail = losses[-max(1, steps_per_epoch // 10) :]  # mean over the last tenth of an epoch
@@ -147,7 +115,7 @@ def train(
         "steps": total,
         "model": model or type(net).__name__,
         "groups": list(partition.names),
-        "frozen_at": scheduler.frozen_at if isinstance(scheduler, FreezeOut) else None,
+        "frozen_at": scheduler.frozen_at if recipe == "freezeout" else None,
         "wall_clock_s": round(wall, 3),
         "train_seconds": round(sum(step_times), 3),
         "step_time": summarize_ms(step_times[min(10, len(step_times) - 1) :]),
@@ -158,6 +126,24 @@ def train(
         "lr_by_group": [[row[depth_of_group.index(d)] for row in lr_trace] for d in range(len(partition))],
         "memory": {**peak_memory_mb(), "optimizer_state_mb_at_end": round(optimizer_state_mb(optimizer), 4)},
     }
+
+
+def _scheduler(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    groups: int,
+    total: int,
+    recipe: str,
+    policy: str,
+    options: dict[str, Any],
+) -> LayerwiseLR | FreezeOut:
+    """``recipe``'s schedule over ``total`` steps: :class:`FreezeOut` (real freezing) or a :class:`LayerwiseLR`."""
+    if recipe == "freezeout":
+        if policy not in ("constant", "cosine"):
+            raise ValueError("policy: FreezeOut brings its own per-layer cosine; use 'constant'")
+        return FreezeOut(net, optimizer, total, **options)
+    schedule = recipes.build(recipe, groups, policy=recipes.make_policy(policy), **options)
+    return LayerwiseLR(optimizer, total, schedule=schedule)
 
 
 def optimizer_state_mb(optimizer: torch.optim.Optimizer) -> float:

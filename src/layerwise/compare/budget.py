@@ -28,17 +28,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..tasks import Task
 from ..training import progress_bar
 from .methods import METHODS, Rounds
+from .parallel import Parallel
 from .runner import attach_cache, new_run, train_step
-
-if TYPE_CHECKING:
-    from .parallel import Parallel
 
 __all__ = ["CostPlan", "block_length", "measure_costs", "plan_budget", "plan_steps"]
 

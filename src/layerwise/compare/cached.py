@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .._checks import one_of
-from .methods import METHODS, Build, Method, Setup, register_method
+from .methods.kit import METHODS, Build, Method, Setup, register_method
 
 __all__ = ["CACHED", "SELF_CHECK", "cached_variant", "register_cached"]
 

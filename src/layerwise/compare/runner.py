@@ -1,10 +1,11 @@
 """One training run of a task with one method: the seeded data order every method shares.
 
-The loop is the standard one (``loss.backward(); optimizer.step(); scheduler.step()``), with a
-loss closure for the methods that probe losses. Only the training steps are timed; the test
-evaluations in between are not. A run trains the task's epochs, or exactly ``steps`` steps (an
-equal-cost plan): past the first epoch the same seeded generator reshuffles every epoch, so every
-method sees the same batches in the same order for as long as it trains.
+A run goes through the seeded loop of :mod:`layerwise.tasks.loop` (``loss.backward();
+optimizer.step(); scheduler.step()``, with a loss closure for the methods that probe losses).
+Only the training steps are timed; the test evaluations in between are not. A run trains the
+task's epochs, or exactly ``steps`` steps (an equal-cost plan): past the first epoch the same
+seeded generator reshuffles every epoch, so every method sees the same batches in the same order
+for as long as it trains. :class:`RunSpec` describes a run; :func:`run` trains it.
 
 Examples:
     >>> from layerwise.compare.runner import run_one
@@ -15,42 +16,77 @@ Examples:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._checks import positive_int
-from ..bench.train import evaluate
-from ..hidlr import HiDLR
 from ..param_groups import group_names
 from ..prefix_cache import FrozenPrefixCache
-from ..secant import SecantLR
-from ..tasks import Task, TaskData, resolve_task
+from ..tasks import Task, TaskData, make_optimizer, resolve_task
+from ..tasks.loop import Batch, evaluate, seeded_loop
+from ..tasks.loop import train_step as loop_step
 from ..telemetry import LayerMonitor
-from ..training import seeded_indices, slice_batch, steps_per_epoch
+from ..training import steps_per_epoch
+from ..wrapping import owns_lr
 from .methods import METHODS, Build, Setup, build_setup, resolve_settings
-
-if TYPE_CHECKING:
-    from .parallel import Parallel
+from .parallel import Parallel
 
 __all__ = [
+    "RunSpec",
     "attach_cache",
     "eval_steps",
     "evaluate_setup",
     "group_lrs",
     "new_run",
     "param_norms",
+    "run",
     "run_one",
     "train_step",
+    "warm_up",
 ]
 
 LR_SAMPLES = 200
 """At most this many sampled steps of every group's LR are kept per run."""
+
+OnStep = Callable[[int, int, float], None]
+"""``on_step(step, total, loss)`` after every step (progress bars)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: the method, its settings and seed, and everything else that decides its record.
+
+    Attributes:
+        settings: overrides of the method's default settings.
+        epochs: default: the task's (its quick epochs with ``quick``).
+        steps: train exactly this many steps instead (an equal-cost plan); the data is reshuffled
+            every epoch as usual, with the same seeded order as a run of ``epochs``.
+        train_size: keep the first examples of the train split (default: all).
+        policy: the global LR policy every scheduled method shares.
+        quick: the task's quick data (when no data is given) and quick epochs.
+        eval_points: test evaluations, evenly spaced over the run (the last one at its end).
+        telemetry_every: attach a :class:`LayerMonitor` recording every this many steps
+            (its records go to ``record["telemetry"]``).
+        tensorboard: also log the telemetry there (a ``SummaryWriter`` log directory).
+    """
+
+    method: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    epochs: int | None = None
+    steps: int | None = None
+    train_size: int | None = None
+    policy: str = "cosine"
+    quick: bool = False
+    eval_points: int = 10
+    telemetry_every: int | None = None
+    tensorboard: str | Path | None = None
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -118,23 +154,16 @@ def train_step(
     of the global batch, :meth:`~layerwise.compare.parallel.Parallel.split`); the loss returned
     is the batch's own.
     """
-    loss = task.loss(model(xb), yb)
-    setup.optimizer.zero_grad(set_to_none=True)
-    (loss if weight == 1.0 else loss * weight).backward()
-    if setup.wants_closure:
-
-        def probe(fraction: float = 1.0) -> torch.Tensor:  # Hi-DLR's probe_fraction: the first examples
-            n = math.ceil(len(yb) * fraction)
-            x, y = (xb, yb) if n == len(yb) else (slice_batch(xb, slice(0, n)), yb[:n])
-            loss = task.loss(model(x), y)
-            return loss if weight == 1.0 else loss * weight
-
-        setup.optimizer.step(probe)
-    else:
-        setup.optimizer.step()
-    if setup.scheduler is not None:
-        setup.scheduler.step()
-    return loss
+    return loop_step(
+        model,
+        setup.optimizer,
+        task.loss,
+        xb,
+        yb,
+        scheduler=setup.scheduler,
+        weight=weight,
+        closure=setup.wants_closure,
+    )
 
 
 def evaluate_setup(model: nn.Module, setup: Setup, split: tuple[Any, torch.Tensor], task: Task) -> dict[str, float]:
@@ -146,6 +175,18 @@ def evaluate_setup(model: nn.Module, setup: Setup, split: tuple[Any, torch.Tenso
     finally:
         if setup.train_mode is not None:
             setup.train_mode()
+
+
+def warm_up(task: Task, data: TaskData, steps: int = 10) -> None:
+    """A few untimed training steps, so the first timed run does not pay for thread pools and caches."""
+    model = task.make_model()
+    optimizer = make_optimizer(task, [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    x, y = data.train
+    for step in range(steps):
+        index = torch.arange(step * task.batch_size, (step + 1) * task.batch_size) % len(x)
+        optimizer.zero_grad()
+        task.loss(model(x[index]), y[index]).backward()
+        optimizer.step()
 
 
 def eval_steps(total: int, points: int) -> set[int]:
@@ -163,138 +204,209 @@ def run_one(
     method: str,
     settings: Mapping[str, Any] | None = None,
     *,
-    seed: int = 0,
-    epochs: int | None = None,
-    steps: int | None = None,
-    train_size: int | None = None,
-    policy: str = "cosine",
-    quick: bool = False,
     data: TaskData | None = None,
-    eval_points: int = 10,
-    telemetry_every: int | None = None,
-    tensorboard: str | Path | None = None,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: OnStep | None = None,
+    parallel: Parallel | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """Train ``task`` with ``method`` once: :func:`run` of ``RunSpec(method, settings, **spec)``.
+
+    Examples:
+        >>> record = run_one("ellipse", "baseline", seed=1, steps=20, eval_points=1)  # doctest: +SKIP
+    """
+    described = RunSpec(method, dict(settings or {}), **spec)
+    return run(resolve_task(task), described, data=data, on_step=on_step, parallel=parallel)
+
+
+def run(
+    task: Task,
+    spec: RunSpec,
+    *,
+    data: TaskData | None = None,
+    on_step: OnStep | None = None,
     parallel: Parallel | None = None,
 ) -> dict[str, Any]:
-    """Train ``task`` with ``method`` once and return a JSON-ready record of the run.
+    """Train ``task`` as ``spec`` describes and return a JSON-ready record of the run.
 
     Args:
-        settings: overrides of the method's default settings.
-        epochs: default: the task's (its quick epochs with ``quick``).
-        steps: train exactly this many steps instead (an equal-cost plan); the data is reshuffled
-            every epoch as usual, with the same seeded order as a run of ``epochs``.
-        train_size: keep the first examples of the train split (default: all).
-        policy: the global LR policy every scheduled method shares.
-        eval_points: test evaluations, evenly spaced over the run (the last one at its end).
-        telemetry_every: attach a :class:`LayerMonitor` recording every this many steps
-            (its records go to ``record["telemetry"]``).
-        tensorboard: also log the telemetry there (a ``SummaryWriter`` log directory).
+        data: the task's data (default: loaded, its quick slice with ``spec.quick``).
         on_step: ``on_step(step, total, loss)`` after every step (progress bars).
         parallel: this process's rank of a data-parallel run (:mod:`.parallel`), which every rank
             calls alike: each trains on its slice of every global batch and evaluates; the
             losses recorded are the global batch's. None: this process trains alone.
     """
-    task = resolve_task(task)
-    settings = resolve_settings(method, settings)
-    epochs = epochs or (task.quick_epochs if quick else task.epochs)
-    positive_int("epochs", epochs)
-    if steps is not None:
-        positive_int("steps", steps)
-    data = data or task.load_data(None, quick)
-    x_train, y_train = data.train
-    if train_size is not None:
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
-    per_epoch = steps_per_epoch(len(y_train), task.batch_size)
-    total = epochs * per_epoch if steps is None else steps
-    model, setup = new_run(task, method, settings, total, policy, seed, parallel)
-    if setup.cache is not None and parallel is not None:
-        raise ValueError(f"{method}: {METHODS[method].not_parallel.get(parallel.engine, 'runs in one process')}")
-    cache = attach_cache(model, setup, len(y_train))
+    settings = resolve_settings(spec.method, spec.settings)
+    epochs = _epochs(task, spec)
+    data = data or task.load_data(None, spec.quick)
+    train = _first(data.train, spec.train_size)
+    per_epoch = steps_per_epoch(len(train[1]), task.batch_size)
+    total = epochs * per_epoch if spec.steps is None else spec.steps
+    model, setup = new_run(task, spec.method, settings, total, spec.policy, spec.seed, parallel)
+    cache = _run_cache(model, setup, spec.method, len(train[1]), parallel)
     forward = model if parallel is None else parallel.prepare(model)
-    optimizer = setup.optimizer
-    names = list(group_lrs(optimizer))
-    writer = None
-    if tensorboard is not None:
-        if telemetry_every is None:
-            raise ValueError("tensorboard: needs telemetry_every (what to log, how often)")
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(tensorboard))
-    monitor = None if telemetry_every is None else LayerMonitor(optimizer, every=telemetry_every, writer=writer)
-    evaluate_at = eval_steps(total, eval_points)
-    lr_every = max(1, total // LR_SAMPLES)
-
-    losses: list[float | None] = []
-    curve: list[dict[str, float]] = []
-    lr_steps: list[int] = []
-    lr_trace: dict[str, list[float]] = {n: [] for n in names}
-    frozen_at: dict[str, int] = {}
-    seconds, diverged_at = 0.0, None
+    recorder = _Recorder(model, setup, task, data.test, total, spec.eval_points, on_step, parallel)
+    monitor, writer = _monitor(setup.optimizer, spec)
     forward.train()
     if setup.train_mode is not None:
         setup.train_mode()
-    weight = 1.0
-    for step, _, index in seeded_indices(len(y_train), task.batch_size, seed=seed, steps=total):
-        xb, yb = x_train[index], y_train[index]
-        if step % lr_every == 0:
-            lr_steps.append(step)
-            for name, lr in group_lrs(optimizer).items():
-                lr_trace[name].append(lr)
-        if parallel is not None:
-            xb, yb, weight = parallel.split(xb, yb)
-        start = time.perf_counter()
-        with nullcontext() if cache is None else cache.batch(index):
-            loss = train_step(forward, setup, task, xb, yb, weight)
-        seconds += time.perf_counter() - start
-        value = loss.item() if parallel is None else parallel.mean(loss * weight)
-        losses.append(value if math.isfinite(value) else None)
-        if setup.freezer is not None:
-            for name in set(setup.freezer.frozen) - set(frozen_at):
-                frozen_at[name] = step + 1
-        if on_step is not None:
-            on_step(step + 1, total, value)
-        if not math.isfinite(value):
-            diverged_at = step + 1
-            break
-        if step + 1 in evaluate_at:
-            metrics = evaluate_setup(model, setup, data.test, task)
-            curve.append({"step": step + 1, "seconds": seconds, **{f"test_{k}": v for k, v in metrics.items()}})
-    final = curve[-1] if curve and diverged_at is None else {}
-    tail = [v if v is not None else math.nan for v in losses[-max(1, per_epoch // 10) :]]
-    record: dict[str, Any] = {
+    step = _stepper(forward, setup, task, cache, parallel)
+    seeded_loop(train, task.batch_size, step, seed=spec.seed, steps=total, before=recorder.before, after=recorder.after)
+    record = {
         "task": task.name,
-        "method": method,
+        "method": spec.method,
         "settings": dict(settings),
-        "seed": seed,
+        "seed": spec.seed,
         "epochs": round(total / per_epoch, 4),
         "steps": total,
-        "train_size": len(x_train),
+        "train_size": len(train[0]),
         "test_examples": len(data.test[1]),
-        "policy": policy,
+        "policy": spec.policy,
         "metric": task.metric,
-        "groups": names,
-        "wall_clock_s": seconds,
-        "test_metric": _finite_or_none(final.get(f"test_{task.metric}")),
-        "test_loss": _finite_or_none(final.get("test_loss")),
-        "final_train_loss": _finite_or_none(sum(tail) / len(tail)),
-        "diverged_at": diverged_at,
-        "curve": curve,
-        "train_loss": losses,
-        "lr_steps": lr_steps,
-        "lr": lr_trace,
-        "frozen_at": frozen_at,
-        "param_norms": param_norms(optimizer),
+        **recorder.record(task.metric, per_epoch),
+        "param_norms": param_norms(setup.optimizer),
         "nproc": 1 if parallel is None else parallel.world,
         "engine": "single" if parallel is None else parallel.engine,
     }
-    if isinstance(optimizer, (HiDLR, SecantLR)):
+    return _finish(record, setup.optimizer, cache, monitor, writer)
+
+
+def _epochs(task: Task, spec: RunSpec) -> int:
+    """The run's epochs (checked), and its ``steps`` checked."""
+    epochs = spec.epochs or (task.quick_epochs if spec.quick else task.epochs)
+    positive_int("epochs", epochs)
+    if spec.steps is not None:
+        positive_int("steps", spec.steps)
+    return epochs
+
+
+def _first(split: tuple[Any, torch.Tensor], size: int | None) -> tuple[Any, torch.Tensor]:
+    """The first ``size`` examples of ``split`` (None: all)."""
+    return split if size is None else (split[0][:size], split[1][:size])
+
+
+def _run_cache(
+    model: nn.Module, setup: Setup, method: str, examples: int, parallel: Parallel | None
+) -> FrozenPrefixCache | None:
+    """The run's prefix cache (:func:`attach_cache`), refused in a data-parallel run."""
+    if setup.cache is not None and parallel is not None:
+        raise ValueError(f"{method}: {METHODS[method].not_parallel.get(parallel.engine, 'runs in one process')}")
+    return attach_cache(model, setup, examples)
+
+
+def _monitor(optimizer: torch.optim.Optimizer, spec: RunSpec) -> tuple[LayerMonitor | None, Any]:
+    """The run's telemetry (``spec.telemetry_every``) and its TensorBoard writer, each None when not asked for."""
+    if spec.tensorboard is not None and spec.telemetry_every is None:
+        raise ValueError("tensorboard: needs telemetry_every (what to log, how often)")
+    writer = None
+    if spec.tensorboard is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(spec.tensorboard))
+    if spec.telemetry_every is None:
+        return None, writer
+    return LayerMonitor(optimizer, every=spec.telemetry_every, writer=writer), writer
+
+
+def _stepper(
+    forward: nn.Module, setup: Setup, task: Task, cache: FrozenPrefixCache | None, parallel: Parallel | None
+) -> Callable[[Batch], torch.Tensor]:
+    """The timed step of a run: the batch's loss, weighted by this rank's share in a data-parallel run."""
+
+    def step(batch: Batch) -> torch.Tensor:
+        xb, yb, weight = (batch.x, batch.y, 1.0) if parallel is None else parallel.split(batch.x, batch.y)
+        with nullcontext() if cache is None else cache.batch(batch.index):
+            loss = train_step(forward, setup, task, xb, yb, weight)
+        return loss if parallel is None else loss * weight
+
+    return step
+
+
+class _Recorder:
+    """What a run records while it trains: losses, sampled LRs, when groups froze, evaluations."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        setup: Setup,
+        task: Task,
+        test: tuple[Any, torch.Tensor],
+        total: int,
+        eval_points: int,
+        on_step: OnStep | None,
+        parallel: Parallel | None,
+    ) -> None:
+        self.model, self.setup, self.task, self.test = model, setup, task, test
+        self.total, self.on_step, self.parallel = total, on_step, parallel
+        self.evaluate_at = eval_steps(total, eval_points)
+        self.lr_every = max(1, total // LR_SAMPLES)
+        self.lr: dict[str, list[float]] = {name: [] for name in group_lrs(setup.optimizer)}
+        self.lr_steps: list[int] = []
+        self.losses: list[float | None] = []
+        self.curve: list[dict[str, float]] = []
+        self.frozen_at: dict[str, int] = {}
+        self.seconds, self.diverged_at = 0.0, None
+
+    def before(self, batch: Batch) -> None:
+        """Untimed: every ``lr_every`` steps, each group's LR."""
+        if batch.step % self.lr_every == 0:
+            self.lr_steps.append(batch.step)
+            for name, lr in group_lrs(self.setup.optimizer).items():
+                self.lr[name].append(lr)
+
+    def after(self, batch: Batch, loss: torch.Tensor, seconds: float) -> bool:
+        """The step's loss, the groups it froze, progress, an evaluation when due; True once the loss diverged."""
+        self.seconds += seconds
+        value = loss.item() if self.parallel is None else self.parallel.mean(loss)
+        self.losses.append(value if math.isfinite(value) else None)
+        done = batch.step + 1
+        if self.setup.freezer is not None:
+            for name in set(self.setup.freezer.frozen) - set(self.frozen_at):
+                self.frozen_at[name] = done
+        if self.on_step is not None:
+            self.on_step(done, self.total, value)
+        if not math.isfinite(value):
+            self.diverged_at = done
+            return True
+        if done in self.evaluate_at:
+            metrics = evaluate_setup(self.model, self.setup, self.test, self.task)
+            self.curve.append({"step": done, "seconds": self.seconds, **{f"test_{k}": v for k, v in metrics.items()}})
+        return False
+
+    def record(self, metric: str, per_epoch: int) -> dict[str, Any]:
+        """The record's fields from what was recorded (the final train loss: the last tenth of an epoch's mean)."""
+        final = self.curve[-1] if self.curve and self.diverged_at is None else {}
+        tail = [v if v is not None else math.nan for v in self.losses[-max(1, per_epoch // 10) :]]
+        return {
+            "groups": list(self.lr),
+            "wall_clock_s": self.seconds,
+            "test_metric": _finite_or_none(final.get(f"test_{metric}")),
+            "test_loss": _finite_or_none(final.get("test_loss")),
+            "final_train_loss": _finite_or_none(sum(tail) / len(tail)),
+            "diverged_at": self.diverged_at,
+            "curve": self.curve,
+            "train_loss": self.losses,
+            "lr_steps": self.lr_steps,
+            "lr": self.lr,
+            "frozen_at": self.frozen_at,
+        }
+
+
+def _finish(
+    record: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    cache: FrozenPrefixCache | None,
+    monitor: LayerMonitor | None,
+    writer: Any,
+) -> dict[str, Any]:
+    """Add what the optimizer, the cache and the telemetry recorded to ``record``, then detach them."""
+    if owns_lr(optimizer):  # Hi-DLR, SecantLR: the LRs it found and why it kept or rejected them
         record["found_lr_stats"] = dict(optimizer.stats)
     if cache is not None:
         record["cache"] = {**cache.stats, "boundary": cache.boundary}
         cache.remove()
     if monitor is not None:
         monitor.remove()
-        if writer is not None:
-            writer.close()
         record["telemetry"] = monitor.to_dict()
+    if writer is not None:
+        writer.close()
     return record

@@ -24,23 +24,26 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from .. import recipes
 from .._checks import finite_nonneg, one_of, positive_int
-from ..tasks import Task, TaskData, make_optimizer, resolve_task
+from ..groups import Partition
+from ..tasks import Task, TaskData, resolve_task
 from ..training import progress_bar, steps_per_epoch
 from .budget import measure_costs, plan_budget
+from .engines import group_for
 from .methods import METHODS, Build, check_methods, default_methods, method_snippet, resolve_settings
-from .parallel import check_parallel, group_for
+from .parallel import check_parallel
 from .report import markdown_table, plot_all, summarize, write_html
-from .runner import run_one
+from .runner import run_one, warm_up
 from .store import RunStore, locked
 from .targets import check_target
 
@@ -76,17 +79,19 @@ class CompareConfig:
         epochs: epochs of the baseline (default: the task's; its quick epochs with ``quick``).
         train_size: train on the first this many examples (default: the task's ``train_size``).
         policy: the global LR policy every scheduled method shares.
-        quick: the task's quick data slice and epochs.
-        eval_points: test evaluations per run, evenly spaced (training time excludes them).
+        quick: the task's quick data slice (its ``quick_train_size`` examples), its quick epochs, and
+            4 evaluations per run unless ``eval_points`` is given.
+        eval_points: test evaluations per run, evenly spaced (training time excludes them; default 10).
         test_size: evaluate on the first this many test examples (None: all).
         telemetry_every: record :class:`~layerwise.LayerMonitor` telemetry every this many steps.
         budget: ``"time"`` (equal wall-clock) or ``"steps"`` (equal epochs).
         budget_seconds: with ``budget="time"``: the budget itself (default: the baseline's time).
-        plan_block: with ``budget="time"``: at least this many steps per timing block (each
-            method's own block is this, rounded up to a multiple of its own period).
+        plan_block: with ``budget="time"``: at most this many steps per timing block, and at most an
+            eighth of the baseline's run (at least 4); each method's own block is this, rounded up to
+            a multiple of its own period.
         plan_repeats: with ``budget="time"``: timing blocks per method (the median is kept).
         nproc: train each run on this many processes, data-parallel (None or 1: this process alone;
-            under torchrun: its world size). See :mod:`.parallel`.
+            under torchrun: its world size). See :mod:`.engines`.
         fsdp: shard the model with FSDP2 instead of DDP (needs ``nproc`` or torchrun).
     """
 
@@ -94,7 +99,7 @@ class CompareConfig:
     train_size: int | None = None
     policy: str = "cosine"
     quick: bool = False
-    eval_points: int = 10
+    eval_points: int | None = None
     test_size: int | None = 5000
     telemetry_every: int | None = None
     budget: Literal["steps", "time"] = "time"
@@ -105,6 +110,8 @@ class CompareConfig:
     fsdp: bool = False
 
     def __post_init__(self) -> None:
+        if self.eval_points is None:
+            object.__setattr__(self, "eval_points", 4 if self.quick else 10)
         one_of("--budget", self.budget, BUDGETS)
         one_of("--policy", self.policy, tuple(recipes.POLICIES))
         seconds = self.budget_seconds
@@ -126,18 +133,6 @@ class CompareConfig:
     @classmethod
     def options(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
-
-
-def _warm_up(task: Task, data: TaskData, steps: int = 10) -> None:
-    """A few untimed training steps, so the first timed run does not pay for thread pools and caches."""
-    model = task.make_model()
-    optimizer = make_optimizer(task, [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    x, y = data.train
-    for step in range(steps):
-        index = torch.arange(step * task.batch_size, (step + 1) * task.batch_size) % len(x)
-        optimizer.zero_grad()
-        task.loss(model(x[index]), y[index]).backward()
-        optimizer.step()
 
 
 def fingerprint() -> dict[str, Any]:
@@ -207,7 +202,7 @@ def _plan(
     options = {
         "policy": config.policy,
         "repeats": config.plan_repeats,
-        "minimum": config.plan_block,
+        "minimum": min(config.plan_block, max(4, baseline_steps // 8)),
         "steps": baseline_steps,
     }
     started = time.perf_counter()
@@ -232,6 +227,30 @@ def _plan(
         }
     store.save_plan(plan)
     return plan
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    """One comparison's fixed context: what it trains, for how long, and where it writes."""
+
+    task: Task
+    config: CompareConfig
+    resolved: list[Variant]
+    seeds: int
+    out: Path
+    epochs: int
+    train_size: int | None
+    nproc: int | None
+    engine: str | None
+    progress: bool
+
+    def keys(self) -> dict[str, str]:
+        """Each label's variant key in the run store (and in the plan)."""
+        return {label: RunStore.variant_key(method, settings) for label, method, settings in self.resolved}
+
+    def runs(self) -> list[tuple[str, str, dict[str, Any], int]]:
+        """Every ``(label, method, settings, seed)`` of the comparison, in order."""
+        return [(label, m, s, seed) for label, m, s in self.resolved for seed in range(self.seeds)]
 
 
 def compare_variants(
@@ -266,6 +285,43 @@ def compare_variants(
     """
     task = resolve_task(task)
     config = config or CompareConfig()
+    resolved, model, partition = _checked_variants(task, variants, config, seeds, target, target_tolerance, tensorboard)
+    nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
+    group = group_for(config.nproc, config.fsdp)
+    if group is not None and group.rank != 0:  # a torchrun follower: rank 0 sends every run
+        group.follow(task, lambda: data if data is not None else _load_data(task, config))
+        return {"follower": True, "rank": group.rank, "rows": [], "outcomes": {}, "unsaved": []}
+    epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
+    train_size = config.train_size or (task.quick_train_size if config.quick else task.train_size)
+    comparison = _Comparison(task, config, resolved, seeds, Path(out), epochs, train_size, nproc, engine, progress)
+    store_key = _store_key(comparison, own_data=data is None)
+    # one comparison per --out at a time; followers end with the group
+    with group or nullcontext(), locked(comparison.out), RunStore(comparison.out / "runs.sqlite", store_key) as store:
+        invocation = fingerprint()
+        if engine is not None:
+            invocation["nproc"], invocation["engine"] = nproc, engine
+        todo = _due_runs(store, comparison, invocation["invocation"] if retime else None)
+        if todo:
+            data = data if data is not None else _load_data(task, config)
+            warm_up(task, data)
+        plan = _budget_plan(store, comparison, data, todo, group)
+        run = run_one if group is None else group.run_one
+        unsaved = _train_due(store, comparison, todo, run, data, plan, invocation, tensorboard)
+        outcomes = _collect_outcomes(store, comparison, unsaved)
+    report = _write_report(comparison, model, partition, outcomes, plan, target, target_tolerance, title, note)
+    return {**report, "plan": plan, "outcomes": outcomes, "unsaved": sorted(unsaved)}
+
+
+def _checked_variants(
+    task: Task,
+    variants: Sequence[Variant],
+    config: CompareConfig,
+    seeds: int,
+    target: float | None,
+    target_tolerance: float | None,
+    tensorboard: bool,
+) -> tuple[list[Variant], nn.Module, Partition]:
+    """The variants with their resolved settings, checked with every option; a fresh model and its partition."""
     positive_int("seeds", seeds)
     labels = [label for label, _, _ in variants]
     if len(set(labels)) != len(labels) or not labels:
@@ -280,126 +336,174 @@ def compare_variants(
     model = task.make_model()
     partition = task.partition_of(model)
     check_methods(task, [method for _, method, _ in variants], partition)
-    nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
-    group = group_for(config.nproc, config.fsdp)
-    if group is not None and group.rank != 0:  # a torchrun follower: rank 0 sends every run
-        group.follow(task, lambda: data if data is not None else _load_data(task, config))
-        return {"follower": True, "rank": group.rank, "rows": [], "outcomes": {}, "unsaved": []}
-    keys = {label: RunStore.variant_key(method, settings) for label, method, settings in resolved}
-    train_size = config.train_size if (config.train_size or config.quick) else task.train_size
-    epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
-    out = Path(out)
-    own_data = data is None
-    store_key = {
-        "task": task.name,
-        **{k: v for k, v in asdict(config).items() if k not in ("test_size", "train_size", "epochs", "nproc", "fsdp")},
-        "epochs": epochs,
-        "train_size": train_size,
+    return resolved, model, partition
+
+
+def _store_key(comparison: _Comparison, *, own_data: bool) -> dict[str, Any]:
+    """What the run store is keyed by: the task, the configuration as it applies, the parallel engine."""
+    config, engine = comparison.config, comparison.engine
+    left_out = ("test_size", "train_size", "epochs", "nproc", "fsdp")
+    key = {
+        "task": comparison.task.name,
+        **{k: v for k, v in asdict(config).items() if k not in left_out},
+        "epochs": comparison.epochs,
+        "train_size": comparison.train_size,
         **({"test_size": config.test_size} if own_data else {}),
-        **({"parallel": {"nproc": nproc, "engine": engine}} if engine is not None else {}),
+        **({"parallel": {"nproc": comparison.nproc, "engine": engine}} if engine is not None else {}),
     }
-    if store_key["telemetry_every"] is None:
-        del store_key["telemetry_every"]
-    outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label in labels}
-    plan: dict[str, Any] | None = None
-    # one comparison per --out at a time; followers end with the group
-    with group or nullcontext(), locked(out), RunStore(out / "runs.sqlite", store_key) as store:
-        invocation = fingerprint()
-        if engine is not None:
-            invocation["nproc"], invocation["engine"] = nproc, engine
-        run = run_one if group is None else group.run_one
+    if key["telemetry_every"] is None:
+        del key["telemetry_every"]
+    return key
 
-        def due(key: str) -> bool:
-            record = store.finished(key)
-            if record is None:
-                return True
-            return retime and record.get("timing", {}).get("invocation") != invocation["invocation"]
 
-        todo = [
-            (label, method, settings, seed)
-            for label, method, settings in resolved
-            for seed in range(seeds)
-            if due(RunStore.key(method, settings, seed))
-        ]
-        unsaved: dict[str, dict[str, Any]] = {}
-        if todo and data is None:
-            data = _load_data(task, config)
-        n_train = min(len(data.train[1]), train_size or len(data.train[1])) if data is not None else train_size
-        per_epoch = steps_per_epoch(n_train, task.batch_size) if n_train else None
-        if todo:
-            _warm_up(task, data)
-        if config.budget == "time":
-            if todo:
-                entries = [(keys[label], method, settings) for label, method, settings in resolved]
-                plan = _plan(store, task, data, config, entries, epochs * per_epoch, train_size, group, progress)
-                if progress:
-                    _say(_estimate_text(plan, todo, keys, config.eval_points))
-            else:
-                plan = store.plan()
-        with progress_bar(len(todo), f"compare {task.name}", progress, unit="run", leave=True) as runs_bar:
-            for label, method, settings, seed in todo:
-                key = RunStore.key(method, settings, seed)
-                planned = plan["entries"][keys[label]] if plan else None
-                with progress_bar(0, f"{label} seed {seed}", progress) as steps_bar:
+def _due_runs(store: RunStore, comparison: _Comparison, retime: str | None) -> list[tuple[str, str, dict, int]]:
+    """The runs still to train: not finished, or (``retime``: this invocation's id) timed by another invocation."""
 
-                    def on_step(step: int, total: int, loss: float, bar=steps_bar) -> None:
-                        if bar is not None:
-                            bar.total = total
-                            bar.update(1)
-                            if step % 25 == 0:
-                                bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+    def due(method: str, settings: dict[str, Any], seed: int) -> bool:
+        record = store.finished(RunStore.key(method, settings, seed))
+        if record is None:
+            return True
+        return retime is not None and record.get("timing", {}).get("invocation") != retime
 
-                    try:
-                        record = run(
-                            task,
-                            method,
-                            settings,
-                            seed=seed,
-                            epochs=epochs,
-                            steps=None if planned is None else planned["steps"],
-                            train_size=train_size,
-                            policy=config.policy,
-                            quick=config.quick,
-                            data=data,
-                            eval_points=config.eval_points,
-                            telemetry_every=config.telemetry_every,
-                            tensorboard=out / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None,
-                            on_step=on_step,
-                        )
-                    except Exception:
-                        store.fail(key, method, seed, traceback.format_exc())
-                    else:
-                        record["label"] = label
-                        record["timing"] = invocation
-                        record["budget"] = {"mode": config.budget}
-                        if planned is not None:
-                            record["budget"].update(
-                                seconds=plan["budget_s"],
-                                source="given" if config.budget_seconds is not None else "baseline",
-                                planned_steps=planned["steps"],
-                                cost_ratio=planned["ratio"],
-                            )
-                        try:
-                            store.save(key, record)
-                        except (OSError, sqlite3.Error) as err:  # kept for the report, said so
-                            unsaved[key] = record
-                            warnings.warn(
-                                f"--out: could not store the finished run {label} seed {seed}: {err}", stacklevel=2
-                            )
-                if runs_bar is not None:
-                    runs_bar.update(1)
-        runs_dir = out / "runs"
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        for label, method, settings in resolved:
-            for seed in range(seeds):
-                key = RunStore.key(method, settings, seed)
-                record = unsaved.get(key) or store.finished(key)
-                if record is not None:
-                    outcomes[label]["records"].append(record)
-                    write_atomically(runs_dir / f"{_slug(label)}-seed{seed}.json", json.dumps(record))
+    return [run for run in comparison.runs() if due(*run[1:])]
+
+
+def _budget_plan(
+    store: RunStore, comparison: _Comparison, data: TaskData | None, todo: Sequence[tuple], group: Any
+) -> dict[str, Any] | None:
+    """With ``budget="time"``: the plan, timed now for the entries it lacks when runs are due; else None."""
+    task, config = comparison.task, comparison.config
+    if config.budget != "time":
+        return None
+    if not todo:
+        return store.plan()
+    n_train = min(len(data.train[1]), comparison.train_size or len(data.train[1]))
+    keys = comparison.keys()
+    entries = [(keys[label], method, settings) for label, method, settings in comparison.resolved]
+    baseline_steps = comparison.epochs * steps_per_epoch(n_train, task.batch_size)
+    progress = comparison.progress
+    plan = _plan(store, task, data, config, entries, baseline_steps, comparison.train_size, group, progress)
+    if progress:
+        _say(_estimate_text(plan, todo, keys, config.eval_points))
+    return plan
+
+
+def _train_due(
+    store: RunStore,
+    comparison: _Comparison,
+    todo: Sequence[tuple[str, str, dict[str, Any], int]],
+    run: Callable[..., dict[str, Any]],
+    data: TaskData | None,
+    plan: dict[str, Any] | None,
+    invocation: dict[str, Any],
+    tensorboard: bool,
+) -> dict[str, dict[str, Any]]:
+    """Train the due runs with ``run`` (``run_one`` or a group's), storing each; the finished runs not stored."""
+    task, config, keys = comparison.task, comparison.config, comparison.keys()
+    shared = {
+        "epochs": comparison.epochs,
+        "train_size": comparison.train_size,
+        "policy": config.policy,
+        "quick": config.quick,
+        "data": data,
+        "eval_points": config.eval_points,
+        "telemetry_every": config.telemetry_every,
+    }
+    unsaved: dict[str, dict[str, Any]] = {}
+    with progress_bar(len(todo), f"compare {task.name}", comparison.progress, unit="run", leave=True) as runs_bar:
+        for label, method, settings, seed in todo:
+            key = RunStore.key(method, settings, seed)
+            planned = plan["entries"][keys[label]] if plan else None
+            logs = comparison.out / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None
+            with progress_bar(0, f"{label} seed {seed}", comparison.progress) as steps_bar:
+                try:
+                    record = run(
+                        task,
+                        method,
+                        settings,
+                        seed=seed,
+                        steps=None if planned is None else planned["steps"],
+                        tensorboard=logs,
+                        on_step=_step_progress(steps_bar),
+                        **shared,
+                    )
+                except Exception:
+                    store.fail(key, method, seed, traceback.format_exc())
                 else:
-                    outcomes[label]["errors"].append(store.error(key) or "not run")
-    baseline = "baseline" if "baseline" in outcomes else labels[0]
+                    record.update(label=label, timing=invocation, budget=_budget_note(config, plan, planned))
+                    _save(store, key, record, unsaved, f"{label} seed {seed}")
+            if runs_bar is not None:
+                runs_bar.update(1)
+    return unsaved
+
+
+def _step_progress(bar: Any) -> Callable[[int, int, float], None]:
+    """``on_step`` for a run's progress bar (None: no bar)."""
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
+
+    return on_step
+
+
+def _budget_note(config: CompareConfig, plan: dict[str, Any] | None, planned: dict[str, Any] | None) -> dict[str, Any]:
+    """A record's ``budget``: the mode and, under a plan, the budget and this run's planned steps."""
+    note: dict[str, Any] = {"mode": config.budget}
+    if planned is not None:
+        note.update(
+            seconds=plan["budget_s"],
+            source="given" if config.budget_seconds is not None else "baseline",
+            planned_steps=planned["steps"],
+            cost_ratio=planned["ratio"],
+        )
+    return note
+
+
+def _save(store: RunStore, key: str, record: dict[str, Any], unsaved: dict[str, dict[str, Any]], name: str) -> None:
+    """Store a finished run; one that cannot be stored is kept in ``unsaved`` for the report, and said so."""
+    try:
+        store.save(key, record)
+    except (OSError, sqlite3.Error) as err:
+        unsaved[key] = record
+        warnings.warn(f"--out: could not store the finished run {name}: {err}", stacklevel=4)
+
+
+def _collect_outcomes(
+    store: RunStore, comparison: _Comparison, unsaved: Mapping[str, dict[str, Any]]
+) -> dict[str, dict[str, list]]:
+    """Every label's finished records (each also written to ``out/runs``) and the errors of the others."""
+    outcomes: dict[str, dict[str, list]] = {label: {"records": [], "errors": []} for label, _, _ in comparison.resolved}
+    runs_dir = comparison.out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for label, method, settings, seed in comparison.runs():
+        key = RunStore.key(method, settings, seed)
+        record = unsaved.get(key) or store.finished(key)
+        if record is not None:
+            outcomes[label]["records"].append(record)
+            write_atomically(runs_dir / f"{_slug(label)}-seed{seed}.json", json.dumps(record))
+        else:
+            outcomes[label]["errors"].append(store.error(key) or "not run")
+    return outcomes
+
+
+def _write_report(
+    comparison: _Comparison,
+    model: nn.Module,
+    partition: Partition,
+    outcomes: dict[str, dict[str, list]],
+    plan: dict[str, Any] | None,
+    target: float | None,
+    target_tolerance: float | None,
+    title: str | None,
+    note: str,
+) -> dict[str, Any]:
+    """The summary rows, ``results.md``, the plots and ``report.html``; the report's parts."""
+    task, config, out = comparison.task, comparison.config, comparison.out
+    baseline = "baseline" if "baseline" in outcomes else comparison.resolved[0][0]
     summary = summarize(
         outcomes,
         baseline=baseline,
@@ -409,23 +513,10 @@ def compare_variants(
         budget=config.budget,
     )
     rows, target_value = summary["rows"], summary["target"]
-    budget_text = _budget_text(config, plan, epochs)
-    if engine is not None:
-        budget_text += " " + _parallel_text(nproc, engine, task.batch_size)
     table = markdown_table(rows, task.metric, budget=config.budget)
     title = title or f"layerwise compare: {task.name}"
-    used = next((r["train_size"] for o in outcomes.values() for r in o["records"]), train_size)
-    tested = next((r["test_examples"] for o in outcomes.values() for r in o["records"]), "the")
-    target_text = "no target (no finished baseline run)" if target_value is None else _target_text(task, target_value)
-    own = sorted({str(settings["policy"]) for _, _, settings in resolved if settings.get("policy")})
-    policy = f"global policy {config.policy}" + (f" unless a variant sets its own ({', '.join(own)})" if own else "")
-    setting = (
-        f"{task.description or task.name}. {used or 'all'} training examples, {tested} test examples, batch "
-        f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, {policy}, {seeds} seed(s). "
-        f"{budget_text} {target_text} Training time excludes the {config.eval_points} evaluations per run."
-        + (f" {note}" if note else "")
-    )
-    snippets = _snippets(task, model, partition, resolved, rows, config.policy)
+    setting = _setting_text(comparison, outcomes, plan, target_value) + (f" {note}" if note else "")
+    snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy)
     (out / "results.md").write_text(f"# {title}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}")
     plots = plot_all(outcomes, task.metric, out, target=target_value)
     html_path = write_html(
@@ -435,15 +526,32 @@ def compare_variants(
         "rows": rows,
         "table": table,
         "setting": setting,
-        "outcomes": outcomes,
-        "plan": plan,
         "target": target_value,
         "snippets": snippets,
         "metric": task.metric,
         "budget": config.budget,
-        "unsaved": sorted(unsaved),
-        "paths": {"markdown": out / "results.md", "html": html_path, "plots": plots, "runs": runs_dir},
+        "paths": {"markdown": out / "results.md", "html": html_path, "plots": plots, "runs": out / "runs"},
     }
+
+
+def _setting_text(
+    comparison: _Comparison, outcomes: dict[str, dict[str, list]], plan: dict[str, Any] | None, target: float | None
+) -> str:
+    """The report's description of the setting: data, optimizer, policy, seeds, budget, target, evaluations."""
+    task, config = comparison.task, comparison.config
+    budget_text = _budget_text(config, plan, comparison.epochs)
+    if comparison.engine is not None:
+        budget_text += " " + _parallel_text(comparison.nproc, comparison.engine, task.batch_size)
+    used = next((r["train_size"] for o in outcomes.values() for r in o["records"]), comparison.train_size)
+    tested = next((r["test_examples"] for o in outcomes.values() for r in o["records"]), "the")
+    target_text = "no target (no finished baseline run)" if target is None else _target_text(task, target)
+    own = sorted({str(settings["policy"]) for _, _, settings in comparison.resolved if settings.get("policy")})
+    policy = f"global policy {config.policy}" + (f" unless a variant sets its own ({', '.join(own)})" if own else "")
+    return (
+        f"{task.description or task.name}. {used or 'all'} training examples, {tested} test examples, batch "
+        f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, {policy}, {comparison.seeds} seed(s). "
+        f"{budget_text} {target_text} Training time excludes the {config.eval_points} evaluations per run."
+    )
 
 
 def _say(text: str) -> None:

@@ -71,6 +71,7 @@ class Task:
         partition: ``partition(model, sample_input) -> Partition``; default: the layers in data-flow order.
         head: the last group is an output head (what Multirate trains fast by default).
         train_size: examples ``layerwise compare`` trains on by default (None: all).
+        quick_train_size: examples it trains on with ``--quick`` (None: all of the quick slice).
         regime: ``"scratch"`` (trained from a random start) or ``"fine-tuning"`` (pretrained weights);
             a comparison's default methods are those that make sense in the regime.
     """
@@ -92,6 +93,7 @@ class Task:
     partition: Callable[[nn.Module, Any], Partition] | None = None
     head: bool = True
     train_size: int | None = None
+    quick_train_size: int | None = None
     regime: Regime = "scratch"
 
     def __post_init__(self) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from .pretrained import minilm_classifier
+
 __all__ = ["PEFT_HINT", "has_lora", "minilm_lora", "peft_lora"]
 
 PEFT_HINT = "install PEFT with: pip install -c constraints.txt 'layerwise[pretrained]'"
@@ -99,6 +101,4 @@ def minilm_lora(num_labels: int = 3, r: int = 8, alpha: float = 16.0, **config: 
     """Pretrained all-MiniLM-L6-v2 with PEFT LoRA on the attention's query and value (the LoRA paper's
     choice), rank ``r``, and a new ``num_labels``-way classifier trained in full; ``config`` as
     :func:`~layerwise.tasks.pretrained.minilm_classifier`'s."""
-    from .pretrained import minilm_classifier
-
     return peft_lora(minilm_classifier(num_labels, **config), ("query", "value"), r, alpha, head=("classifier",))

@@ -8,13 +8,11 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..groups import Partition
+from ..groups import Partition, by_block, explicit
 
 __all__ = [
     "MODELS",
@@ -158,8 +156,6 @@ def dense_layer_groups(model: DenseNetBC, sample: torch.Tensor) -> Partition:
         >>> len(dense_layer_groups(DenseNetBC(), torch.zeros(2, 1, 28, 28)))
         16
     """
-    from ..groups import by_block, explicit
-
     part = by_block(model, 2, sample_input=sample)
     *layers, final_norm, head = part
     if not isinstance(model.get_submodule(final_norm.name), nn.BatchNorm2d) or head.name != "fc":

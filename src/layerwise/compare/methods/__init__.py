@@ -1,0 +1,77 @@
+"""The techniques ``layerwise compare`` trains side by side, each built on a fresh model of a task.
+
+A :class:`Method` turns a :class:`Build` (task, model, partition, step count, global policy) and
+its settings into a :class:`Setup`: the optimizer, what is stepped after it, and whether
+``optimizer.step`` wants a loss closure. Every method starts from the task's optimizer preset and
+learning rate, so methods differ only in how the per-group learning rates move and which parts get
+a gradient. A method also declares what an equal-cost plan needs: the period over which its step
+cost repeats, its rare expensive rounds (:class:`Rounds`), and whether it costs exactly what the
+baseline costs. Register your own with :func:`register_method`, written with :mod:`.kit`.
+
+Each family file holds its methods' builders, checks, snippets and registry entries, and one
+``register_<family>()``; :func:`register_defaults` calls them in the order a comparison runs them.
+
+Examples:
+    >>> from layerwise.compare.methods import METHODS, resolve_settings
+    >>> resolve_settings("freezeout", {"t0": 0.5})
+    {'t0': 0.5, 'strategy': 'cubic', 'scale_lr': True}
+    >>> METHODS["multirate"].period(resolve_settings("multirate"))
+    4
+    >>> METHODS["hidlr"].rounds(resolve_settings("hidlr")).count(250)  # probing at steps 0, 16, 48, 112, 240
+    5
+"""
+
+from __future__ import annotations
+
+from .baselines import register_baselines
+from .fine_tuning import register_fine_tuning
+from .found_lrs import HIDLR_PROBING, SPLITS, register_found_lrs, two_groups
+from .freezeout import register_freezeout
+from .kit import (
+    METHODS,
+    Build,
+    Method,
+    Rounds,
+    Setup,
+    build_setup,
+    check_methods,
+    checked,
+    default_methods,
+    method_snippet,
+    register_method,
+    resolve_settings,
+)
+from .layer_lrs import register_layer_lrs
+from .multirate import register_multirate
+
+__all__ = [
+    "HIDLR_PROBING",
+    "METHODS",
+    "SPLITS",
+    "Build",
+    "Method",
+    "Rounds",
+    "Setup",
+    "build_setup",
+    "check_methods",
+    "checked",
+    "default_methods",
+    "method_snippet",
+    "register_defaults",
+    "register_method",
+    "resolve_settings",
+    "two_groups",
+]
+
+
+def register_defaults() -> None:
+    """Register the built-in methods, family by family, in the order a comparison runs them."""
+    register_baselines()
+    register_fine_tuning()
+    register_layer_lrs()
+    register_freezeout()
+    register_multirate()
+    register_found_lrs()
+
+
+register_defaults()

@@ -1,0 +1,411 @@
+"""The kit for writing a ``layerwise compare`` method: what a method is, its registry, and the helpers.
+
+A :class:`Method` turns a :class:`Build` (task, model, partition, step count, global policy) and
+its settings into a :class:`Setup`: the optimizer, what is stepped after it, and whether
+``optimizer.step`` wants a loss closure. A method also declares its settings' checks
+(:func:`checked`), what an equal-cost plan needs (its period, its rare rounds: :class:`Rounds`) and
+its snippet: the lines that set it up in a plain PyTorch loop, written with :func:`optimizer_line`,
+:func:`policy_snippet` and :func:`loop`. Every family file of :mod:`layerwise.compare.methods` and
+:mod:`layerwise.compare.peers` is written with this module only.
+
+Examples:
+    >>> from layerwise._checks import positive_int
+    >>> check = checked("mine", k=positive_int)
+    >>> check({"k": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: --set mine.k: must be an int >= 1, got 0
+    >>> print(loop("plain", 3))
+    for x, y in loader:   # 3 steps
+        loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torch import nn
+from torch.optim import Optimizer
+
+from ... import recipes
+from ..._checks import fraction, one_of
+from ..._registry import Registry
+from ...freezing import Freezer
+from ...groups import Partition
+from ...scheduler import LayerwiseLR
+from ...tasks import OPTIMIZER_PRESETS, Task, make_optimizer
+
+__all__ = [
+    "LOOPS",
+    "METHODS",
+    "Build",
+    "Chain",
+    "Check",
+    "Method",
+    "Rounds",
+    "Setup",
+    "Stepped",
+    "build_setup",
+    "check_methods",
+    "checked",
+    "choice",
+    "default_methods",
+    "kwargs_expr",
+    "loop",
+    "method_snippet",
+    "needs_groups",
+    "needs_head",
+    "optimizer_line",
+    "policy_check",
+    "policy_expr",
+    "policy_only",
+    "policy_snippet",
+    "positive_fraction",
+    "register_method",
+    "resolve_settings",
+    "scheduled",
+    "scheduled_snippet",
+]
+
+
+class Stepped(Protocol):
+    """Anything stepped once after every optimizer step (a scheduler, a freezing rule)."""
+
+    def step(self) -> None: ...
+
+
+@dataclass
+class Setup:
+    """What a training loop needs for one method.
+
+    Attributes:
+        optimizer: stepped every batch.
+        scheduler: ``scheduler.step()`` after every ``optimizer.step()`` (None: nothing to step).
+        wants_closure: ``optimizer.step(closure)`` with a closure returning the batch loss without backward.
+        freezer: the method's :class:`Freezer`, to read which groups are frozen.
+        eval_mode: called before every evaluation (Schedule-Free's ``optimizer.eval()``: the model
+            takes the weights to evaluate); ``train_mode`` after it and before training.
+        cache: options of a :class:`~layerwise.prefix_cache.FrozenPrefixCache` on ``freezer`` that the
+            runner puts on the model (the ``+cache`` variants, :mod:`layerwise.compare.cached`); None: no cache.
+    """
+
+    optimizer: Optimizer
+    scheduler: Stepped | None = None
+    wants_closure: bool = False
+    freezer: Freezer | None = None
+    eval_mode: Callable[[], None] | None = None
+    train_mode: Callable[[], None] | None = None
+    cache: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Build:
+    """What a method is built for: a fresh ``model`` of ``task``, its ``partition``, the run's length."""
+
+    task: Task
+    model: nn.Module
+    partition: Partition
+    total_steps: int
+    policy: str
+
+    def param_groups(self, partition: Partition | None = None) -> list[dict[str, Any]]:
+        """The task's LR and weight decay per group (no decay on biases and norms)."""
+        part = self.partition if partition is None else partition
+        return part.param_groups(lr=self.task.lr, weight_decay=self.task.weight_decay, no_decay=("bias", "norm"))
+
+    def optimizer(self, partition: Partition | None = None) -> Optimizer:
+        """The task's optimizer over :meth:`param_groups`."""
+        return make_optimizer(self.task, self.param_groups(partition))
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """A method whose step cost is a plain step plus rare, expensive rounds (Hi-DLR's probing).
+
+    Rounds are too sparse for a short timing block to hold them in the run's proportion (5 rounds
+    in 250 steps), so the plan times the block with a round every ``every`` steps (``timed``: the
+    settings that do that) and weighs the round steps' extra cost by the rounds a run makes.
+
+    Attributes:
+        timed: the settings the timing block runs: a round every ``every`` steps, the first at step 0.
+        every: steps from one round to the next in the timing block.
+        count: ``count(steps)``: the rounds a run of ``steps`` steps makes.
+    """
+
+    timed: Mapping[str, Any]
+    every: int
+    count: Callable[[int], int]
+
+
+def _everywhere(task: Task, partition: Partition) -> str | None:
+    del task, partition
+    return None
+
+
+def _once(settings: Mapping[str, Any]) -> int:
+    del settings
+    return 1
+
+
+def _no_check(settings: Mapping[str, Any]) -> None:
+    del settings
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named technique: default settings, a builder and the tasks it applies to.
+
+    Attributes:
+        build: ``build(Build, settings) -> Setup`` (settings resolved: the defaults updated with overrides).
+        defaults: every setting the method has, with its default.
+        applies: ``applies(task, partition)`` says why the method cannot run on a task, or None.
+        not_default: per regime (``"scratch"``, ``"fine-tuning"``), why the method is left out of
+            that regime's default set (it still runs when named).
+        period: ``period(settings)``: steps after which the method's step cost repeats (Multirate's
+            k); an equal-cost plan times whole periods.
+        rounds: ``rounds(settings) -> Rounds``: for a method with rare expensive rounds, how the
+            plan times them (None: its cost repeats every ``period`` steps).
+        same_cost: the method's steps cost exactly the baseline's (it only moves LRs), so an
+            equal-cost plan gives it the baseline's steps without timing it.
+        snippet: ``snippet(Build, settings) -> str``: the lines that set the method up in a plain loop.
+        check: ``check(settings)`` raises ValueError naming ``--set METHOD.KEY`` for a bad value; it
+            needs no model or data, so a comparison refuses bad settings before loading anything.
+        uses_task_lr: the method starts from the task's learning rate (False: it sets or finds its own,
+            as a parameter-free optimizer does), so an LR sweep runs it once.
+        not_parallel: per data-parallel engine (``"ddp"``, ``"fsdp"``), why the method cannot run
+            under it; ``layerwise compare --nproc`` / ``--fsdp`` refuses it with that reason.
+    """
+
+    name: str
+    description: str
+    build: Callable[[Build, dict[str, Any]], Setup]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    applies: Callable[[Task, Partition], str | None] = _everywhere
+    not_default: Mapping[str, str] = field(default_factory=dict)
+    period: Callable[[Mapping[str, Any]], int] = _once
+    rounds: Callable[[Mapping[str, Any]], Rounds] | None = None
+    same_cost: bool = False
+    snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
+    check: Callable[[Mapping[str, Any]], None] = _no_check
+    uses_task_lr: bool = True
+    not_parallel: Mapping[str, str] = field(default_factory=dict)
+
+
+# ---- the registry ----------------------------------------------------------------------------
+
+METHODS: Registry[Method] = Registry("method")
+"""Every registered method by name (``layerwise compare --list`` prints them)."""
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the registry (a method of the same name is replaced, with a warning)."""
+    if not isinstance(method, Method):
+        raise TypeError(f"method: expected a Method, got {type(method).__name__}")
+    return METHODS.register(method.name, method, description=method.description)
+
+
+def resolve_settings(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The method's defaults updated with ``overrides``, checked; unknown keys and bad values raise ValueError."""
+    method = METHODS.get(name)
+    defaults = dict(method.defaults)
+    unknown = sorted(set(overrides or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"--set {name}.{unknown[0]}: unknown setting; {name} has {sorted(defaults) or 'none'}")
+    settings = {**defaults, **(overrides or {})}
+    method.check(settings)
+    return settings
+
+
+def check_methods(task: Task, names: Sequence[str], partition: Partition | None = None) -> None:
+    """Raise ValueError naming every method that is unknown or (given the ``partition``) does not apply to ``task``."""
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"--methods: unknown {unknown or 'none given'}; choose from {sorted(METHODS)}")
+    if partition is None:
+        return
+    for name in names:
+        reason = METHODS[name].applies(task, partition)
+        if reason:
+            raise ValueError(f"methods: {name} does not apply to task {task.name!r}: {reason}")
+
+
+def default_methods(task: Task, partition: Partition) -> list[str]:
+    """The methods a comparison of ``task`` runs when it names none: those that apply and fit its regime."""
+    return [
+        name
+        for name, method in METHODS.items()
+        if task.regime not in method.not_default and method.applies(task, partition) is None
+    ]
+
+
+def build_setup(build: Build, name: str, settings: Mapping[str, Any]) -> Setup:
+    """Build method ``name`` (settings already resolved) for ``build``'s fresh model."""
+    check_methods(build.task, [name], build.partition)
+    return METHODS[name].build(build, dict(settings))
+
+
+def method_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str | None:
+    """The lines that set method ``name`` up with ``settings`` in a plain PyTorch loop (None: no snippet)."""
+    method = METHODS.get(name)
+    if method.snippet is None:
+        return None
+    if build.task.partition is None:
+        imports, part = "import torch, layerwise, layerwise.recipes", "part = layerwise.by_layer(model, sample_input=x)"
+    else:
+        imports = "import torch, layerwise, layerwise.recipes, layerwise.tasks"
+        part = f"part = layerwise.tasks.get_task({build.task.name!r}).partition_of(model)   # the task's own groups"
+    return f"{imports}\n{part}\n{method.snippet(build, settings)}"
+
+
+# ---- checks ----------------------------------------------------------------------------------
+
+Check = Callable[[str, Any], Any]
+"""``check(flag, value)`` raises ValueError (or TypeError) naming ``flag`` for a bad value."""
+
+
+def checked(method: str, **checks: Check) -> Callable[[Mapping[str, Any]], None]:
+    """A :attr:`Method.check` that runs ``checks[key](f"--set {method}.{key}", value)`` for every setting."""
+
+    def check(settings: Mapping[str, Any]) -> None:
+        for key, value in settings.items():
+            if key in checks:
+                checks[key](f"--set {method}.{key}", value)
+
+    return check
+
+
+def policy_check(flag: str, value: Any) -> Any:
+    """A ``policy`` setting: None (the comparison's policy) or a registered global policy's name."""
+    return None if value is None else one_of(flag, value, tuple(recipes.POLICIES))
+
+
+def choice(*choices: Any) -> Check:
+    """A :data:`Check` accepting one of ``choices``."""
+
+    def check(flag: str, value: Any) -> Any:
+        return one_of(flag, value, choices)
+
+    return check
+
+
+def positive_fraction(flag: str, value: Any) -> float:
+    """A :data:`Check` accepting a fraction of training in (0, 1]."""
+    return fraction(flag, value, open_low=True)
+
+
+def needs_groups(count: int) -> Callable[[Task, Partition], str | None]:
+    """A :attr:`Method.applies` refusing a partition of fewer than ``count`` groups."""
+
+    def applies(task: Task, partition: Partition) -> str | None:
+        del task
+        if len(partition) < count:
+            return f"it needs at least {count} groups; the task's partition has {len(partition)}"
+        return None
+
+    return applies
+
+
+def needs_head(task: Task, partition: Partition) -> str | None:
+    """A :attr:`Method.applies` refusing a model without an output head, or of one group."""
+    if not task.head:
+        return "the task's model has no output head to train fast (Task.head is False)"
+    return needs_groups(2)(task, partition)
+
+
+# ---- building blocks -------------------------------------------------------------------------
+
+
+class Chain:
+    """Steps several objects in order (a freezing rule and a scheduler)."""
+
+    def __init__(self, *parts: Stepped) -> None:
+        self.parts = parts
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+
+def policy_only(context: Build, optimizer: Optimizer) -> LayerwiseLR:
+    """The comparison's global policy on every group of ``optimizer``, no layer rule."""
+    return LayerwiseLR(optimizer, context.total_steps, policy=recipes.make_policy(context.policy))
+
+
+def _policy_name(build: Build, settings: Mapping[str, Any]) -> str:
+    return settings.get("policy") or build.policy
+
+
+def scheduled(recipe: str, *, uses_policy: bool = True) -> Callable[[Build, dict[str, Any]], Setup]:
+    """A builder of ``recipe``'s schedule; its ``policy`` setting (None: the comparison's) picks the global policy."""
+
+    def build(context: Build, settings: dict[str, Any]) -> Setup:
+        optimizer = context.optimizer()
+        options = {k: v for k, v in settings.items() if k != "policy"}
+        global_policy = recipes.make_policy(_policy_name(context, settings)) if uses_policy else None
+        schedule = recipes.build(recipe, len(context.partition), policy=global_policy, **options)
+        return Setup(optimizer, LayerwiseLR(optimizer, context.total_steps, schedule=schedule))
+
+    return build
+
+
+# ---- snippets: the lines a user copies into a plain PyTorch loop -----------------------------
+
+LOOPS = {
+    "sched": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step(); sched.step()",
+    "closure": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step(lambda: loss_fn(model(x), y))",
+    "plain": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()",
+}
+"""A snippet loop's body by kind: stepping a ``sched`` after ``opt``, a loss ``closure``, or ``plain``."""
+
+
+def loop(kind: str, steps: int) -> str:
+    """A snippet's training loop over ``loader`` with the :data:`LOOPS` body ``kind``."""
+    return f"for x, y in loader:   # {steps} steps\n    {LOOPS[kind]}"
+
+
+def optimizer_line(build: Build) -> str:
+    """The snippet line making ``opt`` as :meth:`Build.optimizer` does: the task's preset over ``part``."""
+    task = build.task
+    preset = OPTIMIZER_PRESETS.get(task.optimizer)
+    options = "".join(f", {k}={v!r}" for k, v in preset.options.items())
+    return (
+        f"opt = torch.optim.{preset.cls.__name__}(part.param_groups(lr={task.lr:g}, "
+        f'weight_decay={task.weight_decay:g}, no_decay=("bias", "norm")), lr={task.lr:g}{options})'
+    )
+
+
+def kwargs_expr(settings: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """``settings``' ``keys`` as keyword arguments: ``"k=1, t0=0.5"``."""
+    return ", ".join(f"{k}={settings[k]!r}" for k in keys)
+
+
+def policy_expr(name: str) -> str:
+    """The snippet expression making global policy ``name``."""
+    return f'layerwise.recipes.make_policy("{name}")'
+
+
+def policy_snippet(build: Build) -> str:
+    """The snippet lines of :func:`policy_only` and its loop: ``sched`` stepped after ``opt``."""
+    return (
+        f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, policy={policy_expr(build.policy)})\n"
+        f"{loop('sched', build.total_steps)}"
+    )
+
+
+def scheduled_snippet(recipe: str, *, uses_policy: bool = True) -> Callable[[Build, Mapping[str, Any]], str]:
+    """The snippet of :func:`scheduled`'s builder."""
+
+    def snippet(build: Build, settings: Mapping[str, Any]) -> str:
+        options = [k for k in settings if k != "policy" and settings[k] is not None]
+        policy = f", policy={policy_expr(_policy_name(build, settings))}" if uses_policy else ""
+        extra = f", {kwargs_expr(settings, options)}" if options else ""
+        return (
+            f"{optimizer_line(build)}\n"
+            f'schedule = layerwise.recipes.build("{recipe}", len(part){policy}{extra})\n'
+            f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, schedule=schedule)\n"
+            f"{loop('sched', build.total_steps)}"
+        )
+
+    return snippet

@@ -1,0 +1,127 @@
+"""Several tasks, one score, the way AlgoPerf summarises workloads (Dahl et al. 2023).
+
+Input: per task, per method, the median time to target over seeds (``math.inf`` on a miss; a
+method absent from a task counts as a miss there). Performance ratio: a method's time over the
+fastest method's time on that task. Performance profile: the share of tasks with ratio <= tau.
+Benchmark score: the profile's area over [1, tau_max] divided by tau_max - 1 (1: fastest on every
+task; 0: never within tau_max of the fastest).
+
+Examples:
+    >>> times = {"a": {"base": 10.0, "fast": 5.0}, "b": {"base": 8.0, "fast": math.inf}}
+    >>> ratios(times)["fast"]
+    {'a': 1.0, 'b': inf}
+    >>> round(score(ratios(times))["base"], 3)  # ratios 2 and 1: (2/3 + 3/3) / 2
+    0.833
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..plotting import pyplot
+
+__all__ = ["TAU_MAX", "Speedup", "plot_profile", "profile", "ratios", "score", "speedups"]
+
+TAU_MAX = 4.0
+"""The largest ratio the profile shows and its score integrates over (AlgoPerf's r_max)."""
+
+Times = Mapping[str, Mapping[str, float]]
+"""Task -> method -> median time to target (inf: missed)."""
+
+Ratios = dict[str, dict[str, float]]
+"""Method -> task -> performance ratio (inf: missed)."""
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Geometric mean of baseline time over method time on the ``tasks`` (of ``of``) where both reached."""
+
+    factor: float | None
+    tasks: int
+    of: int
+
+
+def _methods(times: Times) -> list[str]:
+    """Every method named on any task, in first-seen order."""
+    return list(dict.fromkeys(method for per_task in times.values() for method in per_task))
+
+
+def ratios(times: Times) -> Ratios:
+    """Each method's time over the fastest time on each task (inf on a miss, or when every method missed).
+
+    >>> ratios({"a": {"x": 6.0, "y": 3.0}})
+    {'x': {'a': 2.0}, 'y': {'a': 1.0}}
+    """
+    result: Ratios = {method: {} for method in _methods(times)}
+    for task, per_task in times.items():
+        fastest = min(per_task.values(), default=math.inf)
+        for method in result:
+            time = per_task.get(method, math.inf)
+            result[method][task] = time / fastest if math.isfinite(time) else math.inf
+    return result
+
+
+def profile(ratio: Ratios, taus: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
+    """rho_m(tau): the share of tasks on which method m's ratio is at most tau, at each tau.
+
+    >>> profile({"x": {"a": 2.0, "b": 1.0}}, [1.0, 2.0])["x"].tolist()
+    [0.5, 1.0]
+    """
+    grid = np.asarray(taus, dtype=float)
+    return {m: (np.array(list(by_task.values()))[:, None] <= grid).mean(axis=0) for m, by_task in ratio.items()}
+
+
+def score(ratio: Ratios, tau_max: float = TAU_MAX) -> dict[str, float]:
+    """AlgoPerf's benchmark score: the area under rho_m over [1, tau_max] divided by tau_max - 1,
+    computed exactly (each task adds (tau_max - r) / (tau_max - 1) when its ratio r <= tau_max).
+
+    >>> score({"x": {"a": 1.0, "b": 2.5}})
+    {'x': 0.75}
+    """
+    return {
+        method: float(np.mean([max(0.0, tau_max - r) / (tau_max - 1.0) for r in per_task.values()]))
+        for method, per_task in ratio.items()
+    }
+
+
+def speedups(times: Times, baseline: str) -> dict[str, Speedup]:
+    """Each method's geometric-mean speed-up over ``baseline`` (baseline time / method time), over the
+    tasks where both reached the target; a miss on either side leaves that task out (``tasks`` < ``of``).
+
+    >>> speedups({"a": {"b": 10.0, "m": 5.0}, "c": {"b": 9.0, "m": 4.5}}, "b")["m"]
+    Speedup(factor=2.0, tasks=2, of=2)
+    """
+    result = {}
+    for method in _methods(times):
+        logs = [
+            math.log(per_task[baseline] / per_task[method])
+            for per_task in times.values()
+            if math.isfinite(per_task.get(baseline, math.inf)) and math.isfinite(per_task.get(method, math.inf))
+        ]
+        factor = math.exp(math.fsum(logs) / len(logs)) if logs else None
+        result[method] = Speedup(factor, len(logs), len(times))
+    return result
+
+
+def plot_profile(ratio: Ratios, path: str | Path, tau_max: float = TAU_MAX) -> Path:
+    """Draw every method's performance profile over [1, tau_max] as steps, with its score in the legend."""
+    plt = pyplot()
+    taus = np.linspace(1.0, tau_max, 601)
+    scores = score(ratio, tau_max)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, rho in profile(ratio, taus).items():
+        ax.step(taus, rho, where="post", label=f"{method} ({scores[method]:.2f})")
+    ax.set_xlabel("tau (time over the fastest method's)")
+    ax.set_ylabel("share of tasks with ratio <= tau")
+    ax.set_xlim(1.0, tau_max)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8, title="method (score)", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
