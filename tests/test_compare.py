@@ -119,6 +119,32 @@ def test_interrupted_comparison_resumes_without_redoing_finished_runs(tmp_path, 
     assert calls == []
 
 
+def test_runs_go_seed_major_and_an_interrupted_one_resumes_where_it_stopped(tmp_path, monkeypatch):
+    calls = []
+    real = compare_module.run_one
+
+    def interrupted(task, method, *args, seed, **kwargs):
+        calls.append((method, seed))
+        if (method, seed) == ("llr", 1):
+            raise KeyboardInterrupt
+        return real(task, method, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, ["baseline", "llr"], seeds=2)
+    assert calls == [("baseline", 0), ("llr", 0), ("baseline", 1), ("llr", 1)]
+    calls.clear()
+
+    def counted(task, method, *args, seed, **kwargs):
+        calls.append((method, seed))
+        return real(task, method, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_one", counted)
+    result = _run(tmp_path, ["baseline", "llr"], seeds=2)
+    assert calls == [("llr", 1)]
+    assert [row["runs"] for row in result["rows"]] == [2, 2]
+
+
 def _broken(build, settings):
     raise RuntimeError("this method is broken on purpose")
 

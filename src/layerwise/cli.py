@@ -363,6 +363,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rerun the finished runs an earlier invocation timed, so every time in the report is from this one",
     )
+    p.add_argument(
+        "--no-correction",
+        action="store_true",
+        help="test each method against the baseline at 5 %% alone (default: Holm's correction over the methods)",
+    )
     p.add_argument("--tensorboard", action="store_true", help="with --telemetry: also log it to OUT/tensorboard")
     p.add_argument(
         "--nproc",
@@ -445,6 +450,7 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": 1 if args.seeds is None else args.seeds,
         "policy": args.policy,
         "retime": args.retime,
+        "correction": not args.no_correction,
         "budget": args.budget,
         "eval_points": args.eval_points,
         "tensorboard": args.tensorboard,

@@ -7,7 +7,7 @@
 
 Each regime is a :func:`~layerwise.compare.session.compare` into its own folder (``scratch/``,
 ``finetune/``, each resumable); ``report.html`` and ``results.md`` put both in one page. The whole
-job takes about 8 minutes on a 2-core CPU, inside its 15-minute budget (BENCHMARKS.md: what it buys).
+job takes 8 to 13 minutes on a 2-core CPU, inside its 15-minute budget (BENCHMARKS.md: what it buys).
 
 Examples:
     >>> from layerwise.compare.main_job import run_main
@@ -52,10 +52,11 @@ REGIME_RUNS = (
         "Fine-tuning: ImageNet-pretrained EfficientNet-Lite0 on Fashion-MNIST",
         "effnet-finetune",
         "finetune",
-        {"test_size": 1000},
+        {"test_size": 1000, "eval_points": 6},
         "32x32 inputs (a quarter of the pixels of 64x64) and 4,000 training images x 2 epochs (250 steps of 32) "
-        "keep full fine-tuning near 22 s here, and 1,000 test images keep the evaluations short, so eight methods "
-        "fit about 5 minutes; the pretrained features still transfer at this size (head only reaches about 75 %).",
+        "keep full fine-tuning near 22 s here, and 6 evaluations of 1,000 test images keep the evaluations short, "
+        "so eight methods fit about 5 minutes; the pretrained features still transfer at this size (head only "
+        "reaches about 75 %).",
     ),
 )
 """The main job's two regimes, in report order."""

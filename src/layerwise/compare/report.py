@@ -19,15 +19,17 @@ Examples:
 from __future__ import annotations
 
 import html
+import math
 import statistics
+from dataclasses import asdict
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 import numpy as np
 
 from ..plotting import pyplot
-from .targets import default_target, time_to_target, verdict
+from .stats import Comparison, holm, reach
+from .targets import default_target, time_to_target, verdict, verdict_tests
 
 __all__ = ["markdown_table", "plot_all", "summarize", "write_html"]
 
@@ -52,14 +54,17 @@ def summarize(
     target: float | None = None,
     target_tolerance: float | None = None,
     budget: str = "time",
+    correction: bool = True,
 ) -> dict[str, Any]:
     """One row per method, and the target used for time to target (``budget``: what the runs had equal,
     ``"time"`` or ``"steps"``, for the verdicts' wording).
 
     A row has: runs, steps, mean training wall-clock, speed-up vs ``baseline`` (its wall-clock over
     the method's), achieved training time over the budget, the metric's mean and std at the end
-    (equal time under a time budget), time to target (mean over the seeds that reach it, how many
-    do, and its ratio to the baseline's), and the verdict against the baseline with 95 % intervals.
+    (equal time under a time budget), time to target (the median over seeds, a miss counting as
+    infinite: none when half or more miss; how many reach it; its ratio to the baseline's), and the
+    verdict against the baseline: paired by seed, with 95 % intervals, each question's p-values
+    corrected over the table's methods by Holm's rule (``correction=False``: not corrected).
     """
     base_records = outcomes.get(baseline, {}).get("records", [])
     if target is None:
@@ -67,13 +72,25 @@ def summarize(
     base_wall = _mean_std([r["wall_clock_s"] for r in base_records])[0]
     void_speed = _baseline_off_plan(base_records, base_wall)
 
-    def times(records: list[dict[str, Any]]) -> list[float | None]:
-        if target is None:
-            return [None] * len(records)
-        return [None if r["diverged_at"] is not None else time_to_target(r["curve"], target, metric) for r in records]
+    def times(records: list[dict[str, Any]]) -> dict[int, float | None]:
+        return {
+            _seed(r, i): None
+            if target is None or r["diverged_at"] is not None
+            else time_to_target(r["curve"], target, metric)
+            for i, r in enumerate(records)
+        }
+
+    def finals(records: list[dict[str, Any]]) -> dict[int, float | None]:
+        return {_seed(r, i): r["test_metric"] for i, r in enumerate(records)}
 
     base_times = times(base_records)
-    base_reached = [t for t in base_times if t is not None]
+    judged_labels = [label for label, o in outcomes.items() if label != baseline and o["records"] and base_records]
+    tests = {}
+    for label in judged_labels:
+        records = outcomes[label]["records"]
+        tests[label] = verdict_tests(finals(records), finals(base_records), times(records), base_times, metric)
+    adjusted = _adjusted(tests, correction, void_speed is None)
+    base_median = _median_time(base_times)
     rows = []
     for label, outcome in outcomes.items():
         records, errors = outcome["records"], outcome["errors"]
@@ -81,31 +98,12 @@ def summarize(
         metric_mean, metric_std = _mean_std([r["test_metric"] for r in records])
         budget_ratio = _budget_ratio(records, wall, base_wall)
         mine = times(records)
-        reached = [t for t in mine if t is not None]
-        ttt = statistics.fmean(reached) if reached else None
-        notes = []
-        diverged = sum(r["diverged_at"] is not None for r in records)
-        if diverged:
-            notes.append(f"{diverged} diverged")
-        if budget_ratio is not None and abs(budget_ratio - 1) > BUDGET_WARNING:
-            notes.append(f"warning: trained {budget_ratio:.2f}x its budget")
-        ways = {(r.get("nproc", 1), r.get("engine", "single")) for r in records}
-        for nproc, engine in sorted(ways - {(1, "single")}):
-            notes.append(f"data-parallel: {nproc} process{'es' if nproc > 1 else ''} ({engine})")
-        apart = _timed_apart(records, base_records)
-        if apart:
-            notes.append(apart)
-        notes.extend(f"failed: {e.splitlines()[-1] if e else ''}"[:160] for e in errors)
+        ttt = _median_time(mine)
         judged = None
-        if label != baseline and records and base_records:
+        if label in tests:
             judged = verdict(
-                [r["test_metric"] for r in records],
-                [r["test_metric"] for r in base_records],
-                mine,
-                base_times,
-                metric,
-                budget,
-                void_speed=void_speed,
+                finals(records), finals(base_records), mine, base_times, metric, budget,
+                void_speed=void_speed, adjusted=adjusted[label],
             )
         rows.append(
             {
@@ -119,15 +117,73 @@ def summarize(
                 "metric": metric_mean,
                 "metric_std": metric_std,
                 "time_to_target_s": ttt,
-                "reached": len(reached),
-                "target_ratio": None if not (ttt and base_reached) or void_speed else fmean(base_reached) / ttt,
+                "reached": sum(t is not None for t in mine.values()),
+                "target_ratio": None if not (ttt and base_median) or void_speed else base_median / ttt,
                 "verdict": "reference" if label == baseline else (judged or {}).get("text", "—"),
-                "tests": None if judged is None else {"accuracy": judged["accuracy"], "speed": judged["speed"]},
+                "tests": None if judged is None else _tests_dict(judged, adjusted[label]),
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in records])[0],
-                "notes": "; ".join(notes),
+                "notes": "; ".join(_notes(records, errors, base_records, budget_ratio)),
             }
         )
-    return {"rows": rows, "target": target}
+    return {"rows": rows, "target": target, "correction": "holm" if correction else "none"}
+
+
+def _seed(record: dict[str, Any], position: int) -> int:
+    """A run's seed (records written before seeds were stored: their position)."""
+    return record.get("seed", position)
+
+
+def _median_time(times: dict[int, float | None]) -> float | None:
+    """The median time to target over seeds, a miss counting as infinite (None: half or more missed)."""
+    if not times:
+        return None
+    median = reach([math.inf if t is None else t for t in times.values()]).median
+    return median if math.isfinite(median) else None
+
+
+def _adjusted(
+    tests: dict[str, dict[str, Comparison | None]], correction: bool, speed_valid: bool
+) -> dict[str, dict[str, float | None]]:
+    """Each method's accuracy and speed p-values after Holm's correction over the table (one family per question)."""
+    labels = list(tests)
+    out: dict[str, dict[str, float | None]] = {label: {} for label in labels}
+    for question in ("accuracy", "speed"):
+        p_values = [
+            None if tests[label][question] is None or (question == "speed" and not speed_valid)
+            else tests[label][question].p
+            for label in labels
+        ]
+        for label, p in zip(labels, holm(p_values, correct=correction).p):
+            out[label][question] = p
+    return out
+
+
+def _tests_dict(judged: dict[str, Any], adjusted: dict[str, float | None]) -> dict[str, Any]:
+    """The verdict's two comparisons as plain dicts (the JSON and HTML read them), with the corrected p
+    (no comparison, e.g. speed voided or under 2 seeds: every value None)."""
+    empty = {"test": None, "diff": None, "low": None, "high": None, "p": None}
+    plain = {q: empty if judged[q] is None else asdict(judged[q]) for q in ("accuracy", "speed")}
+    return {question: {**values, "p_adjusted": adjusted[question]} for question, values in plain.items()}
+
+
+def _notes(
+    records: list[dict[str, Any]], errors: list[str], base_records: list[dict[str, Any]], budget_ratio: float | None
+) -> list[str]:
+    """A row's notes: divergences, an achieved time far from the budget, parallel runs, timing apart, failures."""
+    notes = []
+    diverged = sum(r["diverged_at"] is not None for r in records)
+    if diverged:
+        notes.append(f"{diverged} diverged")
+    if budget_ratio is not None and abs(budget_ratio - 1) > BUDGET_WARNING:
+        notes.append(f"warning: trained {budget_ratio:.2f}x its budget")
+    ways = {(r.get("nproc", 1), r.get("engine", "single")) for r in records}
+    for nproc, engine in sorted(ways - {(1, "single")}):
+        notes.append(f"data-parallel: {nproc} process{'es' if nproc > 1 else ''} ({engine})")
+    apart = _timed_apart(records, base_records)
+    if apart:
+        notes.append(apart)
+    notes.extend(f"failed: {e.splitlines()[-1] if e else ''}"[:160] for e in errors)
+    return notes
 
 
 def _timed_apart(records: list[dict[str, Any]], base_records: list[dict[str, Any]]) -> str | None:
@@ -209,7 +265,7 @@ def _head(metric: str, budget: str) -> list[str]:
         "train s",
         "train s / budget" if budget == "time" else "speed-up vs baseline",
         f"test {metric}{unit} {at} (mean ± std)",
-        "time to target s (reached)",
+        "median time to target s (reached)",
         "speed to target vs baseline",
         "verdict vs baseline (95 % CI)",
         "notes",

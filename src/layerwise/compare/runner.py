@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_setup",
     "group_lrs",
     "new_run",
+    "optimizer_text",
     "param_norms",
     "run",
     "run_one",
@@ -105,6 +106,13 @@ def param_norms(optimizer: torch.optim.Optimizer) -> dict[str, float]:
             whole = p.full_tensor() if hasattr(p, "full_tensor") else p
             squares[name] = squares.get(name, 0.0) + float(whole.detach().double().square().sum())
     return {name: math.sqrt(total) for name, total in squares.items()}
+
+
+def optimizer_text(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer a run stepped: its class, with the optimizer it wraps (``HiDLR(SGD)``)."""
+    inner = getattr(optimizer, "optimizer", None)
+    name = type(optimizer).__name__
+    return f"{name}({type(inner).__name__})" if isinstance(inner, torch.optim.Optimizer) else name
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -262,6 +270,7 @@ def run(
         "test_examples": len(data.test[1]),
         "policy": spec.policy,
         "metric": task.metric,
+        "optimizer": optimizer_text(setup.optimizer),
         **recorder.record(task.metric, per_epoch),
         "param_norms": param_norms(setup.optimizer),
         "nproc": 1 if parallel is None else parallel.world,

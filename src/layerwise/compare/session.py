@@ -249,8 +249,12 @@ class _Comparison:
         return {label: RunStore.variant_key(method, settings) for label, method, settings in self.resolved}
 
     def runs(self) -> list[tuple[str, str, dict[str, Any], int]]:
-        """Every ``(label, method, settings, seed)`` of the comparison, in order."""
-        return [(label, m, s, seed) for label, m, s in self.resolved for seed in range(self.seeds)]
+        """Every ``(label, method, settings, seed)`` of the comparison, seed-major.
+
+        Seed 0 of every method, then seed 1, ...: a slow phase of the machine spreads over the
+        methods instead of landing on whole methods, and each finished seed is a paired round.
+        """
+        return [(label, m, s, seed) for seed in range(self.seeds) for label, m, s in self.resolved]
 
 
 def compare_variants(
@@ -268,6 +272,7 @@ def compare_variants(
     data: TaskData | None = None,
     retime: bool = False,
     note: str = "",
+    correction: bool = True,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -280,6 +285,8 @@ def compare_variants(
         retime: rerun the finished runs timed by an earlier invocation, so every time in the report
             comes from this one (the stored plan, and so every run's steps, is kept).
         note: a sentence added to the report's description of the setting.
+        correction: correct each question's p-values over the methods by Holm's rule (False: raw
+            p-values, each method tested at 5 % alone).
 
     Returns ``{"rows", "table", "setting", "outcomes", "plan", "target", "paths"}``.
     """
@@ -308,7 +315,9 @@ def compare_variants(
         run = run_one if group is None else group.run_one
         unsaved = _train_due(store, comparison, todo, run, data, plan, invocation, tensorboard)
         outcomes = _collect_outcomes(store, comparison, unsaved)
-    report = _write_report(comparison, model, partition, outcomes, plan, target, target_tolerance, title, note)
+    report = _write_report(
+        comparison, model, partition, outcomes, plan, (target, target_tolerance), title, note, correction
+    )
     return {**report, "plan": plan, "outcomes": outcomes, "unsaved": sorted(unsaved)}
 
 
@@ -340,11 +349,13 @@ def _checked_variants(
 
 
 def _store_key(comparison: _Comparison, *, own_data: bool) -> dict[str, Any]:
-    """What the run store is keyed by: the task, the configuration as it applies, the parallel engine."""
+    """What the run store is keyed by: the task and its settings (with its file's sha256), the
+    configuration as it applies, the parallel engine."""
     config, engine = comparison.config, comparison.engine
     left_out = ("test_size", "train_size", "epochs", "nproc", "fsdp")
     key = {
         "task": comparison.task.name,
+        "task_settings": comparison.task.settings(),
         **{k: v for k, v in asdict(config).items() if k not in left_out},
         "epochs": comparison.epochs,
         "train_size": comparison.train_size,
@@ -496,13 +507,17 @@ def _write_report(
     partition: Partition,
     outcomes: dict[str, dict[str, list]],
     plan: dict[str, Any] | None,
-    target: float | None,
-    target_tolerance: float | None,
+    targeting: tuple[float | None, float | None],
     title: str | None,
     note: str,
+    correction: bool,
 ) -> dict[str, Any]:
-    """The summary rows, ``results.md``, the plots and ``report.html``; the report's parts."""
+    """The summary rows, ``results.md``, the plots and ``report.html``; the report's parts.
+
+    ``targeting``: the target and the tolerance below the baseline that sets it when it is None.
+    """
     task, config, out = comparison.task, comparison.config, comparison.out
+    target, target_tolerance = targeting
     baseline = "baseline" if "baseline" in outcomes else comparison.resolved[0][0]
     summary = summarize(
         outcomes,
@@ -511,11 +526,13 @@ def _write_report(
         target=target,
         target_tolerance=target_tolerance,
         budget=config.budget,
+        correction=correction,
     )
     rows, target_value = summary["rows"], summary["target"]
     table = markdown_table(rows, task.metric, budget=config.budget)
     title = title or f"layerwise compare: {task.name}"
-    setting = _setting_text(comparison, outcomes, plan, target_value) + (f" {note}" if note else "")
+    setting = _setting_text(comparison, outcomes, plan, target_value) + " " + _verdicts_text(rows, correction)
+    setting += f" {note}" if note else ""
     snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy)
     (out / "results.md").write_text(f"# {title}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}")
     plots = plot_all(outcomes, task.metric, out, target=target_value)
@@ -532,6 +549,24 @@ def _write_report(
         "budget": config.budget,
         "paths": {"markdown": out / "results.md", "html": html_path, "plots": plots, "runs": out / "runs"},
     }
+
+
+def _verdicts_text(rows: Sequence[dict[str, Any]], correction: bool) -> str:
+    """How the verdicts were reached: pairing, intervals, the correction over the table's methods."""
+    accuracy = {r["method"]: (r["tests"] or {}).get("accuracy") for r in rows}
+    unpaired = [method for method, test in accuracy.items() if test and test["test"] == "welch"]
+    judged = sum(r["tests"] is not None for r in rows)
+    fallback = f" (Welch's unpaired test for {', '.join(unpaired)}: seeds differ)" if unpaired else ""
+    corrected = (
+        f"p-values corrected over the {judged} methods of each question by Holm's rule"
+        if correction
+        else "no correction over the methods (--no-correction)"
+    )
+    return (
+        f"Verdicts: seed s of every method paired with the baseline's seed s{fallback}; accuracy by the paired t, "
+        f"speed by the paired t on log times (Wilcoxon's signed rank when a seed misses the target); {corrected}; "
+        "a difference is claimed at 5 % (docs/verdicts.md)."
+    )
 
 
 def _setting_text(
@@ -662,7 +697,18 @@ def compare(
     return compare_variants(**check_request(task, methods, settings=settings, **options))
 
 
-_RUN_OPTIONS = ("seeds", "out", "target", "target_tolerance", "tensorboard", "progress", "title", "data", "retime")
+_RUN_OPTIONS = (
+    "seeds",
+    "out",
+    "target",
+    "target_tolerance",
+    "tensorboard",
+    "progress",
+    "title",
+    "data",
+    "retime",
+    "correction",
+)
 
 
 def check_request(

@@ -1,9 +1,11 @@
 """Runs of a comparison, stored as they finish in one SQLite file (``DIR/runs.sqlite``).
 
 The file remembers the configuration it was made for (task, budget, policy) and the equal-cost plan
-of its runs; opening it with a different configuration raises ValueError instead of mixing results.
-Every run is keyed by its method, settings and seed: a finished run is never redone, a failed one
-is kept with its error until it is tried again.
+of its runs; opening it with a different configuration raises ValueError naming what changed instead
+of mixing results. Every run is keyed by its method, settings and seed: a finished run is never
+redone, a failed one is kept with its error until it is tried again. A comparison that fails before
+any of its runs finished (its ``with RunStore(...)`` block raises) removes the file, so the
+directory stays free for any configuration.
 
 One comparison writes to a directory at a time: :func:`locked` holds an exclusive ``flock`` on
 ``DIR/.layerwise.lock`` for as long as the comparison runs, and a second one is refused naming the
@@ -39,7 +41,7 @@ try:
 except ImportError:  # Windows: no flock; comparisons are not locked there
     fcntl = None
 
-__all__ = ["LOCK_NAME", "RunStore", "locked", "prepare_out"]
+__all__ = ["LOCK_NAME", "RunStore", "config_changes", "locked", "prepare_out"]
 
 LOCK_NAME = ".layerwise.lock"
 """The lock file :func:`locked` holds in an output directory (it stays; only its flock matters)."""
@@ -129,9 +131,10 @@ class RunStore:
                 self._db.execute("INSERT INTO config VALUES ('config', ?)", (wanted,))
         elif row[0] != wanted:
             self._db.close()
+            changes = "; ".join(config_changes(json.loads(row[0]), json.loads(wanted)))
             raise ValueError(
-                f"--out: {self.path.parent} holds runs of a different configuration ({row[0]}); "
-                f"this one is {wanted}. Choose another --out or delete {self.path}"
+                f"--out: {self.path.parent} holds runs of a different configuration ({changes}). "
+                f"Choose another --out or delete {self.path}"
             )
         self.config = config
 
@@ -177,11 +180,43 @@ class RunStore:
                 (key, method, seed, error, time.time()),
             )
 
+    def any_finished(self) -> bool:
+        """Whether any run finished (a stored record)."""
+        return self._db.execute("SELECT 1 FROM runs WHERE status = 'ok' LIMIT 1").fetchone() is not None
+
     def close(self) -> None:
         self._db.close()
 
     def __enter__(self) -> RunStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, *exc: object) -> None:
+        """Close; after an error with no finished run, remove the file (nothing in it is worth keeping)."""
+        discard = error_type is not None and not self.any_finished()
         self.close()
+        if discard:
+            self.path.unlink(missing_ok=True)
+
+
+def config_changes(stored: Any, wanted: Any, at: str = "") -> list[str]:
+    """What differs from ``stored`` to ``wanted`` (JSON values), one ``"key: old -> new"`` each.
+
+    Examples:
+        >>> config_changes({"task": "t", "task_settings": {"lr": 0.05}}, {"task": "t", "task_settings": {"lr": 0.01}})
+        ['task_settings.lr: 0.05 -> 0.01']
+    """
+    if not (isinstance(stored, dict) and isinstance(wanted, dict)):
+        return [] if stored == wanted else [f"{at or 'configuration'}: {_shown(stored)} -> {_shown(wanted)}"]
+    changes = []
+    for key in sorted(set(stored) | set(wanted)):
+        where = f"{at}.{key}" if at else key
+        changes += config_changes(stored.get(key, _MISSING), wanted.get(key, _MISSING), where)
+    return changes
+
+
+_MISSING = "(unset)"
+"""How :func:`config_changes` shows a key one configuration lacks."""
+
+
+def _shown(value: Any) -> str:
+    return value if value is _MISSING else json.dumps(value)

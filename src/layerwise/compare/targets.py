@@ -18,12 +18,22 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from .stats import welch
+from .stats import Comparison, compare_seeds, compare_times, paired
 
-__all__ = ["check_target", "default_target", "higher_is_better", "time_to_target", "verdict"]
+__all__ = [
+    "ALPHA",
+    "check_target",
+    "default_target",
+    "higher_is_better",
+    "speed_test",
+    "time_to_target",
+    "verdict",
+    "verdict_tests",
+]
 
 DEFAULT_TOLERANCE = {"accuracy": 0.5, "loss": 1.0}
 """Default tolerance below the baseline: accuracy points, or percent of a loss."""
@@ -83,65 +93,140 @@ def _better(diff: float, metric: str) -> bool:
     return diff > 0 if higher_is_better(metric) else diff < 0
 
 
+PerSeed = Mapping[int, float | None] | Sequence[float | None]
+"""Values by seed: a mapping, or a sequence whose positions are the seeds 0, 1, ..."""
+
+ALPHA = 0.05
+"""The error rate of every verdict (after the correction over a table's methods)."""
+
+
+def _by_seed(values: PerSeed) -> dict[int, float | None]:
+    return dict(values) if isinstance(values, Mapping) else dict(enumerate(values))
+
+
+def speed_test(times: PerSeed, baseline_times: PerSeed) -> Comparison | None:
+    """Speed to target over seed pairs, ``diff`` = log(baseline time / method time) (> 0: sooner).
+
+    Every pair reached: the paired t on log times. A miss on either side (None): Wilcoxon's
+    signed-rank test on the log ratios, where a miss outranks every reached time, so a method that
+    misses in most seeds never reads as faster (``docs/verdicts.md``). None: fewer than 2 seeds.
+    """
+    mine = {s: math.inf if t is None else t for s, t in _by_seed(times).items()}
+    base = {s: math.inf if t is None else t for s, t in _by_seed(baseline_times).items()}
+    if len(mine) < 2 or len(base) < 2 or min(list(mine.values()) + list(base.values())) <= 0:
+        return None
+    if mine.keys() == base.keys() and all(map(math.isfinite, [*mine.values(), *base.values()])):
+        seeds = sorted(mine)
+        return paired([-math.log(mine[s]) for s in seeds], [-math.log(base[s]) for s in seeds])
+    ranked = compare_times(mine, base)
+    def flip(value: float | None) -> float | None:
+        return None if value is None else -value
+
+    return replace(ranked, diff=flip(ranked.diff), low=flip(ranked.high), high=flip(ranked.low))
+
+
+def verdict_tests(
+    finals: PerSeed, baseline_finals: PerSeed, times: PerSeed, baseline_times: PerSeed, metric: str
+) -> dict[str, Comparison | None]:
+    """The two comparisons behind a verdict: ``accuracy`` (paired by seed, Welch when unpaired) and ``speed``."""
+    return {
+        "accuracy": compare_seeds(_by_seed(finals), _by_seed(baseline_finals), higher_is_better(metric)),
+        "speed": speed_test(times, baseline_times),
+    }
+
+
 def verdict(
-    finals: Sequence[float | None],
-    baseline_finals: Sequence[float | None],
-    times: Sequence[float | None],
-    baseline_times: Sequence[float | None],
+    finals: PerSeed,
+    baseline_finals: PerSeed,
+    times: PerSeed,
+    baseline_times: PerSeed,
     metric: str,
     budget: str = "time",
     *,
     void_speed: str | None = None,
+    adjusted: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """A method against the baseline at equal cost: both comparisons with their 95 % intervals, and a sentence.
 
     ``finals``: final test metrics per seed; ``times``: time to target per seed (None: not reached).
     ``budget``: what the runs had equal, ``"time"`` or ``"steps"`` (the sentence says which).
     ``void_speed``: why times cannot be compared (the sentence says it instead of any speed claim).
+    ``adjusted``: the p-values of ``accuracy`` and ``speed`` after the table's correction (default:
+    their own); a difference is claimed when it is at most :data:`ALPHA`.
     """
-    mine = [v for v in finals if v is not None]
-    base = [v for v in baseline_finals if v is not None]
-    accuracy = welch(mine, base)
-    reached = [t for t in times if t is not None]
-    base_reached = [t for t in baseline_times if t is not None]
-    all_reached = bool(times) and len(reached) == len(times) and len(base_reached) == len(baseline_times)
-    speed = {"diff": None, "low": None, "high": None, "p": None}
-    if all_reached and min(reached + base_reached) > 0 and void_speed is None:
-        speed = welch([math.log(t) for t in base_reached], [math.log(t) for t in reached])
-    result = {"accuracy": accuracy, "speed": speed, "reached": len(reached), "runs": len(times)}
+    tests = verdict_tests(finals, baseline_finals, times, baseline_times, metric)
+    accuracy, speed = tests["accuracy"], tests["speed"] if void_speed is None else None
+    adjusted = adjusted or {}
+    mine = [v for v in _by_seed(finals).values() if v is not None]
+    base = [v for v in _by_seed(baseline_finals).values() if v is not None]
+    all_times = list(_by_seed(times).values())
+    reached = [t for t in all_times if t is not None]
+    result: dict[str, Any] = {"accuracy": accuracy, "speed": speed, "reached": len(reached), "runs": len(all_times)}
     if not mine or not base:
         result["text"] = "no finished runs to compare"
         return result
-    at = "at equal time" if budget == "time" else "at equal steps"
+
+    def decided(name: str, test: Comparison | None) -> bool:
+        p = adjusted.get(name, None if test is None else test.p)
+        return test is not None and test.diff is not None and p is not None and p <= ALPHA
+
     parts = []
-    if speed["diff"] is not None and (speed["low"] > 0 or speed["high"] < 0):
-        factor, low, high = (math.exp(speed[k]) for k in ("diff", "low", "high"))
-        if speed["low"] > 0:
-            parts.append(f"reaches the target {factor:.2f}x sooner [{low:.2f}, {high:.2f}]")
-        else:
-            parts.append(f"reaches the target {1 / factor:.2f}x later [{1 / high:.2f}, {1 / low:.2f}]")
-    if not reached:
-        parts.append(f"does not reach the target (0/{len(times)} seeds)")
-    elif len(reached) < len(times):
-        parts.append(f"reaches the target in {len(reached)}/{len(times)} seeds")
-    if accuracy["diff"] is not None and (accuracy["low"] > 0 or accuracy["high"] < 0):
-        scale, unit = _scale(metric)
-        word = "better" if _better(accuracy["diff"], metric) else "worse"
-        parts.append(
-            f"{abs(accuracy['diff']) * scale:.2f} {unit} {word} {at} "
-            f"[{accuracy['low'] * scale:+.2f}, {accuracy['high'] * scale:+.2f}]"
-        )
-    if accuracy["diff"] is None:  # one seed on a side: the differences, without an interval
-        scale, unit = _scale(metric)
-        diff = statistics.fmean(mine) - statistics.fmean(base)
-        ratio = ""
-        if reached and base_reached and void_speed is None:
-            speed = statistics.fmean(base_reached) / statistics.fmean(reached)
-            ratio = f", {speed:.2f}x the baseline's speed to target"
-        parts.append(f"one seed, no interval: {diff * scale:+.2f} {unit} {at}{ratio}")
+    if decided("speed", speed):
+        parts.append(_speed_text(speed))
+    if all_times and not reached:
+        parts.append(f"does not reach the target (0/{len(all_times)} seeds)")
+    elif len(reached) < len(all_times):
+        parts.append(f"reaches the target in {len(reached)}/{len(all_times)} seeds")
+    if decided("accuracy", accuracy):
+        parts.append(_accuracy_text(accuracy, metric, budget))
+    if accuracy.diff is None:  # one seed on a side: the differences, without an interval
+        parts.append(_one_seed_text(mine, base, reached, _by_seed(baseline_times), metric, budget, void_speed))
     elif not parts or all(p.startswith("reaches the target in") for p in parts):
         parts.append("no significant difference")
     if void_speed is not None:
         parts.append(void_speed)
     result["text"] = "; ".join(parts)
     return result
+
+
+def _speed_text(speed: Comparison) -> str:
+    """The speed claim: a factor sooner or later with its interval (capped where a side missed)."""
+    if math.isinf(speed.diff):
+        side = "reaches" if speed.diff > 0 else "misses"
+        return f"{side} the target in most seeds where the other side does not ({speed.test})"
+    bounds = [] if speed.low is None else [math.exp(max(-50.0, min(50.0, v))) for v in (speed.low, speed.high)]
+    if speed.diff > 0:
+        interval = f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
+        return f"reaches the target {math.exp(speed.diff):.2f}x sooner{interval} ({speed.test})"
+    interval = f" [{1 / bounds[1]:.2f}, {1 / bounds[0]:.2f}]" if bounds else ""
+    return f"reaches the target {math.exp(-speed.diff):.2f}x later{interval} ({speed.test})"
+
+
+def _accuracy_text(accuracy: Comparison, metric: str, budget: str) -> str:
+    scale, unit = _scale(metric)
+    word = "better" if _better(accuracy.diff, metric) else "worse"
+    at = "at equal time" if budget == "time" else "at equal steps"
+    interval = f"[{accuracy.low * scale:+.2f}, {accuracy.high * scale:+.2f}]"
+    share = ""
+    if accuracy.wins is not None:
+        share = f"; P(better) {accuracy.wins:.2f} [{accuracy.wins_low:.2f}, {accuracy.wins_high:.2f}]"
+    return f"{abs(accuracy.diff) * scale:.2f} {unit} {word} {at} {interval} ({accuracy.test}{share})"
+
+
+def _one_seed_text(
+    mine: list[float],
+    base: list[float],
+    reached: list[float],
+    baseline_times: Mapping[int, float | None],
+    metric: str,
+    budget: str,
+    void_speed: str | None,
+) -> str:
+    scale, unit = _scale(metric)
+    at = "at equal time" if budget == "time" else "at equal steps"
+    diff = statistics.fmean(mine) - statistics.fmean(base)
+    base_reached = [t for t in baseline_times.values() if t is not None]
+    ratio = ""
+    if reached and base_reached and void_speed is None:
+        ratio = f", {statistics.fmean(base_reached) / statistics.fmean(reached):.2f}x the baseline's speed to target"
+    return f"one seed, no interval: {diff * scale:+.2f} {unit} {at}{ratio}"

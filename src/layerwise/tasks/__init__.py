@@ -25,7 +25,9 @@ from .base import (
     Task,
     TaskData,
     get_task,
+    logits_of,
     make_optimizer,
+    optimizer_preset,
     register_task,
 )
 from .from_file import is_task_file, load_task_file
@@ -40,7 +42,9 @@ __all__ = [
     "TaskData",
     "get_task",
     "load_task_file",
+    "logits_of",
     "make_optimizer",
+    "optimizer_preset",
     "register_defaults",
     "register_task",
     "resolve_task",

@@ -9,9 +9,10 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -30,8 +31,11 @@ __all__ = [
     "Task",
     "TaskData",
     "check_labels",
+    "cross_entropy",
     "get_task",
+    "logits_of",
     "make_optimizer",
+    "optimizer_preset",
     "register_task",
 ]
 
@@ -43,6 +47,18 @@ REGIMES = get_args(Regime)
 Metric = Literal["accuracy", "loss"]
 """``accuracy`` (classification, higher is better) or ``loss`` (lower is better)."""
 METRICS = get_args(Metric)
+
+
+def logits_of(outputs: Any) -> Any:
+    """A model's output tensor: its ``logits`` for an output object that holds them (a Hugging Face
+    ``ModelOutput``), else ``outputs`` itself."""
+    logits = getattr(outputs, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else outputs
+
+
+def cross_entropy(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+    """A task's default loss: cross-entropy of the model's logits (:func:`logits_of`) against ``targets``."""
+    return nn.functional.cross_entropy(logits_of(outputs), targets)
 
 
 @dataclass(frozen=True)
@@ -61,19 +77,28 @@ class Task:
         make_model: builds a fresh model (called after seeding).
         sample_input: a small input batch for tracing execution order.
         load_data: ``load_data(data_dir, quick) -> TaskData``.
-        loss: loss function ``loss(outputs, targets)``.
+        loss: loss function ``loss(outputs, targets)`` of the model's own outputs; the default,
+            :func:`cross_entropy`, reads the ``logits`` of an output object that has them (a Hugging
+            Face ``ModelOutput``), so such a model needs no loss of its own.
         epochs: default epochs; ``quick_epochs`` for ``--quick``.
         batch_size, lr, weight_decay: default training settings.
-        optimizer: one of :data:`OPTIMIZERS`.
+        optimizer: one of :data:`OPTIMIZERS` (a preset), or any ``torch.optim.Optimizer`` subclass
+            whose constructor takes ``lr`` and ``weight_decay``. Either way it is built with the
+            task's ``lr`` and ``weight_decay`` (the fields, never options) over the method's param
+            groups, whose own ``lr`` and ``weight_decay`` win.
+        optimizer_options: the optimizer's other constructor options (``betas``, ``momentum``...):
+            they override a preset's options or are a class's options.
         metric: ``"accuracy"`` (classification, higher is better) or ``"loss"`` (lower is better).
         score: with ``"accuracy"``: ``score(outputs, targets)`` gives each example's accuracy in [0, 1]
-            (default: 1 where the argmax is the label); e.g. the mean over binary tasks.
+            (default: 1 where the argmax of the logits is the label); e.g. the mean over binary tasks.
         partition: ``partition(model, sample_input) -> Partition``; default: the layers in data-flow order.
         head: the last group is an output head (what Multirate trains fast by default).
         train_size: examples ``layerwise compare`` trains on by default (None: all).
         quick_train_size: examples it trains on with ``--quick`` (None: all of the quick slice).
         regime: ``"scratch"`` (trained from a random start) or ``"fine-tuning"`` (pretrained weights);
             a comparison's default methods are those that make sense in the regime.
+        source_sha256: the sha256 of the file the task was read from (set by ``--task PATH.py:FACTORY``),
+            so a comparison's run store tells an edited task file from the old one.
     """
 
     name: str
@@ -81,13 +106,14 @@ class Task:
     sample_input: Callable[[], Any]
     load_data: Callable[[str | None, bool], TaskData]
     description: str = ""
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] = cross_entropy
     epochs: int = 2
     quick_epochs: int = 1
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4
-    optimizer: str = "sgd"
+    optimizer: str | type[torch.optim.Optimizer] = "sgd"
+    optimizer_options: Mapping[str, Any] = field(default_factory=dict)
     metric: Metric = "accuracy"
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     partition: Callable[[nn.Module, Any], Partition] | None = None
@@ -95,12 +121,23 @@ class Task:
     train_size: int | None = None
     quick_train_size: int | None = None
     regime: Regime = "scratch"
+    source_sha256: str | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZER_PRESETS:
-            raise ValueError(f"optimizer: unknown {self.optimizer!r}; choose from {list(OPTIMIZER_PRESETS)}")
+        optimizer_preset(self)  # refuses an unknown optimizer or options it does not take
         one_of("metric", self.metric, METRICS)
         one_of("regime", self.regime, REGIMES)
+
+    @property
+    def optimizer_name(self) -> str:
+        """The optimizer as a report names it: the preset's name or the class's."""
+        return self.optimizer if isinstance(self.optimizer, str) else self.optimizer.__name__
+
+    def settings(self) -> dict[str, Any]:
+        """Every field that decides a run (all but ``name`` and ``description``), JSON-ready and stable
+        across processes: callables and classes by their qualified name."""
+        left_out = ("name", "description")
+        return {f.name: _stable(getattr(self, f.name)) for f in fields(self) if f.name not in left_out}
 
     def partition_of(self, model: nn.Module) -> Partition:
         """The task's partition of ``model`` (layers in data-flow order unless the task says otherwise)."""
@@ -127,7 +164,10 @@ def check_labels(task: Task, outputs: Any, labels: torch.Tensor) -> None:
     Raises:
         ValueError: naming the task, the labels' range and the model's output width.
     """
-    if task.loss is not nn.functional.cross_entropy or not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
+    outputs = logits_of(outputs)
+    if task.loss not in (cross_entropy, nn.functional.cross_entropy):
+        return
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
         return
     if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
         return
@@ -168,9 +208,62 @@ OPTIMIZERS = tuple(OPTIMIZER_PRESETS)
 """The preset names: ``sgd`` (Nesterov momentum 0.9), ``adamw``, ``gd`` (plain gradient descent)."""
 
 
+def optimizer_preset(task: Task) -> OptimizerPreset:
+    """The task's optimizer as a preset: a named preset with ``optimizer_options`` over its options, or the class.
+
+    Raises:
+        ValueError: naming ``optimizer`` (neither a preset nor an Optimizer subclass taking ``lr`` and
+            ``weight_decay``) or ``optimizer_options`` (an option the class does not take, or ``lr``
+            or ``weight_decay``, which are the task's fields).
+    """
+    chosen, options = task.optimizer, dict(task.optimizer_options)
+    if isinstance(chosen, str) and chosen in OPTIMIZER_PRESETS:
+        preset = OPTIMIZER_PRESETS.get(chosen)
+        preset = OptimizerPreset(chosen, preset.cls, {**preset.options, **options}, preset.description)
+    elif isinstance(chosen, type) and issubclass(chosen, torch.optim.Optimizer) and _takes_lr(chosen):
+        preset = OptimizerPreset(chosen.__name__, chosen, options, f"{chosen.__module__}.{chosen.__qualname__}")
+    else:
+        raise ValueError(
+            f"optimizer: expected one of {list(OPTIMIZER_PRESETS)} or a torch.optim.Optimizer subclass "
+            f"taking lr and weight_decay, got {chosen!r}"
+        )
+    _check_options(preset)
+    return preset
+
+
+def _takes_lr(cls: type[torch.optim.Optimizer]) -> bool:
+    parameters = inspect.signature(cls).parameters
+    return all(name in parameters for name in ("lr", "weight_decay"))
+
+
+def _check_options(preset: OptimizerPreset) -> None:
+    """ValueError naming ``optimizer_options`` when ``preset.cls`` cannot be built with them."""
+    given = set(preset.options) & {"lr", "weight_decay"}
+    if given:
+        raise ValueError(f"optimizer_options: {sorted(given)} are the task's own fields; set them there")
+    try:
+        inspect.signature(preset.cls).bind([], lr=0.1, weight_decay=0.0, **preset.options)
+    except TypeError as err:
+        raise ValueError(f"optimizer_options: {preset.cls.__name__} {err}") from None
+
+
 def make_optimizer(task: Task, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """The task's optimizer over ``param_groups`` (their ``lr`` and ``weight_decay`` win)."""
-    return OPTIMIZER_PRESETS.get(task.optimizer).build(param_groups, task.lr, task.weight_decay)
+    return optimizer_preset(task).build(param_groups, task.lr, task.weight_decay)
+
+
+def _stable(value: Any) -> Any:
+    """``value`` as JSON that names the same thing in every process: callables and classes by qualified name."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _stable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    if callable(value):
+        named = value if hasattr(value, "__qualname__") else type(value)
+        return f"{getattr(named, '__module__', '')}.{named.__qualname__}"
+    return repr(value)
 
 
 TASKS: Registry[Task] = Registry("task")

@@ -1,11 +1,13 @@
 r"""A user's own task from a Python file: ``--task path/to/file.py:factory``.
 
-The file is imported as a module (nothing of it is registered) and ``factory()`` must return a
-:class:`~layerwise.tasks.Task`. Any failure, in the file, the factory or later in the task's own
-``make_model``, ``sample_input``, ``load_data`` or ``partition``, is one ValueError naming the file,
-the factory, the part that failed and its exception (the original is chained). The task's data is
-loaded once per ``(data_dir, quick)`` and its class labels are checked against the model's output
-on the first batch (:func:`~layerwise.tasks.base.check_labels`).
+The file is imported as a module (nothing of it is registered), with its folder on the import path
+while it loads (so it may import a module beside it), and ``factory()`` must return a
+:class:`~layerwise.tasks.Task`, which gets the sha256 of the file's source as its ``source_sha256``
+(a comparison's run store refuses the runs of an edited file). Any failure, in the file, the factory
+or later in the task's own ``make_model``, ``sample_input``, ``load_data`` or ``partition``, is one
+ValueError naming the file, the factory, the part that failed and its exception (the original is
+chained). The task's data is loaded once per ``(data_dir, quick)`` and its class labels are checked
+against the model's output on the first batch (:func:`~layerwise.tasks.base.check_labels`).
 
 Examples:
     >>> import pathlib, tempfile
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -64,15 +68,22 @@ def load_task_file(spec: str) -> Task:
     task = _reporting(spec, f"{factory_name}()", factory)()
     if not isinstance(task, Task):
         raise TypeError(f"--task: {spec} returned {type(task).__name__}, expected a layerwise.tasks.Task")
-    return _checked(task, spec)
+    source_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _checked(dataclasses.replace(task, source_sha256=source_sha256), spec)
 
 
 def _import(path: Path, spec: str) -> ModuleType:
+    """The file ``path`` as a module, imported with its folder first on ``sys.path``."""
     module_spec = importlib.util.spec_from_file_location(f"layerwise_user_task_{path.stem}", path)
     if module_spec is None or module_spec.loader is None:
         raise ValueError(f"--task: cannot import {path}")
     module = importlib.util.module_from_spec(module_spec)
-    _reporting(spec, "importing the file", module_spec.loader.exec_module)(module)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        _reporting(spec, "importing the file", module_spec.loader.exec_module)(module)
+    finally:
+        sys.path.remove(folder)
     return module
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..training import seeded_indices, slice_batch
-from .base import Task
+from .base import Task, logits_of
 
 __all__ = ["Batch", "evaluate", "seeded_loop", "train_step"]
 
@@ -121,7 +121,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss (and accuracy, for classification tasks) of ``model`` on ``split``.
 
-    The model is in eval mode meanwhile and goes back to its previous mode afterwards.
+    The accuracy is the task's ``score`` of the model's outputs, or where the argmax of their logits
+    (:func:`~layerwise.tasks.base.logits_of`) is the label. The model is in eval mode meanwhile and
+    goes back to its previous mode afterwards.
     """
     was_training = model.training
     model.eval()
@@ -132,7 +134,7 @@ def evaluate(
         target = y[start : start + batch_size]
         loss_sum += float(task.loss(out, target)) * len(target)
         if task.metric == "accuracy":
-            hits = (out.argmax(1) == target) if task.score is None else task.score(out, target)
+            hits = (logits_of(out).argmax(1) == target) if task.score is None else task.score(out, target)
             correct += float(hits.sum())
     model.train(was_training)
     result = {"loss": loss_sum / len(x)}

@@ -1,0 +1,97 @@
+"""Verdicts that decide: paired seeds, misses counted, Holm's correction over a table's methods."""
+
+import math
+
+import torch
+
+from blobs import blobs_task
+from layerwise.compare.methods import resolve_settings
+from layerwise.compare.report import summarize
+from layerwise.compare.runner import new_run
+from layerwise.compare.targets import verdict
+from layerwise.training import seeded_indices
+
+
+def _record(seed, final, seconds=(2.0, 4.0, 6.0), values=None):
+    values = values or (final - 0.1, final - 0.05, final)
+    curve = [{"step": i + 1, "seconds": s, "test_accuracy": v} for i, (s, v) in enumerate(zip(seconds, values))]
+    return {
+        "seed": seed,
+        "wall_clock_s": seconds[-1],
+        "test_metric": final,
+        "diverged_at": None,
+        "final_train_loss": 0.5,
+        "steps": 100,
+        "curve": curve,
+        "budget": {"mode": "steps"},
+    }
+
+
+def test_pairs_by_seed_decide_what_the_unpaired_test_cannot():
+    # the baseline's seeds spread 5 points; the method is 4.5-5 points ahead in every seed
+    base = [0.77, 0.80, 0.82]
+    ahead = [b + d for b, d in zip(base, (0.045, 0.050, 0.048))]
+    result = verdict(ahead, base, [None] * 3, [None] * 3, "accuracy", "steps")
+    assert result["accuracy"].test == "paired t" and result["accuracy"].low > 0
+    assert "4.77 points better at equal steps" in result["text"] and "P(better) 1.00" in result["text"]
+    unpaired_seeds = dict(zip((0, 1, 2), ahead)), dict(zip((3, 4, 5), base))
+    shuffled = verdict(*unpaired_seeds, [], [], "accuracy")
+    assert shuffled["accuracy"].test == "welch" and shuffled["text"].startswith("no significant difference")
+
+
+def test_a_method_that_misses_in_two_of_three_seeds_never_reads_as_sooner():
+    result = verdict([0.8] * 3, [0.8] * 3, [1.0, None, None], [80.0, 90.0, 85.0], "accuracy")
+    assert "sooner" not in result["text"] and "reaches the target in 1/3 seeds" in result["text"]
+    assert result["speed"].test == "wilcoxon" and result["speed"].diff < 0
+
+
+def test_every_pair_reached_compares_log_times_paired():
+    result = verdict([0.8] * 3, [0.8] * 3, [10.0, 11.0, 10.5], [20.0, 21.0, 19.5], "accuracy")
+    assert result["speed"].test == "paired t" and math.exp(result["speed"].diff) > 1.8
+    assert result["text"].startswith("reaches the target 1.9")
+
+
+def test_holm_correction_over_the_table_and_without_it():
+    base = [0.80, 0.81, 0.79, 0.80]
+    # two methods each about 2 SE ahead: p between 0.025 and 0.05 alone, not after Holm over both
+    ahead_a = [b + d for b, d in zip(base, (0.010, 0.005, 0.012, 0.004))]  # paired t 4.0: p 0.028
+    ahead_b = [b + d for b, d in zip(base, (0.011, 0.004, 0.013, 0.004))]  # paired t 3.4: p 0.042
+    outcomes = {
+        "baseline": {"records": [_record(s, v) for s, v in enumerate(base)], "errors": []},
+        "a": {"records": [_record(s, v) for s, v in enumerate(ahead_a)], "errors": []},
+        "b": {"records": [_record(s, v) for s, v in enumerate(ahead_b)], "errors": []},
+    }
+    raw = {r["method"]: r for r in summarize(outcomes, budget="steps", correction=False)["rows"]}
+    corrected = summarize(outcomes, budget="steps")
+    rows = {r["method"]: r for r in corrected["rows"]}
+    assert corrected["correction"] == "holm"
+    for name in ("a", "b"):
+        p = raw[name]["tests"]["accuracy"]["p"]
+        assert 0.025 < p < 0.05 and "better" in raw[name]["verdict"]
+        assert rows[name]["tests"]["accuracy"]["p_adjusted"] > 0.05  # Holm: 2 x 0.028 first, then max(0.056, 0.042)
+        assert rows[name]["verdict"] == "no significant difference"
+
+
+def test_median_time_to_target_counts_a_miss_as_infinite():
+    base = [_record(s, 0.8) for s in range(3)]
+    late = [_record(0, 0.8), _record(1, 0.6, values=(0.5, 0.55, 0.6)), _record(2, 0.6, values=(0.5, 0.55, 0.6))]
+    outcomes = {"baseline": {"records": base, "errors": []}, "late": {"records": late, "errors": []}}
+    rows = {r["method"]: r for r in summarize(outcomes, budget="steps")["rows"]}
+    assert rows["late"]["reached"] == 1 and rows["late"]["time_to_target_s"] is None
+    assert rows["baseline"]["reached"] == 3 and rows["baseline"]["time_to_target_s"] is not None
+
+
+def test_seed_s_of_two_methods_starts_from_the_same_weights_and_batches():
+    task = blobs_task("paired-blobs")
+    methods = ("baseline", "freezeout", "multirate")
+    runs = {m: new_run(task, m, resolve_settings(m, {}), 20, "constant", seed=4) for m in methods}
+    weights = {m: {k: v.clone() for k, v in model.state_dict().items()} for m, (model, _) in runs.items()}
+    for method in ("freezeout", "multirate"):
+        assert weights[method].keys() == weights["baseline"].keys()
+        for key, value in weights["baseline"].items():
+            torch.testing.assert_close(weights[method][key], value, rtol=0, atol=0)
+    examples = len(task.load_data(None, False).train[1])
+    first = [index for _, epoch, index in seeded_indices(examples, task.batch_size, seed=4, steps=20) if epoch == 0]
+    again = [index for _, epoch, index in seeded_indices(examples, task.batch_size, seed=4, steps=5) if epoch == 0]
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
