@@ -13,7 +13,7 @@ from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.runner import run_one
 from layerwise.compare.store import RunStore, config_changes
-from layerwise.tasks import Task, load_task_file, make_optimizer
+from layerwise.tasks import Task, load_task_file, make_optimizer, optimizer_preset
 
 TASK_FILE = """
 import torch
@@ -126,6 +126,7 @@ def test_an_optimizer_class_with_its_options():
     assert optimizer.defaults["rho"] == 0.8 and optimizer.defaults["lr"] == task.lr == 0.05
     assert optimizer.defaults["weight_decay"] == 1e-4
     assert task.settings()["optimizer"] == "torch.optim.adadelta.Adadelta"
+    assert optimizer_preset(task).class_path == "torch.optim.Adadelta"
     sgd = blobs_task("sgd-options", optimizer_options={"momentum": 0.5})
     preset = make_optimizer(sgd, [{"params": [nn.Parameter(torch.zeros(1))]}])
     assert preset.defaults["momentum"] == 0.5 and preset.defaults["nesterov"]
@@ -137,6 +138,15 @@ def test_a_run_trains_with_the_tasks_optimizer_class():
         record = run_one(task, method, seed=0, eval_points=1)
         assert record["optimizer"] == "Adadelta" and record["test_metric"] > 0.5
     assert run_one(blobs_task("hidlr-sgd"), "hidlr", seed=0, steps=4, eval_points=1)["optimizer"] == "HiDLR(SGD)"
+
+
+def test_a_comparison_trains_every_method_with_the_tasks_optimizer_class(tmp_path):
+    task = blobs_task("adadelta-compare", optimizer=torch.optim.Adadelta, lr=1.0)
+    methods = ["baseline", "freezeout", "multirate", "hidlr"]
+    result = compare(task, methods, out=tmp_path, budget="steps", eval_points=1, progress=False)
+    optimizers = {label: o["records"][0]["optimizer"] for label, o in result["outcomes"].items()}
+    assert optimizers["baseline"] == optimizers["freezeout"] == "Adadelta" and optimizers["hidlr"] == "HiDLR(Adadelta)"
+    assert "Adadelta at LR 1" in result["setting"] and "torch.optim.Adadelta" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize(

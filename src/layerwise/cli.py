@@ -329,7 +329,15 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="train every method at the task's LR times each factor (e.g. 0.01,0.1,1,10) and report the final "
         "metric against the factor; needs --task",
     )
-    p.add_argument("--seeds", type=_count(1), help="seeds per method (default 1; the llr study: 3)")
+    p.add_argument(
+        "--seeds",
+        metavar="N|auto[:MAX]",
+        help="seeds per method (default 1; the llr study: 3), or auto: 3, then one more to every undecided "
+        "method (and the baseline) until decided or MAX (default 10)",
+    )
+    p.add_argument(
+        "--max-minutes", type=float, metavar="M", help="with --seeds auto: start no seed round after M minutes"
+    )
     p.add_argument("--epochs", type=_count(1), help="the baseline's epochs (default: the task's)")
     p.add_argument("--train-size", type=_count(1), help="train on the first N examples (default: the task's budget)")
     p.add_argument("--test-size", type=_count(0), help="evaluate on the first N test examples (0: all; default 5000)")
@@ -448,6 +456,7 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         **_common_options(args),
         **{k: v for k, v in optional.items() if v is not None},
         "seeds": 1 if args.seeds is None else args.seeds,
+        **({} if args.max_minutes is None else {"max_minutes": args.max_minutes}),
         "policy": args.policy,
         "retime": args.retime,
         "correction": not args.no_correction,
@@ -472,13 +481,17 @@ def _methods_of(args: argparse.Namespace) -> list[str] | None:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from .compare.session import parse_seeds
     from .compare.study import run_study
 
     if args.methods or args.set or args.telemetry or args.task:
         raise ValueError("--study: runs its own tasks and variants; drop --task, --methods, --set and --telemetry")
     if _parallel_options(args):
         raise ValueError("--study: runs in one process; drop --nproc and --fsdp")
-    result = run_study(args.study, seeds=args.seeds or 3, out=args.out, **_common_options(args))
+    seeds, most = parse_seeds(args.seeds or 3)
+    if most is not None:
+        raise ValueError("--seeds: the llr study runs a fixed number of seeds; give a count")
+    result = run_study(args.study, seeds=seeds, out=args.out, **_common_options(args))
     print(result["text"])
     return 0
 

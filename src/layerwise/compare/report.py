@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..plotting import pyplot
-from .stats import Comparison, holm, reach
+from .stats import Comparison, decide_all, holm, log_ratios, reach, sizing
 from .targets import default_target, time_to_target, verdict, verdict_tests
 
 __all__ = ["markdown_table", "plot_all", "summarize", "write_html"]
@@ -55,6 +55,7 @@ def summarize(
     target_tolerance: float | None = None,
     budget: str = "time",
     correction: bool = True,
+    sequential: int | None = None,
 ) -> dict[str, Any]:
     """One row per method, and the target used for time to target (``budget``: what the runs had equal,
     ``"time"`` or ``"steps"``, for the verdicts' wording).
@@ -65,6 +66,9 @@ def summarize(
     infinite: none when half or more miss; how many reach it; its ratio to the baseline's), and the
     verdict against the baseline: paired by seed, with 95 % intervals, each question's p-values
     corrected over the table's methods by Holm's rule (``correction=False``: not corrected).
+    ``sequential``: the seeds were added until decided, at most this many: each question is decided
+    by the group-sequential rule (:func:`~layerwise.compare.stats.decide_all`) instead.
+    A row's ``open`` lists its undecided questions, ``sizing`` what its accuracy seeds could detect.
     """
     base_records = outcomes.get(baseline, {}).get("records", [])
     if target is None:
@@ -89,7 +93,8 @@ def summarize(
     for label in judged_labels:
         records = outcomes[label]["records"]
         tests[label] = verdict_tests(finals(records), finals(base_records), times(records), base_times, metric)
-    adjusted = _adjusted(tests, correction, void_speed is None)
+    seeded = {label: (finals(outcomes[label]["records"]), times(outcomes[label]["records"])) for label in tests}
+    decided = _decided(tests, seeded, (finals(base_records), base_times), correction, sequential, void_speed is None)
     base_median = _median_time(base_times)
     rows = []
     for label, outcome in outcomes.items():
@@ -103,7 +108,7 @@ def summarize(
         if label in tests:
             judged = verdict(
                 finals(records), finals(base_records), mine, base_times, metric, budget,
-                void_speed=void_speed, adjusted=adjusted[label],
+                void_speed=void_speed, decided=decided[label],
             )
         rows.append(
             {
@@ -120,12 +125,15 @@ def summarize(
                 "reached": sum(t is not None for t in mine.values()),
                 "target_ratio": None if not (ttt and base_median) or void_speed else base_median / ttt,
                 "verdict": "reference" if label == baseline else (judged or {}).get("text", "—"),
-                "tests": None if judged is None else _tests_dict(judged, adjusted[label]),
+                "tests": None if judged is None else _tests_dict(judged, decided[label]),
+                "open": [] if judged is None else [q for q in ("accuracy", "speed") if decided[label].get(q) is False],
+                "sizing": None if judged is None else _sizing(finals(records), finals(base_records)),
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in records])[0],
                 "notes": "; ".join(_notes(records, errors, base_records, budget_ratio)),
             }
         )
-    return {"rows": rows, "target": target, "correction": "holm" if correction else "none"}
+    rule = "sequential" if sequential is not None else "fixed"
+    return {"rows": rows, "target": target, "correction": "holm" if correction else "none", "rule": rule}
 
 
 def _seed(record: dict[str, Any], position: int) -> int:
@@ -141,29 +149,73 @@ def _median_time(times: dict[int, float | None]) -> float | None:
     return median if math.isfinite(median) else None
 
 
-def _adjusted(
-    tests: dict[str, dict[str, Comparison | None]], correction: bool, speed_valid: bool
-) -> dict[str, dict[str, float | None]]:
-    """Each method's accuracy and speed p-values after Holm's correction over the table (one family per question)."""
+def _decided(
+    tests: dict[str, dict[str, Comparison | None]],
+    seeded: dict[str, tuple[dict[int, float | None], dict[int, float | None]]],
+    base: tuple[dict[int, float | None], dict[int, float | None]],
+    correction: bool,
+    sequential: int | None,
+    speed_valid: bool,
+) -> dict[str, dict[str, bool | None]]:
+    """Per method and question (``accuracy``, ``speed``): decided (True), open (False) or not compared (None).
+
+    A fixed number of seeds: each comparison's p-value, Holm-corrected over the methods. Seeds added
+    until decided (``sequential``: their maximum): the group-sequential rule over the seed pairs.
+    """
     labels = list(tests)
-    out: dict[str, dict[str, float | None]] = {label: {} for label in labels}
+    out: dict[str, dict[str, bool | None]] = {label: {} for label in labels}
     for question in ("accuracy", "speed"):
-        p_values = [
-            None if tests[label][question] is None or (question == "speed" and not speed_valid)
-            else tests[label][question].p
-            for label in labels
+        compared = [
+            label for label in labels if tests[label][question] is not None and (question == "accuracy" or speed_valid)
         ]
-        for label, p in zip(labels, holm(p_values, correct=correction).p):
-            out[label][question] = p
+        if sequential is None:
+            flags = holm([tests[label][question].p for label in compared], correct=correction).decided
+        else:
+            diffs = {label: _pair_diffs(question, seeded[label], base) for label in compared}
+            statistic = "t" if question == "accuracy" else "signed rank"
+            ruled = decide_all(diffs, sequential, statistic=statistic, correct=correction)
+            flags = tuple(ruled[label].verdict != "undecided" for label in compared)
+        for label in labels:
+            out[label][question] = dict(zip(compared, flags)).get(label)
     return out
 
 
-def _tests_dict(judged: dict[str, Any], adjusted: dict[str, float | None]) -> dict[str, Any]:
-    """The verdict's two comparisons as plain dicts (the JSON and HTML read them), with the corrected p
-    (no comparison, e.g. speed voided or under 2 seeds: every value None)."""
+def _pair_diffs(
+    question: str,
+    mine: tuple[dict[int, float | None], dict[int, float | None]],
+    base: tuple[dict[int, float | None], dict[int, float | None]],
+) -> list[float]:
+    """The per-seed-pair differences the sequential rule reads: metric differences, or log time ratios
+    (a miss infinite); only seeds both sides have, in seed order."""
+    if question == "accuracy":
+        return _metric_diffs(mine[0], base[0])
+
+    def infinite(times: dict[int, float | None]) -> dict[int, float]:
+        return {seed: math.inf if t is None else t for seed, t in times.items()}
+
+    return log_ratios(infinite(mine[1]), infinite(base[1]))
+
+
+def _metric_diffs(mine: dict[int, float | None], base: dict[int, float | None]) -> list[float]:
+    """Method minus baseline per seed both finished, in seed order."""
+    shared = sorted(s for s in mine.keys() & base.keys() if mine[s] is not None and base[s] is not None)
+    return [mine[s] - base[s] for s in shared]
+
+
+def _sizing(mine: dict[int, float | None], base: dict[int, float | None]) -> dict[str, Any] | None:
+    """For the accuracy question: the smallest difference these seed pairs detect, the pairs the observed one needs."""
+    diffs = _metric_diffs(mine, base)
+    if len(diffs) < 2:
+        return None
+    return asdict(sizing(diffs))
+
+
+def _tests_dict(judged: dict[str, Any], decided: dict[str, bool | None]) -> dict[str, Any]:
+    """The verdict's two comparisons as plain dicts (the JSON and HTML read them), with whether each is
+    decided after the correction (no comparison, e.g. speed voided or under 2 seeds: every value None)."""
     empty = {"test": None, "diff": None, "low": None, "high": None, "p": None}
     plain = {q: empty if judged[q] is None else asdict(judged[q]) for q in ("accuracy", "speed")}
-    return {question: {**values, "p_adjusted": adjusted[question]} for question, values in plain.items()}
+    return {question: {**values, "decided": decided.get(question)} for question, values in plain.items()}
 
 
 def _notes(

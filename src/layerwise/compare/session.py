@@ -26,7 +26,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -229,6 +229,36 @@ def _plan(
     return plan
 
 
+AUTO_SEEDS = (3, 10)
+"""``--seeds auto``: the seeds every method starts with, and the default most a method gets."""
+
+
+def parse_seeds(seeds: int | str) -> tuple[int, int | None]:
+    """``seeds`` as given: a count, or ``"auto"`` / ``"auto:MAX"``: 3 seeds, then one more per round to
+    the baseline and every undecided method, at most MAX (default 10). Returns (start, MAX or None).
+
+    >>> parse_seeds(3), parse_seeds("auto"), parse_seeds("auto:6")
+    ((3, None), (3, 10), (3, 6))
+    """
+    if isinstance(seeds, str) and (seeds == "auto" or seeds.startswith("auto:")):
+        most = seeds.partition(":")[2] or str(AUTO_SEEDS[1])
+        if not most.isdigit() or int(most) < AUTO_SEEDS[0]:
+            raise ValueError(f"--seeds: auto or auto:MAX with an integer MAX >= {AUTO_SEEDS[0]}, got {seeds!r}")
+        return AUTO_SEEDS[0], int(most)
+    if isinstance(seeds, str):
+        if not seeds.isdigit():
+            raise ValueError(f"--seeds: a count >= 1, auto, or auto:MAX, got {seeds!r}")
+        seeds = int(seeds)
+    positive_int("--seeds", seeds)
+    return seeds, None
+
+
+def _check_minutes(max_minutes: float | None) -> None:
+    valid = isinstance(max_minutes, (int, float)) and not isinstance(max_minutes, bool) and 0 < max_minutes < math.inf
+    if max_minutes is not None and not valid:
+        raise ValueError(f"--max-minutes: a finite number of minutes > 0, got {max_minutes!r}")
+
+
 @dataclass(frozen=True)
 class _Comparison:
     """One comparison's fixed context: what it trains, for how long, and where it writes."""
@@ -243,6 +273,11 @@ class _Comparison:
     nproc: int | None
     engine: str | None
     progress: bool
+    seed_counts: dict[str, int] = field(default_factory=dict)
+    """Seeds of each label beyond ``seeds`` (``--seeds auto`` adds them to undecided methods)."""
+
+    def seeds_of(self, label: str) -> int:
+        return self.seed_counts.get(label, self.seeds)
 
     def keys(self) -> dict[str, str]:
         """Each label's variant key in the run store (and in the plan)."""
@@ -254,7 +289,9 @@ class _Comparison:
         Seed 0 of every method, then seed 1, ...: a slow phase of the machine spreads over the
         methods instead of landing on whole methods, and each finished seed is a paired round.
         """
-        return [(label, m, s, seed) for seed in range(self.seeds) for label, m, s in self.resolved]
+        most = max([self.seeds, *self.seed_counts.values()])
+        seeded = [(seed, variant) for seed in range(most) for variant in self.resolved]
+        return [(label, m, s, seed) for seed, (label, m, s) in seeded if seed < self.seeds_of(label)]
 
 
 def compare_variants(
@@ -273,6 +310,7 @@ def compare_variants(
     retime: bool = False,
     note: str = "",
     correction: bool = True,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -287,12 +325,18 @@ def compare_variants(
         note: a sentence added to the report's description of the setting.
         correction: correct each question's p-values over the methods by Holm's rule (False: raw
             p-values, each method tested at 5 % alone).
+        seeds: a count, or ``"auto"`` / ``"auto:MAX"``: seeds added until every method is decided
+            (:func:`parse_seeds`; the verdicts then use the group-sequential rule).
+        max_minutes: with ``seeds="auto"``: add no seed round once this invocation has spent this
+            many minutes.
 
     Returns ``{"rows", "table", "setting", "outcomes", "plan", "target", "paths"}``.
     """
     task = resolve_task(task)
     config = config or CompareConfig()
-    resolved, model, partition = _checked_variants(task, variants, config, seeds, target, target_tolerance, tensorboard)
+    start, most = parse_seeds(seeds)
+    _check_minutes(max_minutes)
+    resolved, model, partition = _checked_variants(task, variants, config, start, target, target_tolerance, tensorboard)
     nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
     group = group_for(config.nproc, config.fsdp)
     if group is not None and group.rank != 0:  # a torchrun follower: rank 0 sends every run
@@ -300,25 +344,73 @@ def compare_variants(
         return {"follower": True, "rank": group.rank, "rows": [], "outcomes": {}, "unsaved": []}
     epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
     train_size = config.train_size or (task.quick_train_size if config.quick else task.train_size)
-    comparison = _Comparison(task, config, resolved, seeds, Path(out), epochs, train_size, nproc, engine, progress)
+    comparison = _Comparison(task, config, resolved, start, Path(out), epochs, train_size, nproc, engine, progress)
+    judging = _Judging(target, target_tolerance, correction, most)
     store_key = _store_key(comparison, own_data=data is None)
     # one comparison per --out at a time; followers end with the group
     with group or nullcontext(), locked(comparison.out), RunStore(comparison.out / "runs.sqlite", store_key) as store:
         invocation = fingerprint()
         if engine is not None:
             invocation["nproc"], invocation["engine"] = nproc, engine
-        todo = _due_runs(store, comparison, invocation["invocation"] if retime else None)
-        if todo:
-            data = data if data is not None else _load_data(task, config)
-            warm_up(task, data)
-        plan = _budget_plan(store, comparison, data, todo, group)
+        started, unsaved, plan, warm = time.perf_counter(), {}, None, False
         run = run_one if group is None else group.run_one
-        unsaved = _train_due(store, comparison, todo, run, data, plan, invocation, tensorboard)
-        outcomes = _collect_outcomes(store, comparison, unsaved)
-    report = _write_report(
-        comparison, model, partition, outcomes, plan, (target, target_tolerance), title, note, correction
-    )
+        while True:  # one round; with --seeds auto, again while methods are undecided
+            todo = _due_runs(store, comparison, invocation["invocation"] if retime else None)
+            if todo and not warm:
+                data = data if data is not None else _load_data(task, config)
+                warm_up(task, data)
+                warm = True
+            plan = plan if plan is not None and not todo else _budget_plan(store, comparison, data, todo, group)
+            unsaved |= _train_due(store, comparison, todo, run, data, plan, invocation, tensorboard)
+            outcomes = _collect_outcomes(store, comparison, unsaved)
+            spent = (time.perf_counter() - started) / 60
+            if most is None or (max_minutes is not None and spent >= max_minutes):
+                break
+            if not _add_seeds(comparison, _open_labels(outcomes, comparison, judging), most):
+                break
+    report = _write_report(comparison, model, partition, outcomes, plan, judging, title, note)
     return {**report, "plan": plan, "outcomes": outcomes, "unsaved": sorted(unsaved)}
+
+
+@dataclass(frozen=True)
+class _Judging:
+    """How the verdicts are reached: the target, the correction, the seeds' maximum under ``--seeds auto``."""
+
+    target: float | None
+    target_tolerance: float | None
+    correction: bool
+    most: int | None
+
+
+def _summary(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> dict[str, Any]:
+    baseline = "baseline" if "baseline" in outcomes else comparison.resolved[0][0]
+    return summarize(
+        outcomes,
+        baseline=baseline,
+        metric=comparison.task.metric,
+        target=judging.target,
+        target_tolerance=judging.target_tolerance,
+        budget=comparison.config.budget,
+        correction=judging.correction,
+        sequential=judging.most,
+    )
+
+
+def _open_labels(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> list[str]:
+    """The methods with a question the sequential rule has not decided yet."""
+    return [row["method"] for row in _summary(outcomes, comparison, judging)["rows"] if row["open"]]
+
+
+def _add_seeds(comparison: _Comparison, open_labels: Sequence[str], most: int) -> bool:
+    """One more seed to the baseline and every open method below ``most`` seeds; False when none gets one."""
+    growing = [label for label in open_labels if comparison.seeds_of(label) < most]
+    if not growing:
+        return False
+    labels = [label for label, _, _ in comparison.resolved]
+    baseline = "baseline" if "baseline" in labels else labels[0]
+    for label in {baseline, *growing}:
+        comparison.seed_counts[label] = comparison.seeds_of(label) + 1
+    return True
 
 
 def _checked_variants(
@@ -507,31 +599,17 @@ def _write_report(
     partition: Partition,
     outcomes: dict[str, dict[str, list]],
     plan: dict[str, Any] | None,
-    targeting: tuple[float | None, float | None],
+    judging: _Judging,
     title: str | None,
     note: str,
-    correction: bool,
 ) -> dict[str, Any]:
-    """The summary rows, ``results.md``, the plots and ``report.html``; the report's parts.
-
-    ``targeting``: the target and the tolerance below the baseline that sets it when it is None.
-    """
+    """The summary rows, ``results.md`` (the answer first), the plots and ``report.html``; the report's parts."""
     task, config, out = comparison.task, comparison.config, comparison.out
-    target, target_tolerance = targeting
-    baseline = "baseline" if "baseline" in outcomes else comparison.resolved[0][0]
-    summary = summarize(
-        outcomes,
-        baseline=baseline,
-        metric=task.metric,
-        target=target,
-        target_tolerance=target_tolerance,
-        budget=config.budget,
-        correction=correction,
-    )
+    summary = _summary(outcomes, comparison, judging)
     rows, target_value = summary["rows"], summary["target"]
     table = markdown_table(rows, task.metric, budget=config.budget)
     title = title or f"layerwise compare: {task.name}"
-    setting = _setting_text(comparison, outcomes, plan, target_value) + " " + _verdicts_text(rows, correction)
+    setting = _setting_text(comparison, outcomes, plan, target_value) + " " + _verdicts_text(rows, judging)
     setting += f" {note}" if note else ""
     snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy)
     (out / "results.md").write_text(f"# {title}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}")
@@ -551,7 +629,7 @@ def _write_report(
     }
 
 
-def _verdicts_text(rows: Sequence[dict[str, Any]], correction: bool) -> str:
+def _verdicts_text(rows: Sequence[dict[str, Any]], judging: _Judging) -> str:
     """How the verdicts were reached: pairing, intervals, the correction over the table's methods."""
     accuracy = {r["method"]: (r["tests"] or {}).get("accuracy") for r in rows}
     unpaired = [method for method, test in accuracy.items() if test and test["test"] == "welch"]
@@ -559,14 +637,27 @@ def _verdicts_text(rows: Sequence[dict[str, Any]], correction: bool) -> str:
     fallback = f" (Welch's unpaired test for {', '.join(unpaired)}: seeds differ)" if unpaired else ""
     corrected = (
         f"p-values corrected over the {judged} methods of each question by Holm's rule"
-        if correction
+        if judging.correction
         else "no correction over the methods (--no-correction)"
     )
+    if judging.most is not None:
+        holm = ", Holm's step-down over the methods" if judging.correction else ""
+        corrected = (
+            f"seeds added until decided (3 to {judging.most}), each question decided by the group-sequential "
+            f"boundary for up to {judging.most} pairs{holm}"
+        )
     return (
         f"Verdicts: seed s of every method paired with the baseline's seed s{fallback}; accuracy by the paired t, "
         f"speed by the paired t on log times (Wilcoxon's signed rank when a seed misses the target); {corrected}; "
         "a difference is claimed at 5 % (docs/verdicts.md)."
     )
+
+
+def _seeds_text(comparison: _Comparison) -> str:
+    counts = {label: comparison.seeds_of(label) for label, _, _ in comparison.resolved}
+    if len(set(counts.values())) == 1:
+        return f"{comparison.seeds} seed(s)" if not comparison.seed_counts else f"{next(iter(counts.values()))} seeds"
+    return "seeds per method: " + ", ".join(f"{label} {n}" for label, n in counts.items())
 
 
 def _setting_text(
@@ -584,7 +675,7 @@ def _setting_text(
     policy = f"global policy {config.policy}" + (f" unless a variant sets its own ({', '.join(own)})" if own else "")
     return (
         f"{task.description or task.name}. {used or 'all'} training examples, {tested} test examples, batch "
-        f"{task.batch_size}, {task.optimizer} at LR {task.lr:g}, {policy}, {comparison.seeds} seed(s). "
+        f"{task.batch_size}, {task.optimizer_name} at LR {task.lr:g}, {policy}, {_seeds_text(comparison)}. "
         f"{budget_text} {target_text} Training time excludes the {config.eval_points} evaluations per run."
     )
 
@@ -708,6 +799,7 @@ _RUN_OPTIONS = (
     "data",
     "retime",
     "correction",
+    "max_minutes",
 )
 
 
@@ -745,7 +837,8 @@ def check_request(
     check_methods(task, methods, partition)
     check_parallel(config.nproc, config.fsdp, task, methods)
     rest = {k: v for k, v in options.items() if k not in config_fields}
-    positive_int("--seeds", rest.get("seeds", 1))
+    parse_seeds(rest.get("seeds", 1))
+    _check_minutes(rest.get("max_minutes"))
     check_target(rest.get("target"), task.metric)
     if rest.get("target_tolerance") is not None:
         finite_nonneg("--target-tolerance", rest["target_tolerance"])

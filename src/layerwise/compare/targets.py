@@ -144,19 +144,19 @@ def verdict(
     budget: str = "time",
     *,
     void_speed: str | None = None,
-    adjusted: Mapping[str, float | None] | None = None,
+    decided: Mapping[str, bool | None] | None = None,
 ) -> dict[str, Any]:
     """A method against the baseline at equal cost: both comparisons with their 95 % intervals, and a sentence.
 
     ``finals``: final test metrics per seed; ``times``: time to target per seed (None: not reached).
     ``budget``: what the runs had equal, ``"time"`` or ``"steps"`` (the sentence says which).
     ``void_speed``: why times cannot be compared (the sentence says it instead of any speed claim).
-    ``adjusted``: the p-values of ``accuracy`` and ``speed`` after the table's correction (default:
-    their own); a difference is claimed when it is at most :data:`ALPHA`.
+    ``decided``: whether ``accuracy`` and ``speed`` are decided after the table's correction or by the
+    sequential rule (default: each comparison's own p-value at most :data:`ALPHA`).
     """
     tests = verdict_tests(finals, baseline_finals, times, baseline_times, metric)
     accuracy, speed = tests["accuracy"], tests["speed"] if void_speed is None else None
-    adjusted = adjusted or {}
+    decided = decided or {}
     mine = [v for v in _by_seed(finals).values() if v is not None]
     base = [v for v in _by_seed(baseline_finals).values() if v is not None]
     all_times = list(_by_seed(times).values())
@@ -166,18 +166,19 @@ def verdict(
         result["text"] = "no finished runs to compare"
         return result
 
-    def decided(name: str, test: Comparison | None) -> bool:
-        p = adjusted.get(name, None if test is None else test.p)
-        return test is not None and test.diff is not None and p is not None and p <= ALPHA
+    def claimed(name: str, test: Comparison | None) -> bool:
+        if test is None or test.diff is None:
+            return False
+        return bool(decided[name]) if name in decided else test.p is not None and test.p <= ALPHA
 
     parts = []
-    if decided("speed", speed):
+    if claimed("speed", speed):
         parts.append(_speed_text(speed))
     if all_times and not reached:
         parts.append(f"does not reach the target (0/{len(all_times)} seeds)")
     elif len(reached) < len(all_times):
         parts.append(f"reaches the target in {len(reached)}/{len(all_times)} seeds")
-    if decided("accuracy", accuracy):
+    if claimed("accuracy", accuracy):
         parts.append(_accuracy_text(accuracy, metric, budget))
     if accuracy.diff is None:  # one seed on a side: the differences, without an interval
         parts.append(_one_seed_text(mine, base, reached, _by_seed(baseline_times), metric, budget, void_speed))

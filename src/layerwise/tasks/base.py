@@ -195,6 +195,13 @@ class OptimizerPreset:
         """The optimizer over ``param_groups`` (their own ``lr`` and ``weight_decay`` win)."""
         return self.cls(param_groups, lr=lr, weight_decay=weight_decay, **self.options)
 
+    @property
+    def class_path(self) -> str:
+        """The class as code names it after ``import torch`` (and its module, outside ``torch.optim``)."""
+        if getattr(torch.optim, self.cls.__name__, None) is self.cls:
+            return f"torch.optim.{self.cls.__name__}"
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
 
 OPTIMIZER_PRESETS: Registry[OptimizerPreset] = Registry("optimizer")
 """The optimizers a :class:`Task` can name."""

@@ -35,7 +35,7 @@ from ..._registry import Registry
 from ...freezing import Freezer
 from ...groups import Partition
 from ...scheduler import LayerwiseLR
-from ...tasks import OPTIMIZER_PRESETS, Task, make_optimizer
+from ...tasks import Task, make_optimizer, optimizer_preset
 
 __all__ = [
     "LOOPS",
@@ -368,10 +368,10 @@ def loop(kind: str, steps: int) -> str:
 def optimizer_line(build: Build) -> str:
     """The snippet line making ``opt`` as :meth:`Build.optimizer` does: the task's preset over ``part``."""
     task = build.task
-    preset = OPTIMIZER_PRESETS.get(task.optimizer)
+    preset = optimizer_preset(task)
     options = "".join(f", {k}={v!r}" for k, v in preset.options.items())
     return (
-        f"opt = torch.optim.{preset.cls.__name__}(part.param_groups(lr={task.lr:g}, "
+        f"opt = {preset.class_path}(part.param_groups(lr={task.lr:g}, "
         f'weight_decay={task.weight_decay:g}, no_decay=("bias", "norm")), lr={task.lr:g}{options})'
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..._checks import boolean, finite_nonneg, int_between, optional, positive_int
 from ...multirate import Multirate
-from ...tasks import OPTIMIZER_PRESETS, Task
+from ...tasks import Task, optimizer_preset
 from .kit import (
     Build,
     Check,
@@ -45,7 +45,7 @@ def _fast(context: Build, fast: Any) -> list[str]:
 def _base_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The task preset's options; heavy-ball momentum (no Nesterov), the paper's Algorithm 1, unless asked;
     the ablations' ``drift`` (False: Algorithm 2), ``same_lr`` (h_S = h_F) and ``weight_decay``."""
-    options = dict(OPTIMIZER_PRESETS.get(task.optimizer).options)
+    options = dict(optimizer_preset(task).options)
     if settings["heavy_ball"] and options.get("nesterov"):
         options["nesterov"] = False
     decay = settings["weight_decay"]
@@ -59,7 +59,7 @@ def _base_options(task: Task, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def _multirate(context: Build, settings: dict[str, Any]) -> Setup:
     k, task = settings["k"], context.task
-    preset = OPTIMIZER_PRESETS.get(task.optimizer)
+    preset = optimizer_preset(task)
     # h = k x the task's LR: the fast part steps the task's LR every step, the slow part k x it every k steps
     optimizer = Multirate.from_partition(
         context.partition,
@@ -75,11 +75,11 @@ def _multirate(context: Build, settings: dict[str, Any]) -> Setup:
 
 def _multirate_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     task, k = build.task, settings["k"]
-    preset = OPTIMIZER_PRESETS.get(task.optimizer)
+    preset = optimizer_preset(task)
     options = "".join(f", {key}={value!r}" for key, value in _base_options(task, settings).items())
     return (
         f"opt = layerwise.Multirate.from_partition(part, fast={_fast(build, settings['fast'])!r}, "
-        f"lr={task.lr * k:g}, k={k}, base=torch.optim.{preset.cls.__name__}, model=model{options})\n"
+        f"lr={task.lr * k:g}, k={k}, base={preset.class_path}, model=model{options})\n"
         f"{policy_snippet(build)}"
     )
 

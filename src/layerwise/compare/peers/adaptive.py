@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from ..._checks import boolean, fraction, optional, positive_int, positive_number
 from ...groups import Partition
-from ...tasks import OPTIMIZER_PRESETS, Task
+from ...tasks import Task, optimizer_preset
 from ..methods.kit import Build, Method, Setup, checked, loop, policy_only, register_method
 from .shared import NOT_DEFAULT, all_of, groups_at, groups_expr, needs_package, policy_loop
 
@@ -26,7 +26,7 @@ _FLATTENS = (
 
 def _family(task: Task) -> str | None:
     """``"sgd"`` or ``"adam"``: which variant of an optimizer peer matches the task's preset."""
-    cls = OPTIMIZER_PRESETS.get(task.optimizer).cls
+    cls = optimizer_preset(task).cls
     if issubclass(cls, torch.optim.SGD):
         return "sgd"
     if issubclass(cls, (torch.optim.Adam, torch.optim.AdamW)):
@@ -37,7 +37,7 @@ def _family(task: Task) -> str | None:
 def _sgd_or_adam(task: Task, partition: Partition) -> str | None:
     del partition
     if _family(task) is None:
-        return f"the task's optimizer preset {task.optimizer!r} is neither SGD-like nor Adam-like"
+        return f"the task's optimizer preset {task.optimizer_name!r} is neither SGD-like nor Adam-like"
     return None
 
 
@@ -78,7 +78,7 @@ _PRODIGY = Method(
 
 
 def _preset_momentum(task: Task) -> float:
-    return float(OPTIMIZER_PRESETS.get(task.optimizer).options.get("momentum", 0.0))
+    return float(optimizer_preset(task).options.get("momentum", 0.0))
 
 
 def _dadapt(context: Build, settings: dict[str, Any]) -> Setup:

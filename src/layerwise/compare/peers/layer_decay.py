@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..._checks import fraction, positive_int
-from ...tasks import OPTIMIZER_PRESETS, make_optimizer
+from ...tasks import make_optimizer, optimizer_preset
 from ..methods.kit import Build, Method, Setup, needs_groups, policy_only, policy_snippet, register_method
 from .shared import NOT_DEFAULT
 
@@ -35,12 +35,12 @@ def _layer_decay(context: Build, settings: dict[str, Any]) -> Setup:
 
 def _layer_decay_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     task = build.task
-    preset = OPTIMIZER_PRESETS.get(task.optimizer)
+    preset = optimizer_preset(task)
     options = "".join(f", {k}={v!r}" for k, v in preset.options.items())
     return (
         "import layerwise.compare.peers\n"
         f"mults = layerwise.compare.peers.layer_decay_multipliers(len(part), {settings['decay']!r})\n"
-        f"opt = torch.optim.{preset.cls.__name__}(part.param_groups(lr={task.lr:g}, lr_mult=mults, "
+        f"opt = {preset.class_path}(part.param_groups(lr={task.lr:g}, lr_mult=mults, "
         f'weight_decay={task.weight_decay:g}, no_decay=("bias", "norm")), lr={task.lr:g}{options})\n'
         f"{policy_snippet(build)}"
     )
