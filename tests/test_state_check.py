@@ -51,11 +51,14 @@ TECHNIQUE = {
 }
 
 
-@pytest.mark.parametrize("target", CASES)
+TECHNIQUES = [c for c in CASES if c != "muon"]  # the muon case's technique is FreezeOut (over the Muon split)
+
+
+@pytest.mark.parametrize("target", TECHNIQUES)
 def test_a_checkpoint_of_another_technique_is_refused_and_nothing_is_loaded(target):
     model, opt, holder = _stateful(target, steps=4)
     before = _snapshot(model, opt, holder)
-    for source in CASES:
+    for source in TECHNIQUES:
         if source == target:
             continue
         saved = _stateful(source)[2].state_dict()

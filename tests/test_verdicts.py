@@ -171,3 +171,32 @@ def test_bad_seed_rules_are_refused_before_anything_loads(options, flag, tmp_pat
     with pytest.raises(ValueError, match=flag):
         check_request("fashion-mnist", ["baseline"], out=tmp_path, **options)
     assert not any(tmp_path.iterdir())
+
+
+def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, monkeypatch):
+    import layerwise.compare.session as session
+    from layerwise.compare import compare
+    from layerwise.compare.report import AA_LABEL
+    from layerwise.tasks import TASKS, register_task
+
+    if "aa-blobs" not in TASKS:
+        register_task(blobs_task("aa-blobs"))
+    calls = []
+    real = session.run_one
+
+    def counted(task, method, *args, seed, **kwargs):
+        calls.append((method, seed))
+        return real(task, method, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(session, "run_one", counted)
+    options = {"policy": "constant", "progress": False, "eval_points": 2, "budget": "steps", "seeds": 2}
+    result = compare("aa-blobs", ["baseline", "llr"], out=tmp_path, aa=True, **options)
+    assert sorted(calls) == [("baseline", 0), ("baseline", 0), ("baseline", 1), ("baseline", 1), ("llr", 0), ("llr", 1)]
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows[AA_LABEL]["runs"] == 2 and rows[AA_LABEL]["tests"] is not None
+    assert result["answer"].startswith("- Best model at equal steps:")
+    floor = rows[AA_LABEL]["verdict"]
+    assert f"Noise floor (the baseline against its own second run, --aa): {floor}" in result["answer"]
+    text = (tmp_path / "results.md").read_text()
+    assert text.index("Noise floor") < text.index("| method |")
+    assert "Noise floor" in (tmp_path / "report.html").read_text()

@@ -372,6 +372,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="rerun the finished runs an earlier invocation timed, so every time in the report is from this one",
     )
     p.add_argument(
+        "--aa",
+        action="store_true",
+        help="also run the baseline a second time: its verdict against the baseline is the noise floor",
+    )
+    p.add_argument(
         "--no-correction",
         action="store_true",
         help="test each method against the baseline at 5 %% alone (default: Holm's correction over the methods)",
@@ -460,6 +465,7 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         "policy": args.policy,
         "retime": args.retime,
         "correction": not args.no_correction,
+        "aa": args.aa,
         "budget": args.budget,
         "eval_points": args.eval_points,
         "tensorboard": args.tensorboard,
@@ -522,7 +528,7 @@ def _main_job(args: argparse.Namespace, methods: list[str] | None, options: dict
     out = args.out or Path("runs/compare")
     result = run_main(out=out, methods=methods, settings=parse_overrides(args.set), **options)
     for section in result["sections"]:
-        print(f"\n## {section['heading']}\n\n{section['setting']}\n\n{section['table']}")
+        print(f"\n## {section['heading']}\n\n{section['answer']}\n\n{section['setting']}\n\n{section['table']}")
     print(f"\nwrote {result['paths']['markdown']} and {result['paths']['html']} ({result['minutes']:.1f} minutes)")
     return _failures(result["sections"])
 
@@ -543,7 +549,7 @@ def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options
     if result.get("follower"):  # a torchrun rank other than 0: rank 0 reports
         return 0
     paths = result["paths"]
-    print(f"\n{result['setting']}\n\n{result['table']}\n")
+    print(f"\n{result['answer']}\n\n{result['setting']}\n\n{result['table']}\n")
     print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots'])} plots, run records in {paths['runs']}")
     return _failures([result])
 

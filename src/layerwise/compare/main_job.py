@@ -94,6 +94,8 @@ def run_main(
         markdown += [
             f"## {regime.heading}",
             "",
+            section["answer"],
+            "",
             section["setting"],
             "",
             f"Why this size: {regime.why}",
@@ -114,6 +116,7 @@ def run_main(
                 budget=section["budget"],
                 base=out,
                 level=2,
+                answer=section["answer"],
             )
         )
     (out / "results.md").write_text("\n".join(markdown))

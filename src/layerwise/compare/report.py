@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,12 @@ import numpy as np
 
 from ..plotting import pyplot
 from .stats import Comparison, decide_all, holm, log_ratios, reach, sizing
-from .targets import default_target, time_to_target, verdict, verdict_tests
+from .targets import default_target, higher_is_better, time_to_target, verdict, verdict_tests
 
-__all__ = ["markdown_table", "plot_all", "summarize", "write_html"]
+__all__ = ["AA_LABEL", "answer", "markdown_table", "plot_all", "summarize", "write_html"]
+
+AA_LABEL = "baseline (A/A)"
+"""``--aa``: the baseline's second run under this name; its verdict is the machine's noise floor."""
 
 Outcomes = dict[str, dict[str, list]]
 
@@ -136,6 +140,63 @@ def summarize(
     return {"rows": rows, "target": target, "correction": "holm" if correction else "none", "rule": rule}
 
 
+def answer(rows: list[dict[str, Any]], metric: str, budget: str = "time") -> str:
+    """The report's first lines: for each question, the methods decided better or worse than the
+    baseline, the undecided ones with what would decide them, and the A/A noise floor when it ran.
+
+    >>> row = {"method": "m", "tests": {"accuracy": {"decided": True, "diff": 0.02}, "speed": {"decided": None}},
+    ...        "open": [], "sizing": None, "runs": 3, "verdict": "2.00 points better"}
+    >>> print(answer([row], "accuracy"))
+    - Best model at equal time: better m (+2.00 points).
+    - Soonest to the target: no method compared.
+    """
+    scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "loss")
+    judged = [r for r in rows if r["tests"] is not None and r["method"] != AA_LABEL]
+    at = "at equal time" if budget == "time" else "at equal steps"
+    lines = [
+        f"- Best model {at}: " + _question(judged, "accuracy", lambda d: f"{d * scale:+.2f} {unit}", metric),
+        "- Soonest to the target: " + _question(judged, "speed", lambda d: f"{math.exp(d):.2f}x", "speed"),
+    ]
+    twin = next((r for r in rows if r["method"] == AA_LABEL), None)
+    if twin is not None:
+        lines.append(f"- Noise floor (the baseline against its own second run, --aa): {twin['verdict']}.")
+    missing = [r["method"] for r in rows if r["runs"] == 0]
+    if missing:
+        lines.append(f"- No finished run: {', '.join(missing)}.")
+    return "\n".join(lines)
+
+
+def _question(rows: list[dict[str, Any]], question: str, effect: Callable[[float], str], sense: str) -> str:
+    """One question's answer: decided better/worse (with the effect), undecided (with what would decide)."""
+    tested = [r for r in rows if r["tests"][question].get("decided") is not None]
+    if not tested:
+        return "no method compared."
+    # speed: diff = log(baseline time / method time), > 0 is sooner; a metric: its own direction
+    up = sense == "speed" or higher_is_better(sense)
+    decided = [r for r in tested if r["tests"][question]["decided"]]
+    good = [r for r in decided if (r["tests"][question]["diff"] > 0) == up]
+    bad = [r for r in decided if (r["tests"][question]["diff"] > 0) != up]
+    words = ("sooner", "later") if sense == "speed" else ("better", "worse")
+    parts = [
+        f"{word} " + ", ".join(f"{r['method']} ({effect(r['tests'][question]['diff'])})" for r in group)
+        for word, group in zip(words, (good, bad))
+        if group
+    ]
+    open_ = [r for r in tested if not r["tests"][question]["decided"]]
+    if open_:
+        parts.append("undecided " + ", ".join(_open_text(r, question) for r in open_))
+    return "; ".join(parts) + "."
+
+
+def _open_text(row: dict[str, Any], question: str) -> str:
+    """An undecided method and what would decide it (accuracy: the seeds its observed difference needs)."""
+    sizing = row.get("sizing") or {}
+    if question != "accuracy" or not sizing.get("needed"):
+        return row["method"]
+    more = max(0, sizing["needed"] - sizing["pairs"])
+    return f"{row['method']} (its observed difference needs {sizing['needed']} seeds: {more} more)"
+
+
 def _seed(record: dict[str, Any], position: int) -> int:
     """A run's seed (records written before seeds were stored: their position)."""
     return record.get("seed", position)
@@ -168,15 +229,17 @@ def _decided(
         compared = [
             label for label in labels if tests[label][question] is not None and (question == "accuracy" or speed_valid)
         ]
-        if sequential is None:
-            flags = holm([tests[label][question].p for label in compared], correct=correction).decided
-        else:
-            diffs = {label: _pair_diffs(question, seeded[label], base) for label in compared}
-            statistic = "t" if question == "accuracy" else "signed rank"
-            ruled = decide_all(diffs, sequential, statistic=statistic, correct=correction)
-            flags = tuple(ruled[label].verdict != "undecided" for label in compared)
-        for label in labels:
-            out[label][question] = dict(zip(compared, flags)).get(label)
+        # the A/A twin is judged alone: it calibrates the table, it is not one of its claims
+        for family in ([label for label in compared if label != AA_LABEL], [AA_LABEL] if AA_LABEL in compared else []):
+            if sequential is None:
+                flags = holm([tests[label][question].p for label in family], correct=correction).decided
+            else:
+                diffs = {label: _pair_diffs(question, seeded[label], base) for label in family}
+                statistic = "t" if question == "accuracy" else "signed rank"
+                ruled = decide_all(diffs, sequential, statistic=statistic, correct=correction)
+                flags = tuple(ruled[label].verdict != "undecided" for label in family)
+            for label, flag in zip(family, flags):
+                out[label][question] = flag
     return out
 
 
@@ -500,8 +563,9 @@ def html_section(
     budget: str = "time",
     base: Path | None = None,
     level: int = 1,
+    answer: str = "",
 ) -> str:
-    """The body of one comparison's report: heading, setting, table, plots, snippets.
+    """The body of one comparison's report: heading, the answer, setting, table, plots, snippets.
 
     ``base``: the folder the page lives in (image paths are relative to it; default: the plots' folder).
     """
@@ -524,7 +588,10 @@ def html_section(
         for label, text in (snippets or {}).items()
     )
     code = f"<h{level + 1}>Each method in a plain PyTorch loop</h{level + 1}>{code}" if code else ""
+    answered = "".join(f"<li>{html.escape(line.removeprefix('- '))}</li>" for line in answer.splitlines())
+    answered = f'<ul class="answer">{answered}</ul>' if answered else ""
     return f"""<h{level}>{html.escape(title)}</h{level}>
+{answered}
 <p>{html.escape(notes)}</p>
 <div class="scroll"><table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>
 {chr(10).join(body)}
@@ -558,7 +625,9 @@ def write_html(
     *,
     snippets: dict[str, str] | None = None,
     budget: str = "time",
+    answer: str = "",
 ) -> Path:
-    """One page with the results table, the plots and each method's snippet (paths relative to the page)."""
-    path.write_text(html_page(title, html_section(title, rows, metric, plots, notes, snippets=snippets, budget=budget)))
+    """One page with the answer, the results table, the plots and each method's snippet (paths relative to the page)."""
+    section = html_section(title, rows, metric, plots, notes, snippets=snippets, budget=budget, answer=answer)
+    path.write_text(html_page(title, section))
     return path

@@ -42,7 +42,7 @@ from .budget import measure_costs, plan_budget
 from .engines import group_for
 from .methods import METHODS, Build, check_methods, default_methods, method_snippet, resolve_settings
 from .parallel import check_parallel
-from .report import markdown_table, plot_all, summarize, write_html
+from .report import AA_LABEL, answer, markdown_table, plot_all, summarize, write_html
 from .runner import run_one, warm_up
 from .store import RunStore, locked
 from .targets import check_target
@@ -279,6 +279,11 @@ class _Comparison:
     def seeds_of(self, label: str) -> int:
         return self.seed_counts.get(label, self.seeds)
 
+    @staticmethod
+    def run_key(label: str, method: str, settings: Mapping[str, Any], seed: int) -> str:
+        """A run's key in the store (the A/A twin of ``--aa`` apart from the baseline's runs)."""
+        return RunStore.key(method, settings, seed) + ("|aa" if label == AA_LABEL else "")
+
     def keys(self) -> dict[str, str]:
         """Each label's variant key in the run store (and in the plan)."""
         return {label: RunStore.variant_key(method, settings) for label, method, settings in self.resolved}
@@ -311,6 +316,7 @@ def compare_variants(
     note: str = "",
     correction: bool = True,
     max_minutes: float | None = None,
+    aa: bool = False,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -329,6 +335,8 @@ def compare_variants(
             (:func:`parse_seeds`; the verdicts then use the group-sequential rule).
         max_minutes: with ``seeds="auto"``: add no seed round once this invocation has spent this
             many minutes.
+        aa: also train the baseline a second time, as ``"baseline (A/A)"``: its verdict against the
+            baseline is this machine's and this task's noise floor (outside the correction's family).
 
     Returns ``{"rows", "table", "setting", "outcomes", "plan", "target", "paths"}``.
     """
@@ -336,6 +344,7 @@ def compare_variants(
     config = config or CompareConfig()
     start, most = parse_seeds(seeds)
     _check_minutes(max_minutes)
+    variants = [*variants, _twin(variants)] if aa else variants
     resolved, model, partition = _checked_variants(task, variants, config, start, target, target_tolerance, tensorboard)
     nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
     group = group_for(config.nproc, config.fsdp)
@@ -372,6 +381,12 @@ def compare_variants(
     return {**report, "plan": plan, "outcomes": outcomes, "unsaved": sorted(unsaved)}
 
 
+def _twin(variants: Sequence[Variant]) -> Variant:
+    """``--aa``: the baseline variant (``baseline``, else the first) again, under :data:`AA_LABEL`."""
+    _, method, settings = next((v for v in variants if v[0] == "baseline"), variants[0])
+    return AA_LABEL, method, settings
+
+
 @dataclass(frozen=True)
 class _Judging:
     """How the verdicts are reached: the target, the correction, the seeds' maximum under ``--seeds auto``."""
@@ -398,7 +413,8 @@ def _summary(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judg
 
 def _open_labels(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> list[str]:
     """The methods with a question the sequential rule has not decided yet."""
-    return [row["method"] for row in _summary(outcomes, comparison, judging)["rows"] if row["open"]]
+    rows = _summary(outcomes, comparison, judging)["rows"]
+    return [row["method"] for row in rows if row["open"] and row["method"] != AA_LABEL]
 
 
 def _add_seeds(comparison: _Comparison, open_labels: Sequence[str], most: int) -> bool:
@@ -462,13 +478,13 @@ def _store_key(comparison: _Comparison, *, own_data: bool) -> dict[str, Any]:
 def _due_runs(store: RunStore, comparison: _Comparison, retime: str | None) -> list[tuple[str, str, dict, int]]:
     """The runs still to train: not finished, or (``retime``: this invocation's id) timed by another invocation."""
 
-    def due(method: str, settings: dict[str, Any], seed: int) -> bool:
-        record = store.finished(RunStore.key(method, settings, seed))
+    def due(label: str, method: str, settings: dict[str, Any], seed: int) -> bool:
+        record = store.finished(comparison.run_key(label, method, settings, seed))
         if record is None:
             return True
         return retime is not None and record.get("timing", {}).get("invocation") != retime
 
-    return [run for run in comparison.runs() if due(*run[1:])]
+    return [run for run in comparison.runs() if due(*run)]
 
 
 def _budget_plan(
@@ -515,7 +531,7 @@ def _train_due(
     unsaved: dict[str, dict[str, Any]] = {}
     with progress_bar(len(todo), f"compare {task.name}", comparison.progress, unit="run", leave=True) as runs_bar:
         for label, method, settings, seed in todo:
-            key = RunStore.key(method, settings, seed)
+            key = comparison.run_key(label, method, settings, seed)
             planned = plan["entries"][keys[label]] if plan else None
             logs = comparison.out / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None
             with progress_bar(0, f"{label} seed {seed}", comparison.progress) as steps_bar:
@@ -583,7 +599,7 @@ def _collect_outcomes(
     runs_dir = comparison.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     for label, method, settings, seed in comparison.runs():
-        key = RunStore.key(method, settings, seed)
+        key = comparison.run_key(label, method, settings, seed)
         record = unsaved.get(key) or store.finished(key)
         if record is not None:
             outcomes[label]["records"].append(record)
@@ -612,12 +628,24 @@ def _write_report(
     setting = _setting_text(comparison, outcomes, plan, target_value) + " " + _verdicts_text(rows, judging)
     setting += f" {note}" if note else ""
     snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy)
-    (out / "results.md").write_text(f"# {title}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}")
+    answered = answer(rows, task.metric, config.budget)
+    (out / "results.md").write_text(
+        f"# {title}\n\n{answered}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}"
+    )
     plots = plot_all(outcomes, task.metric, out, target=target_value)
     html_path = write_html(
-        out / "report.html", title, rows, task.metric, plots, setting, snippets=snippets, budget=config.budget
+        out / "report.html",
+        title,
+        rows,
+        task.metric,
+        plots,
+        setting,
+        snippets=snippets,
+        budget=config.budget,
+        answer=answered,
     )
     return {
+        "answer": answered,
         "rows": rows,
         "table": table,
         "setting": setting,
@@ -800,6 +828,7 @@ _RUN_OPTIONS = (
     "retime",
     "correction",
     "max_minutes",
+    "aa",
 )
 
 
