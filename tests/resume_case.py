@@ -140,5 +140,7 @@ def main(case: str, phase: str, directory: str) -> None:
     torch.save([t.detach().clone() for t in model.state_dict().values()], Path(directory) / "final.pt")
 
 
-if __name__ == "__main__":
-    main(*sys.argv[1:4])
+if __name__ == "__main__":  # resume_case.py CASE[,CASE...] PHASE DIR: each case in DIR/CASE
+    cases, phase, root = sys.argv[1:4]
+    for name in cases.split(","):
+        main(name, phase, str(Path(root) / name))

@@ -86,7 +86,9 @@ def test_nproc_workers_end_when_the_parent_is_killed(tmp_path, signum):
         assert len(workers) == 2
         os.kill(parent.pid, signum)
         parent.wait(timeout=30)
-        time.sleep(10.0)
+        deadline = time.monotonic() + 10.0  # they should end at once; a worker alive after 10 s outlived it
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
         left = [pid for pid in workers if _alive(pid)]
         assert left == [], f"workers {left} outlived their parent"
         assert parent.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signal.SIGTERM)

@@ -200,3 +200,37 @@ def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, 
     text = (tmp_path / "results.md").read_text()
     assert text.index("Noise floor") < text.index("| method |")
     assert "Noise floor" in (tmp_path / "report.html").read_text()
+
+
+def test_tasks_run_one_comparison_each_and_summarise_them_as_algoperf(tmp_path, capsys):
+    from layerwise import cli
+    from layerwise.tasks import TASKS, register_task
+
+    for name in ("algo-a", "algo-b"):
+        if name not in TASKS:
+            register_task(blobs_task(name))
+    argv = ["compare", "--tasks", "algo-a,algo-b", "--methods", "baseline,llr", "--budget", "steps"]
+    argv += ["--eval-points", "2", "--policy", "constant", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "## algo-a" in printed and "## algo-b" in printed and "Over the tasks (AlgoPerf's summary)" in printed
+    text = (tmp_path / "results.md").read_text()
+    assert "algo-a: median s to target (ratio)" in text and " | score | speed-up over baseline |" in text
+    assert (tmp_path / "performance_profile.png").stat().st_size > 1000
+    assert (tmp_path / "algo-a" / "results.md").exists() and (tmp_path / "algo-b" / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("tasks", "match"),
+    [("algo-a", "two or more distinct"), ("algo-a,algo-a", "two or more distinct"), ("algo-a,nope", "unknown 'nope'")],
+)
+def test_bad_tasks_are_refused_in_one_line_before_anything_loads(tasks, match, tmp_path, capsys):
+    from layerwise import cli
+    from layerwise.tasks import TASKS, register_task
+
+    if "algo-a" not in TASKS:
+        register_task(blobs_task("algo-a"))
+    assert cli.main(["compare", "--tasks", tasks, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--tasks" in err or match in err
+    assert match in err and not (tmp_path / "out").exists()

@@ -372,6 +372,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="rerun the finished runs an earlier invocation timed, so every time in the report is from this one",
     )
     p.add_argument(
+        "--tasks",
+        metavar="A,B,...",
+        help="one comparison per task (each its own baseline, budget and target), then AlgoPerf's summary over them",
+    )
+    p.add_argument(
         "--aa",
         action="store_true",
         help="also run the baseline a second time: its verdict against the baseline is the noise floor",
@@ -422,6 +427,8 @@ def _compare(args: argparse.Namespace) -> int:
     methods = _methods_of(args)
     if args.lr_sweep is not None:
         return _lr_sweep(args, methods, options)
+    if args.tasks is not None:
+        return _main_job(args, methods, options, tasks=args.tasks.split(","))
     if args.task is None:
         return _main_job(args, methods, options)
     return _one_comparison(args, methods, options)
@@ -431,6 +438,14 @@ def _check_compare_flags(args: argparse.Namespace) -> None:
     """The rules on how ``compare``'s flags combine that hold whatever it runs."""
     if args.tensorboard and not args.telemetry:
         raise ValueError("--tensorboard: needs --telemetry N (what to log, how often)")
+    if args.tasks is not None:
+        if args.task is not None or args.study or args.lr_sweep is not None:
+            raise ValueError("--tasks: one comparison per task and a summary; drop --task, --study and --lr-sweep")
+        from .compare.main_job import check_tasks
+
+        check_tasks(args.tasks.split(","))
+    if _launched() and args.tasks is not None:
+        raise ValueError("torchrun: launch one comparison (--task) per torchrun; --tasks runs them in turn")
     if _launched() and (args.study or args.lr_sweep is not None or args.task is None):
         raise ValueError(
             "torchrun: launch one comparison (--task) per torchrun; the main job, --study and --lr-sweep "
@@ -521,14 +536,22 @@ def _lr_sweep(args: argparse.Namespace, methods: list[str] | None, options: dict
     return _failures(result["results"])
 
 
-def _main_job(args: argparse.Namespace, methods: list[str] | None, options: dict[str, Any]) -> int:
+def _main_job(
+    args: argparse.Namespace, methods: list[str] | None, options: dict[str, Any], tasks: list[str] | None = None
+) -> int:
+    """The main job's two regimes, or (``tasks``: ``--tasks``) one comparison per task; the summary over them."""
     from .compare import parse_overrides
-    from .compare.main_job import run_main
+    from .compare.main_job import run_main, run_tasks
 
-    out = args.out or Path("runs/compare")
-    result = run_main(out=out, methods=methods, settings=parse_overrides(args.set), **options)
+    settings = parse_overrides(args.set)
+    if tasks is None:
+        result = run_main(out=args.out or Path("runs/compare"), methods=methods, settings=settings, **options)
+    else:
+        out = args.out or Path("runs/compare-tasks")
+        result = run_tasks(tasks, out=out, methods=methods, settings=settings, **options)
     for section in result["sections"]:
         print(f"\n## {section['heading']}\n\n{section['answer']}\n\n{section['setting']}\n\n{section['table']}")
+    print(f"\n## Over the tasks (AlgoPerf's summary)\n\n{result['summary']['table']}")
     print(f"\nwrote {result['paths']['markdown']} and {result['paths']['html']} ({result['minutes']:.1f} minutes)")
     return _failures(result["sections"])
 

@@ -16,16 +16,21 @@ Examples:
 
 from __future__ import annotations
 
+import html
+import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import html_page, html_section
+from ..tasks import resolve_task
+from .profiles import TAU_MAX, plot_profile, ratios, score, speedups
+from .report import AA_LABEL, html_page, html_section
 from .session import check_request, compare_variants
 
-__all__ = ["REGIME_RUNS", "RegimeRun", "run_main"]
+__all__ = ["REGIME_RUNS", "RegimeRun", "check_tasks", "run_main", "run_sections", "run_tasks", "summarize_tasks"]
 
 
 @dataclass(frozen=True)
@@ -72,25 +77,118 @@ def run_main(
     """Run both regimes (``options``: as :func:`compare`, applied to each, over the regime's own) and report.
 
     ``methods`` and ``settings`` are used in both regimes (default: each regime's own default set).
-    Returns ``{"sections": [...], "paths": {...}, "minutes"}``.
+    Returns ``{"sections": [...], "summary", "paths": {...}, "minutes"}``.
     """
+    return run_sections(REGIME_RUNS, "layerwise: the main job", out=out, methods=methods, settings=settings, **options)
+
+
+def check_tasks(tasks: Sequence[str]) -> list[str]:
+    """``--tasks A,B,...``: at least two distinct registered tasks (or task files), checked before anything loads."""
+    names = [t.strip() for t in tasks if t.strip()]
+    repeated = sorted({t for t in names if names.count(t) > 1})
+    if len(names) < 2 or repeated:
+        raise ValueError(f"--tasks: two or more distinct tasks, comma-separated, got {list(tasks)}")
+    for name in names:
+        resolve_task(name)  # unknown: one line naming the task and the choices
+    return names
+
+
+def run_tasks(
+    tasks: Sequence[str],
+    *,
+    out: str | Path = "runs/compare-tasks",
+    methods: Sequence[str] | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """One comparison per task (each its own baseline, budget and target), then AlgoPerf's summary over them."""
+    runs = [RegimeRun(name, name, re.sub(r"[^A-Za-z0-9_.-]+", "_", name), {}, "") for name in check_tasks(tasks)]
+    return run_sections(runs, "layerwise: several tasks", out=out, methods=methods, settings=settings, **options)
+
+
+def run_sections(
+    runs: Sequence[RegimeRun],
+    heading: str,
+    *,
+    out: str | Path,
+    methods: Sequence[str] | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Every section's comparison (all requests checked before the first trains), one report with the summary."""
     out = Path(out)
     start = time.perf_counter()
-    requests = [  # every regime's request is checked before the first one trains
-        check_request(
-            regime.task, methods, settings=settings, **{**regime.options, **options, "out": out / regime.folder}
-        )
-        for regime in REGIME_RUNS
+    requests = [
+        check_request(run.task, methods, settings=settings, **{**run.options, **options, "out": out / run.folder})
+        for run in runs
     ]
     sections = []
-    for regime, request in zip(REGIME_RUNS, requests):
+    for run, request in zip(runs, requests):
         result = compare_variants(**request)
-        sections.append({"regime": regime, "heading": regime.heading, **result})
+        sections.append({"regime": run, "heading": run.heading, "task": request["task"].name, **result})
     minutes = (time.perf_counter() - start) / 60
-    markdown = ["# layerwise: the main job", "", f"Both regimes in {minutes:.1f} minutes.", ""]
-    html_parts = [f"<h1>layerwise: the main job</h1><p>Both regimes in {minutes:.1f} minutes on this machine.</p>"]
+    summary = summarize_tasks(sections, out)
+    _write(out, heading, sections, summary, minutes)
+    return {
+        "sections": sections,
+        "summary": summary,
+        "paths": {"markdown": out / "results.md", "html": out / "report.html"},
+        "minutes": minutes,
+    }
+
+
+def summarize_tasks(sections: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Any]:
+    """AlgoPerf's summary over the sections' tasks: per task and method the median time to target
+    (a miss, or no finished run: infinite), performance ratios, the profile's score, speed-ups over the
+    baseline, and the profile plot (``out/performance_profile.png``)."""
+    times = {
+        section["task"]: {
+            row["method"]: math.inf if row["time_to_target_s"] is None else row["time_to_target_s"]
+            for row in section["rows"]
+            if row["method"] != AA_LABEL
+        }
+        for section in sections
+    }
+    ratio = ratios(times)
+    scores = score(ratio)
+    ups = speedups(times, "baseline")
+    columns = [f"{task}: median s to target (ratio)" for task in times]
+    lines = ["| method | " + " | ".join([*columns, "score", "speed-up over baseline"]) + " |"]
+    lines.append("|---|" + "---:|" * (len(times) + 2))
+    for method in ratio:
+        cells = [_time_cell(times[task].get(method, math.inf), ratio[method][task]) for task in times]
+        up = ups.get(method)
+        speed = "—" if up is None or up.factor is None else f"{up.factor:.2f}x ({up.tasks} of {up.of} tasks)"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {scores[method]:.2f} | {speed} |")
+    plot = plot_profile(ratio, out / "performance_profile.png")
+    table = "\n".join(lines)
+    return {"times": times, "ratios": ratio, "scores": scores, "speedups": ups, "table": table, "plot": plot}
+
+
+def _time_cell(seconds: float, ratio: float) -> str:
+    return "missed" if math.isinf(seconds) else f"{seconds:.1f} ({ratio:.2f})"
+
+
+def _write(
+    out: Path, heading: str, sections: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], minutes: float
+) -> None:
+    """``results.md`` and ``report.html``: the summary over tasks first, then every section."""
+    intro = (
+        f"Every section in {minutes:.1f} minutes. Over the tasks, as AlgoPerf scores workloads: each method's median "
+        "time to its task's target (a miss is infinite), its ratio to the fastest method there, the performance "
+        f"profile's normalised area over ratios 1 to {TAU_MAX:g} (the score: 1 is fastest everywhere), and the "
+        "geometric-mean speed-up over the baseline where both reached."
+    )
+    figure = "![performance profile](performance_profile.png)"
+    markdown = [f"# {heading}", "", intro, "", summary["table"], "", figure, ""]
+    html_parts = [
+        f"<h1>{html.escape(heading)}</h1><p>{html.escape(intro)}</p>",
+        _html_table(summary["table"]),
+        '<figure><img src="performance_profile.png" alt="performance profile"></figure>',
+    ]
     for section in sections:
         regime = section["regime"]
+        why = f"Why this size: {regime.why}" if regime.why else ""
         markdown += [
             f"## {regime.heading}",
             "",
@@ -98,8 +196,7 @@ def run_main(
             "",
             section["setting"],
             "",
-            f"Why this size: {regime.why}",
-            "",
+            *([why, ""] if why else []),
             section["table"],
             "",
             f"Details, plots and each method's code: `{regime.folder}/report.html`.",
@@ -111,7 +208,7 @@ def run_main(
                 section["rows"],
                 section["metric"],
                 section["paths"]["plots"],
-                f"{section['setting']} Why this size: {regime.why}",
+                f"{section['setting']} {why}".strip(),
                 snippets=section["snippets"],
                 budget=section["budget"],
                 base=out,
@@ -120,9 +217,12 @@ def run_main(
             )
         )
     (out / "results.md").write_text("\n".join(markdown))
-    (out / "report.html").write_text(html_page("layerwise: the main job", "\n".join(html_parts)))
-    return {
-        "sections": sections,
-        "paths": {"markdown": out / "results.md", "html": out / "report.html"},
-        "minutes": minutes,
-    }
+    (out / "report.html").write_text(html_page(heading, "\n".join(html_parts)))
+
+
+def _html_table(markdown: str) -> str:
+    """A markdown table (header, rule, rows) as HTML."""
+    rows = [line.strip("|").split(" | ") for line in markdown.splitlines()]
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>" for row in rows[2:])
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
