@@ -234,3 +234,16 @@ def test_bad_tasks_are_refused_in_one_line_before_anything_loads(tasks, match, t
     err = capsys.readouterr().err
     assert "--tasks" in err or match in err
     assert match in err and not (tmp_path / "out").exists()
+
+
+def test_one_seed_answers_that_nothing_can_be_decided():
+    from layerwise.compare.report import answer
+
+    outcomes = {
+        "baseline": {"records": [_record(0, 0.8)], "errors": []},
+        "m": {"records": [_record(0, 0.9)], "errors": []},
+        "broken": {"records": [], "errors": ["Traceback\nRuntimeError: boom"]},
+    }
+    text = answer(summarize(outcomes, budget="steps")["rows"], "accuracy", "steps")
+    assert text.startswith("- One seed per method: no verdict can be decided")
+    assert "- No finished run: broken." in text

@@ -354,7 +354,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "--budget-seconds", type=_number(positive=True), help="with --budget time: the training budget in seconds"
     )
     p.add_argument(
-        "--eval-points", type=_count(1), default=None, help="test evaluations per run (default 10; 4 with --quick)"
+        "--eval-points", type=_count(1), default=None, help="test evaluations per run (default 10; 3 with --quick)"
     )
     p.add_argument("--target", type=_finite, help="time-to-target value (accuracy as a fraction, e.g. 0.85)")
     p.add_argument(

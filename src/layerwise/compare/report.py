@@ -157,6 +157,8 @@ def answer(rows: list[dict[str, Any]], metric: str, budget: str = "time") -> str
         f"- Best model {at}: " + _question(judged, "accuracy", lambda d: f"{d * scale:+.2f} {unit}", metric),
         "- Soonest to the target: " + _question(judged, "speed", lambda d: f"{math.exp(d):.2f}x", "speed"),
     ]
+    if judged and all(r["runs"] < 2 for r in judged):
+        lines = ["- One seed per method: no verdict can be decided (`--seeds 3`, or `--seeds auto` until decided)."]
     twin = next((r for r in rows if r["method"] == AA_LABEL), None)
     if twin is not None:
         lines.append(f"- Noise floor (the baseline against its own second run, --aa): {twin['verdict']}.")

@@ -79,8 +79,9 @@ class CompareConfig:
         epochs: epochs of the baseline (default: the task's; its quick epochs with ``quick``).
         train_size: train on the first this many examples (default: the task's ``train_size``).
         policy: the global LR policy every scheduled method shares.
-        quick: the task's quick data slice (its ``quick_train_size`` examples), its quick epochs, and
-            4 evaluations per run unless ``eval_points`` is given.
+        quick: the task's quick data slice (its ``quick_train_size`` and ``quick_test_size``
+            examples), its quick epochs, 3 evaluations per run unless ``eval_points`` is given, one
+            timing block per method unless ``plan_repeats`` is given, and a 2-step warm-up.
         eval_points: test evaluations per run, evenly spaced (training time excludes them; default 10).
         test_size: evaluate on the first this many test examples (None: all).
         telemetry_every: record :class:`~layerwise.LayerMonitor` telemetry every this many steps.
@@ -89,7 +90,7 @@ class CompareConfig:
         plan_block: with ``budget="time"``: at most this many steps per timing block, and at most an
             eighth of the baseline's run (at least 4); each method's own block is this, rounded up to
             a multiple of its own period.
-        plan_repeats: with ``budget="time"``: timing blocks per method (the median is kept).
+        plan_repeats: with ``budget="time"``: timing blocks per method (the median is kept; default 2).
         nproc: train each run on this many processes, data-parallel (None or 1: this process alone;
             under torchrun: its world size). See :mod:`.engines`.
         fsdp: shard the model with FSDP2 instead of DDP (needs ``nproc`` or torchrun).
@@ -105,13 +106,15 @@ class CompareConfig:
     budget: Literal["steps", "time"] = "time"
     budget_seconds: float | None = None
     plan_block: int = 16
-    plan_repeats: int = 2
+    plan_repeats: int | None = None
     nproc: int | None = None
     fsdp: bool = False
 
     def __post_init__(self) -> None:
         if self.eval_points is None:
-            object.__setattr__(self, "eval_points", 4 if self.quick else 10)
+            object.__setattr__(self, "eval_points", 3 if self.quick else 10)
+        if self.plan_repeats is None:
+            object.__setattr__(self, "plan_repeats", 1 if self.quick else 2)
         one_of("--budget", self.budget, BUDGETS)
         one_of("--policy", self.policy, tuple(recipes.POLICIES))
         seconds = self.budget_seconds
@@ -168,10 +171,13 @@ def _timing_indices(task: Task, examples: int, count: int) -> list[torch.Tensor]
 
 
 def _load_data(task: Task, config: CompareConfig) -> TaskData:
-    """The task's data as a comparison uses it (its quick slice, the first ``test_size`` test examples)."""
+    """The task's data as a comparison uses it: its quick slice, the first ``test_size`` test examples
+    (with ``quick``, at most the task's ``quick_test_size``)."""
     data = task.load_data(None, config.quick)
-    if config.test_size is not None:
-        data = TaskData(data.train, (data.test[0][: config.test_size], data.test[1][: config.test_size]))
+    sizes = [config.test_size, task.quick_test_size if config.quick else None]
+    size = min((n for n in sizes if n is not None), default=None)
+    if size is not None:
+        data = TaskData(data.train, (data.test[0][:size], data.test[1][:size]))
     return data
 
 
@@ -367,7 +373,7 @@ def compare_variants(
             todo = _due_runs(store, comparison, invocation["invocation"] if retime else None)
             if todo and not warm:
                 data = data if data is not None else _load_data(task, config)
-                warm_up(task, data)
+                warm_up(task, data, 2 if config.quick else 10)
                 warm = True
             plan = plan if plan is not None and not todo else _budget_plan(store, comparison, data, todo, group)
             unsaved |= _train_due(store, comparison, todo, run, data, plan, invocation, tensorboard)

@@ -95,6 +95,7 @@ class Task:
         head: the last group is an output head (what Multirate trains fast by default).
         train_size: examples ``layerwise compare`` trains on by default (None: all).
         quick_train_size: examples it trains on with ``--quick`` (None: all of the quick slice).
+        quick_test_size: test examples it evaluates with ``--quick`` (None: all of the quick slice).
         regime: ``"scratch"`` (trained from a random start) or ``"fine-tuning"`` (pretrained weights);
             a comparison's default methods are those that make sense in the regime.
         source_sha256: the sha256 of the file the task was read from (set by ``--task PATH.py:FACTORY``),
@@ -120,6 +121,7 @@ class Task:
     head: bool = True
     train_size: int | None = None
     quick_train_size: int | None = None
+    quick_test_size: int | None = None
     regime: Regime = "scratch"
     source_sha256: str | None = None
 

@@ -115,7 +115,8 @@ def default_tasks() -> list[Task]:
         epochs=2,
         quick_epochs=1,
         batch_size=32,
-        quick_train_size=640,  # 20 steps: --quick finishes in minutes on 2 cores
+        quick_train_size=192,  # 6 steps and 64 test tweets: --quick is a 2-minute smoke run on 2 cores
+        quick_test_size=64,
         lr=5e-5,
         weight_decay=0.01,
         optimizer="adamw",
@@ -169,7 +170,8 @@ def default_tasks() -> list[Task]:
             optimizer="adamw",
             partition=_effnet_stages,
             train_size=4000,
-            quick_train_size=640,
+            quick_train_size=192,
+            quick_test_size=256,
             regime="fine-tuning",
         ),
         minilm_finetune,
