@@ -36,7 +36,7 @@ PACKAGES = {
 }
 """The peers whose optimizer comes from an optional package, and its module."""
 
-NO_SNIPPET = {"freezeout+hidlr"}
+NO_SNIPPET: set[str] = set()
 """Methods registered without a snippet (nothing to compare)."""
 
 

@@ -7,7 +7,7 @@
 
 Each regime is a :func:`~layerwise.compare.session.compare` into its own folder (``scratch/``,
 ``finetune/``, each resumable); ``report.html`` and ``results.md`` put both in one page. The whole
-job takes 8 to 13 minutes on a 2-core CPU, inside its 15-minute budget (BENCHMARKS.md: what it buys).
+job takes 8 to 12 minutes on a 2-core CPU, inside its 15-minute budget (BENCHMARKS.md: what it buys).
 
 Examples:
     >>> from layerwise.compare.main_job import run_main
@@ -49,18 +49,18 @@ REGIME_RUNS = (
         "From scratch: small ResNet on Fashion-MNIST",
         "fashion-mnist",
         "scratch",
-        {"test_size": 2000},
-        "the task's 16,000 training images x 2 epochs (250 steps of 128) train in about 11 s here, and 2,000 "
-        "test images keep each of the 10 evaluations under a second, so seven methods fit about 3 minutes.",
+        {"test_size": 2000, "eval_points": 6},
+        "the task's 16,000 training images x 2 epochs (250 steps of 128) train in 20-26 s here, and 2,000 "
+        "test images keep each of the 6 evaluations under a second, so seven methods fit about 4 minutes.",
     ),
     RegimeRun(
         "Fine-tuning: ImageNet-pretrained EfficientNet-Lite0 on Fashion-MNIST",
         "effnet-finetune",
         "finetune",
-        {"test_size": 1000, "eval_points": 6},
-        "32x32 inputs (a quarter of the pixels of 64x64) and 4,000 training images x 2 epochs (250 steps of 32) "
-        "keep full fine-tuning near 22 s here, and 6 evaluations of 1,000 test images keep the evaluations short, "
-        "so eight methods fit about 5 minutes; the pretrained features still transfer at this size (head only "
+        {"test_size": 1000, "eval_points": 4, "train_size": 3200},
+        "32x32 inputs (a quarter of the pixels of 64x64) and 3,200 training images x 2 epochs (200 steps of 32) "
+        "keep full fine-tuning near 38 s here, and 4 evaluations of 1,000 test images keep the evaluations short, "
+        "so eight methods fit about 7 minutes; the pretrained features still transfer at this size (head only "
         "reaches about 75 %).",
     ),
 )

@@ -139,6 +139,17 @@ def _hidlr(context: Build, settings: dict[str, Any]) -> Setup:
 
 
 def _hidlr_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    options = ", ".join(f"{k}={v!r}" for k, v in _hidlr_options(build.task, settings).items())
+    return (
+        f"{_regroup_snippet(build, settings)}{optimizer_line(build)}\n"
+        f"opt = layerwise.HiDLR(opt, schedule={policy_expr(build.policy)}, total_steps={build.total_steps}, "
+        f"model=model, {options})\n"
+        f"{loop('closure', build.total_steps)}   # the closure: forward only, for the probes"
+    )
+
+
+def _regroup_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    """The snippet lines regrouping ``part`` as :func:`hidlr_partition` does (none: the task's own)."""
     buckets, split = settings["groups"], settings["split"]
     regroup = (
         f"part = layerwise.by_depth_buckets(model, {buckets}, sample_input=x)\n"
@@ -149,13 +160,7 @@ def _hidlr_snippet(build: Build, settings: Mapping[str, Any]) -> str:
         regroup = 'part = layerwise.explicit(model, {"all": [n for g in part for n in g.param_names]})   # Hi-ULR\n'
     if split is not None:
         regroup = f'part = layerwise.compare.methods.two_groups(model, part, "{split}")   # {split} | rest\n'
-    options = ", ".join(f"{k}={v!r}" for k, v in _hidlr_options(build.task, settings).items())
-    return (
-        f"{regroup}{optimizer_line(build)}\n"
-        f"opt = layerwise.HiDLR(opt, schedule={policy_expr(build.policy)}, total_steps={build.total_steps}, "
-        f"model=model, {options})\n"
-        f"{loop('closure', build.total_steps)}   # the closure: forward only, for the probes"
-    )
+    return regroup
 
 
 _TIMED_ROUND_EVERY = 4
@@ -266,6 +271,19 @@ def _freezeout_hidlr(context: Build, settings: dict[str, Any]) -> Setup:
     return Setup(optimizer, freeze, wants_closure=True, freezer=freeze.freezer)
 
 
+def _freezeout_hidlr_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    options = ", ".join(f"{k}={v!r}" for k, v in _hidlr_options(build.task, settings).items())
+    steps = build.total_steps
+    return (
+        f"{_regroup_snippet(build, settings)}{optimizer_line(build)}\n"
+        f'schedule = layerwise.recipes.build("freezeout", len(part), t0={settings["t0"]!r}, '
+        f'strategy={settings["strategy"]!r}, scale_lr=False)   # Hi-DLR finds each LR: no 1/t_i scaling\n'
+        f"sched = layerwise.freezing.FreezeWhenZero.from_schedule(layerwise.Freezer(model, opt), schedule, {steps})\n"
+        f"opt = layerwise.HiDLR(opt, schedule=schedule, total_steps={steps}, model=model, {options})\n"
+        f"{loop('closure+sched', steps)}"
+    )
+
+
 _FREEZEOUT_HIDLR = Method(
     "freezeout+hidlr",
     "Hi-DLR's LRs times FreezeOut's per-group cosine, groups frozen when their factor reaches 0",
@@ -274,6 +292,7 @@ _FREEZEOUT_HIDLR = Method(
     needs_groups(2),
     not_default={"fine-tuning": "a combination; FreezeOut and Hi-DLR each run in the fine-tuning set"},
     rounds=_hidlr_rounds,
+    snippet=_freezeout_hidlr_snippet,
     check=checked("freezeout+hidlr", **_HIDLR_CHECKS, **{k: FREEZEOUT_CHECKS[k] for k in ("t0", "strategy")}),
 )
 

@@ -356,8 +356,12 @@ LOOPS = {
     "sched": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step(); sched.step()",
     "closure": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step(lambda: loss_fn(model(x), y))",
     "plain": "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step()",
+    "closure+sched": (
+        "loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward(); opt.step(lambda: loss_fn(model(x), y)); "
+        "sched.step()"
+    ),
 }
-"""A snippet loop's body by kind: stepping a ``sched`` after ``opt``, a loss ``closure``, or ``plain``."""
+"""A snippet loop's body by kind: stepping a ``sched`` after ``opt``, a loss ``closure``, both, or ``plain``."""
 
 
 def loop(kind: str, steps: int) -> str:
