@@ -156,7 +156,32 @@ def _pool_worker(
         dist.destroy_process_group()
 
 
-class Pool:
+class _Group:
+    """What a session asks of a group of ranks: a run, or the step costs, done on every rank
+    (``_send``: how this group's rank 0 hands a request to the others and gathers the answer)."""
+
+    def _send(self, kind: str, task: Task, data: TaskData, what: Any, on_step: OnStep | None = None) -> Any:
+        raise NotImplementedError
+
+    def run_one(
+        self,
+        task: Task,
+        method: str,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        data: TaskData,
+        on_step: OnStep | None = None,
+        **spec: Any,
+    ) -> dict[str, Any]:
+        """:func:`~layerwise.compare.runner.run_one` on every rank; rank 0's record."""
+        return self._send("run", task, data, RunSpec(method, dict(settings or {}), **spec), on_step)
+
+    def measure_costs(self, task: Task, entries, batches, *, data: TaskData, **options: Any):
+        """:func:`~layerwise.compare.budget.measure_costs` on every rank; rank 0's timing."""
+        return self._send("costs", task, data, {"entries": list(entries), "batches": list(batches), **options})
+
+
+class Pool(_Group):
     """``nproc`` forked ranks serving one comparison's requests (started on the first one).
 
     The workers inherit the task and data of the first request, so every later one must use the
@@ -229,7 +254,7 @@ class Pool:
                 deadline = time.monotonic() + _STRAGGLER_S
         return got
 
-    def _request(self, kind: str, task: Task, data: TaskData, what: Any, on_step: OnStep | None = None) -> Any:
+    def _send(self, kind: str, task: Task, data: TaskData, what: Any, on_step: OnStep | None = None) -> Any:
         self._start(task, data)
         for requests in self._requests:
             requests.put((kind, what, on_step is not None))
@@ -238,23 +263,6 @@ class Pool:
         if failed:
             raise _failure(*failed[0])
         return done[0][1]
-
-    def run_one(
-        self,
-        task: Task,
-        method: str,
-        settings: Mapping[str, Any] | None = None,
-        *,
-        data: TaskData,
-        on_step: OnStep | None = None,
-        **spec: Any,
-    ) -> dict[str, Any]:
-        """:func:`~layerwise.compare.runner.run_one` on every rank; rank 0's record."""
-        return self._request("run", task, data, RunSpec(method, dict(settings or {}), **spec), on_step)
-
-    def measure_costs(self, task: Task, entries, batches, *, data: TaskData, **options: Any):
-        """:func:`~layerwise.compare.budget.measure_costs` on every rank; rank 0's timing."""
-        return self._request("costs", task, data, {"entries": list(entries), "batches": list(batches), **options})
 
     def _exit_on_sigterm(self) -> None:
         """While workers run, SIGTERM raises ``SystemExit(143)`` here, so ``with Pool`` stops them.
@@ -322,7 +330,7 @@ def _leave_launched_group() -> None:
     _OWN_GROUP = False
 
 
-class Launched:
+class Launched(_Group):
     """This process's rank of a torchrun group: rank 0 leads a comparison, the others follow it.
 
     Rank 0 broadcasts every request, does its own part and gathers every rank's outcome; the
@@ -349,25 +357,9 @@ class Launched:
             raise _failure(*failed[0])
         return value
 
-    def _lead(self, kind: str, task: Task, data: TaskData, what: Any, on_step: OnStep | None = None) -> Any:
+    def _send(self, kind: str, task: Task, data: TaskData, what: Any, on_step: OnStep | None = None) -> Any:
         dist.broadcast_object_list([(kind, what)], src=0)
         return self._everyone(kind, what, task, data, on_step)
-
-    def run_one(
-        self,
-        task: Task,
-        method: str,
-        settings: Mapping[str, Any] | None = None,
-        *,
-        data: TaskData,
-        on_step: OnStep | None = None,
-        **spec: Any,
-    ) -> dict[str, Any]:
-        """:func:`~layerwise.compare.runner.run_one` on every rank; rank 0's record."""
-        return self._lead("run", task, data, RunSpec(method, dict(settings or {}), **spec), on_step)
-
-    def measure_costs(self, task: Task, entries, batches, *, data: TaskData, **options: Any):
-        return self._lead("costs", task, data, {"entries": list(entries), "batches": list(batches), **options})
 
     def follow(self, task: Task, load: Callable[[], TaskData]) -> None:
         """A follower's part of rank 0's comparison, until rank 0 closes it (``load``: the data, on first use)."""
