@@ -247,3 +247,20 @@ def test_one_seed_answers_that_nothing_can_be_decided():
     text = answer(summarize(outcomes, budget="steps")["rows"], "accuracy", "steps")
     assert text.startswith("- One seed per method: no verdict can be decided")
     assert "- No finished run: broken." in text
+
+
+def test_the_main_job_keeps_each_regimes_evaluations_unless_the_flag_is_given(monkeypatch):
+    import layerwise.compare.main_job as main_job
+    from layerwise import cli
+
+    seen = []
+
+    def fake_run_main(**options):
+        seen.append(options)
+        return {"sections": [], "summary": {"table": ""}, "paths": {"markdown": "m", "html": "h"}, "minutes": 0.0}
+
+    monkeypatch.setattr(main_job, "run_main", fake_run_main)
+    assert cli.main(["compare", "--no-progress"]) == 0
+    assert "eval_points" not in seen[-1]  # None would have replaced the regimes' own 6 and 4 with 10
+    assert cli.main(["compare", "--no-progress", "--eval-points", "3"]) == 0
+    assert seen[-1]["eval_points"] == 3

@@ -482,7 +482,7 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         "correction": not args.no_correction,
         "aa": args.aa,
         "budget": args.budget,
-        "eval_points": args.eval_points,
+        **({} if args.eval_points is None else {"eval_points": args.eval_points}),  # else each regime's own
         "tensorboard": args.tensorboard,
         **_parallel_options(args),
     }

@@ -666,7 +666,7 @@ def _write_report(
 def _verdicts_text(rows: Sequence[dict[str, Any]], judging: _Judging) -> str:
     """How the verdicts were reached: pairing, intervals, the correction over the table's methods."""
     accuracy = {r["method"]: (r["tests"] or {}).get("accuracy") for r in rows}
-    unpaired = [method for method, test in accuracy.items() if test and test["test"] == "welch"]
+    unpaired = [m for m, test in accuracy.items() if test and test["test"] == "welch" and test["diff"] is not None]
     judged = sum(r["tests"] is not None for r in rows)
     fallback = f" (Welch's unpaired test for {', '.join(unpaired)}: seeds differ)" if unpaired else ""
     corrected = (
