@@ -11,7 +11,7 @@ from torch import nn
 import layerwise
 from blobs import blobs, blobs_task, mlp
 from layerwise import cli
-from layerwise.compare.methods import METHODS, Build, build_setup, check_methods, method_snippet, resolve_settings
+from layerwise.compare.methods import Build, build_setup, check_methods, method_snippet, resolve_settings
 from layerwise.compare.peers import LORAPLUS_GROUPS
 from layerwise.tasks import TASKS, register_task
 from layerwise.tasks.lora import peft_lora
@@ -120,4 +120,3 @@ def test_compare_quick_on_the_lora_task_writes_records_for_baseline_loraplus_and
         "groupB",
         "groupB_no_decay",
     }
-    assert METHODS["loraplus"].same_cost

@@ -40,7 +40,6 @@ HALF_LR = Method(
     "every group at `share` of the task's LR, under the global policy",
     _half_lr,
     {"share": 0.5},
-    same_cost=True,
     snippet=_half_lr_snippet,
     check=checked("half-lr", share=positive_fraction),
 )

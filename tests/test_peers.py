@@ -52,8 +52,6 @@ def test_peers_are_registered_and_in_no_default_set():
         method = METHODS[name]
         assert set(method.not_default) == {"scratch", "fine-tuning"}, name
         assert method.snippet is not None and method_snippet(_build(FINE, 30), name, resolve_settings(name))
-    timed = {n for n in PEERS if not METHODS[n].same_cost}
-    assert timed == set(PEERS) - {"layer-decay"}
 
 
 def test_every_peer_snippet_runs_in_a_plain_loop():

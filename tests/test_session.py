@@ -1,4 +1,4 @@
-"""Equal-wall-clock comparisons end to end: the plan, resuming it, task files, bad input, the snippets."""
+"""Equal-wall-clock comparisons end to end: the budgets, resuming, task files, bad input, the snippets."""
 
 import json
 import textwrap
@@ -12,8 +12,6 @@ from blobs import blobs, blobs_task, mlp
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Build, method_snippet, resolve_settings
-from layerwise.compare.runner import eval_steps
-from layerwise.compare.store import RunStore
 from layerwise.tasks import load_task_file, register_task
 
 
@@ -25,27 +23,30 @@ register_task(_task())
 
 
 def _compare(out, methods, **options):
-    defaults = {"progress": False, "eval_points": 4, "plan_block": 8, "plan_repeats": 1, "policy": "constant"}
+    defaults = {"progress": False, "eval_points": 4, "policy": "constant"}
     return compare("timed-blobs", methods, out=out, **{**defaults, **options})
 
 
-def test_a_time_budget_plans_every_method_and_records_the_plan(tmp_path):
-    result = _compare(tmp_path, ["baseline", "freezeout", "hidlr"], settings={"hidlr": {"update_every": 4}})
-    plan = result["plan"]
-    assert plan["baseline_steps"] == 16 and plan["budget_s"] > 0
-    entries = {key.split("|")[0]: entry for key, entry in plan["entries"].items()}
-    assert entries["baseline"]["steps"] == 16 and entries["baseline"]["timed"] is False
-    assert entries["freezeout"]["timed"] and entries["hidlr"]["timed"] and entries["hidlr"]["block"] % 4 == 0
-    for label, outcome in result["outcomes"].items():
-        record = outcome["records"][0]
-        assert record["steps"] == entries[label]["steps"] == record["budget"]["planned_steps"]
-        assert record["budget"]["seconds"] == pytest.approx(plan["budget_s"])
-        assert len(record["curve"]) == len(eval_steps(record["steps"], 4))  # fewer if a loaded machine plans < 4
+def test_a_time_budget_gives_every_method_the_baselines_training_time_on_its_seed(tmp_path):
+    result = _compare(tmp_path, ["freezeout", "baseline", "hidlr"], settings={"hidlr": {"update_every": 4}}, seeds=2)
+    outcomes = result["outcomes"]
+    budgets = {r["seed"]: r["wall_clock_s"] for r in outcomes["baseline"]["records"]}
+    for record in outcomes["baseline"]["records"]:  # the reference: the task's epochs, its time the budget
+        reference = {"mode": "time", "source": "baseline", "reference": True, "schedule_steps": 16}
+        assert record["steps"] == 16 and record["budget"] == {**reference, "seconds": record["wall_clock_s"]}
+    for label in ("freezeout", "hidlr"):
+        for record in outcomes[label]["records"]:
+            assert record["budget"] == {"mode": "time", "source": "baseline", "seconds": budgets[record["seed"]]}
+            assert record["schedule_steps"] == 16 and record["budget_s"] == budgets[record["seed"]]
+            step = record["wall_clock_s"] / record["steps"]
+            assert record["wall_clock_s"] >= budgets[record["seed"]] - step  # it stopped at its budget, not before
+            assert len(record["curve"]) <= 4
     rows = {row["method"]: row for row in result["rows"]}
     assert rows["baseline"]["verdict"] == "reference" and rows["freezeout"]["verdict"]
     assert result["target"] == pytest.approx(rows["baseline"]["metric"] - 0.005)
     text = (tmp_path / "results.md").read_text()
     assert "train s / budget" in text and "time to target" in text and "Equal wall-clock" in text
+    assert "stopping by its own clock" in text
     assert "layerwise.FreezeOut(model, opt, total_steps=" in text  # the copy-paste snippets
 
 
@@ -56,8 +57,8 @@ def test_more_steps_than_the_baseline_see_the_same_data_order():
     assert longer["train_loss"][:16] == pytest.approx(base["train_loss"], rel=1e-6)
 
 
-def test_an_interrupted_time_budget_comparison_resumes_with_its_plan(tmp_path, monkeypatch):
-    real_run, real_measure = session.run_one, session.measure_costs
+def test_an_interrupted_time_budget_comparison_resumes_with_its_baselines_time(tmp_path, monkeypatch):
+    real_run = session.run_one
     calls = []
 
     def interrupted(task, method, *args, **kwargs):
@@ -69,23 +70,31 @@ def test_an_interrupted_time_budget_comparison_resumes_with_its_plan(tmp_path, m
     monkeypatch.setattr(session, "run_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _compare(tmp_path, ["baseline", "freezeout", "multirate"])
-    with RunStore(tmp_path / "runs.sqlite", json.loads(_stored_config(tmp_path))) as store:
-        plan = store.plan()
-    methods = ("baseline", "freezeout", "multirate")
-    assert set(plan["entries"]) == {RunStore.variant_key(m, resolve_settings(m)) for m in methods}
+    assert calls == ["baseline", "freezeout"]
 
     def counted(task, method, *args, **kwargs):
-        calls.append((method, kwargs["steps"]))
+        calls.append((method, kwargs.get("seconds")))
         return real_run(task, method, *args, **kwargs)
 
     calls.clear()
     monkeypatch.setattr(session, "run_one", counted)
-    monkeypatch.setattr(session, "measure_costs", lambda *a, **k: pytest.fail("timed again"))
     result = _compare(tmp_path, ["baseline", "freezeout", "multirate"])
-    steps = {key.split("|")[0]: entry["steps"] for key, entry in plan["entries"].items()}
-    assert calls == [("freezeout", steps["freezeout"]), ("multirate", steps["multirate"])]  # baseline kept
-    assert result["plan"] == plan
-    monkeypatch.setattr(session, "measure_costs", real_measure)
+    budget = result["outcomes"]["baseline"]["records"][0]["wall_clock_s"]
+    assert calls == [("freezeout", budget), ("multirate", budget)]  # the baseline kept, its time the budget
+
+
+def test_a_run_whose_baseline_failed_has_no_budget_and_says_why(tmp_path, monkeypatch):
+    real_run = session.run_one
+
+    def failing(task, method, *args, **kwargs):
+        if method == "baseline":
+            raise RuntimeError("baseline broke")
+        return real_run(task, method, *args, **kwargs)
+
+    monkeypatch.setattr(session, "run_one", failing)
+    result = _compare(tmp_path, ["baseline", "freezeout"])
+    assert not result["outcomes"]["freezeout"]["records"]
+    assert "no budget: the baseline's seed 0 has no finished run" in result["outcomes"]["freezeout"]["errors"][0]
 
 
 def _stored_config(folder):
@@ -95,11 +104,13 @@ def _stored_config(folder):
         return db.execute("SELECT value FROM config WHERE key = 'config'").fetchone()[0]
 
 
-def test_budget_seconds_sets_the_budget_itself(tmp_path):
-    result = _compare(tmp_path, ["baseline"], budget_seconds=0.05)
-    assert result["plan"]["budget_s"] == 0.05
-    record = result["outcomes"]["baseline"]["records"][0]
-    assert record["steps"] == result["plan"]["entries"][next(iter(result["plan"]["entries"]))]["steps"]
+def test_budget_seconds_sets_the_budget_of_every_run_the_baselines_included(tmp_path):
+    result = _compare(tmp_path, ["baseline", "freezeout"], budget_seconds=0.05)
+    for outcome in result["outcomes"].values():
+        record = outcome["records"][0]
+        assert record["budget"] == {"mode": "time", "source": "given", "seconds": 0.05}
+        assert record["budget_s"] == 0.05 and record["schedule_steps"] == 16
+    assert "every run, the baseline's included, trains for 0.05 s" in result["setting"]
 
 
 def _no_data(data_dir, quick):

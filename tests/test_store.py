@@ -1,22 +1,21 @@
-"""The run store: records, failures, the configuration it belongs to, and the equal-cost plan."""
+"""The run store: records, failures and the configuration it belongs to."""
 
 import pytest
 
 from layerwise.compare.store import RunStore
 
 
-def test_runs_failures_and_the_plan_survive_reopening(tmp_path):
+def test_runs_and_failures_survive_reopening(tmp_path):
     path = tmp_path / "runs.sqlite"
     key = RunStore.key("freezeout", {"t0": 0.5}, 2)
     assert key == RunStore.variant_key("freezeout", {"t0": 0.5}) + "|2"
     with RunStore(path, {"task": "x"}) as store:
-        assert store.plan() is None and store.finished(key) is None
+        assert store.finished(key) is None
         store.save(key, {"method": "freezeout", "seed": 2, "steps": 7})
         store.fail("other", "llr", 0, "boom")
-        store.save_plan({"budget_s": 1.5, "entries": {}})
     with RunStore(path, {"task": "x"}) as store:
         assert store.finished(key)["steps"] == 7 and store.error("other") == "boom"
-        assert store.finished("other") is None and store.plan() == {"budget_s": 1.5, "entries": {}}
+        assert store.finished("other") is None
 
 
 def test_another_configuration_is_refused(tmp_path):

@@ -10,6 +10,7 @@ Examples:
 """
 
 from . import distributed, fsdp, groups, schedules
+from .autofreeze import AutoFreeze, FreezeDecision
 from .freezeout import FreezeOut, FreezeOutRule, freeze_times
 from .freezing import Freezer, GradualUnfreezing
 from .groups import (
@@ -57,12 +58,14 @@ from .telemetry import LayerMonitor
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoFreeze",
     "ChangesTrainable",
     "Constant",
     "Cosine",
     "DepthRamp",
     "Discriminative",
     "ForeignLRWarning",
+    "FreezeDecision",
     "FreezeOut",
     "FreezeOutRule",
     "Freezer",

@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,10 @@ class GroupRates(Wrapper):
 
     technique = "GroupRates"
     """The name its checkpoints are stamped with (subclasses keep their base's, so they load its states)."""
+
+    progress: Callable[[], float] | None
+    """Where the schedule stands, read from this callable (a share of a wall-clock budget, say) instead of
+    ``step_count / total_steps``; None (the default) counts steps."""
 
     owns_lr: bool = True
     """It writes every group's ``lr`` before each base step: trainers give it a schedule that leaves ``lr`` alone."""
@@ -90,6 +95,7 @@ class GroupRates(Wrapper):
         self._written = lrs  # each param group's lr as this object last wrote (or found) it
         self._warned_foreign = False
         self.step_count = 0
+        self.progress = None
 
     def _accept(self, k: int, eta_star: float, gamma: float | None = None) -> None:
         """Move group ``k``'s rate toward an accepted estimate: ``eta <- gamma eta + (1 - gamma) eta*``
@@ -170,7 +176,7 @@ class GroupRates(Wrapper):
         num_groups = len(self._names)
         if self.schedule is None:
             return np.ones(num_groups)
-        p = min(self.step_count / self.total_steps, 1.0)
+        p = min(self.step_count / self.total_steps if self.progress is None else self.progress(), 1.0)
         if isinstance(self.schedule, LayerSchedule):
             return np.asarray(self.schedule.factors(p, num_groups), dtype=float)
         return np.full(num_groups, float(self.schedule(p)))

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_schedule", "plot_telemetry", "pyplot"]
+__all__ = ["legend", "plot_schedule", "plot_telemetry", "pyplot"]
 
 
 def pyplot():
@@ -25,6 +26,21 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+LEGEND_INSIDE = 6
+"""A plot with more labelled lines than this has its legend beside the axes, off the curves."""
+
+
+def legend(ax: Any, **inside: Any) -> None:
+    """``ax``'s legend: inside (at ``inside``'s place) for a few lines, beside the axes for many, none for none."""
+    labels = ax.get_legend_handles_labels()[1]
+    if not labels:
+        return
+    if len(labels) <= LEGEND_INSIDE:
+        ax.legend(fontsize=8, **inside)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def plot_schedule(

@@ -1,6 +1,6 @@
 """The ``+cache`` variants of the freezing methods: the same method with a :class:`FrozenPrefixCache`.
 
-``freezeout+cache``, ``gradual-unfreezing+cache``, ``head-only+cache``, ``layer-freezing+cache``,
+``freezeout+cache``, ``autofreeze+cache``, ``gradual-unfreezing+cache``, ``head-only+cache``, ``layer-freezing+cache``,
 ``fine-tune+cache`` and ``lp-ft+cache`` build exactly what their method builds; the runner then
 serves the frozen prefix's output from a cache keyed by example index (the task's data has no
 random augmentation). They are separate methods, so a report shows each gain beside the method
@@ -32,7 +32,7 @@ from .methods.kit import METHODS, Build, Method, Setup, register_method
 
 __all__ = ["CACHED", "SELF_CHECK", "cached_variant", "register_cached"]
 
-CACHED = ("freezeout", "gradual-unfreezing", "head-only", "layer-freezing", "fine-tune", "lp-ft")
+CACHED = ("freezeout", "autofreeze", "gradual-unfreezing", "head-only", "layer-freezing", "fine-tune", "lp-ft")
 """The methods that freeze a prefix, in the order their variants are registered."""
 
 DTYPES = {None: None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -79,7 +79,6 @@ def cached_variant(method: Method) -> Method:
         not_default={
             regime: f"the cached variant of {method.name}, run on request" for regime in ("scratch", "fine-tuning")
         },
-        period=method.period,
         snippet=None if method.snippet is None else snippet,
         check=check,
         uses_task_lr=method.uses_task_lr,

@@ -1,8 +1,9 @@
 """Data-parallel comparisons: every run of ``layerwise compare --nproc N`` trained by N processes.
 
-The session plans as it always does (the run store, the equal-cost plan, the report); each run,
-and under ``--budget time`` each timing block, is then executed by the N ranks of one gloo process
-group. Every rank builds the same seeded model, draws the same seeded batches and trains on its
+The session works as it always does (the run store, the budgets, the report); each run is then
+executed by the N ranks of one gloo process group (under ``--budget time`` they keep the slowest
+rank's clock, so they stop together). Every rank builds the same seeded model, draws the same
+seeded batches and trains on its
 contiguous slice of every global batch (:class:`~layerwise.compare.parallel.Parallel`), its loss
 weighted by its share of the batch, so the gradient DDP averages is the global batch's: N
 processes reproduce one process training on the global batch up to the order of float
@@ -57,7 +58,6 @@ import torch.distributed as dist
 
 from .._checks import positive_int
 from ..tasks import Task, TaskData
-from .budget import measure_costs
 from .parallel import ENGINES, Parallel, check_parallel, launched_world
 from .runner import OnStep, RunSpec, run, warm_up
 
@@ -77,18 +77,16 @@ _PR_SET_PDEATHSIG = 1
 
 
 Request = tuple[str, Any]
-"""``("run", RunSpec)`` or ``("costs", measure_costs's options)``; task and data are each rank's own."""
+"""``("run", RunSpec)``; task and data are each rank's own."""
 
 
 def _execute(
     kind: str, what: Any, parallel: Parallel, task: Task, data: TaskData, on_step: OnStep | None = None
 ) -> Any:
-    """One request on this rank: a run (rank 0 alone writes TensorBoard logs) or a timing block."""
+    """One request on this rank: a run (rank 0 alone writes TensorBoard logs)."""
     if kind == "run":
         spec = what if parallel.rank == 0 else replace(what, tensorboard=None)
         return run(task, spec, data=data, parallel=parallel, on_step=on_step)
-    if kind == "costs":
-        return measure_costs(task, parallel=parallel, **what)
     raise ValueError(f"data parallel: unknown request {kind!r}")
 
 
@@ -157,8 +155,8 @@ def _pool_worker(
 
 
 class _Group:
-    """What a session asks of a group of ranks: a run, or the step costs, done on every rank
-    (``_send``: how this group's rank 0 hands a request to the others and gathers the answer)."""
+    """What a session asks of a group of ranks: a run, done on every rank (``_send``: how this
+    group's rank 0 hands a request to the others and gathers the answer)."""
 
     def _send(self, kind: str, task: Task, data: TaskData, what: Any, on_step: OnStep | None = None) -> Any:
         raise NotImplementedError
@@ -175,10 +173,6 @@ class _Group:
     ) -> dict[str, Any]:
         """:func:`~layerwise.compare.runner.run_one` on every rank; rank 0's record."""
         return self._send("run", task, data, RunSpec(method, dict(settings or {}), **spec), on_step)
-
-    def measure_costs(self, task: Task, entries, batches, *, data: TaskData, **options: Any):
-        """:func:`~layerwise.compare.budget.measure_costs` on every rank; rank 0's timing."""
-        return self._send("costs", task, data, {"entries": list(entries), "batches": list(batches), **options})
 
 
 class Pool(_Group):

@@ -136,3 +136,9 @@ class Parallel:
         total = weighted_loss.detach().reshape(1).to(torch.float64)
         dist.all_reduce(total)
         return float(total) / self.world
+
+    def slowest(self, seconds: float) -> float:
+        """The most seconds any rank took (one all-reduce): every rank then keeps one pace and stops together."""
+        most = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return float(most)

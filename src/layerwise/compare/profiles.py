@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import pyplot
+from ..plotting import legend, pyplot
 
 __all__ = ["TAU_MAX", "Speedup", "plot_profile", "profile", "ratios", "score", "speedups"]
 
@@ -120,7 +120,7 @@ def plot_profile(ratio: Ratios, path: str | Path, tau_max: float = TAU_MAX) -> P
     ax.set_ylabel("share of tasks with ratio <= tau")
     ax.set_xlim(1.0, tau_max)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8, title="method (score)", title_fontsize=8)
+    legend(ax, title="method (score)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

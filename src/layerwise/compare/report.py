@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plotting import pyplot
+from ..plotting import legend, pyplot
 from .stats import Comparison, decide_all, holm, log_ratios, reach, sizing
 from .targets import default_target, higher_is_better, time_to_target, verdict, verdict_tests
 
@@ -78,7 +78,7 @@ def summarize(
     if target is None:
         target = default_target([r["test_metric"] for r in base_records], metric, target_tolerance)
     base_wall = _mean_std([r["wall_clock_s"] for r in base_records])[0]
-    void_speed = _baseline_off_plan(base_records, base_wall)
+    void_speed = _baseline_off_budget(base_records)
 
     def times(records: list[dict[str, Any]]) -> dict[int, float | None]:
         return {
@@ -105,7 +105,7 @@ def summarize(
         records, errors = outcome["records"], outcome["errors"]
         wall = _mean_std([r["wall_clock_s"] for r in records])[0]
         metric_mean, metric_std = _mean_std([r["test_metric"] for r in records])
-        budget_ratio = _budget_ratio(records, wall, base_wall)
+        budget_ratio = _budget_ratio(records)
         mine = times(records)
         ttt = _median_time(mine)
         judged = None
@@ -314,31 +314,19 @@ def _timed_apart(records: list[dict[str, Any]], base_records: list[dict[str, Any
     )
 
 
-def _baseline_off_plan(base_records: list[dict[str, Any]], base_wall: float | None) -> str | None:
+def _baseline_off_budget(base_records: list[dict[str, Any]]) -> str | None:
     """Why the table's speed comparisons are void, or None: the baseline trained more than
-    :data:`BUDGET_WARNING` off the time the plan predicted for it (the machine's speed changed
-    between the timing and the runs, so every method's planned steps bought another time)."""
-    planned = [r["budget"]["seconds"] for r in base_records if r.get("budget", {}).get("seconds")]
-    if not planned or not base_wall:
+    :data:`BUDGET_WARNING` off its budget (a budget given in seconds that it stopped short of)."""
+    off = _budget_ratio(base_records)
+    if off is None or abs(off - 1) <= BUDGET_WARNING:
         return None
-    off = base_wall / statistics.fmean(planned)
-    if abs(off - 1) <= BUDGET_WARNING:
-        return None
-    return (
-        f"speed not compared: the baseline trained {off:.2f}x its planned {statistics.fmean(planned):.1f} s "
-        "(the machine's speed changed after the plan; rerun on a quiet machine with --retime)"
-    )
+    return f"speed not compared: the baseline trained {off:.2f}x its budget"
 
 
-def _budget_ratio(records: list[dict[str, Any]], wall: float | None, base_wall: float | None) -> float | None:
-    """Achieved training time over the budget: the baseline's achieved time when the budget was the
-    baseline's (the plan only predicted it), else the budget given in seconds."""
-    budgets = [r["budget"] for r in records if r.get("budget", {}).get("seconds")]
-    if not budgets or not wall:
-        return None
-    if all(b.get("source") == "baseline" for b in budgets) and base_wall:
-        return wall / base_wall
-    return wall / statistics.fmean(b["seconds"] for b in budgets)
+def _budget_ratio(records: list[dict[str, Any]]) -> float | None:
+    """Achieved training time over the budget, the mean over the runs (each run's own seed's budget)."""
+    ratios = [r["wall_clock_s"] / r["budget"]["seconds"] for r in records if r.get("budget", {}).get("seconds")]
+    return statistics.fmean(ratios) if ratios else None
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -452,7 +440,7 @@ def _metric_vs_time(plt, outcomes: Outcomes, metric: str, path: Path, target: fl
     ax.set_ylabel(f"test {metric}" + (" (%)" if metric == "accuracy" else ""))
     ax.set_title(f"test {metric} vs wall-clock (each seed faint, mean bold)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right" if metric == "accuracy" else "upper right")
+    legend(ax, loc="lower right" if metric == "accuracy" else "upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -474,7 +462,7 @@ def _train_loss(plt, outcomes: Outcomes, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title("training loss vs step (mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -3,9 +3,11 @@
 A run goes through the seeded loop of :mod:`layerwise.tasks.loop` (``loss.backward();
 optimizer.step(); scheduler.step()``, with a loss closure for the methods that probe losses).
 Only the training steps are timed; the test evaluations in between are not. A run trains the
-task's epochs, or exactly ``steps`` steps (an equal-cost plan): past the first epoch the same
-seeded generator reshuffles every epoch, so every method sees the same batches in the same order
-for as long as it trains. :class:`RunSpec` describes a run; :func:`run` trains it.
+task's epochs, exactly ``steps`` steps, or for ``seconds`` of training (equal wall-clock: it
+stops by its own clock, and its schedules follow its share of the budget, :mod:`.budget`): past
+the first epoch the same seeded generator reshuffles every epoch, so every method sees the same
+batches in the same order for as long as it trains. :class:`RunSpec` describes a run; :func:`run`
+trains it.
 
 Examples:
     >>> from layerwise.compare.runner import run_one
@@ -16,9 +18,10 @@ Examples:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from ..tasks.loop import train_step as loop_step
 from ..telemetry import LayerMonitor
 from ..training import steps_per_epoch
 from ..wrapping import owns_lr
+from .budget import Pace
 from .methods import METHODS, Build, Setup, build_setup, resolve_settings
 from .parallel import Parallel
 
@@ -55,6 +59,9 @@ __all__ = [
 LR_SAMPLES = 200
 """At most this many sampled steps of every group's LR are kept per run."""
 
+MAX_PACED = 100
+"""A run paced by the clock takes at most this many times its schedules' steps."""
+
 OnStep = Callable[[int, int, float], None]
 """``on_step(step, total, loss)`` after every step (progress bars)."""
 
@@ -66,8 +73,11 @@ class RunSpec:
     Attributes:
         settings: overrides of the method's default settings.
         epochs: default: the task's (its quick epochs with ``quick``).
-        steps: train exactly this many steps instead (an equal-cost plan); the data is reshuffled
-            every epoch as usual, with the same seeded order as a run of ``epochs``.
+        steps: train exactly this many steps instead; the data is reshuffled every epoch as usual,
+            with the same seeded order as a run of ``epochs``.
+        seconds: train for this many seconds of training instead, stopping by the run's own clock;
+            its schedules are built for the steps above (``steps``, else the epochs') and follow
+            its progress through the budget (:class:`~layerwise.compare.budget.Pace`).
         train_size: keep the first examples of the train split (default: all).
         policy: the global LR policy every scheduled method shares.
         quick: the task's quick data (when no data is given) and quick epochs.
@@ -82,6 +92,7 @@ class RunSpec:
     seed: int = 0
     epochs: int | None = None
     steps: int | None = None
+    seconds: float | None = None
     train_size: int | None = None
     policy: str = "cosine"
     quick: bool = False
@@ -233,6 +244,7 @@ def run(
     data: TaskData | None = None,
     on_step: OnStep | None = None,
     parallel: Parallel | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Train ``task`` as ``spec`` describes and return a JSON-ready record of the run.
 
@@ -242,6 +254,7 @@ def run(
         parallel: this process's rank of a data-parallel run (:mod:`.parallel`), which every rank
             calls alike: each trains on its slice of every global batch and evaluates; the
             losses recorded are the global batch's. None: this process trains alone.
+        clock: seconds, for the training time (a fake clock in tests).
     """
     settings = resolve_settings(spec.method, spec.settings)
     epochs = _epochs(task, spec)
@@ -249,16 +262,22 @@ def run(
     train = _first(data.train, spec.train_size)
     per_epoch = steps_per_epoch(len(train[1]), task.batch_size)
     total = epochs * per_epoch if spec.steps is None else spec.steps
+    pace = None if spec.seconds is None else Pace(spec.seconds, total)
     model, setup = new_run(task, spec.method, settings, total, spec.policy, spec.seed, parallel)
+    if pace is not None and owns_lr(setup.optimizer):  # Hi-DLR, SecantLR: their schedules read the budget's share
+        setup.optimizer.progress = pace.progress
     cache = _run_cache(model, setup, spec.method, len(train[1]), parallel)
     forward = model if parallel is None else parallel.prepare(model)
-    recorder = _Recorder(model, setup, task, data.test, total, spec.eval_points, on_step, parallel)
+    recorder = _Recorder(model, setup, task, data.test, total, spec.eval_points, on_step, parallel, pace)
     monitor, writer = _monitor(setup.optimizer, spec)
     forward.train()
     if setup.train_mode is not None:
         setup.train_mode()
-    step = _stepper(forward, setup, task, cache, parallel)
-    seeded_loop(train, task.batch_size, step, seed=spec.seed, steps=total, before=recorder.before, after=recorder.after)
+    step = _stepper(forward, setup, task, cache, parallel, pace)
+    limit = total if pace is None else total * MAX_PACED
+    hooks = {"before": recorder.before, "after": recorder.after, "clock": clock}
+    seeded_loop(train, task.batch_size, step, seed=spec.seed, steps=limit, **hooks)
+    total = recorder.steps
     record = {
         "task": task.name,
         "method": spec.method,
@@ -275,6 +294,7 @@ def run(
         "param_norms": param_norms(setup.optimizer),
         "nproc": 1 if parallel is None else parallel.world,
         "engine": "single" if parallel is None else parallel.engine,
+        **({} if pace is None else {"schedule_steps": pace.schedule_steps, "budget_s": pace.budget_s}),
     }
     return _finish(record, setup.optimizer, cache, monitor, writer)
 
@@ -317,14 +337,24 @@ def _monitor(optimizer: torch.optim.Optimizer, spec: RunSpec) -> tuple[LayerMoni
 
 
 def _stepper(
-    forward: nn.Module, setup: Setup, task: Task, cache: FrozenPrefixCache | None, parallel: Parallel | None
+    forward: nn.Module,
+    setup: Setup,
+    task: Task,
+    cache: FrozenPrefixCache | None,
+    parallel: Parallel | None,
+    pace: Pace | None,
 ) -> Callable[[Batch], torch.Tensor]:
-    """The timed step of a run: the batch's loss, weighted by this rank's share in a data-parallel run."""
+    """The timed step of a run: the batch's loss, weighted by this rank's share in a data-parallel run.
+
+    Paced by the clock, the method's scheduler is not stepped here: the recorder steps it up to the
+    budget's share after each step (:meth:`~layerwise.compare.budget.Pace.catch_up`).
+    """
+    stepped = setup if pace is None else replace(setup, scheduler=None)
 
     def step(batch: Batch) -> torch.Tensor:
         xb, yb, weight = (batch.x, batch.y, 1.0) if parallel is None else parallel.split(batch.x, batch.y)
         with nullcontext() if cache is None else cache.batch(batch.index):
-            loss = train_step(forward, setup, task, xb, yb, weight)
+            loss = train_step(forward, stepped, task, xb, yb, weight)
         return loss if parallel is None else loss * weight
 
     return step
@@ -343,10 +373,13 @@ class _Recorder:
         eval_points: int,
         on_step: OnStep | None,
         parallel: Parallel | None,
+        pace: Pace | None = None,
     ) -> None:
         self.model, self.setup, self.task, self.test = model, setup, task, test
-        self.total, self.on_step, self.parallel = total, on_step, parallel
+        self.total, self.on_step, self.parallel, self.pace = total, on_step, parallel, pace
         self.evaluate_at = eval_steps(total, eval_points)
+        self.marks = [i / eval_points for i in range(1, eval_points)]  # paced: the budget's shares to evaluate at
+        self.steps = 0
         self.lr_every = max(1, total // LR_SAMPLES)
         self.lr: dict[str, list[float]] = {name: [] for name in group_lrs(setup.optimizer)}
         self.lr_steps: list[int] = []
@@ -363,23 +396,45 @@ class _Recorder:
                 self.lr[name].append(lr)
 
     def after(self, batch: Batch, loss: torch.Tensor, seconds: float) -> bool:
-        """The step's loss, the groups it froze, progress, an evaluation when due; True once the loss diverged."""
+        """The step's loss, the groups it froze, progress, an evaluation when due; True once the run ends
+        (its loss diverged, or, paced by the clock, its budget is spent)."""
+        if self.parallel is not None and self.pace is not None:  # every rank keeps the slowest rank's pace
+            seconds = self.parallel.slowest(seconds)
         self.seconds += seconds
+        self.steps = done = batch.step + 1
         value = loss.item() if self.parallel is None else self.parallel.mean(loss)
         self.losses.append(value if math.isfinite(value) else None)
-        done = batch.step + 1
+        if self.pace is not None:  # the schedules move to the budget's share, as a scheduler steps after a step
+            self.pace.add(seconds)
+            if self.setup.scheduler is not None:
+                self.pace.catch_up(self.setup.scheduler)
         if self.setup.freezer is not None:
             for name in set(self.setup.freezer.frozen) - set(self.frozen_at):
                 self.frozen_at[name] = done
         if self.on_step is not None:
-            self.on_step(done, self.total, value)
+            self.on_step(done, self._expected(done), value)
         if not math.isfinite(value):
             self.diverged_at = done
             return True
-        if done in self.evaluate_at:
+        ending = self.pace is not None and self.pace.done()
+        if ending or self._evaluation_due(done):
             metrics = evaluate_setup(self.model, self.setup, self.test, self.task)
             self.curve.append({"step": done, "seconds": self.seconds, **{f"test_{k}": v for k, v in metrics.items()}})
-        return False
+        return ending
+
+    def _evaluation_due(self, done: int) -> bool:
+        """At the planned steps; paced by the clock, once the budget's share passes the next mark."""
+        if self.pace is None:
+            return done in self.evaluate_at
+        passed = [mark for mark in self.marks if self.pace.progress() >= mark]
+        self.marks = self.marks[len(passed) :]
+        return bool(passed)
+
+    def _expected(self, done: int) -> int:
+        """The run's length as known now: its steps, or, paced, the steps its pace so far predicts."""
+        if self.pace is None or self.pace.spent <= 0:
+            return self.total
+        return max(done, round(done / self.pace.progress()))
 
     def record(self, metric: str, per_epoch: int) -> dict[str, Any]:
         """The record's fields from what was recorded (the final train loss: the last tenth of an epoch's mean)."""
@@ -397,6 +452,7 @@ class _Recorder:
             "lr_steps": self.lr_steps,
             "lr": self.lr,
             "frozen_at": self.frozen_at,
+            **({} if self.setup.records is None else dict(self.setup.records())),
         }
 
 

@@ -1,9 +1,10 @@
-"""One comparison: plan the runs, train them (resuming from the run store), write the report.
+"""One comparison: train its runs (resuming from the run store), then write the report.
 
-With ``budget="time"`` (the default) every method trains for the baseline's training wall-clock
-(or ``budget_seconds``): its steps are planned before any run from step costs measured in an
-interleaved timing block (:mod:`.budget`) and stored with the runs, so an interrupted comparison
-resumes with the same plan. With ``budget="steps"`` every method trains the task's epochs.
+With ``budget="time"`` (the default) every method trains for the baseline's training wall-clock on
+the same seed (or ``budget_seconds``): the baseline of each seed trains first, the task's epochs,
+and every other run of that seed stops by its own clock at the baseline's training time, its
+schedules following its share of that time (:mod:`.budget`). With ``budget="steps"`` every method
+trains the task's epochs.
 
 Examples:
     >>> from layerwise.compare.session import CompareConfig, compare_variants
@@ -26,7 +27,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +39,6 @@ from .._checks import finite_nonneg, one_of, positive_int
 from ..groups import Partition
 from ..tasks import Task, TaskData, resolve_task
 from ..training import progress_bar, steps_per_epoch
-from .budget import measure_costs, plan_budget
 from .engines import group_for
 from .methods import METHODS, Build, check_methods, default_methods, method_snippet, resolve_settings
 from .parallel import check_parallel
@@ -80,17 +80,14 @@ class CompareConfig:
         train_size: train on the first this many examples (default: the task's ``train_size``).
         policy: the global LR policy every scheduled method shares.
         quick: the task's quick data slice (its ``quick_train_size`` and ``quick_test_size``
-            examples), its quick epochs, 3 evaluations per run unless ``eval_points`` is given, one
-            timing block per method unless ``plan_repeats`` is given, and a 2-step warm-up.
+            examples), its quick epochs, 3 evaluations per run unless ``eval_points`` is given, and a
+            2-step warm-up.
         eval_points: test evaluations per run, evenly spaced (training time excludes them; default 10).
         test_size: evaluate on the first this many test examples (None: all).
         telemetry_every: record :class:`~layerwise.LayerMonitor` telemetry every this many steps.
         budget: ``"time"`` (equal wall-clock) or ``"steps"`` (equal epochs).
-        budget_seconds: with ``budget="time"``: the budget itself (default: the baseline's time).
-        plan_block: with ``budget="time"``: at most this many steps per timing block, and at most an
-            eighth of the baseline's run (at least 4); each method's own block is this, rounded up to
-            a multiple of its own period.
-        plan_repeats: with ``budget="time"``: timing blocks per method (the median is kept; default 2).
+        budget_seconds: with ``budget="time"``: the budget itself, for every run the baseline's
+            included (default: the baseline's training time on each seed).
         nproc: train each run on this many processes, data-parallel (None or 1: this process alone;
             under torchrun: its world size). See :mod:`.engines`.
         fsdp: shard the model with FSDP2 instead of DDP (needs ``nproc`` or torchrun).
@@ -105,16 +102,12 @@ class CompareConfig:
     telemetry_every: int | None = None
     budget: Literal["steps", "time"] = "time"
     budget_seconds: float | None = None
-    plan_block: int = 16
-    plan_repeats: int | None = None
     nproc: int | None = None
     fsdp: bool = False
 
     def __post_init__(self) -> None:
         if self.eval_points is None:
             object.__setattr__(self, "eval_points", 3 if self.quick else 10)
-        if self.plan_repeats is None:
-            object.__setattr__(self, "plan_repeats", 1 if self.quick else 2)
         one_of("--budget", self.budget, BUDGETS)
         one_of("--policy", self.policy, tuple(recipes.POLICIES))
         seconds = self.budget_seconds
@@ -127,8 +120,7 @@ class CompareConfig:
         _positive_int("train_size", self.train_size, optional=True)
         _positive_int("test_size", self.test_size, optional=True)
         _positive_int("telemetry_every", self.telemetry_every, optional=True)
-        for name in ("eval_points", "plan_block", "plan_repeats"):
-            _positive_int(name, getattr(self, name))
+        _positive_int("eval_points", self.eval_points)
         _positive_int("--nproc", self.nproc, optional=True)
         if not isinstance(self.fsdp, bool):
             raise TypeError(f"--fsdp: expected True or False, got {self.fsdp!r}")
@@ -165,11 +157,6 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
 
-def _timing_indices(task: Task, examples: int, count: int) -> list[torch.Tensor]:
-    order = torch.randperm(examples, generator=torch.Generator().manual_seed(0))
-    return [order[(torch.arange(task.batch_size) + i * task.batch_size) % examples] for i in range(count)]
-
-
 def _load_data(task: Task, config: CompareConfig) -> TaskData:
     """The task's data as a comparison uses it: its quick slice, the first ``test_size`` test examples
     (with ``quick``, at most the task's ``quick_test_size``)."""
@@ -179,60 +166,6 @@ def _load_data(task: Task, config: CompareConfig) -> TaskData:
     if size is not None:
         data = TaskData(data.train, (data.test[0][:size], data.test[1][:size]))
     return data
-
-
-def _plan(
-    store: RunStore,
-    task: Task,
-    data: TaskData,
-    config: CompareConfig,
-    entries: list[tuple[str, str, dict[str, Any]]],
-    baseline_steps: int,
-    train_size: int | None,
-    group: Any = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """The stored plan, extended with the entries it lacks (timed now on batches of the runs' training data).
-
-    The plan records what the timing cost (``timing_s``, ``timing_steps``: every step it took).
-    """
-    plan = store.plan() or {"entries": {}}
-    missing = [e for e in entries if e[0] not in plan["entries"]]
-    if not missing:
-        return plan
-    x, y = data.train
-    if train_size is not None:
-        x, y = x[:train_size], y[:train_size]
-    indices = _timing_indices(task, len(y), 8)
-    batches = [(x[index], y[index]) for index in indices]
-    options = {
-        "policy": config.policy,
-        "repeats": config.plan_repeats,
-        "minimum": min(config.plan_block, max(4, baseline_steps // 8)),
-        "steps": baseline_steps,
-    }
-    started = time.perf_counter()
-    if group is None:
-        costs = measure_costs(task, missing, batches, indices=indices, progress=progress, **options)
-    else:  # timed on every rank, communication included
-        costs = group.measure_costs(task, missing, batches, data=data, **options)
-    # the first plan's baseline cost prices every later entry, so a resumed plan keeps its budget
-    measured = replace(costs, baseline_step_s=plan.get("baseline_step_s", costs.baseline_step_s))
-    budget, steps = plan_budget(measured, baseline_steps, config.budget_seconds)
-    plan.setdefault("baseline_steps", baseline_steps)
-    plan.setdefault("baseline_step_s", measured.baseline_step_s)
-    plan.setdefault("budget_s", budget)
-    plan["timing_s"] = plan.get("timing_s", 0.0) + time.perf_counter() - started
-    plan["timing_steps"] = plan.get("timing_steps", 0) + costs.timing_steps
-    for key, _, _ in missing:
-        plan["entries"][key] = {
-            "ratio": costs.ratios[key],
-            "steps": steps[key],
-            "timed": key in costs.timed,
-            "block": costs.blocks.get(key),
-        }
-    store.save_plan(plan)
-    return plan
 
 
 AUTO_SEEDS = (3, 10)
@@ -285,6 +218,12 @@ class _Comparison:
     def seeds_of(self, label: str) -> int:
         return self.seed_counts.get(label, self.seeds)
 
+    @property
+    def baseline(self) -> str:
+        """The label every method is judged against (and, under a time budget, timed by): ``baseline`` or the first."""
+        labels = [label for label, _, _ in self.resolved]
+        return "baseline" if "baseline" in labels else labels[0]
+
     @staticmethod
     def run_key(label: str, method: str, settings: Mapping[str, Any], seed: int) -> str:
         """A run's key in the store (the A/A twin of ``--aa`` apart from the baseline's runs)."""
@@ -298,10 +237,12 @@ class _Comparison:
         """Every ``(label, method, settings, seed)`` of the comparison, seed-major.
 
         Seed 0 of every method, then seed 1, ...: a slow phase of the machine spreads over the
-        methods instead of landing on whole methods, and each finished seed is a paired round.
+        methods instead of landing on whole methods, and each finished seed is a paired round. The
+        baseline goes first in each seed (its training time is the seed's budget).
         """
         most = max([self.seeds, *self.seed_counts.values()])
-        seeded = [(seed, variant) for seed in range(most) for variant in self.resolved]
+        ordered = sorted(self.resolved, key=lambda variant: variant[0] != self.baseline)
+        seeded = [(seed, variant) for seed in range(most) for variant in ordered]
         return [(label, m, s, seed) for seed, (label, m, s) in seeded if seed < self.seeds_of(label)]
 
 
@@ -333,7 +274,7 @@ def compare_variants(
         tensorboard: log each run's telemetry under ``out/tensorboard`` (needs ``telemetry_every``).
         data: replaces the task's own data (``config.test_size`` does not apply to it).
         retime: rerun the finished runs timed by an earlier invocation, so every time in the report
-            comes from this one (the stored plan, and so every run's steps, is kept).
+            comes from this one.
         note: a sentence added to the report's description of the setting.
         correction: correct each question's p-values over the methods by Holm's rule (False: raw
             p-values, each method tested at 5 % alone).
@@ -344,7 +285,7 @@ def compare_variants(
         aa: also train the baseline a second time, as ``"baseline (A/A)"``: its verdict against the
             baseline is this machine's and this task's noise floor (outside the correction's family).
 
-    Returns ``{"rows", "table", "setting", "outcomes", "plan", "target", "paths"}``.
+    Returns ``{"rows", "table", "setting", "outcomes", "target", "paths"}``.
     """
     task = resolve_task(task)
     config = config or CompareConfig()
@@ -367,7 +308,7 @@ def compare_variants(
         invocation = fingerprint()
         if engine is not None:
             invocation["nproc"], invocation["engine"] = nproc, engine
-        started, unsaved, plan, warm = time.perf_counter(), {}, None, False
+        started, unsaved, warm = time.perf_counter(), {}, False
         run = run_one if group is None else group.run_one
         while True:  # one round; with --seeds auto, again while methods are undecided
             todo = _due_runs(store, comparison, invocation["invocation"] if retime else None)
@@ -375,16 +316,15 @@ def compare_variants(
                 data = data if data is not None else _load_data(task, config)
                 warm_up(task, data, 2 if config.quick else 10)
                 warm = True
-            plan = plan if plan is not None and not todo else _budget_plan(store, comparison, data, todo, group)
-            unsaved |= _train_due(store, comparison, todo, run, data, plan, invocation, tensorboard)
+            unsaved |= _train_due(store, comparison, todo, run, data, invocation, tensorboard)
             outcomes = _collect_outcomes(store, comparison, unsaved)
             spent = (time.perf_counter() - started) / 60
             if most is None or (max_minutes is not None and spent >= max_minutes):
                 break
             if not _add_seeds(comparison, _open_labels(outcomes, comparison, judging), most):
                 break
-    report = _write_report(comparison, model, partition, outcomes, plan, judging, title, note)
-    return {**report, "plan": plan, "outcomes": outcomes, "unsaved": sorted(unsaved)}
+    report = _write_report(comparison, model, partition, outcomes, judging, title, note)
+    return {**report, "outcomes": outcomes, "unsaved": sorted(unsaved)}
 
 
 def _twin(variants: Sequence[Variant]) -> Variant:
@@ -404,10 +344,9 @@ class _Judging:
 
 
 def _summary(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> dict[str, Any]:
-    baseline = "baseline" if "baseline" in outcomes else comparison.resolved[0][0]
     return summarize(
         outcomes,
-        baseline=baseline,
+        baseline=comparison.baseline,
         metric=comparison.task.metric,
         target=judging.target,
         target_tolerance=judging.target_tolerance,
@@ -428,9 +367,7 @@ def _add_seeds(comparison: _Comparison, open_labels: Sequence[str], most: int) -
     growing = [label for label in open_labels if comparison.seeds_of(label) < most]
     if not growing:
         return False
-    labels = [label for label, _, _ in comparison.resolved]
-    baseline = "baseline" if "baseline" in labels else labels[0]
-    for label in {baseline, *growing}:
+    for label in {comparison.baseline, *growing}:
         comparison.seed_counts[label] = comparison.seeds_of(label) + 1
     return True
 
@@ -493,38 +430,17 @@ def _due_runs(store: RunStore, comparison: _Comparison, retime: str | None) -> l
     return [run for run in comparison.runs() if due(*run)]
 
 
-def _budget_plan(
-    store: RunStore, comparison: _Comparison, data: TaskData | None, todo: Sequence[tuple], group: Any
-) -> dict[str, Any] | None:
-    """With ``budget="time"``: the plan, timed now for the entries it lacks when runs are due; else None."""
-    task, config = comparison.task, comparison.config
-    if config.budget != "time":
-        return None
-    if not todo:
-        return store.plan()
-    n_train = min(len(data.train[1]), comparison.train_size or len(data.train[1]))
-    keys = comparison.keys()
-    entries = [(keys[label], method, settings) for label, method, settings in comparison.resolved]
-    baseline_steps = comparison.epochs * steps_per_epoch(n_train, task.batch_size)
-    progress = comparison.progress
-    plan = _plan(store, task, data, config, entries, baseline_steps, comparison.train_size, group, progress)
-    if progress:
-        _say(_estimate_text(plan, todo, keys, config.eval_points))
-    return plan
-
-
 def _train_due(
     store: RunStore,
     comparison: _Comparison,
     todo: Sequence[tuple[str, str, dict[str, Any], int]],
     run: Callable[..., dict[str, Any]],
     data: TaskData | None,
-    plan: dict[str, Any] | None,
     invocation: dict[str, Any],
     tensorboard: bool,
 ) -> dict[str, dict[str, Any]]:
     """Train the due runs with ``run`` (``run_one`` or a group's), storing each; the finished runs not stored."""
-    task, config, keys = comparison.task, comparison.config, comparison.keys()
+    task, config = comparison.task, comparison.config
     shared = {
         "epochs": comparison.epochs,
         "train_size": comparison.train_size,
@@ -536,30 +452,69 @@ def _train_due(
     }
     unsaved: dict[str, dict[str, Any]] = {}
     with progress_bar(len(todo), f"compare {task.name}", comparison.progress, unit="run", leave=True) as runs_bar:
-        for label, method, settings, seed in todo:
+        for done, (label, method, settings, seed) in enumerate(todo):
             key = comparison.run_key(label, method, settings, seed)
-            planned = plan["entries"][keys[label]] if plan else None
             logs = comparison.out / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None
+            budget = _run_budget(store, comparison, label, seed, data, unsaved)
+            started = time.perf_counter()
             with progress_bar(0, f"{label} seed {seed}", comparison.progress) as steps_bar:
                 try:
+                    if isinstance(budget, str):
+                        raise RuntimeError(budget)
                     record = run(
                         task,
                         method,
                         settings,
                         seed=seed,
-                        steps=None if planned is None else planned["steps"],
                         tensorboard=logs,
                         on_step=_step_progress(steps_bar),
+                        **{k: budget[k] for k in ("steps", "seconds") if k in budget},
                         **shared,
                     )
                 except Exception:
                     store.fail(key, method, seed, traceback.format_exc())
                 else:
-                    record.update(label=label, timing=invocation, budget=_budget_note(config, plan, planned))
+                    note = {k: v for k, v in budget.items() if k != "steps"}
+                    if note.get("reference"):  # the baseline's own time is its seed's budget
+                        note["seconds"] = record["wall_clock_s"]
+                    record.update(label=label, timing=invocation, budget=note)
                     _save(store, key, record, unsaved, f"{label} seed {seed}")
+                    if done == 0 and comparison.progress and len(todo) > 1:
+                        _say(_estimate_text(record, time.perf_counter() - started, len(todo) - 1, config))
             if runs_bar is not None:
                 runs_bar.update(1)
     return unsaved
+
+
+def _run_budget(
+    store: RunStore,
+    comparison: _Comparison,
+    label: str,
+    seed: int,
+    data: TaskData | None,
+    unsaved: Mapping[str, dict[str, Any]],
+) -> dict[str, Any] | str:
+    """How long one run trains, and its record's ``budget`` note; a string says why it has no budget.
+
+    Under ``budget="time"`` every run but the baseline's reference run stops by its clock at its
+    seed's budget (``seconds``) with schedules built for the baseline's ``steps``; the reference run
+    (``budget_seconds`` not given) trains the task's epochs, and its training time is the budget.
+    """
+    config = comparison.config
+    if config.budget != "time":
+        return {"mode": config.budget}
+    n_train = min(len(data.train[1]), comparison.train_size or len(data.train[1]))
+    steps = comparison.epochs * steps_per_epoch(n_train, comparison.task.batch_size)
+    if config.budget_seconds is not None:
+        return {"mode": "time", "source": "given", "seconds": float(config.budget_seconds), "steps": steps}
+    if label == comparison.baseline:
+        return {"mode": "time", "source": "baseline", "reference": True, "schedule_steps": steps}
+    _, method, settings = next(v for v in comparison.resolved if v[0] == comparison.baseline)
+    reference_key = comparison.run_key(comparison.baseline, method, settings, seed)
+    reference = unsaved.get(reference_key) or store.finished(reference_key)
+    if reference is None:
+        return f"no budget: the baseline's seed {seed} has no finished run, and its training time is this run's budget"
+    return {"mode": "time", "source": "baseline", "seconds": reference["wall_clock_s"], "steps": steps}
 
 
 def _step_progress(bar: Any) -> Callable[[int, int, float], None]:
@@ -573,19 +528,6 @@ def _step_progress(bar: Any) -> Callable[[int, int, float], None]:
                 bar.set_postfix(loss=f"{loss:.3g}", refresh=False)
 
     return on_step
-
-
-def _budget_note(config: CompareConfig, plan: dict[str, Any] | None, planned: dict[str, Any] | None) -> dict[str, Any]:
-    """A record's ``budget``: the mode and, under a plan, the budget and this run's planned steps."""
-    note: dict[str, Any] = {"mode": config.budget}
-    if planned is not None:
-        note.update(
-            seconds=plan["budget_s"],
-            source="given" if config.budget_seconds is not None else "baseline",
-            planned_steps=planned["steps"],
-            cost_ratio=planned["ratio"],
-        )
-    return note
 
 
 def _save(store: RunStore, key: str, record: dict[str, Any], unsaved: dict[str, dict[str, Any]], name: str) -> None:
@@ -620,7 +562,6 @@ def _write_report(
     model: nn.Module,
     partition: Partition,
     outcomes: dict[str, dict[str, list]],
-    plan: dict[str, Any] | None,
     judging: _Judging,
     title: str | None,
     note: str,
@@ -631,7 +572,7 @@ def _write_report(
     rows, target_value = summary["rows"], summary["target"]
     table = markdown_table(rows, task.metric, budget=config.budget)
     title = title or f"layerwise compare: {task.name}"
-    setting = _setting_text(comparison, outcomes, plan, target_value) + " " + _verdicts_text(rows, judging)
+    setting = _setting_text(comparison, outcomes, target_value) + " " + _verdicts_text(rows, judging)
     setting += f" {note}" if note else ""
     snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy)
     answered = answer(rows, task.metric, config.budget)
@@ -695,11 +636,11 @@ def _seeds_text(comparison: _Comparison) -> str:
 
 
 def _setting_text(
-    comparison: _Comparison, outcomes: dict[str, dict[str, list]], plan: dict[str, Any] | None, target: float | None
+    comparison: _Comparison, outcomes: dict[str, dict[str, list]], target: float | None
 ) -> str:
     """The report's description of the setting: data, optimizer, policy, seeds, budget, target, evaluations."""
     task, config = comparison.task, comparison.config
-    budget_text = _budget_text(config, plan, comparison.epochs)
+    budget_text = _budget_text(comparison, outcomes)
     if comparison.engine is not None:
         budget_text += " " + _parallel_text(comparison.nproc, comparison.engine, task.batch_size)
     used = next((r["train_size"] for o in outcomes.values() for r in o["records"]), comparison.train_size)
@@ -724,33 +665,32 @@ def _say(text: str) -> None:
         tqdm.write(text, file=sys.stderr)
 
 
-def _estimate_text(plan: dict[str, Any], todo: Sequence[tuple], keys: Mapping[str, str], eval_points: int) -> str:
-    """The plan in one line: what timing cost, and the training time the runs still to do will take."""
-    seconds = sum(
-        plan["entries"][keys[label]]["steps"] * plan["entries"][keys[label]]["ratio"] * plan["baseline_step_s"]
-        for label, _, _, _ in todo
-    )
+def _estimate_text(record: dict[str, Any], seconds: float, left: int, config: CompareConfig) -> str:
+    """After the first run: its training time (the budget, under a time budget) and the time the rest will take."""
+    budget = "the budget of every run" if record.get("budget", {}).get("reference") else "training"
     return (
-        f"plan: step costs timed in {plan.get('timing_s', 0.0):.0f} s ({plan.get('timing_steps', 0)} steps); "
-        f"{len(todo)} run(s) to train, about {seconds / 60:.1f} min of training "
-        f"(budget {plan['budget_s']:.1f} s a run) plus {eval_points} evaluations per run"
+        f"{record['method']} seed {record['seed']}: {record['wall_clock_s']:.1f} s of {budget}, "
+        f"{seconds:.0f} s with its {config.eval_points} evaluations; {left} run(s) left, about "
+        f"{left * seconds / 60:.1f} min"
     )
 
 
-def _budget_text(config: CompareConfig, plan: dict[str, Any] | None, epochs: int) -> str:
-    if config.budget == "steps" or plan is None:
+def _budget_text(comparison: _Comparison, outcomes: dict[str, dict[str, list]]) -> str:
+    config, epochs = comparison.config, comparison.epochs
+    if config.budget == "steps":
         return f"Equal steps: every method trains {epochs} epoch(s)."
-    source = (
-        f"the baseline's {plan['baseline_steps']} steps ({epochs} epoch(s)) at its measured step cost"
-        if config.budget_seconds is None
-        else "given"
+    paced = (
+        "stopping by its own clock at the step nearest the budget; its schedules (the LR policy, freeze times, "
+        "Hi-DLR's schedule) follow its share of the budget, so a faster method takes more steps over the same "
+        "schedules (docs/ARCHITECTURE.md, compare/budget.py)"
     )
-    ratio = "the baseline's achieved training time" if config.budget_seconds is None else "the budget"
+    if config.budget_seconds is not None:
+        return f"Equal wall-clock: every run, the baseline's included, trains for {config.budget_seconds:g} s, {paced}."
+    budgets = [r["wall_clock_s"] for r in outcomes.get(comparison.baseline, {}).get("records", [])]
+    measured = f" ({min(budgets):.1f}-{max(budgets):.1f} s over its seeds)" if budgets else ""
     return (
-        f"Equal wall-clock: a budget of {plan['budget_s']:.1f} s of training ({source}); each method's steps are "
-        f"planned from its step cost relative to the baseline, measured before the runs in interleaved blocks "
-        f"on the same batches (median of {config.plan_repeats}; {plan.get('timing_steps', 0)} steps, "
-        f"{plan.get('timing_s', 0.0):.0f} s); 'train s / budget' is over {ratio}."
+        f"Equal wall-clock: the baseline trains {epochs} epoch(s), and every other run of a seed trains for the "
+        f"baseline's training time on that seed{measured}, {paced}; 'train s / budget' is over that time."
     )
 
 

@@ -1,11 +1,11 @@
 """Runs of a comparison, stored as they finish in one SQLite file (``DIR/runs.sqlite``).
 
-The file remembers the configuration it was made for (task, budget, policy) and the equal-cost plan
-of its runs; opening it with a different configuration raises ValueError naming what changed instead
-of mixing results. Every run is keyed by its method, settings and seed: a finished run is never
-redone, a failed one is kept with its error until it is tried again. A comparison that fails before
-any of its runs finished (its ``with RunStore(...)`` block raises) removes the file, so the
-directory stays free for any configuration.
+The file remembers the configuration it was made for (task, budget, policy); opening it with a
+different configuration raises ValueError naming what changed instead of mixing results. Every run
+is keyed by its method, settings and seed: a finished run is never redone, a failed one is kept
+with its error until it is tried again. A comparison that fails before any of its runs finished
+(its ``with RunStore(...)`` block raises) removes the file, so the directory stays free for any
+configuration.
 
 One comparison writes to a directory at a time: :func:`locked` holds an exclusive ``flock`` on
 ``DIR/.layerwise.lock`` for as long as the comparison runs, and a second one is refused naming the
@@ -146,16 +146,6 @@ class RunStore:
     @staticmethod
     def key(method: str, settings: dict[str, Any], seed: int) -> str:
         return f"{RunStore.variant_key(method, settings)}|{seed}"
-
-    def plan(self) -> dict[str, Any] | None:
-        """The comparison's stored equal-cost plan (None: none yet)."""
-        row = self._db.execute("SELECT value FROM config WHERE key = 'plan'").fetchone()
-        return None if row is None else json.loads(row[0])
-
-    def save_plan(self, plan: dict[str, Any]) -> None:
-        """Keep ``plan``: a resumed comparison trains with it instead of timing again."""
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO config VALUES ('plan', ?)", (json.dumps(plan),))
 
     def finished(self, key: str) -> dict[str, Any] | None:
         """The record of a finished run, or None (never run, or failed)."""

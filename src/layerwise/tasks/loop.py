@@ -55,11 +55,13 @@ def seeded_loop(
     steps: int,
     before: Callable[[Batch], None] | None = None,
     after: Callable[[Batch, torch.Tensor, float], bool | None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Run ``step`` on ``steps`` seeded batches of ``train``; return the seconds the steps took.
 
     ``before(batch)`` runs untimed before each step; ``after(batch, loss, seconds)`` after it, with
-    the step's loss and seconds, and ends the run by returning True.
+    the step's loss and seconds, and ends the run by returning True. ``clock``: seconds (a fake
+    clock in tests).
     """
     x, y = train
     spent = 0.0
@@ -67,9 +69,9 @@ def seeded_loop(
         batch = Batch(at, epoch, index, x[index], y[index])
         if before is not None:
             before(batch)
-        start = time.perf_counter()
+        start = clock()
         loss = step(batch)
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
         spent += seconds
         if after is not None and after(batch, loss, seconds):
             break

@@ -4,9 +4,7 @@ A :class:`Method` turns a :class:`Build` (task, model, partition, step count, gl
 its settings into a :class:`Setup`: the optimizer, what is stepped after it, and whether
 ``optimizer.step`` wants a loss closure. Every method starts from the task's optimizer preset and
 learning rate, so methods differ only in how the per-group learning rates move and which parts get
-a gradient. A method also declares what an equal-cost plan needs: the period over which its step
-cost repeats, its rare expensive rounds (:class:`Rounds`), and whether it costs exactly what the
-baseline costs. Register your own with :func:`register_method`, written with :mod:`.kit`.
+a gradient. Register your own with :func:`register_method`, written with :mod:`.kit`.
 
 Each family file holds its methods' builders, checks, snippets and registry entries, and one
 ``register_<family>()``; :func:`register_defaults` calls them in the order a comparison runs them.
@@ -15,14 +13,13 @@ Examples:
     >>> from layerwise.compare.methods import METHODS, resolve_settings
     >>> resolve_settings("freezeout", {"t0": 0.5})
     {'t0': 0.5, 'strategy': 'cubic', 'scale_lr': True}
-    >>> METHODS["multirate"].period(resolve_settings("multirate"))
-    4
-    >>> METHODS["hidlr"].rounds(resolve_settings("hidlr")).count(250)  # probing at steps 0, 16, 48, 112, 240
-    5
+    >>> METHODS["freezeout"].description
+    'FreezeOut: per-group cosine to zero, earliest groups first, then frozen (out of the backward pass)'
 """
 
 from __future__ import annotations
 
+from .autofreeze import register_autofreeze
 from .baselines import register_baselines
 from .fine_tuning import register_fine_tuning
 from .found_lrs import HIDLR_PROBING, SPLITS, register_found_lrs, two_groups
@@ -31,7 +28,6 @@ from .kit import (
     METHODS,
     Build,
     Method,
-    Rounds,
     Setup,
     build_setup,
     check_methods,
@@ -50,7 +46,6 @@ __all__ = [
     "SPLITS",
     "Build",
     "Method",
-    "Rounds",
     "Setup",
     "build_setup",
     "check_methods",
@@ -70,6 +65,7 @@ def register_defaults() -> None:
     register_fine_tuning()
     register_layer_lrs()
     register_freezeout()
+    register_autofreeze()
     register_multirate()
     register_found_lrs()
 

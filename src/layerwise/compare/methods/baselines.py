@@ -27,7 +27,6 @@ _BASELINE = Method(
     "uniform LR under the global policy (full training or full fine-tuning)",
     scheduled("constant"),
     {"policy": None},
-    same_cost=True,
     snippet=scheduled_snippet("constant"),
     check=checked("baseline", policy=policy_check),
 )

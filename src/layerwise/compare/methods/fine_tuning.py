@@ -65,7 +65,6 @@ _DISCRIMINATIVE = Method(
     {"ratio": 2.6, "policy": None},
     needs_groups(2),
     not_default={"scratch": "slows the early layers a random start needs most (-15 points on fashion-mnist)"},
-    same_cost=True,
     snippet=scheduled_snippet("discriminative"),
     check=checked("discriminative", ratio=positive_number, policy=policy_check),
 )

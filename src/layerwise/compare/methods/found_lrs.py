@@ -8,7 +8,6 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 from torch import nn
@@ -26,7 +25,6 @@ from .kit import (
     Build,
     Check,
     Method,
-    Rounds,
     Setup,
     checked,
     choice,
@@ -163,30 +161,6 @@ def _regroup_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     return regroup
 
 
-_TIMED_ROUND_EVERY = 4
-"""Hi-DLR's probing interval in the plan's timing block: 3 rounds besides step 0's in 16 steps."""
-
-
-def _hidlr_round_count(update_every: int, max_interval: int | None, steps: int) -> int:
-    """Probing rounds in ``steps`` steps: at step 0, then every Phi steps, Phi doubling up to the cap if adaptive.
-
-    An adaptive interval is counted as it ramps when every round is accepted with a small move (the
-    default comparison's case); a round that moves an LR more keeps the interval, so a run can make more.
-    """
-    count, step, interval = 0, 0, update_every
-    while step < steps:
-        count, step = count + 1, step + interval
-        if max_interval is not None:
-            interval = min(2 * interval, max_interval)
-    return count
-
-
-def _hidlr_rounds(settings: Mapping[str, Any]) -> Rounds:
-    every = _TIMED_ROUND_EVERY
-    timed = {**settings, "update_every": every, "max_interval": None}
-    return Rounds(timed, every, partial(_hidlr_round_count, settings["update_every"], settings["max_interval"]))
-
-
 _HIDLR = Method(
     "hidlr",
     "Hi-DLR: per-group LRs from a quadratic fit of 4K probe losses every `update_every` steps, "
@@ -194,7 +168,6 @@ _HIDLR = Method(
     "Table 2; groups=1 is Hi-ULR); eta* clipped to `clip` x the task LR; times the policy",
     _hidlr,
     _HIDLR_DEFAULTS,
-    rounds=_hidlr_rounds,
     snippet=_hidlr_snippet,
     check=checked("hidlr", **_HIDLR_CHECKS),
 )
@@ -291,7 +264,6 @@ _FREEZEOUT_HIDLR = Method(
     {**_HIDLR_DEFAULTS, "t0": 0.8, "strategy": "cubic"},
     needs_groups(2),
     not_default={"fine-tuning": "a combination; FreezeOut and Hi-DLR each run in the fine-tuning set"},
-    rounds=_hidlr_rounds,
     snippet=_freezeout_hidlr_snippet,
     check=checked("freezeout+hidlr", **_HIDLR_CHECKS, **{k: FREEZEOUT_CHECKS[k] for k in ("t0", "strategy")}),
 )

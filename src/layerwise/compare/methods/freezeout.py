@@ -83,7 +83,6 @@ _FREEZEOUT_SOFT = Method(
     _FREEZEOUT_DEFAULTS,
     needs_groups(2),
     not_default={"scratch": "an ablation, run on request", "fine-tuning": "an ablation, run on request"},
-    same_cost=True,
     snippet=_freezeout_soft_snippet,
     check=checked("freezeout-soft", **FREEZEOUT_CHECKS),
 )

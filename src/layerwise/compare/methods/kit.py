@@ -3,10 +3,9 @@
 A :class:`Method` turns a :class:`Build` (task, model, partition, step count, global policy) and
 its settings into a :class:`Setup`: the optimizer, what is stepped after it, and whether
 ``optimizer.step`` wants a loss closure. A method also declares its settings' checks
-(:func:`checked`), what an equal-cost plan needs (its period, its rare rounds: :class:`Rounds`) and
-its snippet: the lines that set it up in a plain PyTorch loop, written with :func:`optimizer_line`,
-:func:`policy_snippet` and :func:`loop`. Every family file of :mod:`layerwise.compare.methods` and
-:mod:`layerwise.compare.peers` is written with this module only.
+(:func:`checked`) and its snippet: the lines that set it up in a plain PyTorch loop, written with
+:func:`optimizer_line`, :func:`policy_snippet` and :func:`loop`. Every family file of
+:mod:`layerwise.compare.methods` and :mod:`layerwise.compare.peers` is written with this module only.
 
 Examples:
     >>> from layerwise._checks import positive_int
@@ -44,7 +43,6 @@ __all__ = [
     "Chain",
     "Check",
     "Method",
-    "Rounds",
     "Setup",
     "Stepped",
     "build_setup",
@@ -89,6 +87,8 @@ class Setup:
             takes the weights to evaluate); ``train_mode`` after it and before training.
         cache: options of a :class:`~layerwise.prefix_cache.FrozenPrefixCache` on ``freezer`` that the
             runner puts on the model (the ``+cache`` variants, :mod:`layerwise.compare.cached`); None: no cache.
+        records: called when the run ends: what the method recorded (AutoFreeze's decisions), added
+            to the run's record.
     """
 
     optimizer: Optimizer
@@ -98,6 +98,7 @@ class Setup:
     eval_mode: Callable[[], None] | None = None
     train_mode: Callable[[], None] | None = None
     cache: Mapping[str, Any] | None = None
+    records: Callable[[], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,33 +121,9 @@ class Build:
         return make_optimizer(self.task, self.param_groups(partition))
 
 
-@dataclass(frozen=True)
-class Rounds:
-    """A method whose step cost is a plain step plus rare, expensive rounds (Hi-DLR's probing).
-
-    Rounds are too sparse for a short timing block to hold them in the run's proportion (5 rounds
-    in 250 steps), so the plan times the block with a round every ``every`` steps (``timed``: the
-    settings that do that) and weighs the round steps' extra cost by the rounds a run makes.
-
-    Attributes:
-        timed: the settings the timing block runs: a round every ``every`` steps, the first at step 0.
-        every: steps from one round to the next in the timing block.
-        count: ``count(steps)``: the rounds a run of ``steps`` steps makes.
-    """
-
-    timed: Mapping[str, Any]
-    every: int
-    count: Callable[[int], int]
-
-
 def _everywhere(task: Task, partition: Partition) -> str | None:
     del task, partition
     return None
-
-
-def _once(settings: Mapping[str, Any]) -> int:
-    del settings
-    return 1
 
 
 def _no_check(settings: Mapping[str, Any]) -> None:
@@ -163,12 +140,6 @@ class Method:
         applies: ``applies(task, partition)`` says why the method cannot run on a task, or None.
         not_default: per regime (``"scratch"``, ``"fine-tuning"``), why the method is left out of
             that regime's default set (it still runs when named).
-        period: ``period(settings)``: steps after which the method's step cost repeats (Multirate's
-            k); an equal-cost plan times whole periods.
-        rounds: ``rounds(settings) -> Rounds``: for a method with rare expensive rounds, how the
-            plan times them (None: its cost repeats every ``period`` steps).
-        same_cost: the method's steps cost exactly the baseline's (it only moves LRs), so an
-            equal-cost plan gives it the baseline's steps without timing it.
         snippet: ``snippet(Build, settings) -> str``: the lines that set the method up in a plain loop.
         check: ``check(settings)`` raises ValueError naming ``--set METHOD.KEY`` for a bad value; it
             needs no model or data, so a comparison refuses bad settings before loading anything.
@@ -184,9 +155,6 @@ class Method:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     applies: Callable[[Task, Partition], str | None] = _everywhere
     not_default: Mapping[str, str] = field(default_factory=dict)
-    period: Callable[[Mapping[str, Any]], int] = _once
-    rounds: Callable[[Mapping[str, Any]], Rounds] | None = None
-    same_cost: bool = False
     snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
     check: Callable[[Mapping[str, Any]], None] = _no_check
     uses_task_lr: bool = True

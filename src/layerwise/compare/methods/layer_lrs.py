@@ -16,7 +16,6 @@ _LLR = Method(
     {"first": 1.5, "last": 0.5, "policy": None},
     needs_groups(2),
     not_default=_SCRATCH_ONLY,
-    same_cost=True,
     snippet=scheduled_snippet("llr"),
     check=checked("llr", first=finite_nonneg, last=finite_nonneg, policy=policy_check),
 )
@@ -36,7 +35,6 @@ _STAGGERED = Method(
     },
     needs_groups(2),
     not_default=_SCRATCH_ONLY,
-    same_cost=True,
     snippet=scheduled_snippet("staggered", uses_policy=False),
     check=checked(
         "staggered",

@@ -84,10 +84,6 @@ def _multirate_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     )
 
 
-def _period(settings: Mapping[str, Any]) -> int:
-    return settings["k"]
-
-
 _MULTIRATE = Method(
     "multirate",
     "Multirate (Algorithm 1): the last `fast` groups step every step, the rest get a gradient every k steps; "
@@ -97,7 +93,6 @@ _MULTIRATE = Method(
     {**_DEFAULTS, "k": 4, "fast": 1},
     needs_head,
     not_default={"scratch": f"{_FINE_TUNING_ONLY}: from scratch it is 13 points behind at 250 steps"},
-    period=_period,
     snippet=_multirate_snippet,
     check=checked("multirate", **_CHECKS),
 )
@@ -109,7 +104,6 @@ _MULTIRATE_BLOCK = Method(
     {**_DEFAULTS, "k": 4, "fast": 2},
     needs_groups(3),
     not_default={"scratch": _FINE_TUNING_ONLY},
-    period=_period,
     snippet=_multirate_snippet,
     check=checked("multirate-block", **_CHECKS),
 )

@@ -58,7 +58,6 @@ _LAYER_DECAY = Method(
     {"decay": 0.75},
     needs_groups(2),
     not_default=NOT_DEFAULT,
-    same_cost=True,
     snippet=_layer_decay_snippet,
     check=_decay_check,
 )

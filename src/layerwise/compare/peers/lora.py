@@ -69,7 +69,6 @@ _LORAPLUS = Method(
     {"ratio": 16.0},
     _lora_applies,
     not_default=NOT_DEFAULT,
-    same_cost=True,
     snippet=_loraplus_snippet,
     check=all_of(needs_package("loraplus", "peft", "peft"), checked("loraplus", ratio=positive_number)),
 )

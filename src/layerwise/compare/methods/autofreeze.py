@@ -1,0 +1,88 @@
+"""AutoFreeze: ``autofreeze`` (front groups freeze once their gradient norms settle) and ``autofreeze+cache``.
+
+The run's LR is the comparison's global policy (cosine by default) over the run, as the baseline's,
+in :attr:`Setup.scheduler`; AutoFreeze itself counts the optimizer's steps from its hooks, so its
+checks fall on the same training steps however often the scheduler is stepped.
+
+Examples:
+    >>> interval_steps({"intervals": 10, "percentile": 50.0}, total_steps=250)
+    25
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..._checks import positive_int
+from ...autofreeze import AutoFreeze, check_percentile
+from .kit import (
+    Build,
+    Method,
+    Setup,
+    checked,
+    needs_groups,
+    optimizer_line,
+    policy_only,
+    policy_snippet,
+    register_method,
+)
+
+__all__ = ["AUTOFREEZE_CHECKS", "interval_steps", "register_autofreeze"]
+
+
+AUTOFREEZE_CHECKS = {"intervals": positive_int, "percentile": check_percentile}
+"""The checks of AutoFreeze's settings in ``compare`` (``intervals``, ``percentile``)."""
+
+_DEFAULTS = {"intervals": 10, "percentile": 50.0}
+
+
+def interval_steps(settings: Mapping[str, Any], total_steps: int) -> int:
+    """AutoFreeze's interval in steps: the run's steps split into ``intervals`` (at least one step)."""
+    return max(1, total_steps // settings["intervals"])
+
+
+def _autofreeze(context: Build, settings: dict[str, Any]) -> Setup:
+    optimizer = context.optimizer()
+    interval = interval_steps(settings, context.total_steps)
+    autofreeze = AutoFreeze(context.model, optimizer, interval, percentile=settings["percentile"])
+    decisions = autofreeze.decisions
+    return Setup(
+        optimizer,
+        policy_only(context, optimizer),
+        freezer=autofreeze.freezer,
+        records=lambda: {"freeze_decisions": [decision._asdict() for decision in decisions]},
+    )
+
+
+def _autofreeze_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    interval = interval_steps(settings, build.total_steps)
+    return (
+        f"import layerwise.autofreeze\n{optimizer_line(build)}\n"
+        f"autofreeze = layerwise.autofreeze.AutoFreeze(model, opt, {interval}, "
+        f"percentile={settings['percentile']!r})   # acts from opt's step hooks\n"
+        "freezer = autofreeze.freezer\n"
+        f"{policy_snippet(build)}"
+    )
+
+
+_AUTOFREEZE = Method(
+    "autofreeze",
+    "AutoFreeze (Liu et al. 2021): every run/`intervals` steps, the front groups whose gradient-norm change "
+    "since the last interval is below the `percentile` of the training groups' freeze (prefix only, never "
+    "the head, never unfrozen); times the policy",
+    _autofreeze,
+    _DEFAULTS,
+    needs_groups(2),
+    not_default={
+        "scratch": "a fine-tuning method (the paper's setting): run on request",
+        "fine-tuning": "run on request until BENCHMARKS.md shows it earns a place",
+    },
+    snippet=_autofreeze_snippet,
+    check=checked("autofreeze", **AUTOFREEZE_CHECKS),
+)
+
+
+def register_autofreeze() -> None:
+    """Register ``autofreeze`` (its ``+cache`` variant comes with the others, :mod:`layerwise.compare.cached`)."""
+    register_method(_AUTOFREEZE)
