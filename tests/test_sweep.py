@@ -4,8 +4,11 @@ import json
 
 import pytest
 
+from blobs import blobs_task
 from layerwise import cli
-from layerwise.compare.sweep import check_factors, lr_sweep
+from layerwise.compare.sweep import check_factors, lr_sweep, tune_baseline
+
+TASK = blobs_task("tune-blobs")
 
 
 def test_a_sweep_reports_each_method_at_each_factor_and_own_lr_methods_once(tmp_path):
@@ -33,3 +36,20 @@ def test_the_cli_refuses_a_sweep_without_a_task_before_anything_runs(capsys, tmp
     assert cli.main(["compare", "--lr-sweep", "0.1,1", "--out", str(tmp_path / "o")]) == 2
     assert "--lr-sweep: needs --task" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_tune_baseline_keeps_the_best_factor_and_reports_its_cost(tmp_path):
+    tuned = tune_baseline(TASK, [0.01, 1.0, 30.0], out=tmp_path, budget="steps", progress=False, eval_points=1)
+    assert set(tuned.means) == {0.01, 1.0, 30.0} and tuned.runs == 3
+    best = max(tuned.means, key=lambda f: tuned.means[f])
+    assert tuned.factor == best and tuned.task.lr == pytest.approx(TASK.lr * best)
+    assert tuned.means[0.01] < tuned.means[best]  # a hundredth of the LR learns too little in 2 epochs
+    assert f"x{best:g}" in tuned.note() and "3 runs" in tuned.note()
+    assert (tmp_path / "tune" / "tuning.md").read_text().startswith("# The baseline's LR, tuned")
+    assert (tmp_path / "tune" / "lr30" / "results.md").exists()
+
+
+def test_tune_baseline_refuses_bad_factors_before_training(tmp_path):
+    with pytest.raises(ValueError, match="--tune-baseline: distinct finite factors"):
+        tune_baseline(TASK, [1.0, 1.0], out=tmp_path)
+    assert not (tmp_path / "tune").exists()

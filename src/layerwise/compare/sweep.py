@@ -1,10 +1,15 @@
-"""Learning-rate robustness: every method at the task's LR times each of several factors.
+"""Learning rates: every method at the task's LR times several factors, and the baseline's LR tuned first.
 
 An automatic learning rate is worth its cost when the user does not know the learning rate. A
 sweep trains each method with the task's LR multiplied by every factor (one comparison per factor,
 each at equal cost within itself, in ``OUT/lr<factor>``) and reports the final metric against the
 factor. Methods that set or find their own LR (:attr:`Method.uses_task_lr` False: Prodigy,
 D-Adaptation, DoG, ...) run once, at the factor nearest 1, and are drawn as a flat line.
+
+A verdict against a baseline at an untuned LR says little. :func:`tune_baseline` trains the
+baseline alone at each factor (the comparison's own options and seeds, in ``OUT/tune/lr<factor>``),
+keeps the factor with the best final metric, and returns the task at that LR, so every method that
+starts from the task's LR starts from the tuned one; the tuning runs and their cost are reported.
 
 Examples:
     >>> from layerwise.compare.sweep import lr_sweep
@@ -18,20 +23,21 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..tasks import resolve_task
+from ..tasks import Task, resolve_task
 from .methods import METHODS
 from .session import check_request, compare_variants
 
-__all__ = ["check_factors", "lr_sweep"]
+__all__ = ["Tuned", "check_factors", "lr_sweep", "tune_baseline"]
 
 
-def check_factors(factors: Sequence[float]) -> list[float]:
-    """Distinct finite factors > 0 (ValueError naming ``--lr-sweep`` otherwise).
+def check_factors(factors: Sequence[float], flag: str = "--lr-sweep") -> list[float]:
+    """Distinct finite factors > 0 (ValueError naming ``flag`` otherwise).
 
     Examples:
         >>> check_factors([0.1, 1, 10])
@@ -40,7 +46,7 @@ def check_factors(factors: Sequence[float]) -> list[float]:
     values = list(factors)
     ok = all(not isinstance(f, bool) and isinstance(f, (int, float)) and math.isfinite(f) and f > 0 for f in values)
     if not values or not ok or len(set(values)) != len(values):
-        raise ValueError(f"--lr-sweep: distinct finite factors > 0, e.g. 0.01,0.1,1,10; got {values}")
+        raise ValueError(f"{flag}: distinct finite factors > 0, e.g. 0.3,1,3; got {values}")
     return [float(f) for f in values]
 
 
@@ -93,6 +99,62 @@ def lr_sweep(
         "results": results,
         "paths": {"markdown": out / "sweep.md", "json": out / "sweep.json", "plot": plot},
     }
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The baseline's LR grid: the factor kept, the task at its LR, each factor's results, the cost.
+
+    ``means``: each factor's mean final metric (None: no finished run); ``seconds``: the whole
+    tuning's wall-clock, training and evaluations; ``runs``: its finished runs.
+    """
+
+    task: Task
+    factor: float
+    means: dict[float, float | None]
+    seconds: float
+    runs: int
+    table: str
+
+    def note(self) -> str:
+        """The sentence a comparison's report carries about it."""
+        return (
+            f"The baseline's LR was tuned first (--tune-baseline): the task's LR times each of "
+            f"{', '.join(f'{f:g}' for f in self.means)}, the baseline alone with this comparison's seeds and budget "
+            f"({self.runs} runs, {self.seconds / 60:.1f} min with evaluations, reported in tune/tuning.md); the best "
+            f"final {self.task.metric} was at x{self.factor:g}, so every method that starts from the task's LR "
+            f"starts from {self.task.lr:g}."
+        )
+
+
+def tune_baseline(
+    task: Any, factors: Sequence[float], *, out: str | Path = "runs/compare", **options: Any
+) -> Tuned:
+    """Train the baseline at the task's LR times each factor; return the task at the best factor's LR.
+
+    ``options`` are :func:`~layerwise.compare.session.compare`'s (seeds, budget, ...). The best is the
+    highest mean final accuracy (lowest loss); a tie goes to the factor nearest 1. Writes
+    ``OUT/tune/tuning.md``.
+    """
+    task = resolve_task(task)
+    factors = check_factors(factors, "--tune-baseline")
+    started = time.perf_counter()
+    swept = lr_sweep(task, ["baseline"], factors, out=Path(out) / "tune", **options)
+    cells = swept["rows"][0]["by_factor"]
+    means = {f: cells[f"{f:g}"]["mean"] if f"{f:g}" in cells else None for f in factors}
+    found = {f: m for f, m in means.items() if m is not None}
+    if not found:
+        raise RuntimeError("--tune-baseline: no baseline run finished at any factor; see OUT/tune")
+    sign = 1.0 if task.metric == "accuracy" else -1.0
+    best = max(found, key=lambda f: (sign * found[f], -abs(math.log(f))))
+    runs = sum(cell["runs"] for cell in cells.values())
+    seconds = time.perf_counter() - started
+    (Path(out) / "tune" / "tuning.md").write_text(
+        f"# The baseline's LR, tuned: {task.name}\n\nThe task's LR ({task.lr:g}) times each factor, the baseline "
+        f"alone; kept: x{best:g} (LR {task.lr * best:g}). {runs} runs, {seconds:.0f} s with evaluations.\n\n"
+        f"{swept['table']}\n"
+    )
+    return Tuned(replace(task, lr=task.lr * best), best, means, seconds, runs, swept["table"])
 
 
 def _rows(methods: Sequence[str], factors: Sequence[float], results: Sequence[dict[str, Any]]) -> list[dict]:
