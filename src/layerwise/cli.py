@@ -317,9 +317,19 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train a task with several techniques side by side at equal cost (the main job)")
     p.add_argument(
         "--task",
-        help="a registered task (see --list) or PATH.py:FACTORY (a function returning a layerwise.tasks.Task); "
+        help="a registered task (see --list), PATH.py:FACTORY (a function returning a layerwise.tasks.Task) or "
+        "hf:DIR (a Hugging Face sequence classifier saved in DIR, fine-tuned on --data); "
         "default: the main job, both regimes (from scratch and fine-tuning)",
     )
+    p.add_argument("--data", type=Path, help="with --task hf:DIR: the labelled texts, a .csv, .jsonl or .parquet file")
+    p.add_argument("--text-column", help="with --data: the column holding the texts (default text)")
+    p.add_argument("--label-column", help="with --data: the column holding the labels (default label)")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help="with --data: the share of every class held out for evaluation (default 0.2; a fixed split)",
+    )
+    p.add_argument("--max-length", type=int, help="with --data: tokens per text, longer ones truncated (default 128)")
     p.add_argument("--methods", help="comma-separated methods (default: every one that fits the task's regime)")
     p.add_argument("--study", help="a built-in study instead of --methods: llr (Smith's layer-LR experiment)")
     p.add_argument(
@@ -395,11 +405,14 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "each on 1/N of every batch; under torchrun: its world size",
     )
     p.add_argument("--fsdp", action="store_true", help="with --nproc N or torchrun: shard with FSDP2 instead of DDP")
-    p.add_argument("--list", action="store_true", help="list the tasks and methods and exit")
+    p.add_argument(
+        "--list", action="store_true", help="list the tasks and methods (with --task: also its partition) and exit"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _print_list() -> None:
+def _print_list(chosen: Any = None) -> None:
+    """The tasks and methods; with ``chosen`` (the ``--task``) also its partition."""
     from .compare import METHODS
     from .tasks import REGIMES, TASKS
 
@@ -414,11 +427,25 @@ def _print_list() -> None:
             print(f"  {'':18}   {regime}: " + ("default" if reason is None else f"not default, {reason}"))
         for engine, reason in method.not_parallel.items():
             print(f"  {'':18}   not with {'--fsdp' if engine == 'fsdp' else '--nproc'}: {reason}")
+    if chosen is not None:
+        _print_partition(chosen)
+
+
+def _print_partition(task: Any) -> None:
+    """The groups the task's partition makes of its model, in data-flow order, with their sizes."""
+    from .tasks import resolve_task
+
+    task = resolve_task(task)
+    partition = task.partition_of(task.make_model())
+    print(f"partition of {task.name} ({len(partition)} groups, input to output):")
+    for group in partition:
+        print(f"  {group.name:18} {len(group.params):4} tensors {group.numel:>12,} parameters")
 
 
 def _compare(args: argparse.Namespace) -> int:
+    _check_data_flags(args)
     if args.list:
-        _print_list()
+        _print_list(None if args.task is None else _task_of(args, _out_of(args)))
         return 0
     _check_compare_flags(args)
     if args.study:
@@ -432,6 +459,42 @@ def _compare(args: argparse.Namespace) -> int:
     if args.task is None:
         return _main_job(args, methods, options)
     return _one_comparison(args, methods, options)
+
+
+_DATA_FLAGS = ("data", "text_column", "label_column", "test_fraction", "max_length")
+"""The flags of ``--task hf:DIR`` (read with ``--data``)."""
+
+
+def _check_data_flags(args: argparse.Namespace) -> None:
+    """``--task hf:DIR`` and ``--data`` (with its flags) go together."""
+    from .tasks.hf_checkpoint import is_hf_task
+
+    given = [name for name in _DATA_FLAGS if getattr(args, name) is not None]
+    if is_hf_task(args.task) and args.data is None:
+        raise ValueError(f"--task: {args.task} needs --data FILE (.csv, .jsonl or .parquet) to fine-tune on")
+    if given and not is_hf_task(args.task):
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{flag}: reads a data file for --task hf:DIR only, got --task {args.task}")
+
+
+def _out_of(args: argparse.Namespace) -> Path:
+    """Where the comparison writes (the default per kind of comparison)."""
+    return args.out or Path("runs/lr-sweep" if args.lr_sweep is not None else "runs/compare")
+
+
+def _task_of(args: argparse.Namespace, out: Path) -> Any:
+    """``--task`` as ``check_request`` takes it: the name or file spec, or the built ``hf:DIR`` task (its token
+    ids cached in ``OUT/tokenized``; a note on stderr when its head is replaced)."""
+    from .tasks.hf_checkpoint import PREFIX, HFSpec, hf_task, is_hf_task
+
+    if not is_hf_task(args.task):
+        return args.task
+    given = {name: getattr(args, name) for name in _DATA_FLAGS[1:] if getattr(args, name) is not None}
+    spec = HFSpec(Path(args.task[len(PREFIX) :]), args.data, out / "tokenized", **given)
+    task, note = hf_task(spec)
+    if note:
+        print(f"layerwise compare: {args.task}: {note}", file=sys.stderr)
+    return task
 
 
 def _check_compare_flags(args: argparse.Namespace) -> None:
@@ -524,12 +587,13 @@ def _lr_sweep(args: argparse.Namespace, methods: list[str] | None, options: dict
     check_factors(args.lr_sweep)
     if args.task is None:
         raise ValueError("--lr-sweep: needs --task (a sweep runs one task)")
+    out = _out_of(args)
     result = lr_sweep(
-        args.task,
+        _task_of(args, out),
         methods,
         args.lr_sweep,
         settings=parse_overrides(args.set),
-        out=args.out or Path("runs/lr-sweep"),
+        out=out,
         **options,
     )
     print(f"\n{result['table']}\n\nwrote {result['paths']['markdown']} and {result['paths']['plot']}")
@@ -563,8 +627,8 @@ def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options
 
     if _launched():
         options["progress"] = options["progress"] and _rank() == 0
-    out = args.out or Path("runs/compare")
-    request = check_request(args.task, methods, settings=parse_overrides(args.set), out=out, **options)
+    out = _out_of(args)
+    request = check_request(_task_of(args, out), methods, settings=parse_overrides(args.set), out=out, **options)
     if is_task_file(args.task):  # its data, loaded once, label-checked before anything is written
         request["task"].load_data(None, request["config"].quick)
     with _holding(out):

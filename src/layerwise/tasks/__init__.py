@@ -1,9 +1,10 @@
 """Tasks: what a benchmark or a comparison trains (a model factory, its data, its optimizer preset).
 
 The package holds the task type and registry (:mod:`.base`), the data readers (Fashion-MNIST,
-tweets), the built-in models, the packaged pretrained networks and the Hi-DLR paper's toy
-problems. The built-in tasks are registered once, by :func:`register_defaults`, when the package
-is imported; ``resolve_task`` also reads a user's task from a file.
+tweets, a user's file of labelled texts), the built-in models, the packaged pretrained networks and
+the Hi-DLR paper's toy problems. The built-in tasks are registered once, by :func:`register_defaults`,
+when the package is imported; ``resolve_task`` also reads a user's task from a file, and
+:func:`hf_task` builds one from a saved Hugging Face classifier and a data file (``--task hf:DIR``).
 
 Examples:
     >>> from layerwise.tasks import TASKS, get_task
@@ -31,16 +32,19 @@ from .base import (
     register_task,
 )
 from .from_file import is_task_file, load_task_file
+from .hf_checkpoint import HFSpec, hf_task, is_hf_task
 
 __all__ = [
     "OPTIMIZERS",
     "OPTIMIZER_PRESETS",
     "REGIMES",
     "TASKS",
+    "HFSpec",
     "OptimizerPreset",
     "Task",
     "TaskData",
     "get_task",
+    "hf_task",
     "load_task_file",
     "logits_of",
     "make_optimizer",
@@ -59,11 +63,19 @@ def register_defaults() -> None:
 
 
 def resolve_task(task: str | Task) -> Task:
-    """A Task as given, a registered task by name, or ``PATH.py:FACTORY``'s task."""
+    """A Task as given, a registered task by name, or ``PATH.py:FACTORY``'s task.
+
+    ``hf:DIR`` alone is refused: it needs its data file (``hf_task(HFSpec(DIR, FILE, CACHE_DIR))``).
+    """
     if isinstance(task, Task):
         return task
     if not isinstance(task, str):
         raise TypeError(f"task: expected a task name, PATH.py:FACTORY or a Task, got {type(task).__name__}")
+    if is_hf_task(task):
+        raise ValueError(
+            f"task: {task} needs a data file; build it with layerwise.tasks.hf_task(HFSpec(DIR, FILE, CACHE_DIR)) "
+            "or run `layerwise compare --task hf:DIR --data FILE`"
+        )
     return load_task_file(task) if is_task_file(task) else get_task(task)
 
 
