@@ -48,6 +48,8 @@ def test_a_time_budget_gives_every_method_the_baselines_training_time_on_its_see
     assert "train s / budget" in text and "time to target" in text and "Equal wall-clock" in text
     assert "stopping by its own clock" in text
     assert "layerwise.FreezeOut(model, opt, total_steps=" in text  # the copy-paste snippets
+    assert result["snippets"]["freezeout"].startswith("# paced by its clock")
+    assert not result["snippets"]["baseline"].startswith("# paced")  # the baseline set the budget
 
 
 def test_more_steps_than_the_baseline_see_the_same_data_order():

@@ -7,8 +7,10 @@ import pytest
 from blobs import blobs_task
 from layerwise import cli
 from layerwise.compare.sweep import check_factors, lr_sweep, tune_baseline
+from layerwise.tasks import resolve_task
 
 TASK = blobs_task("tune-blobs")
+TASK_LR = {"ellipse": resolve_task("ellipse").lr}
 
 
 def test_a_sweep_reports_each_method_at_each_factor_and_own_lr_methods_once(tmp_path):
@@ -53,3 +55,28 @@ def test_tune_baseline_refuses_bad_factors_before_training(tmp_path):
     with pytest.raises(ValueError, match="--tune-baseline: distinct finite factors"):
         tune_baseline(TASK, [1.0, 1.0], out=tmp_path)
     assert not (tmp_path / "tune").exists()
+
+
+def test_the_cli_tunes_the_baseline_then_compares_every_method_at_its_lr(capsys, tmp_path):
+    out = tmp_path / "o"
+    flags = ["--task", "ellipse", "--methods", "baseline,freezeout", "--budget", "steps", "--eval-points", "1"]
+    assert cli.main(["compare", *flags, "--tune-baseline", "0.1,1", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "--tune-baseline: x" in printed and "The baseline's LR was tuned first" in printed
+    kept = float(printed.split("--tune-baseline: x")[1].split()[0])
+    records = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert {r["method"] for r in records} == {"baseline", "freezeout"}
+    assert (out / "tune" / "lr0.1" / "results.md").exists() and (out / "tune" / "tuning.md").exists()
+    assert f"LR {TASK_LR['ellipse'] * kept:g}" in printed
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tune-baseline", "1,1", "--task", "ellipse"], "--tune-baseline: distinct finite factors"),
+        (["--tune-baseline", "0.5,1"], "--tune-baseline: tunes one comparison's baseline; needs --task"),
+    ],
+)
+def test_the_cli_refuses_a_bad_tuning_before_anything_runs(capsys, tmp_path, flags, message):
+    assert cli.main(["compare", *flags, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -340,6 +340,14 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "metric against the factor; needs --task",
     )
     p.add_argument(
+        "--tune-baseline",
+        type=_floats,
+        metavar="F,F,...",
+        help="first train the baseline alone at the task's LR times each factor (e.g. 0.3,1,3), with this "
+        "comparison's seeds and budget, and compare every method at the best one's LR (the tuning runs and their "
+        "cost are reported in OUT/tune); needs --task",
+    )
+    p.add_argument(
         "--seeds",
         metavar="N|auto[:MAX]",
         help="seeds per method (default 1; the llr study: 3), or auto: 3, then one more to every undecided "
@@ -414,6 +422,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _print_list(chosen: Any = None) -> None:
     """The tasks and methods; with ``chosen`` (the ``--task``) also its partition."""
     from .compare import METHODS
+    from .compare.methods import OPTIMIZER_USES
     from .tasks import REGIMES, TASKS
 
     print("tasks:")
@@ -425,6 +434,8 @@ def _print_list(chosen: Any = None) -> None:
         for regime in REGIMES:
             reason = method.not_default.get(regime)
             print(f"  {'':18}   {regime}: " + ("default" if reason is None else f"not default, {reason}"))
+        if method.optimizer_use != "task":
+            print(f"  {'':18}   optimizer: {OPTIMIZER_USES[method.optimizer_use]}")
         for engine, reason in method.not_parallel.items():
             print(f"  {'':18}   not with {'--fsdp' if engine == 'fsdp' else '--nproc'}: {reason}")
     if chosen is not None:
@@ -507,6 +518,14 @@ def _check_compare_flags(args: argparse.Namespace) -> None:
         from .compare.main_job import check_tasks
 
         check_tasks(args.tasks.split(","))
+    if args.tune_baseline is not None:
+        from .compare.sweep import check_factors
+
+        check_factors(args.tune_baseline, "--tune-baseline")
+        if args.task is None or args.study or args.lr_sweep is not None:
+            raise ValueError(
+                "--tune-baseline: tunes one comparison's baseline; needs --task, without --study or --lr-sweep"
+            )
     if _launched() and args.tasks is not None:
         raise ValueError("torchrun: launch one comparison (--task) per torchrun; --tasks runs them in turn")
     if _launched() and (args.study or args.lr_sweep is not None or args.task is None):
@@ -632,6 +651,8 @@ def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options
     if is_task_file(args.task):  # its data, loaded once, label-checked before anything is written
         request["task"].load_data(None, request["config"].quick)
     with _holding(out):
+        if args.tune_baseline is not None:
+            request = _tuned(request, args.tune_baseline, options)
         result = compare_variants(**request)
     if result.get("follower"):  # a torchrun rank other than 0: rank 0 reports
         return 0
@@ -639,6 +660,17 @@ def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options
     print(f"\n{result['answer']}\n\n{result['setting']}\n\n{result['table']}\n")
     print(f"wrote {paths['markdown']}, {paths['html']}, {len(paths['plots'])} plots, run records in {paths['runs']}")
     return _failures([result])
+
+
+def _tuned(request: dict[str, Any], factors: list[float], options: dict[str, Any]) -> dict[str, Any]:
+    """``request`` with the task at the LR ``--tune-baseline`` found best, and a note on the tuning."""
+    from .compare.sweep import tune_baseline
+
+    judging = ("aa", "target", "target_tolerance", "max_minutes", "correction", "tensorboard")
+    kept = {k: v for k, v in options.items() if k not in judging}
+    tuned = tune_baseline(request["task"], factors, out=request["out"], **kept)
+    print(f"--tune-baseline: x{tuned.factor:g} kept (LR {tuned.task.lr:g})\n\n{tuned.table}\n")
+    return {**request, "task": tuned.task, "note": tuned.note()}
 
 
 def _holding(out: Path):

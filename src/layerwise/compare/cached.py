@@ -83,6 +83,7 @@ def cached_variant(method: Method) -> Method:
         check=check,
         uses_task_lr=method.uses_task_lr,
         not_parallel={"ddp": reason, "fsdp": reason},
+        optimizer_use=method.optimizer_use,
     )
 
 

@@ -40,7 +40,15 @@ from ..groups import Partition
 from ..tasks import Task, TaskData, resolve_task
 from ..training import progress_bar, steps_per_epoch
 from .engines import group_for
-from .methods import METHODS, Build, check_methods, default_methods, method_snippet, resolve_settings
+from .methods import (
+    METHODS,
+    OPTIMIZER_USES,
+    Build,
+    check_methods,
+    default_methods,
+    method_snippet,
+    resolve_settings,
+)
 from .parallel import check_parallel
 from .report import AA_LABEL, answer, markdown_table, plot_all, summarize, write_html
 from .runner import run_one, warm_up
@@ -574,7 +582,7 @@ def _write_report(
     title = title or f"layerwise compare: {task.name}"
     setting = _setting_text(comparison, outcomes, target_value) + " " + _verdicts_text(rows, judging)
     setting += f" {note}" if note else ""
-    snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy)
+    snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy, _paced(comparison))
     answered = answer(rows, task.metric, config.budget)
     (out / "results.md").write_text(
         f"# {title}\n\n{answered}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}"
@@ -651,8 +659,19 @@ def _setting_text(
     return (
         f"{task.description or task.name}. {used or 'all'} training examples, {tested} test examples, batch "
         f"{task.batch_size}, {task.optimizer_name} at LR {task.lr:g}, {policy}, {_seeds_text(comparison)}. "
-        f"{budget_text} {target_text} Training time excludes the {config.eval_points} evaluations per run."
+        f"{_optimizers_text(comparison)}{budget_text} {target_text} Training time excludes the "
+        f"{config.eval_points} evaluations per run."
     )
+
+
+def _optimizers_text(comparison: _Comparison) -> str:
+    """Which methods do not train with the task's optimizer, and what they do instead (empty: none)."""
+    uses: dict[str, list[str]] = {}
+    for label, method, _ in comparison.resolved:
+        use = METHODS[method].optimizer_use
+        if use != "task":
+            uses.setdefault(use, []).append(label)
+    return "".join(f"{', '.join(labels)}: {OPTIMIZER_USES[use]}. " for use, labels in uses.items())
 
 
 def _say(text: str) -> None:
@@ -708,14 +727,30 @@ def _target_text(task: Task, target: float) -> str:
     return f"Target for 'time to target': test {task.metric} {value}."
 
 
-def _snippets(task, model, partition, resolved, rows, policy) -> dict[str, str]:
+PACED_SNIPPET = (
+    "# paced by its clock in the comparison (its schedules followed its share of the time budget);\n"
+    "# in a plain loop, the same schedules over the steps it took:\n"
+)
+"""The first lines of a snippet of a run that a time budget paced (:mod:`.budget`)."""
+
+
+def _paced(comparison: _Comparison) -> set[str]:
+    """The labels whose runs stopped by their clock: under a time budget all, but the baseline that set it."""
+    if comparison.config.budget != "time":
+        return set()
+    labels = {label for label, _, _ in comparison.resolved}
+    return labels if comparison.config.budget_seconds is not None else labels - {comparison.baseline}
+
+
+def _snippets(task, model, partition, resolved, rows, policy, paced: set[str]) -> dict[str, str]:
+    """Each method's lines for a plain loop, for the steps it took (``paced``: the labels a time budget paced)."""
     steps = {row["method"]: row.get("steps") for row in rows}
     snippets = {}
     for label, method, settings in resolved:
         total = int(steps.get(label) or 1)
         text = method_snippet(Build(task, model, partition, total, policy), method, settings)
         if text is not None:
-            snippets[label] = text
+            snippets[label] = (PACED_SNIPPET if label in paced else "") + text
     return snippets
 
 

@@ -26,6 +26,7 @@ from .found_lrs import HIDLR_PROBING, SPLITS, register_found_lrs, two_groups
 from .freezeout import register_freezeout
 from .kit import (
     METHODS,
+    OPTIMIZER_USES,
     Build,
     Method,
     Setup,
@@ -43,6 +44,7 @@ from .multirate import register_multirate
 __all__ = [
     "HIDLR_PROBING",
     "METHODS",
+    "OPTIMIZER_USES",
     "SPLITS",
     "Build",
     "Method",

@@ -57,6 +57,7 @@ _ADAMW = Method(
     uses_task_lr=False,
     not_default={regime: "another base optimizer, run on request" for regime in ("scratch", "fine-tuning")},
     snippet=_adamw_snippet,
+    optimizer_use="own",
 )
 
 

@@ -170,6 +170,7 @@ _HIDLR = Method(
     _HIDLR_DEFAULTS,
     snippet=_hidlr_snippet,
     check=checked("hidlr", **_HIDLR_CHECKS),
+    optimizer_use="wraps",
 )
 
 # ---- secant ----------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ _SECANT = Method(
         scale=positive_number,
         clip=optional(positive_number),
     ),
+    optimizer_use="wraps",
 )
 
 # ---- freezeout+hidlr -------------------------------------------------------------------------
@@ -266,6 +268,7 @@ _FREEZEOUT_HIDLR = Method(
     not_default={"fine-tuning": "a combination; FreezeOut and Hi-DLR each run in the fine-tuning set"},
     snippet=_freezeout_hidlr_snippet,
     check=checked("freezeout+hidlr", **_HIDLR_CHECKS, **{k: FREEZEOUT_CHECKS[k] for k in ("t0", "strategy")}),
+    optimizer_use="wraps",
 )
 
 

@@ -39,6 +39,7 @@ from ...tasks import Task, make_optimizer, optimizer_preset
 __all__ = [
     "LOOPS",
     "METHODS",
+    "OPTIMIZER_USES",
     "Build",
     "Chain",
     "Check",
@@ -130,6 +131,14 @@ def _no_check(settings: Mapping[str, Any]) -> None:
     del settings
 
 
+OPTIMIZER_USES = {
+    "task": "trains with the task's optimizer",
+    "wraps": "wraps the task's optimizer and sets each group's LR itself",
+    "own": "replaces the task's optimizer with its own",
+}
+"""What a method does with the task's optimizer (:attr:`Method.optimizer_use`), in words."""
+
+
 @dataclass(frozen=True)
 class Method:
     """A named technique: default settings, a builder and the tasks it applies to.
@@ -147,6 +156,9 @@ class Method:
             as a parameter-free optimizer does), so an LR sweep runs it once.
         not_parallel: per data-parallel engine (``"ddp"``, ``"fsdp"``), why the method cannot run
             under it; ``layerwise compare --nproc`` / ``--fsdp`` refuses it with that reason.
+        optimizer_use: what it does with the task's optimizer: ``"task"`` (trains with it),
+            ``"wraps"`` (wraps it and sets each group's LR itself: Hi-DLR, SecantLR) or ``"own"``
+            (its own optimizer: AdamW, Prodigy, Muon, ...); ``--list`` and the report say so.
     """
 
     name: str
@@ -159,6 +171,10 @@ class Method:
     check: Callable[[Mapping[str, Any]], None] = _no_check
     uses_task_lr: bool = True
     not_parallel: Mapping[str, str] = field(default_factory=dict)
+    optimizer_use: str = "task"
+
+    def __post_init__(self) -> None:
+        one_of("optimizer_use", self.optimizer_use, tuple(OPTIMIZER_USES))
 
 
 # ---- the registry ----------------------------------------------------------------------------

@@ -72,6 +72,7 @@ _PRODIGY = Method(
     check=all_of(needs_package("prodigy", "prodigyopt", "prodigyopt"), checked("prodigy", d_coef=positive_number)),
     uses_task_lr=False,
     not_parallel={"fsdp": _FLATTENS},
+    optimizer_use="own",
 )
 
 # ---- dadapt ----------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ _DADAPT = Method(
     check=needs_package("dadapt", "dadaptation", "dadaptation"),
     uses_task_lr=False,
     not_parallel={"fsdp": _FLATTENS},
+    optimizer_use="own",
 )
 
 # ---- dog -------------------------------------------------------------------------------------
@@ -190,6 +192,7 @@ _DOG = Method(
     ),
     uses_task_lr=False,
     not_parallel={"fsdp": "its iterate averager deep-copies the model, which FSDP2 refuses"},
+    optimizer_use="own",
 )
 
 # ---- schedulefree ----------------------------------------------------------------------------
@@ -300,6 +303,7 @@ _SCHEDULEFREE = Method(
         needs_package("schedulefree", "schedulefree", "schedulefree"),
         checked("schedulefree", lr_mult=optional(positive_number), warmup=fraction, bn_batches=_count),
     ),
+    optimizer_use="own",
 )
 
 

@@ -108,6 +108,7 @@ _MUON = Method(
     check=checked("muon", **_MUON_CHECKS),
     uses_task_lr=False,
     not_parallel={"fsdp": _SHARDED},
+    optimizer_use="own",
 )
 
 _FREEZEOUT_KEYS = ("t0", "strategy", "scale_lr")
@@ -146,6 +147,7 @@ _FREEZEOUT_MUON = Method(
     check=all_of(checked("freezeout+muon", **FREEZEOUT_CHECKS), checked("freezeout+muon", **_MUON_CHECKS)),
     uses_task_lr=False,
     not_parallel={"fsdp": _SHARDED},
+    optimizer_use="own",
 )
 
 

@@ -48,6 +48,7 @@ _LARS = Method(
     ),
     uses_task_lr=False,
     not_parallel={"fsdp": "pytorch-optimizer's LARS calls torch._foreach_copy_, which DTensors lack"},
+    optimizer_use="own",
 )
 
 
@@ -73,6 +74,7 @@ _LAMB = Method(
     snippet=_lamb_snippet,
     check=checked("lamb", lr=positive_number, eps=positive_number),
     uses_task_lr=False,
+    optimizer_use="own",
 )
 
 
