@@ -323,3 +323,15 @@ def test_decisions_are_public_records():
     autofreeze = _drive(_history(0, 12), 1, 50.0)
     decision = autofreeze.decisions[0]
     assert isinstance(decision, FreezeDecision) and decision._fields == ("group", "step", "change", "threshold")
+
+
+def test_a_compare_run_records_the_decisions_and_draws_them_on_the_freeze_timeline(tmp_path):
+    from layerwise.compare.report import plot_all
+    from layerwise.compare.runner import run_one
+
+    record = run_one("ellipse", "autofreeze", {"intervals": 10, "percentile": 90.0}, steps=60, eval_points=1)
+    decisions = record["freeze_decisions"]
+    assert decisions and {d["group"]: d["step"] for d in decisions} == record["frozen_at"]
+    assert all(d["change"] < d["threshold"] for d in decisions)
+    paths = plot_all({"autofreeze": {"records": [record], "errors": []}}, record["metric"], tmp_path)
+    assert tmp_path / "freeze_timeline.png" in paths

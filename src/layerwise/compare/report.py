@@ -509,6 +509,10 @@ def _freeze(plt, outcomes: Outcomes, path: Path) -> bool:
             color=["tab:blue" if name in record["frozen_at"] else "tab:green" for name in names],
         )
         ax.set_yticks(range(len(names)), names, fontsize=6)
+        for decision in record.get("freeze_decisions", []):  # AutoFreeze: the signal that froze the group
+            row = names.index(decision["group"])
+            text = f" {decision['change']:.2g} < {decision['threshold']:.2g}"
+            ax.text(decision["step"], row, text, va="center", fontsize=5)
         ax.invert_yaxis()
         ax.set_xlim(0, total)
         ax.set_xlabel("step (bar: trainable; blue groups then frozen)", fontsize=8)
@@ -538,7 +542,8 @@ CAPTIONS = {
     "is the target, the dashed line the Pareto frontier (the best metric reached by any method at each time).",
     "train_loss": "Training loss against step (moving average, mean over seeds).",
     "lr_by_group": "Every group's learning rate over the run (first seed).",
-    "freeze_timeline": "When each group froze (bar: trainable).",
+    "freeze_timeline": "When each group froze (bar: trainable); for AutoFreeze, the gradient-norm change that froze it "
+    "against the percentile of the groups still training.",
 }
 
 
