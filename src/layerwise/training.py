@@ -22,11 +22,12 @@ import torch
 
 from ._checks import positive_int
 
-__all__ = ["progress_bar", "seeded_batches", "seeded_indices", "slice_batch", "steps_per_epoch"]
+__all__ = ["batch_rows", "progress_bar", "seeded_batches", "seeded_indices", "slice_batch", "steps_per_epoch"]
 
 
-def slice_batch(x: Any, part: slice) -> Any:
-    """``part`` of every tensor in a batch's inputs (a tensor, or tuples, lists and dicts of them).
+def slice_batch(x: Any, part: slice | int | torch.Tensor) -> Any:
+    """``part`` of every tensor in a batch's inputs (a tensor, or tuples, lists and dicts of them):
+    a slice, an example's position or an index tensor along the first dimension.
 
     Examples:
         >>> slice_batch({"ids": torch.arange(4), "mask": torch.ones(4)}, slice(0, 2))["ids"]
@@ -39,6 +40,22 @@ def slice_batch(x: Any, part: slice) -> Any:
     if isinstance(x, Mapping):
         return {key: slice_batch(value, part) for key, value in x.items()}
     raise TypeError(f"batch: cannot slice inputs of type {type(x).__name__} (tensors, tuples, lists or dicts)")
+
+
+def batch_rows(batch: Any) -> int:
+    """The examples in a batch: the length of its first tensor (a tensor, or tuples, lists and dicts of them).
+
+    Examples:
+        >>> batch_rows({"ids": torch.zeros(3, 7), "labels": torch.zeros(3)})
+        3
+    """
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        if isinstance(item, (torch.Tensor, Mapping, list, tuple)):
+            return batch_rows(item)
+    raise TypeError(f"batch: no tensor in a batch of type {type(batch).__name__} to count its examples")
 
 
 def steps_per_epoch(examples: int, batch_size: int) -> int:

@@ -11,8 +11,8 @@ and no batch statistics or per-example randomness in the model: BatchNorm normal
 slice (running statistics follow rank 0, as with any DDP) and dropout draws its masks per rank.
 
 Examples:
-    >>> Parallel(rank=1, world=2).split(torch.arange(4.0), torch.arange(4))[1]
-    tensor([2, 3])
+    >>> Parallel(rank=1, world=2).split({"ids": torch.arange(4), "labels": torch.arange(4)})
+    ({'ids': tensor([2, 3]), 'labels': tensor([2, 3])}, 1.0)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .. import fsdp
 from .._checks import positive_int
 from ..distributed import wrap
 from ..tasks import Task
-from ..training import slice_batch
+from ..training import batch_rows, slice_batch
 from .methods import METHODS
 
 __all__ = ["ENGINES", "Parallel", "check_parallel", "engine_of", "launched_world"]
@@ -108,19 +108,20 @@ class Parallel:
     world: int
     engine: str = "ddp"
 
-    def split(self, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor, float]:
+    def split(self, batch: Any) -> tuple[Any, float]:
         """This rank's contiguous slice of a global batch and the weight of its loss.
 
-        The weight ``n_rank * world / n`` makes the average of the ranks' weighted mean losses the
-        global batch's mean loss (and so the averaged gradient its gradient). A rank left without an
-        example (a last batch smaller than the world) takes the first one with weight 0: it still
-        joins every collective.
+        ``batch``: a tensor, or tuples, lists and dicts of them (``(inputs, targets)``, a tokenized
+        dict), every tensor sliced along its first dimension. The weight ``n_rank * world / n`` makes
+        the average of the ranks' weighted mean losses the global batch's mean loss (and so the
+        averaged gradient its gradient). A rank left without an example (a last batch smaller than
+        the world) takes the first one with weight 0: it still joins every collective.
         """
-        n = len(y)
+        n = batch_rows(batch)
         start, stop = n * self.rank // self.world, n * (self.rank + 1) // self.world
         if start == stop:
-            return slice_batch(x, slice(0, 1)), y[:1], 0.0
-        return slice_batch(x, slice(start, stop)), y[start:stop], (stop - start) * self.world / n
+            return slice_batch(batch, slice(0, 1)), 0.0
+        return slice_batch(batch, slice(start, stop)), (stop - start) * self.world / n
 
     def shard(self, model: nn.Module) -> None:
         """FSDP2: shard ``model`` in place (before its optimizer is built); DDP: nothing."""

@@ -32,10 +32,10 @@ from .._checks import positive_int
 from ..param_groups import group_names
 from ..prefix_cache import FrozenPrefixCache
 from ..tasks import Task, TaskData, make_optimizer, resolve_task
-from ..tasks.loop import Batch, evaluate, seeded_loop
-from ..tasks.loop import train_step as loop_step
+from ..tasks.base import Data, split_examples, split_size
+from ..tasks.loop import Batch, batch_step, evaluate, loader_options, seeded_batches_of, seeded_loop
 from ..telemetry import LayerMonitor
-from ..training import steps_per_epoch
+from ..training import slice_batch, steps_per_epoch
 from ..wrapping import owns_lr
 from .budget import Pace
 from .methods import METHODS, Build, Setup, build_setup, resolve_settings
@@ -154,38 +154,45 @@ def new_run(
     return model, build_setup(build, method, settings)
 
 
-def attach_cache(model: nn.Module, setup: Setup, examples: int) -> FrozenPrefixCache | None:
+def attach_cache(model: nn.Module, setup: Setup, examples: int, task: Task | None = None) -> FrozenPrefixCache | None:
     """The :class:`FrozenPrefixCache` a ``+cache`` method asks for (``setup.cache``), on ``model``; or None.
 
-    The built-in tasks have no random augmentation, so every example index gives the same input.
+    Every example index gives the same input unless the task has a ``train_transform``: the cache
+    refuses such a task (it would serve an activation of another random draw).
     """
     if setup.cache is None:
         return None
+    if task is not None and task.train_transform is not None:
+        raise ValueError(
+            f"task {task.name!r} has a train_transform (random augmentation): the frozen-prefix cache keys "
+            "activations by example index and would serve one draw's activation for another; run the method "
+            "without +cache"
+        )
     return FrozenPrefixCache(model, setup.freezer, examples, same_inputs=True, shallower="allow", **setup.cache)
 
 
 def train_step(
-    model: nn.Module, setup: Setup, task: Task, xb: Any, yb: torch.Tensor, weight: float = 1.0
+    model: nn.Module, setup: Setup, task: Task, xb: Any, yb: Any = None, weight: float = 1.0
 ) -> torch.Tensor:
-    """One training step of ``setup`` on a batch; returns the loss (before the step).
+    """One training step of ``setup`` on a batch through the task's loss hook; returns the loss (before the step).
 
+    The batch is ``(xb, yb)``, or ``xb`` itself when ``yb`` is None (a dict or tuple batch).
     ``weight`` scales the loss that is differentiated and probed (a data-parallel rank's share
     of the global batch, :meth:`~layerwise.compare.parallel.Parallel.split`); the loss returned
     is the batch's own.
     """
-    return loop_step(
+    return batch_step(
         model,
         setup.optimizer,
-        task.loss,
-        xb,
-        yb,
+        task.loss_on,
+        xb if yb is None else (xb, yb),
         scheduler=setup.scheduler,
         weight=weight,
         closure=setup.wants_closure,
     )
 
 
-def evaluate_setup(model: nn.Module, setup: Setup, split: tuple[Any, torch.Tensor], task: Task) -> dict[str, float]:
+def evaluate_setup(model: nn.Module, setup: Setup, split: Data, task: Task) -> dict[str, float]:
     """Evaluate ``model`` on ``split`` at the weights ``setup`` evaluates (``eval_mode``), then back to training."""
     if setup.eval_mode is not None:
         setup.eval_mode()
@@ -197,14 +204,23 @@ def evaluate_setup(model: nn.Module, setup: Setup, split: tuple[Any, torch.Tenso
 
 
 def warm_up(task: Task, data: TaskData, steps: int = 10) -> None:
-    """A few untimed training steps, so the first timed run does not pay for thread pools and caches."""
+    """A few untimed training steps, so the first timed run does not pay for thread pools and caches.
+
+    They go through the task's batches and loss hook, so a collate function that cannot batch the
+    examples or a ``batch_loss`` that gives no scalar tensor fails here, before any run.
+    """
     model = task.make_model()
     optimizer = make_optimizer(task, [{"params": [p for p in model.parameters() if p.requires_grad]}])
-    x, y = data.train
-    for step in range(steps):
-        index = torch.arange(step * task.batch_size, (step + 1) * task.batch_size) % len(x)
+    if isinstance(data.train, tuple) and task.train_transform is None:  # tensors: the warm-up of old, no shuffle
+        x, y = data.train
+        indices = (torch.arange(s * task.batch_size, (s + 1) * task.batch_size) % len(y) for s in range(steps))
+        batches = ((slice_batch(x, index), y[index]) for index in indices)
+    else:
+        seeded = seeded_batches_of(data.train, task.batch_size, seed=0, steps=steps, **loader_options(task))
+        batches = (batch for *_, batch in seeded)
+    for batch in batches:
         optimizer.zero_grad()
-        task.loss(model(x[index]), y[index]).backward()
+        task.loss_on(model, batch).backward()
         optimizer.step()
 
 
@@ -259,14 +275,14 @@ def run(
     settings = resolve_settings(spec.method, spec.settings)
     epochs = _epochs(task, spec)
     data = data or task.load_data(None, spec.quick)
-    train = _first(data.train, spec.train_size)
-    per_epoch = steps_per_epoch(len(train[1]), task.batch_size)
+    train = split_examples(data.train, spec.train_size)
+    per_epoch = steps_per_epoch(split_size(train), task.batch_size)
     total = epochs * per_epoch if spec.steps is None else spec.steps
     pace = None if spec.seconds is None else Pace(spec.seconds, total)
     model, setup = new_run(task, spec.method, settings, total, spec.policy, spec.seed, parallel)
     if pace is not None and owns_lr(setup.optimizer):  # Hi-DLR, SecantLR: their schedules read the budget's share
         setup.optimizer.progress = pace.progress
-    cache = _run_cache(model, setup, spec.method, len(train[1]), parallel)
+    cache = _run_cache(model, setup, spec.method, split_size(train), parallel, task)
     forward = model if parallel is None else parallel.prepare(model)
     recorder = _Recorder(model, setup, task, data.test, total, spec.eval_points, on_step, parallel, pace)
     monitor, writer = _monitor(setup.optimizer, spec)
@@ -275,7 +291,7 @@ def run(
         setup.train_mode()
     step = _stepper(forward, setup, task, cache, parallel, pace)
     limit = total if pace is None else total * MAX_PACED
-    hooks = {"before": recorder.before, "after": recorder.after, "clock": clock}
+    hooks = {"before": recorder.before, "after": recorder.after, "clock": clock, **loader_options(task)}
     seeded_loop(train, task.batch_size, step, seed=spec.seed, steps=limit, **hooks)
     total = recorder.steps
     record = {
@@ -285,8 +301,8 @@ def run(
         "seed": spec.seed,
         "epochs": round(total / per_epoch, 4),
         "steps": total,
-        "train_size": len(train[0]),
-        "test_examples": len(data.test[1]),
+        "train_size": split_size(train),
+        "test_examples": split_size(data.test),
         "policy": spec.policy,
         "metric": task.metric,
         "optimizer": optimizer_text(setup.optimizer),
@@ -308,18 +324,16 @@ def _epochs(task: Task, spec: RunSpec) -> int:
     return epochs
 
 
-def _first(split: tuple[Any, torch.Tensor], size: int | None) -> tuple[Any, torch.Tensor]:
-    """The first ``size`` examples of ``split`` (None: all)."""
-    return split if size is None else (split[0][:size], split[1][:size])
-
-
 def _run_cache(
-    model: nn.Module, setup: Setup, method: str, examples: int, parallel: Parallel | None
+    model: nn.Module, setup: Setup, method: str, examples: int, parallel: Parallel | None, task: Task
 ) -> FrozenPrefixCache | None:
-    """The run's prefix cache (:func:`attach_cache`), refused in a data-parallel run."""
+    """The run's prefix cache (:func:`attach_cache`), refused in a data-parallel run or on an augmented task."""
     if setup.cache is not None and parallel is not None:
         raise ValueError(f"{method}: {METHODS[method].not_parallel.get(parallel.engine, 'runs in one process')}")
-    return attach_cache(model, setup, examples)
+    try:
+        return attach_cache(model, setup, examples, task)
+    except ValueError as err:
+        raise ValueError(f"{method}: {err}") from None
 
 
 def _monitor(optimizer: torch.optim.Optimizer, spec: RunSpec) -> tuple[LayerMonitor | None, Any]:
@@ -352,9 +366,9 @@ def _stepper(
     stepped = setup if pace is None else replace(setup, scheduler=None)
 
     def step(batch: Batch) -> torch.Tensor:
-        xb, yb, weight = (batch.x, batch.y, 1.0) if parallel is None else parallel.split(batch.x, batch.y)
+        data, weight = (batch.data, 1.0) if parallel is None else parallel.split(batch.data)
         with nullcontext() if cache is None else cache.batch(batch.index):
-            loss = train_step(forward, stepped, task, xb, yb, weight)
+            loss = train_step(forward, stepped, task, data, None, weight)
         return loss if parallel is None else loss * weight
 
     return step
@@ -368,7 +382,7 @@ class _Recorder:
         model: nn.Module,
         setup: Setup,
         task: Task,
-        test: tuple[Any, torch.Tensor],
+        test: Data,
         total: int,
         eval_points: int,
         on_step: OnStep | None,

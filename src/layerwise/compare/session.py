@@ -38,6 +38,7 @@ from .. import recipes
 from .._checks import finite_nonneg, one_of, positive_int
 from ..groups import Partition
 from ..tasks import Task, TaskData, resolve_task
+from ..tasks.base import split_examples, split_size
 from ..training import progress_bar, steps_per_epoch
 from .engines import group_for
 from .methods import (
@@ -172,7 +173,7 @@ def _load_data(task: Task, config: CompareConfig) -> TaskData:
     sizes = [config.test_size, task.quick_test_size if config.quick else None]
     size = min((n for n in sizes if n is not None), default=None)
     if size is not None:
-        data = TaskData(data.train, (data.test[0][:size], data.test[1][:size]))
+        data = TaskData(data.train, split_examples(data.test, size))
     return data
 
 
@@ -511,7 +512,7 @@ def _run_budget(
     config = comparison.config
     if config.budget != "time":
         return {"mode": config.budget}
-    n_train = min(len(data.train[1]), comparison.train_size or len(data.train[1]))
+    n_train = min(split_size(data.train), comparison.train_size or split_size(data.train))
     steps = comparison.epochs * steps_per_epoch(n_train, comparison.task.batch_size)
     if config.budget_seconds is not None:
         return {"mode": "time", "source": "given", "seconds": float(config.budget_seconds), "steps": steps}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import TaskData, get_task
+from ..tasks.base import split_examples
 from .session import CompareConfig, Variant, compare_variants
 from .stats import welch
 
@@ -185,7 +186,7 @@ def run_study(
     for model, task_name in LLR_MODELS.items():
         task = get_task(task_name)
         data = task.load_data(None, quick)
-        data = TaskData(data.train, (data.test[0][:test_size], data.test[1][:test_size]))
+        data = TaskData(data.train, split_examples(data.test, test_size))
         config = CompareConfig(epochs=epochs, train_size=train_size, quick=quick, eval_points=10, budget="steps")
         report = compare_variants(
             task,

@@ -21,6 +21,7 @@ from torch import nn
 from .._checks import one_of
 from .._registry import Registry
 from ..groups import Partition, by_layer
+from ..training import batch_rows, slice_batch
 
 __all__ = [
     "OPTIMIZERS",
@@ -30,6 +31,7 @@ __all__ = [
     "OptimizerPreset",
     "Task",
     "TaskData",
+    "batch_targets",
     "check_labels",
     "cross_entropy",
     "get_task",
@@ -37,9 +39,13 @@ __all__ = [
     "make_optimizer",
     "optimizer_preset",
     "register_task",
+    "split_examples",
+    "split_size",
 ]
 
 Split = tuple[torch.Tensor, torch.Tensor]
+Data = tuple[Any, torch.Tensor] | torch.utils.data.Dataset
+"""A split: ``(inputs, targets)`` (inputs a tensor or a dict/tuple of tensors), or a map-style ``Dataset``."""
 
 Regime = Literal["scratch", "fine-tuning"]
 """How a task's model starts: from a random initialisation, or from pretrained weights."""
@@ -61,12 +67,98 @@ def cross_entropy(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits_of(outputs), targets)
 
 
+def batch_targets(batch: Any) -> Any:
+    """A batch's targets: the ``labels`` (else ``label``) of a dict batch, the last element of a tuple or list.
+
+    Examples:
+        >>> batch_targets({"ids": torch.zeros(2, 3), "labels": torch.tensor([1, 0])})
+        tensor([1, 0])
+
+    Raises:
+        TypeError: naming ``batch_outputs`` (the hook that gives the targets of any other batch).
+    """
+    if isinstance(batch, Mapping):
+        for key in ("labels", "label"):
+            if key in batch:
+                return batch[key]
+        raise TypeError(f"batch: a dict batch needs a 'labels' or 'label' key, got keys {sorted(batch)}; "
+                        "or give the task a batch_outputs(model, batch) -> (outputs, targets)")
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[-1]
+    raise TypeError(f"batch: cannot find the targets of a {type(batch).__name__} batch (a dict with 'labels' or "
+                    "a tuple ending with them); give the task a batch_outputs(model, batch) -> (outputs, targets)")
+
+
+def model_outputs(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+    """``(outputs, targets)`` of the default forward: a dict batch as keyword arguments (less a ``label``
+    key; ``labels`` stays, as a Hugging Face model takes it), a tuple's inputs positionally."""
+    targets = batch_targets(batch)
+    if isinstance(batch, Mapping):
+        return model(**{key: value for key, value in batch.items() if key != "label"}), targets
+    return model(*batch[:-1]), targets
+
+
+def _is_tensors(x: Any) -> bool:
+    """A tensor, or a non-empty dict, tuple or list of them (nested)."""
+    if isinstance(x, torch.Tensor):
+        return True
+    items = list(x.values()) if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else []
+    return bool(items) and all(_is_tensors(item) for item in items)
+
+
+def _is_pair(split: Any) -> bool:
+    """``(inputs, targets)``: targets a tensor, inputs a tensor or a dict/tuple of tensors (a tokenized dict)."""
+    return isinstance(split, tuple) and len(split) == 2 and isinstance(split[1], torch.Tensor) and _is_tensors(split[0])
+
+
+def _check_split(name: str, split: Any) -> None:
+    """TypeError naming ``name`` unless ``split`` is a pair of tensors of one length or a sized map-style Dataset."""
+    if _is_pair(split):
+        if batch_rows(split[0]) != len(split[1]):
+            raise ValueError(f"{name}: inputs hold {batch_rows(split[0])} examples but targets {len(split[1])}")
+        return
+    if isinstance(split, torch.utils.data.IterableDataset) or not (
+        hasattr(split, "__getitem__") and hasattr(split, "__len__") and not isinstance(split, (tuple, list, dict))
+    ):
+        raise TypeError(
+            f"{name}: expected (inputs, targets) tensors or a map-style torch.utils.data.Dataset with __len__, "
+            f"got {type(split).__name__}"
+        )
+
+
+def split_size(split: Data) -> int:
+    """The number of examples of a split (tensors or a Dataset)."""
+    return len(split[1]) if _is_pair(split) else len(split)
+
+
+def split_examples(split: Data, size: int | None) -> Data:
+    """The first ``size`` examples of a split (None: all): sliced tensors, or a ``Subset`` of a Dataset.
+
+    Examples:
+        >>> split_size(split_examples((torch.zeros(5, 2), torch.zeros(5)), 3))
+        3
+    """
+    if size is None or size >= split_size(split):
+        return split
+    if _is_pair(split):
+        return slice_batch(split[0], slice(0, size)), split[1][:size]
+    return torch.utils.data.Subset(split, range(size))
+
+
 @dataclass(frozen=True)
 class TaskData:
-    """In-memory train and test splits as (inputs, targets) tensors."""
+    """A task's train and test splits: each ``(inputs, targets)`` tensors or a map-style ``Dataset``.
 
-    train: Split
-    test: Split
+    A Dataset's examples are batched by the task's ``collate_fn`` (default: torch's
+    ``default_collate``): the batch may be a tensor pair, a tuple, or a dict of tensors.
+    """
+
+    train: Data
+    test: Data
+
+    def __post_init__(self) -> None:
+        _check_split("train", self.train)
+        _check_split("test", self.test)
 
 
 @dataclass(frozen=True)
@@ -100,6 +192,21 @@ class Task:
             a comparison's default methods are those that make sense in the regime.
         source_sha256: the sha256 of the file the task was read from (set by ``--task PATH.py:FACTORY``),
             so a comparison's run store tells an edited task file from the old one.
+        collate_fn: ``collate_fn(examples) -> batch`` for a ``Dataset`` split (padding variable
+            lengths, say); default: torch's ``default_collate``. A Task field, not a TaskData one: it
+            decides the batches, so it belongs with the other fields that decide a run (``settings``).
+        train_transform: ``train_transform(example, generator) -> example``, applied to every training
+            example as it is drawn (random augmentation); its draws come from ``generator``, seeded from
+            (seed, epoch, example index), so every method of one seed sees the same augmented examples.
+            The frozen-prefix cache refuses such a task.
+        num_workers: ``DataLoader`` worker processes that collate the training batches (0: in this
+            process); the batches are the same whatever the number.
+        batch_loss: ``batch_loss(model, batch) -> loss``, a scalar tensor; default: the task's ``loss``
+            of the outputs and targets of ``batch_outputs``, or the model's own ``.loss`` (a Hugging
+            Face ``ModelOutput``) when ``loss`` is the default cross-entropy.
+        batch_outputs: ``batch_outputs(model, batch) -> (outputs, targets)`` for evaluation; default: a
+            dict batch as keyword arguments (less a ``label`` key), a tuple's inputs positionally, and
+            the targets of :func:`batch_targets`.
     """
 
     name: str
@@ -124,11 +231,44 @@ class Task:
     quick_test_size: int | None = None
     regime: Regime = "scratch"
     source_sha256: str | None = None
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    train_transform: Callable[[Any, torch.Generator], Any] | None = None
+    num_workers: int = 0
+    batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
+    batch_outputs: Callable[[nn.Module, Any], tuple[Any, Any]] | None = None
 
     def __post_init__(self) -> None:
         optimizer_preset(self)  # refuses an unknown optimizer or options it does not take
         one_of("metric", self.metric, METRICS)
         one_of("regime", self.regime, REGIMES)
+        if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 0:
+            raise ValueError(f"num_workers: expected an int >= 0, got {self.num_workers!r}")
+        for hook in ("collate_fn", "train_transform", "batch_loss", "batch_outputs"):
+            if getattr(self, hook) is not None and not callable(getattr(self, hook)):
+                raise TypeError(f"{hook}: expected a callable or None, got {type(getattr(self, hook)).__name__}")
+
+    def outputs_on(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
+        """``(outputs, targets)`` of ``model`` on ``batch``: the ``batch_outputs`` hook, or the default forward."""
+        return model_outputs(model, batch) if self.batch_outputs is None else self.batch_outputs(model, batch)
+
+    def loss_on(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """The training loss of ``model`` on ``batch``: the ``batch_loss`` hook (checked to give a scalar
+        tensor), else :meth:`loss_of` the outputs of :meth:`outputs_on`."""
+        if self.batch_loss is None:
+            return self.loss_of(*self.outputs_on(model, batch))
+        loss = self.batch_loss(model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(f"batch_loss: task {self.name!r}'s batch_loss(model, batch) must return a scalar "
+                             f"tensor (the batch's mean loss), got {got}")
+        return loss
+
+    def loss_of(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The task's ``loss`` of ``outputs``; with the default loss, the model's own ``.loss`` when it has one."""
+        own = getattr(outputs, "loss", None)
+        if self.loss is cross_entropy and isinstance(own, torch.Tensor):
+            return own
+        return self.loss(outputs, targets)
 
     @property
     def optimizer_name(self) -> str:
@@ -138,8 +278,12 @@ class Task:
     def settings(self) -> dict[str, Any]:
         """Every field that decides a run (all but ``name`` and ``description``), JSON-ready and stable
         across processes: callables and classes by their qualified name."""
-        left_out = ("name", "description")
-        return {f.name: _stable(getattr(self, f.name)) for f in fields(self) if f.name not in left_out}
+        left_out = ("name", "description", "num_workers")  # workers collate the same batches
+        return {
+            f.name: _stable(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in left_out and not (f.name in _UNSET_LEFT_OUT and getattr(self, f.name) is None)
+        }
 
     def partition_of(self, model: nn.Module) -> Partition:
         """The task's partition of ``model`` (layers in data-flow order unless the task says otherwise)."""
@@ -151,6 +295,9 @@ class Task:
         warnings.warn("Task.groups(model) is now Task.partition_of(model)", DeprecationWarning, stacklevel=2)
         return self.partition_of(model)
 
+
+_UNSET_LEFT_OUT = ("collate_fn", "train_transform", "batch_loss", "batch_outputs")
+"""Fields left out of :meth:`Task.settings` while unset, so run stores written before they existed stay valid."""
 
 _IGNORED_LABEL = -100
 """``cross_entropy``'s default ``ignore_index``: a label it skips."""

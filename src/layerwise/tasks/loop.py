@@ -7,6 +7,10 @@ and calls the hooks around it: ``before`` (untimed bookkeeping, e.g. sampling th
 standard step: forward, loss, ``zero_grad``, backward, ``optimizer.step`` (with a loss closure for
 the optimizers that probe losses), ``scheduler.step``.
 
+A split of tensors is cut with ``x[index]``; a ``Dataset`` (or tensors with a train transform)
+gives ``collate([example(i) for i in index])`` for the same index tensors (:func:`seeded_batches_of`),
+through a ``DataLoader`` when it has workers, so every method of one seed sees the same batches.
+
 Examples:
     >>> import torch
     >>> x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
@@ -18,36 +22,159 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, default_collate
 
-from ..training import seeded_indices, slice_batch
-from .base import Task, logits_of
+from ..training import batch_rows, seeded_indices, slice_batch
+from .base import Data, Task, _is_pair, batch_targets, logits_of, split_size
 
-__all__ = ["Batch", "evaluate", "seeded_loop", "train_step"]
+__all__ = [
+    "Batch",
+    "batch_step",
+    "evaluate",
+    "example_seed",
+    "loader_options",
+    "ordered_batches",
+    "seeded_batches_of",
+    "seeded_loop",
+    "train_step",
+]
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 """``loss(outputs, targets)``: a mean over the batch."""
+BatchLoss = Callable[[torch.nn.Module, Any], torch.Tensor]
+"""``batch_loss(model, batch)``: the batch's mean loss."""
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One step's batch: its step and epoch, the example indices, inputs and targets."""
+    """One step's batch: its step and epoch, the example indices and the batch itself (``data``).
+
+    ``data`` is ``(inputs, targets)`` for a split of tensors, else what the collate function made.
+    """
 
     step: int
     epoch: int
     index: torch.Tensor
-    x: Any
-    y: torch.Tensor
+    data: Any
+
+    @property
+    def x(self) -> Any:
+        """The inputs of an ``(inputs, targets)`` batch, else the whole batch."""
+        return self.data[0] if isinstance(self.data, (tuple, list)) and len(self.data) == 2 else self.data
+
+    @property
+    def y(self) -> Any:
+        """The batch's targets (:func:`~layerwise.tasks.base.batch_targets`)."""
+        return batch_targets(self.data)
+
+
+def example_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of example ``index``'s random draws in ``epoch`` of a run seeded ``seed`` (a 63-bit hash).
+
+    Examples:
+        >>> example_seed(0, 1, 2) == example_seed(0, 1, 2) != example_seed(1, 1, 2)
+        True
+    """
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _Examples(torch.utils.data.Dataset):
+    """A split's examples keyed by ``(epoch, index)``: ``(x[i], y[i])`` of tensors or ``dataset[i]``,
+    through the train transform with a generator seeded by :func:`example_seed`."""
+
+    def __init__(self, split: Data, transform: Callable[[Any, torch.Generator], Any] | None, seed: int) -> None:
+        self.split, self.transform, self.seed, self.pair = split, transform, seed, _is_pair(split)
+
+    def __len__(self) -> int:
+        return split_size(self.split)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, i = key
+        example = (slice_batch(self.split[0], i), self.split[1][i]) if self.pair else self.split[i]
+        if self.transform is None:
+            return example
+        return self.transform(example, torch.Generator().manual_seed(example_seed(self.seed, epoch, i)))
+
+
+class _Collate:
+    """The task's collate function (default: ``default_collate``), its failure one ValueError naming it."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, examples: list[Any]) -> Any:
+        try:
+            return default_collate(examples) if self.collate_fn is None else self.collate_fn(examples)
+        except Exception as err:
+            name = "collate_fn" if self.collate_fn is not None else "collate_fn (default_collate)"
+            raise ValueError(f"{name}: cannot batch the examples: {type(err).__name__}: {err}") from err
+
+
+class _Keys:
+    """A batch sampler: each step's ``[(epoch, i), ...]`` of :func:`~layerwise.training.seeded_indices`."""
+
+    def __init__(self, examples: int, batch_size: int, seed: int, steps: int) -> None:
+        self.args = (examples, batch_size, seed, steps)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        examples, batch_size, seed, steps = self.args
+        for _, epoch, index in seeded_indices(examples, batch_size, seed=seed, steps=steps):
+            yield [(epoch, i) for i in index.tolist()]
+
+
+def loader_options(task: Task) -> dict[str, Any]:
+    """The task's fields that decide how :func:`seeded_batches_of` cuts its training batches."""
+    return {"collate_fn": task.collate_fn, "transform": task.train_transform, "num_workers": task.num_workers}
+
+
+def seeded_batches_of(
+    train: Data,
+    batch_size: int,
+    *,
+    seed: int,
+    steps: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    transform: Callable[[Any, torch.Generator], Any] | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[int, int, torch.Tensor, Any]]:
+    """``(step, epoch, example indices, batch)`` for ``steps`` steps of :func:`~layerwise.training.seeded_indices`.
+
+    Tensors without a transform: ``(x[index], y[index])``. Otherwise ``collate([example(epoch, i) for i
+    in index])``, where an example goes through ``transform(example, generator)`` with a generator
+    seeded by :func:`example_seed`; with ``num_workers`` a ``DataLoader`` collates the same batches.
+
+    Examples:
+        >>> data = [{"v": torch.tensor([float(i)])} for i in range(5)]
+        >>> [b["v"].flatten().tolist() for *_, b in seeded_batches_of(data, 2, seed=0, steps=2)]
+        [[4.0, 0.0], [1.0, 3.0]]
+    """
+    order = seeded_indices(split_size(train), batch_size, seed=seed, steps=steps)
+    if transform is None and _is_pair(train):
+        x, y = train
+        for at, epoch, index in order:
+            yield at, epoch, index, (x[index] if isinstance(x, torch.Tensor) else slice_batch(x, index), y[index])
+        return
+    examples, collate = _Examples(train, transform, seed), _Collate(collate_fn)
+    keys = _Keys(len(examples), batch_size, seed, steps)
+    if num_workers == 0:
+        batches: Any = (collate([examples[key] for key in chunk]) for chunk in keys)
+    else:
+        batches = DataLoader(examples, batch_sampler=keys, collate_fn=collate, num_workers=num_workers)
+    for (at, epoch, index), batch in zip(order, batches):
+        yield at, epoch, index, batch
 
 
 def seeded_loop(
-    train: tuple[Any, torch.Tensor],
+    train: Data,
     batch_size: int,
     step: Callable[[Batch], torch.Tensor],
     *,
@@ -56,17 +183,18 @@ def seeded_loop(
     before: Callable[[Batch], None] | None = None,
     after: Callable[[Batch, torch.Tensor, float], bool | None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    **loader: Any,
 ) -> float:
     """Run ``step`` on ``steps`` seeded batches of ``train``; return the seconds the steps took.
 
     ``before(batch)`` runs untimed before each step; ``after(batch, loss, seconds)`` after it, with
     the step's loss and seconds, and ends the run by returning True. ``clock``: seconds (a fake
-    clock in tests).
+    clock in tests). ``loader``: ``collate_fn``, ``transform``, ``num_workers`` of
+    :func:`seeded_batches_of` (:func:`loader_options` of a task).
     """
-    x, y = train
     spent = 0.0
-    for at, epoch, index in seeded_indices(len(y), batch_size, seed=seed, steps=steps):
-        batch = Batch(at, epoch, index, x[index], y[index])
+    for at, epoch, index, data in seeded_batches_of(train, batch_size, seed=seed, steps=steps, **loader):
+        batch = Batch(at, epoch, index, data)
         if before is not None:
             before(batch)
         start = clock()
@@ -89,21 +217,40 @@ def train_step(
     weight: float = 1.0,
     closure: bool = False,
 ) -> torch.Tensor:
-    """One training step on a batch; returns its loss (before the step).
+    """:func:`batch_step` on the batch ``(x, y)`` with the loss ``loss_fn(model(x), y)``."""
+
+    def pair_loss(net: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
+        return loss_fn(net(batch[0]), batch[1])
+
+    return batch_step(model, optimizer, pair_loss, (x, y), scheduler=scheduler, weight=weight, closure=closure)
+
+
+def batch_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: BatchLoss,
+    batch: Any,
+    *,
+    scheduler: Any = None,
+    weight: float = 1.0,
+    closure: bool = False,
+) -> torch.Tensor:
+    """One training step on a batch; returns its loss ``batch_loss(model, batch)`` (before the step).
 
     ``weight`` scales the loss that is differentiated and probed (a data-parallel rank's share of
     the global batch); the loss returned is the batch's own. ``closure``: ``optimizer.step`` gets
-    ``probe(fraction=1.0)``, the loss on the batch's first ``fraction`` of examples (Hi-DLR's probes).
+    ``probe(fraction=1.0)``, the loss on the batch's first ``fraction`` of examples (Hi-DLR's
+    probes), every tensor of the batch sliced along its first dimension.
     """
-    loss = loss_fn(model(x), y)
+    loss = batch_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     (loss if weight == 1.0 else loss * weight).backward()
     if closure:
+        rows = batch_rows(batch)
 
         def probe(fraction: float = 1.0) -> torch.Tensor:
-            n = math.ceil(len(y) * fraction)
-            xs, ys = (x, y) if n == len(y) else (slice_batch(x, slice(0, n)), y[:n])
-            probed = loss_fn(model(xs), ys)
+            n = math.ceil(rows * fraction)
+            probed = batch_loss(model, batch if n == rows else slice_batch(batch, slice(0, n)))
             return probed if weight == 1.0 else probed * weight
 
         optimizer.step(probe)
@@ -114,32 +261,47 @@ def train_step(
     return loss
 
 
+def ordered_batches(split: Data, task: Task, batch_size: int) -> Iterator[Any]:
+    """A split's batches in order: ``(x[a:b], y[a:b])`` of tensors, else the task's collate of a Dataset's examples."""
+    if _is_pair(split):
+        x, y = split
+        for start in range(0, len(y), batch_size):
+            yield slice_batch(x, slice(start, start + batch_size)), y[start : start + batch_size]
+        return
+    collate = _Collate(task.collate_fn)
+    for start in range(0, len(split), batch_size):
+        yield collate([split[i] for i in range(start, min(start + batch_size, len(split)))])
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    split: tuple[torch.Tensor, torch.Tensor],
+    split: Data,
     task: Task,
     batch_size: int = 1000,
 ) -> dict[str, float]:
-    """Mean loss (and accuracy, for classification tasks) of ``model`` on ``split``.
+    """Mean loss (and accuracy, for classification tasks) of ``model`` on ``split`` (tensors or a Dataset).
 
-    The accuracy is the task's ``score`` of the model's outputs, or where the argmax of their logits
-    (:func:`~layerwise.tasks.base.logits_of`) is the label. The model is in eval mode meanwhile and
-    goes back to its previous mode afterwards.
+    Each batch's outputs and targets are the task's :meth:`~layerwise.tasks.base.Task.outputs_on`; its
+    loss is the task's ``batch_loss`` when it has one, else :meth:`~layerwise.tasks.base.Task.loss_of`
+    those outputs. The accuracy is the task's ``score`` of the outputs, or where the argmax of their
+    logits (:func:`~layerwise.tasks.base.logits_of`) is the label. The model is in eval mode meanwhile
+    and goes back to its previous mode afterwards.
     """
     was_training = model.training
     model.eval()
-    x, y = split
-    loss_sum, correct = 0.0, 0.0
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += float(task.loss(out, target)) * len(target)
+    loss_sum, correct, examples = 0.0, 0.0, 0
+    for batch in ordered_batches(split, task, batch_size):
+        out, target = task.outputs_on(model, batch)
+        n = batch_rows(batch)
+        loss = task.loss_of(out, target) if task.batch_loss is None else task.loss_on(model, batch)
+        loss_sum += float(loss) * n
+        examples += n
         if task.metric == "accuracy":
             hits = (logits_of(out).argmax(1) == target) if task.score is None else task.score(out, target)
             correct += float(hits.sum())
     model.train(was_training)
-    result = {"loss": loss_sum / len(x)}
+    result = {"loss": loss_sum / examples}
     if task.metric == "accuracy":
-        result["accuracy"] = correct / len(x)
+        result["accuracy"] = correct / examples
     return result
