@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -358,6 +359,24 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--epochs", type=_count(1), help="the baseline's epochs (default: the task's)")
     p.add_argument("--train-size", type=_count(1), help="train on the first N examples (default: the task's budget)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="every method's forwards (training, Hi-DLR's probes, evaluation) in float32 or under bfloat16 autocast "
+        "(default: the task's, fp32); needs --task",
+    )
+    p.add_argument(
+        "--clip-grad-norm",
+        type=_number(positive=True),
+        metavar="N",
+        help="clip every method's gradients to this total norm before its optimizer steps; needs --task",
+    )
+    p.add_argument(
+        "--accumulate",
+        type=_count(1),
+        metavar="K",
+        help="every method's batches in K micro-batches, their gradients accumulated before one step; needs --task",
+    )
     p.add_argument("--test-size", type=_count(0), help="evaluate on the first N test examples (0: all; default 5000)")
     p.add_argument(
         "--policy", default="cosine", choices=sorted(recipes.POLICIES), help="global LR policy (default cosine)"
@@ -496,16 +515,22 @@ def _out_of(args: argparse.Namespace) -> Path:
 def _task_of(args: argparse.Namespace, out: Path) -> Any:
     """``--task`` as ``check_request`` takes it: the name or file spec, or the built ``hf:DIR`` task (its token
     ids cached in ``OUT/tokenized``; a note on stderr when its head is replaced)."""
+    from .tasks import resolve_task
     from .tasks.hf_checkpoint import PREFIX, HFSpec, hf_task, is_hf_task
 
-    if not is_hf_task(args.task):
-        return args.task
-    given = {name: getattr(args, name) for name in _DATA_FLAGS[1:] if getattr(args, name) is not None}
-    spec = HFSpec(Path(args.task[len(PREFIX) :]), args.data, out / "tokenized", **given)
-    task, note = hf_task(spec)
-    if note:
-        print(f"layerwise compare: {args.task}: {note}", file=sys.stderr)
-    return task
+    task: Any = args.task
+    if is_hf_task(args.task):
+        given = {name: getattr(args, name) for name in _DATA_FLAGS[1:] if getattr(args, name) is not None}
+        spec = HFSpec(Path(args.task[len(PREFIX) :]), args.data, out / "tokenized", **given)
+        task, note = hf_task(spec)
+        if note:
+            print(f"layerwise compare: {args.task}: {note}", file=sys.stderr)
+    stepping = {name: getattr(args, name) for name in _STEP_FLAGS if getattr(args, name) is not None}
+    return dataclasses.replace(resolve_task(task), **stepping) if stepping else task
+
+
+_STEP_FLAGS = ("precision", "clip_grad_norm", "accumulate")
+"""The flags that set how every method steps (``Task`` fields of the same names)."""
 
 
 def _check_compare_flags(args: argparse.Namespace) -> None:
@@ -518,6 +543,9 @@ def _check_compare_flags(args: argparse.Namespace) -> None:
         from .compare.main_job import check_tasks
 
         check_tasks(args.tasks.split(","))
+    stepping = [f"--{name.replace('_', '-')}" for name in _STEP_FLAGS if getattr(args, name) is not None]
+    if stepping and args.task is None:
+        raise ValueError(f"{stepping[0]}: set for one comparison's task; needs --task")
     if args.tune_baseline is not None:
         from .compare.sweep import check_factors
 

@@ -168,6 +168,11 @@ def attach_cache(model: nn.Module, setup: Setup, examples: int, task: Task | Non
             "activations by example index and would serve one draw's activation for another; run the method "
             "without +cache"
         )
+    if task is not None and task.accumulate > 1:
+        raise ValueError(
+            f"task {task.name!r} accumulates {task.accumulate} micro-batches per step: the frozen-prefix cache "
+            "serves a whole batch's example indices at once; run the method without +cache or with accumulate=1"
+        )
     return FrozenPrefixCache(model, setup.freezer, examples, same_inputs=True, shallower="allow", **setup.cache)
 
 
@@ -189,6 +194,9 @@ def train_step(
         scheduler=setup.scheduler,
         weight=weight,
         closure=setup.wants_closure,
+        precision=task.precision,
+        clip_grad_norm=task.clip_grad_norm,
+        accumulate=task.accumulate,
     )
 
 

@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,7 @@ from ..training import batch_rows, slice_batch
 __all__ = [
     "OPTIMIZERS",
     "OPTIMIZER_PRESETS",
+    "PRECISIONS",
     "REGIMES",
     "TASKS",
     "OptimizerPreset",
@@ -35,6 +37,7 @@ __all__ = [
     "check_labels",
     "cross_entropy",
     "get_task",
+    "is_tensor_pair",
     "logits_of",
     "make_optimizer",
     "optimizer_preset",
@@ -106,14 +109,14 @@ def _is_tensors(x: Any) -> bool:
     return bool(items) and all(_is_tensors(item) for item in items)
 
 
-def _is_pair(split: Any) -> bool:
+def is_tensor_pair(split: Any) -> bool:
     """``(inputs, targets)``: targets a tensor, inputs a tensor or a dict/tuple of tensors (a tokenized dict)."""
     return isinstance(split, tuple) and len(split) == 2 and isinstance(split[1], torch.Tensor) and _is_tensors(split[0])
 
 
 def _check_split(name: str, split: Any) -> None:
     """TypeError naming ``name`` unless ``split`` is a pair of tensors of one length or a sized map-style Dataset."""
-    if _is_pair(split):
+    if is_tensor_pair(split):
         if batch_rows(split[0]) != len(split[1]):
             raise ValueError(f"{name}: inputs hold {batch_rows(split[0])} examples but targets {len(split[1])}")
         return
@@ -128,7 +131,7 @@ def _check_split(name: str, split: Any) -> None:
 
 def split_size(split: Data) -> int:
     """The number of examples of a split (tensors or a Dataset)."""
-    return len(split[1]) if _is_pair(split) else len(split)
+    return len(split[1]) if is_tensor_pair(split) else len(split)
 
 
 def split_examples(split: Data, size: int | None) -> Data:
@@ -140,7 +143,7 @@ def split_examples(split: Data, size: int | None) -> Data:
     """
     if size is None or size >= split_size(split):
         return split
-    if _is_pair(split):
+    if is_tensor_pair(split):
         return slice_batch(split[0], slice(0, size)), split[1][:size]
     return torch.utils.data.Subset(split, range(size))
 
@@ -204,6 +207,13 @@ class Task:
         batch_loss: ``batch_loss(model, batch) -> loss``, a scalar tensor; default: the task's ``loss``
             of the outputs and targets of ``batch_outputs``, or the model's own ``.loss`` (a Hugging
             Face ``ModelOutput``) when ``loss`` is the default cross-entropy.
+        precision: ``"fp32"``, or ``"bf16"``: every forward (training, Hi-DLR's probes, evaluation)
+            under ``torch.autocast`` in bfloat16, as a bf16 training script runs.
+        clip_grad_norm: clip the gradients of the optimizer's parameters to this total norm after
+            every backward, before the optimizer steps (so Hi-DLR's probe direction and Multirate's
+            refresh see the clipped gradient); None: no clipping.
+        accumulate: split every batch into this many micro-batches, each one's backward accumulated
+            (weighted by its share of the batch) before one optimizer step: the gradient of the batch.
         batch_outputs: ``batch_outputs(model, batch) -> (outputs, targets)`` for evaluation; default: a
             dict batch as keyword arguments (less a ``label`` key), a tuple's inputs positionally, and
             the targets of :func:`batch_targets`.
@@ -236,6 +246,9 @@ class Task:
     num_workers: int = 0
     batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
     batch_outputs: Callable[[nn.Module, Any], tuple[Any, Any]] | None = None
+    precision: str = "fp32"
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         optimizer_preset(self)  # refuses an unknown optimizer or options it does not take
@@ -243,6 +256,13 @@ class Task:
         one_of("regime", self.regime, REGIMES)
         if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 0:
             raise ValueError(f"num_workers: expected an int >= 0, got {self.num_workers!r}")
+        one_of("precision", self.precision, PRECISIONS)
+        if self.clip_grad_norm is not None:
+            clip = self.clip_grad_norm
+            if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < math.inf:
+                raise ValueError(f"clip_grad_norm: a finite number > 0 or None, got {clip!r}")
+        if not isinstance(self.accumulate, int) or isinstance(self.accumulate, bool) or self.accumulate < 1:
+            raise ValueError(f"accumulate: micro-batches per step, an int >= 1, got {self.accumulate!r}")
         for hook in ("collate_fn", "train_transform", "batch_loss", "batch_outputs"):
             if getattr(self, hook) is not None and not callable(getattr(self, hook)):
                 raise TypeError(f"{hook}: expected a callable or None, got {type(getattr(self, hook)).__name__}")
@@ -282,7 +302,8 @@ class Task:
         return {
             f.name: _stable(getattr(self, f.name))
             for f in fields(self)
-            if f.name not in left_out and not (f.name in _UNSET_LEFT_OUT and getattr(self, f.name) is None)
+            if f.name not in left_out
+            and not (f.name in _DEFAULT_LEFT_OUT and getattr(self, f.name) == _DEFAULT_LEFT_OUT[f.name])
         }
 
     def partition_of(self, model: nn.Module) -> Partition:
@@ -296,8 +317,19 @@ class Task:
         return self.partition_of(model)
 
 
-_UNSET_LEFT_OUT = ("collate_fn", "train_transform", "batch_loss", "batch_outputs")
-"""Fields left out of :meth:`Task.settings` while unset, so run stores written before they existed stay valid."""
+_DEFAULT_LEFT_OUT = {
+    "collate_fn": None,
+    "train_transform": None,
+    "batch_loss": None,
+    "batch_outputs": None,
+    "precision": "fp32",
+    "clip_grad_norm": None,
+    "accumulate": 1,
+}
+"""Fields left out of :meth:`Task.settings` at their defaults, so run stores written before they existed stay valid."""
+
+PRECISIONS = ("fp32", "bf16")
+"""``Task.precision``: float32, or bfloat16 autocast (float16 would need a GradScaler: not offered on CPU)."""
 
 _IGNORED_LABEL = -100
 """``cross_entropy``'s default ``ignore_index``: a label it skips."""

@@ -23,9 +23,11 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from ..training import batch_rows, seeded_indices, slice_batch
-from .base import Data, Task, _is_pair, batch_targets, logits_of, split_size
+from .base import Data, Task, batch_targets, is_tensor_pair, logits_of, split_size
 
 __all__ = [
     "Batch",
@@ -92,7 +94,7 @@ class _Examples(torch.utils.data.Dataset):
     through the train transform with a generator seeded by :func:`example_seed`."""
 
     def __init__(self, split: Data, transform: Callable[[Any, torch.Generator], Any] | None, seed: int) -> None:
-        self.split, self.transform, self.seed, self.pair = split, transform, seed, _is_pair(split)
+        self.split, self.transform, self.seed, self.pair = split, transform, seed, is_tensor_pair(split)
 
     def __len__(self) -> int:
         return split_size(self.split)
@@ -158,7 +160,7 @@ def seeded_batches_of(
         [[4.0, 0.0], [1.0, 3.0]]
     """
     order = seeded_indices(split_size(train), batch_size, seed=seed, steps=steps)
-    if transform is None and _is_pair(train):
+    if transform is None and is_tensor_pair(train):
         x, y = train
         for at, epoch, index in order:
             yield at, epoch, index, (x[index] if isinstance(x, torch.Tensor) else slice_batch(x, index), y[index])
@@ -234,23 +236,31 @@ def batch_step(
     scheduler: Any = None,
     weight: float = 1.0,
     closure: bool = False,
+    precision: str = "fp32",
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
 ) -> torch.Tensor:
     """One training step on a batch; returns its loss ``batch_loss(model, batch)`` (before the step).
 
     ``weight`` scales the loss that is differentiated and probed (a data-parallel rank's share of
     the global batch); the loss returned is the batch's own. ``closure``: ``optimizer.step`` gets
     ``probe(fraction=1.0)``, the loss on the batch's first ``fraction`` of examples (Hi-DLR's
-    probes), every tensor of the batch sliced along its first dimension.
+    probes), every tensor of the batch sliced along its first dimension. ``precision``,
+    ``clip_grad_norm``, ``accumulate``: as :class:`~layerwise.tasks.base.Task`'s fields, for every
+    forward (the probes' too) and before the optimizer steps.
     """
-    loss = batch_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
-    (loss if weight == 1.0 else loss * weight).backward()
+    loss = _accumulated(model, batch_loss, batch, weight, precision, accumulate)
+    if clip_grad_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     if closure:
         rows = batch_rows(batch)
 
         def probe(fraction: float = 1.0) -> torch.Tensor:
             n = math.ceil(rows * fraction)
-            probed = batch_loss(model, batch if n == rows else slice_batch(batch, slice(0, n)))
+            with autocast(model, precision):
+                probed = batch_loss(model, batch if n == rows else slice_batch(batch, slice(0, n)))
             return probed if weight == 1.0 else probed * weight
 
         optimizer.step(probe)
@@ -261,9 +271,41 @@ def batch_step(
     return loss
 
 
+def autocast(model: torch.nn.Module, precision: str) -> Any:
+    """``torch.autocast`` in bfloat16 on ``model``'s device for ``"bf16"``; nothing for ``"fp32"``."""
+    if precision == "fp32":
+        return nullcontext()
+    device = next((p.device.type for p in model.parameters()), "cpu")
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
+def _accumulated(
+    model: torch.nn.Module, batch_loss: BatchLoss, batch: Any, weight: float, precision: str, accumulate: int
+) -> torch.Tensor:
+    """Backward of the batch's loss (times ``weight``), in ``accumulate`` micro-batches each weighted by
+    its share of the rows; returns the batch's loss (detached when split)."""
+    rows = batch_rows(batch) if accumulate > 1 else 1
+    if accumulate == 1 or rows < 2:
+        with autocast(model, precision):
+            loss = batch_loss(model, batch)
+        (loss if weight == 1.0 else loss * weight).backward()
+        return loss
+    bounds = [round(rows * i / accumulate) for i in range(accumulate + 1)]
+    total = torch.zeros(())
+    for start, stop in itertools.pairwise(bounds):
+        if stop == start:
+            continue
+        with autocast(model, precision):
+            part = batch_loss(model, slice_batch(batch, slice(start, stop)))
+        share = (stop - start) / rows
+        (part * (share * weight)).backward()
+        total = total + part.detach().float() * share
+    return total
+
+
 def ordered_batches(split: Data, task: Task, batch_size: int) -> Iterator[Any]:
     """A split's batches in order: ``(x[a:b], y[a:b])`` of tensors, else the task's collate of a Dataset's examples."""
-    if _is_pair(split):
+    if is_tensor_pair(split):
         x, y = split
         for start in range(0, len(y), batch_size):
             yield slice_batch(x, slice(start, start + batch_size)), y[start : start + batch_size]
@@ -292,9 +334,10 @@ def evaluate(
     model.eval()
     loss_sum, correct, examples = 0.0, 0.0, 0
     for batch in ordered_batches(split, task, batch_size):
-        out, target = task.outputs_on(model, batch)
+        with autocast(model, task.precision):
+            out, target = task.outputs_on(model, batch)
+            loss = task.loss_of(out, target) if task.batch_loss is None else task.loss_on(model, batch)
         n = batch_rows(batch)
-        loss = task.loss_of(out, target) if task.batch_loss is None else task.loss_on(model, batch)
         loss_sum += float(loss) * n
         examples += n
         if task.metric == "accuracy":
