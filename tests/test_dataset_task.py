@@ -79,6 +79,7 @@ def sentences(data_dir, quick) -> TaskData:
 
 def sentence_task(name: str = "sentences", **overrides) -> Task:
     fields = {
+        "description": "variable-length sentences of token ids, padded by a collate function",
         "make_model": Bag,
         "sample_input": lambda: {"tokens": torch.zeros(2, 3, dtype=torch.long), "mask": torch.ones(2, 3)},
         "load_data": sentences,
