@@ -2,7 +2,7 @@
 # Issue 36's measurements (BENCHMARKS.md, "Muon and AutoFreeze at equal wall-clock"), 3 seeds each,
 # on an otherwise idle machine (about 40 minutes on 2 cores); resumes where it stopped.
 #   1. Muon at equal time in both regimes of the main job, beside the baseline, Schedule-Free and FreezeOut.
-#   2. AutoFreeze fine-tuning MiniLM-L6 on tweets (3 epochs of 480 tweets, so examples come back for the
+#   2. AutoFreeze fine-tuning MiniLM-L6 on tweets (3 epochs of 384 tweets, so examples come back for the
 #      cache) and EfficientNet-Lite0 (the main job's 2 epochs), beside FreezeOut (+cache) and Composer's
 #      layer freezing.
 set -eu
@@ -16,4 +16,4 @@ FREEZING=baseline,freezeout,freezeout+cache,layer-freezing,autofreeze,autofreeze
 $LW compare --task effnet-finetune --methods $FREEZING --seeds 3 \
     --train-size 2400 --test-size 1000 --eval-points 4 --out "$OUT/autofreeze-effnet" --no-progress
 $LW compare --task minilm-finetune --methods $FREEZING --seeds 3 --epochs 3 \
-    --train-size 480 --test-size 500 --eval-points 4 --out "$OUT/autofreeze-minilm" --no-progress
+    --train-size 384 --test-size 400 --eval-points 3 --out "$OUT/autofreeze-minilm" --no-progress

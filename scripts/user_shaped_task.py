@@ -41,7 +41,7 @@ def make_task() -> Task:
         "from scratch, SGD, bfloat16 autocast",
         make_model=ResNetCNN,
         sample_input=lambda: torch.zeros(2, 1, 28, 28),
-        load_data=lambda data_dir, quick: TaskData(Images(0, 1280 if quick else 6400), Images(1, 2000)),
+        load_data=lambda data_dir, quick: TaskData(Images(0, 1280 if quick else 12800), Images(1, 2000)),
         train_transform=random_crop,
         precision="bf16",
         epochs=2,

@@ -63,7 +63,7 @@ def default_tasks() -> list[Task]:
             make_model=ResNetCNN,
             sample_input=_sample,
             load_data=fashion_data,
-            train_size=16000,
+            train_size=16000,  # lr 0.1 (Task's default): the best of x0.3, x1, x3 (BENCHMARKS.md, "The baselines' LR")
         ),
         Task(
             name="fashion-mnist-plain",

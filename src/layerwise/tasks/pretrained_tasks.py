@@ -165,7 +165,7 @@ def default_tasks() -> list[Task]:
             epochs=2,
             quick_epochs=1,
             batch_size=32,
-            lr=1e-3,
+            lr=1e-3,  # the best of x0.3, x1, x3 at the main job's size, 3 seeds (BENCHMARKS.md, "The baselines' LR")
             weight_decay=0.01,
             optimizer="adamw",
             partition=_effnet_stages,
