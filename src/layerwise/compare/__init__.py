@@ -1,9 +1,10 @@
 """``layerwise compare``: train one task with several techniques side by side, at equal cost, and report.
 
-By default every method gets the baseline's training wall-clock (``budget="time"``): its steps are
-planned from its measured step cost, so the table answers "which gives the best model in this
-time, and which reaches the target soonest". ``budget="steps"`` trains every method the same
-number of steps. Runs are stored as they finish (``DIR/runs.sqlite``, with the plan), so an
+By default every method gets the baseline's training wall-clock on the same seed (``budget="time"``):
+each run stops by its own clock, its schedules following its share of that time, so the table
+answers "which gives the best model in this time, and which reaches the target soonest".
+``budget="steps"`` trains every method the same number of steps. Runs are stored as they finish
+(``DIR/runs.sqlite``), so an
 interrupted comparison resumes where it stopped; a run that fails is reported with its error and
 the others still run. The report is a table (terminal, ``results.md``), one JSON record per run
 (``DIR/runs/``), PNG plots and ``report.html``. :mod:`.main_job` runs the two regimes of

@@ -445,7 +445,7 @@ class _Recorder:
         return ending
 
     def _evaluation_due(self, done: int) -> bool:
-        """At the planned steps; paced by the clock, once the budget's share passes the next mark."""
+        """At evenly spaced steps; paced by the clock, once the budget's share passes the next mark."""
         if self.pace is None:
             return done in self.evaluate_at
         passed = [mark for mark in self.marks if self.pace.progress() >= mark]

@@ -239,7 +239,7 @@ class _Comparison:
         return RunStore.key(method, settings, seed) + ("|aa" if label == AA_LABEL else "")
 
     def keys(self) -> dict[str, str]:
-        """Each label's variant key in the run store (and in the plan)."""
+        """Each label's variant key in the run store."""
         return {label: RunStore.variant_key(method, settings) for label, method, settings in self.resolved}
 
     def runs(self) -> list[tuple[str, str, dict[str, Any], int]]:
