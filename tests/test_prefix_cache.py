@@ -351,3 +351,30 @@ def test_a_cut_at_an_identity_serves_every_alias_of_the_stored_tensor():
         with cache.batch(torch.arange(16)):
             assert torch.equal(model(X[:16]), expected)
     assert cache.boundary == "block1.pad" and cache.stats["hits"] == 16
+
+
+class Trimming(nn.Module):
+    """Token ids -> embeddings -> a mean: each batch cut to its longest row (padding 0), as TextClassifier(trim=True)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.body, self.head = nn.Embedding(20, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, : int((ids != 0).sum(1).max())]
+        return self.head(torch.relu(self.body(self.embed(ids))).mean(1))
+
+
+def test_a_prefix_whose_rows_change_shape_between_batches_is_refused_with_the_reason():
+    torch.manual_seed(0)
+    ids = torch.randint(1, 20, (32, 6))
+    ids[:16, 4:] = 0  # the first batch is 4 wide, the second 6
+    model = Trimming()
+    opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=ids[:2]).param_groups(lr=0.1), lr=0.1)
+    freezer = Freezer(model, opt)
+    freezer.freeze("embed")
+    cache = FrozenPrefixCache(model, freezer, 32, same_inputs=True)
+    for index in (torch.arange(16), torch.arange(16, 32)):
+        with pytest.raises(ValueError, match="a row per example must keep its shape") if index[0] else nullcontext():
+            with cache.batch(index):
+                nn.functional.cross_entropy(model(ids[index]), torch.zeros(16, dtype=torch.long)).backward()

@@ -166,6 +166,15 @@ class _Store:
             return 0
         chosen = torch.from_numpy(new)[fresh][:take]
         rows = torch.from_numpy(first)[fresh][:take]
+        for d, v in zip(self.data, values):
+            if tuple(v.shape[1:]) != tuple(d.shape[1:]):
+                raise ValueError(
+                    f"FrozenPrefixCache: the frozen prefix's output (cut after op {self.cut.position}) has rows "
+                    f"of shape {tuple(v.shape[1:])} in this batch but {tuple(d.shape[1:])} in the first: a row "
+                    "per example must keep its shape from batch to batch (a model that trims padding per batch, "
+                    "such as layerwise.tasks.pretrained.TextClassifier(trim=True), cannot be cached; build it "
+                    "with trim=False)"
+                )
         slots = torch.arange(self.used, self.used + take)
         self.slot[chosen] = slots
         for d, v in zip(self.data, values):
