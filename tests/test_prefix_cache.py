@@ -354,7 +354,7 @@ def test_a_cut_at_an_identity_serves_every_alias_of_the_stored_tensor():
 
 
 class Trimming(nn.Module):
-    """Token ids -> embeddings -> a mean: each batch cut to its longest row (padding 0), as TextClassifier(trim=True)."""
+    """Token ids -> embeddings -> a mean; each batch cut to its longest row (as TextClassifier(trim=True))."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -375,6 +375,6 @@ def test_a_prefix_whose_rows_change_shape_between_batches_is_refused_with_the_re
     freezer.freeze("embed")
     cache = FrozenPrefixCache(model, freezer, 32, same_inputs=True)
     for index in (torch.arange(16), torch.arange(16, 32)):
-        with pytest.raises(ValueError, match="a row per example must keep its shape") if index[0] else nullcontext():
-            with cache.batch(index):
-                nn.functional.cross_entropy(model(ids[index]), torch.zeros(16, dtype=torch.long)).backward()
+        refused = pytest.raises(ValueError, match="a row per example must keep its shape")
+        with refused if index[0] else nullcontext(), cache.batch(index):
+            nn.functional.cross_entropy(model(ids[index]), torch.zeros(16, dtype=torch.long)).backward()
