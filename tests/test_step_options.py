@@ -85,7 +85,7 @@ def test_accumulated_micro_batches_give_the_batchs_gradient_and_loss():
     batch = _steps(TASK, "baseline", steps=1)[2][0]
     whole_loss, whole_grads, whole_model = _loss_and_grads(TASK, batch)
     split_loss, split_grads, split_model = _loss_and_grads(replace(TASK, accumulate=3), batch)  # 11, 10, 11 rows
-    assert float(split_loss) == pytest.approx(float(whole_loss), rel=1e-5)
+    assert split_loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)
     for a, b in zip(whole_grads, split_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(whole_model.parameters(), split_model.parameters()):

@@ -1,8 +1,9 @@
 """Found LRs: ``hidlr`` (Hi-DLR's probes and quadratic fits), ``secant`` and ``freezeout+hidlr``.
 
 Examples:
-    >>> _hidlr_round_count(16, 128, 250)  # probing at steps 0, 16, 48, 112, 240
-    5
+    >>> from layerwise.compare.methods import METHODS
+    >>> METHODS["hidlr"].optimizer_use  # Hi-DLR wraps the task's optimizer and sets each group's LR itself
+    'wraps'
 """
 
 from __future__ import annotations
