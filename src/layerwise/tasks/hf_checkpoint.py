@@ -24,12 +24,10 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from torch import nn
 from .._checks import fraction, positive_int
 from ..groups import Partition, by_layer, explicit
 from .base import Task, TaskData
-from .pretrained import TextClassifier, require
+from .pretrained import TextClassifier, offline_transformers, quiet_transformers
 from .text_files import LabelledTexts, cached_token_ids, file_sha256, read_labelled_texts
 from .tweets import split_tweets, tokenize
 
@@ -106,26 +104,6 @@ class Checkpoint:
         return self.architecture.endswith(_SEQUENCE_CLASSIFIER)
 
 
-def _transformers() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub when first imported
-    return require("transformers")
-
-
-@contextlib.contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
-    """No load report or progress bar while loading; the logging settings are restored after."""
-    logging = transformers.utils.logging
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
-
-
 def read_checkpoint(folder: str | Path) -> Checkpoint:
     """The config and tokenizer of ``folder``, checked to load as a sequence classifier.
 
@@ -139,8 +117,8 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
     if not (folder / "config.json").is_file():
         what = "no config.json in it" if folder.is_dir() else "no such folder"
         raise ValueError(f"{where}: {what}; expected a sequence-classification checkpoint saved by save_pretrained")
-    transformers = _transformers()
-    with _quiet(transformers):
+    transformers = offline_transformers()
+    with quiet_transformers(transformers):
         try:
             config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
         except (ValueError, OSError, KeyError) as err:
@@ -192,9 +170,9 @@ def _model_factory(checkpoint: Checkpoint, classes: int) -> Callable[[], nn.Modu
     where = f"--task: {PREFIX}{checkpoint.folder}"
 
     def make_model() -> nn.Module:
-        transformers = _transformers()
+        transformers = offline_transformers()
         try:
-            with _quiet(transformers):
+            with quiet_transformers(transformers):
                 model = transformers.AutoModelForSequenceClassification.from_pretrained(
                     str(checkpoint.folder),
                     num_labels=classes,

@@ -41,7 +41,9 @@ __all__ = [
     "minilm_classifier",
     "minilm_path",
     "minilm_tokenizer",
+    "offline_transformers",
     "package_dir",
+    "quiet_transformers",
     "require",
 ]
 
@@ -111,7 +113,7 @@ def package_dir(module: str, package: str | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet_transformers(transformers: ModuleType) -> Iterator[None]:
+def quiet_transformers(transformers: ModuleType) -> Iterator[None]:
     """Offline, without the load report and progress bar; restores the logging settings after."""
     logging = transformers.utils.logging
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
@@ -125,7 +127,8 @@ def _quiet_transformers(transformers: ModuleType) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _transformers() -> ModuleType:
+def offline_transformers() -> ModuleType:
+    """``transformers``, imported with the Hugging Face hub offline (``HF_HUB_OFFLINE=1``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub when first imported
     return require("transformers")
 
@@ -141,8 +144,8 @@ def minilm_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def minilm_tokenizer() -> Any:
     """The MiniLM (BERT uncased WordPiece) tokenizer, loaded offline once."""
-    transformers = _transformers()
-    with _quiet_transformers(transformers):
+    transformers = offline_transformers()
+    with quiet_transformers(transformers):
         return transformers.AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
 
 
@@ -182,8 +185,8 @@ def minilm_classifier(num_labels: int = 3, trim: bool = True, **config: Any) -> 
         >>> sum(p.numel() for p in model.parameters()) // 10**5 / 10   # millions
         22.7
     """
-    transformers = _transformers()
-    with _quiet_transformers(transformers):
+    transformers = offline_transformers()
+    with quiet_transformers(transformers):
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             str(minilm_path()), num_labels=num_labels, local_files_only=True, **config
         )
