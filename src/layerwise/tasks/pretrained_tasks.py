@@ -5,6 +5,8 @@
 
 * ``effnet-finetune``: the same network at 32x32 in five groups, the main job's fine-tuning regime.
 * ``minilm-finetune``: MiniLM on the tweets in five groups (embeddings to head), 4000 tweets.
+* ``minilm-finetune-padded``: the same at a fixed width of 64 tokens (no per-batch trimming), so a
+  frozen prefix's rows keep their shape and the frozen-prefix cache (``+cache`` methods) can serve them.
 * ``minilm-sentiment-lora``: MiniLM with PEFT LoRA adapters (query, value; r 8) and a trained head, in
   the Hi-DLR paper's groups ``lora_A``, ``lora_B``, ``head``; 4000 tweets.
 
@@ -175,6 +177,16 @@ def default_tasks() -> list[Task]:
             regime="fine-tuning",
         ),
         minilm_finetune,
+        replace(
+            minilm_finetune,
+            name="minilm-finetune-padded",
+            description=(
+                "minilm-finetune at a fixed 64 tokens per tweet (padding masked, not trimmed per batch): "
+                "slower steps, but an example's rows in a frozen prefix keep their shape, so the +cache "
+                "methods can serve them"
+            ),
+            make_model=lambda: minilm_classifier(num_labels=len(LABELS), trim=False),
+        ),
         replace(
             minilm_finetune,
             name="minilm-sentiment-lora",
