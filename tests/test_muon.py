@@ -179,3 +179,45 @@ def test_bad_input_is_refused_naming_the_argument():
     with pytest.raises(ValueError, match="Muon only supports 2D"):  # what the split never hands torch's Muon
         torch.optim.Muon([model.conv.weight])
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+RESUME_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_muon import ConvNet, backward
+from layerwise import muon_split
+model = ConvNet()
+opt = muon_split(model, conv={conv!r}, sample_input=torch.zeros(1, 1, 4, 4))
+sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max={total})
+first, last, path = {first}, {last}, {path!r}
+if first:
+    saved = torch.load(path, weights_only=True)
+    model.load_state_dict(saved["model"]); opt.load_state_dict(saved["opt"]); sched.load_state_dict(saved["sched"])
+for step in range(first, last):
+    opt.zero_grad()
+    backward(model, step)
+    opt.step()
+    sched.step()
+torch.save({{"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}}, path)
+"""
+
+
+@pytest.mark.parametrize("conv", ["reshape", "adamw"])
+def test_the_muon_split_resumes_bitwise_in_a_new_process(tmp_path, conv):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run(first: int, last: int, path: Path) -> dict:
+        code = RESUME_SCRIPT.format(
+            tests=str(Path(__file__).parent), conv=conv, total=2 * STEPS, first=first, last=last, path=str(path)
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+        return torch.load(path, weights_only=True)
+
+    straight = run(0, 2 * STEPS, tmp_path / "straight.pt")
+    run(0, STEPS, tmp_path / "resumed.pt")  # one process stops half way ...
+    resumed = run(STEPS, 2 * STEPS, tmp_path / "resumed.pt")  # ... a new one loads the file and goes on
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    assert resumed["sched"]["last_epoch"] == 2 * STEPS

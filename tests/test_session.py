@@ -227,6 +227,7 @@ def test_regimes_pick_their_default_methods():
         "discriminative",
         "gradual-unfreezing",
         "freezeout",
+        "autofreeze",
         "multirate",
         "multirate-block",
         "hidlr",
