@@ -268,9 +268,13 @@ class DictInput(nn.Module):
 def test_a_tokenized_dict_of_tensors_is_sliced_like_tensors():
     data = pad([Sentences(96, seed=0)[i] for i in range(96)])
     inputs, labels = {"tokens": data["tokens"], "mask": data["mask"]}, data["label"]
-    task = sentence_task("dict-tensors", make_model=DictInput, collate_fn=None, sample_input=lambda: (
-        {"tokens": torch.zeros(2, 3, dtype=torch.long), "mask": torch.ones(2, 3)},), load_data=lambda d, q: TaskData(
-        (inputs, labels), ({k: v[:40] for k, v in inputs.items()}, labels[:40])))
+    task = sentence_task(
+        "dict-tensors",
+        make_model=DictInput,
+        collate_fn=None,
+        sample_input=lambda: ({"tokens": torch.zeros(2, 3, dtype=torch.long), "mask": torch.ones(2, 3)},),
+        load_data=lambda d, q: TaskData((inputs, labels), ({k: v[:40] for k, v in inputs.items()}, labels[:40])),
+    )
     record = run_one(task, "hidlr", seed=0, steps=6, eval_points=1)
     torch.manual_seed(0)
     model = task.make_model()

@@ -188,8 +188,9 @@ def test_a_fixed_interval_keeps_probing_as_the_paper_and_warns_once_what_to_try(
     opt, messages = _concave(40)
     assert opt.stats["probe_rounds"] == 20 and opt.interval == 2
     assert len(messages) == 1
-    assert f"none of {NEVER_ACCEPTED_ROUNDS} fits was accepted (rejections: curvature {NEVER_ACCEPTED_ROUNDS})" in (
-        messages[0]
+    assert (
+        f"none of {NEVER_ACCEPTED_ROUNDS} fits was accepted (rejections: curvature {NEVER_ACCEPTED_ROUNDS})"
+        in (messages[0])
     )
     assert "per_group=True" in messages[0] and "max_interval" in messages[0]
     assert opt.diagnosis is not None and opt.diagnosis.startswith("Hi-DLR: none of 20 fits")

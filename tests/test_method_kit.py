@@ -84,4 +84,3 @@ def test_a_method_from_the_kit_checks_builds_and_its_snippet_trains_the_same(hal
     exec(compile(method_snippet(build, "half-lr", settings), "<snippet half-lr>", "exec"), namespace)
     assert [g["lr"] for g in namespace["opt"].param_groups] == [g["lr"] for g in setup.optimizer.param_groups]
     torch.testing.assert_close(dict(copied.named_parameters()), dict(built.named_parameters()))
-

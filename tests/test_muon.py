@@ -62,8 +62,10 @@ def split_of(model: nn.Module, sample: torch.Tensor, **options) -> dict[str, set
 
 def test_the_split_rule_sends_embeddings_head_biases_and_norms_to_adamw():
     text = split_of(TextNet(), torch.zeros(1, 5, dtype=torch.long))
-    assert text == {"muon": {"mid.weight"}, "adamw": {"emb.weight", "norm.weight", "norm.bias", "mid.bias",
-                                                      "head.weight", "head.bias"}}
+    assert text == {
+        "muon": {"mid.weight"},
+        "adamw": {"emb.weight", "norm.weight", "norm.bias", "mid.bias", "head.weight", "head.bias"},
+    }
     conv = split_of(ConvNet(), torch.zeros(1, 1, 4, 4))
     assert conv["muon"] == {"conv.weight", "mid.weight"}
     conv = split_of(ConvNet(), torch.zeros(1, 1, 4, 4), conv="adamw")
@@ -75,7 +77,11 @@ def test_groups_keep_their_partition_name_and_biases_and_norms_get_no_decay():
     assert [g["name"] for g in opt.optimizers[0].param_groups] == ["conv", "mid"]
     adamw = opt.optimizers[1].param_groups
     assert [(g["name"], g["weight_decay"]) for g in adamw] == [
-        ("conv", 0.0), ("bn", 0.0), ("mid", 0.0), ("head", 0.01), ("head", 0.0)
+        ("conv", 0.0),
+        ("bn", 0.0),
+        ("mid", 0.0),
+        ("head", 0.01),
+        ("head", 0.0),
     ]
     assert type(opt.optimizers[0]) is ReshapedMuon
     plain = muon_split(ConvNet(), conv="adamw", sample_input=torch.zeros(1, 1, 4, 4))

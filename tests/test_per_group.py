@@ -140,16 +140,18 @@ def test_a_group_without_an_optimizer_is_refused_naming_assign():
     with pytest.raises(ValueError, match=r"assign: no optimizer for the groups \['4'\]"):
         PerGroupOptimizer.from_partition(part, {"0": "a", "2": "a"}, {"a": (torch.optim.SGD, {"lr": 0.1})})
     with pytest.raises(ValueError, match=r"assign: parts \['b'\] are not in optimizers"):
-        PerGroupOptimizer.from_partition(
-            part, {"0": "a", "2": "a", "4": "b"}, {"a": (torch.optim.SGD, {"lr": 0.1})}
-        )
+        PerGroupOptimizer.from_partition(part, {"0": "a", "2": "a", "4": "b"}, {"a": (torch.optim.SGD, {"lr": 0.1})})
 
 
 def test_bad_parts_are_refused():
     model = make_model()
     with pytest.raises(ValueError, match="a parameter is in both parts"):
-        PerGroupOptimizer({"a": Part(torch.optim.SGD, model.parameters(), {"lr": 0.1}),
-                           "b": Part(torch.optim.SGD, model[4].parameters(), {"lr": 0.1})})
+        PerGroupOptimizer(
+            {
+                "a": Part(torch.optim.SGD, model.parameters(), {"lr": 0.1}),
+                "b": Part(torch.optim.SGD, model[4].parameters(), {"lr": 0.1}),
+            }
+        )
     with pytest.raises(ValueError, match="parameters of model in no part"):
         PerGroupOptimizer({"a": Part(torch.optim.SGD, model[0].parameters(), {"lr": 0.1})}, model=model)
     with pytest.raises(TypeError, match=r"parts\['a'\].optimizer"):

@@ -111,8 +111,14 @@ def summarize(
         judged = None
         if label in tests:
             judged = verdict(
-                finals(records), finals(base_records), mine, base_times, metric, budget,
-                void_speed=void_speed, decided=decided[label],
+                finals(records),
+                finals(base_records),
+                mine,
+                base_times,
+                metric,
+                budget,
+                void_speed=void_speed,
+                decided=decided[label],
             )
         rows.append(
             {

@@ -644,9 +644,7 @@ def _seeds_text(comparison: _Comparison) -> str:
     return "seeds per method: " + ", ".join(f"{label} {n}" for label, n in counts.items())
 
 
-def _setting_text(
-    comparison: _Comparison, outcomes: dict[str, dict[str, list]], target: float | None
-) -> str:
+def _setting_text(comparison: _Comparison, outcomes: dict[str, dict[str, list]], target: float | None) -> str:
     """The report's description of the setting: data, optimizer, policy, seeds, budget, target, evaluations."""
     task, config = comparison.task, comparison.config
     budget_text = _budget_text(comparison, outcomes)

@@ -175,9 +175,7 @@ def paired(method: Sequence[float], baseline: Sequence[float], higher_is_better:
         return Comparison("paired t", n, diff, diff, diff, 1.0 if diff == 0 else 0.0, None, wins, wins_low, wins_high)
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se
     p = float(stats.ttest_rel(method, baseline).pvalue)
-    return Comparison(
-        "paired t", n, diff, diff - half, diff + half, p, _bootstrap(diffs), wins, wins_low, wins_high
-    )
+    return Comparison("paired t", n, diff, diff - half, diff + half, p, _bootstrap(diffs), wins, wins_low, wins_high)
 
 
 def _bootstrap(diffs: np.ndarray) -> tuple[float, float] | None:

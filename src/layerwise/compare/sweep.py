@@ -127,9 +127,7 @@ class Tuned:
         )
 
 
-def tune_baseline(
-    task: Any, factors: Sequence[float], *, out: str | Path = "runs/compare", **options: Any
-) -> Tuned:
+def tune_baseline(task: Any, factors: Sequence[float], *, out: str | Path = "runs/compare", **options: Any) -> Tuned:
     """Train the baseline at the task's LR times each factor; return the task at the best factor's LR.
 
     ``options`` are :func:`~layerwise.compare.session.compare`'s (seeds, budget, ...). The best is the

@@ -119,6 +119,7 @@ def speed_test(times: PerSeed, baseline_times: PerSeed) -> Comparison | None:
         seeds = sorted(mine)
         return paired([-math.log(mine[s]) for s in seeds], [-math.log(base[s]) for s in seeds])
     ranked = compare_times(mine, base)
+
     def flip(value: float | None) -> float | None:
         return None if value is None else -value
 

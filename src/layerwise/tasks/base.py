@@ -84,12 +84,16 @@ def batch_targets(batch: Any) -> Any:
         for key in ("labels", "label"):
             if key in batch:
                 return batch[key]
-        raise TypeError(f"batch: a dict batch needs a 'labels' or 'label' key, got keys {sorted(batch)}; "
-                        "or give the task a batch_outputs(model, batch) -> (outputs, targets)")
+        raise TypeError(
+            f"batch: a dict batch needs a 'labels' or 'label' key, got keys {sorted(batch)}; "
+            "or give the task a batch_outputs(model, batch) -> (outputs, targets)"
+        )
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[-1]
-    raise TypeError(f"batch: cannot find the targets of a {type(batch).__name__} batch (a dict with 'labels' or "
-                    "a tuple ending with them); give the task a batch_outputs(model, batch) -> (outputs, targets)")
+    raise TypeError(
+        f"batch: cannot find the targets of a {type(batch).__name__} batch (a dict with 'labels' or "
+        "a tuple ending with them); give the task a batch_outputs(model, batch) -> (outputs, targets)"
+    )
 
 
 def model_outputs(model: nn.Module, batch: Any) -> tuple[Any, Any]:
@@ -279,8 +283,10 @@ class Task:
         loss = self.batch_loss(model, batch)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ValueError(f"batch_loss: task {self.name!r}'s batch_loss(model, batch) must return a scalar "
-                             f"tensor (the batch's mean loss), got {got}")
+            raise ValueError(
+                f"batch_loss: task {self.name!r}'s batch_loss(model, batch) must return a scalar "
+                f"tensor (the batch's mean loss), got {got}"
+            )
         return loss
 
     def loss_of(self, outputs: Any, targets: Any) -> torch.Tensor:

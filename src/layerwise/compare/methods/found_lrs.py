@@ -253,7 +253,7 @@ def _freezeout_hidlr_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     return (
         f"{_regroup_snippet(build, settings)}{optimizer_line(build)}\n"
         f'schedule = layerwise.recipes.build("freezeout", len(part), t0={settings["t0"]!r}, '
-        f'strategy={settings["strategy"]!r}, scale_lr=False)   # Hi-DLR finds each LR: no 1/t_i scaling\n'
+        f"strategy={settings['strategy']!r}, scale_lr=False)   # Hi-DLR finds each LR: no 1/t_i scaling\n"
         f"sched = layerwise.freezing.FreezeWhenZero.from_schedule(layerwise.Freezer(model, opt), schedule, {steps})\n"
         f"opt = layerwise.HiDLR(opt, schedule=schedule, total_steps={steps}, model=model, {options})\n"
         f"{loop('closure+sched', steps)}"
