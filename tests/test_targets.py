@@ -86,7 +86,8 @@ def test_verdict_under_a_steps_budget_says_equal_steps():
 
 def test_verdict_without_a_difference_says_so():
     result = verdict([0.80, 0.82, 0.81], [0.81, 0.80, 0.82], [10.0, 30.0, 20.0], [20.0, 12.0, 25.0], "accuracy")
-    assert result["text"] == "no significant difference"
+    assert result["text"].startswith("no significant difference: +0.00 points [")  # the difference, measured
+    assert result["text"].endswith("(paired t)")
 
 
 def test_verdict_with_one_seed_gives_the_differences_without_an_interval():

@@ -1,6 +1,7 @@
 """Verdicts that decide: paired seeds, misses counted, Holm's correction over a table's methods."""
 
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from blobs import blobs_task
 from layerwise.compare.methods import resolve_settings
 from layerwise.compare.report import summarize
 from layerwise.compare.runner import new_run
+from layerwise.compare.stats import sizing
 from layerwise.compare.targets import verdict
 from layerwise.training import seeded_indices
 
@@ -70,7 +72,14 @@ def test_holm_correction_over_the_table_and_without_it():
         p = raw[name]["tests"]["accuracy"]["p"]
         assert 0.025 < p < 0.05 and "better" in raw[name]["verdict"]
         assert rows[name]["tests"]["accuracy"]["decided"] is False  # Holm: 2 x 0.028 > 0.05 first, so neither
-        assert rows[name]["verdict"] == "no significant difference" and "accuracy" in rows[name]["open"]
+        assert rows[name]["verdict"].startswith("no significant difference: +") and "accuracy" in rows[name]["open"]
+        # what would decide it, at the level Holm tests it at next (both open: 5 % / 2)
+        diffs = [m - b for m, b in zip({"a": ahead_a, "b": ahead_b}[name], base)]
+        expected = sizing(diffs, 0.025)
+        assert rows[name]["sizing"] == {**asdict(expected), "alpha": 0.025}
+        assert f"4 seed pairs detect {expected.detectable * 100:.2f} points" in rows[name]["verdict"]
+        assert f"needs {expected.needed} (at 5 %/2 (Holm))" in rows[name]["verdict"]
+    assert raw["a"]["sizing"]["alpha"] == 0.05 and "seed pairs detect" not in raw["a"]["verdict"]  # decided
 
 
 def test_median_time_to_target_counts_a_miss_as_infinite():

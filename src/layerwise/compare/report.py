@@ -100,6 +100,7 @@ def summarize(
     seeded = {label: (finals(outcomes[label]["records"]), times(outcomes[label]["records"])) for label in tests}
     decided = _decided(tests, seeded, (finals(base_records), base_times), correction, sequential, void_speed is None)
     base_median = _median_time(base_times)
+    sizing_alpha = _sizing_alpha(decided, correction)
     rows = []
     for label, outcome in outcomes.items():
         records, errors = outcome["records"], outcome["errors"]
@@ -108,8 +109,9 @@ def summarize(
         budget_ratio = _budget_ratio(records)
         mine = times(records)
         ttt = _median_time(mine)
-        judged = None
+        judged, sizing = None, None
         if label in tests:
+            sizing = _sizing(finals(records), finals(base_records), 0.05 if label == AA_LABEL else sizing_alpha)
             judged = verdict(
                 finals(records),
                 finals(base_records),
@@ -134,10 +136,12 @@ def summarize(
                 "time_to_target_s": ttt,
                 "reached": sum(t is not None for t in mine.values()),
                 "target_ratio": None if not (ttt and base_median) or void_speed else base_median / ttt,
-                "verdict": "reference" if label == baseline else (judged or {}).get("text", "—"),
+                "verdict": "reference"
+                if label == baseline
+                else _verdict_text(judged, decided.get(label), sizing, metric),
                 "tests": None if judged is None else _tests_dict(judged, decided[label]),
                 "open": [] if judged is None else [q for q in ("accuracy", "speed") if decided[label].get(q) is False],
-                "sizing": None if judged is None else _sizing(finals(records), finals(base_records)),
+                "sizing": sizing,
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in records])[0],
                 "notes": "; ".join(_notes(records, errors, base_records, budget_ratio)),
             }
@@ -202,7 +206,13 @@ def _open_text(row: dict[str, Any], question: str) -> str:
     if question != "accuracy" or not sizing.get("needed"):
         return row["method"]
     more = max(0, sizing["needed"] - sizing["pairs"])
-    return f"{row['method']} (its observed difference needs {sizing['needed']} seeds: {more} more)"
+    return f"{row['method']} (its observed difference needs {sizing['needed']} seeds at {_level(sizing)}: {more} more)"
+
+
+def _level(sizing: dict[str, Any]) -> str:
+    """The level a seed count is for, as the report says it (stored records before the level: 5 %)."""
+    alpha = sizing.get("alpha", 0.05)
+    return "5 %" if alpha == 0.05 else f"5 %/{round(0.05 / alpha)} (Holm)"
 
 
 def _seed(record: dict[str, Any], position: int) -> int:
@@ -273,12 +283,35 @@ def _metric_diffs(mine: dict[int, float | None], base: dict[int, float | None]) 
     return [mine[s] - base[s] for s in shared]
 
 
-def _sizing(mine: dict[int, float | None], base: dict[int, float | None]) -> dict[str, Any] | None:
-    """For the accuracy question: the smallest difference these seed pairs detect, the pairs the observed one needs."""
+def _verdict_text(
+    judged: dict[str, Any] | None, decided: dict[str, bool | None] | None, sizing: dict[str, Any] | None, metric: str
+) -> str:
+    """The verdict's sentence; an open accuracy question adds what its seeds detect and what would decide it."""
+    if judged is None:
+        return "—"
+    text = judged["text"]
+    if not sizing or (decided or {}).get("accuracy") is not False or sizing.get("detectable") is None:
+        return text
+    scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "loss")
+    detects = f"{sizing['pairs']} seed pairs detect {sizing['detectable'] * scale:.2f} {unit}"
+    needs = "" if not sizing["needed"] else f", the observed difference needs {sizing['needed']}"
+    return f"{text}; {detects}{needs} (at {_level(sizing)})"
+
+
+def _sizing_alpha(decided: dict[str, dict[str, bool | None]], correction: bool, alpha: float = 0.05) -> float:
+    """The level an open accuracy question is tested at next: Holm's ``alpha / m`` over the m methods
+    still open (the A/A twin not among them), ``alpha`` without the correction."""
+    open_ = [label for label, flags in decided.items() if label != AA_LABEL and flags.get("accuracy") is False]
+    return alpha / len(open_) if correction and open_ else alpha
+
+
+def _sizing(mine: dict[int, float | None], base: dict[int, float | None], alpha: float) -> dict[str, Any] | None:
+    """For the accuracy question, at level ``alpha``: the smallest difference these seed pairs detect,
+    the pairs the observed one needs."""
     diffs = _metric_diffs(mine, base)
     if len(diffs) < 2:
         return None
-    return asdict(sizing(diffs))
+    return {**asdict(sizing(diffs, alpha)), "alpha": alpha}
 
 
 def _tests_dict(judged: dict[str, Any], decided: dict[str, bool | None]) -> dict[str, Any]:

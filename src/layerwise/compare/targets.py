@@ -184,7 +184,7 @@ def verdict(
     if accuracy.diff is None:  # one seed on a side: the differences, without an interval
         parts.append(_one_seed_text(mine, base, reached, _by_seed(baseline_times), metric, budget, void_speed))
     elif not parts or all(p.startswith("reaches the target in") for p in parts):
-        parts.append("no significant difference")
+        parts.append(f"no significant difference: {_difference_text(accuracy, metric)}")
     if void_speed is not None:
         parts.append(void_speed)
     result["text"] = "; ".join(parts)
@@ -213,6 +213,13 @@ def _accuracy_text(accuracy: Comparison, metric: str, budget: str) -> str:
     if accuracy.wins is not None:
         share = f"; P(better) {accuracy.wins:.2f} [{accuracy.wins_low:.2f}, {accuracy.wins_high:.2f}]"
     return f"{abs(accuracy.diff) * scale:.2f} {unit} {word} {at} {interval} ({accuracy.test}{share})"
+
+
+def _difference_text(accuracy: Comparison, metric: str) -> str:
+    """An undecided accuracy difference as measured: signed, with its 95 % interval and test."""
+    scale, unit = _scale(metric)
+    interval = f"[{accuracy.low * scale:+.2f}, {accuracy.high * scale:+.2f}]"
+    return f"{accuracy.diff * scale:+.2f} {unit} {interval} ({accuracy.test})"
 
 
 def _one_seed_text(
