@@ -98,3 +98,11 @@ def test_verdict_with_one_seed_gives_the_differences_without_an_interval():
 def test_verdict_counts_seeds_that_miss_the_target():
     result = verdict([0.80, 0.81, 0.80], [0.80, 0.80, 0.81], [10.0, None, 11.0], [20.0, 21.0, 19.5], "accuracy")
     assert result["reached"] == 2 and "reaches the target in 2/3 seeds" in result["text"]
+
+
+def test_a_speed_bound_from_a_censored_miss_is_written_unbounded():
+    from layerwise.compare.stats import Comparison
+    from layerwise.compare.targets import _speed_text
+
+    speed = Comparison("wilcoxon", 10, math.log(1.18), math.log(1.02), 49.0, 0.01, None, None, None, None)
+    assert _speed_text(speed) == "reaches the target 1.18x sooner [1.02, inf] (wilcoxon)"

@@ -198,10 +198,15 @@ def _speed_text(speed: Comparison) -> str:
         return f"{side} the target in most seeds where the other side does not ({speed.test})"
     bounds = [] if speed.low is None else [math.exp(max(-50.0, min(50.0, v))) for v in (speed.low, speed.high)]
     if speed.diff > 0:
-        interval = f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
+        interval = f" [{_factor(bounds[0])}, {_factor(bounds[1])}]" if bounds else ""
         return f"reaches the target {math.exp(speed.diff):.2f}x sooner{interval} ({speed.test})"
-    interval = f" [{1 / bounds[1]:.2f}, {1 / bounds[0]:.2f}]" if bounds else ""
+    interval = f" [{_factor(1 / bounds[1])}, {_factor(1 / bounds[0])}]" if bounds else ""
     return f"reaches the target {math.exp(-speed.diff):.2f}x later{interval} ({speed.test})"
+
+
+def _factor(value: float) -> str:
+    """A bound of a speed factor; past 1000x it comes from a censored miss, so it is unbounded."""
+    return "inf" if value > 1e3 else f"{value:.2f}"
 
 
 def _accuracy_text(accuracy: Comparison, metric: str, budget: str) -> str:
