@@ -342,8 +342,9 @@ def test_the_quick_main_job_writes_every_record_of_muon_and_autofreeze_in_both_r
     from layerwise import cli
 
     methods = ("baseline", "muon", "autofreeze", "autofreeze+cache")
-    cli.main(["compare", "--quick", "--methods", ",".join(methods), "--out", str(tmp_path), "--no-progress"])
+    options = ["--quick", "--eval-points", "1", "--out", str(tmp_path), "--no-progress"]
+    cli.main(["compare", "--methods", ",".join(methods), *options])
     for regime in ("scratch", "finetune"):
         records = sorted(p.name for p in (tmp_path / regime / "runs").glob("*.json"))
-        assert records == sorted(f"{m}-seed0.json" for m in methods), regime
+        assert records == sorted(f"{m.replace('+', '_')}-seed0.json" for m in methods), regime
     assert "autofreeze+cache" in (tmp_path / "results.md").read_text()
