@@ -30,7 +30,7 @@ import numpy as np
 
 from ..plotting import legend, pyplot
 from .stats import Comparison, decide_all, holm, log_ratios, reach, sizing
-from .targets import default_target, higher_is_better, time_to_target, verdict, verdict_tests
+from .targets import default_target, higher_is_better, scale_of, time_to_target, verdict, verdict_tests
 
 __all__ = ["AA_LABEL", "answer", "markdown_table", "plot_all", "summarize", "write_html"]
 
@@ -160,7 +160,7 @@ def answer(rows: list[dict[str, Any]], metric: str, budget: str = "time") -> str
     - Best model at equal time: better m (+2.00 points).
     - Soonest to the target: no method compared.
     """
-    scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "loss")
+    scale, unit = scale_of(metric)
     judged = [r for r in rows if r["tests"] is not None and r["method"] != AA_LABEL]
     at = "at equal time" if budget == "time" else "at equal steps"
     lines = [
@@ -292,7 +292,7 @@ def _verdict_text(
     text = judged["text"]
     if not sizing or (decided or {}).get("accuracy") is not False or sizing.get("detectable") is None:
         return text
-    scale, unit = (100.0, "points") if metric == "accuracy" else (1.0, "loss")
+    scale, unit = scale_of(metric)
     detects = f"{sizing['pairs']} seed pairs detect {sizing['detectable'] * scale:.2f} {unit}"
     needs = "" if not sizing["needed"] else f", the observed difference needs {sizing['needed']}"
     return f"{text}; {detects}{needs} (at {_level(sizing)})"

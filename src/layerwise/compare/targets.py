@@ -84,7 +84,7 @@ def time_to_target(curve: Sequence[dict[str, Any]], target: float, metric: str) 
     return None
 
 
-def _scale(metric: str) -> tuple[float, str]:
+def scale_of(metric: str) -> tuple[float, str]:
     """How a difference of the metric is written: accuracy in points, a loss as is."""
     return (100.0, "points") if metric == "accuracy" else (1.0, "loss")
 
@@ -210,7 +210,7 @@ def _factor(value: float) -> str:
 
 
 def _accuracy_text(accuracy: Comparison, metric: str, budget: str) -> str:
-    scale, unit = _scale(metric)
+    scale, unit = scale_of(metric)
     word = "better" if _better(accuracy.diff, metric) else "worse"
     at = "at equal time" if budget == "time" else "at equal steps"
     interval = f"[{accuracy.low * scale:+.2f}, {accuracy.high * scale:+.2f}]"
@@ -222,7 +222,7 @@ def _accuracy_text(accuracy: Comparison, metric: str, budget: str) -> str:
 
 def _difference_text(accuracy: Comparison, metric: str) -> str:
     """An undecided accuracy difference as measured: signed, with its 95 % interval and test."""
-    scale, unit = _scale(metric)
+    scale, unit = scale_of(metric)
     interval = f"[{accuracy.low * scale:+.2f}, {accuracy.high * scale:+.2f}]"
     return f"{accuracy.diff * scale:+.2f} {unit} {interval} ({accuracy.test})"
 
@@ -236,7 +236,7 @@ def _one_seed_text(
     budget: str,
     void_speed: str | None,
 ) -> str:
-    scale, unit = _scale(metric)
+    scale, unit = scale_of(metric)
     at = "at equal time" if budget == "time" else "at equal steps"
     diff = statistics.fmean(mine) - statistics.fmean(base)
     base_reached = [t for t in baseline_times.values() if t is not None]
