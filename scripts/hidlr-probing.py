@@ -22,4 +22,4 @@ result = compare_variants(
     "fashion-mnist", variants, config=CompareConfig(budget="steps"), seeds=3, out=out, progress=False
 )
 for row in result["rows"]:
-    print(row["method"], row.get("metric"), row.get("metric_std"), row.get("final_loss"), row.get("verdict"))
+    print(row["method"], row.get("metric"), row.get("metric_std"), row.get("final_train_loss"), row.get("verdict"))

@@ -5,8 +5,8 @@ x1 is the baseline), LoRA+ at ratios 2, 4 and 16 (PEFT's create_loraplus_optimiz
 quotes 2^1-2^2 as best for LLaMA, 2^4 for RoBERTa), Hi-DLR on lora_A | lora_B | head, and SecantLR.
 
 Run: .venv/bin/python scripts/lora-peers.py steps [OUT]   equal steps (about 40 minutes on 2 cores)
-     .venv/bin/python scripts/lora-peers.py time [OUT]    equal time: Hi-DLR and SecantLR replanned
-                                                          (the others cost the baseline's steps)
+     .venv/bin/python scripts/lora-peers.py time [OUT]    equal time: every method trains for the
+                                                          baseline's measured time on its seed
 Both resume where they stopped.
 """
 

@@ -5,7 +5,8 @@ recommended settings, cited in its description and in ``docs/peers.md``. None is
 default set: name them with ``--methods``. The optimizers come from the ``peers`` extra
 (``pip install -c constraints.txt 'layerwise[peers]'``); a peer whose package is missing is refused
 by its ``check`` before anything is loaded. The LR-only peers (layer-wise LR decay) cost what the
-baseline costs; the others are timed by the equal-cost plan. Each family file holds its peers'
+baseline costs; the others train for the baseline's measured time on the same seed (``--budget time``,
+the default) or its steps (``--budget steps``). Each family file holds its peers'
 builders, checks, snippets and registry entries, and one ``register_<family>()``.
 
 Examples:
