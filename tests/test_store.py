@@ -19,6 +19,7 @@ def test_runs_and_failures_survive_reopening(tmp_path):
 
 
 def test_another_configuration_is_refused(tmp_path):
-    RunStore(tmp_path / "runs.sqlite", {"task": "x"}).close()
+    with RunStore(tmp_path / "runs.sqlite", {"task": "x"}) as store:
+        store.save(RunStore.key("baseline", {}, 0), {"method": "baseline", "seed": 0})
     with pytest.raises(ValueError, match="holds runs of a different configuration"):
         RunStore(tmp_path / "runs.sqlite", {"task": "y"})

@@ -2,12 +2,23 @@ r"""A user's own task from a Python file: ``--task path/to/file.py:factory``.
 
 The file is imported as a module (nothing of it is registered), with its folder on the import path
 while it loads (so it may import a module beside it), and ``factory()`` must return a
-:class:`~layerwise.tasks.Task`, which gets the sha256 of the file's source as its ``source_sha256``
-(a comparison's run store refuses the runs of an edited file). Any failure, in the file, the factory
-or later in the task's own ``make_model``, ``sample_input``, ``load_data`` or ``partition``, is one
-ValueError naming the file, the factory, the part that failed and its exception (the original is
-chained). The task's data is loaded once per ``(data_dir, quick)`` and its class labels are checked
-against the model's output on the first batch (:func:`~layerwise.tasks.base.check_labels`).
+:class:`~layerwise.tasks.Task`. Any failure, in the file, the factory or later in the task's own
+``make_model``, ``sample_input``, ``load_data`` or ``partition``, is one ValueError naming the file, the
+factory, the part that failed and its exception (the original is chained).
+
+The task's ``source_sha256`` fingerprints the task file and every module it imported from its own
+folder (found in ``sys.modules`` once the factory returned: a module ``NAME`` whose file is the
+folder's ``NAME.py``, or a package ``NAME/``, whose ``.py`` files all count), so a comparison's run
+store refuses the runs of an edited task file or helper module and names the files that changed
+(:func:`task_files`). A task file alone keeps the sha256 of its source as its fingerprint; with helper
+modules it is the sha256 of every file's sha256 by its path in the folder. Data files the task reads
+are not fingerprinted. A module imported only later (inside ``make_model``, say) is not seen: import
+helpers at the top of the file or in the factory. The modules a task file brought in from its folder
+are dropped from ``sys.modules`` before the next task file loads, so a reload runs the helpers as they
+are on disk, as their fingerprint says.
+
+The task's data is loaded once per ``(data_dir, quick)`` and its class labels are checked against the
+model's output on the first batch (:func:`~layerwise.tasks.base.check_labels`).
 
 Examples:
     >>> import pathlib, tempfile
@@ -17,8 +28,9 @@ Examples:
     ...     "def make_task():\n"
     ...     "    return get_task('ellipse')\n"
     ... )
-    >>> load_task_file(f"{path}:make_task").name
-    'ellipse'
+    >>> task = load_task_file(f"{path}:make_task")
+    >>> task.name, list(task_files(task.source_sha256))
+    ('ellipse', ['my_task.py'])
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +51,13 @@ import torch
 from ..training import slice_batch
 from .base import Task, TaskData, check_labels
 
-__all__ = ["is_task_file", "load_task_file"]
+__all__ = ["is_task_file", "load_task_file", "task_files"]
+
+_FILES_OF: dict[str, dict[str, str]] = {}
+"""The files behind each fingerprint :func:`load_task_file` gave in this process (see :func:`task_files`)."""
+
+_BROUGHT_IN: set[str] = set()
+"""The modules task files of this process brought in from their folders (dropped before the next load)."""
 
 
 def is_task_file(spec: str) -> bool:
@@ -61,6 +80,20 @@ def load_task_file(spec: str) -> Task:
     path = Path(path_text)
     if not path.is_file():
         raise ValueError(f"--task: no such file {path}")
+    folder = path.resolve().parent
+    _forget_brought_in()
+    before = set(sys.modules)
+    try:
+        task = _made(path, factory_name, spec)
+    finally:  # a failed load's helpers load again from disk too
+        helpers = _modules_from(folder)
+        _BROUGHT_IN.update(name for name in sys.modules if name.partition(".")[0] in set(helpers) - before)
+    source_sha256 = _fingerprint(path.resolve(), helpers)
+    return _checked(dataclasses.replace(task, source_sha256=source_sha256), spec)
+
+
+def _made(path: Path, factory_name: str, spec: str) -> Task:
+    """What the factory ``factory_name`` of the file ``path`` returns (checked to be a Task)."""
     module = _import(path, spec)
     factory = getattr(module, factory_name, None)
     if not callable(factory):
@@ -68,8 +101,60 @@ def load_task_file(spec: str) -> Task:
     task = _reporting(spec, f"{factory_name}()", factory)()
     if not isinstance(task, Task):
         raise TypeError(f"--task: {spec} returned {type(task).__name__}, expected a layerwise.tasks.Task")
-    source_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _checked(dataclasses.replace(task, source_sha256=source_sha256), spec)
+    return task
+
+
+def task_files(source_sha256: str | None) -> dict[str, str] | None:
+    """The files a task file's fingerprint (its task's ``source_sha256``) covers: each one's sha256 by
+    its path relative to the task file's folder; None for a fingerprint no task file of this process has."""
+    files = _FILES_OF.get(source_sha256) if source_sha256 is not None else None
+    return None if files is None else dict(files)
+
+
+def _forget_brought_in() -> None:
+    """Drop the modules earlier task files brought in from their folders, so they load again from disk."""
+    for name in _BROUGHT_IN:
+        sys.modules.pop(name, None)
+    _BROUGHT_IN.clear()
+
+
+def _fingerprint(task_file: Path, helpers: dict[str, list[Path]]) -> str:
+    """The fingerprint of the task file (a resolved path) and the ``helpers`` it imported from its folder
+    (the file's own sha256 when there are none); remembers the files for :func:`task_files`."""
+    folder = task_file.parent
+    sources = {task_file, *(file for files in helpers.values() for file in files)}
+    files = {file.relative_to(folder).as_posix(): _sha256(file) for file in sorted(sources)}
+    digest = files[task_file.name] if len(files) == 1 else _sha256_of(json.dumps(files, sort_keys=True).encode())
+    _FILES_OF[digest] = files
+    return digest
+
+
+def _modules_from(folder: Path) -> dict[str, list[Path]]:
+    """The top-level modules in ``sys.modules`` that were imported from ``folder``, each with its
+    source files: ``NAME.py``, or every ``.py`` file of the package ``NAME/``."""
+    found = {}
+    for entry in sorted(folder.iterdir()):
+        name = entry.stem if entry.suffix == ".py" else entry.name
+        module = sys.modules.get(name)
+        if module is None or not (entry.is_dir() or entry.suffix == ".py") or not _loaded_from(module, entry):
+            continue
+        found[name] = sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]
+    return found
+
+
+def _loaded_from(module: ModuleType, entry: Path) -> bool:
+    """Whether ``module`` was loaded from ``entry`` (its file, or its package folder)."""
+    where = getattr(module, "__file__", None)
+    places = [where] if where else list(getattr(module, "__path__", []))
+    return any(Path(place).resolve().is_relative_to(entry.resolve()) for place in places)
+
+
+def _sha256(file: Path) -> str:
+    return _sha256_of(file.read_bytes())
+
+
+def _sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _import(path: Path, spec: str) -> ModuleType:
@@ -126,8 +211,9 @@ def _check_data_labels(task: Task, model: torch.nn.Module, data: TaskData) -> No
     """Every train and test label against the model's output on the first training batch."""
     if not all(isinstance(split, tuple) for split in (data.train, data.test)):
         return  # a Dataset's labels are not read ahead of training
-    x, _ = data.train
-    with torch.no_grad():
-        outputs = model(slice_batch(x, slice(0, task.batch_size)))
+    x, y = data.train
+    first = slice(0, task.batch_size)
+    with torch.no_grad():  # the task's own forward: its batch_outputs, or a dict's keys as keyword arguments
+        outputs, _ = task.outputs_on(model, (slice_batch(x, first), y[first]))
     for _, labels in (data.train, data.test):
         check_labels(task, outputs, labels)
