@@ -30,7 +30,29 @@ from .schedules import LayerSchedule, Policy
 from .state_check import stamp
 from .wrapping import Wrapper, init_hooks, is_step_wrapper
 
-__all__ = ["ForeignLRWarning", "GroupRates"]
+__all__ = ["ForeignLRWarning", "GroupRates", "refuse_lr_scale"]
+
+
+def refuse_lr_scale(technique: str, param_groups: list[dict[str, Any]]) -> None:
+    """Refuse groups carrying an ``lr_scale`` other than 1 (timm's layer decay): a technique that finds each
+    group's LR itself would silently drop it.
+
+    Examples:
+        >>> refuse_lr_scale("HiDLR", [{"lr_scale": 1.0}])
+        >>> refuse_lr_scale("HiDLR", [{"lr_scale": 0.5, "name": "block0"}])
+        Traceback (most recent call last):
+        ...
+        ValueError: param group 'block0': lr_scale 0.5 (timm's layer decay) ...
+    """
+    for name, group in zip(group_names(param_groups), param_groups):
+        scale = group.get("lr_scale", 1)
+        if scale != 1:
+            raise ValueError(
+                f"param group {name!r}: lr_scale {scale} (timm's layer decay) would be ignored: {technique} finds "
+                f"every group's LR itself and writes it. Fold the scale into the group's starting LR "
+                f"(group['lr'] = lr * group.pop('lr_scale') for every group) to start from timm's decayed LRs, "
+                f"or keep the layer decay with layerwise.LayerwiseLR, which applies lr_scale"
+            )
 
 
 class GroupRates(Wrapper):
@@ -77,6 +99,7 @@ class GroupRates(Wrapper):
                 raise ValueError("total_steps: an int >= 1 is required with schedule, got None")
             positive_int("total_steps", total_steps)
         refuse_flat_parameters((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
+        refuse_lr_scale(type(self).__name__, optimizer.param_groups)
         names = group_names(optimizer.param_groups)
         unique = list(dict.fromkeys(names))
         if isinstance(schedule, LayerSchedule):
@@ -157,6 +180,7 @@ class GroupRates(Wrapper):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer; a new name starts a new group at its ``lr``."""
+        refuse_lr_scale(type(self).__name__, [param_group])
         self.optimizer.add_param_group(param_group)
         group = self.optimizer.param_groups[-1]
         name = group_names(self.optimizer.param_groups)[-1]

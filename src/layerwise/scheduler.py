@@ -1,9 +1,11 @@
 """``LayerwiseLR``: a torch ``LRScheduler`` that applies a :class:`LayerSchedule`.
 
 Each param group's LR is its initial LR times the schedule's factor for the group's
-layer at the current step. The layer of a group is its ``depth`` key (as written by
-:meth:`layerwise.groups.Partition.param_groups`), else its position; several dicts
-with the same depth (e.g. a layer split into decay / no-decay parts) share a factor.
+layer at the current step, times the group's ``lr_scale`` where it has one (timm's layer decay,
+``timm.optim.param_groups_layer_decay``, leaves that factor for the scheduler to apply). The layer
+of a group is its ``depth`` key (as written by :meth:`layerwise.groups.Partition.param_groups`),
+else its position; several dicts with the same depth (e.g. a layer split into decay / no-decay
+parts) share a factor.
 
 Examples:
     >>> import torch
@@ -27,14 +29,14 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from ._checks import positive_int
+from ._checks import finite_nonneg, positive_int
 from ._shards import check_current, refuse_flat_parameters
 from .param_groups import ForeignLRWarning, foreign_lr, group_names, set_lr
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
 from .wrapping import unwrap_optimizer
 
-__all__ = ["LayerwiseLR", "group_depths"]
+__all__ = ["LayerwiseLR", "group_depths", "lr_scales"]
 
 
 def group_depths(param_groups: Sequence[dict[str, Any]]) -> list[int]:
@@ -49,6 +51,18 @@ def group_depths(param_groups: Sequence[dict[str, Any]]) -> list[int]:
     return depths
 
 
+def lr_scales(param_groups: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Every param group's ``lr_scale`` (1 where it has none), each a finite number >= 0 (ValueError otherwise).
+
+    Examples:
+        >>> lr_scales([{"lr_scale": 0.5}, {}])
+        array([0.5, 1. ])
+    """
+    names = group_names(param_groups)
+    scales = [finite_nonneg(f"param group {n!r}: lr_scale", g.get("lr_scale", 1)) for n, g in zip(names, param_groups)]
+    return np.asarray(scales, dtype=float)
+
+
 def _describe(schedule: LayerSchedule) -> str:
     """The schedule as a checkpoint records it: its repr, or its type where the repr holds an address."""
     text = repr(schedule)
@@ -56,7 +70,7 @@ def _describe(schedule: LayerSchedule) -> str:
 
 
 class LayerwiseLR(LRScheduler):
-    """Per-group LR(t) = initial LR x policy(t) x layer multiplier(t), in closed form.
+    """Per-group LR(t) = initial LR x policy(t) x layer multiplier(t) [x lr_scale], in closed form.
 
     Args:
         optimizer: any torch optimizer; its param groups are the layers. A wrapper exposing one as
@@ -68,6 +82,10 @@ class LayerwiseLR(LRScheduler):
         layers: a layer multiplier rule.
         schedule: a ready :class:`LayerSchedule` (instead of ``policy``/``layers``).
         last_epoch: as in torch: -1 to start a run.
+
+    A group's ``lr_scale`` key, where present, multiplies its LR at every step, as timm's schedulers
+    apply it: the groups of ``timm.optim.param_groups_layer_decay`` (or ``create_optimizer_v2(...,
+    layer_decay=)``) get timm's layer decay under this scheduler too. It is read at every step.
 
     ``lr_at(step)`` gives every group's LR at any step without stepping; the
     scheduler's ``state_dict`` holds plain numbers only (the schedule is
@@ -109,6 +127,7 @@ class LayerwiseLR(LRScheduler):
         depths = group_depths(optimizer.param_groups)
         num_layers = max(depths) + 1
         schedule.check_groups(num_layers)
+        lr_scales(optimizer.param_groups)
         # validated: from here on the optimizer may be touched
         self.schedule = schedule
         self.total_steps = total_steps
@@ -127,17 +146,23 @@ class LayerwiseLR(LRScheduler):
         depths = group_depths(groups)
         num_layers = max(depths) + 1
         self.schedule.check_groups(num_layers)
+        lr_scales(groups)
         for group in groups[len(self.base_lrs) :]:
             group.setdefault("initial_lr", group["lr"])
             self.base_lrs.append(group["initial_lr"])
         self._depths, self._num_layers = depths, num_layers
 
     def lr_at(self, step: int) -> list[float]:
-        """Every param group's LR at ``step`` (closed form, nothing is changed)."""
+        """Every param group's LR at ``step`` (closed form, nothing is changed; ``lr_scale`` as held now)."""
         step = min(max(step, 0), self.total_steps)
         factors = self.schedule.factors(step / self.total_steps, self._num_layers)
         base, index = self._arrays()
-        return (base * factors[index]).tolist()
+        return (base * self._scales() * factors[index]).tolist()
+
+    def _scales(self) -> np.ndarray | float:
+        """The groups' ``lr_scale`` factors, or 1 when no group has one (the common case costs one pass)."""
+        groups = self.optimizer.param_groups
+        return lr_scales(groups) if any("lr_scale" in g for g in groups) else 1.0
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """``base_lrs`` and the depths as arrays, rebuilt when either list changes."""
@@ -200,7 +225,8 @@ class LayerwiseLR(LRScheduler):
     def zero_from(self) -> list[int | None]:
         """Per param group, the step from which its LR stays exactly 0 (else None)."""
         firsts = self.schedule.zero_from(self.total_steps, self._num_layers)
-        return [0 if base == 0 else firsts[d] for base, d in zip(self.base_lrs, self._depths)]
+        scales = np.broadcast_to(self._scales(), len(self.base_lrs))
+        return [0 if base * scale == 0 else firsts[d] for base, scale, d in zip(self.base_lrs, scales, self._depths)]
 
     def state_dict(self) -> dict[str, Any]:
         skip = ("optimizer", "schedule", "_cache", "_cache_key", "owner", "fix", "_foreign_warned")
