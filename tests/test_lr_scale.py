@@ -7,8 +7,8 @@ from importlib.util import find_spec
 
 import pytest
 import torch
-from _torchvision_stub import import_without_torchvision
 
+from _torchvision_stub import import_without_torchvision
 from layerwise import Cosine, FreezeOut, HiDLR, LayerwiseLR, SecantLR, by_layer
 
 
@@ -77,6 +77,6 @@ def test_techniques_that_find_their_lrs_refuse_lr_scale_with_the_fix(technique):
         technique(base)
     plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     wrapped = technique(plain)
-    with pytest.raises(ValueError, match="lr_scale 0.5"):
+    with pytest.raises(ValueError, match=r"lr_scale 0\.5"):
         wrapped.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 0.5})
     assert len(plain.param_groups) == 1
