@@ -1,6 +1,8 @@
 """A task from a saved Hugging Face sequence classifier and a file of labelled texts: ``--task hf:DIR --data FILE``.
 
-``DIR`` is read offline (``local_files_only``): its ``config.json``, tokenizer and weights. The model
+``DIR`` is read offline (``local_files_only``): its ``config.json``, tokenizer and weights (the weights file
+transformers would load is checked whole: a truncated ``model.safetensors`` is refused before anything
+loads). ``max_length`` is bounded by the checkpoint's own limit (:attr:`Checkpoint.token_limit`). The model
 trains through :class:`~layerwise.tasks.pretrained.TextClassifier` (token ids in, logits out, the
 attention mask from the padding), with a head as wide as the label column has classes. Its default
 partition is the embeddings, each layer of the transformer stack, and the head
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +42,15 @@ from .._checks import fraction, positive_int
 from ..groups import Partition, by_layer, explicit
 from .base import Task, TaskData
 from .pretrained import TextClassifier, offline_transformers, quiet_transformers
-from .text_files import LabelledTexts, cached_token_ids, file_sha256, read_labelled_texts
+from .text_files import READER, LabelledTexts, cached_token_ids, file_sha256, read_labelled_texts
 from .tweets import split_tweets, tokenize
 
 __all__ = [
     "PREFIX",
     "Checkpoint",
     "HFSpec",
+    "check_max_length",
+    "check_weights",
     "head_note",
     "hf_task",
     "is_hf_task",
@@ -57,6 +62,9 @@ PREFIX = "hf:"
 """How ``--task`` names a checkpoint folder."""
 _SEQUENCE_CLASSIFIER = "ForSequenceClassification"
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""The weights files transformers looks for, in the order it prefers them."""
+_NO_LIMIT = 10**12
+"""A tokenizer's ``model_max_length`` at or above this is transformers' "no limit" sentinel (``int(1e30)``)."""
 
 
 def is_hf_task(spec: str | None) -> bool:
@@ -103,6 +111,26 @@ class Checkpoint:
         """Whether the checkpoint holds a sequence-classification head."""
         return self.architecture.endswith(_SEQUENCE_CLASSIFIER)
 
+    @property
+    def token_limits(self) -> dict[str, int]:
+        """The most tokens per text the checkpoint takes, by where it says so: its config's
+        ``max_position_embeddings`` and its tokenizer's ``model_max_length`` (when set, not the "no limit"
+        sentinel)."""
+        limits = {
+            "config.json's max_position_embeddings": getattr(self.config, "max_position_embeddings", None),
+            "its tokenizer's model_max_length": getattr(self.tokenizer, "model_max_length", None),
+        }
+        return {
+            where: limit
+            for where, limit in limits.items()
+            if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < _NO_LIMIT
+        }
+
+    @property
+    def token_limit(self) -> int | None:
+        """The most tokens per text the checkpoint takes (the least of :attr:`token_limits`; None: it sets none)."""
+        return min(self.token_limits.values(), default=None)
+
 
 def read_checkpoint(folder: str | Path) -> Checkpoint:
     """The config and tokenizer of ``folder``, checked to load as a sequence classifier.
@@ -110,7 +138,8 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
     Raises:
         ValueError: naming ``--task hf:DIR``: no such folder, no ``config.json``, a config transformers
             cannot read, a model type ``AutoModelForSequenceClassification`` has no class for, no
-            tokenizer, or a tokenizer without a padding token.
+            tokenizer, a tokenizer without a padding token, no weights, or a weights file that is
+            truncated or corrupt (:func:`check_weights`).
     """
     folder = Path(folder)
     where = f"--task: {PREFIX}{folder}"
@@ -138,7 +167,92 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
         raise ValueError(f"{where}: its tokenizer has no padding token (set one and save_pretrained it again)")
     if not any((folder / name).is_file() for name in _WEIGHTS):
         raise ValueError(f"{where}: no weights in it (expected one of {list(_WEIGHTS)})")
+    check_weights(folder, where)
     return Checkpoint(folder, config, tokenizer)
+
+
+def check_weights(folder: Path, where: str) -> None:
+    """Checks the weights file transformers would load from ``folder`` (the first of ``_WEIGHTS`` there, and the
+    shards its index names) is whole, reading no tensor: a ``.safetensors`` file's size is exactly what its
+    header describes, a ``.bin`` file saved as a zip archive ends with the archive's directory.
+
+    Raises:
+        ValueError: ``where``, the file, and that it is missing, truncated or corrupt (and how to fix it).
+    """
+    name = next(name for name in _WEIGHTS if (folder / name).is_file())
+    files = [folder / name]
+    if name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))
+        except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(
+                f"{where}: its {folder / name} cannot be read ({type(err).__name__}: {err}); "
+                "save the checkpoint again (save_pretrained) or re-install it"
+            ) from None
+        files = [folder / shard for shard in shards]
+    for path in files:
+        problem = "is missing (its index names it)" if not path.is_file() else _weights_problem(path)
+        if problem:
+            fix = "save the checkpoint again (save_pretrained) or re-install it"
+            raise ValueError(f"{where}: its weights file {path} {problem}; {fix}")
+
+
+def _weights_problem(path: Path) -> str | None:
+    """What is wrong with the weights file ``path`` (None: it looks whole)."""
+    size = path.stat().st_size
+    if path.suffix == ".safetensors":
+        return _safetensors_problem(path, size)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if size == 0:
+        return "is truncated (0 bytes)"
+    if magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):  # torch.save's zip with no directory at its end
+        return f"is truncated or corrupt (a zip archive of {size:,} bytes without its directory at the end)"
+    return None
+
+
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    """Whether the safetensors file ``path`` of ``size`` bytes is as long as its header says: 8 bytes (the header's
+    length ``n``), ``n`` bytes of JSON, then the tensors up to the largest ``data_offsets`` end."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"is truncated ({size} bytes: not even a safetensors header)"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"is truncated or corrupt ({size:,} bytes; its header alone claims {length:,})"
+        try:
+            header = json.loads(handle.read(length))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+            expected = 8 + length + max((int(end) for end in ends), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return "is corrupt (its safetensors header cannot be read)"
+    if size < expected:
+        return f"is truncated ({size:,} bytes where its header describes {expected:,})"
+    if size > expected:
+        return f"is corrupt ({size:,} bytes where its header describes {expected:,})"
+    return None
+
+
+def check_max_length(max_length: int, checkpoint: Checkpoint) -> None:
+    """Refuses a ``--max-length`` the checkpoint cannot take: more tokens than its limit
+    (:attr:`Checkpoint.token_limit`: the model's position table would overflow, and a huge length would pad
+    every text to it), or no more than the special tokens its tokenizer adds (no room for any text).
+
+    Raises:
+        ValueError: naming ``--max-length``, the value and the checkpoint's limit.
+    """
+    where = f"{PREFIX}{checkpoint.folder}"
+    limit = checkpoint.token_limit
+    if limit is not None and max_length > limit:
+        said = ", ".join(f"{what} {value}" for what, value in checkpoint.token_limits.items())
+        raise ValueError(f"--max-length: {max_length} is more tokens than {where} takes: at most {limit} ({said})")
+    special = int(checkpoint.tokenizer.num_special_tokens_to_add(pair=False))
+    if max_length <= special:
+        raise ValueError(
+            f"--max-length: {max_length} leaves no room for text: the tokenizer of {where} adds {special} special "
+            f"token(s) to every text; use {special + 1} or more"
+        )
 
 
 def _in_head_order(table: LabelledTexts, checkpoint: Checkpoint) -> LabelledTexts:
@@ -245,6 +359,7 @@ def _fingerprint(spec: HFSpec, table: LabelledTexts) -> str:
     files = sorted(p for p in spec.checkpoint.iterdir() if p.is_file())
     identity = {
         "data": table.sha256,
+        "reader": READER,
         "checkpoint": {p.name: file_sha256(p) for p in files},
         "columns": [spec.text_column, spec.label_column],
         "test_fraction": spec.test_fraction,
@@ -258,6 +373,24 @@ def _check_spec(spec: HFSpec) -> None:
     if fraction("--test-fraction", spec.test_fraction, what=what) in (0.0, 1.0):
         raise ValueError(f"--test-fraction: must be {what} in (0, 1), got {spec.test_fraction}")
     positive_int("--max-length", spec.max_length)
+
+
+def _check_every_class_trains(spec: HFSpec, table: LabelledTexts, train: torch.Tensor, test: torch.Tensor) -> str:
+    """Refuses a split holding out every row of a class (its head output would never train, yet be scored); says
+    which classes have no held-out row (the test accuracy never scores them), for the task's description."""
+    counts = [torch.bincount(table.labels[idx], minlength=len(table.classes)).tolist() for idx in (train, test)]
+    rows = torch.bincount(table.labels, minlength=len(table.classes)).tolist()
+    untrained = [(c, n) for c, n, trained in zip(table.classes, rows, counts[0]) if trained == 0]
+    if untrained:
+        named = ", ".join(f"{c!r} ({n} row(s))" for c, n in untrained)
+        raise ValueError(
+            f"--test-fraction: {spec.test_fraction} holds out every row of class(es) {named} of {spec.data}, so "
+            "nothing trains on them; give them more rows, drop them or lower --test-fraction"
+        )
+    unscored = [(c, n) for c, n, held in zip(table.classes, rows, counts[1]) if held == 0]
+    if not unscored:
+        return ""
+    return ", none of " + ", ".join(f"{c!r} ({n} row(s))" for c, n in unscored)
 
 
 def _data_loader(
@@ -286,6 +419,7 @@ def hf_task(spec: HFSpec) -> tuple[Task, str | None]:
     """
     _check_spec(spec)
     checkpoint = read_checkpoint(spec.checkpoint)
+    check_max_length(spec.max_length, checkpoint)
     table = _in_head_order(read_labelled_texts(spec.data, spec.text_column, spec.label_column), checkpoint)
     train, test = split_tweets(table.labels, spec.test_fraction, seed=0)
     if len(test) == 0 or len(train) == 0:
@@ -293,13 +427,14 @@ def hf_task(spec: HFSpec) -> tuple[Task, str | None]:
             f"--test-fraction: {spec.test_fraction} of {len(table.labels)} examples leaves "
             f"{len(train)} to train on and {len(test)} to test on; each needs at least one"
         )
+    unscored = _check_every_class_trains(spec, table, train, test)
     classes = len(table.classes)
     sample = tokenize(["a sample text", "another"], 8, checkpoint.tokenizer)
     task = Task(
         name=f"{PREFIX}{spec.checkpoint.name}",
         description=(
             f"{checkpoint.architecture} from {spec.checkpoint} fine-tuned on {spec.data.name} ({len(table.texts)} "
-            f"texts, {classes} classes {list(table.classes)}; {len(test)} held out), AdamW"
+            f"texts, {classes} classes {list(table.classes)}; {len(test)} held out{unscored}), AdamW"
         ),
         make_model=_model_factory(checkpoint, classes),
         sample_input=lambda: sample.clone(),
