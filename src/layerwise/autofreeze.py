@@ -120,13 +120,17 @@ class AutoFreeze:
         interval: optimizer steps per evaluation interval (the authors split the run into 10).
         percentile: a group freezes when its change is below this percentile of the changes of the
             groups still training (the authors' default: 50, the median).
+        fresh: start on an optimizer that has already taken steps, on purpose; without it such an optimizer
+            is refused at its next step (a resumed run whose AutoFreeze state was not loaded).
 
     Attributes:
         decisions: every group frozen, as a :class:`FreezeDecision`, in order.
         freezer: the :class:`~layerwise.freezing.Freezer` (``freezer.frozen``: the frozen groups).
     """
 
-    def __init__(self, model: nn.Module, optimizer: Optimizer, interval: int, *, percentile: float = 50.0) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: Optimizer, interval: int, *, percentile: float = 50.0, fresh: bool = False
+    ) -> None:
         positive_int("interval", interval)
         percentile = check_percentile("percentile", percentile)
         freezer = Freezer(model, optimizer)  # checks the model, the optimizer and the group names; changes nothing
@@ -136,6 +140,7 @@ class AutoFreeze:
                 f"optimizer: AutoFreeze needs at least 2 named groups (front groups to freeze, and the head that "
                 f"always trains), got {names}"
             )
+        freezer.watch_start("AutoFreeze", fresh=fresh)  # before its own hooks: a resumed run loads its state too
         self.freezer, self.optimizer, self.names = freezer, freezer.optimizer, names
         self.interval, self.percentile = interval, percentile
         self.step_count = 0
@@ -268,6 +273,7 @@ class AutoFreeze:
         }
         self.decisions = [FreezeDecision(**{k: d[k] for k in FreezeDecision._fields}) for d in state["decisions"]]
         self._norms = None
+        self.freezer.started()
 
 
 def _zeros(param: Tensor) -> Tensor:

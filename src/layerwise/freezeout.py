@@ -126,6 +126,9 @@ class FreezeOut:
         t0: when the first group freezes, as a fraction of training, before cubing.
         strategy: ``"cubic"`` or ``"linear"`` spacing of the freeze times.
         scale_lr: start group ``i`` at ``lr / t_i`` so every group travels alike.
+        fresh: start on an optimizer that has already taken steps (FreezeOut added to a trained run on
+            purpose). Without it, such an optimizer is refused at its next step: it is a resumed run whose
+            FreezeOut state was not loaded (:meth:`load_state_dict` resumes).
     """
 
     def __init__(
@@ -137,8 +140,10 @@ class FreezeOut:
         t0: float = 0.8,
         strategy: Strategy = "cubic",
         scale_lr: bool = True,
+        fresh: bool = False,
     ) -> None:
         self.freezer = Freezer(model, optimizer)  # checks the types and group names; changes nothing
+        self.freezer.watch_start("FreezeOut", fresh=fresh)  # a resumed run must load FreezeOut's state too
         optimizer = self.freezer.optimizer  # unwrapped
         rule = FreezeOutRule.build(max(group_depths(optimizer.param_groups)) + 1, t0, strategy, scale_lr=scale_lr)
         self.scheduler = LayerwiseLR(optimizer, total_steps, layers=rule)
@@ -153,7 +158,7 @@ class FreezeOut:
         self.frozen_at: list[int | None] = self.scheduler.zero_from()
         """Per param group: the step from which it is frozen (None: trains to the end)."""
         names = [group["name"] for group in optimizer.param_groups]
-        self.freezing = FreezeWhenZero(self.freezer, names, self.frozen_at)
+        self.freezing = FreezeWhenZero(self.freezer, names, self.frozen_at, fresh=fresh)
 
     @property
     def times(self) -> tuple[float, ...]:
@@ -170,6 +175,7 @@ class FreezeOut:
 
     def step(self) -> None:
         """Advance one step: set every group's LR and freeze the groups that reached zero."""
+        self.freezer.check_start()
         self.scheduler.step()  # LayerwiseLR refuses an optimizer built before sharding
         self.freezing.apply(self.scheduler.last_epoch)
 
@@ -199,3 +205,4 @@ class FreezeOut:
         self.check_state_dict(state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.freezer.load_state_dict(state["freezer"])
+        self.freezer.started()

@@ -36,8 +36,9 @@ from torch.optim import Optimizer
 from ._checks import int_between, one_of, positive_int
 from ._shards import check_current, refuse_flat_parameters
 from .groups import tied_parameters
+from .per_group import Composite
 from .state_check import check_state, stamp
-from .wrapping import unwrap_optimizer
+from .wrapping import Wrapper, unwrap_optimizer
 
 __all__ = ["UNFREEZING_ORDERS", "FreezeWhenZero", "Freezer", "GradualUnfreezing", "freeze_due"]
 
@@ -66,6 +67,8 @@ class Freezer:
             )
         owned = {id(p) for p in model.parameters()}
         if not any(id(p) in owned for g in optimizer.param_groups for p in g["params"]):
+            # the usual cause under FSDP2: the optimizer holds the tensors fully_shard replaced (it tags them)
+            check_current((p for g in optimizer.param_groups for p in g["params"]), "optimizer")
             raise ValueError(
                 f"optimizer: none of its parameters is model's ({type(model).__name__}); build the optimizer "
                 "from this model's parameters (a DDP model's are its .module's, not a copy's)"
@@ -76,14 +79,59 @@ class Freezer:
         self._frozen_params: list[nn.Parameter] = []
         self._hooks: dict[int, tuple[Any, nn.Module, bool]] = {}  # module id -> (hook, module, mode)
         self._guard: Any = None  # the optimizer step pre-hook, registered at the first freeze
+        self._starting: str | None = None  # the technique whose start is checked (watch_start), until a step
+        self._start_hook: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_guard": None}  # a copied optimizer has no hooks: register again
+        return {**self.__dict__, "_guard": None, "_start_hook": None}  # a copied optimizer has no hooks
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self._frozen:
             self._guard = self.optimizer.register_step_pre_hook(self._refuse_stale_gradients)
+        if self._starting is not None:
+            self._start_hook = self.optimizer.register_step_pre_hook(self._first_step)
+
+    # -- the start check: a technique at step 0 on an optimizer that has already trained ----------
+
+    def watch_start(self, technique: str, *, fresh: bool = False, now: bool = False) -> None:
+        """Check the start of ``technique`` (built on this freezer): the optimizer's next step, and
+        :meth:`check_start`, raise ValueError, before anything changes, if the optimizer has already taken steps.
+
+        A freezing technique at step 0 on an optimizer whose state shows steps taken is a resumed run whose
+        technique state was not loaded: it would freeze or unfreeze the wrong groups, silently. The technique's
+        ``load_state_dict`` ends the check (:meth:`started`); ``fresh=True`` (a technique added to a trained
+        optimizer on purpose) skips it; ``now=True`` checks at once too (a technique that freezes when built).
+        A technique built on another's freezer (FreezeOut's FreezeWhenZero) leaves the first one's name.
+        """
+        if not isinstance(fresh, bool):
+            raise TypeError(f"fresh: expected True or False, got {fresh!r}")
+        if fresh:
+            self.started()
+            return
+        refusal = _start_refusal(technique, self.optimizer) if now else None
+        if refusal:
+            raise ValueError(refusal)
+        self._starting = self._starting or technique
+        if self._start_hook is None:
+            self._start_hook = self.optimizer.register_step_pre_hook(self._first_step)
+
+    def check_start(self) -> None:
+        """ValueError if a technique's start is checked (:meth:`watch_start`) and the optimizer has taken steps."""
+        refusal = None if self._starting is None else _start_refusal(self._starting, self.optimizer)
+        if refusal:
+            raise ValueError(refusal)
+
+    def started(self) -> None:
+        """End the start check: the technique resumed from its state_dict, or the optimizer stepped from fresh."""
+        self._starting = None
+        if self._start_hook is not None:
+            self._start_hook.remove()
+            self._start_hook = None
+
+    def _first_step(self, _optimizer: Optimizer, _args: Any, _kwargs: Any) -> None:
+        self.check_start()
+        self._starting = None  # checked; the hook stays, idle (a hook cannot be removed while the step runs it)
 
     def _refuse_stale_gradients(self, _optimizer: Optimizer, _args: Any, _kwargs: Any) -> None:
         """Before every optimizer step: a frozen parameter must not hold a gradient (momentum and weight
@@ -153,6 +201,10 @@ class Freezer:
         if not freezing - set(self._frozen):
             return
         group_of = {id(p): g["name"] for g in self.optimizer.param_groups for p in g["params"]}
+        listed: dict[str, set[str]] = {}  # module name -> the groups whose dicts list it in 'modules'
+        for g in self.optimizer.param_groups:
+            for mname in g.get("modules", ()):
+                listed.setdefault(mname, set()).add(g["name"])
         params = dict(self.model.named_parameters())
         modules = dict(self.model.named_modules())
         for pname, users in tied_parameters(self.model).items():
@@ -162,8 +214,10 @@ class Freezer:
                 continue
             for user in users[1:]:
                 module = self.model if user == "root" else modules[user]
-                # the groups of the user's other parameters: the tied group itself when both modules are in it
+                # the groups the user is in: those of its other parameters and those listing it (the tied group
+                # itself when both modules are in it, as layerwise.explicit records them)
                 own = {group_of.get(id(p)) for p in module.parameters(recurse=False) if p is not tied} - {None}
+                own |= listed.get(user, set())
                 training = sorted(own - freezing) if own else sorted(set(self.names) - freezing)
                 if training:
                     raise ValueError(_tied_refusal(argument, group, pname, user, training, bool(own)))
@@ -175,10 +229,12 @@ class Freezer:
         if not new:
             return
         self.check_freezable(new)
-        for param in self._params(new):
+        params = self._params(new)
+        for param in params:
             param.requires_grad_(False)
             param.grad = None
-            self.optimizer.state.pop(param, None)
+        self._drop_state(params)
+        _mark_frozen(self.optimizer, params, True)
         self._frozen.extend(new)
         self._frozen_params = self._params(self._frozen)
         if self._guard is None:
@@ -195,13 +251,21 @@ class Freezer:
 
     def _thaw(self, names: Iterable[str], fresh_state: bool) -> None:
         names = set(names)
-        for param in self._params(names):
+        params = self._params(names)
+        for param in params:
             param.requires_grad_(True)
-            if fresh_state:
-                self.optimizer.state.pop(param, None)
+        if fresh_state:
+            self._drop_state(params)
+        _mark_frozen(self.optimizer, params, False)
         self._frozen = [n for n in self._frozen if n not in names]
         self._frozen_params = self._params(self._frozen)
         self._update_modules()
+
+    def _drop_state(self, params: Iterable[nn.Parameter]) -> None:
+        """Free the optimizer state of ``params`` where it lives: in the torch optimizer that holds each one
+        (a composite's part, a wrapper's wrapped optimizer)."""
+        for param in params:
+            _state_holder(self.optimizer, param).state.pop(param, None)
 
     def _update_modules(self) -> None:
         """Keep exactly the maximal fully-frozen modules in inference mode.
@@ -271,6 +335,53 @@ def _tied_refusal(argument: str, group: str, pname: str, user: str, training: li
     )
 
 
+def _state_holder(optimizer: Optimizer, param: torch.Tensor) -> Optimizer:
+    """The torch optimizer whose ``state`` holds ``param``'s: through wrappers (their ``optimizer``) and
+    composites (the part that holds it), down to the one that steps it."""
+    while True:
+        if isinstance(optimizer, Composite):
+            optimizer = optimizer.optimizer_of(param)
+        elif isinstance(optimizer, Wrapper):
+            optimizer = optimizer.optimizer
+        else:
+            return optimizer
+
+
+def _mark_frozen(optimizer: Optimizer, params: list[nn.Parameter], frozen: bool) -> None:
+    """Tell a composite optimizer (through any wrapper) that ``params`` froze or unfroze."""
+    while isinstance(optimizer, Wrapper):
+        optimizer = optimizer.optimizer
+    if isinstance(optimizer, Composite):
+        optimizer.mark_frozen(params, frozen)
+
+
+def _start_refusal(technique: str, optimizer: Optimizer) -> str | None:
+    """Why ``technique`` at step 0 cannot start on ``optimizer`` (it has taken steps), with the ways out; else None."""
+    taken = _steps_taken(optimizer)
+    if not taken:
+        return None
+    shown = "holds state from earlier steps" if taken is True else f"has taken {taken} steps (its state says so)"
+    return (
+        f"{technique}: starts at step 0, but the optimizer {shown}: a checkpoint's optimizer state loaded without "
+        f"{technique}'s, or a trained optimizer; {technique} would start over and freeze the wrong groups. "
+        f"Resuming? build {technique} before loading the optimizer's state_dict, then call "
+        f"{technique}.load_state_dict(...) with the state_dict saved beside it. Starting {technique} on a trained "
+        "optimizer on purpose? build it with fresh=True. Nothing was changed"
+    )
+
+
+def _steps_taken(optimizer: Optimizer) -> int | bool:
+    """The steps the optimizer's state shows taken: the largest ``step`` count, True for state without one
+    (SGD's momentum), 0 for none (no state, or counts of 0 as Adagrad's initial state)."""
+    counts = []
+    for state in optimizer.state.values():
+        if state and "step" not in state:
+            return True
+        if state:
+            counts.append(int(state["step"]))
+    return max(counts, default=0)
+
+
 def freeze_due(freezer: Freezer, names: Iterable[str], frozen_at: Iterable[int | None], step: int) -> None:
     """Freeze every named group whose freeze step (None: never) is at or before ``step``."""
     due = [n for n, at in zip(names, frozen_at) if at is not None and at <= step and not freezer.is_frozen(n)]
@@ -282,7 +393,9 @@ class FreezeWhenZero:
     """Freezes each group from the step at which its schedule's factor stays 0 (``step()`` once per batch).
 
     The composable piece behind FreezeOut's freezing: any schedule with ``zero_from`` (a FreezeOut
-    rule, a cosine to zero) drives it, whatever sets the learning rates (a scheduler, Hi-DLR).
+    rule, a cosine to zero) drives it, whatever sets the learning rates (a scheduler, Hi-DLR). It
+    starts at step 0: an optimizer that has already taken steps is refused at its next step unless
+    :meth:`load_state_dict` resumes it or ``fresh=True`` (see :meth:`Freezer.watch_start`).
 
     Examples:
         >>> import torch, layerwise
@@ -293,7 +406,9 @@ class FreezeWhenZero:
         ('0',)
     """
 
-    def __init__(self, freezer: Freezer, names: Sequence[str], frozen_at: Sequence[int | None]) -> None:
+    def __init__(
+        self, freezer: Freezer, names: Sequence[str], frozen_at: Sequence[int | None], *, fresh: bool = False
+    ) -> None:
         if not isinstance(freezer, Freezer):
             raise TypeError(f"freezer: expected a Freezer, got {type(freezer).__name__}")
         if len(names) != len(frozen_at):
@@ -302,23 +417,46 @@ class FreezeWhenZero:
         for step in sorted({at for at in frozen_at if at is not None}):  # refuse a tied-weight plan up front
             due = [n for n, at in zip(names, frozen_at) if at is not None and at <= step]
             freezer.check_freezable(due, f"freezing at step {step}")
+        freezer.watch_start("FreezeWhenZero", fresh=fresh)
         self.freezer, self.names, self.frozen_at, self.step_count = freezer, list(names), list(frozen_at), 0
 
     @classmethod
-    def from_schedule(cls, freezer: Freezer, schedule: Any, total_steps: int) -> FreezeWhenZero:
+    def from_schedule(cls, freezer: Freezer, schedule: Any, total_steps: int, *, fresh: bool = False) -> FreezeWhenZero:
         """Freeze steps from ``schedule.zero_from(total_steps, groups)``, one per group of ``freezer``."""
         names = list(freezer.names)
-        return cls(freezer, names, schedule.zero_from(total_steps, len(names)))
+        return cls(freezer, names, schedule.zero_from(total_steps, len(names)), fresh=fresh)
 
     def apply(self, step: int) -> None:
         """Freeze every group due at or before ``step`` (what a scheduler that counts steps itself calls)."""
+        self.freezer.check_start()
         freeze_due(self.freezer, self.names, self.frozen_at, step)
 
     def step(self) -> None:
         """Count one step and freeze what is due."""
         check_current((p for g in self.freezer.optimizer.param_groups for p in g["params"]), "optimizer")
+        self.freezer.check_start()
         self.step_count += 1
         self.apply(self.step_count)
+
+    def _identity(self) -> dict[str, Any]:
+        return stamp("FreezeWhenZero", self.names, {"frozen_at": list(self.frozen_at)})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The steps counted and the frozen set; save it beside the model and optimizer state."""
+        return {**self._identity(), "step_count": self.step_count, "freezer": self.freezer.state_dict()}
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """ValueError unless ``state`` is a state of this FreezeWhenZero (groups, freeze steps); changes nothing."""
+        check_state(state, self._identity(), keys=("step_count", "freezer"))
+        positive_int("state_dict['step_count']", state["step_count"], minimum=0)
+        self.freezer.check_state_dict(state["freezer"])
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume; a state of another technique, partition or setting raises ValueError, loading nothing."""
+        self.check_state_dict(state)
+        self.freezer.load_state_dict(state["freezer"])
+        self.step_count = int(state["step_count"])
+        self.freezer.started()
 
 
 class _StayInInference:
@@ -346,6 +484,10 @@ class GradualUnfreezing:
     way (Smith's thread): the first ``start`` groups train, and the next group towards the head
     is unfrozen every ``every`` steps.
 
+    It starts at step 0: on an optimizer that has already taken steps (a resumed run) it is refused,
+    when built or at the optimizer's next step, unless its :meth:`load_state_dict` resumes it, or
+    ``fresh=True`` says it starts on a trained optimizer on purpose (see :meth:`Freezer.watch_start`).
+
     Examples:
         >>> import torch, layerwise
         >>> model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))
@@ -361,13 +503,17 @@ class GradualUnfreezing:
         3 ['0']
     """
 
-    def __init__(self, freezer: Freezer, every: int, *, start: int = 1, order: str = "head-first") -> None:
+    def __init__(
+        self, freezer: Freezer, every: int, *, start: int = 1, order: str = "head-first", fresh: bool = False
+    ) -> None:
         if not isinstance(freezer, Freezer):
             raise TypeError(f"freezer: expected a Freezer, got {type(freezer).__name__}")
         positive_int("every", every)
         count = len(freezer.names)
         int_between("start", start, 1, count, f"the number of groups ({count})")
         one_of("order", order, UNFREEZING_ORDERS)
+        # it freezes now, dropping state that a later load_state_dict could not bring back: check at once
+        freezer.watch_start("GradualUnfreezing", fresh=fresh, now=True)
         self.freezer = freezer
         self.every = every
         self.start = start
@@ -393,6 +539,7 @@ class GradualUnfreezing:
 
     def step(self) -> None:
         check_current((p for g in self.freezer.optimizer.param_groups for p in g["params"]), "optimizer")
+        self.freezer.check_start()
         self.step_count += 1
         self._apply()
 
@@ -411,3 +558,4 @@ class GradualUnfreezing:
         check_state(state, self._identity(), keys=("steps", "freezer"))
         self.freezer.load_state_dict(state["freezer"])
         self.step_count = int(state["steps"])
+        self.freezer.started()

@@ -81,6 +81,10 @@ class Group:
     depth: int
     slots: tuple[tuple[nn.Module, str], ...] = field(default=(), repr=False, compare=False, kw_only=True)
     """Where each parameter is registered, ``(module, attribute)``; empty: ``stored`` is used."""
+    modules: tuple[str, ...] = field(default=(), repr=False, compare=False, kw_only=True)
+    """Names of the group's modules (``"root"`` for the model): those owning its parameters, and those given
+    to :func:`explicit` (a module whose only parameter is tied to another module's is in the group it was
+    given to); written into the param-group dicts as ``modules``."""
 
     @property
     def params(self) -> tuple[nn.Parameter, ...]:
@@ -176,7 +180,8 @@ class Partition:
     ) -> list[dict[str, Any]]:
         """Param-group dicts for any torch optimizer.
 
-        Each dict holds ``params``, ``name`` and ``depth``. A multiplier in
+        Each dict holds ``params``, ``name``, ``depth`` and ``modules`` (the group's module names, so a
+        :class:`~layerwise.Freezer` sees which modules freeze with it). A multiplier in
         ``lr_mult`` is folded into the dict's ``lr`` (and kept as ``lr_mult`` for
         reference), so every scheduler, ours or torch's, applies it.
 
@@ -213,6 +218,8 @@ class Partition:
         result: list[dict[str, Any]] = []
         for index, group in enumerate(self.groups):
             base: dict[str, Any] = {"name": group.name, "depth": group.depth, **options}
+            if group.modules:
+                base["modules"] = list(group.modules)
             if lr is not None:
                 mult = 1.0 if mults is None else mults[index]
                 base["lr"] = lr * mult
@@ -402,17 +409,32 @@ def _build(
     order: Order,
     owners: Mapping[str, nn.Module],
     unused: Sequence[str] = (),
+    given: Mapping[str, Sequence[str]] | None = None,
 ) -> Partition:
+    """The partition of the ``named`` groups (empty ones dropped); ``given``: the modules each group was given."""
     groups = tuple(
-        Group(name, tuple(n for n, _ in params), (), depth, slots=tuple(_slot(n, owners) for n, _ in params))
-        if all(n in owners for n, _ in params)
-        else Group(name, tuple(n for n, _ in params), tuple(p for _, p in params), depth)
+        _group(name, params, depth, owners, (given or {}).get(name, ()))
         for depth, (name, params) in enumerate((n, ps) for n, ps in named if ps)
     )
     if not groups and unused:
         raise ValueError(f"sample_input: the forward pass used none of the model's parameters ({list(unused)[:5]} ...)")
     kinds = _param_kinds(model, owners)
     return Partition(groups, tuple(excluded), order, tuple(unused), _kinds=kinds, tied=tied_parameters(model))
+
+
+def _group(
+    name: str,
+    params: list[tuple[str, nn.Parameter]],
+    depth: int,
+    owners: Mapping[str, nn.Module],
+    given: Sequence[str],
+) -> Group:
+    """One group: its parameters read from their modules when every owner is known, else stored."""
+    names = tuple(n for n, _ in params)
+    modules = tuple(dict.fromkeys([*(n.rpartition(".")[0] or "root" for n in names), *given]))
+    if all(n in owners for n in names):
+        return Group(name, names, (), depth, slots=tuple(_slot(n, owners) for n in names), modules=modules)
+    return Group(name, names, tuple(p for _, p in params), depth, modules=modules)
 
 
 def _slot(param_name: str, owners: Mapping[str, nn.Module]) -> tuple[nn.Module, str]:
@@ -684,8 +706,12 @@ def explicit(
     entries, excluded = _owned_params(model)
     name_of = {id(p): n for _, _, ps in entries for n, p in ps}
     by_name = {n: p for _, _, ps in entries for n, p in ps}
+    module_names: dict[int, str] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        module_names.setdefault(id(module), mname or "root")
     taken: dict[int, str] = {}
     named = []
+    given: dict[str, list[str]] = {}  # group -> the modules it was given (as a tied module's group)
     for gname, items in assignment.items():
         params: list[tuple[str, nn.Parameter]] = []
         for item in items:
@@ -699,6 +725,8 @@ def explicit(
                 found = [(name_of[id(item)], item)]
             elif isinstance(item, nn.Module):
                 found = [(name_of[id(p)], p) for p in item.parameters() if id(p) in name_of]
+                if id(item) in module_names:
+                    given.setdefault(gname, []).append(module_names[id(item)])
             else:
                 raise TypeError(
                     f"assignment[{gname!r}]: items must be names, parameters or modules, got {type(item).__name__}"
@@ -718,4 +746,4 @@ def explicit(
                 + ", ".join(n for n, _ in unmatched)
             )
         named.append((rest, unmatched))
-    return _build(model, named, excluded, "rules", _owner_map(entries))
+    return _build(model, named, excluded, "rules", _owner_map(entries), given=given)

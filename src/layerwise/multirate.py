@@ -293,6 +293,7 @@ class Multirate(Composite):
         self._noise = torch.Generator().manual_seed(extras.noise_seed) if any(temperatures) else None
         self.step_count = 0
         self._drift: list[list[Tensor] | None] = [None] * len(optimizers)
+        self._frozen: list[Tensor] = []  # frozen by a Freezer: no drift, requires_grad left False
         self._prepare()
 
     @property
@@ -326,9 +327,7 @@ class Multirate(Composite):
                 f"got {part!r}"
             )
         (group,) = part_groups("param_group", [{k: v for k, v in param_group.items() if k != "part"}])
-        known = {id(p) for g in self.param_groups for p in g["params"]}
-        if any(id(p) in known for p in group["params"]):
-            raise ValueError("param_group: some of its parameters are already in a part")
+        self.refuse_held(group)
         level = self.part_names.index(part)
         if self.slow_lr is not None and level == len(self.optimizers) - 1:
             group["lr"] = self.slow_lr
@@ -345,11 +344,26 @@ class Multirate(Composite):
         return (self.step_count if step is None else step) % self.periods[level] == 0
 
     def _prepare(self) -> None:
-        """Parts that do not refresh on the next step stop requiring grad."""
+        """Parts that do not refresh on the next step stop requiring grad (frozen parameters stay as they are)."""
+        frozen = {id(p) for p in self._frozen}
         for level in range(len(self.optimizers)):
             needed = self.refreshes(level)
             for p in self._params(level):
-                p.requires_grad_(needed)
+                if id(p) not in frozen:
+                    p.requires_grad_(needed)
+
+    def mark_frozen(self, params: Sequence[Tensor], frozen: bool) -> None:
+        """A :class:`~layerwise.Freezer` froze ``params`` (they lose their drift and stay without grad) or
+        unfroze them (they require grad again on their part's refresh steps)."""
+        ids = {id(p) for p in params}
+        self._frozen = [p for p in self._frozen if id(p) not in ids]
+        if frozen:
+            self._frozen.extend(params)
+            self._drift = [
+                None if pairs is None else [(p, d) for p, d in pairs if id(p) not in ids]  # type: ignore[misc]
+                for pairs in self._drift
+            ]
+        self._prepare()
 
     # -- stepping ------------------------------------------------------------------------
 
@@ -444,9 +458,10 @@ class Multirate(Composite):
 
     def _regradient(self, closure: Any) -> None:
         """The fast parts' gradient again, at the current (moved) slow parameters."""
+        frozen = {id(p) for p in self._frozen}
         for level in range(len(self.optimizers)):
             for p in self._params(level):
-                p.requires_grad_(self.periods[level] == 1)
+                p.requires_grad_(self.periods[level] == 1 and id(p) not in frozen)
                 p.grad = None
         with torch.enable_grad():
             closure()

@@ -23,7 +23,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,37 @@ class Composite(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=set_to_none)
+
+    def optimizer_of(self, param: Tensor) -> Optimizer:
+        """The inner optimizer that holds ``param`` (whose ``state`` holds its state); ValueError if none does."""
+        for opt in self.optimizers:
+            if any(p is param for group in opt.param_groups for p in group["params"]):
+                return opt
+        raise ValueError(f"param: {_label(param)} is in no part of this {type(self).__name__}")
+
+    def mark_frozen(self, params: Sequence[Tensor], frozen: bool) -> None:
+        """A :class:`~layerwise.Freezer` froze (``frozen``) or unfroze ``params``; nothing to do here. A composite
+        that sets ``requires_grad`` itself (``Multirate``) leaves frozen parameters alone."""
+
+    def refuse_held(self, param_group: dict[str, Any], argument: str = "param_group") -> None:
+        """ValueError naming the first parameter of ``param_group`` that a part already holds, and that part.
+
+        A parameter in two parts would be stepped by both optimizers (twice per step).
+        """
+        held = {
+            id(p): (part, group)
+            for part, opt in zip(self.part_names, self.optimizers)
+            for group in opt.param_groups
+            for p in group["params"]
+        }
+        for name, param in _named_params(param_group):
+            if id(param) in held:
+                part, group = held[id(param)]
+                where = f"part {part!r}" + (f" (group {group['name']!r})" if "name" in group else "")
+                raise ValueError(
+                    f"{argument}: {_label(param, name)} is already in {where}; each parameter is trained by one "
+                    "part, so it would be stepped twice"
+                )
 
 
 @dataclass(frozen=True)
@@ -173,13 +204,18 @@ class PerGroupOptimizer(Composite):
         return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the part its ``"part"`` key names (one of :attr:`part_names`)."""
+        """Add a group to the part its ``"part"`` key names (one of :attr:`part_names`).
+
+        A parameter that a part already holds is refused (ValueError naming it and the part): it would be
+        stepped twice.
+        """
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
         part = param_group.get("part")
         if part not in self.part_names:
             raise ValueError(f"param_group: needs a 'part' key, one of {self.part_names}; got {part!r}")
         (group,) = part_groups("param_group", [{k: v for k, v in param_group.items() if k != "part"}])
+        self.refuse_held(group)
         self.optimizers[self.part_names.index(part)].add_param_group(group)
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -214,13 +250,28 @@ def _check_disjoint(built: list[tuple[str, Any, list[dict[str, Any]], Any]], mod
     """No parameter in two parts; with ``model``, every trainable parameter of it in one."""
     names = ", ".join(f"parts[{name!r}]" for name, *_ in built)
     refuse_flat_parameters((p for _, _, groups, _ in built for g in groups for p in g["params"]), names)
+    model_names = {} if model is None else {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     seen: dict[int, str] = {}
     for name, _, groups, _ in built:
-        for p in (p for g in groups for p in g["params"]):
+        for pname, p in (pair for g in groups for pair in _named_params(g)):
             if id(p) in seen:
-                raise ValueError(f"parts[{seen[id(p)]!r}], parts[{name!r}]: a parameter is in both parts")
+                label = _label(p, pname or model_names.get(id(p)))
+                raise ValueError(f"parts[{seen[id(p)]!r}], parts[{name!r}]: a parameter is in both parts ({label})")
             seen[id(p)] = name
     if model is not None:
         missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
         if missing:
             raise ValueError(f"parts: parameters of model in no part: {missing}")
+
+
+def _named_params(param_group: dict[str, Any]) -> list[tuple[str | None, Tensor]]:
+    """A param-group dict's parameters with their names where it gives them (``(name, tensor)`` pairs or a
+    ``param_names`` list, as torch takes them), else None."""
+    params = list(param_group["params"])
+    names = list(param_group.get("param_names") or [None] * len(params))
+    return [(p[0], p[1]) if isinstance(p, tuple) else (name, p) for p, name in zip(params, names)]
+
+
+def _label(param: Tensor, name: str | None = None) -> str:
+    """How an error names a parameter: its name when known, else its shape."""
+    return f"parameter {name!r}" if name else f"a parameter of shape {tuple(param.shape)}"
