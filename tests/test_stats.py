@@ -7,6 +7,7 @@ import pytest
 
 from layerwise.compare.stats import (
     FIRST_LOOK,
+    Question,
     boundary,
     compare_seeds,
     compare_times,
@@ -70,11 +71,13 @@ def test_compare_seeds_pairs_by_seed_and_falls_back_to_welch():
     baseline = {0: 0.80, 1: 0.81, 2: 0.80}
     by_seed = compare_seeds(method, baseline)
     assert by_seed == paired([0.85, 0.84, 0.86], [0.80, 0.81, 0.80])  # aligned by seed, not by order
-    unpaired = compare_seeds(method, {0: 0.80, 1: 0.81, 7: 0.79})
+    unpaired = compare_seeds(method, {5: 0.80, 6: 0.81, 7: 0.79})
     assert unpaired.test == "welch"
     assert unpaired.p == pytest.approx(welch([0.86, 0.85, 0.84], [0.80, 0.81, 0.79])["p"])
-    unfinished = compare_seeds({0: 0.85, 1: None, 2: 0.86}, baseline)  # seed 1 never finished
-    assert unfinished.test == "welch" and unfinished.n == 2
+    unfinished = compare_seeds({0: 0.85, 1: None, 2: 0.86}, baseline)  # seed 1 never finished: 0 and 2 pair
+    assert unfinished == paired([0.85, 0.86], [0.80, 0.80])
+    fewer = compare_seeds({0: 0.85, 1: 0.84}, baseline)  # a method that stopped early pairs with seeds 0 and 1
+    assert fewer == paired([0.85, 0.84], [0.80, 0.81])
     one_pair = compare_seeds({0: 0.85}, {0: 0.80})
     assert one_pair.test == "welch" and one_pair.diff is None
 
@@ -158,19 +161,21 @@ def test_decide_reads_every_look_and_the_sign():
 def test_decide_all_steps_down_like_holm():
     middle = (0.63 + np.array([0.5, -0.5] * 5)).tolist()  # crosses at alpha/2, not at alpha/3
     assert decide(middle, 10, 0.05 / 3).verdict == "undecided" and decide(middle, 10, 0.025).verdict == "better"
-    null = [0.1, -0.1] * 5
-    alone = decide_all({"other": null, "middle": middle, "null": null}, n_max=10)  # nothing decided: alpha/3
+    null = Question(tuple([0.1, -0.1] * 5))
+    table = {"other": null, "middle": Question(tuple(middle)), "null": null}
+    alone = decide_all(table, n_max=10)  # nothing decided: alpha/3
     assert alone["middle"].verdict == "undecided" and alone["middle"].alpha == pytest.approx(0.05 / 3)
-    stepped = decide_all({"strong": [1.0, 1.1, 0.9] * 3 + [1.0], "middle": middle, "null": null}, n_max=10)
-    assert stepped["strong"].alpha == pytest.approx(0.05 / 3)
+    stepped = decide_all({**table, "other": Question((1.0, 1.1, 0.9) * 3 + (1.0,))}, n_max=10)
+    assert stepped["other"].alpha == pytest.approx(0.05 / 3)
     assert stepped["middle"].verdict == "better" and stepped["middle"].alpha == pytest.approx(0.025)
     assert stepped["null"].verdict == "undecided"
-    uncorrected = decide_all({"other": null, "middle": middle, "null": null}, n_max=10, correct=False)
+    uncorrected = decide_all(table, n_max=10, correct=False)
     assert uncorrected["middle"].verdict == "better" and uncorrected["middle"].alpha == 0.05
 
 
 def _auto(diffs, n_max=10):
-    """``--seeds auto:n_max`` for one method: 3 seeds, then one more per round while undecided."""
+    """``--seeds auto:n_max`` for one method: 3 seeds, then one more per round while open (neither
+    claimed nor futile)."""
     seeds = FIRST_LOOK
     while True:
         decision = decide(diffs[:seeds], n_max)
@@ -204,9 +209,7 @@ def test_the_signed_rank_rule_keeps_the_false_positive_rate_with_misses():
     rng = np.random.default_rng(4)
     log_times = rng.normal(0.0, 0.3, size=(1000, 2, 10))
     times = np.where(log_times > 0.6, np.inf, np.exp(log_times))
-    decided = np.mean(
-        [_auto_speed(log_ratios(dict(enumerate(m)), dict(enumerate(b)))).verdict != "undecided" for m, b in times]
-    )
+    decided = np.mean([_auto_speed(log_ratios(dict(enumerate(m)), dict(enumerate(b)))).claimed for m, b in times])
     print(f"speed, false decided: {decided:.4f}")
     assert decided <= 0.07
 
@@ -216,7 +219,7 @@ def test_adding_seeds_until_decided_keeps_the_false_positive_rate():
     # share's standard error is sqrt(0.05 * 0.95 / 2000) = 0.0049: 0.065 is three of them above 5 %.
     # Repeated plain t tests at 5 % on 3..10 seeds would declare about 17 % (checked below).
     diffs = _seed_results(np.random.default_rng(1), 2000, 10, shift=0.0)
-    decided = np.mean([_auto(row.tolist()).verdict != "undecided" for row in diffs])
+    decided = np.mean([_auto(row.tolist()).claimed for row in diffs])
     naive = np.mean([any(stats.ttest_1samp(row[:n], 0.0).pvalue < 0.05 for n in range(3, 11)) for row in diffs[:400]])
     print(f"false decided: {decided:.4f} (repeated plain t tests: {naive:.3f})")
     assert decided <= 0.065 and naive > 0.1
@@ -231,11 +234,11 @@ def test_holm_across_methods_keeps_the_familywise_rate():
         diffs = {name: _seed_results(rng, 1, 10, 0.0)[0] for name in "abc"}
         seeds = FIRST_LOOK
         while True:
-            decisions = decide_all({name: d[:seeds].tolist() for name, d in diffs.items()}, n_max=10)
+            decisions = decide_all({name: Question(tuple(d[:seeds])) for name, d in diffs.items()}, n_max=10)
             if all(d.verdict != "undecided" for d in decisions.values()) or seeds == 10:
                 break
             seeds += 1
-        false += any(d.verdict != "undecided" for d in decisions.values())
+        false += any(d.claimed for d in decisions.values())
     print(f"family-wise false decided: {false / 1000:.4f}")
     assert false / 1000 <= 0.07
 

@@ -101,8 +101,8 @@ def test_verdict_counts_seeds_that_miss_the_target():
 
 
 def test_a_speed_bound_from_a_censored_miss_is_written_unbounded():
-    from layerwise.compare.stats import Comparison
+    from layerwise.compare.stats import Decision
     from layerwise.compare.targets import _speed_text
 
-    speed = Comparison("wilcoxon", 10, math.log(1.18), math.log(1.02), 49.0, 0.01, None, None, None, None)
-    assert _speed_text(speed) == "reaches the target 1.18x sooner [1.02, inf] (wilcoxon)"
+    speed = Decision("better", "signed rank", 10, 10, 2.6, None, 0.05, 0.05, math.log(1.18), math.log(1.02), 49.0)
+    assert _speed_text(speed) == "reaches the target 1.18x sooner [1.02, inf] (wilcoxon, sequential, 10 pairs)"

@@ -39,7 +39,7 @@ def test_pairs_by_seed_decide_what_the_unpaired_test_cannot():
     assert "4.77 points better at equal steps" in result["text"] and "P(better) 1.00" in result["text"]
     unpaired_seeds = dict(zip((0, 1, 2), ahead)), dict(zip((3, 4, 5), base))
     shuffled = verdict(*unpaired_seeds, [], [], "accuracy")
-    assert shuffled["accuracy"].test == "welch" and shuffled["text"].startswith("no significant difference")
+    assert shuffled["accuracy"].test == "welch" and shuffled["text"].startswith("not judged, the seeds do not pair")
 
 
 def test_a_method_that_misses_in_two_of_three_seeds_never_reads_as_sooner():
@@ -73,13 +73,13 @@ def test_holm_correction_over_the_table_and_without_it():
         assert 0.025 < p < 0.05 and "better" in raw[name]["verdict"]
         assert rows[name]["tests"]["accuracy"]["decided"] is False  # Holm: 2 x 0.028 > 0.05 first, so neither
         assert rows[name]["verdict"].startswith("no significant difference: +") and "accuracy" in rows[name]["open"]
-        # what would decide it, at the level Holm tests it at next (both open: 5 % / 2)
+        # what would decide it, at the level Holm tests it at next: both questions of both methods open, 5 % / 4
         diffs = [m - b for m, b in zip({"a": ahead_a, "b": ahead_b}[name], base)]
-        expected = sizing(diffs, 0.025)
-        assert rows[name]["sizing"] == {**asdict(expected), "alpha": 0.025}
+        expected = sizing(diffs, 0.0125)
+        assert rows[name]["sizing"] == {**asdict(expected), "alpha": 0.0125}
         assert f"4 seed pairs detect {expected.detectable * 100:.2f} points" in rows[name]["verdict"]
-        assert f"needs {expected.needed} (at 5 %/2 (Holm))" in rows[name]["verdict"]
-    assert raw["a"]["sizing"]["alpha"] == 0.05 and "seed pairs detect" not in raw["a"]["verdict"]  # decided
+        assert f"needs {expected.needed} (at 5 %/4 (Holm))" in rows[name]["verdict"]
+    assert raw["a"]["sizing"] is None and "seed pairs detect" not in raw["a"]["verdict"]  # decided: nothing to size
 
 
 def test_median_time_to_target_counts_a_miss_as_infinite():

@@ -399,6 +399,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         type=_number(positive=False),
         help="default target = baseline's final mean minus this (accuracy points, default 0.5; loss: percent, 1)",
     )
+    p.add_argument(
+        "--margin",
+        type=float,
+        metavar="M",
+        help="equivalence margin: a method within +-M of the baseline is judged equivalent (accuracy points, "
+        "default 0.5; a loss: its own units, no default)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="a method setting")
     p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
     p.add_argument("--out", type=Path, help="output directory (default runs/compare or runs/study-NAME)")
@@ -581,6 +588,7 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.target,
         "target_tolerance": args.target_tolerance,
         "telemetry_every": args.telemetry,
+        "margin": args.margin,
     }
     options = {
         **_common_options(args),
@@ -694,7 +702,7 @@ def _tuned(request: dict[str, Any], factors: list[float], options: dict[str, Any
     """``request`` with the task at the LR ``--tune-baseline`` found best, and a note on the tuning."""
     from .compare.sweep import tune_baseline
 
-    judging = ("aa", "target", "target_tolerance", "max_minutes", "correction", "tensorboard")
+    judging = ("aa", "target", "target_tolerance", "max_minutes", "correction", "tensorboard", "margin")
     kept = {k: v for k, v in options.items() if k not in judging}
     tuned = tune_baseline(request["task"], factors, out=request["out"], **kept)
     print(f"--tune-baseline: x{tuned.factor:g} kept (LR {tuned.task.lr:g})\n\n{tuned.table}\n")

@@ -29,8 +29,16 @@ from typing import Any
 import numpy as np
 
 from ..plotting import legend, pyplot
-from .stats import Comparison, decide_all, holm, log_ratios, reach, sizing
-from .targets import default_target, higher_is_better, scale_of, time_to_target, verdict, verdict_tests
+from .stats import FIRST_LOOK, Decision, Question, decide_fixed, decide_rounds, reach, sizing
+from .targets import (
+    default_target,
+    margin_of,
+    scale_of,
+    time_to_target,
+    verdict,
+    verdict_questions,
+    verdict_tests,
+)
 
 __all__ = ["AA_LABEL", "answer", "markdown_table", "plot_all", "summarize", "write_html"]
 
@@ -60,6 +68,7 @@ def summarize(
     budget: str = "time",
     correction: bool = True,
     sequential: int | None = None,
+    margin: float | None = None,
 ) -> dict[str, Any]:
     """One row per method, and the target used for time to target (``budget``: what the runs had equal,
     ``"time"`` or ``"steps"``, for the verdicts' wording).
@@ -68,15 +77,19 @@ def summarize(
     the method's), achieved training time over the budget, the metric's mean and std at the end
     (equal time under a time budget), time to target (the median over seeds, a miss counting as
     infinite: none when half or more miss; how many reach it; its ratio to the baseline's), and the
-    verdict against the baseline: paired by seed, with 95 % intervals, each question's p-values
-    corrected over the table's methods by Holm's rule (``correction=False``: not corrected).
-    ``sequential``: the seeds were added until decided, at most this many: each question is decided
-    by the group-sequential rule (:func:`~layerwise.compare.stats.decide_all`) instead.
-    A row's ``open`` lists its undecided questions, ``sizing`` what its accuracy seeds could detect.
+    verdict against the baseline: paired by seed, both questions of every method (accuracy, with
+    equivalence within ``margin``, and speed) corrected together over the table by Holm's rule
+    (``correction=False``: each at 5 % alone), each printed with the test that decided it.
+    ``sequential``: the seeds were added until decided, at most this many: the questions are decided
+    by the group-sequential rule replayed round by round (:func:`~layerwise.compare.stats.decide_rounds`).
+    The default target is the baseline's mean over its first round (its first 3 seeds under
+    ``sequential``, else every seed) less ``target_tolerance``: seeds added later do not move it.
+    A row's ``open`` lists its undecided questions (not stopped for futility), ``sizing`` what its
+    accuracy seeds could detect.
     """
     base_records = outcomes.get(baseline, {}).get("records", [])
     if target is None:
-        target = default_target([r["test_metric"] for r in base_records], metric, target_tolerance)
+        target = default_target(_first_round(base_records, sequential), metric, target_tolerance)
     base_wall = _mean_std([r["wall_clock_s"] for r in base_records])[0]
     void_speed = _baseline_off_budget(base_records)
 
@@ -91,16 +104,17 @@ def summarize(
     def finals(records: list[dict[str, Any]]) -> dict[int, float | None]:
         return {_seed(r, i): r["test_metric"] for i, r in enumerate(records)}
 
-    base_times = times(base_records)
+    base_times, base_finals = times(base_records), finals(base_records)
     judged_labels = [label for label, o in outcomes.items() if label != baseline and o["records"] and base_records]
-    tests = {}
+    tests, asked = {}, {}
     for label in judged_labels:
-        records = outcomes[label]["records"]
-        tests[label] = verdict_tests(finals(records), finals(base_records), times(records), base_times, metric)
-    seeded = {label: (finals(outcomes[label]["records"]), times(outcomes[label]["records"])) for label in tests}
-    decided = _decided(tests, seeded, (finals(base_records), base_times), correction, sequential, void_speed is None)
+        mine = (finals(outcomes[label]["records"]), times(outcomes[label]["records"]))
+        tests[label] = verdict_tests(mine[0], base_finals, mine[1], base_times, metric)
+        asked[label] = verdict_questions(
+            mine[0], base_finals, mine[1], base_times, metric, margin, sequential is not None
+        )
+    decisions = _judge(asked, correction, sequential, void_speed is None)
     base_median = _median_time(base_times)
-    sizing_alpha = _sizing_alpha(decided, correction)
     rows = []
     for label, outcome in outcomes.items():
         records, errors = outcome["records"], outcome["errors"]
@@ -111,16 +125,19 @@ def summarize(
         ttt = _median_time(mine)
         judged, sizing = None, None
         if label in tests:
-            sizing = _sizing(finals(records), finals(base_records), 0.05 if label == AA_LABEL else sizing_alpha)
+            on_accuracy = decisions[label]["accuracy"]
+            if on_accuracy is not None and not on_accuracy.claimed:
+                sizing = _sizing(finals(records), base_finals, on_accuracy.alpha)
             judged = verdict(
                 finals(records),
-                finals(base_records),
+                base_finals,
                 mine,
                 base_times,
                 metric,
                 budget,
                 void_speed=void_speed,
-                decided=decided[label],
+                decisions=decisions[label],
+                margin=margin,
             )
         rows.append(
             {
@@ -136,11 +153,9 @@ def summarize(
                 "time_to_target_s": ttt,
                 "reached": sum(t is not None for t in mine.values()),
                 "target_ratio": None if not (ttt and base_median) or void_speed else base_median / ttt,
-                "verdict": "reference"
-                if label == baseline
-                else _verdict_text(judged, decided.get(label), sizing, metric),
-                "tests": None if judged is None else _tests_dict(judged, decided[label]),
-                "open": [] if judged is None else [q for q in ("accuracy", "speed") if decided[label].get(q) is False],
+                "verdict": "reference" if label == baseline else _verdict_text(judged, sizing, metric),
+                "tests": None if judged is None else _tests_dict(judged, decisions[label], margin_of(metric, margin)),
+                "open": [] if judged is None else _open(decisions[label]),
                 "sizing": sizing,
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in records])[0],
                 "notes": "; ".join(_notes(records, errors, base_records, budget_ratio)),
@@ -150,11 +165,23 @@ def summarize(
     return {"rows": rows, "target": target, "correction": "holm" if correction else "none", "rule": rule}
 
 
+def _first_round(base_records: list[dict[str, Any]], sequential: int | None) -> list[float | None]:
+    """The baseline's final metrics of its first round: its first 3 seeds when seeds are added until
+    decided, else all of them (one round)."""
+    return [r["test_metric"] for i, r in enumerate(base_records) if sequential is None or _seed(r, i) < FIRST_LOOK]
+
+
+def _open(decided: dict[str, Decision | None]) -> list[str]:
+    """The questions still open: undecided, and neither claimed nor stopped for futility."""
+    return [question for question, d in decided.items() if d is not None and d.verdict == "undecided"]
+
+
 def answer(rows: list[dict[str, Any]], metric: str, budget: str = "time") -> str:
     """The report's first lines: for each question, the methods decided better or worse than the
     baseline, the undecided ones with what would decide them, and the A/A noise floor when it ran.
 
-    >>> row = {"method": "m", "tests": {"accuracy": {"decided": True, "diff": 0.02}, "speed": {"decided": None}},
+    >>> claim = {"decided": True, "verdict": "better", "decision": {"diff": 0.02}}
+    >>> row = {"method": "m", "tests": {"accuracy": claim, "speed": {"decided": None}},
     ...        "open": [], "sizing": None, "runs": 3, "verdict": "2.00 points better"}
     >>> print(answer([row], "accuracy"))
     - Best model at equal time: better m (+2.00 points).
@@ -164,8 +191,9 @@ def answer(rows: list[dict[str, Any]], metric: str, budget: str = "time") -> str
     judged = [r for r in rows if r["tests"] is not None and r["method"] != AA_LABEL]
     at = "at equal time" if budget == "time" else "at equal steps"
     lines = [
-        f"- Best model {at}: " + _question(judged, "accuracy", lambda d: f"{d * scale:+.2f} {unit}", metric),
-        "- Soonest to the target: " + _question(judged, "speed", lambda d: f"{math.exp(d):.2f}x", "speed"),
+        f"- Best model {at}: "
+        + _question(judged, "accuracy", lambda d: f"{d * scale:+.2f} {unit}", ("better", "worse")),
+        "- Soonest to the target: " + _question(judged, "speed", lambda d: f"{math.exp(d):.2f}x", ("sooner", "later")),
     ]
     if judged and all(r["runs"] < 2 for r in judged):
         lines = ["- One seed per method: no verdict can be decided (`--seeds 3`, or `--seeds auto` until decided)."]
@@ -178,25 +206,32 @@ def answer(rows: list[dict[str, Any]], metric: str, budget: str = "time") -> str
     return "\n".join(lines)
 
 
-def _question(rows: list[dict[str, Any]], question: str, effect: Callable[[float], str], sense: str) -> str:
-    """One question's answer: decided better/worse (with the effect), undecided (with what would decide)."""
+def _question(rows: list[dict[str, Any]], question: str, effect: Callable[[float], str], words: tuple[str, str]) -> str:
+    """One question's answer: the claims (``words`` for better and worse, with the effect the decision
+    measured; equivalent within the margin), the undecided ones (with what would decide them) and the
+    ones stopped for futility."""
     tested = [r for r in rows if r["tests"][question].get("decided") is not None]
     if not tested:
         return "no method compared."
-    # speed: diff = log(baseline time / method time), > 0 is sooner; a metric: its own direction
-    up = sense == "speed" or higher_is_better(sense)
-    decided = [r for r in tested if r["tests"][question]["decided"]]
-    good = [r for r in decided if (r["tests"][question]["diff"] > 0) == up]
-    bad = [r for r in decided if (r["tests"][question]["diff"] > 0) != up]
-    words = ("sooner", "later") if sense == "speed" else ("better", "worse")
+
+    def having(verdict: str) -> list[dict[str, Any]]:
+        return [r for r in tested if r["tests"][question]["verdict"] == verdict]
+
+    def measured(row: dict[str, Any]) -> str:
+        return f"{row['method']} ({effect(row['tests'][question]['decision']['diff'])})"
+
     parts = [
-        f"{word} " + ", ".join(f"{r['method']} ({effect(r['tests'][question]['diff'])})" for r in group)
-        for word, group in zip(words, (good, bad))
-        if group
+        f"{word} " + ", ".join(map(measured, group))
+        for word, verdict in zip(words, ("better", "worse"))
+        if (group := having(verdict))
     ]
-    open_ = [r for r in tested if not r["tests"][question]["decided"]]
-    if open_:
+    if equivalent := having("equivalent"):
+        margin = effect(equivalent[0]["tests"][question]["margin"]).lstrip("+")
+        parts.append(f"equivalent within ±{margin}: " + ", ".join(r["method"] for r in equivalent))
+    if open_ := having("undecided"):
         parts.append("undecided " + ", ".join(_open_text(r, question) for r in open_))
+    if futile := having("futile"):
+        parts.append("stopped, a decision unlikely by the seed cap: " + ", ".join(r["method"] for r in futile))
     return "; ".join(parts) + "."
 
 
@@ -228,53 +263,31 @@ def _median_time(times: dict[int, float | None]) -> float | None:
     return median if math.isfinite(median) else None
 
 
-def _decided(
-    tests: dict[str, dict[str, Comparison | None]],
-    seeded: dict[str, tuple[dict[int, float | None], dict[int, float | None]]],
-    base: tuple[dict[int, float | None], dict[int, float | None]],
-    correction: bool,
-    sequential: int | None,
-    speed_valid: bool,
-) -> dict[str, dict[str, bool | None]]:
-    """Per method and question (``accuracy``, ``speed``): decided (True), open (False) or not compared (None).
+def _judge(
+    asked: dict[str, dict[str, Question | None]], correction: bool, sequential: int | None, speed_valid: bool
+) -> dict[str, dict[str, Decision | None]]:
+    """Per method and question (``accuracy``, ``speed``): its decision, or None (not compared). Every
+    question of the table's methods is one family, corrected together; the A/A twin is its own.
 
-    A fixed number of seeds: each comparison's p-value, Holm-corrected over the methods. Seeds added
-    until decided (``sequential``: their maximum): the group-sequential rule over the seed pairs.
+    A fixed number of seeds: each question tested once on all its pairs. Seeds added until decided
+    (``sequential``: their maximum): the group-sequential rule, replayed round by round.
     """
-    labels = list(tests)
-    out: dict[str, dict[str, bool | None]] = {label: {} for label in labels}
-    for question in ("accuracy", "speed"):
-        compared = [
-            label for label in labels if tests[label][question] is not None and (question == "accuracy" or speed_valid)
-        ]
-        # the A/A twin is judged alone: it calibrates the table, it is not one of its claims
-        for family in ([label for label in compared if label != AA_LABEL], [AA_LABEL] if AA_LABEL in compared else []):
-            if sequential is None:
-                flags = holm([tests[label][question].p for label in family], correct=correction).decided
-            else:
-                diffs = {label: _pair_diffs(question, seeded[label], base) for label in family}
-                statistic = "t" if question == "accuracy" else "signed rank"
-                ruled = decide_all(diffs, sequential, statistic=statistic, correct=correction)
-                flags = tuple(ruled[label].verdict != "undecided" for label in family)
-            for label, flag in zip(family, flags):
-                out[label][question] = flag
+    out: dict[str, dict[str, Decision | None]] = {label: {"accuracy": None, "speed": None} for label in asked}
+    # the A/A twin is judged alone: it calibrates the table, it is not one of its claims
+    for family in ([label for label in asked if label != AA_LABEL], [label for label in asked if label == AA_LABEL]):
+        questions = {
+            (label, name): question
+            for label in family
+            for name, question in asked[label].items()
+            if question is not None and (name == "accuracy" or speed_valid)
+        }
+        if sequential is None:
+            found = decide_fixed(questions, correct=correction)
+        else:
+            found = decide_rounds(questions, sequential, correct=correction)
+        for (label, name), decision in found.items():
+            out[label][name] = decision
     return out
-
-
-def _pair_diffs(
-    question: str,
-    mine: tuple[dict[int, float | None], dict[int, float | None]],
-    base: tuple[dict[int, float | None], dict[int, float | None]],
-) -> list[float]:
-    """The per-seed-pair differences the sequential rule reads: metric differences, or log time ratios
-    (a miss infinite); only seeds both sides have, in seed order."""
-    if question == "accuracy":
-        return _metric_diffs(mine[0], base[0])
-
-    def infinite(times: dict[int, float | None]) -> dict[int, float]:
-        return {seed: math.inf if t is None else t for seed, t in times.items()}
-
-    return log_ratios(infinite(mine[1]), infinite(base[1]))
 
 
 def _metric_diffs(mine: dict[int, float | None], base: dict[int, float | None]) -> list[float]:
@@ -283,26 +296,18 @@ def _metric_diffs(mine: dict[int, float | None], base: dict[int, float | None]) 
     return [mine[s] - base[s] for s in shared]
 
 
-def _verdict_text(
-    judged: dict[str, Any] | None, decided: dict[str, bool | None] | None, sizing: dict[str, Any] | None, metric: str
-) -> str:
-    """The verdict's sentence; an open accuracy question adds what its seeds detect and what would decide it."""
+def _verdict_text(judged: dict[str, Any] | None, sizing: dict[str, Any] | None, metric: str) -> str:
+    """The verdict's sentence; an accuracy question without a claim adds what its seeds detect and what
+    would decide it."""
     if judged is None:
         return "—"
     text = judged["text"]
-    if not sizing or (decided or {}).get("accuracy") is not False or sizing.get("detectable") is None:
+    if not sizing or sizing.get("detectable") is None:
         return text
     scale, unit = scale_of(metric)
     detects = f"{sizing['pairs']} seed pairs detect {sizing['detectable'] * scale:.2f} {unit}"
     needs = "" if not sizing["needed"] else f", the observed difference needs {sizing['needed']}"
     return f"{text}; {detects}{needs} (at {_level(sizing)})"
-
-
-def _sizing_alpha(decided: dict[str, dict[str, bool | None]], correction: bool, alpha: float = 0.05) -> float:
-    """The level an open accuracy question is tested at next: Holm's ``alpha / m`` over the m methods
-    still open (the A/A twin not among them), ``alpha`` without the correction."""
-    open_ = [label for label, flags in decided.items() if label != AA_LABEL and flags.get("accuracy") is False]
-    return alpha / len(open_) if correction and open_ else alpha
 
 
 def _sizing(mine: dict[int, float | None], base: dict[int, float | None], alpha: float) -> dict[str, Any] | None:
@@ -314,12 +319,22 @@ def _sizing(mine: dict[int, float | None], base: dict[int, float | None], alpha:
     return {**asdict(sizing(diffs, alpha)), "alpha": alpha}
 
 
-def _tests_dict(judged: dict[str, Any], decided: dict[str, bool | None]) -> dict[str, Any]:
-    """The verdict's two comparisons as plain dicts (the JSON and HTML read them), with whether each is
-    decided after the correction (no comparison, e.g. speed voided or under 2 seeds: every value None)."""
+def _tests_dict(judged: dict[str, Any], decided: dict[str, Decision | None], margin: float | None) -> dict[str, Any]:
+    """The verdict's two comparisons as plain dicts (the JSON and HTML read them), each with its decision:
+    ``decided`` (a claim made), ``verdict`` and ``decision`` (the rule's numbers); no comparison (e.g.
+    speed voided or under 2 seeds): every value None. The accuracy one carries the equivalence margin."""
     empty = {"test": None, "diff": None, "low": None, "high": None, "p": None}
-    plain = {q: empty if judged[q] is None else asdict(judged[q]) for q in ("accuracy", "speed")}
-    return {question: {**values, "decided": decided.get(question)} for question, values in plain.items()}
+    out = {}
+    for question in ("accuracy", "speed"):
+        decision = decided.get(question)
+        out[question] = {
+            **(empty if judged[question] is None else asdict(judged[question])),
+            "decided": None if decision is None else decision.claimed,
+            "verdict": None if decision is None else decision.verdict,
+            "decision": None if decision is None else asdict(decision),
+        }
+    out["accuracy"]["margin"] = margin
+    return out
 
 
 def _notes(

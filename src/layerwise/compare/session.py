@@ -54,7 +54,7 @@ from .parallel import check_parallel
 from .report import AA_LABEL, answer, markdown_table, plot_all, summarize, write_html
 from .runner import run_one, warm_up
 from .store import RunStore, locked
-from .targets import check_target
+from .targets import check_margin, check_target, margin_of, scale_of
 
 __all__ = [
     "BUDGETS",
@@ -273,6 +273,7 @@ def compare_variants(
     correction: bool = True,
     max_minutes: float | None = None,
     aa: bool = False,
+    margin: float | None = None,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -285,14 +286,16 @@ def compare_variants(
         retime: rerun the finished runs timed by an earlier invocation, so every time in the report
             comes from this one.
         note: a sentence added to the report's description of the setting.
-        correction: correct each question's p-values over the methods by Holm's rule (False: raw
-            p-values, each method tested at 5 % alone).
+        correction: correct both questions of all the methods together by Holm's rule (False: each
+            question tested at 5 % alone).
         seeds: a count, or ``"auto"`` / ``"auto:MAX"``: seeds added until every method is decided
             (:func:`parse_seeds`; the verdicts then use the group-sequential rule).
         max_minutes: with ``seeds="auto"``: add no seed round once this invocation has spent this
             many minutes.
         aa: also train the baseline a second time, as ``"baseline (A/A)"``: its verdict against the
             baseline is this machine's and this task's noise floor (outside the correction's family).
+        margin: the accuracy question's equivalence margin, in accuracy points (a loss: its own units;
+            default: 0.5 points, a loss none; :func:`~layerwise.compare.targets.margin_of`).
 
     Returns ``{"rows", "table", "setting", "outcomes", "target", "paths"}``.
     """
@@ -300,6 +303,7 @@ def compare_variants(
     config = config or CompareConfig()
     start, most = parse_seeds(seeds)
     _check_minutes(max_minutes)
+    check_margin(margin, task.metric)
     variants = [*variants, _twin(variants)] if aa else variants
     resolved, model, partition = _checked_variants(task, variants, config, start, target, target_tolerance, tensorboard)
     nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
@@ -310,7 +314,7 @@ def compare_variants(
     epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
     train_size = config.train_size or (task.quick_train_size if config.quick else task.train_size)
     comparison = _Comparison(task, config, resolved, start, Path(out), epochs, train_size, nproc, engine, progress)
-    judging = _Judging(target, target_tolerance, correction, most)
+    judging = _Judging(target, target_tolerance, correction, most, margin)
     store_key = _store_key(comparison, own_data=data is None)
     # one comparison per --out at a time; followers end with the group
     with group or nullcontext(), locked(comparison.out), RunStore(comparison.out / "runs.sqlite", store_key) as store:
@@ -344,12 +348,14 @@ def _twin(variants: Sequence[Variant]) -> Variant:
 
 @dataclass(frozen=True)
 class _Judging:
-    """How the verdicts are reached: the target, the correction, the seeds' maximum under ``--seeds auto``."""
+    """How the verdicts are reached: the target, the correction, the seeds' maximum under ``--seeds auto``,
+    the equivalence margin."""
 
     target: float | None
     target_tolerance: float | None
     correction: bool
     most: int | None
+    margin: float | None = None
 
 
 def _summary(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> dict[str, Any]:
@@ -362,6 +368,7 @@ def _summary(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judg
         budget=comparison.config.budget,
         correction=judging.correction,
         sequential=judging.most,
+        margin=judging.margin,
     )
 
 
@@ -581,7 +588,7 @@ def _write_report(
     rows, target_value = summary["rows"], summary["target"]
     table = markdown_table(rows, task.metric, budget=config.budget)
     title = title or f"layerwise compare: {task.name}"
-    setting = _setting_text(comparison, outcomes, target_value) + " " + _verdicts_text(rows, judging)
+    setting = _setting_text(comparison, outcomes, target_value) + " " + _verdicts_text(rows, judging, task.metric)
     setting += f" {note}" if note else ""
     snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy, _paced(comparison))
     answered = answer(rows, task.metric, config.budget)
@@ -613,27 +620,34 @@ def _write_report(
     }
 
 
-def _verdicts_text(rows: Sequence[dict[str, Any]], judging: _Judging) -> str:
-    """How the verdicts were reached: pairing, intervals, the correction over the table's methods."""
+def _verdicts_text(rows: Sequence[dict[str, Any]], judging: _Judging, metric: str) -> str:
+    """How the verdicts were reached: pairing, equivalence, the correction over the table's questions,
+    the sequential rule and its futility stop."""
     accuracy = {r["method"]: (r["tests"] or {}).get("accuracy") for r in rows}
     unpaired = [m for m, test in accuracy.items() if test and test["test"] == "welch" and test["diff"] is not None]
-    judged = sum(r["tests"] is not None for r in rows)
-    fallback = f" (Welch's unpaired test for {', '.join(unpaired)}: seeds differ)" if unpaired else ""
+    judged = sum(r["tests"] is not None and r["method"] != AA_LABEL for r in rows)
+    fallback = f" (Welch's unpaired test for {', '.join(unpaired)}, not judged: seeds differ)" if unpaired else ""
+    margin = margin_of(metric, judging.margin)
+    scale, unit = scale_of(metric)
+    equivalence = f", equivalent when TOST puts it within ±{margin * scale:.2f} {unit}" if margin else ""
     corrected = (
-        f"p-values corrected over the {judged} methods of each question by Holm's rule"
+        f"both questions of the {judged} methods corrected together by Holm's rule, so the chance of any false "
+        "claim in the table is at most 5 %"
         if judging.correction
-        else "no correction over the methods (--no-correction)"
+        else "no correction (--no-correction): each question at 5 % alone, so the chance of some false claim "
+        "in the table grows with its size"
     )
     if judging.most is not None:
-        holm = ", Holm's step-down over the methods" if judging.correction else ""
         corrected = (
             f"seeds added until decided (3 to {judging.most}), each question decided by the group-sequential "
-            f"boundary for up to {judging.most} pairs{holm}"
+            f"boundary for up to {judging.most} pairs and stopped once its chance of a decision by {judging.most} "
+            f"seeds falls under 10 %; {corrected}"
         )
     return (
-        f"Verdicts: seed s of every method paired with the baseline's seed s{fallback}; accuracy by the paired t, "
-        f"speed by the paired t on log times (Wilcoxon's signed rank when a seed misses the target); {corrected}; "
-        "a difference is claimed at 5 % (docs/verdicts.md)."
+        f"Verdicts: seed s of every method paired with the baseline's seed s{fallback}; accuracy by the paired "
+        f"t{equivalence}; speed by the paired t on log times (Wilcoxon's signed rank when a seed misses the target "
+        f"or seeds are added); {corrected}; each verdict names the test that decided it, with that test's interval "
+        "(docs/verdicts.md)."
     )
 
 
@@ -809,6 +823,7 @@ _RUN_OPTIONS = (
     "correction",
     "max_minutes",
     "aa",
+    "margin",
 )
 
 
@@ -849,6 +864,7 @@ def check_request(
     parse_seeds(rest.get("seeds", 1))
     _check_minutes(rest.get("max_minutes"))
     check_target(rest.get("target"), task.metric)
+    check_margin(rest.get("margin"), task.metric)
     if rest.get("target_tolerance") is not None:
         finite_nonneg("--target-tolerance", rest["target_tolerance"])
     if rest.get("tensorboard") and config.telemetry_every is None:

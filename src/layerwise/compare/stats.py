@@ -1,9 +1,10 @@
-"""The statistics of a verdict: paired differences over seeds, time to target with misses, Holm's
-correction, the group-sequential rule of ``--seeds auto`` and the seeds an open question needs.
+"""The statistics of a verdict: paired differences over seeds, equivalence within a margin (TOST),
+time to target with misses, Holm's correction over a table's questions, the group-sequential rule of
+``--seeds auto`` with its futility stop, and the seeds an open question needs.
 
 The method card, docs/verdicts.md, states what each test assumes. Every difference is the method
 minus the baseline, in the metric's own units; ``higher_is_better`` says which sign wins. Welch's
-unpaired test stays the fallback when the seeds of the two sides differ.
+unpaired test stays the fallback when fewer than 2 seeds of the two sides pair.
 
 Examples:
     >>> test = welch([1.0, 1.2, 1.1], [0.5, 0.6, 0.55])
@@ -18,9 +19,10 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +30,7 @@ __all__ = [
     "Adjusted",
     "Comparison",
     "Decision",
+    "Question",
     "Reach",
     "Sizing",
     "boundary",
@@ -35,6 +38,8 @@ __all__ = [
     "compare_times",
     "decide",
     "decide_all",
+    "decide_fixed",
+    "decide_rounds",
     "detectable",
     "holm",
     "log_ratios",
@@ -42,6 +47,7 @@ __all__ = [
     "pairs_needed",
     "reach",
     "sizing",
+    "tost",
     "welch",
     "win_share",
 ]
@@ -54,6 +60,7 @@ FIRST_LOOK = 3
 """Seeds of the first look of ``--seeds auto``."""
 BOUNDARY_SIMULATIONS = 100_000
 POWER = 0.8
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,15 @@ class Adjusted:
 
 @dataclass(frozen=True)
 class Decision:
-    """The sequential rule's answer: ``verdict`` "better", "worse" or "undecided"; ``look`` the pairs at
-    which the path crossed (None: never); ``value`` the ``statistic`` ("t": paired t, "signed rank":
-    Wilcoxon's standardised signed-rank sum) there (else at the last look); ``critical`` the boundary
-    at that look; ``level`` the nominal two-sided level of a look; ``alpha`` the rule's error rate."""
+    """A rule's answer to one question: ``verdict`` "better", "worse", "equivalent" (within the margin),
+    "futile" (stopped: too little chance of a decision by the seed cap) or "undecided"; ``look`` the
+    pairs at which it was claimed or stopped (None: neither); ``value`` the ``statistic`` ("t": paired t,
+    "signed rank": Wilcoxon's standardised signed-rank sum) there (else at the last look) and
+    ``critical`` its boundary; ``level`` the nominal two-sided level of a look and ``alpha`` the error
+    rate the question was tested at (its share after the correction). ``diff``, ``low``, ``high``: the
+    effect on the pairs the decision read and the interval of the test that made it (sequential: the
+    boundary's repeated-confidence interval); ``power``: an open question's chance of a decision by the
+    seed cap; ``rule``: "sequential" or "fixed" (every pair read at once)."""
 
     verdict: str
     statistic: str
@@ -107,6 +119,16 @@ class Decision:
     critical: float | None
     level: float
     alpha: float
+    diff: float | None = None
+    low: float | None = None
+    high: float | None = None
+    power: float | None = None
+    rule: str = "sequential"
+
+    @property
+    def claimed(self) -> bool:
+        """Whether the verdict claims something (better, worse or equivalent)."""
+        return self.verdict in CLAIMS
 
 
 @dataclass(frozen=True)
@@ -199,16 +221,18 @@ def _bootstrap(diffs: np.ndarray) -> tuple[float, float] | None:
 def compare_seeds(
     method: Mapping[int, float | None], baseline: Mapping[int, float | None], higher_is_better: bool = True
 ) -> Comparison:
-    """Pair the two sides' values by seed (None: an unfinished run, left out): the paired comparison
-    when both have the same seeds and at least 2 of them, else Welch's unpaired test (``test="welch"``).
+    """Pair the two sides' values by seed (None: an unfinished run, left out): the paired comparison on
+    the seeds both finished when there are at least 2, else Welch's unpaired test (``test="welch"``).
 
-    >>> compare_seeds({0: 0.85, 1: 0.84, 2: 0.86}, {0: 0.80, 1: 0.81}).test
+    >>> compare_seeds({0: 0.85, 1: 0.84, 2: 0.86}, {0: 0.80, 1: 0.81}).n  # seeds 0 and 1 pair
+    2
+    >>> compare_seeds({0: 0.85, 1: 0.84}, {2: 0.80, 3: 0.81}).test
     'welch'
     """
     mine = {seed: v for seed, v in method.items() if v is not None}
     base = {seed: v for seed, v in baseline.items() if v is not None}
-    if mine.keys() == base.keys() and len(mine) >= 2:
-        seeds = sorted(mine)
+    seeds = sorted(mine.keys() & base.keys())
+    if len(seeds) >= 2:
         return paired([mine[s] for s in seeds], [base[s] for s in seeds], higher_is_better)
     result = welch(list(mine.values()), list(base.values()))
     return Comparison("welch", min(len(mine), len(base)), result["diff"], result["low"], result["high"], result["p"])
@@ -268,21 +292,23 @@ def compare_times(method: Mapping[int, float], baseline: Mapping[int, float]) ->
     return Comparison("wilcoxon", len(ratios), median, low, high, p, None, wins, wins_low, wins_high)
 
 
-def _ranked(ratios: Sequence[float]) -> list[float]:
-    """The ratios with every infinity replaced by a finite value beyond all others: the same ranks."""
-    finite = [abs(r) for r in ratios if math.isfinite(r)]
-    beyond = 2.0 * max(finite, default=1.0) + 1.0
-    return [r if math.isfinite(r) else math.copysign(beyond, r) for r in ratios]
+def _ranked(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The values (along the last axis) with every infinity replaced by a finite value beyond all
+    the others of its row: the same ranks, a miss outranking every reached time."""
+    values = np.asarray(values, dtype=float)
+    finite = np.where(np.isfinite(values), np.abs(values), 0.0)
+    beyond = 2.0 * finite.max(axis=-1, keepdims=True, initial=0.0) + 1.0
+    return np.where(np.isfinite(values), values, np.copysign(beyond, values))
 
 
-def _signed_rank_p(ratios: Sequence[float]) -> float:
-    """Wilcoxon's two-sided signed-rank p-value (scipy); 1 when every pair ties."""
+def _signed_rank_p(ratios: Sequence[float] | np.ndarray) -> float:
+    """Wilcoxon's two-sided signed-rank p-value (scipy, exact for these sample sizes); 1 when every pair ties."""
     from scipy import stats
 
     values = _ranked(ratios)
-    if not any(values):
+    if not values.any():
         return 1.0
-    with warnings.catch_warnings():  # ties or zeros: scipy warns and uses the normal approximation
+    with warnings.catch_warnings():  # zeros: scipy warns that it drops them
         warnings.simplefilter("ignore", UserWarning)
         return float(stats.wilcoxon(values).pvalue)
 
@@ -317,17 +343,82 @@ def holm(p_values: Sequence[float | None], alpha: float = 0.05, correct: bool = 
     return Adjusted(tuple(adjusted), decided, "holm" if correct else "none")
 
 
+def tost(diffs: Sequence[float], margin: float, alpha: float = 0.05) -> Comparison:
+    """Paired equivalence by two one-sided t tests (TOST): ``p`` is the larger p-value of the tests of
+    mean <= -``margin`` and of mean >= ``margin``, so the mean difference is within the margin at
+    level ``alpha`` when ``p <= alpha``; ``low``/``high``: the (1 - 2 ``alpha``) paired t interval,
+    inside (-margin, margin) exactly then.
+
+    >>> result = tost([0.1, -0.2, 0.0, 0.15], margin=0.5)
+    >>> round(result.p, 4), result.low > -0.5 and result.high < 0.5
+    (0.004, True)
+    """
+    from scipy import stats
+
+    values = np.asarray(diffs, dtype=float)
+    if len(values) < 2 or not margin > 0:
+        raise ValueError(f"tost: at least 2 differences and a margin > 0, got {len(values)} and {margin!r}")
+    mean, se = _mean_se(values)
+    if se == 0.0:
+        return Comparison("paired TOST", len(values), mean, mean, mean, 0.0 if abs(mean) < margin else 1.0)
+    df = len(values) - 1
+    above_low = float(stats.t.sf((mean + margin) / se, df))  # the test of mean <= -margin
+    below_high = float(stats.t.cdf((mean - margin) / se, df))  # the test of mean >= margin
+    half = float(stats.t.isf(alpha, df)) * se
+    return Comparison("paired TOST", len(values), mean, mean - half, mean + half, max(above_low, below_high))
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    """The mean of at least 2 values and its standard error."""
+    return float(values.mean()), float(values.std(ddof=1)) / math.sqrt(len(values))
+
+
 STATISTICS = ("t", "signed rank")
 """The statistics of the sequential rule: the paired t (accuracy) and the signed rank (times with misses)."""
 
+CLAIMS = ("better", "worse", "equivalent")
+"""The verdicts that claim something; "futile" (stopped) and "undecided" claim nothing."""
+
+FUTILITY = 0.10
+"""An open question stops once its chance of a decision by the seed cap falls below this."""
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of a method against the baseline, as the rules read it: the per-pair differences in
+    seed order (method minus baseline; a speed question: log(baseline time / method time), a miss
+    infinite), the ``statistic`` ("t": the paired t, "signed rank": Wilcoxon's), which sign wins, and
+    the equivalence ``margin`` in the differences' units (the t only; None: no equivalence test)."""
+
+    diffs: tuple[float, ...]
+    statistic: str = "t"
+    higher_is_better: bool = True
+    margin: float | None = None
+
 
 @cache
-def boundary(n_max: int, alpha: float = 0.05, statistic: str = "t") -> tuple[float, tuple[float, ...]]:
+def _null_extremes(n_max: int, statistic: str, sides: int) -> np.ndarray:
+    """Per path of pair differences under no difference (100,000 standard normal paths, fixed seed):
+    the smallest nominal p-value of the paired t over looks 3..``n_max`` (one- or two-sided), or the
+    largest |standardised signed rank|. Every boundary of that ``n_max`` is a quantile of it."""
+    from scipy import stats
+
+    looks = np.arange(FIRST_LOOK, n_max + 1)
+    paths = np.random.default_rng(20240733).standard_normal((BOUNDARY_SIMULATIONS, n_max))
+    if statistic == "signed rank":
+        return np.abs(np.stack([_signed_rank_z(paths[:, :n]) for n in looks], axis=1)).max(axis=1)
+    t = _t_paths(paths)[:, looks - 1]
+    return (sides * stats.t.sf(t if sides == 1 else np.abs(t), looks - 1)).min(axis=1)
+
+
+@cache
+def boundary(n_max: int, alpha: float = 0.05, statistic: str = "t", sides: int = 2) -> tuple[float, tuple[float, ...]]:
     """The group-sequential boundary at looks 3..``n_max`` pairs, such that under no difference some
-    look crosses with probability ``alpha`` (Monte Carlo, 100,000 paths, fixed seed): the nominal
-    two-sided level of a look and the critical |statistic| of each look. Pocock's rule: for the paired
-    t a constant nominal level (each look's t has its own degrees of freedom), for the signed rank
-    (standardised, nearly normal) a constant critical value.
+    look crosses with probability ``alpha`` (Monte Carlo, 100,000 paths, fixed seed): the nominal level
+    of a look and the critical statistic of each look. Pocock's rule: for the paired t a constant
+    nominal level (each look's t has its own degrees of freedom), two-sided (|t| >= critical) or, with
+    ``sides=1``, one-sided (t >= critical: TOST's tests); for the signed rank (standardised, nearly
+    normal, two-sided) a constant critical value.
 
     >>> level, critical = boundary(3)
     >>> round(level, 3), len(critical)  # one look: the plain paired t test
@@ -335,20 +426,18 @@ def boundary(n_max: int, alpha: float = 0.05, statistic: str = "t") -> tuple[flo
     """
     from scipy import stats
 
-    if n_max < FIRST_LOOK or statistic not in STATISTICS:
-        raise ValueError(f"boundary: n_max >= {FIRST_LOOK} and a statistic of {STATISTICS}, got {n_max}, {statistic!r}")
+    valid = statistic in STATISTICS and sides in (1, 2) and not (statistic == "signed rank" and sides == 1)
+    if n_max < FIRST_LOOK or not valid:
+        raise ValueError(
+            f"boundary: n_max >= {FIRST_LOOK}, a statistic of {STATISTICS} and 2 sides (1 for the t), "
+            f"got {n_max}, {statistic!r}, {sides}"
+        )
     looks = np.arange(FIRST_LOOK, n_max + 1)
-    paths = np.random.default_rng(20240733).standard_normal((BOUNDARY_SIMULATIONS, n_max))
     if statistic == "signed rank":
-        largest = np.abs(np.stack([_signed_rank_z(paths[:, :n]) for n in looks], axis=1)).max(axis=1)
-        critical = _smallest_crossing(largest, alpha)
+        critical = _smallest_crossing(_null_extremes(n_max, statistic, 2), alpha)
         return float(2 * stats.norm.sf(critical)), (critical,) * len(looks)
-    if len(looks) == 1:
-        level = alpha
-    else:
-        t = _t_paths(paths)[:, looks - 1]
-        level = float(np.quantile((2 * stats.t.sf(np.abs(t), looks - 1)).min(axis=1), alpha))
-    return level, tuple(float(c) for c in stats.t.isf(level / 2, looks - 1))
+    level = alpha if len(looks) == 1 else float(np.quantile(_null_extremes(n_max, "t", sides), alpha))
+    return level, tuple(float(c) for c in stats.t.isf(level / sides, looks - 1))
 
 
 def _smallest_crossing(largest: np.ndarray, alpha: float) -> float:
@@ -373,73 +462,304 @@ def _t_paths(diffs: np.ndarray) -> np.ndarray:
 def _signed_rank_z(diffs: np.ndarray) -> np.ndarray:
     """Wilcoxon's signed-rank sum of each row, standardised under no difference (average ranks for ties;
     a zero difference adds half its rank, so n stays the number of pairs)."""
-    from scipy import stats
-
     n = diffs.shape[1]
-    ranks = stats.rankdata(np.abs(diffs), axis=1)
+    ranks = _abs_ranks(diffs)
     positive = (ranks * ((diffs > 0) + 0.5 * (diffs == 0))).sum(axis=1)
     return (positive - n * (n + 1) / 4) / math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
 
 
+PAIRWISE_RANKS = 20_000_000
+"""Up to this many comparisons, ranks are counted pairwise (fast for a few rows), else scipy's rankdata."""
+
+
+def _abs_ranks(diffs: np.ndarray) -> np.ndarray:
+    """The average rank of every |difference| within its row (ties share the mean of their ranks)."""
+    from scipy import stats
+
+    size = np.abs(diffs)
+    if size.size * size.shape[1] > PAIRWISE_RANKS:
+        return stats.rankdata(size, axis=1)
+    below = (size[:, None, :] < size[:, :, None]).sum(axis=2)
+    tied = (size[:, None, :] == size[:, :, None]).sum(axis=2)
+    return below + (tied + 1) / 2
+
+
 def _path(diffs: Sequence[float], statistic: str) -> np.ndarray:
     """The statistic at each look 3, 4, ... of these differences in seed order."""
-    values = np.asarray(_ranked(diffs), dtype=float)[None, :]
+    values = _ranked(diffs)[None, :]
     if statistic == "t":
         return _t_paths(values)[0, FIRST_LOOK - 1 :]
     return np.array([_signed_rank_z(values[:, :n])[0] for n in range(FIRST_LOOK, values.shape[1] + 1)])
 
 
-def decide(
-    diffs: Sequence[float], n_max: int, alpha: float = 0.05, higher_is_better: bool = True, statistic: str = "t"
-) -> Decision:
-    """The sequential rule on paired differences in seed order: better or worse once the statistic of
-    any look (3, 4, ... pairs, up to the ones given) crosses the boundary for looks up to ``n_max`` at
-    ``alpha``, else undecided. Looking again after each added seed keeps the error rate at ``alpha``.
-    For times use ``statistic="signed rank"`` on :func:`log_ratios` (misses are infinite).
+def _walsh(values: np.ndarray) -> np.ndarray:
+    """The pairwise averages (x_i + x_j) / 2 for i <= j; a miss on each side (+inf with -inf) averages to 0."""
+    first, second = np.triu_indices(len(values))
+    with np.errstate(invalid="ignore"):
+        averages = (values[first] + values[second]) / 2
+    return np.where(np.isnan(averages), 0.0, averages)
 
-    >>> decide([1.1, 0.9, 1.0, 1.2], n_max=10).verdict
-    'better'
-    >>> decide([0.3, -0.2, 0.1], n_max=10).verdict
-    'undecided'
-    """
+
+def _shift_interval(diffs: Sequence[float], rejects: Callable[[np.ndarray], np.ndarray]) -> tuple[float, float]:
+    """The shifts s for which the signed-rank test ``rejects`` (rows of shifted differences -> a bool
+    per row) does not reject diffs - s: the interval of that test (Hodges and Lehmann's). The
+    statistic changes only at the Walsh averages, so the points between them decide; an end past
+    every finite average is infinite."""
+    values = np.asarray(diffs, dtype=float)
+    steps = np.unique(_walsh(values)[np.isfinite(_walsh(values))])
+    if steps.size == 0:
+        return (-math.inf, math.inf) if not rejects(values[None, :])[0] else (float(values[0]),) * 2
+    probes = np.concatenate([[steps[0] - 1.0], (steps[:-1] + steps[1:]) / 2, [steps[-1] + 1.0]])
+    kept = np.flatnonzero(~rejects(values[None, :] - probes[:, None]))
+    if kept.size == 0:
+        centre = _hodges_lehmann(values)
+        return centre, centre
+    low = -math.inf if kept[0] == 0 else float(steps[kept[0] - 1])
+    high = math.inf if kept[-1] == len(steps) else float(steps[kept[-1]])
+    return low, high
+
+
+def _hodges_lehmann(values: Sequence[float] | np.ndarray) -> float:
+    """The median of the Walsh averages: the estimate that goes with the signed-rank test."""
+    return float(np.median(_walsh(np.asarray(values, dtype=float))))
+
+
+def _side(value: float, higher_is_better: bool) -> str:
+    return "better" if (value > 0) == higher_is_better else "worse"
+
+
+def _sequential(question: Question, n_max: int, alpha: float) -> Decision:
+    """The group-sequential rule on one question at error rate ``alpha``: better or worse at the first
+    look whose statistic crosses the boundary, equivalent at the first look whose TOST crosses the
+    one-sided boundary (a margin given), else undecided; an undecided question whose chance of a
+    decision by ``n_max`` pairs is below :data:`FUTILITY` is futile. Without its effect (:func:`_effect`)."""
+    diffs, statistic = question.diffs, question.statistic
     if len(diffs) > n_max:
         raise ValueError(f"decide: at most n_max={n_max} pairs, got {len(diffs)}")
     level, critical = boundary(n_max, alpha, statistic)
     if len(diffs) < FIRST_LOOK:
         return Decision("undecided", statistic, len(diffs), None, None, None, level, alpha)
     path = _path(diffs, statistic)
-    for look, (value, c) in enumerate(zip(path, critical), start=FIRST_LOOK):
-        if abs(value) >= c:
-            wins = (value > 0) == higher_is_better
-            return Decision("better" if wins else "worse", statistic, len(diffs), look, float(value), c, level, alpha)
-    return Decision("undecided", statistic, len(diffs), None, float(path[-1]), critical[len(path) - 1], level, alpha)
+    equivalent = _equivalent_looks(question, n_max, alpha)
+    for look, (value, c, within) in enumerate(zip(path, critical, equivalent), start=FIRST_LOOK):
+        if abs(value) >= c or within:
+            verdict = _side(value, question.higher_is_better) if abs(value) >= c else "equivalent"
+            return Decision(verdict, statistic, len(diffs), look, float(value), c, level, alpha)
+    value, last = float(path[-1]), critical[len(diffs) - FIRST_LOOK]
+    power = _conditional_power(question, value, n_max, alpha) if len(diffs) < n_max else None
+    futile = power is not None and power < FUTILITY
+    verdict, look = ("futile", len(diffs)) if futile else ("undecided", None)
+    return Decision(verdict, statistic, len(diffs), look, value, last, level, alpha, power=power)
 
 
-def decide_all(
-    diffs: Mapping[str, Sequence[float]],
+def _equivalent_looks(question: Question, n_max: int, alpha: float) -> np.ndarray:
+    """Per look, whether both of TOST's one-sided paired t tests cross the one-sided boundary."""
+    looks = max(0, len(question.diffs) - FIRST_LOOK + 1)
+    if question.margin is None or question.statistic != "t":
+        return np.zeros(looks, dtype=bool)
+    critical = np.asarray(boundary(n_max, alpha, "t", sides=1)[1][:looks])
+    values = np.asarray(question.diffs, dtype=float)
+    above = _path(values + question.margin, "t")  # rejects mean <= -margin
+    below = _path(values - question.margin, "t")  # rejects mean >= margin
+    return (above >= critical) & (below <= -critical)
+
+
+def _rank_test(decision: Decision, sequential: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """The signed-rank test a decision used, on rows of differences: the boundary's critical |z|, or
+    Wilcoxon's exact p-value at the decision's level."""
+
+    def crosses(rows: np.ndarray) -> np.ndarray:
+        return np.abs(_signed_rank_z(_ranked(rows))) >= decision.critical
+
+    def significant(rows: np.ndarray) -> np.ndarray:
+        return np.array([_signed_rank_p(row) <= decision.alpha for row in rows])
+
+    return crosses if sequential else significant
+
+
+def _effect(question: Question, decision: Decision, n_max: int | None) -> Decision:
+    """The decision with the effect and interval of the test that made it, on the pairs it read (up to
+    its look, or all): the paired t's interval at the decision's level (sequential, ``n_max`` given:
+    the boundary's repeated-confidence interval), for equivalence its (1 - 2 alpha) form (TOST's); for
+    the signed rank the Hodges-Lehmann estimate and the shifts the test does not reject. Before the
+    first look of the sequential rule: the effect alone."""
+    from scipy import stats
+
+    pairs = decision.look or decision.pairs
+    diffs = np.asarray(question.diffs[:pairs], dtype=float)
+    if pairs < 2:
+        return decision
+    if n_max is not None and pairs < FIRST_LOOK:  # before the first look: no boundary, no interval
+        diff = _hodges_lehmann(diffs) if question.statistic == "signed rank" else float(diffs.mean())
+        return replace(decision, diff=diff)
+    if question.statistic == "signed rank":
+        low, high = _shift_interval(diffs, _rank_test(decision, sequential=n_max is not None))
+        return replace(decision, diff=_hodges_lehmann(diffs), low=low, high=high)
+    sides = 1 if decision.verdict == "equivalent" else 2
+    if n_max is None:
+        spread = float(stats.t.isf(decision.alpha / sides, pairs - 1))
+    else:
+        spread = boundary(n_max, decision.alpha, "t", sides)[1][pairs - FIRST_LOOK]
+    diff, se = _mean_se(diffs)
+    return replace(decision, diff=diff, low=diff - spread * se, high=diff + spread * se)
+
+
+def _conditional_power(question: Question, value: float, n_max: int, alpha: float) -> float:
+    """The chance of a decision at the seed cap ``n_max`` if the trend so far goes on (Lan and Wittes'
+    B-value): at n of N pairs with statistic z, the statistic at N is normal with mean z sqrt(N / n)
+    and variance 1 - n / N. It decides beyond the normal quantile of the boundary's nominal level, or
+    (a margin given) within the region where TOST decides (:func:`_equivalence_reach`)."""
+    if not math.isfinite(value):
+        return 1.0
+    pairs = len(question.diffs)
+    final = statistics.NormalDist(value * math.sqrt(n_max / pairs), math.sqrt(1 - pairs / n_max))
+    within = _equivalence_reach(question, n_max, alpha)
+    outside = max(_normal_critical(boundary(n_max, alpha, question.statistic)[0] / 2), within)
+    chance = final.cdf(-outside) + 1.0 - final.cdf(outside)
+    return chance + (final.cdf(within) - final.cdf(-within) if within > 0 else 0.0)
+
+
+def _normal_critical(tail: float) -> float:
+    """The standard normal quantile with ``tail`` above it."""
+    return statistics.NormalDist().inv_cdf(1.0 - tail)
+
+
+def _equivalence_reach(question: Question, n_max: int, alpha: float) -> float:
+    """The largest |statistic| at the seed cap at which TOST still decides equivalence, at the spread of
+    the differences so far: margin sqrt(N) / sd less the normal quantile of the one-sided boundary's
+    nominal level (<= 0: out of reach, or not asked; inf: no spread)."""
+    if question.margin is None or question.statistic != "t":
+        return 0.0
+    sd = statistics.stdev(question.diffs)
+    if sd == 0:
+        return math.inf
+    return question.margin * math.sqrt(n_max) / sd - _normal_critical(boundary(n_max, alpha, "t", sides=1)[0])
+
+
+def _fixed(question: Question, alpha: float) -> Decision:
+    """One question tested once at two-sided ``alpha`` on all its pairs (at least 2): the paired t and,
+    with a margin, TOST; or Wilcoxon's signed rank. Without its effect (:func:`_effect`)."""
+    from scipy import stats
+
+    diffs = np.asarray(question.diffs, dtype=float)
+    pairs = len(diffs)
+    if question.statistic == "signed rank":
+        z = float(_signed_rank_z(_ranked(diffs)[None, :])[0])
+        verdict = _side(z, question.higher_is_better) if _signed_rank_p(diffs) <= alpha else "undecided"
+        look = pairs if verdict != "undecided" else None
+        return Decision(verdict, "signed rank", pairs, look, z, None, alpha, alpha, rule="fixed")
+    diff, se = _mean_se(diffs)
+    critical = float(stats.t.isf(alpha / 2, pairs - 1))
+    t = diff / se if se > 0 else 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    if abs(t) >= critical:
+        verdict = _side(t, question.higher_is_better)
+    elif question.margin is not None and tost(diffs, question.margin, alpha).p <= alpha:
+        verdict = "equivalent"
+    else:
+        verdict = "undecided"
+    look = pairs if verdict != "undecided" else None
+    return Decision(verdict, "t", pairs, look, t, critical, alpha, alpha, rule="fixed")
+
+
+def decide(
+    diffs: Sequence[float],
     n_max: int,
     alpha: float = 0.05,
     higher_is_better: bool = True,
     statistic: str = "t",
-    correct: bool = True,
-) -> dict[str, Decision]:
-    """The sequential rule for several methods against one baseline with Holm's step-down: while k
-    methods are decided, every other one is tested with the boundary at ``alpha / (m - k)`` (at all
-    its looks so far), until no more is decided; ``correct=False`` tests each at ``alpha``.
+    margin: float | None = None,
+) -> Decision:
+    """The sequential rule on paired differences in seed order: better or worse once the statistic of
+    any look (3, 4, ... pairs, up to the ones given) crosses the boundary for looks up to ``n_max`` at
+    ``alpha``; equivalent (``margin`` given, the t only) once TOST crosses; futile when undecided with
+    under :data:`FUTILITY` chance of a decision by ``n_max``; else undecided. Looking again after each
+    added seed keeps the error rate at ``alpha``. For times use ``statistic="signed rank"``.
 
-    >>> result = decide_all({"a": [1.1, 0.9, 1.0], "b": [0.3, -0.2, 0.1]}, n_max=10)
-    >>> result["a"].verdict, result["b"].verdict, result["b"].alpha
-    ('better', 'undecided', 0.05)
+    >>> decide([1.1, 0.9, 1.0, 1.2], n_max=10).verdict
+    'better'
+    >>> decide([0.3, -0.2, 0.1], n_max=10).verdict  # little chance to decide by 10 pairs
+    'futile'
+    >>> decide([0.02, -0.01, 0.01, 0.0], n_max=10, margin=0.5).verdict
+    'equivalent'
     """
-    decisions: dict[str, Decision] = {}
+    question = Question(tuple(diffs), statistic, higher_is_better, margin)
+    return _effect(question, _sequential(question, n_max, alpha), n_max)
+
+
+def _step_down(
+    questions: Mapping[Key, Question],
+    alpha: float,
+    correct: bool,
+    test: Callable[[Question, float], Decision],
+    claimed: Mapping[Key, Decision] | None = None,
+) -> dict[Key, Decision]:
+    """Holm's step-down with Shaffer's count: every open question is tested at ``alpha / h``, h the
+    hypotheses that can still be true; repeat while new claims are made (``claimed``: claims already
+    made, kept). A question with a margin holds two hypotheses that cannot both be true (no
+    difference; a difference of at least the margin), so it counts once, before and after a claim;
+    one without counts until claimed."""
+    claimed = dict(claimed or {})
     while True:
-        open_ = [name for name in diffs if name not in decisions]
-        level = alpha / len(open_) if correct and open_ else alpha
-        found = {name: decide(diffs[name], n_max, level, higher_is_better, statistic) for name in open_}
-        newly = {name: d for name, d in found.items() if d.verdict != "undecided"}
+        open_ = [key for key in questions if key not in claimed]
+        held = len(open_) + sum(questions[key].margin is not None for key in claimed)
+        level = alpha / held if correct and held else alpha
+        found = {key: test(questions[key], level) for key in open_}
+        newly = {key: d for key, d in found.items() if d.claimed}
         if not newly:
-            return {name: decisions.get(name, found.get(name)) for name in diffs}
-        decisions |= newly
+            return {key: claimed[key] if key in claimed else found[key] for key in questions}
+        claimed |= newly
+
+
+def decide_all(
+    questions: Mapping[Key, Question], n_max: int, alpha: float = 0.05, correct: bool = True
+) -> dict[Key, Decision]:
+    """The sequential rule for a table's questions (both questions of every method) with Holm's
+    step-down over all of them (:func:`_step_down`), each at its looks so far; ``correct=False``
+    tests each at ``alpha``.
+
+    >>> result = decide_all({"a": Question((1.1, 0.9, 1.0)), "b": Question((0.3, -0.2, 0.1))}, n_max=10)
+    >>> result["a"].verdict, result["b"].verdict, result["b"].alpha
+    ('better', 'futile', 0.05)
+    """
+    decisions = _step_down(questions, alpha, correct, lambda question, level: _sequential(question, n_max, level))
+    return {key: _effect(questions[key], d, n_max) for key, d in decisions.items()}
+
+
+def decide_fixed(questions: Mapping[Key, Question], alpha: float = 0.05, correct: bool = True) -> dict[Key, Decision]:
+    """A fixed number of seeds: each question tested once on all its pairs (:func:`_fixed`), with the
+    same step-down over the table's questions as :func:`decide_all`.
+
+    >>> result = decide_fixed({"a": Question((1.1, 0.9, 1.0)), "b": Question((0.3, -0.2, 0.1))})
+    >>> result["a"].verdict, round(result["a"].alpha, 3), result["b"].verdict
+    ('better', 0.025, 'undecided')
+    """
+    decisions = _step_down(questions, alpha, correct, _fixed)
+    return {key: _effect(questions[key], d, None) for key, d in decisions.items()}
+
+
+def decide_rounds(
+    questions: Mapping[tuple[str, str], Question], n_max: int, alpha: float = 0.05, correct: bool = True
+) -> dict[tuple[str, str], Decision]:
+    """``--seeds auto`` replayed from its seeds: questions keyed (method, question); round n reads every
+    question's first n pairs, a method none of whose questions is open any more keeps the pairs it had,
+    a claim is final and so is a futility stop (the question keeps the decision that stopped it unless
+    a claim is made on the pairs it still gets). The last round's answer is the comparison's, however
+    its seeds were run."""
+    longest = max((len(q.diffs) for q in questions.values()), default=0)
+    stopped: dict[str, int] = {}
+    decisions: dict[tuple[str, str], Decision] = {}
+    for n in range(FIRST_LOOK, longest + 1) or [longest]:
+        seen = {key: replace(q, diffs=q.diffs[: stopped.get(key[0], n)]) for key, q in questions.items()}
+        claimed = {key: d for key, d in decisions.items() if d.claimed}
+        found = _step_down(seen, alpha, correct, lambda question, level: _sequential(question, n_max, level), claimed)
+        decisions = {
+            key: decisions[key] if key in decisions and decisions[key].verdict == "futile" and not d.claimed else d
+            for key, d in found.items()
+        }
+        for method in {key[0] for key in questions} - set(stopped):
+            if all(d.verdict != "undecided" for key, d in decisions.items() if key[0] == method):
+                stopped[method] = n
+    return {key: _effect(seen[key], d, n_max) for key, d in decisions.items()}
 
 
 def detectable(pairs: int, sd: float, alpha: float = 0.05, power: float = POWER) -> float:

@@ -1,7 +1,7 @@
 """Time to target and the one-line verdict of a method against the baseline.
 
-The target is the baseline's final test metric (mean over seeds) minus a tolerance: 0.5 accuracy
-points, or 1 % for a loss. A run's time to target is the training wall-clock at which its test
+The target is the baseline's final test metric (mean over the seeds of its first round) minus a
+tolerance: 0.5 accuracy points, or 1 % for a loss. A run's time to target is the training wall-clock at which its test
 curve first reaches the target, interpolated linearly between the two evaluations around the
 crossing (when the first evaluation already reaches it, its time is taken: an upper bound). A run
 that never reaches it counts as "not reached", never dropped.
@@ -22,21 +22,39 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .stats import Comparison, compare_seeds, compare_times, paired
+from .stats import (
+    Comparison,
+    Decision,
+    Question,
+    compare_seeds,
+    compare_times,
+    decide_fixed,
+    log_ratios,
+    paired,
+    win_share,
+)
 
 __all__ = [
     "ALPHA",
+    "DEFAULT_MARGIN",
+    "check_margin",
     "check_target",
     "default_target",
     "higher_is_better",
+    "margin_of",
     "speed_test",
     "time_to_target",
     "verdict",
+    "verdict_questions",
     "verdict_tests",
 ]
 
 DEFAULT_TOLERANCE = {"accuracy": 0.5, "loss": 1.0}
 """Default tolerance below the baseline: accuracy points, or percent of a loss."""
+
+DEFAULT_MARGIN = {"accuracy": 0.5}
+"""Default equivalence margin, in accuracy points: the target's tolerance, so "equivalent" and "reaches
+the target" mean the same half point. A loss has none (no equivalence question unless ``--margin``)."""
 
 
 def higher_is_better(metric: str) -> bool:
@@ -53,6 +71,30 @@ def check_target(target: float | None, metric: str) -> None:
         raise ValueError(f"--target: an accuracy is a fraction in (0, 1] (0.85 for 85 %), got {target!r}")
     if metric == "loss" and target < 0:
         raise ValueError(f"--target: a loss target is >= 0, got {target!r}")
+
+
+def check_margin(margin: float | None, metric: str) -> None:
+    """Refuse an equivalence margin that cannot be right: it is a positive, finite number; for accuracy
+    in points (0.5 is half a point), so below 100."""
+    if margin is None:
+        return
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin <= 0:
+        raise ValueError(f"--margin: a finite number > 0 (accuracy points, or the loss's own units), got {margin!r}")
+    if metric == "accuracy" and margin >= 100:
+        raise ValueError(f"--margin: accuracy points in (0, 100), e.g. 0.5 for half a point, got {margin!r}")
+
+
+def margin_of(metric: str, margin: float | None = None) -> float | None:
+    """The equivalence margin in the metric's stored units (accuracy is a fraction): ``margin`` as given
+    (accuracy points, or the loss's units), else the metric's default (None: no equivalence question).
+
+    >>> margin_of("accuracy"), margin_of("accuracy", 1.0), margin_of("loss"), margin_of("loss", 0.02)
+    (0.005, 0.01, None, 0.02)
+    """
+    margin = DEFAULT_MARGIN.get(metric) if margin is None else margin
+    if margin is None:
+        return None
+    return margin / 100.0 if metric == "accuracy" else float(margin)
 
 
 def default_target(baseline_finals: Sequence[float], metric: str, tolerance: float | None = None) -> float | None:
@@ -89,10 +131,6 @@ def scale_of(metric: str) -> tuple[float, str]:
     return (100.0, "points") if metric == "accuracy" else (1.0, "loss")
 
 
-def _better(diff: float, metric: str) -> bool:
-    return diff > 0 if higher_is_better(metric) else diff < 0
-
-
 PerSeed = Mapping[int, float | None] | Sequence[float | None]
 """Values by seed: a mapping, or a sequence whose positions are the seeds 0, 1, ..."""
 
@@ -104,21 +142,27 @@ def _by_seed(values: PerSeed) -> dict[int, float | None]:
     return dict(values) if isinstance(values, Mapping) else dict(enumerate(values))
 
 
+def _times_by_seed(values: PerSeed) -> dict[int, float]:
+    """Times to target by seed, a miss (None) infinite."""
+    return {s: math.inf if t is None else t for s, t in _by_seed(values).items()}
+
+
 def speed_test(times: PerSeed, baseline_times: PerSeed) -> Comparison | None:
     """Speed to target over seed pairs, ``diff`` = log(baseline time / method time) (> 0: sooner).
 
     Every pair reached: the paired t on log times. A miss on either side (None): Wilcoxon's
     signed-rank test on the log ratios, where a miss outranks every reached time, so a method that
-    misses in most seeds never reads as faster (``docs/verdicts.md``). None: fewer than 2 seeds.
+    misses in most seeds never reads as faster (``docs/verdicts.md``). Seeds pair when both sides ran
+    them. None: fewer than 2 seeds.
     """
-    mine = {s: math.inf if t is None else t for s, t in _by_seed(times).items()}
-    base = {s: math.inf if t is None else t for s, t in _by_seed(baseline_times).items()}
+    mine, base = _times_by_seed(times), _times_by_seed(baseline_times)
     if len(mine) < 2 or len(base) < 2 or min(list(mine.values()) + list(base.values())) <= 0:
         return None
-    if mine.keys() == base.keys() and all(map(math.isfinite, [*mine.values(), *base.values()])):
-        seeds = sorted(mine)
+    seeds = sorted(mine.keys() & base.keys())
+    if len(seeds) >= 2 and all(math.isfinite(t) for s in seeds for t in (mine[s], base[s])):
         return paired([-math.log(mine[s]) for s in seeds], [-math.log(base[s]) for s in seeds])
-    ranked = compare_times(mine, base)
+    ranked = compare_times({s: mine[s] for s in seeds}, {s: base[s] for s in seeds}) if len(seeds) >= 2 else None
+    ranked = ranked or compare_times(mine, base)
 
     def flip(value: float | None) -> float | None:
         return None if value is None else -value
@@ -136,6 +180,39 @@ def verdict_tests(
     }
 
 
+def verdict_questions(
+    finals: PerSeed,
+    baseline_finals: PerSeed,
+    times: PerSeed,
+    baseline_times: PerSeed,
+    metric: str,
+    margin: float | None = None,
+    sequential: bool = False,
+) -> dict[str, Question | None]:
+    """The two questions the rules decide, on the seeds both sides finished, in seed order:
+    ``accuracy``, the metric's differences (with the equivalence margin in the metric's units, see
+    :func:`margin_of`); ``speed``, log(baseline time / method time), a miss infinite, by the paired t
+    when every pair reached and no seeds are added, else by the signed rank. None: fewer than 2 pairs
+    (a fixed number of seeds; the sequential rule waits for its first look instead), or a time <= 0.
+    """
+    mine, base = _by_seed(finals), _by_seed(baseline_finals)
+    shared = sorted(s for s in mine.keys() & base.keys() if mine[s] is not None and base[s] is not None)
+    accuracy = Question(
+        tuple(mine[s] - base[s] for s in shared), "t", higher_is_better(metric), margin_of(metric, margin)
+    )
+    my_times, base_times = _times_by_seed(times), _times_by_seed(baseline_times)
+    timed = [s for s in shared if s in my_times and s in base_times]
+    ratios = [-r for r in log_ratios({s: my_times[s] for s in timed}, {s: base_times[s] for s in timed})]
+    statistic = "signed rank" if sequential or not all(map(math.isfinite, ratios)) else "t"
+    speed = Question(tuple(ratios), statistic)
+    positive = min([my_times[s] for s in timed] + [base_times[s] for s in timed], default=1.0) > 0
+    least = 0 if sequential else 2
+    return {
+        "accuracy": accuracy if len(accuracy.diffs) >= least else None,
+        "speed": speed if len(speed.diffs) >= least and positive else None,
+    }
+
+
 def verdict(
     finals: PerSeed,
     baseline_finals: PerSeed,
@@ -145,19 +222,25 @@ def verdict(
     budget: str = "time",
     *,
     void_speed: str | None = None,
-    decided: Mapping[str, bool | None] | None = None,
+    decisions: Mapping[str, Decision | None] | None = None,
+    margin: float | None = None,
 ) -> dict[str, Any]:
-    """A method against the baseline at equal cost: both comparisons with their 95 % intervals, and a sentence.
+    """A method against the baseline at equal cost: both comparisons and a sentence that gives each
+    decision with the test that made it and that test's interval.
 
     ``finals``: final test metrics per seed; ``times``: time to target per seed (None: not reached).
     ``budget``: what the runs had equal, ``"time"`` or ``"steps"`` (the sentence says which).
     ``void_speed``: why times cannot be compared (the sentence says it instead of any speed claim).
-    ``decided``: whether ``accuracy`` and ``speed`` are decided after the table's correction or by the
-    sequential rule (default: each comparison's own p-value at most :data:`ALPHA`).
+    ``decisions``: each question's decision, after the table's correction or by the sequential rule
+    (default: each question alone, at :data:`ALPHA`, on all its pairs). ``margin``: the equivalence
+    margin (:func:`margin_of`).
     """
     tests = verdict_tests(finals, baseline_finals, times, baseline_times, metric)
+    questions = verdict_questions(finals, baseline_finals, times, baseline_times, metric, margin)
+    if decisions is None:
+        asked = {name: q for name, q in questions.items() if q is not None and (name == "accuracy" or not void_speed)}
+        decisions = decide_fixed(asked, ALPHA, correct=False)
     accuracy, speed = tests["accuracy"], tests["speed"] if void_speed is None else None
-    decided = decided or {}
     mine = [v for v in _by_seed(finals).values() if v is not None]
     base = [v for v in _by_seed(baseline_finals).values() if v is not None]
     all_times = list(_by_seed(times).values())
@@ -166,42 +249,66 @@ def verdict(
     if not mine or not base:
         result["text"] = "no finished runs to compare"
         return result
-
-    def claimed(name: str, test: Comparison | None) -> bool:
-        if test is None or test.diff is None:
-            return False
-        return bool(decided[name]) if name in decided else test.p is not None and test.p <= ALPHA
-
+    on_accuracy, on_speed = decisions.get("accuracy"), None if void_speed else decisions.get("speed")
     parts = []
-    if claimed("speed", speed):
-        parts.append(_speed_text(speed))
+    if on_speed is not None and on_speed.claimed:
+        parts.append(_speed_text(on_speed))
     if all_times and not reached:
         parts.append(f"does not reach the target (0/{len(all_times)} seeds)")
     elif len(reached) < len(all_times):
         parts.append(f"reaches the target in {len(reached)}/{len(all_times)} seeds")
-    if claimed("accuracy", accuracy):
-        parts.append(_accuracy_text(accuracy, metric, budget))
     if accuracy.diff is None:  # one seed on a side: the differences, without an interval
         parts.append(_one_seed_text(mine, base, reached, _by_seed(baseline_times), metric, budget, void_speed))
-    elif not parts or all(p.startswith("reaches the target in") for p in parts):
-        parts.append(f"no significant difference: {_difference_text(accuracy, metric)}")
+    elif on_accuracy is None:
+        parts.append(f"not judged, the seeds do not pair: {_difference_text(accuracy, metric)}")
+    else:
+        parts.append(_accuracy_text(on_accuracy, questions["accuracy"], metric, budget))
+    if on_speed is not None and on_speed.verdict == "futile":
+        parts.append(f"speed undecided, stopped at {on_speed.look} seeds ({_chance(on_speed)})")
     if void_speed is not None:
         parts.append(void_speed)
     result["text"] = "; ".join(parts)
     return result
 
 
-def _speed_text(speed: Comparison) -> str:
-    """The speed claim: a factor sooner or later with its interval (capped where a side missed)."""
+def _chance(decision: Decision) -> str:
+    """Why a question stopped for futility: its chance of a decision by the seed cap."""
+    return f"futile: {100 * decision.power:.0f} % chance of a decision by the seed cap"
+
+
+def _test_label(decision: Decision) -> str:
+    """The test that made a decision, as a verdict names it: the test, the sequential rule with the pairs
+    it read, the level after the correction when it is not 5 %.
+
+    >>> from layerwise.compare.stats import decide
+    >>> _test_label(decide([1.0, 1.2, 1.1, 0.9], n_max=10, alpha=0.025))
+    'paired t, sequential, 3 pairs, 5 %/2'
+    """
+    parts = ["paired t" if decision.statistic == "t" else "wilcoxon"]
+    if decision.verdict == "equivalent":
+        parts[0] += " TOST"
+    if decision.rule == "sequential":
+        parts.append(f"sequential, {decision.look or decision.pairs} pairs")
+    if not math.isclose(decision.alpha, ALPHA):
+        parts.append(f"5 %/{round(ALPHA / decision.alpha)}")
+    return ", ".join(parts)
+
+
+def _speed_text(speed: Decision) -> str:
+    """The speed claim: a factor sooner or later with its test's interval (unbounded where a side missed)."""
     if math.isinf(speed.diff):
         side = "reaches" if speed.diff > 0 else "misses"
-        return f"{side} the target in most seeds where the other side does not ({speed.test})"
-    bounds = [] if speed.low is None else [math.exp(max(-50.0, min(50.0, v))) for v in (speed.low, speed.high)]
+        return f"{side} the target in most seeds where the other side does not ({_test_label(speed)})"
+    bounds = [math.exp(max(-50.0, min(50.0, v))) for v in (speed.low, speed.high)]
     if speed.diff > 0:
-        interval = f" [{_factor(bounds[0])}, {_factor(bounds[1])}]" if bounds else ""
-        return f"reaches the target {math.exp(speed.diff):.2f}x sooner{interval} ({speed.test})"
-    interval = f" [{_factor(1 / bounds[1])}, {_factor(1 / bounds[0])}]" if bounds else ""
-    return f"reaches the target {math.exp(-speed.diff):.2f}x later{interval} ({speed.test})"
+        return (
+            f"reaches the target {math.exp(speed.diff):.2f}x sooner [{_factor(bounds[0])}, {_factor(bounds[1])}] "
+            f"({_test_label(speed)})"
+        )
+    return (
+        f"reaches the target {math.exp(-speed.diff):.2f}x later [{_factor(1 / bounds[1])}, {_factor(1 / bounds[0])}] "
+        f"({_test_label(speed)})"
+    )
 
 
 def _factor(value: float) -> str:
@@ -209,19 +316,31 @@ def _factor(value: float) -> str:
     return "inf" if value > 1e3 else f"{value:.2f}"
 
 
-def _accuracy_text(accuracy: Comparison, metric: str, budget: str) -> str:
+def _accuracy_text(decision: Decision, question: Question | None, metric: str, budget: str) -> str:
+    """The accuracy decision with the interval of its test: better or worse (with the share of pairs
+    won), equivalent within the margin, or the measured difference of an open or futile question."""
     scale, unit = scale_of(metric)
-    word = "better" if _better(accuracy.diff, metric) else "worse"
     at = "at equal time" if budget == "time" else "at equal steps"
-    interval = f"[{accuracy.low * scale:+.2f}, {accuracy.high * scale:+.2f}]"
-    share = ""
-    if accuracy.wins is not None:
-        share = f"; P(better) {accuracy.wins:.2f} [{accuracy.wins_low:.2f}, {accuracy.wins_high:.2f}]"
-    return f"{abs(accuracy.diff) * scale:.2f} {unit} {word} {at} {interval} ({accuracy.test}{share})"
+    if decision.low is None:
+        return f"no significant difference: {decision.diff * scale:+.2f} {unit} ({decision.pairs} pairs, no look yet)"
+    interval = f"[{decision.low * scale:+.2f}, {decision.high * scale:+.2f}]"
+    if decision.verdict in ("better", "worse"):
+        share = ""
+        if question is not None:
+            wins, low, high = win_share(question.diffs[: decision.look], higher_is_better(metric))
+            share = f"; P(better) {wins:.2f} [{low:.2f}, {high:.2f}]"
+        size = f"{abs(decision.diff) * scale:.2f} {unit}"
+        return f"{size} {decision.verdict} {at} {interval} ({_test_label(decision)}{share})"
+    measured = f"{decision.diff * scale:+.2f} {unit} {interval} ({_test_label(decision)})"
+    if decision.verdict == "equivalent":
+        return f"equivalent {at} within ±{question.margin * scale:.2f} {unit}: {measured}"
+    if decision.verdict == "futile":
+        return f"no significant difference, stopped at {decision.look} seeds ({_chance(decision)}): {measured}"
+    return f"no significant difference: {measured}"
 
 
 def _difference_text(accuracy: Comparison, metric: str) -> str:
-    """An undecided accuracy difference as measured: signed, with its 95 % interval and test."""
+    """An unjudged accuracy difference as measured: signed, with its 95 % interval and test."""
     scale, unit = scale_of(metric)
     interval = f"[{accuracy.low * scale:+.2f}, {accuracy.high * scale:+.2f}]"
     return f"{accuracy.diff * scale:+.2f} {unit} {interval} ({accuracy.test})"
