@@ -54,6 +54,7 @@ COMPARE_ORDER = (
     "peers.shared",
     "peers",
     "cached",
+    "setup",
     "parallel",
     "runner",
     "engines",

@@ -1,12 +1,13 @@
-"""Every registered method's snippet builds what its builder builds.
+"""Every registered method's snippet, and ``layerwise.compare.setup``, build what its builder builds.
 
 For each method (peers and ``+cache`` variants included), on the first tiny task it applies to, the
-builder's :class:`Setup` and the snippet, each on a fresh model from the same seed, train the same
-batches: every step must use the same per-parameter learning rates, and afterwards the same
-parameters must be frozen and the weights each evaluates (Schedule-Free's and DoG's averages) must
-be equal. A peer whose package is not installed
-is skipped for that reason only (:data:`PACKAGES`); a method without a snippet is listed in
-:data:`NO_SNIPPET`.
+builder's :class:`Setup` and each part of the snippet (the one-call form, ``layerwise.compare.setup``,
+and the method's own lines after :data:`WITHOUT_SETUP`), each on a fresh model from the same seed,
+train the same batches: every step must use the same per-parameter learning rates, and afterwards the
+same parameters must be frozen and the weights each evaluates (Schedule-Free's and DoG's averages)
+must be equal. ``setup()`` called directly with the task's optimizer, LR and steps must do the same.
+A peer whose package is not installed is skipped for that reason only (:data:`PACKAGES`); a method
+without a snippet is listed in :data:`NO_SNIPPET`.
 """
 
 from contextlib import contextmanager
@@ -19,7 +20,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import layerwise
 from blobs import blobs, blobs_task, mlp
+from layerwise.compare import setup
+from layerwise.compare.cached import CACHED
 from layerwise.compare.methods import METHODS, Build, build_setup, method_snippet, resolve_settings
+from layerwise.compare.methods.kit import OPTIMIZER_SETTINGS, WITHOUT_SETUP
 from layerwise.tasks import TASKS, register_task
 from layerwise.tasks.lora import peft_lora
 
@@ -98,29 +102,62 @@ def _evaluated(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
-def _train_builder(name: str, task) -> tuple[nn.Module, list[dict[str, float]]]:
-    model, build = _fresh(task)
-    setup = build_setup(build, name, resolve_settings(name))
+def _train(model: nn.Module, run) -> list[dict[str, float]]:
+    """Train ``model`` with the :class:`Setup` ``run`` on :data:`LOADER`; each step's LRs."""
     loss_fn = nn.functional.cross_entropy
     with _step_lrs(model) as lrs:
         for x, y in LOADER:
             loss = loss_fn(model(x), y)
-            setup.optimizer.zero_grad()
+            run.optimizer.zero_grad()
             loss.backward()
-            if setup.wants_closure:
-                setup.optimizer.step(lambda x=x, y=y: loss_fn(model(x), y))
+            if run.wants_closure:
+                run.optimizer.step(lambda x=x, y=y: loss_fn(model(x), y))
             else:
-                setup.optimizer.step()
-            if setup.scheduler is not None:
-                setup.scheduler.step()
-    if setup.eval_mode is not None:
-        setup.eval_mode()  # the weights it evaluates
-    return model, lrs
+                run.optimizer.step()
+            if run.scheduler is not None:
+                run.scheduler.step()
+    if run.eval_mode is not None:
+        run.eval_mode()  # the weights it evaluates
+    return lrs
 
 
-def _train_snippet(name: str, task) -> tuple[nn.Module, list[dict[str, float]], nn.Module]:
+def _train_builder(name: str, task) -> tuple[nn.Module, list[dict[str, float]]]:
     model, build = _fresh(task)
+    return model, _train(model, build_setup(build, name, resolve_settings(name)))
+
+
+def _setup_arguments(name: str, task, model: nn.Module) -> dict:
+    """``setup()``'s arguments for ``task``'s job: its optimizer, LR, decay, partition and regime, the
+    method's default settings (its own ``lr`` / ``weight_decay`` as ``setup()``'s)."""
+    settings = resolve_settings(name)
+    own = {key: settings.pop(key) for key in (*OPTIMIZER_SETTINGS, "policy") if key in settings}
+    arguments = {
+        "optimizer": task.optimizer,
+        "lr": own.get("lr", task.lr),
+        "weight_decay": own.get("weight_decay") if own.get("weight_decay") is not None else task.weight_decay,
+        "total_steps": STEPS,
+        "policy": "cosine",
+        "sample_input": task.sample_input(),
+        "regime": task.regime,
+    }
+    if task.partition is not None:
+        arguments["partition"] = task.partition_of(model)
+    return {**arguments, **settings}
+
+
+def _snippet_part(name: str, build: Build, part: str) -> str:
+    """The one-call form (``"setup"``) or the method's own lines (``"plain"``) of ``name``'s snippet."""
     text = method_snippet(build, name, resolve_settings(name))
+    one_call, marker, plain = text.partition(f"\n{WITHOUT_SETUP}\n")
+    if part == "setup":
+        assert marker and "layerwise.compare.setup(" in one_call, name
+        return one_call
+    return plain if marker else text
+
+
+def _train_snippet(name: str, task, part: str = "plain") -> tuple[nn.Module, list[dict[str, float]], nn.Module]:
+    model, build = _fresh(task)
+    text = _snippet_part(name, build, part)
     namespace = {
         "model": model,
         "loader": LOADER,
@@ -135,17 +172,14 @@ def _train_snippet(name: str, task) -> tuple[nn.Module, list[dict[str, float]], 
     return model, lrs, (model if averager is None else averager.averaged_model)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_the_snippet_builds_what_the_builder_builds(name):
+def _skip_missing(name: str) -> None:
     module = PACKAGES.get(name.removesuffix("+cache"))
     if module is not None and find_spec(module) is None:
         pytest.skip(f"{name}: its package {module!r} is not installed")
-    if name in NO_SNIPPET:
-        assert METHODS[name].snippet is None
-        pytest.skip(f"{name} has no snippet")
-    task = _task_for(name)
-    built, built_lrs = _train_builder(name, task)
-    copied, copied_lrs, evaluated = _train_snippet(name, task)
+
+
+def _assert_same_training(name: str, built: nn.Module, built_lrs, copied: nn.Module, copied_lrs, evaluated) -> None:
+    """The same LRs at every step, the same frozen parameters and the same evaluated weights."""
     assert len(built_lrs) == len(copied_lrs) >= STEPS, name
     for step, (ours, theirs) in enumerate(zip(built_lrs, copied_lrs)):
         assert ours.keys() == theirs.keys(), (name, step)
@@ -153,6 +187,49 @@ def test_the_snippet_builds_what_the_builder_builds(name):
     frozen = {n for n, p in built.named_parameters() if not p.requires_grad}
     assert {n for n, p in copied.named_parameters() if not p.requires_grad} == frozen, name
     torch.testing.assert_close(_evaluated(evaluated), _evaluated(built), msg=lambda m: f"{name}: {m}")
+
+
+CACHED_VARIANTS = {f"{base}+cache" for base in CACHED}
+SETUP_METHODS = [name for name in METHODS if name not in CACHED_VARIANTS]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_the_snippet_builds_what_the_builder_builds(name):
+    _skip_missing(name)
+    if name in NO_SNIPPET:
+        assert METHODS[name].snippet is None
+        pytest.skip(f"{name} has no snippet")
+    task = _task_for(name)
+    built, built_lrs = _train_builder(name, task)
+    _assert_same_training(name, built, built_lrs, *_train_snippet(name, task))
+
+
+@pytest.mark.parametrize("name", SETUP_METHODS)
+def test_the_snippets_one_call_form_builds_what_the_builder_builds(name):
+    _skip_missing(name)
+    task = _task_for(name)
+    built, built_lrs = _train_builder(name, task)
+    _assert_same_training(name, built, built_lrs, *_train_snippet(name, task, "setup"))
+
+
+@pytest.mark.parametrize("name", SETUP_METHODS)
+def test_setup_builds_what_the_builder_builds(name):
+    _skip_missing(name)
+    task = _task_for(name)
+    built, built_lrs = _train_builder(name, task)
+    model, _ = _fresh(task)
+    run = setup(model, name, **_setup_arguments(name, task, model))
+    lrs = _train(model, run)
+    _assert_same_training(name, built, built_lrs, model, lrs, model)
+
+
+def test_every_method_but_the_cached_variants_is_set_up_by_setup():
+    assert SETUP_METHODS and set(METHODS) - set(SETUP_METHODS) == CACHED_VARIANTS
+    model, build = _fresh(SCRATCH)
+    assert WITHOUT_SETUP not in method_snippet(build, "freezeout+cache", resolve_settings("freezeout+cache"))
+    refused = r"^method: freezeout\+cache serves the frozen prefix from a cache .* set up 'freezeout'"
+    with pytest.raises(ValueError, match=refused):
+        setup(model, "freezeout+cache", lr=0.1, total_steps=STEPS, sample_input=LOADER[0][0])
 
 
 def test_every_method_is_compared_or_named_as_skipped():

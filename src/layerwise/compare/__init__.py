@@ -20,6 +20,7 @@ from .cached import register_cached
 from .methods import METHODS, Build, Method, Setup, default_methods, register_method
 from .peers import register_peers
 from .session import BUDGETS, CompareConfig, Variant, compare, compare_variants, parse_overrides
+from .setup import setup
 
 __all__ = [
     "BUDGETS",
@@ -36,6 +37,7 @@ __all__ = [
     "register_cached",
     "register_method",
     "register_peers",
+    "setup",
 ]
 
 register_peers()

@@ -39,7 +39,9 @@ from ...tasks import Task, make_optimizer, optimizer_preset
 __all__ = [
     "LOOPS",
     "METHODS",
+    "OPTIMIZER_SETTINGS",
     "OPTIMIZER_USES",
+    "WITHOUT_SETUP",
     "Build",
     "Chain",
     "Check",
@@ -66,6 +68,7 @@ __all__ = [
     "resolve_settings",
     "scheduled",
     "scheduled_snippet",
+    "setup_snippet",
 ]
 
 
@@ -231,7 +234,9 @@ def build_setup(build: Build, name: str, settings: Mapping[str, Any]) -> Setup:
 
 
 def method_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str | None:
-    """The lines that set method ``name`` up with ``settings`` in a plain PyTorch loop (None: no snippet)."""
+    """The lines that set method ``name`` up with ``settings`` in a plain PyTorch loop (None: no snippet):
+    :func:`setup_snippet`, then (after :data:`WITHOUT_SETUP`) the method's own lines, which need no
+    ``layerwise.compare`` (the ``+cache`` variants: those alone)."""
     method = METHODS.get(name)
     if method.snippet is None:
         return None
@@ -240,7 +245,10 @@ def method_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str 
     else:
         imports = "import torch, layerwise, layerwise.recipes, layerwise.tasks"
         part = f"part = layerwise.tasks.get_task({build.task.name!r}).partition_of(model)   # the task's own groups"
-    return f"{imports}\n{part}\n{method.snippet(build, settings)}"
+    plain = f"{imports}\n{part}\n{method.snippet(build, settings)}"
+    if name.endswith("+cache"):  # its cache reads a loader of example indices: no one-call form
+        return plain
+    return f"{setup_snippet(build, name, settings)}\n{WITHOUT_SETUP}\n{plain}"
 
 
 # ---- checks ----------------------------------------------------------------------------------
@@ -397,3 +405,69 @@ def scheduled_snippet(recipe: str, *, uses_policy: bool = True) -> Callable[[Bui
         )
 
     return snippet
+
+
+# ---- the one-call form: layerwise.compare.setup and a loop that trains any method ------------
+
+OPTIMIZER_SETTINGS = ("lr", "weight_decay")
+"""A method's own settings that ``layerwise.compare.setup``'s ``lr`` and ``weight_decay`` give (``adamw``,
+``muon``, ``lars``, ``lamb``; ``multirate``'s ``weight_decay``)."""
+
+WITHOUT_SETUP = "# or, the same without layerwise.compare:"
+"""The line of :func:`method_snippet` between the one-call form and the method's own lines."""
+
+_SETUP_LOOP = (
+    "    loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward()\n"
+    "    if setup.wants_closure: opt.step(lambda: loss_fn(model(x), y))   # Hi-DLR's probes: forward only\n"
+    "    else: opt.step()\n"
+    "    if sched is not None: sched.step()"
+)
+
+
+def _setup_arguments(build: Build, settings: Mapping[str, Any]) -> list[str]:
+    """``layerwise.compare.setup``'s arguments that rebuild ``build``'s task, step count and policy."""
+    task = build.task
+    own = {key: settings[key] for key in OPTIMIZER_SETTINGS if settings.get(key) is not None}
+    optimizer = repr(task.optimizer) if isinstance(task.optimizer, str) else optimizer_preset(task).class_path
+    arguments = [
+        f"optimizer={optimizer}",
+        f"lr={own.get('lr', task.lr)!r}",
+        f"weight_decay={own.get('weight_decay', task.weight_decay)!r}",
+        f"total_steps={build.total_steps}",
+        f"policy={_policy_name(build, settings)!r}",
+        "sample_input=x",
+    ]
+    if task.optimizer_options:
+        arguments.append(f"optimizer_options={dict(task.optimizer_options)!r}")
+    if task.partition is not None:
+        arguments.append(f"partition=layerwise.tasks.get_task({task.name!r}).partition_of(model)")
+    if task.regime == "fine-tuning":
+        arguments.append("regime='fine-tuning'")
+    if not task.head:
+        arguments.append("head=False")
+    return arguments
+
+
+def _wrapped(items: Sequence[str], width: int = 100) -> str:
+    """``items`` joined by commas, in lines of at most ``width`` characters, each indented by four spaces."""
+    lines = [f"    {items[0]}"]
+    for item in items[1:]:
+        if len(lines[-1]) + len(item) + 2 > width:
+            lines[-1] += ","
+            lines.append(f"    {item}")
+        else:
+            lines[-1] += f", {item}"
+    return "\n".join(lines)
+
+
+def setup_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str:
+    """The lines that set method ``name`` up in one call, ``layerwise.compare.setup``, and its loop (any method's)."""
+    own = [f"{key}={settings[key]!r}" for key in settings if key not in (*OPTIMIZER_SETTINGS, "policy")]
+    arguments = _wrapped(["model", repr(name), *_setup_arguments(build, settings), *own])
+    return (
+        f"import torch, layerwise, layerwise.compare{', layerwise.tasks' if build.task.partition else ''}\n"
+        f"setup = layerwise.compare.setup(\n{arguments})\n"
+        "opt, sched = setup.optimizer, setup.scheduler\n"
+        f"for x, y in loader:   # {build.total_steps} steps\n{_SETUP_LOOP}\n"
+        "if setup.eval_mode is not None: setup.eval_mode()   # the weights it evaluates (Schedule-Free's, DoG's)"
+    )
