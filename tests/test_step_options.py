@@ -92,14 +92,19 @@ def test_accumulated_micro_batches_give_the_batchs_gradient_and_loss():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_a_cache_method_refuses_accumulation_with_the_reason(tmp_path):
+def test_a_cache_method_refuses_accumulation_before_anything_loads(tmp_path):
     from layerwise.compare import compare
 
-    task = replace(TASK, name="accumulating-blobs", accumulate=2, make_model=lambda: blobs_task("x").make_model())
-    result = compare(task, ["baseline", "freezeout+cache"], out=tmp_path, budget="steps", progress=False, eval_points=1)
-    assert result["outcomes"]["baseline"]["records"]
-    (error,) = result["outcomes"]["freezeout+cache"]["errors"]
-    assert "accumulates 2 micro-batches per step" in error and "without +cache" in error
+    def no_data(data_dir, quick):
+        raise AssertionError("data loaded")
+
+    model = blobs_task("x").make_model
+    task = replace(TASK, name="accumulating-blobs", accumulate=2, make_model=model, load_data=no_data)
+    with pytest.raises(ValueError, match=r"freezeout\+cache does not apply") as refused:
+        compare(task, ["baseline", "freezeout+cache"], out=tmp_path / "x", budget="steps", progress=False)
+    (line,) = str(refused.value).splitlines()
+    assert "--accumulate 2" in line and "run freezeout without +cache" in line
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,11 @@ stops at the step that brings it nearest the budget (:meth:`Pace.done`). ``sched
 the baseline's step count, so a method as fast as the baseline follows its schedules step for
 step. A faster method takes more steps over the same schedules, a slower one fewer.
 
+Everything a method does for a step is training time; only evaluations (and the switch to the
+weights they evaluate) are not. The catch-up is timed by the run's clock and charged to the step
+it follows (:meth:`Pace.charge`). What must follow every optimizer step, whatever the budget
+(DoG's iterate averager), is not a scheduler: it is an optimizer step hook, inside the timed step.
+
 Examples:
     >>> pace = Pace(budget_s=1.0, schedule_steps=10)
     >>> for _ in range(4):
@@ -21,11 +26,25 @@ Examples:
     >>> pace.add(0.2)
     >>> pace.done()
     True
+
+    A catch-up timed by a clock returns its seconds, which the run charges to the step:
+
+    >>> ticks = iter([0.0, 0.05])
+    >>> class Schedule:
+    ...     def step(self): pass
+    >>> pace = Pace(budget_s=1.0, schedule_steps=10)
+    >>> pace.add(0.2)
+    >>> pace.catch_up(Schedule(), clock=lambda: next(ticks))
+    0.05
+    >>> pace.charge(0.05)
+    >>> round(pace.spent, 2), pace.steps, pace.stepped
+    (0.25, 1, 2)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +60,8 @@ class Pace:
     Attributes:
         budget_s: the run's training budget in seconds.
         schedule_steps: the length of the schedules the method was built with (the baseline's steps).
-        spent: the training seconds so far; ``steps``: the steps taken; ``stepped``: how often the
-            method's scheduler has been stepped.
+        spent: the training seconds so far (the steps' and their catch-ups'); ``steps``: the steps
+            taken; ``stepped``: how often the method's scheduler has been stepped.
     """
 
     budget_s: float
@@ -73,8 +92,22 @@ class Pace:
         """True once another step would end farther from the budget than stopping now (half a mean step)."""
         return self.steps > 0 and self.spent + 0.5 * self.spent / self.steps >= self.budget_s
 
-    def catch_up(self, scheduler: Any) -> None:
-        """Step ``scheduler`` until it stands at :meth:`schedule_step` (never back)."""
-        for _ in range(self.schedule_step() - self.stepped):
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` more of training to the last step (its scheduler's catch-up), not a step."""
+        self.spent += seconds
+
+    def catch_up(self, scheduler: Any, clock: Callable[[], float] | None = None) -> float:
+        """Step ``scheduler`` until it stands at :meth:`schedule_step` (never back).
+
+        Returns the seconds the steps took by ``clock`` (0.0 without a clock, or with nothing to
+        step): training time, which the caller charges (:meth:`charge`; a data-parallel run, the
+        slowest rank's).
+        """
+        due = self.schedule_step() - self.stepped
+        if due <= 0:
+            return 0.0
+        start = 0.0 if clock is None else clock()
+        for _ in range(due):
             scheduler.step()
             self.stepped += 1
+        return 0.0 if clock is None else clock() - start

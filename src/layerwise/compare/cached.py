@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from .._checks import one_of
+from ..groups import Partition
+from ..tasks import Task
 from .methods.kit import METHODS, Build, Method, Setup, register_method
 
 __all__ = ["CACHED", "SELF_CHECK", "cached_variant", "register_cached"]
@@ -65,6 +67,15 @@ def cached_variant(method: Method) -> Method:
         if "cache_dtype" in settings:
             one_of(f"--set {name}.cache_dtype", settings["cache_dtype"], tuple(DTYPES))
 
+    def applies(task: Task, partition: Partition) -> str | None:
+        if task.accumulate > 1:  # refused with the request (check_request), before any data loads
+            return (
+                f"the task steps in {task.accumulate} accumulated micro-batches (--accumulate {task.accumulate}), "
+                f"and the frozen-prefix cache serves a whole batch's example indices at once: run {method.name} "
+                f"without +cache, or {name} without --accumulate"
+            )
+        return method.applies(task, partition)
+
     def snippet(context: Build, settings: Mapping[str, Any]) -> str:
         assert method.snippet is not None
         return _with_cache(method.snippet(context, _own(settings)), method.name, settings["cache_dtype"])
@@ -75,7 +86,7 @@ def cached_variant(method: Method) -> Method:
         f"{method.name} with its frozen prefix's output served from a FrozenPrefixCache",
         build,
         {**method.defaults, "cache_dtype": None},
-        method.applies,
+        applies,
         not_default={
             regime: f"the cached variant of {method.name}, run on request" for regime in ("scratch", "fine-tuning")
         },

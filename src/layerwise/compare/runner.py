@@ -2,7 +2,8 @@
 
 A run goes through the seeded loop of :mod:`layerwise.tasks.loop` (``loss.backward();
 optimizer.step(); scheduler.step()``, with a loss closure for the methods that probe losses).
-Only the training steps are timed; the test evaluations in between are not. A run trains the
+Only training is timed: the steps and, paced by the clock, the catch-up of the method's scheduler
+after each (:mod:`.budget`); the test evaluations in between are not. A run trains the
 task's epochs, exactly ``steps`` steps, or for ``seconds`` of training (equal wall-clock: it
 stops by its own clock, and its schedules follow its share of the budget, :mod:`.budget`): past
 the first epoch the same seeded generator reshuffles every epoch, so every method sees the same
@@ -292,7 +293,7 @@ def run(
         setup.optimizer.progress = pace.progress
     cache = _run_cache(model, setup, spec.method, split_size(train), parallel, task)
     forward = model if parallel is None else parallel.prepare(model)
-    recorder = _Recorder(model, setup, task, data.test, total, spec.eval_points, on_step, parallel, pace)
+    recorder = _Recorder(model, setup, task, data.test, total, spec.eval_points, on_step, parallel, pace, clock)
     monitor, writer = _monitor(setup.optimizer, spec)
     forward.train()
     if setup.train_mode is not None:
@@ -369,7 +370,9 @@ def _stepper(
     """The timed step of a run: the batch's loss, weighted by this rank's share in a data-parallel run.
 
     Paced by the clock, the method's scheduler is not stepped here: the recorder steps it up to the
-    budget's share after each step (:meth:`~layerwise.compare.budget.Pace.catch_up`).
+    budget's share after each step (:meth:`~layerwise.compare.budget.Pace.catch_up`) and times it
+    as part of the step. What follows every optimizer step (DoG's averager) is an optimizer step
+    hook, so it runs inside this step under either budget.
     """
     stepped = setup if pace is None else replace(setup, scheduler=None)
 
@@ -396,9 +399,10 @@ class _Recorder:
         on_step: OnStep | None,
         parallel: Parallel | None,
         pace: Pace | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.model, self.setup, self.task, self.test = model, setup, task, test
-        self.total, self.on_step, self.parallel, self.pace = total, on_step, parallel, pace
+        self.total, self.on_step, self.parallel, self.pace, self.clock = total, on_step, parallel, pace, clock
         self.evaluate_at = eval_steps(total, eval_points)
         self.marks = [i / eval_points for i in range(1, eval_points)]  # paced: the budget's shares to evaluate at
         self.steps = 0
@@ -422,14 +426,13 @@ class _Recorder:
         (its loss diverged, or, paced by the clock, its budget is spent)."""
         if self.parallel is not None and self.pace is not None:  # every rank keeps the slowest rank's pace
             seconds = self.parallel.slowest(seconds)
+        if self.pace is not None:  # the schedules move to the budget's share, as a scheduler steps after a step
+            self.pace.add(seconds)
+            seconds += self._catch_up()
         self.seconds += seconds
         self.steps = done = batch.step + 1
         value = loss.item() if self.parallel is None else self.parallel.mean(loss)
         self.losses.append(value if math.isfinite(value) else None)
-        if self.pace is not None:  # the schedules move to the budget's share, as a scheduler steps after a step
-            self.pace.add(seconds)
-            if self.setup.scheduler is not None:
-                self.pace.catch_up(self.setup.scheduler)
         if self.setup.freezer is not None:
             for name in set(self.setup.freezer.frozen) - set(self.frozen_at):
                 self.frozen_at[name] = done
@@ -443,6 +446,24 @@ class _Recorder:
             metrics = evaluate_setup(self.model, self.setup, self.test, self.task)
             self.curve.append({"step": done, "seconds": self.seconds, **{f"test_{k}": v for k, v in metrics.items()}})
         return ending
+
+    def _catch_up(self) -> float:
+        """Paced: the method's scheduler stepped to the budget's share, timed; its seconds charged to the step.
+
+        Every rank of a data-parallel run keeps one pace, so each steps the scheduler alike and charges
+        the slowest rank's seconds (an all-reduce only when the scheduler was stepped).
+        """
+        assert self.pace is not None
+        if self.setup.scheduler is None:
+            return 0.0
+        stepped = self.pace.stepped
+        seconds = self.pace.catch_up(self.setup.scheduler, self.clock)
+        if self.pace.stepped == stepped:
+            return 0.0
+        if self.parallel is not None:
+            seconds = self.parallel.slowest(seconds)
+        self.pace.charge(seconds)
+        return seconds
 
     def _evaluation_due(self, done: int) -> bool:
         """At evenly spaced steps; paced by the clock, once the budget's share passes the next mark."""

@@ -84,7 +84,11 @@ class Setup:
 
     Attributes:
         optimizer: stepped every batch.
-        scheduler: ``scheduler.step()`` after every ``optimizer.step()`` (None: nothing to step).
+        scheduler: what follows the run's progress (an LR policy, freeze times): ``scheduler.step()``
+            after every ``optimizer.step()``, or, under ``--budget time``, up to the budget's share
+            after each step (0 or several times; timed as training). None: nothing to step. What must
+            follow every optimizer step whatever the budget (DoG's iterate averager) is an optimizer
+            step hook instead.
         wants_closure: ``optimizer.step(closure)`` with a closure returning the batch loss without backward.
         freezer: the method's :class:`Freezer`, to read which groups are frozen.
         eval_mode: called before every evaluation (Schedule-Free's ``optimizer.eval()``: the model
