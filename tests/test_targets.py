@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from layerwise.compare.targets import check_target, default_target, time_to_target, verdict
+from layerwise.compare.targets import check_margin, check_target, default_target, margin_of, time_to_target, verdict
 
 
 def _curve(*points, metric="accuracy"):
@@ -56,6 +56,42 @@ def test_default_target_is_the_baseline_mean_minus_the_tolerance():
 def test_targets_outside_the_metric_range_are_refused(target, metric, match):
     with pytest.raises(ValueError, match=match):
         check_target(target, metric)
+
+
+@pytest.mark.parametrize(
+    ("margin", "metric", "match"),
+    [
+        (-0.5, "accuracy", r"--margin: a finite number > 0 \(accuracy points, or the loss's own units\), got -0.5"),
+        (0, "accuracy", "got 0$"),
+        (math.nan, "accuracy", "got nan"),
+        (math.inf, "loss", "got inf"),
+        ("0.5", "accuracy", "got '0.5'"),
+        (True, "accuracy", "got True"),
+        (100, "accuracy", r"--margin: accuracy points in \(0, 100\), e.g. 0.5 for half a point, got 100"),
+        (150.0, "accuracy", r"in \(0, 100\)"),
+    ],
+    ids=["negative", "zero", "nan", "inf", "string", "bool", "a-whole-accuracy", "past-a-whole-accuracy"],
+)
+def test_margins_that_cannot_be_right_are_refused(margin, metric, match):
+    with pytest.raises(ValueError, match=match):
+        check_margin(margin, metric)
+
+
+def test_a_margin_is_in_accuracy_points_or_the_losss_units():
+    check_margin(None, "accuracy")
+    check_margin(99.0, "accuracy")
+    check_margin(150.0, "loss")  # a loss has no upper end
+    assert margin_of("accuracy") == 0.005 and margin_of("accuracy", 2.0) == 0.02
+    assert margin_of("loss") is None and margin_of("loss", 0.1) == 0.1
+
+
+def test_verdict_says_equivalent_within_the_margin_with_toss_interval():
+    base = [0.800, 0.810, 0.790, 0.805]
+    close = [b + d for b, d in zip(base, (0.0004, -0.0002, 0.0001, 0.0003))]
+    result = verdict(close, base, [None] * 4, [None] * 4, "accuracy", "steps")
+    assert "equivalent at equal steps within ±0.50 points: +0.01 points [" in result["text"]
+    assert result["text"].endswith("(paired t TOST)")
+    assert "no significant difference" in verdict(close, base, [None] * 4, [None] * 4, "accuracy", margin=0.01)["text"]
 
 
 def test_valid_targets_pass():

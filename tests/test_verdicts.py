@@ -5,12 +5,13 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from scipy import stats
 
 from blobs import blobs_task
 from layerwise.compare.methods import resolve_settings
 from layerwise.compare.report import summarize
 from layerwise.compare.runner import new_run
-from layerwise.compare.stats import sizing
+from layerwise.compare.stats import boundary, sizing
 from layerwise.compare.targets import verdict
 from layerwise.training import seeded_indices
 
@@ -80,6 +81,55 @@ def test_holm_correction_over_the_table_and_without_it():
         assert f"4 seed pairs detect {expected.detectable * 100:.2f} points" in rows[name]["verdict"]
         assert f"needs {expected.needed} (at 5 %/4 (Holm))" in rows[name]["verdict"]
     assert raw["a"]["sizing"] is None and "seed pairs detect" not in raw["a"]["verdict"]  # decided: nothing to size
+    # an open row prints the interval of the level it was tested at: it holds zero, the raw 95 % one did not
+    assert raw["a"]["tests"]["accuracy"]["low"] > 0
+    decision = rows["a"]["tests"]["accuracy"]["decision"]
+    assert decision["low"] < 0 < decision["high"] and decision["alpha"] == 0.0125
+    assert f"[{decision['low'] * 100:+.2f}, {decision['high'] * 100:+.2f}] (paired t, 5 %/4)" in rows["a"]["verdict"]
+
+
+def test_a_method_that_stopped_early_is_printed_with_the_paired_test_that_decided_it():
+    # the baseline ran 8 seeds, the method was decided at 3 and stopped: its verdict is the paired t on
+    # those 3 pairs with the boundary's interval, never Welch's test over 3 against 8 seeds
+    base = [0.80, 0.83, 0.78, 0.81, 0.79, 0.84, 0.77, 0.82]
+    ahead = [b + d for b, d in zip(base, (0.031, 0.030, 0.032))]
+    outcomes = {
+        "baseline": {"records": [_record(s, v) for s, v in enumerate(base)], "errors": []},
+        "early": {"records": [_record(s, v) for s, v in enumerate(ahead)], "errors": []},
+    }
+    row = summarize(outcomes, budget="steps", sequential=10)["rows"][1]
+    decision = row["tests"]["accuracy"]["decision"]
+    assert row["tests"]["accuracy"]["test"] == "paired t" and row["tests"]["accuracy"]["n"] == 3
+    critical = boundary(10, 0.025)[1][0]  # the first look, both questions of the one method open: 5 %/2
+    half = critical * stats.sem([0.031, 0.030, 0.032])
+    assert (decision["low"], decision["high"]) == pytest.approx((0.031 - half, 0.031 + half))
+    interval = f"[{decision['low'] * 100:+.2f}, {decision['high'] * 100:+.2f}]"
+    assert f"3.10 points better at equal steps {interval} (paired t, sequential, 3 pairs, 5 %/2;" in row["verdict"]
+    assert decision["low"] > 0 and "welch" not in row["verdict"]
+
+
+def test_an_open_question_under_seeds_auto_prints_the_sequential_interval():
+    base = [0.80, 0.81, 0.79, 0.80, 0.82]
+    noisy = [b + d for b, d in zip(base, (0.010, -0.004, 0.012, 0.002, 0.006))]
+    outcomes = {
+        "baseline": {"records": [_record(s, v) for s, v in enumerate(base)], "errors": []},
+        "noisy": {"records": [_record(s, v) for s, v in enumerate(noisy)], "errors": []},
+    }
+    row = summarize(outcomes, budget="steps", sequential=10)["rows"][1]
+    decision = row["tests"]["accuracy"]["decision"]
+    assert decision["verdict"] == "undecided" and decision["low"] < 0 < decision["high"]
+    critical = boundary(10, 0.025)[1][2]  # 5 pairs: the third look
+    diffs = [0.010, -0.004, 0.012, 0.002, 0.006]
+    assert decision["high"] - decision["low"] == pytest.approx(2 * critical * stats.sem(diffs))
+    assert "(paired t, sequential, 5 pairs, 5 %/2)" in row["verdict"]
+
+
+def test_the_default_target_is_fixed_by_the_baselines_first_round():
+    first = [_record(s, v) for s, v in enumerate((0.80, 0.82, 0.81))]
+    later = [_record(s, v) for s, v in ((3, 0.70), (4, 0.72))]  # two low seeds added after looking
+    outcomes = {"baseline": {"records": first + later, "errors": []}}
+    assert summarize(outcomes, budget="steps", sequential=10)["target"] == pytest.approx(0.81 - 0.005)
+    assert summarize(outcomes, budget="steps")["target"] == pytest.approx(0.77 - 0.005)  # one round: every seed
 
 
 def test_median_time_to_target_counts_a_miss_as_infinite():
@@ -180,6 +230,20 @@ def test_bad_seed_rules_are_refused_before_anything_loads(options, flag, tmp_pat
     with pytest.raises(ValueError, match=flag):
         check_request("fashion-mnist", ["baseline"], out=tmp_path, **options)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("margin", ["-1", "0", "nan", "150"])
+def test_a_bad_margin_is_refused_in_one_line_before_anything_trains(margin, tmp_path, capsys):
+    from layerwise import cli
+    from layerwise.compare.session import check_request
+
+    with pytest.raises(ValueError, match="--margin: "):
+        check_request("fashion-mnist", ["baseline"], out=tmp_path, margin=float(margin))
+    argv = ["compare", "--task", "fashion-mnist", "--methods", "baseline", f"--margin={margin}"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("layerwise compare: error: --margin: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, monkeypatch):
