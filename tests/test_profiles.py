@@ -54,10 +54,15 @@ def test_speedup_over_the_baseline_uses_tasks_both_reached():
     assert speedups({"t": {"A": math.inf, "B": 1.0}}, "A")["B"] == Speedup(None, 0, 1)
 
 
-def test_a_method_absent_from_a_task_counts_as_a_miss():
-    partial = {"t1": {"A": 10.0, "B": 5.0}, "t2": {"A": 8.0}}
-    assert ratios(partial)["B"] == {"t1": 1.0, "t2": math.inf}
-    every_miss = ratios({"t": {"A": math.inf, "B": math.inf}})
+def test_a_task_without_a_finished_run_is_left_out_not_missed():
+    # B is faster than A on t1, failed on t2 (None) and never ran on t3 (absent): only t1 counts for it
+    partial = {"t1": {"A": 10.0, "B": 5.0}, "t2": {"A": 8.0, "B": None}, "t3": {"A": 20.0}}
+    assert ratios(partial) == {"A": {"t1": 2.0, "t2": 1.0, "t3": 1.0}, "B": {"t1": 1.0}}
+    assert score(ratios(partial)) == pytest.approx({"A": (2 / 3 + 1 + 1) / 3, "B": 1.0})
+    assert profile(ratios(partial), [1.0])["B"].tolist() == [1.0]
+    assert speedups(partial, "A")["B"] == Speedup(2.0, 1, 1)  # t1 alone: both ran only there
+    assert ratios({"t": {"A": 3.0, "B": None}}) == {"A": {"t": 1.0}}  # no run anywhere: no profile at all
+    every_miss = ratios({"t": {"A": math.inf, "B": math.inf}})  # a miss is a finished run that missed
     assert every_miss == {"A": {"t": math.inf}, "B": {"t": math.inf}} and score(every_miss) == {"A": 0.0, "B": 0.0}
 
 
@@ -65,3 +70,22 @@ def test_plot_profile_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     path = plot_profile(ratios(TIMES), tmp_path / "profile.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_summary_over_tasks_says_not_run_and_leaves_it_out_of_the_score(tmp_path):
+    pytest.importorskip("matplotlib")
+    from layerwise.compare.main_job import summarize_tasks
+
+    def row(method, runs, seconds):
+        return {"method": method, "runs": runs, "time_to_target_s": seconds}
+
+    sections = [  # fast never ran on t2; broken failed every seed on t1 and missed on t2
+        {"task": "t1", "rows": [row("baseline", 3, 10.0), row("fast", 3, 5.0), row("broken", 0, None)]},
+        {"task": "t2", "rows": [row("baseline", 3, 8.0), row("broken", 3, None)]},
+    ]
+    lines = summarize_tasks(sections, tmp_path)["table"].splitlines()
+    assert lines[2:] == [
+        "| baseline | 10.0 (2.00) | 8.0 (1.00) | 0.83 | 1.00x (2 of 2 tasks) |",  # (2/3 + 1) / 2
+        "| fast | 5.0 (1.00) | not run | 1.00 (over the 1 of 2 tasks it ran) | 2.00x (1 of 1 tasks) |",
+        "| broken | no finished run | missed | 0.00 (over the 1 of 2 tasks it ran) | — |",
+    ]

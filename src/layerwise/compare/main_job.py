@@ -139,14 +139,11 @@ def run_sections(
 
 def summarize_tasks(sections: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Any]:
     """AlgoPerf's summary over the sections' tasks: per task and method the median time to target
-    (a miss, or no finished run: infinite), performance ratios, the profile's score, speed-ups over the
-    baseline, and the profile plot (``out/performance_profile.png``)."""
+    (a miss: infinite; no finished run, not run or failed: left out of that method's profile and score,
+    with a note), performance ratios, the profile's score, speed-ups over the baseline, and the profile
+    plot (``out/performance_profile.png``)."""
     times = {
-        section["task"]: {
-            row["method"]: math.inf if row["time_to_target_s"] is None else row["time_to_target_s"]
-            for row in section["rows"]
-            if row["method"] != AA_LABEL
-        }
+        section["task"]: {row["method"]: _median_time(row) for row in section["rows"] if row["method"] != AA_LABEL}
         for section in sections
     }
     ratio = ratios(times)
@@ -155,17 +152,36 @@ def summarize_tasks(sections: Sequence[Mapping[str, Any]], out: Path) -> dict[st
     columns = [f"{task}: median s to target (ratio)" for task in times]
     lines = ["| method | " + " | ".join([*columns, "score", "speed-up over baseline"]) + " |"]
     lines.append("|---|" + "---:|" * (len(times) + 2))
-    for method in ratio:
-        cells = [_time_cell(times[task].get(method, math.inf), ratio[method][task]) for task in times]
+    for method in dict.fromkeys(m for per_task in times.values() for m in per_task):
+        ran = ratio.get(method, {})
+        cells = [_time_cell(times[task], method, ran.get(task)) for task in times]
         up = ups.get(method)
         speed = "—" if up is None or up.factor is None else f"{up.factor:.2f}x ({up.tasks} of {up.of} tasks)"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {scores[method]:.2f} | {speed} |")
+        rated = "—" if method not in scores else f"{scores[method]:.2f}" + _share(len(ran), len(times))
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {rated} | {speed} |")
     plot = plot_profile(ratio, out / "performance_profile.png")
     table = "\n".join(lines)
     return {"times": times, "ratios": ratio, "scores": scores, "speedups": ups, "table": table, "plot": plot}
 
 
-def _time_cell(seconds: float, ratio: float) -> str:
+def _median_time(row: Mapping[str, Any]) -> float | None:
+    """A row's median time to target: inf on a miss, None without a finished run (not run or failed)."""
+    if row["runs"] == 0:
+        return None
+    return math.inf if row["time_to_target_s"] is None else row["time_to_target_s"]
+
+
+def _share(ran: int, tasks: int) -> str:
+    """The tasks a score rests on, when the method has no finished run on some."""
+    return "" if ran == tasks else f" (over the {ran} of {tasks} tasks it ran)"
+
+
+def _time_cell(per_task: Mapping[str, float | None], method: str, ratio: float | None) -> str:
+    if method not in per_task:
+        return "not run"
+    seconds = per_task[method]
+    if seconds is None:
+        return "no finished run"
     return "missed" if math.isinf(seconds) else f"{seconds:.1f} ({ratio:.2f})"
 
 
@@ -177,7 +193,8 @@ def _write(
         f"Every section in {minutes:.1f} minutes. Over the tasks, as AlgoPerf scores workloads: each method's median "
         "time to its task's target (a miss is infinite), its ratio to the fastest method there, the performance "
         f"profile's normalised area over ratios 1 to {TAU_MAX:g} (the score: 1 is fastest everywhere), and the "
-        "geometric-mean speed-up over the baseline where both reached."
+        "geometric-mean speed-up over the baseline where both reached. A task where a method has no finished run "
+        "(not run, or failed) is left out of its profile and score, never counted as a miss."
     )
     figure = "![performance profile](performance_profile.png)"
     markdown = [f"# {heading}", "", intro, "", summary["table"], "", figure, ""]

@@ -1,10 +1,12 @@
 """Several tasks, one score, the way AlgoPerf summarises workloads (Dahl et al. 2023).
 
-Input: per task, per method, the median time to target over seeds (``math.inf`` on a miss; a
-method absent from a task counts as a miss there). Performance ratio: a method's time over the
-fastest method's time on that task. Performance profile: the share of tasks with ratio <= tau.
-Benchmark score: the profile's area over [1, tau_max] divided by tau_max - 1 (1: fastest on every
-task; 0: never within tau_max of the fastest).
+Input: per task, per method, the median time to target over seeds (``math.inf`` on a miss; None,
+or a method absent from a task: no finished run there, not run or failed). Performance ratio: a
+method's time over the fastest method's time on that task. Performance profile: the share of the
+tasks it ran with ratio <= tau. Benchmark score: the profile's area over [1, tau_max] divided by
+tau_max - 1 (1: fastest on every task it ran; 0: never within tau_max of the fastest). A task
+without a finished run of a method is left out of that method's profile and score, never counted
+as a miss.
 
 Examples:
     >>> times = {"a": {"base": 10.0, "fast": 5.0}, "b": {"base": 8.0, "fast": math.inf}}
@@ -30,16 +32,17 @@ __all__ = ["TAU_MAX", "Speedup", "plot_profile", "profile", "ratios", "score", "
 TAU_MAX = 4.0
 """The largest ratio the profile shows and its score integrates over (AlgoPerf's r_max)."""
 
-Times = Mapping[str, Mapping[str, float]]
-"""Task -> method -> median time to target (inf: missed)."""
+Times = Mapping[str, Mapping[str, float | None]]
+"""Task -> method -> median time to target (inf: missed; None: no finished run)."""
 
 Ratios = dict[str, dict[str, float]]
-"""Method -> task -> performance ratio (inf: missed)."""
+"""Method -> task -> performance ratio (inf: missed), over the tasks the method ran."""
 
 
 @dataclass(frozen=True)
 class Speedup:
-    """Geometric mean of baseline time over method time on the ``tasks`` (of ``of``) where both reached."""
+    """Geometric mean of baseline time over method time on the ``tasks`` where both reached, of the ``of``
+    tasks both ran."""
 
     factor: float | None
     tasks: int
@@ -51,23 +54,37 @@ def _methods(times: Times) -> list[str]:
     return list(dict.fromkeys(method for per_task in times.values() for method in per_task))
 
 
+def _ran(per_task: Mapping[str, float | None], method: str) -> bool:
+    """Whether the method has a finished run on this task (a time, or a miss)."""
+    return per_task.get(method) is not None
+
+
 def ratios(times: Times) -> Ratios:
-    """Each method's time over the fastest time on each task (inf on a miss, or when every method missed).
+    """Each method's time over the fastest time on each task it ran (inf on a miss, or when every method
+    missed); a method with no finished run anywhere is left out.
 
     >>> ratios({"a": {"x": 6.0, "y": 3.0}})
     {'x': {'a': 2.0}, 'y': {'a': 1.0}}
+    >>> ratios({"a": {"x": 6.0, "y": 3.0}, "b": {"x": 4.0, "y": None}})["y"]  # y has no run on b
+    {'a': 1.0}
     """
-    result: Ratios = {method: {} for method in _methods(times)}
-    for task, per_task in times.items():
-        fastest = min(per_task.values(), default=math.inf)
-        for method in result:
-            time = per_task.get(method, math.inf)
-            result[method][task] = time / fastest if math.isfinite(time) else math.inf
+    result: Ratios = {}
+    for method in _methods(times):
+        ran = {task: per_task for task, per_task in times.items() if _ran(per_task, method)}
+        if ran:
+            result[method] = {task: _ratio(per_task, method) for task, per_task in ran.items()}
     return result
 
 
+def _ratio(per_task: Mapping[str, float | None], method: str) -> float:
+    """The method's time over the fastest finished time on the task (inf: it missed)."""
+    fastest = min((t for t in per_task.values() if t is not None), default=math.inf)
+    time = per_task[method]
+    return time / fastest if math.isfinite(time) else math.inf
+
+
 def profile(ratio: Ratios, taus: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
-    """rho_m(tau): the share of tasks on which method m's ratio is at most tau, at each tau.
+    """rho_m(tau): the share of the tasks method m ran on which its ratio is at most tau, at each tau.
 
     >>> profile({"x": {"a": 2.0, "b": 1.0}}, [1.0, 2.0])["x"].tolist()
     [0.5, 1.0]
@@ -78,7 +95,8 @@ def profile(ratio: Ratios, taus: Sequence[float] | np.ndarray) -> dict[str, np.n
 
 def score(ratio: Ratios, tau_max: float = TAU_MAX) -> dict[str, float]:
     """AlgoPerf's benchmark score: the area under rho_m over [1, tau_max] divided by tau_max - 1,
-    computed exactly (each task adds (tau_max - r) / (tau_max - 1) when its ratio r <= tau_max).
+    computed exactly (each task adds (tau_max - r) / (tau_max - 1) when its ratio r <= tau_max), over
+    the tasks the method ran.
 
     >>> score({"x": {"a": 1.0, "b": 2.5}})
     {'x': 0.75}
@@ -91,20 +109,22 @@ def score(ratio: Ratios, tau_max: float = TAU_MAX) -> dict[str, float]:
 
 def speedups(times: Times, baseline: str) -> dict[str, Speedup]:
     """Each method's geometric-mean speed-up over ``baseline`` (baseline time / method time), over the
-    tasks where both reached the target; a miss on either side leaves that task out (``tasks`` < ``of``).
+    tasks where both reached the target; a miss on either side leaves that task out (``tasks`` < ``of``),
+    and ``of`` counts the tasks both ran.
 
     >>> speedups({"a": {"b": 10.0, "m": 5.0}, "c": {"b": 9.0, "m": 4.5}}, "b")["m"]
     Speedup(factor=2.0, tasks=2, of=2)
     """
     result = {}
     for method in _methods(times):
+        both = [per_task for per_task in times.values() if _ran(per_task, baseline) and _ran(per_task, method)]
         logs = [
             math.log(per_task[baseline] / per_task[method])
-            for per_task in times.values()
-            if math.isfinite(per_task.get(baseline, math.inf)) and math.isfinite(per_task.get(method, math.inf))
+            for per_task in both
+            if math.isfinite(per_task[baseline]) and math.isfinite(per_task[method])
         ]
         factor = math.exp(math.fsum(logs) / len(logs)) if logs else None
-        result[method] = Speedup(factor, len(logs), len(times))
+        result[method] = Speedup(factor, len(logs), len(both))
     return result
 
 
