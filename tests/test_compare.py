@@ -259,7 +259,8 @@ def test_registered_tasks_are_available():
 def test_welch_matches_scipy_and_the_study_reads_its_outcomes():
     from scipy import stats
 
-    from layerwise.compare.study import _analyse, llr_variants, welch
+    from layerwise.compare.stats import welch
+    from layerwise.compare.study import _analyse, llr_variants
 
     a, b = [0.81, 0.83, 0.82], [0.78, 0.80, 0.79]
     test = welch(a, b)
@@ -279,16 +280,21 @@ def test_welch_matches_scipy_and_the_study_reads_its_outcomes():
     outcomes["step first-high"]["records"] = [record(0.90 + 0.001 * s, 10) for s in range(3)]
     lines, findings = _analyse(outcomes)
     by_variant = {f["variant"]: f for f in findings}
-    assert by_variant["step first-high"]["accuracy"]["p"] < 0.05
+    assert by_variant["step first-high"]["accuracy"]["verdict"] == "better"  # paired: 10 points in every seed
     assert by_variant["step first-high"]["accuracy"]["diff"] == pytest.approx(0.10)
+    assert by_variant["step first-high"]["steps"]["verdict"] == "better"  # 10 steps, not 20: fewer
     assert by_variant["step first-low"]["accuracy"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert by_variant["step first-low"]["accuracy"]["verdict"] == "equivalent"
+    assert by_variant["step first-low"]["accuracy"]["alpha"] == pytest.approx(0.05 / 24)  # 12 variants x 2 questions
     assert by_variant["staggered 1cycle"]["reference"] == "onecycle uniform"
     references = {f["variant"]: f["reference"] for f in findings}
     assert references["triangular first-low"] == "triangular uniform"
     assert references["constant first-high"] == "constant uniform"
     assert references["staggered 1cycle, per-group min/max"] == "onecycle uniform"
     assert references["unfreezing input-first"] == references["unfreezing head-first"] == "cosine uniform"
-    assert any(line.startswith("| step first-high |") and "significant (p < 0.05)" in line for line in lines)
+    first_high = next(line for line in lines if line.startswith("| step first-high |"))
+    assert "| +10.00 [+10.00, +10.00] | better (paired t, 5 %/24) |" in first_high
+    assert "| 0.50x [0.50, 0.50] | fewer steps (paired t, 5 %/24) |" in first_high
 
 
 @pytest.mark.parametrize("method", ["freezeout", "gradual-unfreezing", "head-only"])

@@ -337,3 +337,24 @@ def test_the_main_job_keeps_each_regimes_evaluations_unless_the_flag_is_given(mo
     assert "eval_points" not in seen[-1]  # None would have replaced the regimes' own 6 and 4 with 10
     assert cli.main(["compare", "--no-progress", "--eval-points", "3"]) == 0
     assert seen[-1]["eval_points"] == 3
+
+
+def test_the_llr_study_pairs_seeds_and_corrects_over_every_variants_questions():
+    from layerwise.compare.study import _analyse, llr_variants
+
+    def record(seed, final):
+        curve = [{"step": s, "test_accuracy": final if s >= 20 else 0.1} for s in (10, 20, 30)]
+        return {"seed": seed, "test_metric": final, "curve": curve}
+
+    spread = (0.74, 0.80, 0.86)  # the seeds differ by 6 points: Welch's unpaired test sees only that
+    outcomes = {
+        label: {"records": [record(s, v) for s, v in enumerate(spread)], "errors": []} for label, _, _ in llr_variants()
+    }
+    ahead = [v + d for v, d in zip(spread, (0.020, 0.021, 0.019))]  # 2 points ahead in every seed: t 34.6
+    outcomes["step first-high"]["records"] = [record(s, v) for s, v in enumerate(ahead)]
+    findings = _analyse(outcomes)[1]
+    decided = {f["variant"]: f["accuracy"] for f in findings}
+    assert decided["step first-high"]["verdict"] == "better"
+    assert decided["step first-high"]["alpha"] == pytest.approx(0.05 / 24)  # 12 variants, 2 questions each
+    assert stats.ttest_ind(ahead, spread, equal_var=False).pvalue > 0.5  # what the study reported before
+    assert all(f["accuracy"]["verdict"] == "equivalent" for f in findings if f["variant"] != "step first-high")

@@ -7,8 +7,10 @@ end) or the opposite (0.5 -> 1.5, reversing); besides, a staggered 1cycle per gr
 and with per-group maxima 1.5 -> 0.5 and minima), and gradual unfreezing head-first and
 input-first under cosine; on a plain CNN and on the same network with residual connections (a
 ResNet). Every variant is compared with uniform multipliers under the same policy (staggered with
-uniform 1cycle, unfreezing with uniform cosine): final test accuracy and steps to a target
-accuracy, each as a mean difference with a 95 % confidence interval and Welch's t-test.
+uniform 1cycle, unfreezing with uniform cosine), seed s with seed s, as ``layerwise compare`` judges
+a table: final test accuracy by the paired t (equivalent within 0.5 points by TOST) and steps to a
+target accuracy by the paired t on log steps (Wilcoxon's signed rank when a seed misses), both
+questions of every variant corrected together by Holm's rule.
 
 Examples:
     $ layerwise compare --study llr --seeds 3
@@ -18,15 +20,17 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..tasks import TaskData, get_task
 from ..tasks.base import split_examples
 from .session import CompareConfig, Variant, compare_variants
-from .stats import welch
+from .stats import Decision, Question, decide_fixed
+from .targets import decision_label, verdict_questions
 
-__all__ = ["LLR_MODELS", "llr_variants", "run_study", "welch"]
+__all__ = ["LLR_MODELS", "llr_variants", "run_study"]
 
 LLR_MODELS = {"plain CNN": "fashion-mnist-plain", "ResNet": "fashion-mnist"}
 """Study label -> task: the same network without and with residual shortcuts."""
@@ -67,90 +71,116 @@ def _steps_to(record: dict[str, Any], target: float) -> int | None:
     return next((point["step"] for point in record["curve"] if point["test_accuracy"] >= target), None)
 
 
-def _verdict(test: dict[str, float | None]) -> str:
-    if test["p"] is None:
-        return "too few runs"
-    return "significant (p < 0.05)" if test["p"] < 0.05 else "no significant difference"
+def _finals(records: list[dict[str, Any]]) -> dict[int, float | None]:
+    """Final test accuracy by seed (runs stored before seeds were: their position)."""
+    return {record.get("seed", i): record["test_metric"] for i, record in enumerate(records)}
 
 
-def _ci(test: dict[str, Any] | None, scale: float = 1.0, spec: str = ".2f") -> tuple[str, str]:
-    """A comparison as table cells: the difference with its interval, and the verdict."""
-    if test is None:
-        return "reference", ""
-    if test["diff"] is None:
-        return "—", "too few runs"
-    return (
-        f"{test['diff'] * scale:+{spec}} [{test['low'] * scale:+{spec}}, {test['high'] * scale:+{spec}}]",
-        f"{_verdict(test)}, p = {test['p']:.2g}",
-    )
+def _steps(records: list[dict[str, Any]], target: float) -> dict[int, int | None]:
+    """Steps to ``target`` by seed (None: never reached)."""
+    return {record.get("seed", i): _steps_to(record, target) for i, record in enumerate(records)}
+
+
+def _target(outcomes: dict[str, dict[str, list]], label: str) -> float:
+    """The target of a variant's steps: a fraction of its reference's mean final accuracy (inf: no run)."""
+    finals = [v for v in _finals(outcomes.get(_reference(label), {}).get("records", [])).values() if v is not None]
+    return TARGET_FRACTION * statistics.fmean(finals) if finals else math.inf
+
+
+def _questions(outcomes: dict[str, dict[str, list]]) -> dict[tuple[str, str], Question]:
+    """Both questions of every variant against its reference, paired by seed, keyed (variant, question):
+    ``accuracy`` (equivalent within 0.5 points) and ``steps`` to the reference's target."""
+    questions = {}
+    for label, outcome in outcomes.items():
+        reference = _reference(label)
+        if label == reference or reference not in outcomes:
+            continue
+        target, records = _target(outcomes, label), outcomes[reference]["records"]
+        steps = _steps(outcome["records"], target), _steps(records, target)
+        asked = verdict_questions(_finals(outcome["records"]), _finals(records), *steps, "accuracy")
+        for question, key in (("accuracy", "accuracy"), ("speed", "steps")):
+            if asked[question] is not None:
+                questions[(label, key)] = asked[question]
+    return questions
+
+
+def _effect(question: str, decision: Decision) -> str:
+    """A decision's effect with its test's interval: accuracy points, or steps over the reference's
+    (the steps question's differences are log(reference steps / variant steps))."""
+    if question == "accuracy":
+        return f"{decision.diff * 100:+.2f} [{decision.low * 100:+.2f}, {decision.high * 100:+.2f}]"
+    low, high = (math.exp(-max(-50.0, min(50.0, v))) for v in (decision.high, decision.low))
+    return f"{math.exp(-decision.diff):.2f}x [{low:.2f}, {high:.2f}]"
+
+
+STEPS_VERDICTS = {"better": "fewer steps", "worse": "more steps"}
+ACCURACY_VERDICTS = {"better": "better final accuracy", "worse": "worse final accuracy"}
+"""How the claims of a difference read."""
+
+
+def _cells(question: str, decision: Decision | None) -> str:
+    """A question's two table cells: the effect and the verdict with the test that made it."""
+    if decision is None:
+        return "— | too few paired seeds"
+    verdict = STEPS_VERDICTS.get(decision.verdict, decision.verdict) if question == "steps" else decision.verdict
+    return f"{_effect(question, decision)} | {verdict} ({decision_label(decision)})"
+
+
+def _reach_text(steps: list[int | None]) -> str:
+    """The mean steps to target of the runs that reached it, and how many did."""
+    reached = [s for s in steps if s is not None]
+    return f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
 
 
 def _analyse(outcomes: dict[str, dict[str, list]]) -> tuple[list[str], list[dict[str, Any]]]:
-    finals = {
-        label: [r["test_metric"] for r in o["records"] if r["test_metric"] is not None] for label, o in outcomes.items()
-    }
+    """The study's table and its findings: every variant's questions decided together (:func:`decide_fixed`,
+    Holm's correction over all of them)."""
+    questions = _questions(outcomes)
+    decisions = decide_fixed(questions)
     lines = [
-        "| variant | runs | final test accuracy % | vs reference: diff [95 % CI] | | steps to target "
-        "(reached) | vs reference: diff [95 % CI] | |",
+        "| variant | runs | final test accuracy % | vs reference: diff [interval] | | steps to target "
+        "(reached) | vs reference: steps ratio [interval] | |",
         "|---|---:|---:|---:|---|---:|---:|---|",
     ]
     findings = []
     for label, outcome in outcomes.items():
-        reference = _reference(label)
-        ref_final = finals.get(reference) or []
-        target = TARGET_FRACTION * statistics.fmean(ref_final) if ref_final else math.inf
-        steps = [_steps_to(r, target) for r in outcome["records"]]
-        ref_steps = [_steps_to(r, target) for r in outcomes[reference]["records"]] if reference in outcomes else []
-        reached = [s for s in steps if s is not None]
-        mine = finals[label]
-        acc = welch(mine, ref_final) if label != reference else None
-        speed = (
-            welch([float(s) for s in reached], [float(s) for s in ref_steps if s is not None])
-            if label != reference
-            else None
-        )
+        mine = [r["test_metric"] for r in outcome["records"] if r["test_metric"] is not None]
+        steps = list(_steps(outcome["records"], _target(outcomes, label)).values())
         mean = f"{100 * statistics.fmean(mine):.2f} ± {100 * statistics.stdev(mine):.2f}" if len(mine) > 1 else "—"
-        step_text = (
-            f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
+        head = f"| {label} | {len(mine)} | {mean} |"
+        if label == _reference(label):
+            lines.append(f"{head} reference | | {_reach_text(steps)} | | |")
+            continue
+        judged = {question: decisions.get((label, question)) for question in ("accuracy", "steps")}
+        accuracy, speed = (_cells(question, decision) for question, decision in judged.items())
+        lines.append(f"{head} {accuracy} | {_reach_text(steps)} | {speed} |")
+        findings.append(
+            {
+                "variant": label,
+                "reference": _reference(label),
+                "target": _target(outcomes, label),
+                **{q: None if d is None else {**asdict(d), "effect": _effect(q, d)} for q, d in judged.items()},
+                "reached": sum(s is not None for s in steps),
+                "runs": len(steps),
+            }
         )
-
-        acc_ci, acc_v = _ci(acc, 100.0)
-        speed_ci, speed_v = _ci(speed, 1.0, ".0f")
-        lines.append(f"| {label} | {len(mine)} | {mean} | {acc_ci} | {acc_v} | {step_text} | {speed_ci} | {speed_v} |")
-        if label != reference:
-            findings.append(
-                {
-                    "variant": label,
-                    "reference": reference,
-                    "target": target,
-                    "accuracy": acc,
-                    "steps": speed,
-                    "reached": len(reached),
-                    "runs": len(steps),
-                }
-            )
     return lines, findings
 
 
 def _summary(model: str, findings: list[dict[str, Any]]) -> str:
-    significant = [
-        f
+    claims = [
+        f"{f['variant']} vs {f['reference']}: {words[f[key]['verdict']]} ({f[key]['effect']})"
         for f in findings
-        if any(t is not None and t["p"] is not None and t["p"] < 0.05 for t in (f["accuracy"], f["steps"]))
+        for key, words in (("accuracy", ACCURACY_VERDICTS), ("steps", STEPS_VERDICTS))
+        if f[key] is not None and f[key]["verdict"] in words
     ]
-    if not significant:
+    if not claims:
         return (
-            f"**{model}: no variant differs significantly from uniform multipliers** in final accuracy or in steps "
-            "to the target (Welch's t-test, 95 %); with this many seeds a small effect cannot be ruled out."
+            f"**{model}: no variant differs from uniform multipliers** in final accuracy or in steps to the "
+            "target (paired by seed, both questions of every variant corrected together by Holm's rule); with "
+            "this many seeds a small effect cannot be ruled out."
         )
-    parts = []
-    for f in significant:
-        for what, test, unit in (("final accuracy", f["accuracy"], 100.0), ("steps to target", f["steps"], 1.0)):
-            if test is not None and test["p"] is not None and test["p"] < 0.05:
-                parts.append(
-                    f"{f['variant']} vs {f['reference']}: {what} {test['diff'] * unit:+.2f} (p = {test['p']:.2g})"
-                )
-    return f"**{model}: significant differences** — " + "; ".join(parts) + "."
+    return f"**{model}: decided differences** (Holm over every variant's two questions) — " + "; ".join(claims) + "."
 
 
 def run_study(
@@ -180,7 +210,8 @@ def run_study(
         f"evaluated 10 times per run. Target for 'steps to target': {TARGET_FRACTION:.0%} of the reference's "
         "mean final accuracy (reference: uniform multipliers under the same policy; staggered 1cycle against "
         "uniform 1cycle). "
-        "Differences are variant minus reference, with 95 % Welch confidence intervals.",
+        "Differences are variant minus reference, seed s against seed s, each with the interval of the test "
+        "that decided it at its level after Holm's correction over both questions of every variant.",
     ]
     results = {}
     for model, task_name in LLR_MODELS.items():

@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MARGIN",
     "check_margin",
     "check_target",
+    "decision_label",
     "default_target",
     "higher_is_better",
     "margin_of",
@@ -276,12 +277,12 @@ def _chance(decision: Decision) -> str:
     return f"futile: {100 * decision.power:.0f} % chance of a decision by the seed cap"
 
 
-def _test_label(decision: Decision) -> str:
+def decision_label(decision: Decision) -> str:
     """The test that made a decision, as a verdict names it: the test, the sequential rule with the pairs
     it read, the level after the correction when it is not 5 %.
 
     >>> from layerwise.compare.stats import decide
-    >>> _test_label(decide([1.0, 1.2, 1.1, 0.9], n_max=10, alpha=0.025))
+    >>> decision_label(decide([1.0, 1.2, 1.1, 0.9], n_max=10, alpha=0.025))
     'paired t, sequential, 3 pairs, 5 %/2'
     """
     parts = ["paired t" if decision.statistic == "t" else "wilcoxon"]
@@ -298,16 +299,16 @@ def _speed_text(speed: Decision) -> str:
     """The speed claim: a factor sooner or later with its test's interval (unbounded where a side missed)."""
     if math.isinf(speed.diff):
         side = "reaches" if speed.diff > 0 else "misses"
-        return f"{side} the target in most seeds where the other side does not ({_test_label(speed)})"
+        return f"{side} the target in most seeds where the other side does not ({decision_label(speed)})"
     bounds = [math.exp(max(-50.0, min(50.0, v))) for v in (speed.low, speed.high)]
     if speed.diff > 0:
         return (
             f"reaches the target {math.exp(speed.diff):.2f}x sooner [{_factor(bounds[0])}, {_factor(bounds[1])}] "
-            f"({_test_label(speed)})"
+            f"({decision_label(speed)})"
         )
     return (
         f"reaches the target {math.exp(-speed.diff):.2f}x later [{_factor(1 / bounds[1])}, {_factor(1 / bounds[0])}] "
-        f"({_test_label(speed)})"
+        f"({decision_label(speed)})"
     )
 
 
@@ -330,8 +331,8 @@ def _accuracy_text(decision: Decision, question: Question | None, metric: str, b
             wins, low, high = win_share(question.diffs[: decision.look], higher_is_better(metric))
             share = f"; P(better) {wins:.2f} [{low:.2f}, {high:.2f}]"
         size = f"{abs(decision.diff) * scale:.2f} {unit}"
-        return f"{size} {decision.verdict} {at} {interval} ({_test_label(decision)}{share})"
-    measured = f"{decision.diff * scale:+.2f} {unit} {interval} ({_test_label(decision)})"
+        return f"{size} {decision.verdict} {at} {interval} ({decision_label(decision)}{share})"
+    measured = f"{decision.diff * scale:+.2f} {unit} {interval} ({decision_label(decision)})"
     if decision.verdict == "equivalent":
         return f"equivalent {at} within ±{question.margin * scale:.2f} {unit}: {measured}"
     if decision.verdict == "futile":
