@@ -219,3 +219,9 @@ def test_wilcoxon_is_exact_where_a_method_missed_every_seed():
     assert stats_module._signed_rank_p([math.inf] * 4) == pytest.approx(0.125)
     decided = decide_fixed({"m": Question((-math.inf,) * 4, "signed rank")})["m"]
     assert decided.verdict == "undecided"
+
+
+def test_stored_seeds_past_the_cap_are_read_up_to_it():
+    questions = {("m", "accuracy"): Question((0.3, -0.2, 0.1, 0.2, -0.1, 0.0, 0.1, -0.3, 0.2, 0.1, 0.4, 0.5))}
+    decision = decide_rounds(questions, 10)[("m", "accuracy")]  # 12 stored pairs, auto:10
+    assert decision.pairs <= 10

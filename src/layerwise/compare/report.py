@@ -426,7 +426,7 @@ def _head(metric: str, budget: str) -> list[str]:
         f"test {metric}{unit} {at} (mean ± std)",
         "median time to target s (reached)",
         "speed to target vs baseline",
-        "verdict vs baseline (95 % CI)",
+        "verdict vs baseline (interval of the deciding test)",
         "notes",
     ]
 

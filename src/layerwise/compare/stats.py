@@ -740,12 +740,12 @@ def decide_fixed(questions: Mapping[Key, Question], alpha: float = 0.05, correct
 def decide_rounds(
     questions: Mapping[tuple[str, str], Question], n_max: int, alpha: float = 0.05, correct: bool = True
 ) -> dict[tuple[str, str], Decision]:
-    """``--seeds auto`` replayed from its seeds: questions keyed (method, question); round n reads every
-    question's first n pairs, a method none of whose questions is open any more keeps the pairs it had,
-    a claim is final and so is a futility stop (the question keeps the decision that stopped it unless
-    a claim is made on the pairs it still gets). The last round's answer is the comparison's, however
-    its seeds were run."""
-    longest = max((len(q.diffs) for q in questions.values()), default=0)
+    """``--seeds auto`` replayed from its seeds: questions keyed (method, question); round n (up to
+    ``n_max``) reads every question's first n pairs, a method none of whose questions is open any more
+    keeps the pairs it had, a claim is final and so is a futility stop (the question keeps the decision
+    that stopped it unless a claim is made on the pairs it still gets). The last round's answer is the
+    comparison's, however its seeds were run."""
+    longest = min(n_max, max((len(q.diffs) for q in questions.values()), default=0))
     stopped: dict[str, int] = {}
     decisions: dict[tuple[str, str], Decision] = {}
     for n in range(FIRST_LOOK, longest + 1) or [longest]:
