@@ -9,10 +9,12 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
@@ -22,7 +24,7 @@ from torch import nn
 from .._checks import one_of
 from .._registry import Registry
 from ..groups import Partition, by_layer
-from ..training import batch_rows, slice_batch
+from ..training import slice_batch
 
 __all__ = [
     "OPTIMIZERS",
@@ -33,13 +35,17 @@ __all__ = [
     "OptimizerPreset",
     "Task",
     "TaskData",
+    "batch_examples",
     "batch_targets",
     "check_labels",
+    "check_outputs",
     "cross_entropy",
+    "example_accuracy",
     "get_task",
     "is_tensor_pair",
     "logits_of",
     "make_optimizer",
+    "model_outputs",
     "optimizer_preset",
     "register_task",
     "split_examples",
@@ -96,13 +102,98 @@ def batch_targets(batch: Any) -> Any:
     )
 
 
-def model_outputs(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+def model_outputs(model: nn.Module, batch: Any, *, keyword_inputs: bool = False) -> tuple[Any, Any]:
     """``(outputs, targets)`` of the default forward: a dict batch as keyword arguments (less a ``label``
-    key; ``labels`` stays, as a Hugging Face model takes it), a tuple's inputs positionally."""
+    key; ``labels`` stays, as a Hugging Face model takes it), a tuple's inputs positionally.
+
+    ``keyword_inputs``: an ``(inputs, targets)`` pair whose inputs are a dict passes them as keyword
+    arguments (``model(**inputs)``, a Hugging Face model's tokenized inputs) rather than as the one
+    argument. :meth:`Task.outputs_on` sets it when the task's ``sample_input`` is a dict, which the
+    partition's trace passes as keyword arguments too.
+
+    Examples:
+        >>> model_outputs(lambda ids: ids * 2, ({"ids": torch.ones(2)}, torch.zeros(2)), keyword_inputs=True)[0]
+        tensor([2., 2.])
+    """
     targets = batch_targets(batch)
     if isinstance(batch, Mapping):
         return model(**{key: value for key, value in batch.items() if key != "label"}), targets
+    if keyword_inputs and len(batch) == 2 and isinstance(batch[0], Mapping):
+        return model(**batch[0]), targets
     return model(*batch[:-1]), targets
+
+
+def _tensor_rows(x: Any, path: str) -> Iterator[tuple[str, int]]:
+    """``(path, length of the first dimension)`` of every tensor in ``x`` (nested dicts, tuples and
+    lists; a 0-dimensional tensor has no examples dimension and is left out)."""
+    if isinstance(x, torch.Tensor):
+        if x.dim():
+            yield path, x.shape[0]
+    elif isinstance(x, Mapping):
+        for key, value in x.items():
+            yield from _tensor_rows(value, f"{path}[{key!r}]")
+    elif isinstance(x, (tuple, list)):
+        for i, value in enumerate(x):
+            yield from _tensor_rows(value, f"{path}[{i}]")
+
+
+def _listing(rows: list[tuple[str, int]], most: int = 4) -> str:
+    """``batch[0] 7, batch[1] 3, ... (192 tensors)``: the first ``most`` tensors' examples by path."""
+    shown = ", ".join(f"{path} {n}" for path, n in rows[:most])
+    return shown if len(rows) <= most else f"{shown}, ... ({len(rows)} tensors)"
+
+
+def _inputs_examples(name: str, inputs: Any, targets: torch.Tensor) -> int:
+    """The examples a tensor pair's ``inputs`` hold: the first dimension every tensor of them shares.
+
+    Raises:
+        ValueError: naming ``name`` when the tensors disagree (a list of variable-length tensors, one
+            per example, among them) or hold no examples dimension.
+    """
+    rows = list(_tensor_rows(inputs, "inputs"))
+    counts = {n for _, n in rows}
+    per_example = isinstance(inputs, (tuple, list)) and len(inputs) == len(targets)
+    if len(counts) > 1 and per_example:
+        raise ValueError(
+            f"{name}: the inputs are a {type(inputs).__name__} of {len(inputs)} tensors of different lengths "
+            f"({_listing(rows)}), one per example; a tensor pair's inputs hold all the examples along the first "
+            "dimension of each tensor: give variable-length examples as a Dataset and a Task "
+            "collate_fn(examples) -> batch that pads them into tensors"
+        )
+    if len(counts) > 1:
+        raise ValueError(
+            f"{name}: the inputs' tensors disagree on the examples they hold ({_listing(rows)}); each tensor "
+            "of a tensor pair's inputs holds all the examples along its first dimension"
+        )
+    if not counts:
+        raise ValueError(f"{name}: the inputs hold no tensor with an examples (first) dimension")
+    return counts.pop()
+
+
+def batch_examples(batch: Any, collate_fn: Callable[[list[Any]], Any] | None = None) -> int:
+    """The examples in a batch: the first dimension its tensors share (inputs and targets alike).
+
+    Examples:
+        >>> batch_examples(({"ids": torch.zeros(3, 7), "mask": torch.ones(3, 7)}, torch.zeros(3)))
+        3
+
+    Raises:
+        ValueError: naming ``collate_fn`` (what made the batch) when its tensors disagree: a list of
+            variable-length tensors, one per example, say.
+        TypeError: the batch holds no tensor with an examples dimension.
+    """
+    rows = list(_tensor_rows(batch, "batch"))
+    counts = {n for _, n in rows}
+    if len(counts) > 1:
+        name = "collate_fn" if collate_fn is not None else "collate_fn (default_collate)"
+        raise ValueError(
+            f"{name}: a batch's tensors disagree on how many examples it holds ({_listing(rows)}); "
+            "collate_fn(examples) must return tensors that each hold the batch's examples along their "
+            "first dimension (pad variable lengths into one tensor)"
+        )
+    if not counts:
+        raise TypeError(f"batch: no tensor with an examples (first) dimension in a {type(batch).__name__} batch")
+    return counts.pop()
 
 
 def _is_tensors(x: Any) -> bool:
@@ -121,8 +212,12 @@ def is_tensor_pair(split: Any) -> bool:
 def _check_split(name: str, split: Any) -> None:
     """TypeError naming ``name`` unless ``split`` is a pair of tensors of one length or a sized map-style Dataset."""
     if is_tensor_pair(split):
-        if batch_rows(split[0]) != len(split[1]):
-            raise ValueError(f"{name}: inputs hold {batch_rows(split[0])} examples but targets {len(split[1])}")
+        inputs, targets = split
+        examples = _inputs_examples(name, inputs, targets)
+        if examples != len(targets):
+            stack = isinstance(inputs, (tuple, list)) and len(inputs) == len(targets)
+            hint = f" (a {type(inputs).__name__} of one tensor per example? stack them into one)" if stack else ""
+            raise ValueError(f"{name}: inputs hold {examples} examples but targets {len(targets)}{hint}")
         return
     if isinstance(split, torch.utils.data.IterableDataset) or not (
         hasattr(split, "__getitem__") and hasattr(split, "__len__") and not isinstance(split, (tuple, list, dict))
@@ -188,8 +283,12 @@ class Task:
         optimizer_options: the optimizer's other constructor options (``betas``, ``momentum``...):
             they override a preset's options or are a class's options.
         metric: ``"accuracy"`` (classification, higher is better) or ``"loss"`` (lower is better).
-        score: with ``"accuracy"``: ``score(outputs, targets)`` gives each example's accuracy in [0, 1]
-            (default: 1 where the argmax of the logits is the label); e.g. the mean over binary tasks.
+        score: with ``"accuracy"``: ``score(outputs, targets)`` gives each example's accuracy in [0, 1],
+            one value per example (e.g. the mean over binary tasks). Default (:func:`example_accuracy`):
+            logits ``[B, C]`` against class-index targets ``[B]`` (or class probabilities ``[B, C]``)
+            by their argmax, or one logit per example (``[B]`` or ``[B, 1]``, a binary
+            cross-entropy model) against 0/1 targets by its sign (a probability by ``> 0.5`` when
+            ``loss`` is ``binary_cross_entropy``); other shapes are refused, never broadcast.
         partition: ``partition(model, sample_input) -> Partition``; default: the layers in data-flow order.
         head: the last group is an output head (what Multirate trains fast by default).
         train_size: examples ``layerwise compare`` trains on by default (None: all).
@@ -200,7 +299,9 @@ class Task:
         source_sha256: the sha256 of the file the task was read from (set by ``--task PATH.py:FACTORY``),
             so a comparison's run store tells an edited task file from the old one.
         collate_fn: ``collate_fn(examples) -> batch`` for a ``Dataset`` split (padding variable
-            lengths, say); default: torch's ``default_collate``. A Task field, not a TaskData one: it
+            lengths, say); default: torch's ``default_collate``. Every tensor of a batch holds its
+            examples along its first dimension (not a list of one tensor per example: the loop counts
+            and slices batches by that dimension). A Task field, not a TaskData one: it
             decides the batches, so it belongs with the other fields that decide a run (``settings``).
         train_transform: ``train_transform(example, generator) -> example``, applied to every training
             example as it is drawn (random augmentation); its draws come from ``generator``, seeded from
@@ -218,9 +319,13 @@ class Task:
             refresh see the clipped gradient); None: no clipping.
         accumulate: split every batch into this many micro-batches, each one's backward accumulated
             (weighted by its share of the batch) before one optimizer step: the gradient of the batch.
-        batch_outputs: ``batch_outputs(model, batch) -> (outputs, targets)`` for evaluation; default: a
-            dict batch as keyword arguments (less a ``label`` key), a tuple's inputs positionally, and
-            the targets of :func:`batch_targets`.
+        batch_outputs: ``batch_outputs(model, batch) -> (outputs, targets)`` for evaluation; default
+            (:func:`model_outputs`): a dict batch as keyword arguments (less a ``label`` key), a tuple's
+            inputs positionally (an ``(inputs, targets)`` pair's dict inputs as keyword arguments when
+            ``sample_input`` is a dict: a Hugging Face model's tokenized inputs), and the targets of
+            :func:`batch_targets`. Its outputs (or the default forward's) hold one row per example,
+            in a form the metric reads (``score``): each model's first training batch is checked
+            before the first optimizer step (:func:`check_outputs`).
     """
 
     name: str
@@ -272,14 +377,62 @@ class Task:
                 raise TypeError(f"{hook}: expected a callable or None, got {type(getattr(self, hook)).__name__}")
 
     def outputs_on(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
-        """``(outputs, targets)`` of ``model`` on ``batch``: the ``batch_outputs`` hook, or the default forward."""
-        return model_outputs(model, batch) if self.batch_outputs is None else self.batch_outputs(model, batch)
+        """``(outputs, targets)`` of ``model`` on ``batch``: the ``batch_outputs`` hook, or the default
+        forward (:func:`model_outputs`; a pair's dict inputs as keyword arguments when ``sample_input``
+        is a dict), checked to be one row per example in a form the metric takes (:func:`check_outputs`)."""
+        if self.batch_outputs is None:
+            keywords = isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], Mapping)
+            pair = model_outputs(model, batch, keyword_inputs=keywords and self._keyword_inputs)
+        else:
+            pair = self.batch_outputs(model, batch)
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TypeError(
+                    f"batch_outputs: task {self.name!r}'s batch_outputs(model, batch) must return a pair "
+                    f"(outputs, targets), got {type(pair).__name__}"
+                )
+        check_outputs(self, batch, *pair, training=bool(getattr(model, "training", False)))
+        return pair[0], pair[1]
+
+    @functools.cached_property
+    def _keyword_inputs(self) -> bool:
+        """Whether the model takes its inputs as keyword arguments: the task's ``sample_input`` is a dict."""
+        return isinstance(self.sample_input(), Mapping)
+
+    def check_batch(self, model: nn.Module, batch: Any) -> None:
+        """Refuse a batch, or outputs of ``batch_outputs`` (or the default forward) on it, that the task
+        cannot count or score: :func:`check_outputs` with the targets' values, on :meth:`outputs_on`
+        run without gradients, every module in eval mode (as evaluation runs it) and the random
+        number generators left as they were. Training runs it on each model's first batch."""
+        if self.metric != "accuracy":
+            batch_examples(batch, self.collate_fn)
+            return
+        modes = {module: module.training for module in model.modules()}
+        devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                model.eval()
+                outputs, targets = self.outputs_on(model, batch)
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        check_outputs(self, batch, outputs, targets, values=True)
 
     def loss_on(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The training loss of ``model`` on ``batch``: the ``batch_loss`` hook (checked to give a scalar
-        tensor), else :meth:`loss_of` the outputs of :meth:`outputs_on`."""
+        tensor), else :meth:`loss_of` the outputs of :meth:`outputs_on`.
+
+        A model's first batch is checked (:func:`check_outputs` with the targets' values) before its
+        loss counts: outputs the metric would misread are refused before the first optimizer step. With
+        a ``batch_loss`` hook, which does not call ``batch_outputs``, or a training forward that gives
+        no tensor of logits, that takes one more forward, as evaluation runs it (:meth:`check_batch`)."""
+        first = model not in _CHECKED_MODELS
         if self.batch_loss is None:
-            return self.loss_of(*self.outputs_on(model, batch))
+            outputs, targets = self.outputs_on(model, batch)
+            if first:
+                self._check_first(model, batch, (outputs, targets))
+            return self.loss_of(outputs, targets)
+        if first:
+            self._check_first(model, batch, None)
         loss = self.batch_loss(model, batch)
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -288,6 +441,15 @@ class Task:
                 f"tensor (the batch's mean loss), got {got}"
             )
         return loss
+
+    def _check_first(self, model: nn.Module, batch: Any, trained: tuple[Any, Any] | None) -> None:
+        """Check ``model``'s first batch, once: ``trained``, the training forward's outputs and targets,
+        when they hold what evaluation reads (a tensor of logits); else by :meth:`check_batch`."""
+        if trained is not None and (self.metric != "accuracy" or isinstance(logits_of(trained[0]), torch.Tensor)):
+            check_outputs(self, batch, *trained, values=True)
+        else:
+            self.check_batch(model, batch)
+        _CHECKED_MODELS.add(model)
 
     def loss_of(self, outputs: Any, targets: Any) -> torch.Tensor:
         """The task's ``loss`` of ``outputs``; with the default loss, the model's own ``.loss`` when it has one."""
@@ -337,6 +499,9 @@ _DEFAULT_LEFT_OUT = {
 PRECISIONS = ("fp32", "bf16")
 """``Task.precision``: float32, or bfloat16 autocast (float16 would need a GradScaler: not offered on CPU)."""
 
+_CHECKED_MODELS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+"""The models whose first batch :meth:`Task.loss_on` has checked (:meth:`Task.check_batch`)."""
+
 _IGNORED_LABEL = -100
 """``cross_entropy``'s default ``ignore_index``: a label it skips."""
 
@@ -367,6 +532,164 @@ def check_labels(task: Task, outputs: Any, labels: torch.Tensor) -> None:
             f"task {task.name!r}: labels range over [{low}, {high}] but the model outputs {width} classes; "
             f"labels must lie in [0, {width - 1}] (or the model's last layer needs {high + 1} outputs)"
         )
+
+
+_ACCURACY_TAKES = (
+    "accuracy takes one row per example: logits [B, C] with class-index targets [B] or class "
+    "probabilities [B, C], or one logit per example, [B] or [B, 1], with 0/1 targets [B] or [B, 1]"
+)
+
+
+def _source(task: Task) -> str:
+    """What gave a task's outputs: its ``batch_outputs`` hook, or the default forward."""
+    return "batch_outputs" if task.batch_outputs is not None else "the default forward"
+
+
+def _accuracy_form(logits: torch.Tensor, targets: torch.Tensor) -> str | None:
+    """How the default accuracy reads ``logits`` against ``targets`` (their rows aside): ``"classes"``,
+    ``"probabilities"``, ``"binary"`` (one logit per example), or None (a form it does not read)."""
+    if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1):
+        return "binary" if targets.dim() == 1 or (targets.dim() == 2 and targets.shape[1] == 1) else None
+    if logits.dim() != 2:
+        return None
+    if targets.dim() == 1:
+        return "classes"
+    return "probabilities" if targets.shape == logits.shape and targets.is_floating_point() else None
+
+
+def _rows(x: Any) -> int | None:
+    """The first dimension of a tensor (None for anything else, or a 0-dimensional tensor)."""
+    return x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else None
+
+
+def _shapes(outputs: Any, targets: Any, examples: int | None) -> str:
+    """``outputs of shape (16, 3) and targets of shape (16, 1) for a batch of 16 examples``."""
+
+    def shape(x: Any) -> str:
+        return f"of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"of type {type(x).__name__}"
+
+    batch = "" if examples is None else f" for a batch of {examples} examples"
+    return f"outputs {shape(outputs)} and targets {shape(targets)}{batch}"
+
+
+def _check_accuracy_shapes(task: Task, logits: Any, targets: Any, examples: int | None) -> str:
+    """The form the default accuracy reads ``logits`` and ``targets`` in (:func:`_accuracy_form`), their
+    rows agreeing with ``examples``; ValueError naming the hook that gave them otherwise."""
+    source = _source(task)
+    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError(
+            f"{source}: task {task.name!r} gave {_shapes(logits, targets, examples)}; accuracy needs tensor "
+            "logits (or an output object holding .logits) and tensor targets: give the task a "
+            "score(outputs, targets), or use metric='loss'"
+        )
+    form = _accuracy_form(logits, targets)
+    rows = {_rows(logits), _rows(targets)} | ({examples} if examples is not None else set())
+    if form is not None and len(rows) == 1:
+        return form
+    transposed = logits.dim() == 2 and examples is not None and logits.shape[1] == examples != logits.shape[0]
+    hint = " (transposed logits? they are [B, C], one row per example)" if transposed else ""
+    raise ValueError(
+        f"{source}: task {task.name!r} gave {_shapes(logits, targets, examples)}{hint}; {_ACCURACY_TAKES}: "
+        f"fix {source}, give the task a score(outputs, targets) -> [B], or use metric='loss'"
+    )
+
+
+def _check_binary_targets(task: Task, targets: torch.Tensor) -> None:
+    """ValueError naming the hook when the targets of a single-logit model are not all 0 or 1."""
+    if bool(((targets == 0) | (targets == 1)).all()):
+        return
+    seen = [round(float(v), 4) for v in targets.detach().flatten().unique()[:6].tolist()]
+    raise ValueError(
+        f"{_source(task)}: task {task.name!r} gives one output per example, read as a binary logit, but "
+        f"its targets hold values other than 0 and 1 ({seen}); binary accuracy takes 0/1 targets: give the "
+        "model one output per class for class-index targets, or the task a score(outputs, targets)"
+    )
+
+
+def check_outputs(
+    task: Task, batch: Any, outputs: Any, targets: Any, *, values: bool = False, training: bool = False
+) -> None:
+    """Refuse the ``(outputs, targets)`` of a batch that the task's metric would misread.
+
+    The batch's tensors agree on its examples B (:func:`batch_examples`). With the ``accuracy``
+    metric, outputs and targets hold one row per example, B of each; without a ``score``, the
+    logits (:func:`logits_of`) and targets take a form :func:`example_accuracy` reads, and with
+    ``values`` the targets of one logit per example are checked to be 0 or 1. The ``loss`` metric
+    reads the loss alone. ``training``: outputs of a forward in training mode, which only the loss
+    reads: outputs that are not a tensor of logits (an auxiliary head's too, say) are left to it.
+
+    Examples:
+        >>> task = Task(name="t", make_model=None, sample_input=None, load_data=None)
+        >>> check_outputs(task, (torch.zeros(4, 2), torch.zeros(4)), torch.zeros(4, 3), torch.zeros(4))
+        >>> check_outputs(task, (torch.zeros(4, 2), torch.zeros(4)), torch.zeros(3, 4), torch.zeros(4))
+        Traceback (most recent call last):
+        ...
+        ValueError: the default forward: task 't' gave outputs of shape (3, 4) and targets of shape (4,) ...
+
+    Raises:
+        ValueError: naming ``batch_outputs`` (or the default forward), the shapes seen and the forms
+            accepted; or ``collate_fn``, for a batch whose tensors disagree.
+        TypeError: naming the hook, for outputs or targets that are not tensors (without a ``score``).
+    """
+    examples = batch_examples(batch, task.collate_fn)
+    if task.metric != "accuracy" or (training and not isinstance(logits_of(outputs), torch.Tensor)):
+        return
+    if task.score is None:
+        form = _check_accuracy_shapes(task, logits_of(outputs), targets, examples)
+        if values and form == "binary":
+            _check_binary_targets(task, targets)
+        return
+    logits, source = logits_of(outputs), _source(task)
+    if any(rows not in (None, examples) for rows in (_rows(logits), _rows(targets))):
+        raise ValueError(
+            f"{source}: task {task.name!r} gave {_shapes(logits, targets, examples)}; its "
+            f"score(outputs, targets) reads one row per example: {source} must give {examples} rows"
+        )
+
+
+def _binary_threshold(task: Task) -> float:
+    """Where one output per example says class 1: 0.5 for a probability (the task's loss is
+    ``binary_cross_entropy`` or ``nn.BCELoss``), else 0 (a logit)."""
+    probability = task.loss is nn.functional.binary_cross_entropy or isinstance(task.loss, nn.BCELoss)
+    return 0.5 if probability else 0.0
+
+
+def example_accuracy(task: Task, outputs: Any, targets: Any, examples: int | None = None) -> torch.Tensor:
+    """Each example's accuracy on a batch, ``examples`` values in [0, 1] (B): the task's ``score``, else
+    read from the shapes of the logits (:func:`logits_of`) and targets, never broadcast:
+
+    - logits ``[B, C]`` (C >= 2) and class-index targets ``[B]``: 1 where the argmax is the label;
+    - logits ``[B, C]`` and class probabilities ``[B, C]`` (floats): 1 where the two argmaxes agree;
+    - one logit per example, ``[B]`` or ``[B, 1]``, and 0/1 targets ``[B]`` or ``[B, 1]``: 1 where
+      ``logit > 0`` says the target (``> 0.5``, a probability, when the task's loss is
+      ``binary_cross_entropy`` or ``nn.BCELoss``).
+
+    Examples:
+        >>> task = Task(name="t", make_model=None, sample_input=None, load_data=None)
+        >>> example_accuracy(task, torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1.0, 1.0, 0.0]))
+        tensor([1., 0., 0.])
+
+    Raises:
+        ValueError: naming ``batch_outputs`` (or the default forward) for any other shapes or rows, or
+            for targets of a single logit other than 0 and 1; naming ``score`` when it does not give
+            one value per example.
+    """
+    if task.score is not None:
+        hits = task.score(outputs, targets)
+        wrong = not isinstance(hits, torch.Tensor) or hits.dim() != 1
+        if wrong or (examples is not None and hits.shape[0] != examples):
+            got = f"shape {tuple(hits.shape)}" if isinstance(hits, torch.Tensor) else type(hits).__name__
+            want = "one value per example" + ("" if examples is None else f", shape ({examples},)")
+            raise ValueError(f"score: task {task.name!r}'s score(outputs, targets) must give {want}, got {got}")
+        return hits
+    logits = logits_of(outputs)
+    form = _check_accuracy_shapes(task, logits, targets, examples)
+    if form == "classes":
+        return (logits.argmax(1) == targets).float()
+    if form == "probabilities":
+        return (logits.argmax(1) == targets.argmax(1)).float()
+    _check_binary_targets(task, targets)
+    return ((logits.reshape(-1) > _binary_threshold(task)) == targets.reshape(-1).bool()).float()
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from ..training import batch_rows, seeded_indices, slice_batch
-from .base import Data, Task, batch_targets, is_tensor_pair, logits_of, split_size
+from .base import Data, Task, batch_examples, batch_targets, example_accuracy, is_tensor_pair, split_size
 
 __all__ = [
     "Batch",
@@ -326,9 +326,11 @@ def evaluate(
 
     Each batch's outputs and targets are the task's :meth:`~layerwise.tasks.base.Task.outputs_on`; its
     loss is the task's ``batch_loss`` when it has one, else :meth:`~layerwise.tasks.base.Task.loss_of`
-    those outputs. The accuracy is the task's ``score`` of the outputs, or where the argmax of their
-    logits (:func:`~layerwise.tasks.base.logits_of`) is the label. The model is in eval mode meanwhile
-    and goes back to its previous mode afterwards.
+    those outputs, weighted by the batch's examples (:func:`~layerwise.tasks.base.batch_examples`).
+    The accuracy is the mean of :func:`~layerwise.tasks.base.example_accuracy` (the task's ``score``,
+    or the argmax of the logits against the label, or a single logit's sign), which refuses shapes it
+    would have to broadcast. The model is in eval mode meanwhile and goes back to its previous mode
+    afterwards.
     """
     was_training = model.training
     model.eval()
@@ -337,12 +339,11 @@ def evaluate(
         with autocast(model, task.precision):
             out, target = task.outputs_on(model, batch)
             loss = task.loss_of(out, target) if task.batch_loss is None else task.loss_on(model, batch)
-        n = batch_rows(batch)
+        n = batch_examples(batch, task.collate_fn)
         loss_sum += float(loss) * n
         examples += n
         if task.metric == "accuracy":
-            hits = (logits_of(out).argmax(1) == target) if task.score is None else task.score(out, target)
-            correct += float(hits.sum())
+            correct += float(example_accuracy(task, out, target, n).sum())
     model.train(was_training)
     result = {"loss": loss_sum / examples}
     if task.metric == "accuracy":
