@@ -208,6 +208,8 @@ def test_seeds_auto_adds_seeds_to_undecided_methods_only(tmp_path, monkeypatch):
     assert "better" in rows["llr"]["verdict"] and "sooner" in rows["llr"]["verdict"] and not rows["llr"]["open"]
     assert rows["staggered"]["open"] and rows["staggered"]["runs"] == 5
     assert "seeds added until decided (3 to 5)" in result["setting"] and "llr 3" in result["setting"]
+    family = "both questions of the 2 methods corrected together by Holm's rule, so the chance of any false claim"
+    assert f"{family} in the table is at most 5 %" in result["setting"] and "falls under 10 %" in result["setting"]
     calls.clear()
     compare("auto-blobs", ["baseline", "llr", "staggered"], seeds="auto:5", out=tmp_path, **options)
     assert calls == []  # resumed: the same decisions from the stored runs, nothing trained again
