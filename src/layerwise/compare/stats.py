@@ -506,7 +506,8 @@ def _shift_interval(diffs: Sequence[float], rejects: Callable[[np.ndarray], np.n
     statistic changes only at the Walsh averages, so the points between them decide; an end past
     every finite average is infinite."""
     values = np.asarray(diffs, dtype=float)
-    steps = np.unique(_walsh(values)[np.isfinite(_walsh(values))])
+    averages = _walsh(values)
+    steps = np.unique(averages[np.isfinite(averages)])
     if steps.size == 0:
         return (-math.inf, math.inf) if not rejects(values[None, :])[0] else (float(values[0]),) * 2
     probes = np.concatenate([[steps[0] - 1.0], (steps[:-1] + steps[1:]) / 2, [steps[-1] + 1.0]])
