@@ -351,8 +351,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seeds",
         metavar="N|auto[:MAX]",
-        help="seeds per method (default 1; the llr study: 3), or auto: 3, then one more to every undecided "
-        "method (and the baseline) until decided or MAX (default 10)",
+        help="seeds per method (default 1; the main job: each regime's own; the llr study: 3), or auto: 3, then "
+        "one more to every undecided method (and the baseline) until decided or MAX (default 10)",
     )
     p.add_argument(
         "--max-minutes", type=float, metavar="M", help="with --seeds auto: start no seed round after M minutes"
@@ -389,6 +389,12 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--budget-seconds", type=_number(positive=True), help="with --budget time: the training budget in seconds"
+    )
+    p.add_argument(
+        "--clock",
+        metavar="wall|process",
+        help="what times the runs and the budget: wall (default, elapsed seconds) or process (the training process's "
+        "CPU seconds; CUDA events on a GPU), which other processes do not move; see docs/verdicts.md",
     )
     p.add_argument(
         "--eval-points", type=_count(1), default=None, help="test evaluations per run (default 10; 3 with --quick)"
@@ -589,11 +595,12 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         "target_tolerance": args.target_tolerance,
         "telemetry_every": args.telemetry,
         "margin": args.margin,
+        "clock": args.clock,
     }
     options = {
         **_common_options(args),
         **{k: v for k, v in optional.items() if v is not None},
-        "seeds": 1 if args.seeds is None else args.seeds,
+        **({} if args.seeds is None else {"seeds": args.seeds}),
         **({} if args.max_minutes is None else {"max_minutes": args.max_minutes}),
         "policy": args.policy,
         "retime": args.retime,

@@ -105,6 +105,7 @@ def register_defaults() -> None:
         ("hidlr", "hidlr_bench:run_hidlr_bench", "Hi-DLR's cost and the paper's problems"),
         ("multirate", "multirate_bench:run_multirate_bench", "Multirate's speed-up and fine-tuning accuracy"),
         ("telemetry", "telemetry_bench:run_telemetry_bench", "LayerMonitor's overhead and per-layer readings"),
+        ("clock", "clock_bench:run_clock_bench", "how far the process clock and the wall clock agree on training"),
     ):
         BENCHES.register_lazy(name, f"layerwise.bench.{target}", description=description)
 

@@ -17,6 +17,12 @@ weights they evaluate) are not. The catch-up is timed by the run's clock and cha
 it follows (:meth:`Pace.charge`). What must follow every optimizer step, whatever the budget
 (DoG's iterate averager), is not a scheduler: it is an optimizer step hook, inside the timed step.
 
+The run's clock is one of :data:`CLOCKS` (``--clock``): ``wall`` (``time.perf_counter``), which
+other processes on the machine move, or ``process`` (the training process's CPU seconds over all
+its threads, ``time.process_time``; on CUDA the GPU's own elapsed time between CUDA events), which
+they do not. The budget, the records' seconds and the curves all read the chosen clock
+(:func:`clock_of`; docs/verdicts.md says when to use which).
+
 Examples:
     >>> pace = Pace(budget_s=1.0, schedule_steps=10)
     >>> for _ in range(4):
@@ -44,13 +50,52 @@ Examples:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._checks import positive_int
+import torch
 
-__all__ = ["Pace"]
+from .._checks import one_of, positive_int
+
+__all__ = ["CLOCKS", "CudaClock", "Pace", "clock_of"]
+
+CLOCKS = ("wall", "process")
+"""``--clock``: ``wall`` (elapsed seconds, moved by other processes) or ``process`` (the training
+process's own CPU seconds; on CUDA, the GPU's elapsed seconds between CUDA events)."""
+
+
+class CudaClock:
+    """Seconds of the GPU's own timeline: each reading records a CUDA event and waits for it.
+
+    Work queued by other processes on the same GPU can still delay this process's kernels; other
+    processes on the CPU cannot. Not exercised without a CUDA device.
+    """
+
+    def __init__(self) -> None:
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.start.record()
+
+    def __call__(self) -> float:
+        now = torch.cuda.Event(enable_timing=True)
+        now.record()
+        now.synchronize()
+        return self.start.elapsed_time(now) / 1000.0
+
+
+def clock_of(name: str, device: str = "cpu") -> tuple[Callable[[], float], str]:
+    """The clock ``--clock name`` times a run with on ``device``, and the name its record gives it.
+
+    >>> clock_of("process")[1], clock_of("wall")[1]
+    ('process', 'wall')
+    """
+    one_of("--clock", name, CLOCKS)
+    if name == "wall":
+        return time.perf_counter, "wall"
+    if device == "cuda" and torch.cuda.is_available():
+        return CudaClock(), "cuda-events"
+    return time.process_time, "process"
 
 
 @dataclass

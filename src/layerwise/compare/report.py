@@ -40,7 +40,17 @@ from .targets import (
     verdict_tests,
 )
 
-__all__ = ["AA_LABEL", "answer", "markdown_table", "plot_all", "summarize", "write_html"]
+__all__ = [
+    "AA_LABEL",
+    "SMOKE",
+    "answer",
+    "load_gap",
+    "markdown_table",
+    "plot_all",
+    "smoke_rows",
+    "summarize",
+    "write_html",
+]
 
 AA_LABEL = "baseline (A/A)"
 """``--aa``: the baseline's second run under this name; its verdict is the machine's noise floor."""
@@ -57,6 +67,49 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 BUDGET_WARNING = 0.10
 """A method whose training time is off its budget by more than this fraction gets a warning."""
+
+LOAD_GAP = 1.0
+"""Two runs of a seed pair timed by the wall clock were timed under different load when their mean
+1-minute load averages differ by more than this: one more runnable thread beside one of them than
+beside the other (docs/verdicts.md)."""
+
+
+def load_gap(record: dict[str, Any], base: dict[str, Any]) -> tuple[float, float] | None:
+    """The two runs' mean loads when the pair was timed under different load (:data:`LOAD_GAP`), else None.
+
+    A pair timed by the process clock is never flagged (other processes do not move it), nor one whose
+    load is unknown (a record stored before runs recorded it).
+
+    >>> load_gap({"load": {"mean": 6.2}}, {"load": {"mean": 0.4}})
+    (6.2, 0.4)
+    >>> load_gap({"load": {"mean": 6.2}, "clock": "process"}, {"load": {"mean": 0.4}, "clock": "process"}) is None
+    True
+    """
+    if {record.get("clock", "wall"), base.get("clock", "wall")} != {"wall"}:
+        return None
+    mine, theirs = (r.get("load", {}).get("mean") for r in (record, base))
+    if mine is None or theirs is None or abs(mine - theirs) <= LOAD_GAP:
+        return None
+    return mine, theirs
+
+
+def _loaded_pairs(records: list[dict[str, Any]], base_records: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
+    """The seeds whose pair was timed under different load, with the two mean loads."""
+    base = {_seed(r, i): r for i, r in enumerate(base_records)}
+    gaps = {_seed(r, i): load_gap(r, base[_seed(r, i)]) for i, r in enumerate(records) if _seed(r, i) in base}
+    return {seed: gap for seed, gap in gaps.items() if gap is not None}
+
+
+def _loaded_note(loaded: dict[int, tuple[float, float]], pairs: int) -> str:
+    """A row's note on its pairs timed under different load: what is left out, what it affected."""
+    seeds = ", ".join(
+        f"seed {seed} ({mine:.1f} vs the baseline's {theirs:.1f})" for seed, (mine, theirs) in loaded.items()
+    )
+    return (
+        f"timed under different load: {len(loaded)} of {pairs} seed pairs, load average {seeds}; their speed is "
+        "left out, and their accuracy at equal time came from unequal steps (--clock process, or --retime on an "
+        "idle machine)"
+    )
 
 
 def summarize(
@@ -106,9 +159,15 @@ def summarize(
 
     base_times, base_finals = times(base_records), finals(base_records)
     judged_labels = [label for label, o in outcomes.items() if label != baseline and o["records"] and base_records]
+    loaded = {label: _loaded_pairs(outcomes[label]["records"], base_records) for label in judged_labels}
+
+    def timed_alike(label: str, records: list[dict[str, Any]]) -> dict[int, float | None]:
+        """The method's times to target but on the seeds timed under other load than the baseline's."""
+        return {seed: t for seed, t in times(records).items() if seed not in loaded.get(label, {})}
+
     tests, asked = {}, {}
     for label in judged_labels:
-        mine = (finals(outcomes[label]["records"]), times(outcomes[label]["records"]))
+        mine = (finals(outcomes[label]["records"]), timed_alike(label, outcomes[label]["records"]))
         tests[label] = verdict_tests(mine[0], base_finals, mine[1], base_times, metric)
         asked[label] = verdict_questions(
             mine[0], base_finals, mine[1], base_times, metric, margin, sequential is not None
@@ -121,8 +180,10 @@ def summarize(
         wall = _mean_std([r["wall_clock_s"] for r in records])[0]
         metric_mean, metric_std = _mean_std([r["test_metric"] for r in records])
         budget_ratio = _budget_ratio(records)
-        mine = times(records)
-        ttt = _median_time(mine)
+        mine, alike = times(records), timed_alike(label, records)
+        ttt, ttt_alike = _median_time(mine), _median_time(alike)
+        apart = loaded.get(label, {})
+        void_mine = void_speed or ("speed not judged: timed under different load" if apart and not alike else None)
         judged, sizing = None, None
         if label in tests:
             on_accuracy = decisions[label]["accuracy"]
@@ -131,11 +192,11 @@ def summarize(
             judged = verdict(
                 finals(records),
                 base_finals,
-                mine,
+                alike,
                 base_times,
                 metric,
                 budget,
-                void_speed=void_speed,
+                void_speed=void_mine,
                 decisions=decisions[label],
                 margin=margin,
             )
@@ -152,17 +213,36 @@ def summarize(
                 "metric_std": metric_std,
                 "time_to_target_s": ttt,
                 "reached": sum(t is not None for t in mine.values()),
-                "target_ratio": None if not (ttt and base_median) or void_speed else base_median / ttt,
+                "target_ratio": None if not (ttt_alike and base_median) or void_mine else base_median / ttt_alike,
                 "verdict": "reference" if label == baseline else _verdict_text(judged, sizing, metric),
                 "tests": None if judged is None else _tests_dict(judged, decisions[label], margin_of(metric, margin)),
                 "open": [] if judged is None else _open(decisions[label]),
                 "sizing": sizing,
                 "final_train_loss": _mean_std([r["final_train_loss"] for r in records])[0],
-                "notes": "; ".join(_notes(records, errors, base_records, budget_ratio)),
+                "notes": "; ".join(
+                    _notes(records, errors, base_records, budget_ratio)
+                    + ([_loaded_note(apart, len(records))] if apart else [])
+                ),
+                "timed_under_other_load": sorted(apart),
             }
         )
     rule = "sequential" if sequential is not None else "fixed"
     return {"rows": rows, "target": target, "correction": "holm" if correction else "none", "rule": rule}
+
+
+SMOKE = (
+    "Smoke run (--quick): a few steps on a slice of the data check that every method runs end to end; "
+    "its times and accuracies say nothing about speed or quality, so no speed-up or verdict is given."
+)
+"""The answer of a ``--quick`` comparison."""
+
+
+def smoke_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a smoke run: accuracies and what ran kept, speed ratios and verdicts left out."""
+    left_out = {"speedup": None, "target_ratio": None, "tests": None, "open": [], "sizing": None}
+    return [
+        {**row, **left_out, "verdict": "reference" if row["verdict"] == "reference" else "smoke run"} for row in rows
+    ]
 
 
 def _first_round(base_records: list[dict[str, Any]], sequential: int | None) -> list[float | None]:

@@ -10,6 +10,12 @@ the first epoch the same seeded generator reshuffles every epoch, so every metho
 batches in the same order for as long as it trains. :class:`RunSpec` describes a run; :func:`run`
 trains it.
 
+Every record says how it was timed: ``clock`` (``wall``, ``process`` or ``cuda-events``,
+:func:`~layerwise.compare.budget.clock_of`), ``load`` (the machine's 1-minute load average at the
+start, at each evaluation and at the end, their mean, and the CPU count) and ``step_s`` (the median
+and 90th percentile of its steps' training seconds). Records stored before these fields read them
+as unknown.
+
 Examples:
     >>> from layerwise.compare.runner import run_one
     >>> record = run_one("ellipse", "hidlr", seed=0)  # doctest: +SKIP
@@ -19,6 +25,8 @@ Examples:
 from __future__ import annotations
 
 import math
+import os
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -38,7 +46,7 @@ from ..tasks.loop import Batch, batch_step, evaluate, loader_options, seeded_bat
 from ..telemetry import LayerMonitor
 from ..training import slice_batch, steps_per_epoch
 from ..wrapping import owns_lr
-from .budget import Pace
+from .budget import Pace, clock_of
 from .methods import METHODS, Build, Setup, build_setup, resolve_settings
 from .parallel import Parallel
 
@@ -48,6 +56,7 @@ __all__ = [
     "eval_steps",
     "evaluate_setup",
     "group_lrs",
+    "load_average",
     "new_run",
     "optimizer_text",
     "param_norms",
@@ -86,6 +95,7 @@ class RunSpec:
         telemetry_every: attach a :class:`LayerMonitor` recording every this many steps
             (its records go to ``record["telemetry"]``).
         tensorboard: also log the telemetry there (a ``SummaryWriter`` log directory).
+        clock: what times the run (``wall`` or ``process``, :func:`~layerwise.compare.budget.clock_of`).
     """
 
     method: str
@@ -100,6 +110,23 @@ class RunSpec:
     eval_points: int = 10
     telemetry_every: int | None = None
     tensorboard: str | Path | None = None
+    clock: str = "wall"
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _spread(seconds: list[float]) -> dict[str, float | None]:
+    """The median and the 90th percentile (nearest rank) of the steps' training seconds."""
+    if not seconds:
+        return {"median": None, "p90": None}
+    ordered = sorted(seconds)
+    return {"median": statistics.median(ordered), "p90": ordered[math.ceil(0.9 * len(ordered)) - 1]}
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -269,7 +296,7 @@ def run(
     data: TaskData | None = None,
     on_step: OnStep | None = None,
     parallel: Parallel | None = None,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Train ``task`` as ``spec`` describes and return a JSON-ready record of the run.
 
@@ -279,7 +306,7 @@ def run(
         parallel: this process's rank of a data-parallel run (:mod:`.parallel`), which every rank
             calls alike: each trains on its slice of every global batch and evaluates; the
             losses recorded are the global batch's. None: this process trains alone.
-        clock: seconds, for the training time (a fake clock in tests).
+        clock: seconds, for the training time (a fake clock in tests; default: ``spec.clock``'s).
     """
     settings = resolve_settings(spec.method, spec.settings)
     epochs = _epochs(task, spec)
@@ -289,6 +316,9 @@ def run(
     total = epochs * per_epoch if spec.steps is None else spec.steps
     pace = None if spec.seconds is None else Pace(spec.seconds, total)
     model, setup = new_run(task, spec.method, settings, total, spec.policy, spec.seed, parallel)
+    device = next((p.device.type for p in model.parameters()), "cpu")
+    chosen, clock_name = clock_of(spec.clock, device)
+    clock = clock or chosen
     if pace is not None and owns_lr(setup.optimizer):  # Hi-DLR, SecantLR: their schedules read the budget's share
         setup.optimizer.progress = pace.progress
     cache = _run_cache(model, setup, spec.method, split_size(train), parallel, task)
@@ -320,6 +350,7 @@ def run(
         "nproc": 1 if parallel is None else parallel.world,
         "engine": "single" if parallel is None else parallel.engine,
         **({} if pace is None else {"schedule_steps": pace.schedule_steps, "budget_s": pace.budget_s}),
+        "clock": clock_name,
     }
     return _finish(record, setup.optimizer, cache, monitor, writer)
 
@@ -413,6 +444,8 @@ class _Recorder:
         self.curve: list[dict[str, float]] = []
         self.frozen_at: dict[str, int] = {}
         self.seconds, self.diverged_at = 0.0, None
+        self.step_seconds: list[float] = []
+        self.loads = [load_average()]
 
     def before(self, batch: Batch) -> None:
         """Untimed: every ``lr_every`` steps, each group's LR."""
@@ -430,6 +463,7 @@ class _Recorder:
             self.pace.add(seconds)
             seconds += self._catch_up()
         self.seconds += seconds
+        self.step_seconds.append(seconds)
         self.steps = done = batch.step + 1
         value = loss.item() if self.parallel is None else self.parallel.mean(loss)
         self.losses.append(value if math.isfinite(value) else None)
@@ -443,6 +477,7 @@ class _Recorder:
             return True
         ending = self.pace is not None and self.pace.done()
         if ending or self._evaluation_due(done):
+            self.loads.append(load_average())
             metrics = evaluate_setup(self.model, self.setup, self.test, self.task)
             self.curve.append({"step": done, "seconds": self.seconds, **{f"test_{k}": v for k, v in metrics.items()}})
         return ending
@@ -483,7 +518,16 @@ class _Recorder:
         """The record's fields from what was recorded (the final train loss: the last tenth of an epoch's mean)."""
         final = self.curve[-1] if self.curve and self.diverged_at is None else {}
         tail = [v if v is not None else math.nan for v in self.losses[-max(1, per_epoch // 10) :]]
+        loads = [*self.loads, load_average()]
+        known = [load for load in loads if load is not None]
         return {
+            "load": {
+                "start": loads[0],
+                "end": loads[-1],
+                "mean": statistics.fmean(known) if known else None,
+                "cpus": os.cpu_count(),
+            },
+            "step_s": _spread(self.step_seconds),
             "groups": list(self.lr),
             "wall_clock_s": self.seconds,
             "test_metric": _finite_or_none(final.get(f"test_{metric}")),

@@ -40,6 +40,7 @@ from ..groups import Partition
 from ..tasks import Task, TaskData, resolve_task
 from ..tasks.base import split_examples, split_size
 from ..training import progress_bar, steps_per_epoch
+from .budget import CLOCKS
 from .engines import group_for
 from .methods import (
     METHODS,
@@ -51,7 +52,7 @@ from .methods import (
     resolve_settings,
 )
 from .parallel import check_parallel
-from .report import AA_LABEL, answer, markdown_table, plot_all, summarize, write_html
+from .report import AA_LABEL, SMOKE, answer, markdown_table, plot_all, smoke_rows, summarize, write_html
 from .runner import run_one, warm_up
 from .store import RunStore, locked
 from .targets import check_margin, check_target, margin_of, scale_of
@@ -100,6 +101,9 @@ class CompareConfig:
         nproc: train each run on this many processes, data-parallel (None or 1: this process alone;
             under torchrun: its world size). See :mod:`.engines`.
         fsdp: shard the model with FSDP2 instead of DDP (needs ``nproc`` or torchrun).
+        clock: what times every run, the budget and the curves: ``"wall"`` (elapsed seconds) or
+            ``"process"`` (the training process's CPU seconds; on CUDA, CUDA events), which other
+            processes on the machine do not move (:func:`~layerwise.compare.budget.clock_of`).
     """
 
     epochs: int | None = None
@@ -113,11 +117,13 @@ class CompareConfig:
     budget_seconds: float | None = None
     nproc: int | None = None
     fsdp: bool = False
+    clock: Literal["wall", "process"] = "wall"
 
     def __post_init__(self) -> None:
         if self.eval_points is None:
             object.__setattr__(self, "eval_points", 3 if self.quick else 10)
         one_of("--budget", self.budget, BUDGETS)
+        one_of("--clock", self.clock, CLOCKS)
         one_of("--policy", self.policy, tuple(recipes.POLICIES))
         seconds = self.budget_seconds
         if seconds is not None:
@@ -431,6 +437,8 @@ def _store_key(comparison: _Comparison, *, own_data: bool) -> dict[str, Any]:
     }
     if key["telemetry_every"] is None:
         del key["telemetry_every"]
+    if key["clock"] == "wall":  # the clock of every store written before there was a choice
+        del key["clock"]
     return key
 
 
@@ -465,6 +473,7 @@ def _train_due(
         "data": data,
         "eval_points": config.eval_points,
         "telemetry_every": config.telemetry_every,
+        "clock": config.clock,
     }
     unsaved: dict[str, dict[str, Any]] = {}
     with progress_bar(len(todo), f"compare {task.name}", comparison.progress, unit="run", leave=True) as runs_bar:
@@ -586,12 +595,14 @@ def _write_report(
     task, config, out = comparison.task, comparison.config, comparison.out
     summary = _summary(outcomes, comparison, judging)
     rows, target_value = summary["rows"], summary["target"]
+    rows = smoke_rows(rows) if config.quick else rows
     table = markdown_table(rows, task.metric, budget=config.budget)
     title = title or f"layerwise compare: {task.name}"
-    setting = _setting_text(comparison, outcomes, target_value) + " " + _verdicts_text(rows, judging, task.metric)
+    verdicts = "" if config.quick else " " + _verdicts_text(rows, judging, task.metric)
+    setting = _setting_text(comparison, outcomes, target_value) + verdicts
     setting += f" {note}" if note else ""
     snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy, _paced(comparison))
-    answered = answer(rows, task.metric, config.budget)
+    answered = SMOKE if config.quick else answer(rows, task.metric, config.budget)
     (out / "results.md").write_text(
         f"# {title}\n\n{answered}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}"
     )
@@ -711,6 +722,22 @@ def _budget_text(comparison: _Comparison, outcomes: dict[str, dict[str, list]]) 
     config, epochs = comparison.config, comparison.epochs
     if config.budget == "steps":
         return f"Equal steps: every method trains {epochs} epoch(s)."
+    return _time_budget_text(comparison, outcomes) + _clock_text(config.clock)
+
+
+def _clock_text(clock: str) -> str:
+    """What timed the runs, when it is not the wall clock."""
+    if clock == "wall":
+        return ""
+    return (
+        " Timed by the process clock (--clock process): the training process's CPU seconds over all its threads "
+        "(CUDA events on a GPU), which other processes on the machine do not move; every 'seconds' is on it."
+    )
+
+
+def _time_budget_text(comparison: _Comparison, outcomes: dict[str, dict[str, list]]) -> str:
+    """The equal-time budget: given, or the baseline's training time on each seed."""
+    config, epochs = comparison.config, comparison.epochs
     paced = (
         "stopping by its own clock at the step nearest the budget; its schedules (the LR policy, freeze times, "
         "Hi-DLR's schedule) follow its share of the budget, so a faster method takes more steps over the same "
