@@ -53,7 +53,7 @@ def test_layerwise_lr_and_gradual_unfreezing_on_an_accelerated_optimizer():
     sched = LayerwiseLR(opt, 6, layers=layerwise.Discriminative(2.0))
     _train(accelerator, model, opt, 6, sched)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx(sched.lr_at(6))
-    unfreezing = GradualUnfreezing(Freezer(model, opt), every=2)
+    unfreezing = GradualUnfreezing(Freezer(model, opt), every=2, fresh=True)  # added to a trained optimizer
     assert unfreezing.freezer.frozen == ("0", "2")
     _train(accelerator, model, opt, 4, unfreezing)
     assert unfreezing.freezer.frozen == ()

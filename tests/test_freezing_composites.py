@@ -177,11 +177,13 @@ def test_add_param_group_refuses_a_parameter_another_part_holds_and_adds_nothing
     before = [len(o.param_groups) for o in opt.optimizers]
     with pytest.raises(
         ValueError,
-        match=r"param_group: a parameter of shape \(8, 4\) is already in part 'body' \(group '0'\); each parameter "
-        r"is trained by one part, so it would be stepped twice",
+        match=r"param_group: a parameter of shape \(8, 4\) is already in a part \(part 'body', group '0'\); each "
+        r"parameter is trained by one part, so it would be stepped twice",
     ):
         opt.add_param_group({"params": [model[0].weight], "part": "head"})
-    with pytest.raises(ValueError, match=r"param_group: parameter '4.bias' is already in part 'head' \(group '4'\)"):
+    with pytest.raises(
+        ValueError, match=r"param_group: parameter '4.bias' is already in a part \(part 'head', group '4'\)"
+    ):
         opt.add_param_group({"params": [("2.weight", model[2].weight), ("4.bias", model[4].bias)], "part": "body"})
     assert [len(o.param_groups) for o in opt.optimizers] == before
     opt.add_param_group({"params": list(model[2].parameters()), "part": "body", "name": "2"})
@@ -193,7 +195,7 @@ def test_a_parameter_refused_by_another_part_is_stepped_once():
     model = make_model()
     opt = two_parts(model)
     weight = model[0].weight
-    with pytest.raises(ValueError, match="already in part 'body'"):
+    with pytest.raises(ValueError, match=r"already in a part \(part 'body'"):
         opt.add_param_group({"params": [weight], "part": "head"})
     before = weight.detach().clone()
     take_step(model, opt, 0)
@@ -215,7 +217,9 @@ def test_parts_sharing_a_parameter_are_refused_naming_it():
 def test_multirate_add_param_group_names_the_parameter_and_its_part():
     model = make_model()
     opt = Multirate(model[4].parameters(), model[0].parameters(), lr=0.1, k=2)
-    with pytest.raises(ValueError, match=r"param_group: a parameter of shape \(3, 8\) is already in part 'fast'"):
+    with pytest.raises(
+        ValueError, match=r"param_group: a parameter of shape \(3, 8\) is already in a part \(part 'fast'\)"
+    ):
         opt.add_param_group({"params": [model[4].weight], "part": "slow"})
 
 

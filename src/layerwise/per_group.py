@@ -116,10 +116,10 @@ class Composite(Optimizer):
         for name, param in _named_params(param_group):
             if id(param) in held:
                 part, group = held[id(param)]
-                where = f"part {part!r}" + (f" (group {group['name']!r})" if "name" in group else "")
+                where = f"part {part!r}" + (f", group {group['name']!r}" if "name" in group else "")
                 raise ValueError(
-                    f"{argument}: {_label(param, name)} is already in {where}; each parameter is trained by one "
-                    "part, so it would be stepped twice"
+                    f"{argument}: {_label(param, name)} is already in a part ({where}); each parameter is trained "
+                    "by one part, so it would be stepped twice"
                 )
 
 
