@@ -5,7 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from layerwise.compare.profiles import Speedup, plot_profile, profile, ratios, score, speedups
+from layerwise.compare.profiles import (
+    Speedup,
+    line_styles,
+    plot_profile,
+    profile,
+    profile_figure,
+    ratios,
+    score,
+    speedups,
+)
 
 # Median time to target (seconds) per task and method; inf: missed.
 TIMES = {
@@ -89,3 +98,17 @@ def test_the_summary_over_tasks_says_not_run_and_leaves_it_out_of_the_score(tmp_
         "| fast | 5.0 (1.00) | not run | 1.00 (over the 1 of 2 tasks it ran) | 2.00x (1 of 1 tasks) |",
         "| broken | no finished run | missed | 0.00 (over the 1 of 2 tasks it ran) | — |",
     ]
+
+
+def test_the_profile_of_13_methods_has_its_legend_outside_and_distinct_lines():
+    pytest.importorskip("matplotlib")
+    methods = [f"m{i}" for i in range(13)]
+    times = {"t1": {m: 10.0 + i for i, m in enumerate(methods)}, "t2": {m: 30.0 - i for i, m in enumerate(methods)}}
+    fig = profile_figure(ratios(times))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert ax.get_legend().get_window_extent(renderer).x0 > ax.get_window_extent(renderer).x1
+    drawn = {(line.get_linestyle(), line.get_marker()) for line in ax.get_lines()}
+    assert len(drawn) == 13 and len(set(line_styles(methods).values())) == 13
+    fig.clf()

@@ -25,9 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import legend, pyplot
+from ..plotting import pyplot
 
-__all__ = ["TAU_MAX", "Speedup", "plot_profile", "profile", "ratios", "score", "speedups"]
+__all__ = [
+    "TAU_MAX",
+    "Speedup",
+    "line_styles",
+    "plot_profile",
+    "profile",
+    "profile_figure",
+    "ratios",
+    "score",
+    "speedups",
+]
 
 TAU_MAX = 4.0
 """The largest ratio the profile shows and its score integrates over (AlgoPerf's r_max)."""
@@ -128,20 +138,71 @@ def speedups(times: Times, baseline: str) -> dict[str, Speedup]:
     return result
 
 
-def plot_profile(ratio: Ratios, path: str | Path, tau_max: float = TAU_MAX) -> Path:
-    """Draw every method's performance profile over [1, tau_max] as steps, with its score in the legend."""
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+"""The profile's lines: 4 styles times 7 markers, 28 methods before a (style, marker) pair repeats."""
+
+
+def line_styles(methods: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Each method's (line style, marker), distinct for up to 28 methods (the style changes fastest).
+
+    >>> line_styles(["a", "b", "c", "d", "e"])["e"]
+    ('-', 's')
+    """
+    return {
+        m: (LINE_STYLES[i % len(LINE_STYLES)], MARKERS[(i // len(LINE_STYLES)) % len(MARKERS)])
+        for i, m in enumerate(methods)
+    }
+
+
+def profile_figure(ratio: Ratios, tau_max: float = TAU_MAX):
+    """The performance profile's figure: every method's steps over [1, tau_max] with its own line style,
+    marker and colour, its score in the legend, the legend outside the axes on the right."""
     plt = pyplot()
     taus = np.linspace(1.0, tau_max, 601)
     scores = score(ratio, tau_max)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, rho in profile(ratio, taus).items():
-        ax.step(taus, rho, where="post", label=f"{method} ({scores[method]:.2f})")
+    profiles = profile(ratio, taus)
+    styles = line_styles(list(profiles))
+    colors = (
+        plt.cm.tab10(np.arange(len(profiles)) % 10)
+        if len(profiles) <= 10
+        else plt.cm.tab20(np.arange(len(profiles)) % 20)
+    )
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for i, ((method, rho), color) in enumerate(zip(profiles.items(), colors)):
+        style, marker = styles[method]
+        ax.step(
+            taus,
+            rho,
+            where="post",
+            ls=style,
+            marker=marker,
+            markevery=(7 * i % 60, 60),  # each method's markers at other taus, so they do not hide each other
+            ms=5,
+            lw=1.6,
+            color=color,
+            label=f"{method} ({scores[method]:.2f})",
+        )
     ax.set_xlabel("tau (time over the fastest method's)")
     ax.set_ylabel("share of tasks with ratio <= tau")
     ax.set_xlim(1.0, tau_max)
     ax.set_ylim(-0.02, 1.02)
-    legend(ax, title="method (score)", title_fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(
+        title="method (score)",
+        title_fontsize=8,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )
     fig.tight_layout()
+    return fig
+
+
+def plot_profile(ratio: Ratios, path: str | Path, tau_max: float = TAU_MAX) -> Path:
+    """Draw every method's performance profile (:func:`profile_figure`) and save it as PNG."""
+    fig = profile_figure(ratio, tau_max)
     fig.savefig(path)
-    plt.close(fig)
+    pyplot().close(fig)
     return Path(path)

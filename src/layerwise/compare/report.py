@@ -44,9 +44,11 @@ __all__ = [
     "AA_LABEL",
     "SMOKE",
     "answer",
+    "forest_rows",
     "load_gap",
     "markdown_table",
     "plot_all",
+    "plot_forest",
     "smoke_rows",
     "summarize",
     "write_html",
@@ -671,7 +673,75 @@ def plot_all(outcomes: Outcomes, metric: str, out: Path, target: float | None = 
     return paths
 
 
+FOREST_MARKS = {
+    "better": ("better", "^", "#1a9850"),
+    "worse": ("worse", "v", "#d73027"),
+    "equivalent": ("equivalent", "s", "#4575b4"),
+    "undecided": ("open", "o", "#737373"),
+    "futile": ("open (stopped)", "X", "#737373"),
+    None: ("not judged", "D", "#bdbdbd"),
+}
+"""A forest row's mark by its accuracy verdict: the word printed beside it, its marker and colour
+(the word and the marker keep it readable in greyscale)."""
+
+
+def forest_rows(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The forest plot's rows: each judged method's paired difference from the baseline in the metric's
+    display units, the interval of the test that decided its accuracy question, and its mark."""
+    scale, _ = scale_of(metric)
+    out = []
+    for row in rows:
+        if row["tests"] is None or row["method"] == AA_LABEL:
+            continue
+        accuracy = row["tests"]["accuracy"]
+        decision = accuracy["decision"] or {}
+        values = [decision.get(k) for k in ("diff", "low", "high")]
+        diff, low, high = (None if v is None or not math.isfinite(v) else v * scale for v in values)
+        mark = FOREST_MARKS[accuracy["verdict"]][0]
+        out.append({"method": row["method"], "diff": diff, "low": low, "high": high, "mark": mark})
+    return out
+
+
+def plot_forest(rows: list[dict[str, Any]], metric: str, margin: float | None, path: Path) -> Path | None:
+    """The answer in one picture: one row per method, its difference from the baseline with the deciding
+    test's interval, marked better / worse / equivalent / open, the margin (in the metric's stored
+    units) a band around zero; None when no method was judged."""
+    data = forest_rows(rows, metric)
+    if not data:
+        return None
+    plt = pyplot()
+    scale, unit = scale_of(metric)
+    marks = {label: (marker, color) for label, marker, color in FOREST_MARKS.values()}
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.45 * len(data)), dpi=110)
+    if margin:
+        band = margin * scale
+        ax.axvspan(-band, band, color="#e0e0e0", zorder=0, label=f"equivalence margin ±{band:g} {unit}")
+    ax.axvline(0.0, color="black", lw=0.8)
+    for y, item in enumerate(data):
+        marker, color = marks[item["mark"]]
+        if item["low"] is not None and item["high"] is not None:
+            ax.hlines(y, item["low"], item["high"], color=color, lw=2.2)
+        if item["diff"] is not None:
+            ax.plot(item["diff"], y, marker=marker, ms=9, color=color, mec="black", ls="none")
+        ax.annotate(item["mark"], (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=9)
+    ax.set_yticks(range(len(data)), [item["method"] for item in data])
+    ax.set_ylim(len(data) - 0.5, -0.5)
+    ax.set_xlabel(f"test {metric}, method minus baseline ({unit}), paired by seed")
+    ax.set_title("against the baseline, with the interval of the test that decided it", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    if margin:
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 CAPTIONS = {
+    "forest": "The answer in one picture: each method's test metric minus the baseline's, paired by seed, with the "
+    "interval of the test that decided it (the sequential boundary's under --seeds auto); marked better (triangle "
+    "up), worse (triangle down), equivalent (square) or open (circle; a cross when stopped for futility); the grey "
+    "band is the equivalence margin.",
     "metric_vs_wallclock": "Test metric against training wall-clock: every seed faint, the mean bold; the dotted line "
     "is the target, the dashed line the Pareto frontier (the best metric reached by any method at each time).",
     "train_loss": "Training loss against step (moving average, mean over seeds).",
@@ -707,11 +777,14 @@ def html_section(
     def src(p: Path) -> str:
         return html.escape(str(p.relative_to(base)) if base is not None else p.name)
 
-    images = "\n".join(
-        f'<figure><img src="{src(p)}" alt="{html.escape(p.stem)}">'
-        f"<figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>"
-        for p in plots
-    )
+    def figure(p: Path) -> str:
+        return (
+            f'<figure><img src="{src(p)}" alt="{html.escape(p.stem)}">'
+            f"<figcaption>{html.escape(CAPTIONS.get(p.stem, p.stem))}</figcaption></figure>"
+        )
+
+    forest = "".join(figure(p) for p in plots if p.stem == "forest")
+    images = "\n".join(figure(p) for p in plots if p.stem != "forest")
     code = "".join(
         f"<details><summary>{html.escape(label)}</summary><pre>{html.escape(text)}</pre></details>"
         for label, text in (snippets or {}).items()
@@ -721,6 +794,7 @@ def html_section(
     answered = f'<ul class="answer">{answered}</ul>' if answered else ""
     return f"""<h{level}>{html.escape(title)}</h{level}>
 {answered}
+{forest}
 <p>{html.escape(notes)}</p>
 <div class="scroll"><table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>
 {chr(10).join(body)}

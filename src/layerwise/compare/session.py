@@ -52,7 +52,17 @@ from .methods import (
     resolve_settings,
 )
 from .parallel import check_parallel
-from .report import AA_LABEL, SMOKE, answer, markdown_table, plot_all, smoke_rows, summarize, write_html
+from .report import (
+    AA_LABEL,
+    SMOKE,
+    answer,
+    markdown_table,
+    plot_all,
+    plot_forest,
+    smoke_rows,
+    summarize,
+    write_html,
+)
 from .runner import run_one, warm_up
 from .store import RunStore, locked
 from .targets import check_margin, check_target, margin_of, scale_of
@@ -606,7 +616,9 @@ def _write_report(
     (out / "results.md").write_text(
         f"# {title}\n\n{answered}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}"
     )
-    plots = plot_all(outcomes, task.metric, out, target=target_value)
+    margin = margin_of(task.metric, judging.margin)
+    forest = None if config.quick else plot_forest(rows, task.metric, margin, out / "forest.png")
+    plots = [*([forest] if forest else []), *plot_all(outcomes, task.metric, out, target=target_value)]
     html_path = write_html(
         out / "report.html",
         title,
