@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import layerwise
+import layerwise.compare
 from layerwise import FreezeOut, HiDLR, LayerwiseLR, Multirate, recipes
 from layerwise.tasks.pretrained import minilm_classifier
 
@@ -32,8 +33,8 @@ def _loss(outputs, labels, num_items_in_batch=None):
     return nn.functional.cross_entropy(outputs, labels)
 
 
-def _trainer(tmp_path, model, optimizers):
-    args = transformers.TrainingArguments(
+def _args(tmp_path, **overrides):
+    return transformers.TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
         max_steps=STEPS,
@@ -43,9 +44,18 @@ def _trainer(tmp_path, model, optimizers):
         remove_unused_columns=False,
         use_cpu=True,
         disable_tqdm=True,
+        **overrides,
     )
-    return LayerwiseTrainer(
-        model=model, args=args, train_dataset=_data(), optimizers=optimizers, compute_loss_func=_loss
+
+
+def _trainer(tmp_path, model, optimizers=(None, None), trainer=LayerwiseTrainer, args=None, **kwargs):
+    return trainer(
+        model=model,
+        args=args or _args(tmp_path),
+        train_dataset=_data(),
+        optimizers=optimizers,
+        compute_loss_func=_loss,
+        **kwargs,
     )
 
 
@@ -143,3 +153,116 @@ def test_schedule_arguments_ignored_for_an_optimizer_that_owns_its_lrs_are_warne
     )
     with pytest.warns(UserWarning, match=r"args: lr_scheduler_type='cosine' ignored: HiDLR"):
         LayerwiseTrainer(model=model, args=args, train_dataset=_data(), optimizers=(hidlr, None))
+
+
+def _group_lrs(entry: dict) -> dict[str, float]:
+    return {key: value for key, value in entry.items() if key.startswith("lr/")}
+
+
+def test_a_named_technique_is_built_from_the_trainers_args_and_every_group_is_logged(tmp_path, minilm):
+    model, _ = _fresh(minilm)
+    trainer = _trainer(tmp_path, model, technique="freezeout", technique_settings={"t0": 0.5, "strategy": "linear"})
+    trainer.train()
+    run = trainer.technique_setup
+    assert type(run.scheduler) is FreezeOut and type(run.optimizer) is torch.optim.AdamW
+    assert run.optimizer.defaults["fused"] is True  # the Trainer's default optim, adamw_torch_fused
+    # the same call by hand: the Trainer's lr, decay, steps, linear policy, its optimizer; traced on a first batch
+    fresh, _ = _fresh(minilm)
+    by_hand = layerwise.compare.setup(
+        fresh,
+        "freezeout",
+        optimizer=torch.optim.AdamW,
+        optimizer_options={"betas": (0.9, 0.999), "eps": 1e-8, "fused": True},
+        lr=5e-5,
+        total_steps=STEPS,
+        policy="linear",
+        sample_input={"input_ids": torch.stack([row["input_ids"] for row in _data()[:4]])},
+        t0=0.5,
+        strategy="linear",
+    )
+    names = [g["name"] for g in by_hand.optimizer.param_groups]
+    logs = _lr_logs(trainer)
+    assert len(logs) == STEPS and len(set(names)) > 30  # one group per layer of MiniLM
+    for entry in logs:
+        by_hand.optimizer.step()  # no gradients: the weights stay
+        by_hand.scheduler.step()
+        expected = {f"lr/{name}": float(g["lr"]) for name, g in zip(names, by_hand.optimizer.param_groups)}
+        assert _group_lrs(entry) == pytest.approx(expected)
+    assert [entry["frozen_groups"] for entry in logs][-1] == len(run.freezer.frozen) > 0
+    assert run.freezer.frozen == by_hand.freezer.frozen
+
+
+def test_a_techniques_policy_and_warm_up_are_the_trainers_schedule(tmp_path, minilm):
+    model, _ = _fresh(minilm)
+    args = _args(tmp_path, lr_scheduler_type="cosine", warmup_steps=1, learning_rate=1e-4, optim="sgd")
+    trainer = _trainer(tmp_path, model, args=args, technique="baseline")
+    trainer.train()
+    assert type(trainer.optimizer.optimizer) is torch.optim.SGD  # args.optim, wrapped by accelerate
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-4)
+    schedule = transformers.get_cosine_schedule_with_warmup(reference, 1, STEPS)
+    for entry in _lr_logs(trainer):
+        reference.step()
+        schedule.step()
+        lrs = list(_group_lrs(entry).values())
+        assert len(lrs) > 30 and lrs == pytest.approx([reference.param_groups[0]["lr"]] * len(lrs))
+
+
+def test_a_named_hidlr_gets_its_closure_and_keeps_its_lrs(tmp_path, minilm):
+    model, _ = _fresh(minilm)
+    settings = {"groups": 2, "update_every": 2, "max_interval": None}
+    trainer = _trainer(tmp_path, model, technique="hidlr", technique_settings=settings)
+    trainer.train()
+    hidlr = trainer.technique_setup.optimizer
+    assert type(hidlr) is HiDLR and hidlr.stats["probe_rounds"] == 2
+    # its found LRs times the Trainer's linear policy at the last step (3 of 4), nothing else writing them
+    found = [hidlr.lrs[g["name"]] * 0.25 for g in hidlr.param_groups]
+    assert [float(g["lr"]) for g in hidlr.param_groups] == pytest.approx(found) and min(found) > 0
+    assert _group_lrs(_lr_logs(trainer)[-1]) == pytest.approx(
+        {f"lr/{g['name']}": lr for g, lr in zip(hidlr.param_groups, found)}
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"technique": "freezeout", "optimizers": "given"},
+            r"^optimizers: technique='freezeout' builds the optimizer and the scheduler from args; give "
+            r"LayerwiseTrainer technique= or optimizers=, not both$",
+        ),
+        (
+            {"technique": "freezout"},
+            r"^method: unknown 'freezout'; choose from \['adamw', ",
+        ),
+        (
+            {"technique": "freezeout", "technique_settings": {"lr": 0.1}},
+            r"^technique_settings: 'lr' comes from args\.learning_rate; set it there$",
+        ),
+        (
+            {"technique": "freezeout", "technique_settings": {"t1": 0.5}},
+            r"^freezeout: unknown setting 't1'; freezeout takes \['scale_lr', 'strategy', 't0'\]$",
+        ),
+        (
+            {"technique": "freezeout", "args": {"lr_scheduler_type": "polynomial"}},
+            r"^args\.lr_scheduler_type: 'polynomial' has no layerwise policy for technique='freezeout'; choose from "
+            r"\['constant', 'constant_with_warmup', 'cosine', 'linear'\]$",
+        ),
+    ],
+)
+def test_a_technique_the_trainer_cannot_build_is_refused_in_one_line(tmp_path, minilm, kwargs, message):
+    model, part = _fresh(minilm)
+    if kwargs.get("optimizers") == "given":
+        kwargs["optimizers"] = (torch.optim.AdamW(part.param_groups(lr=1e-4)), None)
+    args = _args(tmp_path, **kwargs.pop("args", {}))
+    with pytest.raises(ValueError, match=message):
+        _trainer(tmp_path, model, args=args, **kwargs)
+
+
+def test_a_plain_trainer_with_hidlr_says_which_trainer_gives_its_closure(tmp_path, minilm):
+    model, part = _fresh(minilm)
+    hidlr = HiDLR(torch.optim.AdamW(part.param_groups(lr=1e-4)), update_every=2, model=model)
+    trainer = _trainer(tmp_path, model, (hidlr, None), trainer=transformers.Trainer)
+    with pytest.raises(
+        TypeError, match=r"needs a closure .* use layerwise\.integrations\.huggingface\.LayerwiseTrainer"
+    ):
+        trainer.train()

@@ -249,7 +249,9 @@ class HiDLR(GroupRates):
             if probe is None:
                 raise TypeError(
                     "closure: HiDLR.step(closure) needs a closure on probing steps (every update_every "
-                    "steps, the first included): a function returning the batch loss without backward"
+                    "steps, the first included): a function returning the batch loss without backward; a trainer "
+                    "that owns the loop gives it none: use layerwise.integrations.huggingface.LayerwiseTrainer "
+                    "for transformers.Trainer, layerwise.integrations.lightning.LayerwiseCallback for Lightning"
                 )
             self._probe(self._on_fraction(probe), factors)
             self.next_probe = self.step_count + self.interval
