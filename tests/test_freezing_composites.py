@@ -268,6 +268,16 @@ def test_a_tied_pair_without_other_parameters_freezes_when_one_group_holds_both(
     assert model.a.weight.requires_grad and model.b.weight.requires_grad
 
 
+def test_the_refusal_for_a_tied_module_without_other_parameters_offers_the_group_that_works():
+    model = TiedTokens()
+    part = layerwise.by_layer(model, sample_input=torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"give 'out' to 'emb' too \(layerwise.explicit with both modules"):
+        Freezer(model, torch.optim.SGD(part.param_groups(lr=0.1))).freeze("emb")
+    part = layerwise.explicit(model, {"emb": [model.emb, model.out], "a": [model.a], "b": [model.b]})
+    Freezer(model, torch.optim.SGD(part.param_groups(lr=0.1))).freeze("emb")
+    assert not model.emb.weight.requires_grad
+
+
 def test_freezeout_freezes_a_tied_pair_held_by_one_group():
     model, opt = tied_in_one_group(0)
     freezeout = FreezeOut(model, opt, total_steps=12, t0=0.3, strategy="linear")

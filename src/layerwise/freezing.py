@@ -331,7 +331,8 @@ def _tied_refusal(argument: str, group: str, pname: str, user: str, training: li
     return (
         f"{argument}: group {group!r} holds {pname!r}, which module {user!r} also uses (tied weights); {user!r} has "
         f"no other parameter, so no group shows when it trains, and {stop} while {training} train. Freeze "
-        f"{group!r} last (for FreezeOut: make it the last group, e.g. with layerwise.explicit), or untie them"
+        f"{group!r} last (for FreezeOut: make it the last group, e.g. with layerwise.explicit), give {user!r} to "
+        f"{group!r} too (layerwise.explicit with both modules in the group), or untie them"
     )
 
 

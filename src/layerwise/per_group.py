@@ -74,10 +74,13 @@ class Composite(Optimizer):
     """Base of optimizers whose parameters live in several inner optimizers, ``self.optimizers``.
 
     ``param_groups`` lists the inner optimizers' own dicts (in order), ``state`` merges their
-    states and ``zero_grad`` clears them all; subclasses call :func:`~layerwise.wrapping.init_hooks`.
+    states (a copy: :meth:`optimizer_of` gives the inner optimizer whose state to change, as a
+    :class:`~layerwise.Freezer` does) and ``zero_grad`` clears them all; subclasses call
+    :func:`~layerwise.wrapping.init_hooks`.
     """
 
     optimizers: list[Optimizer]
+    part_names: list[str]
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -268,7 +271,9 @@ def _named_params(param_group: dict[str, Any]) -> list[tuple[str | None, Tensor]
     """A param-group dict's parameters with their names where it gives them (``(name, tensor)`` pairs or a
     ``param_names`` list, as torch takes them), else None."""
     params = list(param_group["params"])
-    names = list(param_group.get("param_names") or [None] * len(params))
+    names = param_group.get("param_names")
+    if not isinstance(names, (list, tuple)) or len(names) != len(params):
+        names = [None] * len(params)
     return [(p[0], p[1]) if isinstance(p, tuple) else (name, p) for p, name in zip(params, names)]
 
 
