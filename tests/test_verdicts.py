@@ -360,3 +360,91 @@ def test_the_llr_study_pairs_seeds_and_corrects_over_every_variants_questions():
     assert decided["step first-high"]["alpha"] == pytest.approx(0.05 / 24)  # 12 variants, 2 questions each
     assert stats.ttest_ind(ahead, spread, equal_var=False).pvalue > 0.5  # what the study reported before
     assert all(f["accuracy"]["verdict"] == "equivalent" for f in findings if f["variant"] != "step first-high")
+
+
+def _raced(seed, final, seconds):
+    curve = [{"step": 1, "seconds": seconds, "test_accuracy": final}]
+    return {**_record(seed, final), "curve": curve, "wall_clock_s": 3.0}
+
+
+def test_the_next_round_goes_to_the_open_method_and_the_baseline_only():
+    from layerwise.compare.session import plan_round
+
+    # up and down: accuracy decided at the first look, speed futile (times alike); noisy: accuracy open
+    base = (0.80, 0.78, 0.82)
+    shifts = {"up": (0.050, 0.0501, 0.0499), "down": (-0.050, -0.0501, -0.0499), "noisy": (0.03, 0.01, 0.05)}
+    outcomes = {"baseline": {"records": [_raced(s, b, 2.0) for s, b in enumerate(base)], "errors": []}}
+    for label, shift in shifts.items():
+        records = [_raced(s, b + d, t) for s, (b, d, t) in enumerate(zip(base, shift, (1.9, 2.1, 2.0)))]
+        outcomes[label] = {"records": records, "errors": []}
+    rows = summarize(outcomes, metric="accuracy", budget="steps", margin=0.5, sequential=10, target=0.5)["rows"]
+    assert {r["method"]: r["open"] for r in rows} == {"baseline": [], "up": [], "down": [], "noisy": ["accuracy"]}
+    seeds = dict.fromkeys(outcomes, 3)
+    assert plan_round(rows, seeds, "baseline", 10) == {"noisy": 4, "baseline": 4}
+    assert plan_round(rows, seeds, "baseline", 10, room=1) == {}  # the baseline and noisy need 2 runs
+    assert plan_round(rows, {**seeds, "noisy": 10, "baseline": 10}, "baseline", 10) == {}  # at MAX
+
+
+def test_a_cap_that_fits_part_of_a_round_gives_it_to_the_method_nearest_a_decision():
+    from layerwise.compare.session import plan_round
+
+    def row(method, power):
+        return {"method": method, "open": ["accuracy"], "tests": {"accuracy": {"decision": {"power": power}}}}
+
+    rows = [row("far", 0.2), row("near", 0.8)]
+    seeds = {"baseline": 4, "far": 4, "near": 4}
+    assert plan_round(rows, seeds, "baseline", 10, room=2) == {"near": 5, "baseline": 5}
+    assert plan_round(rows, seeds, "baseline", 10, room=3) == {"near": 5, "far": 5, "baseline": 5}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"seeds": "auto", "max_runs": 5},
+            "--max-runs: at least one round, 9 runs (3 seeds of each of the 3 methods, the baseline included), got 5",
+        ),
+        (
+            {"seeds": 3, "max_runs": 20},
+            "--max-runs: only with --seeds auto (it caps the runs that added seeds may take)",
+        ),
+        ({"seeds": "auto", "max_runs": 9.5}, "--max-runs: a whole number of runs, got 9.5"),
+    ],
+)
+def test_a_bad_run_cap_is_refused_in_one_line_naming_the_flag(options, message, tmp_path):
+    from layerwise.compare.session import check_request
+
+    with pytest.raises(ValueError) as refused:
+        check_request("fashion-mnist", ["baseline", "llr", "freezeout"], out=tmp_path, **options)
+    assert str(refused.value) == message and not any(tmp_path.iterdir())
+
+
+def test_the_cli_refuses_a_run_cap_below_one_round_before_anything_trains(tmp_path, capsys):
+    from layerwise import cli
+
+    argv = ["compare", "--task", "fashion-mnist", "--methods", "baseline,llr", "--seeds", "auto", "--max-runs", "4"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        "layerwise compare: error: --max-runs: at least one round, 6 runs (3 seeds of each of the 2 methods, "
+        "the baseline included), got 4\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_answer_says_what_the_stops_saved_and_what_stays_open_at_the_cap(tmp_path):
+    from layerwise.compare import compare
+    from layerwise.tasks import TASKS, register_task
+
+    if "race-blobs" not in TASKS:
+        register_task(blobs_task("race-blobs"))
+    options = {"policy": "constant", "progress": False, "eval_points": 2, "budget": "steps"}
+    result = compare(
+        "race-blobs", ["baseline", "freezeout", "llr"], seeds="auto:4", max_runs=10, out=tmp_path, **options
+    )
+    lines = result["answer"].splitlines()
+    seeds_line = next(line for line in lines if line.startswith("- Seeds:"))
+    assert seeds_line.startswith(
+        "- Seeds: 9 runs, of the 12 that every method to 4 seeds would take: the stops saved 3."
+    )
+    still = [row["method"] for row in result["rows"] if row["open"]]
+    assert seeds_line.endswith(f" Open at the cap (--max-runs 10): {', '.join(still)}." if still else "saved 3.")

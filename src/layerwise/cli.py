@@ -357,6 +357,13 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-minutes", type=float, metavar="M", help="with --seeds auto: start no seed round after M minutes"
     )
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        metavar="N",
+        help="with --seeds auto: at most N runs in all (at least the first round: 3 seeds of every method); "
+        "the seeds go to the methods nearest a decision",
+    )
     p.add_argument("--epochs", type=_count(1), help="the baseline's epochs (default: the task's)")
     p.add_argument("--train-size", type=_count(1), help="train on the first N examples (default: the task's budget)")
     p.add_argument(
@@ -602,6 +609,7 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         **{k: v for k, v in optional.items() if v is not None},
         **({} if args.seeds is None else {"seeds": args.seeds}),
         **({} if args.max_minutes is None else {"max_minutes": args.max_minutes}),
+        **({} if args.max_runs is None else {"max_runs": args.max_runs}),
         "policy": args.policy,
         "retime": args.retime,
         "correction": not args.no_correction,
@@ -709,7 +717,7 @@ def _tuned(request: dict[str, Any], factors: list[float], options: dict[str, Any
     """``request`` with the task at the LR ``--tune-baseline`` found best, and a note on the tuning."""
     from .compare.sweep import tune_baseline
 
-    judging = ("aa", "target", "target_tolerance", "max_minutes", "correction", "tensorboard", "margin")
+    judging = ("aa", "target", "target_tolerance", "max_minutes", "max_runs", "correction", "tensorboard", "margin")
     kept = {k: v for k, v in options.items() if k not in judging}
     tuned = tune_baseline(request["task"], factors, out=request["out"], **kept)
     print(f"--tune-baseline: x{tuned.factor:g} kept (LR {tuned.task.lr:g})\n\n{tuned.table}\n")

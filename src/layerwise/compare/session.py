@@ -71,11 +71,13 @@ __all__ = [
     "BUDGETS",
     "CompareConfig",
     "Variant",
+    "check_max_runs",
     "check_request",
     "compare",
     "compare_variants",
     "fingerprint",
     "parse_overrides",
+    "plan_round",
     "write_atomically",
 ]
 
@@ -217,6 +219,54 @@ def parse_seeds(seeds: int | str) -> tuple[int, int | None]:
     return seeds, None
 
 
+def check_max_runs(max_runs: int | None, seeds: int | str, labels: int) -> None:
+    """``--max-runs``: a whole number, only with ``--seeds auto``, at least the first round's runs."""
+    if max_runs is None:
+        return
+    if isinstance(max_runs, bool) or not isinstance(max_runs, int):
+        raise ValueError(f"--max-runs: a whole number of runs, got {max_runs!r}")
+    start, most = parse_seeds(seeds)
+    if most is None:
+        raise ValueError("--max-runs: only with --seeds auto (it caps the runs that added seeds may take)")
+    if max_runs < start * labels:
+        raise ValueError(
+            f"--max-runs: at least one round, {start * labels} runs ({start} seeds of each of the {labels} methods, "
+            f"the baseline included), got {max_runs}"
+        )
+
+
+def plan_round(
+    rows: Sequence[Mapping[str, Any]], seeds: Mapping[str, int], baseline: str, most: int, room: int | None = None
+) -> dict[str, int]:
+    """The next round under ``--seeds auto``: each label's new seed count, for the methods that get one.
+
+    A seed goes to every method with an open question below ``most`` seeds, and to the baseline
+    whenever a method would pass it; a method whose questions are all decided (claimed, stopped for
+    futility, or at ``most``) gets none. ``room``: the runs the cap leaves (None: no cap); when the
+    round does not fit, the methods nearest a decision (the highest chance of one by ``most`` seeds
+    among their open questions) go first. Empty: no round.
+    """
+    growing = sorted(
+        (row for row in rows if row["open"] and row["method"] != AA_LABEL and seeds[row["method"]] < most),
+        key=_chance_of_decision,
+        reverse=True,
+    )
+    labels = [row["method"] for row in growing]
+    while labels:
+        plan = {label: seeds[label] + 1 for label in labels}
+        passed = max(plan.values()) > seeds[baseline]
+        if room is None or len(plan) + passed <= room:
+            return {**plan, **({baseline: seeds[baseline] + 1} if passed else {})}
+        labels.pop()
+    return {}
+
+
+def _chance_of_decision(row: Mapping[str, Any]) -> float:
+    """The highest chance of a decision by the seed cap among a row's open questions (0 when unknown)."""
+    chances = [((row["tests"] or {}).get(q, {}).get("decision") or {}).get("power") for q in row["open"]]
+    return max((c for c in chances if c is not None), default=0.0)
+
+
 def _check_minutes(max_minutes: float | None) -> None:
     valid = isinstance(max_minutes, (int, float)) and not isinstance(max_minutes, bool) and 0 < max_minutes < math.inf
     if max_minutes is not None and not valid:
@@ -290,6 +340,7 @@ def compare_variants(
     max_minutes: float | None = None,
     aa: bool = False,
     margin: float | None = None,
+    max_runs: int | None = None,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -312,6 +363,8 @@ def compare_variants(
             baseline is this machine's and this task's noise floor (outside the correction's family).
         margin: the accuracy question's equivalence margin, in accuracy points (a loss: its own units;
             default: 0.5 points, a loss none; :func:`~layerwise.compare.targets.margin_of`).
+        max_runs: with ``seeds="auto"``: at most this many runs in all, every seed of every method
+            (:func:`plan_round` fits the rounds to it; at least the first round's runs).
 
     Returns ``{"rows", "table", "setting", "outcomes", "target", "paths"}``.
     """
@@ -321,6 +374,7 @@ def compare_variants(
     _check_minutes(max_minutes)
     check_margin(margin, task.metric)
     variants = [*variants, _twin(variants)] if aa else variants
+    check_max_runs(max_runs, seeds, len(variants))
     resolved, model, partition = _checked_variants(task, variants, config, start, target, target_tolerance, tensorboard)
     nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
     group = group_for(config.nproc, config.fsdp)
@@ -330,7 +384,7 @@ def compare_variants(
     epochs = config.epochs or (task.quick_epochs if config.quick else task.epochs)
     train_size = config.train_size or (task.quick_train_size if config.quick else task.train_size)
     comparison = _Comparison(task, config, resolved, start, Path(out), epochs, train_size, nproc, engine, progress)
-    judging = _Judging(target, target_tolerance, correction, most, margin)
+    judging = _Judging(target, target_tolerance, correction, most, margin, max_runs)
     store_key = _store_key(comparison, own_data=data is None)
     # one comparison per --out at a time; followers end with the group
     with group or nullcontext(), locked(comparison.out), RunStore(comparison.out / "runs.sqlite", store_key) as store:
@@ -350,8 +404,10 @@ def compare_variants(
             spent = (time.perf_counter() - started) / 60
             if most is None or (max_minutes is not None and spent >= max_minutes):
                 break
-            if not _add_seeds(comparison, _open_labels(outcomes, comparison, judging), most):
+            plan = _next_round(outcomes, comparison, judging)
+            if not plan:
                 break
+            comparison.seed_counts.update(plan)
     report = _write_report(comparison, model, partition, outcomes, judging, title, note)
     return {**report, "outcomes": outcomes, "unsaved": sorted(unsaved)}
 
@@ -372,6 +428,7 @@ class _Judging:
     correction: bool
     most: int | None
     margin: float | None = None
+    max_runs: int | None = None
 
 
 def _summary(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> dict[str, Any]:
@@ -388,20 +445,35 @@ def _summary(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judg
     )
 
 
-def _open_labels(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> list[str]:
-    """The methods with a question the sequential rule has not decided yet."""
+def _seed_counts(comparison: _Comparison) -> dict[str, int]:
+    return {label: comparison.seeds_of(label) for label, _, _ in comparison.resolved}
+
+
+def _next_round(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> dict[str, int]:
+    """The next round's seed counts (:func:`plan_round`) within the runs ``--max-runs`` leaves."""
+    assert judging.most is not None
+    seeds = _seed_counts(comparison)
+    room = None if judging.max_runs is None else judging.max_runs - sum(seeds.values())
     rows = _summary(outcomes, comparison, judging)["rows"]
-    return [row["method"] for row in rows if row["open"] and row["method"] != AA_LABEL]
+    return plan_round(rows, seeds, comparison.baseline, judging.most, room)
 
 
-def _add_seeds(comparison: _Comparison, open_labels: Sequence[str], most: int) -> bool:
-    """One more seed to the baseline and every open method below ``most`` seeds; False when none gets one."""
-    growing = [label for label in open_labels if comparison.seeds_of(label) < most]
-    if not growing:
-        return False
-    for label in {comparison.baseline, *growing}:
-        comparison.seed_counts[label] = comparison.seeds_of(label) + 1
-    return True
+def _race_text(comparison: _Comparison, judging: _Judging, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Under ``--seeds auto``: the runs made against every method to the seed cap, and what stays open."""
+    assert judging.most is not None
+    seeds = _seed_counts(comparison)
+    full = sum(judging.most if label != AA_LABEL else n for label, n in seeds.items())
+    runs = sum(seeds.values())
+    text = (
+        f"- Seeds: {runs} runs, of the {full} that every method to {judging.most} seeds would take: "
+        f"the stops saved {full - runs}."
+    )
+    still = [row["method"] for row in rows if row["open"] and row["method"] != AA_LABEL]
+    if still:
+        capped = judging.max_runs is not None and any(seeds[label] < judging.most for label in still)
+        where = f"at the cap (--max-runs {judging.max_runs})" if capped else f"at {judging.most} seeds"
+        text += f" Open {where}: {', '.join(still)}."
+    return text
 
 
 def _checked_variants(
@@ -613,6 +685,8 @@ def _write_report(
     setting += f" {note}" if note else ""
     snippets = _snippets(task, model, partition, comparison.resolved, rows, config.policy, _paced(comparison))
     answered = SMOKE if config.quick else answer(rows, task.metric, config.budget)
+    if judging.most is not None and not config.quick:
+        answered += "\n" + _race_text(comparison, judging, rows)
     (out / "results.md").write_text(
         f"# {title}\n\n{answered}\n\n{setting}\n\n{table}\n\n{_snippets_markdown(snippets)}"
     )
@@ -863,6 +937,7 @@ _RUN_OPTIONS = (
     "max_minutes",
     "aa",
     "margin",
+    "max_runs",
 )
 
 
@@ -902,6 +977,7 @@ def check_request(
     rest = {k: v for k, v in options.items() if k not in config_fields}
     parse_seeds(rest.get("seeds", 1))
     _check_minutes(rest.get("max_minutes"))
+    check_max_runs(rest.get("max_runs"), rest.get("seeds", 1), len(methods) + bool(rest.get("aa")))
     check_target(rest.get("target"), task.metric)
     check_margin(rest.get("margin"), task.metric)
     if rest.get("target_tolerance") is not None:
