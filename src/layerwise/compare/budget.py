@@ -69,8 +69,10 @@ process's own CPU seconds; on CUDA, the GPU's elapsed seconds between CUDA event
 class CudaClock:
     """Seconds of the GPU's own timeline: each reading records a CUDA event and waits for it.
 
-    Work queued by other processes on the same GPU can still delay this process's kernels; other
-    processes on the CPU cannot. Not exercised without a CUDA device.
+    Between two readings it counts the GPU's elapsed time on this process's stream, gaps included:
+    other processes move it only by delaying this process's kernels (sharing the GPU) or their
+    launches (a launch-bound step on a CPU that other processes take). Not exercised without a CUDA
+    device.
     """
 
     def __init__(self) -> None:
