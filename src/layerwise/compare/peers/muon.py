@@ -59,7 +59,11 @@ _SHARDED = "Muon orthogonalises whole weight matrices, which FSDP2's shards are 
 
 def _has_hidden(task: Task, partition: Partition) -> str | None:
     del task
-    if not split_groups(partition, "reshape")[0]:
+    try:
+        hidden = split_groups(partition, "reshape")[0]
+    except ValueError:  # a tied head the partition alone cannot place: the build, which has the model, decides
+        return None
+    if not hidden:
         return "the task's partition has no hidden weight matrix for Muon (all head, embeddings, biases, norms)"
     return None
 
@@ -74,14 +78,17 @@ def _options(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _split(context: Build, settings: Mapping[str, Any]) -> PerGroupOptimizer:
-    return muon_split(context.partition, **_options(settings))
+    """The split of the task's partition, its embeddings and head found in the model (by a traced forward)."""
+    sample = context.task.sample_input()
+    return muon_split(context.partition, model=context.model, sample_input=sample, **_options(settings))
 
 
 def _split_line(settings: Mapping[str, Any]) -> str:
     options = _options(settings)
     return (
-        f"opt = layerwise.muon_split(part, conv={options['conv']!r}, muon_options={options['muon_options']!r}, "
-        f"adamw_options={options['adamw_options']!r})   # hidden weights: Muon; embeddings, head, biases, norms: AdamW"
+        f"opt = layerwise.muon_split(part, model=model, sample_input=x, conv={options['conv']!r}, "
+        f"muon_options={options['muon_options']!r}, adamw_options={options['adamw_options']!r})"
+        "   # hidden weights: Muon; embeddings, head, biases, norms: AdamW"
     )
 
 
