@@ -146,13 +146,17 @@ def _setup_arguments(name: str, task, model: nn.Module) -> dict:
 
 
 def _snippet_part(name: str, build: Build, part: str) -> str:
-    """The one-call form (``"setup"``) or the method's own lines (``"plain"``) of ``name``'s snippet."""
+    """The one-call form (``"setup"``) or the method's own lines (``"plain"``, uncommented) of ``name``'s snippet."""
     text = method_snippet(build, name, resolve_settings(name))
-    one_call, marker, plain = text.partition(f"\n{WITHOUT_SETUP}\n")
+    one_call, marker, commented = text.partition(f"\n{WITHOUT_SETUP}\n")
     if part == "setup":
         assert marker and "layerwise.compare.setup(" in one_call, name
         return one_call
-    return plain if marker else text
+    if not marker:  # a +cache variant: its own lines alone
+        return text
+    lines = commented.split("\n")
+    assert all(line.startswith("# ") for line in lines), name
+    return "\n".join(line.removeprefix("# ") for line in lines)
 
 
 def _train_snippet(name: str, task, part: str = "plain") -> tuple[nn.Module, list[dict[str, float]], nn.Module]:

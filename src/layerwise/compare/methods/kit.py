@@ -239,8 +239,8 @@ def build_setup(build: Build, name: str, settings: Mapping[str, Any]) -> Setup:
 
 def method_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str | None:
     """The lines that set method ``name`` up with ``settings`` in a plain PyTorch loop (None: no snippet):
-    :func:`setup_snippet`, then (after :data:`WITHOUT_SETUP`) the method's own lines, which need no
-    ``layerwise.compare`` (the ``+cache`` variants: those alone)."""
+    :func:`setup_snippet`, then (after :data:`WITHOUT_SETUP`, commented out) the method's own lines, which
+    need no ``layerwise.compare`` (the ``+cache`` variants: those alone, not commented)."""
     method = METHODS.get(name)
     if method.snippet is None:
         return None
@@ -252,7 +252,8 @@ def method_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str 
     plain = f"{imports}\n{part}\n{method.snippet(build, settings)}"
     if name.endswith("+cache"):  # its cache reads a loader of example indices: no one-call form
         return plain
-    return f"{setup_snippet(build, name, settings)}\n{WITHOUT_SETUP}\n{plain}"
+    commented = "\n".join(f"# {line}" for line in plain.split("\n"))
+    return f"{setup_snippet(build, name, settings)}\n{WITHOUT_SETUP}\n{commented}"
 
 
 # ---- checks ----------------------------------------------------------------------------------
@@ -417,8 +418,8 @@ OPTIMIZER_SETTINGS = ("lr", "weight_decay")
 """A method's own settings that ``layerwise.compare.setup``'s ``lr`` and ``weight_decay`` give (``adamw``,
 ``muon``, ``lars``, ``lamb``; ``multirate``'s ``weight_decay``)."""
 
-WITHOUT_SETUP = "# or, the same without layerwise.compare:"
-"""The line of :func:`method_snippet` between the one-call form and the method's own lines."""
+WITHOUT_SETUP = "# or the same without layerwise.compare (uncomment these lines instead):"
+"""The line of :func:`method_snippet` between the one-call form and the method's own lines, commented out."""
 
 _SETUP_LOOP = (
     "    loss = loss_fn(model(x), y); opt.zero_grad(); loss.backward()\n"
@@ -439,12 +440,13 @@ def _setup_arguments(build: Build, settings: Mapping[str, Any]) -> list[str]:
         f"weight_decay={own.get('weight_decay', task.weight_decay)!r}",
         f"total_steps={build.total_steps}",
         f"policy={_policy_name(build, settings)!r}",
-        "sample_input=x",
     ]
     if task.optimizer_options:
         arguments.append(f"optimizer_options={dict(task.optimizer_options)!r}")
-    if task.partition is not None:
-        arguments.append(f"partition=layerwise.tasks.get_task({task.name!r}).partition_of(model)")
+    if task.partition is None:
+        arguments.append("sample_input=x")
+    else:
+        arguments += ["partition=task.partition_of(model)", "sample_input=task.sample_input()"]
     if task.regime == "fine-tuning":
         arguments.append("regime='fine-tuning'")
     if not task.head:
@@ -468,8 +470,11 @@ def setup_snippet(build: Build, name: str, settings: Mapping[str, Any]) -> str:
     """The lines that set method ``name`` up in one call, ``layerwise.compare.setup``, and its loop (any method's)."""
     own = [f"{key}={settings[key]!r}" for key in settings if key not in (*OPTIMIZER_SETTINGS, "policy")]
     arguments = _wrapped(["model", repr(name), *_setup_arguments(build, settings), *own])
+    task, imports = build.task, "import torch, layerwise, layerwise.compare"
+    if task.partition is not None:
+        imports += f", layerwise.tasks\ntask = layerwise.tasks.get_task({task.name!r})   # its groups and sample input"
     return (
-        f"import torch, layerwise, layerwise.compare{', layerwise.tasks' if build.task.partition else ''}\n"
+        f"{imports}\n"
         f"setup = layerwise.compare.setup(\n{arguments})\n"
         "opt, sched = setup.optimizer, setup.scheduler\n"
         f"for x, y in loader:   # {build.total_steps} steps\n{_SETUP_LOOP}\n"
