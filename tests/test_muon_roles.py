@@ -346,3 +346,33 @@ def test_a_weight_normed_head_keeps_both_of_its_tensors_off_muon():
     assert split["muon"] == ["0.weight", "2.weight"]
     assert {"4.parametrizations.weight.original0", "4.parametrizations.weight.original1"} <= set(split["adamw"])
     assert_each_trainable_once(opt, model)
+
+
+class TinyViT(nn.Module):
+    """A conv patch embedding, a class token ``[1, 1, D]`` and a position embedding ``[1, N, D]`` as raw
+    parameters (as timm's ViT holds them), one hidden Linear and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(1, 8, kernel_size=4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, 8) * 0.02)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        return self.head(torch.relu(self.mid(tokens[:, 0])))
+
+
+@pytest.mark.parametrize("given", ["model", "partition"])
+def test_a_position_embedding_and_a_class_token_are_embeddings_not_matrices_for_muon(given):
+    model, x = TinyViT(), torch.zeros(2, 1, 8, 8)
+    target = model if given == "model" else layerwise.by_layer(model, sample_input=x)
+    opt = muon_split(target, sample_input=x if given == "model" else None, conv="reshape")
+    split = parts(opt, model)
+    assert split["muon"] == ["mid.weight", "patch.weight"]
+    assert {"cls_token", "pos_embed", "head.weight"} <= set(split["adamw"])
+    assert_each_trainable_once(opt, model)

@@ -64,6 +64,7 @@ ADAMW_DEFAULTS: Mapping[str, Any] = {"lr": 3e-4, "betas": (0.9, 0.95), "weight_d
 """AdamW's options unless given: the AdamW line of the Muon authors' README."""
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 Head = str | nn.Module | Tensor | Sequence[str | nn.Module | Tensor]
 """``muon_split(head=...)``: the output projection as a module, a parameter, a module, parameter or group
@@ -166,10 +167,11 @@ def muon_split(
         head: the output projection, when the rule below does not find it: a module, a parameter, a module,
             parameter or group name, or a sequence of them (``()``: no head; every hidden matrix to Muon).
 
-    The rule: Muon trains every weight of two or more dimensions (of 2 exactly with ``conv="adamw"``)
-    but the embeddings' and the head's; AdamW trains those, biases and norm parameters (each parameter
-    once: a weight tied between an embedding and the head is one parameter, on AdamW). The roles are
-    found by what the modules are, never by registration order:
+    The rule: Muon trains every weight of two dimensions and every convolution's filters (with
+    ``conv="reshape"``) but the embeddings' and the head's; a tensor of more than two dimensions that no
+    convolution owns (a position embedding, a class token) is an embedding; AdamW trains those, biases
+    and norm parameters (each parameter once: a weight tied between an embedding and the head is one
+    parameter, on AdamW). The roles are found by what the modules are, never by registration order:
 
     - embeddings: the parameters of every ``nn.Embedding`` / ``nn.EmbeddingBag`` and of a Hugging Face
       model's ``get_input_embeddings()``;
@@ -356,15 +358,22 @@ def _hf_part(model: nn.Module, getter: str) -> nn.Module | Tensor | None:
 def _typed_ids(partition: Partition, model: nn.Module | None) -> frozenset[int]:
     """The parameters of embedding tables and of normalization layers: of the model's modules when it is given,
     else of the partition's modules (known from the groups' slots). A norm layer's weight of two dimensions
-    (``LayerNorm((a, b))``) is a gain, never a matrix for Muon."""
+    (``LayerNorm((a, b))``) is a gain, never a matrix for Muon. So is a tensor of more than two dimensions
+    that no convolution owns (a ViT's position embedding ``[1, N, D]`` and class token ``[1, 1, D]``)."""
+    raw = frozenset(
+        id(module._parameters[attribute])
+        for group in partition
+        for module, attribute in group.slots
+        if module._parameters[attribute].ndim > 2 and not isinstance(module, _CONVOLUTIONS)
+    )
     if model is None:
-        return frozenset(
+        return raw | frozenset(
             id(module._parameters[attribute])
             for group in partition
             for module, attribute in group.slots
             if isinstance(module, (*_EMBEDDINGS, *NORM_TYPES))
         )
-    ids = {
+    ids = set(raw) | {
         id(p)
         for module in model.modules()
         if isinstance(module, (*_EMBEDDINGS, *NORM_TYPES))
