@@ -222,6 +222,30 @@ def test_a_named_hidlr_gets_its_closure_and_keeps_its_lrs(tmp_path, minilm):
     )
 
 
+class _WeightsDuringEvaluation(transformers.TrainerCallback):
+    """Records the classifier's weights at each evaluation step."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def on_prediction_step(self, args, state, control, model=None, **kwargs):
+        self.seen.append(model.model.classifier.weight.detach().clone())
+
+
+def test_a_techniques_evaluation_weights_are_swapped_in_around_evaluate(tmp_path, minilm):
+    pytest.importorskip("dog")
+    model, _ = _fresh(minilm)
+    spy = _WeightsDuringEvaluation()
+    args = _args(tmp_path, label_names=["labels"])  # evaluation's loss through compute_loss_func
+    trainer = _trainer(tmp_path, model, args=args, technique="dog", eval_dataset=_data()[:8], callbacks=[spy])
+    trainer.train()
+    trained = model.model.classifier.weight.detach().clone()
+    trainer.evaluate()
+    # DoG evaluates its polynomial-decay average of the iterates, then training's weights come back
+    assert len(spy.seen) == 1 and not torch.equal(spy.seen[0], trained)
+    assert torch.equal(model.model.classifier.weight, trained)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
