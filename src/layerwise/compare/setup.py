@@ -40,7 +40,6 @@ from .. import recipes
 from .._checks import finite_nonneg, one_of, positive_int
 from ..groups import Partition
 from ..tasks import OPTIMIZER_PRESETS, REGIMES, Task, TaskData
-from .cached import CACHED
 from .methods.kit import METHODS, OPTIMIZER_SETTINGS, Build, Setup, build_setup, resolve_settings
 
 __all__ = [
@@ -65,6 +64,10 @@ SETUP_KEYWORDS = (
     "regime",
 )
 """The keyword arguments of :func:`setup` that are not a method's settings."""
+
+
+_CACHE_SUFFIX = "+cache"
+"""The suffix of the cached variants (:mod:`layerwise.compare.cached`), which :func:`setup` refuses."""
 
 
 def _takes(cls: type[Optimizer], *names: str) -> bool:
@@ -125,10 +128,9 @@ def _check_method(method: Any) -> str:
     """``method``, a registered method :func:`setup` builds (ValueError naming the accepted ones otherwise)."""
     if not isinstance(method, str):
         raise TypeError(f"method: expected a method's name (a str), got {type(method).__name__}")
-    cached = {f"{base}+cache" for base in CACHED}
-    accepted = sorted(name for name in METHODS if name not in cached)
-    if method in cached:
-        base = method.removesuffix("+cache")
+    accepted = sorted(name for name in METHODS if not name.endswith(_CACHE_SUFFIX))
+    if method in METHODS and method.endswith(_CACHE_SUFFIX):
+        base = method.removesuffix(_CACHE_SUFFIX)
         raise ValueError(
             f"method: {method} serves the frozen prefix from a cache keyed by example index, which layerwise "
             f"compare's loader gives; set up {base!r} and put layerwise.FrozenPrefixCache(model, freezer, "
