@@ -347,4 +347,6 @@ def test_the_quick_main_job_writes_every_record_of_muon_and_autofreeze_in_both_r
     for regime in ("scratch", "finetune"):
         records = sorted(p.name for p in (tmp_path / regime / "runs").glob("*.json"))
         assert records == sorted(f"{m.replace('+', '_')}-seed0.json" for m in methods), regime
-    assert "autofreeze+cache" in (tmp_path / "results.md").read_text()
+    results = (tmp_path / "results.md").read_text()
+    assert "autofreeze+cache" in results
+    assert "Smoke run (--quick): no summary over the tasks" in results and "speed-up" not in results

@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -448,3 +449,30 @@ def test_the_answer_says_what_the_stops_saved_and_what_stays_open_at_the_cap(tmp
     )
     still = [row["method"] for row in result["rows"] if row["open"]]
     assert seeds_line.endswith(f" Open at the cap (--max-runs 10): {', '.join(still)}." if still else "saved 3.")
+
+
+def test_the_quick_main_job_takes_the_quick_slices_and_the_regimes_own_sizes_otherwise(monkeypatch, tmp_path):
+    import layerwise.compare.main_job as main_job
+
+    seen = []
+
+    def fake_check(task, methods, **options):
+        seen.append((task, methods, options))
+        options["out"].mkdir(parents=True, exist_ok=True)
+        return {"task": SimpleNamespace(name=task)}
+
+    def fake_compare(**request):
+        return {"rows": [], "answer": "", "setting": "", "table": "", "metric": "accuracy", "paths": {"plots": []},
+                "snippets": {}, "budget": "time"}  # fmt: skip
+
+    monkeypatch.setattr(main_job, "check_request", fake_check)
+    monkeypatch.setattr(main_job, "compare_variants", fake_compare)
+    monkeypatch.setattr(main_job, "html_section", lambda *args, **kwargs: "")
+    quick = main_job.run_main(out=tmp_path / "quick", quick=True)
+    assert all("train_size" not in options and options["quick"] for _, _, options in seen)
+    assert quick["summary"] is main_job.SMOKE_SUMMARY
+    assert "no summary over the tasks" in (tmp_path / "quick" / "results.md").read_text()
+    seen.clear()
+    main_job.run_main(out=tmp_path / "full")
+    assert [options["train_size"] for _, _, options in seen] == [r.options["train_size"] for r in main_job.REGIME_RUNS]
+    assert [methods for _, methods, _ in seen] == [r.methods for r in main_job.REGIME_RUNS]

@@ -30,18 +30,30 @@ from .profiles import TAU_MAX, plot_profile, ratios, score, speedups
 from .report import AA_LABEL, html_page, html_section
 from .session import check_request, compare_variants
 
-__all__ = ["REGIME_RUNS", "RegimeRun", "check_tasks", "run_main", "run_sections", "run_tasks", "summarize_tasks"]
+__all__ = [
+    "REGIME_RUNS",
+    "SMOKE_SUMMARY",
+    "RegimeRun",
+    "check_tasks",
+    "run_main",
+    "run_sections",
+    "run_tasks",
+    "summarize_tasks",
+]
 
 
 @dataclass(frozen=True)
 class RegimeRun:
-    """One section of the main job: a task, its folder and the options that size it for the budget."""
+    """One section of the main job: a task, its folder, the options that size it for the budget (left out
+    with ``quick``, which takes the task's quick slice) and the methods it runs when the user names none
+    (None: the regime's default set)."""
 
     heading: str
     task: str
     folder: str
     options: Mapping[str, Any]
     why: str
+    methods: tuple[str, ...] | None = None
 
 
 REGIME_RUNS = (
@@ -119,7 +131,12 @@ def run_sections(
     out = Path(out)
     start = time.perf_counter()
     requests = [
-        check_request(run.task, methods, settings=settings, **{**run.options, **options, "out": out / run.folder})
+        check_request(
+            run.task,
+            methods if methods is not None else run.methods,
+            settings=settings,
+            **{**({} if options.get("quick") else run.options), **options, "out": out / run.folder},
+        )
         for run in runs
     ]
     sections = []
@@ -127,7 +144,7 @@ def run_sections(
         result = compare_variants(**request)
         sections.append({"regime": run, "heading": run.heading, "task": request["task"].name, **result})
     minutes = (time.perf_counter() - start) / 60
-    summary = summarize_tasks(sections, out)
+    summary = SMOKE_SUMMARY if options.get("quick") else summarize_tasks(sections, out)
     _write(out, heading, sections, summary, minutes)
     return {
         "sections": sections,
@@ -135,6 +152,13 @@ def run_sections(
         "paths": {"markdown": out / "results.md", "html": out / "report.html"},
         "minutes": minutes,
     }
+
+
+SMOKE_SUMMARY: Mapping[str, Any] = {
+    "table": "Smoke run (--quick): no summary over the tasks; a few steps per run say nothing about speed.",
+    "plot": None,
+}
+"""The summary of a ``--quick`` job: none (its runs are too short for times to target to mean anything)."""
 
 
 def summarize_tasks(sections: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Any]:
@@ -196,13 +220,17 @@ def _write(
         "geometric-mean speed-up over the baseline where both reached. A task where a method has no finished run "
         "(not run, or failed) is left out of its profile and score, never counted as a miss."
     )
-    figure = "![performance profile](performance_profile.png)"
-    markdown = [f"# {heading}", "", intro, "", summary["table"], "", figure, ""]
-    html_parts = [
-        f"<h1>{html.escape(heading)}</h1><p>{html.escape(intro)}</p>",
-        _html_table(summary["table"]),
-        '<figure><img src="performance_profile.png" alt="performance profile"></figure>',
-    ]
+    if summary["plot"] is None:  # a smoke run: its note instead of the summary
+        markdown = [f"# {heading}", "", summary["table"], ""]
+        html_parts = [f"<h1>{html.escape(heading)}</h1><p>{html.escape(summary['table'])}</p>"]
+    else:
+        figure = "![performance profile](performance_profile.png)"
+        markdown = [f"# {heading}", "", intro, "", summary["table"], "", figure, ""]
+        html_parts = [
+            f"<h1>{html.escape(heading)}</h1><p>{html.escape(intro)}</p>",
+            _html_table(summary["table"]),
+            '<figure><img src="performance_profile.png" alt="performance profile"></figure>',
+        ]
     for section in sections:
         regime = section["regime"]
         why = f"Why this size: {regime.why}" if regime.why else ""
