@@ -349,4 +349,4 @@ def test_the_quick_main_job_writes_every_record_of_muon_and_autofreeze_in_both_r
         assert records == sorted(f"{m.replace('+', '_')}-seed0.json" for m in methods), regime
     results = (tmp_path / "results.md").read_text()
     assert "autofreeze+cache" in results
-    assert "Smoke run (--quick): no summary over the tasks" in results and "speed-up" not in results
+    assert "Smoke run (--quick): no summary over the tasks" in results and "speed-up over baseline" not in results

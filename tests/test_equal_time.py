@@ -239,7 +239,8 @@ def test_a_paced_run_counts_everything_its_method_does_for_a_step(name, watched)
 
 def test_a_slow_scheduler_is_counted_as_training(watched):
     runner.warm_up(SCRATCH, DATA)
-    watch = watched(scheduler_pad=0.05)
+    # steps of 5 ms or more, so the budget ends the run, not the cap on steps (100 per schedule step)
+    watch = watched(scheduler_pad=0.05, optimizer_pad=0.005)
     record = run(SCRATCH, RunSpec("baseline", steps=4, seconds=0.4, eval_points=1), data=DATA, clock=watch.clock)
     _check("baseline with a 50 ms scheduler step", watch, record)
     assert len(watch.scheduled) >= 3  # (nearly) the whole schedule, 50 ms a step, inside a budget of 0.4 s
