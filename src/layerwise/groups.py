@@ -46,6 +46,7 @@ __all__ = [
     "execution_order",
     "explicit",
     "tied_parameters",
+    "watched_forward",
 ]
 
 Order = Literal["execution", "registration", "rules"]
@@ -337,6 +338,36 @@ class _FirstUse(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def watched_forward(model: nn.Module, sample_input: Any, mode: TorchFunctionMode) -> None:
+    """One forward of ``sample_input`` (a tensor, a tuple of positional arguments or a dict of keyword
+    arguments) under ``mode``, ``torch.no_grad`` and eval mode; every module's mode restored afterwards.
+
+    Examples:
+        >>> class Calls(TorchFunctionMode):
+        ...     seen = []
+        ...     def __torch_function__(self, func, types, args=(), kwargs=None):
+        ...         Calls.seen.append(func.__name__)
+        ...         return func(*args, **(kwargs or {}))
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> watched_forward(net, torch.zeros(1, 2), Calls())
+        >>> Calls.seen, net[1].training
+        (['linear', 'dropout'], True)
+    """
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(), mode:
+            if isinstance(sample_input, Mapping):
+                model(**sample_input)
+            elif isinstance(sample_input, tuple):
+                model(*sample_input)
+            else:
+                model(sample_input)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
     """Names of the modules that own trainable parameters, in the order a forward pass first
     uses one of their parameters (modules whose parameters were never used are left out).
@@ -354,20 +385,8 @@ def execution_order(model: nn.Module, sample_input: Any) -> list[str]:
     for key, pname in unsharded_names(model).items():  # FSDP2: the ops see unsharded parameters
         if pname in module_of:
             owner[key] = module_of[pname]
-    modes = {m: m.training for m in model.modules()}
     recorder = _FirstUse(set(owner))
-    try:
-        model.eval()
-        with torch.no_grad(), recorder:
-            if isinstance(sample_input, Mapping):
-                model(**sample_input)
-            elif isinstance(sample_input, tuple):
-                model(*sample_input)
-            else:
-                model(sample_input)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    watched_forward(model, sample_input, recorder)
     ordered: list[str] = []
     for key in recorder.order:
         if owner[key] not in ordered:

@@ -38,7 +38,7 @@ from torch.optim._muon import muon as muon_functional
 from torch.overrides import TorchFunctionMode
 
 from ._checks import one_of
-from .groups import NORM_TYPES, Partition, by_layer
+from .groups import NORM_TYPES, Partition, by_layer, watched_forward
 from .per_group import Params, Part, PerGroupOptimizer, part_groups
 
 __all__ = [
@@ -494,20 +494,8 @@ def _last_matrices(model: nn.Module, sample_input: Any) -> list[Tensor]:
     ``sample_input`` passes any to (a Linear's weight; both tensors of a weight-normed one), under
     ``torch.no_grad`` in eval mode (the modes restored afterwards)."""
     watched = {id(p): p for p in model.parameters() if p.ndim >= 2}
-    modes = {m: m.training for m in model.modules()}
     recorder = _LastMatrices(watched)
-    try:
-        model.eval()
-        with torch.no_grad(), recorder:
-            if isinstance(sample_input, Mapping):
-                model(**sample_input)
-            elif isinstance(sample_input, tuple):
-                model(*sample_input)
-            else:
-                model(sample_input)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    watched_forward(model, sample_input, recorder)
     if not recorder.last:
         raise ValueError(
             "sample_input: the traced forward passed no weight matrix to a torch op, so the head was not found; "
