@@ -476,3 +476,24 @@ def test_the_quick_main_job_takes_the_quick_slices_and_the_regimes_own_sizes_oth
     main_job.run_main(out=tmp_path / "full")
     assert [options["train_size"] for _, _, options in seen] == [r.options["train_size"] for r in main_job.REGIME_RUNS]
     assert [methods for _, methods, _ in seen] == [r.methods for r in main_job.REGIME_RUNS]
+
+
+def test_the_main_jobs_settings_go_to_the_regime_that_compares_the_method(monkeypatch, tmp_path):
+    import layerwise.compare.main_job as main_job
+
+    seen = []
+
+    def fake_check(task, methods, settings=None, **options):
+        seen.append(settings)
+        raise RuntimeError("checked")  # nothing below the checks is needed
+
+    monkeypatch.setattr(main_job, "check_request", fake_check)
+    scratch, finetune = (set(r.methods) for r in main_job.REGIME_RUNS)
+    only_scratch = sorted(scratch - finetune)[0]
+    with pytest.raises(RuntimeError, match="checked"):
+        main_job.run_main(out=tmp_path, settings={only_scratch: {"x": 1}})
+    assert seen == [{only_scratch: {"x": 1}}]
+    compared_nowhere = sorted({"llr", "staggered", "head-only"} - scratch - finetune)[0]
+    refusal = rf"--set: settings for methods that are not compared: \['{compared_nowhere}'\]"
+    with pytest.raises(ValueError, match=refusal):
+        main_job.run_main(out=tmp_path, settings={compared_nowhere: {"x": 1}})
