@@ -1,13 +1,14 @@
 """The main job (``make main`` = ``layerwise compare``): two regimes at equal wall-clock, one report.
 
-* From scratch: the Fashion-MNIST ResNet (``fashion-mnist``), the methods that make sense there.
-* Fine-tuning: ImageNet-pretrained EfficientNet-Lite0 on Fashion-MNIST (``effnet-finetune``):
-  full fine-tuning against head only, discriminative LRs, gradual unfreezing, FreezeOut,
-  Multirate (fast = head; head + last block) and Hi-DLR.
+* From scratch: the Fashion-MNIST ResNet (``fashion-mnist``): the baseline, FreezeOut, Hi-DLR and
+  SecantLR, four paired seeds.
+* Fine-tuning: ImageNet-pretrained EfficientNet-Lite0 on Fashion-MNIST (``effnet-finetune``): full
+  fine-tuning against Multirate (fast = head) and discriminative LRs, four paired seeds.
 
 Each regime is a :func:`~layerwise.compare.session.compare` into its own folder (``scratch/``,
 ``finetune/``, each resumable); ``report.html`` and ``results.md`` put both in one page. The whole
-job takes 8 to 12 minutes on a 2-core CPU, inside its 15-minute budget (BENCHMARKS.md: what it buys).
+job takes about 12.5 minutes on a 2-core CPU, set-up included, inside its 15-minute budget
+(BENCHMARKS.md: what it decides).
 
 Examples:
     >>> from layerwise.compare.main_job import run_main
