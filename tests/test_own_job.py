@@ -152,7 +152,8 @@ def test_a_comparison_trains_every_method_with_the_tasks_optimizer_class(tmp_pat
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"optimizer": "adadelta"}, r"optimizer: expected one of \['sgd', 'adamw', 'gd'\] or a torch\.optim\."),
+        ({"optimizer": "adadeltaa"}, r"optimizer: expected one of \[.*'adadelta'.*\] \(any case\) or a torch\.optim\."),
+        ({"optimizer": "lbfgs"}, r"optimizer: torch\.optim\.LBFGS takes no weight_decay"),
         ({"optimizer": nn.Linear}, r"optimizer: expected one of .* got <class 'torch\.nn\.modules\.linear\.Linear'>"),
         ({"optimizer": torch.optim.LBFGS}, r"optimizer: .*taking lr and weight_decay"),
         ({"optimizer_options": {"rho": 0.9}}, "optimizer_options: SGD got an unexpected keyword argument 'rho'"),
@@ -162,3 +163,11 @@ def test_a_comparison_trains_every_method_with_the_tasks_optimizer_class(tmp_pat
 def test_a_bad_optimizer_is_one_value_error_naming_the_field(fields, match):
     with pytest.raises(ValueError, match=match):
         Task(name="bad", make_model=mlp, sample_input=lambda: torch.zeros(1, 20), load_data=None, **fields)
+
+
+@pytest.mark.parametrize("name", ["adadelta", "Adadelta", "RMSprop", "SGD"])
+def test_a_task_names_any_torch_optimizer_in_any_case(name):
+    task = blobs_task("named-optimizer", optimizer=name, lr=0.5)
+    made = make_optimizer(task, [{"params": [nn.Parameter(torch.zeros(2))]}])
+    expected = {"adadelta": torch.optim.Adadelta, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+    assert type(made) is expected[name.lower()] and made.param_groups[0]["lr"] == 0.5

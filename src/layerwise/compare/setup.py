@@ -26,7 +26,6 @@ Examples:
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import replace
@@ -39,7 +38,7 @@ from torch.optim import Optimizer
 from .. import recipes
 from .._checks import finite_nonneg, one_of, positive_int
 from ..groups import Partition
-from ..tasks import OPTIMIZER_PRESETS, REGIMES, Task, TaskData
+from ..tasks import OPTIMIZER_NAMES, REGIMES, Task, TaskData, optimizer_choice
 from .methods.kit import METHODS, OPTIMIZER_SETTINGS, Build, Setup, build_setup, resolve_settings
 
 __all__ = [
@@ -68,60 +67,6 @@ SETUP_KEYWORDS = (
 
 _CACHE_SUFFIX = "+cache"
 """The suffix of the cached variants (:mod:`layerwise.compare.cached`), which :func:`setup` refuses."""
-
-
-def _takes(cls: type[Optimizer], *names: str) -> bool:
-    parameters = inspect.signature(cls).parameters
-    return all(name in parameters for name in names)
-
-
-def _torch_optimizers() -> dict[str, type[Optimizer]]:
-    """Every optimizer class of ``torch.optim`` by its lower-case name."""
-    found = {name.lower(): getattr(torch.optim, name) for name in dir(torch.optim)}
-    return {
-        name: cls
-        for name, cls in sorted(found.items())
-        if isinstance(cls, type) and issubclass(cls, Optimizer) and cls is not Optimizer
-    }
-
-
-_TORCH_OPTIMIZERS = _torch_optimizers()
-_WITHOUT_DECAY = {name: cls for name, cls in _TORCH_OPTIMIZERS.items() if not _takes(cls, "lr", "weight_decay")}
-
-OPTIMIZER_NAMES = tuple(sorted(set(OPTIMIZER_PRESETS) | (set(_TORCH_OPTIMIZERS) - set(_WITHOUT_DECAY))))
-"""The optimizer names :func:`setup` takes (any case): the task presets (``sgd`` is SGD with Nesterov
-momentum 0.9, ``gd`` plain gradient descent, ``adamw``) and every ``torch.optim`` optimizer taking
-``lr`` and ``weight_decay`` (``adam``, ``adadelta``, ``rmsprop``, ...)."""
-
-
-def optimizer_choice(optimizer: Any) -> str | type[Optimizer]:
-    """What a :class:`~layerwise.tasks.Task` names for ``optimizer``: a preset's name, or an Optimizer class.
-
-    Examples:
-        >>> optimizer_choice("SGD"), optimizer_choice("adadelta").__name__
-        ('sgd', 'Adadelta')
-
-    Raises:
-        ValueError: naming ``optimizer`` and :data:`OPTIMIZER_NAMES`; a ``torch.optim`` optimizer that takes
-            no ``weight_decay`` (``lbfgs``, ``rprop``, ``sparseadam``) is named as such.
-    """
-    if isinstance(optimizer, type) and issubclass(optimizer, Optimizer) and _takes(optimizer, "lr", "weight_decay"):
-        return optimizer
-    if isinstance(optimizer, str):
-        name = optimizer.lower()
-        if name in OPTIMIZER_PRESETS:
-            return name
-        if name in OPTIMIZER_NAMES:
-            return _TORCH_OPTIMIZERS[name]
-        if name in _WITHOUT_DECAY:
-            raise ValueError(
-                f"optimizer: torch.optim.{_WITHOUT_DECAY[name].__name__} takes no weight_decay, and every method "
-                f"builds its optimizer with each group's lr and weight_decay; choose from {list(OPTIMIZER_NAMES)}"
-            )
-    raise ValueError(
-        f"optimizer: expected one of {list(OPTIMIZER_NAMES)} (any case) or a torch.optim.Optimizer subclass "
-        f"taking lr and weight_decay, got {optimizer!r}"
-    )
 
 
 def _check_method(method: Any) -> str:

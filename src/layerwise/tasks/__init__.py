@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from . import fashion_tasks, hidlr_tasks, pretrained_tasks
 from .base import (
+    OPTIMIZER_NAMES,
     OPTIMIZER_PRESETS,
     OPTIMIZERS,
     REGIMES,
@@ -28,6 +29,7 @@ from .base import (
     get_task,
     logits_of,
     make_optimizer,
+    optimizer_choice,
     optimizer_preset,
     register_task,
 )
@@ -36,6 +38,7 @@ from .hf_checkpoint import HFSpec, hf_task, is_hf_task
 
 __all__ = [
     "OPTIMIZERS",
+    "OPTIMIZER_NAMES",
     "OPTIMIZER_PRESETS",
     "REGIMES",
     "TASKS",
@@ -48,6 +51,7 @@ __all__ = [
     "load_task_file",
     "logits_of",
     "make_optimizer",
+    "optimizer_choice",
     "optimizer_preset",
     "register_defaults",
     "register_task",

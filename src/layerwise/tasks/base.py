@@ -28,6 +28,7 @@ from ..training import slice_batch
 
 __all__ = [
     "OPTIMIZERS",
+    "OPTIMIZER_NAMES",
     "OPTIMIZER_PRESETS",
     "PRECISIONS",
     "REGIMES",
@@ -46,6 +47,7 @@ __all__ = [
     "logits_of",
     "make_optimizer",
     "model_outputs",
+    "optimizer_choice",
     "optimizer_preset",
     "register_task",
     "split_examples",
@@ -722,6 +724,62 @@ for _preset in (
 ):
     OPTIMIZER_PRESETS.register(_preset.name, _preset, description=_preset.description)
 OPTIMIZERS = tuple(OPTIMIZER_PRESETS)
+
+
+def _takes_lr(cls: type[torch.optim.Optimizer]) -> bool:
+    parameters = inspect.signature(cls).parameters
+    return all(name in parameters for name in ("lr", "weight_decay"))
+
+
+def _torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer class of ``torch.optim`` by its lower-case name."""
+    found = {name.lower(): getattr(torch.optim, name) for name in dir(torch.optim)}
+    return {
+        name: cls
+        for name, cls in sorted(found.items())
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
+    }
+
+
+_TORCH_OPTIMIZERS = _torch_optimizers()
+_WITHOUT_DECAY = {name: cls for name, cls in _TORCH_OPTIMIZERS.items() if not _takes_lr(cls)}
+
+OPTIMIZER_NAMES = tuple(sorted(set(OPTIMIZER_PRESETS) | (set(_TORCH_OPTIMIZERS) - set(_WITHOUT_DECAY))))
+"""The optimizer names a task and :func:`layerwise.compare.setup` take (any case): the presets (``sgd`` is
+SGD with Nesterov momentum 0.9, ``gd`` plain gradient descent, ``adamw``) and every ``torch.optim``
+optimizer taking ``lr`` and ``weight_decay`` (``adam``, ``adadelta``, ``rmsprop``, ...)."""
+
+
+def optimizer_choice(optimizer: Any) -> str | type[torch.optim.Optimizer]:
+    """What ``optimizer`` names: a preset's name, or an Optimizer class taking ``lr`` and ``weight_decay``.
+
+    Examples:
+        >>> optimizer_choice("SGD"), optimizer_choice("adadelta").__name__
+        ('sgd', 'Adadelta')
+
+    Raises:
+        ValueError: naming ``optimizer`` and :data:`OPTIMIZER_NAMES`; a ``torch.optim`` optimizer that takes
+            no ``weight_decay`` (``lbfgs``, ``rprop``, ``sparseadam``) is named as such.
+    """
+    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer) and _takes_lr(optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        name = optimizer.lower()
+        if name in OPTIMIZER_PRESETS:
+            return name
+        if name in OPTIMIZER_NAMES:
+            return _TORCH_OPTIMIZERS[name]
+        if name in _WITHOUT_DECAY:
+            raise ValueError(
+                f"optimizer: torch.optim.{_WITHOUT_DECAY[name].__name__} takes no weight_decay, and every method "
+                f"builds its optimizer with each group's lr and weight_decay; choose from {list(OPTIMIZER_NAMES)}"
+            )
+    raise ValueError(
+        f"optimizer: expected one of {list(OPTIMIZER_NAMES)} (any case) or a torch.optim.Optimizer subclass "
+        f"taking lr and weight_decay, got {optimizer!r}"
+    )
+
+
 """The preset names: ``sgd`` (Nesterov momentum 0.9), ``adamw``, ``gd`` (plain gradient descent)."""
 
 
@@ -729,28 +787,18 @@ def optimizer_preset(task: Task) -> OptimizerPreset:
     """The task's optimizer as a preset: a named preset with ``optimizer_options`` over its options, or the class.
 
     Raises:
-        ValueError: naming ``optimizer`` (neither a preset nor an Optimizer subclass taking ``lr`` and
-            ``weight_decay``) or ``optimizer_options`` (an option the class does not take, or ``lr``
-            or ``weight_decay``, which are the task's fields).
+        ValueError: naming ``optimizer`` (neither a name of :data:`OPTIMIZER_NAMES`, in any case, nor an
+            Optimizer subclass taking ``lr`` and ``weight_decay``) or ``optimizer_options`` (an option the
+            class does not take, or ``lr`` or ``weight_decay``, which are the task's fields).
     """
-    chosen, options = task.optimizer, dict(task.optimizer_options)
-    if isinstance(chosen, str) and chosen in OPTIMIZER_PRESETS:
+    chosen, options = optimizer_choice(task.optimizer), dict(task.optimizer_options)
+    if isinstance(chosen, str):
         preset = OPTIMIZER_PRESETS.get(chosen)
         preset = OptimizerPreset(chosen, preset.cls, {**preset.options, **options}, preset.description)
-    elif isinstance(chosen, type) and issubclass(chosen, torch.optim.Optimizer) and _takes_lr(chosen):
-        preset = OptimizerPreset(chosen.__name__, chosen, options, f"{chosen.__module__}.{chosen.__qualname__}")
     else:
-        raise ValueError(
-            f"optimizer: expected one of {list(OPTIMIZER_PRESETS)} or a torch.optim.Optimizer subclass "
-            f"taking lr and weight_decay, got {chosen!r}"
-        )
+        preset = OptimizerPreset(chosen.__name__, chosen, options, f"{chosen.__module__}.{chosen.__qualname__}")
     _check_options(preset)
     return preset
-
-
-def _takes_lr(cls: type[torch.optim.Optimizer]) -> bool:
-    parameters = inspect.signature(cls).parameters
-    return all(name in parameters for name in ("lr", "weight_decay"))
 
 
 def _check_options(preset: OptimizerPreset) -> None:
