@@ -16,19 +16,10 @@ import layerwise
 import parallel_cases as cases
 from layerwise import FreezeOut, Freezer, GradualUnfreezing, Multirate, Part, PerGroupOptimizer, fsdp
 from layerwise.distributed import leave_group
+from test_per_group import batch, make_model
 
 STEPS = 10
 FREEZE_AT, UNFREEZE_AT = 3, 6
-
-
-def make_model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(100 + step)
-    return torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
 
 
 def take_step(model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
