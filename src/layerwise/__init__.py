@@ -28,7 +28,7 @@ from .groups import (
 from .hidlr import HiDLR
 from .multirate import Multirate
 from .muon import ReshapedMuon, muon_split
-from .param_groups import ForeignLRWarning
+from .param_groups import ForeignLRWarning, partition_from_timm_groups
 from .per_group import Part, PerGroupOptimizer
 from .prefix_cache import FrozenPrefixCache
 from .random_subsets import RandomSubsetMultirate
@@ -109,5 +109,6 @@ __all__ = [
     "groups",
     "merge_rows",
     "muon_split",
+    "partition_from_timm_groups",
     "schedules",
 ]
