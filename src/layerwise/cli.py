@@ -272,7 +272,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a task once under a layer-wise schedule")
-    p.add_argument("--task", default="fashion-mnist")
+    p.add_argument("--task", default="fashion-mnist", help="a registered task or PATH.py:FACTORY (fashion-mnist)")
     p.add_argument("--recipe", default="llr", help=f"one of: {', '.join(sorted(recipes.RECIPES))}")
     p.add_argument("--policy", default="onecycle", help=f"one of: {', '.join(sorted(recipes.POLICIES))}")
     p.add_argument("--epochs", type=int, help="epochs (default: the task's)")
@@ -287,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
     from .plotting import plot_schedule
 
     result = train(
-        args.task,
+        _train_task(args.task),
         recipe=args.recipe,
         policy=args.policy,
         epochs=args.epochs,
@@ -306,12 +306,27 @@ def _train(args: argparse.Namespace) -> int:
     print(
         f"{result['task']} | {args.recipe} x {args.policy} | {result['epochs']} epoch(s), {result['steps']} steps, "
         f"{len(result['groups'])} groups\n"
-        f"  test accuracy {result['test_accuracy']:.4f}   test loss {result['test_loss']:.4f}   "
+        + ("" if result["test_accuracy"] is None else f"  test accuracy {result['test_accuracy']:.4f} ")
+        + f"  test loss {result['test_loss']:.4f}   "
         f"final train loss {result['final_train_loss']:.4f}\n"
         f"  wall-clock {result['wall_clock_s']:.1f} s   median step {result['step_time']['median_ms']:.1f} ms\n"
         f"  wrote {args.out / 'result.json'} and {plot}"
     )
     return 0
+
+
+def _train_task(spec: str) -> Any:
+    """``--task`` resolved as compare resolves it; a name that is neither a registered task nor
+    ``PATH.py:FACTORY`` is one error naming both forms."""
+    from .tasks import TASKS, resolve_task
+    from .tasks.from_file import is_task_file
+    from .tasks.hf_checkpoint import is_hf_task
+
+    if not (spec in TASKS or is_task_file(spec) or is_hf_task(spec)):
+        raise ValueError(
+            f"--task: unknown {spec!r}; expected a registered task ({', '.join(sorted(TASKS))}) or PATH.py:FACTORY"
+        )
+    return resolve_task(spec)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from itertools import product
@@ -28,7 +29,7 @@ from ..groups import Partition, by_block
 from ..plotting import pyplot
 from ..scheduler import LayerwiseLR
 from ..schedules import Cosine
-from ..tasks import TaskData, get_task, make_optimizer
+from ..tasks import Task, TaskData, get_task, make_optimizer
 from ..tasks.models import build_model, dense_layer_groups
 from .train import optimizer_state_mb, train
 
@@ -74,15 +75,22 @@ class Predictor:
         }
 
 
+def _task_of(model_name: str) -> Task:
+    """Fashion-MNIST on the built-in ``model_name``, partitioned into FreezeOut's groups (:func:`freezeout_groups`)."""
+    return dataclasses.replace(
+        get_task("fashion-mnist"),
+        make_model=lambda: build_model(model_name)[0],
+        partition=lambda model, sample: freezeout_groups(model_name, model, sample),
+    )
+
+
 def _run(model_name: str, data: TaskData, recipe: str, options: dict, seed: int, epochs: int) -> dict:
     policy = "constant" if recipe == "freezeout" else "cosine"
     result = train(
-        "fashion-mnist",
+        _task_of(model_name),
         recipe=recipe,
         policy=policy,
         recipe_options=options,
-        model=model_name,
-        depth=DEPTHS[model_name],
         epochs=epochs,
         seed=seed,
         data=data,

@@ -1,9 +1,27 @@
-"""A seeded training run of a task under a layer-wise schedule, with timing (the loop of :mod:`layerwise.tasks.loop`).
+"""A seeded training run of a task under a layer-wise schedule, with timing (``layerwise train``).
+
+It stands on the parts ``layerwise compare`` uses: the task is resolved as compare resolves it (a
+registered name, ``PATH.py:FACTORY`` or a :class:`~layerwise.tasks.Task`), its groups are the task's
+partition, its optimizer the task's over a method's param groups (:class:`~layerwise.compare.methods.Build`),
+and every step is the runner's (:func:`~layerwise.compare.runner.train_step`: the task's loss hook,
+precision, gradient clipping and accumulation) on the seeded batches of :mod:`layerwise.tasks.loop`
+(tensors or a ``Dataset`` through the task's collate function, transform and workers).
 
 Examples:
-    >>> from layerwise.bench.train import train
-    >>> result = train("fashion-mnist", recipe="llr", policy="onecycle", quick=True)  # doctest: +SKIP
-    >>> result["test_accuracy"]  # doctest: +SKIP
+    >>> import torch
+    >>> from layerwise.tasks import Task, TaskData
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> task = Task(
+    ...     name="tiny",
+    ...     make_model=lambda: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
+    ...     sample_input=lambda: torch.zeros(1, 4),
+    ...     load_data=lambda data_dir, quick: TaskData((x, y), (x, y)),
+    ...     batch_size=16,
+    ...     epochs=1,
+    ... )
+    >>> result = train(task, recipe="discriminative", policy="constant", progress=False)
+    >>> result["groups"], result["steps"]
+    (['0', '2'], 4)
 """
 
 from __future__ import annotations
@@ -14,13 +32,15 @@ from typing import Any
 import torch
 
 from .. import recipes
+from .._checks import positive_int
+from ..compare.methods import Build, Setup
+from ..compare.runner import group_lrs, train_step
 from ..freezeout import FreezeOut
-from ..groups import by_block, by_layer
 from ..scheduler import LayerwiseLR
-from ..tasks import Task, TaskData, get_task, make_optimizer
-from ..tasks.loop import Batch, evaluate, seeded_loop, train_step
-from ..tasks.models import build_model
-from ..training import progress_bar
+from ..tasks import Task, TaskData, resolve_task
+from ..tasks.base import split_examples, split_size
+from ..tasks.loop import Batch, evaluate, loader_options, seeded_loop
+from ..training import progress_bar, steps_per_epoch
 from .timing import peak_memory_mb, summarize_ms
 
 __all__ = ["optimizer_state_mb", "train"]
@@ -32,8 +52,6 @@ def train(
     recipe: str = "llr",
     policy: str = "onecycle",
     recipe_options: dict[str, Any] | None = None,
-    model: str | None = None,
-    depth: int | None = None,
     epochs: int | None = None,
     train_size: int | None = None,
     seed: int = 0,
@@ -44,42 +62,37 @@ def train(
 ) -> dict[str, Any]:
     """Train ``task`` once with a layer-wise schedule; return a JSON-ready result.
 
-    Groups are the model's layers in traced execution order (or its modules at ``depth``);
-    the optimizer is the task's (SGD with Nesterov momentum by default), weight decay off for
-    biases and norms;
-    the schedule steps every batch. ``recipe="freezeout"`` runs :class:`FreezeOut` (real
-    freezing); ``model`` swaps in a built-in model; ``train_size`` keeps the first images.
+    The groups are the task's partition (its layers in data-flow order unless the task says
+    otherwise), the optimizer is the task's, weight decay off for biases and norms; the schedule
+    steps every batch. ``recipe="freezeout"`` runs :class:`FreezeOut` (real freezing);
+    ``train_size`` keeps the first examples. ``lr_by_group`` holds each group's LR before every
+    step, in the partition's order.
     """
-    task = get_task(task) if isinstance(task, str) else task
-    epochs = epochs or (task.quick_epochs if quick else task.epochs)
-    if epochs < 1:
-        raise ValueError(f"epochs: must be >= 1, got {epochs}")
+    task = resolve_task(task)
+    recipes.RECIPES.get(recipe)  # unknown names refused before anything loads
+    recipes.POLICIES.get(policy)
+    if recipe == "freezeout" and policy not in ("constant", "cosine"):
+        raise ValueError("policy: FreezeOut brings its own per-layer cosine; use 'constant'")
+    epochs = positive_int("epochs", (task.quick_epochs if quick else task.epochs) if epochs is None else epochs)
     data = data or task.load_data(data_dir, quick)
+    examples = split_examples(data.train, train_size)
+    per_epoch = steps_per_epoch(split_size(examples), task.batch_size)
+    total = epochs * per_epoch
     torch.manual_seed(seed)
-    if model is None:
-        net, sample = task.make_model(), task.sample_input()
-    else:
-        net, sample = build_model(model)
-    partition = by_layer(net, sample_input=sample) if depth is None else by_block(net, depth, sample_input=sample)
-    optimizer = make_optimizer(
-        task, partition.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm"))
-    )
-    x_train, y_train = data.train
-    if train_size is not None:
-        x_train, y_train = x_train[:train_size], y_train[:train_size]
-    steps_per_epoch = -(-len(x_train) // task.batch_size)
-    total = epochs * steps_per_epoch
-    scheduler = _scheduler(net, optimizer, len(partition), total, recipe, policy, recipe_options or {})
+    net = task.make_model()
+    partition = task.partition_of(net)
+    optimizer = Build(task, net, partition, total, policy).optimizer()
+    setup = Setup(optimizer, _scheduler(net, optimizer, len(partition), total, recipe, policy, recipe_options or {}))
     step_times: list[float] = []
     losses: list[float] = []
-    history: list[dict[str, float]] = []
-    lr_trace: list[list[float]] = []
+    history: list[dict[str, Any]] = []
+    lr_trace: list[dict[str, float]] = []
 
     def sample_lrs(batch: Batch) -> None:  # bookkeeping, not timed
-        lr_trace.append([g["lr"] for g in optimizer.param_groups])
+        lr_trace.append(group_lrs(optimizer))
 
     def step(batch: Batch) -> torch.Tensor:
-        return train_step(net, optimizer, task.loss, batch.x, batch.y, scheduler=scheduler)
+        return train_step(net, setup, task, batch.data)
 
     def after(batch: Batch, loss: torch.Tensor, seconds: float) -> None:
         step_times.append(seconds)
@@ -88,7 +101,7 @@ def train(
             bar.update(1)
             if batch.step % 25 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=batch.epoch + 1, refresh=False)
-        if (batch.step + 1) % steps_per_epoch == 0 or batch.step + 1 == total:
+        if (batch.step + 1) % per_epoch == 0 or batch.step + 1 == total:
             metrics = evaluate(net, data.test, task)
             history.append(
                 {
@@ -102,10 +115,10 @@ def train(
     start = time.perf_counter()
     net.train()
     with progress_bar(total, f"{task.name} {recipe}", progress) as bar:
-        seeded_loop((x_train, y_train), task.batch_size, step, seed=seed, steps=total, before=sample_lrs, after=after)
+        hooks = {"before": sample_lrs, "after": after, **loader_options(task)}
+        seeded_loop(examples, task.batch_size, step, seed=seed, steps=total, **hooks)
     wall = time.perf_counter() - start
-    depth_of_group = [g["depth"] for g in optimizer.param_groups]
-    tail = losses[-max(1, steps_per_epoch // 10) :]  # mean over the last tenth of an epoch
+    tail = losses[-max(1, per_epoch // 10) :]  # mean over the last tenth of an epoch
     return {
         "task": task.name,
         "recipe": recipe,
@@ -113,17 +126,19 @@ def train(
         "seed": seed,
         "epochs": epochs,
         "steps": total,
-        "model": model or type(net).__name__,
+        "train_size": split_size(examples),
+        "model": type(net).__name__,
         "groups": list(partition.names),
-        "frozen_at": scheduler.frozen_at if recipe == "freezeout" else None,
+        "frozen_at": setup.scheduler.frozen_at if isinstance(setup.scheduler, FreezeOut) else None,
         "wall_clock_s": round(wall, 3),
         "train_seconds": round(sum(step_times), 3),
         "step_time": summarize_ms(step_times[min(10, len(step_times) - 1) :]),
         "final_train_loss": sum(tail) / len(tail),
+        "metric": task.metric,
         "test_accuracy": history[-1]["test_accuracy"],
         "test_loss": history[-1]["test_loss"],
         "history": history,
-        "lr_by_group": [[row[depth_of_group.index(d)] for row in lr_trace] for d in range(len(partition))],
+        "lr_by_group": [[row[name] for row in lr_trace] for name in partition.names],
         "memory": {**peak_memory_mb(), "optimizer_state_mb_at_end": round(optimizer_state_mb(optimizer), 4)},
     }
 
@@ -139,8 +154,6 @@ def _scheduler(
 ) -> LayerwiseLR | FreezeOut:
     """``recipe``'s schedule over ``total`` steps: :class:`FreezeOut` (real freezing) or a :class:`LayerwiseLR`."""
     if recipe == "freezeout":
-        if policy not in ("constant", "cosine"):
-            raise ValueError("policy: FreezeOut brings its own per-layer cosine; use 'constant'")
         return FreezeOut(net, optimizer, total, **options)
     schedule = recipes.build(recipe, groups, policy=recipes.make_policy(policy), **options)
     return LayerwiseLR(optimizer, total, schedule=schedule)
