@@ -86,6 +86,10 @@ def test_holm_correction_over_the_table_and_without_it():
     assert raw["a"]["tests"]["accuracy"]["low"] > 0
     decision = rows["a"]["tests"]["accuracy"]["decision"]
     assert decision["low"] < 0 < decision["high"] and decision["alpha"] == 0.0125
+    # the JSON's interval is the one printed (Holm's level), the one-look 95 % interval kept apart by name
+    tested = rows["a"]["tests"]["accuracy"]
+    assert (tested["low"], tested["high"]) == (decision["low"], decision["high"])
+    assert tested["unadjusted"]["low"] > 0 and tested["unadjusted"]["test"] == "paired t"
     assert f"[{decision['low'] * 100:+.2f}, {decision['high'] * 100:+.2f}] (paired t, 5 %/4)" in rows["a"]["verdict"]
 
 

@@ -402,18 +402,24 @@ def _sizing(mine: dict[int, float | None], base: dict[int, float | None], alpha:
 
 
 def _tests_dict(judged: dict[str, Any], decided: dict[str, Decision | None], margin: float | None) -> dict[str, Any]:
-    """The verdict's two comparisons as plain dicts (the JSON and HTML read them), each with its decision:
-    ``decided`` (a claim made), ``verdict`` and ``decision`` (the rule's numbers); no comparison (e.g.
-    speed voided or under 2 seeds): every value None. The accuracy one carries the equivalence margin."""
-    empty = {"test": None, "diff": None, "low": None, "high": None, "p": None}
+    """The verdict's two questions as plain dicts (the JSON and HTML read them). ``low``/``high`` are the
+    interval of the test that decided (the one the table prints: sequential or Holm-corrected), None
+    when the question was not tested; ``decided`` (a claim made), ``verdict`` and ``decision`` (the
+    rule's numbers). ``unadjusted`` holds the plain comparison (one look, 95 %, no correction: its
+    interval is not a decision). The accuracy one carries the equivalence margin."""
+    empty = {"test": None, "n": None, "diff": None, "p": None}
     out = {}
     for question in ("accuracy", "speed"):
-        decision = decided.get(question)
+        comparison, decision = judged[question], decided.get(question)
+        plain = None if comparison is None else asdict(comparison)
         out[question] = {
-            **(empty if judged[question] is None else asdict(judged[question])),
+            **(empty if plain is None else {k: plain[k] for k in empty}),
+            "low": None if decision is None else decision.low,
+            "high": None if decision is None else decision.high,
             "decided": None if decision is None else decision.claimed,
             "verdict": None if decision is None else decision.verdict,
             "decision": None if decision is None else asdict(decision),
+            "unadjusted": plain,
         }
     out["accuracy"]["margin"] = margin
     return out
