@@ -26,6 +26,7 @@ from .groups import (
     explicit,
 )
 from .hidlr import HiDLR
+from .lisa import LISA
 from .multirate import Multirate
 from .muon import ReshapedMuon, muon_split
 from .param_groups import ForeignLRWarning, partition_from_timm_groups
@@ -58,6 +59,7 @@ from .telemetry import LayerMonitor
 __version__ = "0.1.0"
 
 __all__ = [
+    "LISA",
     "AutoFreeze",
     "ChangesTrainable",
     "Constant",

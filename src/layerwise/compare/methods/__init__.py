@@ -39,6 +39,7 @@ from .kit import (
     resolve_settings,
 )
 from .layer_lrs import register_layer_lrs
+from .lisa import register_lisa
 from .multirate import register_multirate
 
 __all__ = [
@@ -68,6 +69,7 @@ def register_defaults() -> None:
     register_layer_lrs()
     register_freezeout()
     register_autofreeze()
+    register_lisa()
     register_multirate()
     register_found_lrs()
 
