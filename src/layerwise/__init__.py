@@ -53,6 +53,7 @@ from .schedules import (
     depth_ramp,
 )
 from .secant import SecantLR
+from .spectral import TempBalance
 from .technique import ChangesTrainable, Technique
 from .telemetry import LayerMonitor
 
@@ -91,6 +92,7 @@ __all__ = [
     "SecantLR",
     "StaggeredOneCycle",
     "StepDrops",
+    "TempBalance",
     "Technique",
     "Triangular",
     "Uniform",
