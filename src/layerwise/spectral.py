@@ -55,7 +55,7 @@ from .param_groups import group_names, set_lr
 from .state_check import check_state, stamp
 from .wrapping import unwrap_optimizer
 
-__all__ = ["TempBalance", "hill_alpha", "linear_map", "spectrum"]
+__all__ = ["TempBalance", "default_skip", "hill_alpha", "linear_map", "matrix_groups", "spectrum"]
 
 
 @torch.no_grad()
@@ -122,6 +122,31 @@ def linear_map(alphas: Sequence[float | None], s_min: float = 0.5, s_max: float 
     return [1.0 if a is None else s_min + (a - low) / (high - low) * (s_max - s_min) for a in alphas]
 
 
+def matrix_groups(param_groups: Sequence[dict[str, Any]]) -> list[str]:
+    """The names of the groups holding a weight of two or more dimensions (those the spectral rule can read), in order.
+
+    Examples:
+        >>> matrix_groups([{"name": "fc", "params": [torch.zeros(2, 3)]}, {"name": "norm", "params": [torch.zeros(3)]}])
+        ['fc']
+    """
+    names = group_names(param_groups)
+    return list(dict.fromkeys(n for n, g in zip(names, param_groups) if any(p.ndim >= 2 for p in g["params"])))
+
+
+def default_skip(param_groups: Sequence[dict[str, Any]], ends: bool = True) -> list[str]:
+    """The groups to leave at multiplier 1: those without a weight matrix and, with ``ends``, the first and the
+    last group holding one (the authors' ``remove_first_layer`` and ``remove_last_layer``), when more remain.
+
+    Examples:
+        >>> groups = [{"name": n, "params": [torch.zeros(2, 2)]} for n in ("stem", "a", "b", "head")]
+        >>> default_skip([*groups, {"name": "norm", "params": [torch.zeros(2)]}])
+        ['stem', 'head', 'norm']
+    """
+    held = matrix_groups(param_groups)
+    ruled = held[1:-1] if ends and len(held) > 2 else held
+    return [name for name in dict.fromkeys(group_names(param_groups)) if name not in ruled]
+
+
 class TempBalance:
     """Multiplies each group's LR at every optimizer step by a factor from its weights' spectral alpha.
 
@@ -173,7 +198,8 @@ class TempBalance:
         unknown = [s for s in skip if s not in names]
         if unknown:
             raise ValueError(f"skip: names groups {unknown} the optimizer does not have; it has {names}")
-        flat = [n for n in names if n not in skip and not self._matrices_of(optimizer, n)]
+        held = matrix_groups(optimizer.param_groups)
+        flat = [n for n in names if n not in skip and n not in held]
         if flat:
             raise ValueError(
                 f"skip: must name every group without a weight of two or more dimensions (the spectral rule "

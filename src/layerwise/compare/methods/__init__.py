@@ -41,6 +41,7 @@ from .kit import (
 from .layer_lrs import register_layer_lrs
 from .lisa import register_lisa
 from .multirate import register_multirate
+from .spectral import register_spectral
 
 __all__ = [
     "HIDLR_PROBING",
@@ -72,6 +73,7 @@ def register_defaults() -> None:
     register_lisa()
     register_multirate()
     register_found_lrs()
+    register_spectral()
 
 
 register_defaults()
