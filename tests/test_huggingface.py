@@ -84,10 +84,10 @@ def test_llr_schedule_replaces_the_trainers_scheduler_and_every_group_is_logged(
     trainer.train()
     logs = _lr_logs(trainer)
     assert len(logs) == STEPS
-    for step, entry in enumerate(logs, start=1):
+    for step, entry in enumerate(logs):  # the LRs the step logged used: the Trainer's learning_rate is group 0's
         for name, lr in zip(part.names, sched.lr_at(step)):
             assert entry[f"lr/{name}"] == pytest.approx(lr)
-        assert entry["frozen_groups"] == 0
+        assert entry["learning_rate"] == entry[f"lr/{part.names[0]}"] and entry["frozen_groups"] == 0
 
 
 def test_freezeout_freezes_groups_as_the_trainer_steps_it(tmp_path, minilm):
@@ -97,8 +97,8 @@ def test_freezeout_freezes_groups_as_the_trainer_steps_it(tmp_path, minilm):
     trainer = _trainer(tmp_path, model, (opt, freezeout))
     trainer.train()
     frozen = [entry["frozen_groups"] for entry in _lr_logs(trainer)]
-    # the last body group reaches zero at the very end, the head trains on: two of four frozen in the run
-    assert frozen == [0, 1, 2, 2] and len(part) == 4
+    # frozen during each step; the last body group reaches zero at the very end, the head trains on
+    assert frozen == [0, 0, 1, 2] and len(part) == 4
     assert freezeout.frozen and not any(p.requires_grad for p in part[0].params)
 
 
@@ -183,11 +183,11 @@ def test_a_named_technique_is_built_from_the_trainers_args_and_every_group_is_lo
     names = [g["name"] for g in by_hand.optimizer.param_groups]
     logs = _lr_logs(trainer)
     assert len(logs) == STEPS and len(set(names)) > 30  # one group per layer of MiniLM
-    for entry in logs:
-        by_hand.optimizer.step()  # no gradients: the weights stay
-        by_hand.scheduler.step()
+    for entry in logs:  # the LRs of the step logged
         expected = {f"lr/{name}": float(g["lr"]) for name, g in zip(names, by_hand.optimizer.param_groups)}
         assert _group_lrs(entry) == pytest.approx(expected)
+        by_hand.optimizer.step()  # no gradients: the weights stay
+        by_hand.scheduler.step()
     assert [entry["frozen_groups"] for entry in logs][-1] == len(run.freezer.frozen) > 0
     assert run.freezer.frozen == by_hand.freezer.frozen
 
@@ -201,10 +201,10 @@ def test_a_techniques_policy_and_warm_up_are_the_trainers_schedule(tmp_path, min
     reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-4)
     schedule = transformers.get_cosine_schedule_with_warmup(reference, 1, STEPS)
     for entry in _lr_logs(trainer):
-        reference.step()
-        schedule.step()
         lrs = list(_group_lrs(entry).values())
         assert len(lrs) > 30 and lrs == pytest.approx([reference.param_groups[0]["lr"]] * len(lrs))
+        reference.step()
+        schedule.step()
 
 
 def test_a_named_hidlr_gets_its_closure_and_keeps_its_lrs(tmp_path, minilm):

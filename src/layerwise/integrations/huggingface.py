@@ -9,7 +9,9 @@ its LRs); :class:`~layerwise.HiDLR` and :class:`~layerwise.SecantLR` are the opt
 every ``lr`` alone instead of the Trainer's default, and refuses any other scheduler (give them their
 ``schedule=``). :class:`LayerwiseTrainer` adds two things a callback cannot do: every log line
 carries each named group's LR (``lr/<group>``) and the number of frozen groups, through all of the
-Trainer's loggers; and Hi-DLR gets the loss closure of the current batch for its probes.
+Trainer's loggers, as the optimizer step logged used them (read after that step, before the scheduler's,
+as the Trainer reads its ``learning_rate``: group 0's ``lr/`` is the Trainer's ``learning_rate``); and
+Hi-DLR gets the loss closure of the current batch for its probes.
 
 Or name the technique: ``technique="freezeout"`` (any method of ``layerwise compare --list``) with its
 ``technique_settings`` builds the partition, the optimizer and the schedule through
@@ -40,7 +42,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..compare.methods import Setup
 from ..compare.setup import SETUP_KEYWORDS, method_settings, optimizer_choice, setup
@@ -72,6 +74,19 @@ class _KeepLRs(LRScheduler):
         self._step_count += 1
         self.last_epoch += 1
         self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]
+
+
+class _StepLRs(TrainerCallback):
+    """What :meth:`LayerwiseTrainer.log` reports: every group's LR and the frozen groups as the last optimizer
+    step used them, read after that step and before the scheduler steps (where the Trainer reads its
+    ``learning_rate``)."""
+
+    def __init__(self) -> None:
+        self.line: dict[str, float] | None = None
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        if optimizer is not None:
+            self.line = lr_log(unwrap_optimizer(optimizer).param_groups)
 
 
 class _SetupSchedule:
@@ -128,6 +143,8 @@ class LayerwiseTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self._step_lrs = _StepLRs()
+        self.add_callback(self._step_lrs)
         self.technique = technique
         self.technique_settings = dict(technique_settings or {})
         self.technique_setup: Setup | None = None
@@ -297,7 +314,7 @@ class LayerwiseTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         optimizer = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
         if optimizer is not None and "loss" in logs:
-            logs.update(lr_log(optimizer.param_groups))
+            logs.update(self._step_lrs.line or lr_log(optimizer.param_groups))
             if isinstance(optimizer, HiDLR):  # whether its fits are accepted, and why not
                 logs.update(optimizer.log_stats)
         super().log(logs, *args, **kwargs)
