@@ -59,6 +59,7 @@ COMPARE_ORDER = (
     "parallel",
     "runner",
     "engines",
+    "executors",
     "report",
     "session",
     "sweep",

@@ -467,10 +467,54 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "each on 1/N of every batch; under torchrun: its world size",
     )
     p.add_argument("--fsdp", action="store_true", help="with --nproc N or torchrun: shard with FSDP2 instead of DDP")
+    _add_executor_flags(p)
     p.add_argument(
         "--list", action="store_true", help="list the tasks and methods (with --task: also its partition) and exit"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where a comparison's runs train (docs/cluster.md)."""
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray", "slurm"),
+        help="where the runs train: local (default: this process, one after another), ray or slurm (each run a "
+        "job, a round's runs at once; needs layerwise[cluster]); see docs/cluster.md",
+    )
+    p.add_argument(
+        "--cpus-per-run",
+        type=_count(1),
+        metavar="N",
+        help="with --executor ray|slurm: CPUs (torch threads) per run (default 1)",
+    )
+    p.add_argument(
+        "--gpus-per-run", type=_count(0), metavar="N", help="with --executor ray|slurm: GPUs per run (default 0)"
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT|auto",
+        help="with --executor ray: the cluster to run on (default: start Ray on this machine)",
+    )
+    p.add_argument("--slurm-partition", metavar="NAME", help="with --executor slurm: the partition of every job")
+    p.add_argument(
+        "--slurm-minutes", type=_count(1), metavar="M", help="with --executor slurm: each job's time limit (default 60)"
+    )
+
+
+def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``executor`` when one other than local is asked for (each of its flags checked against it)."""
+    from .compare.executors import executor_of
+
+    executor = executor_of(
+        args.executor,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        ray_address=args.ray_address,
+        slurm_partition=args.slurm_partition,
+        slurm_minutes=args.slurm_minutes,
+    )
+    return {} if executor is None else {"executor": executor}
 
 
 def _print_list(chosen: Any = None) -> None:
@@ -633,6 +677,7 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
         **({} if args.eval_points is None else {"eval_points": args.eval_points}),  # else each regime's own
         "tensorboard": args.tensorboard,
         **_parallel_options(args),
+        **_executor_options(args),
     }
     if args.test_size is not None:
         options["test_size"] = args.test_size or None

@@ -106,6 +106,7 @@ def register_defaults() -> None:
         ("multirate", "multirate_bench:run_multirate_bench", "Multirate's speed-up and fine-tuning accuracy"),
         ("telemetry", "telemetry_bench:run_telemetry_bench", "LayerMonitor's overhead and per-layer readings"),
         ("clock", "clock_bench:run_clock_bench", "how far the process clock and the wall clock agree on training"),
+        ("executor", "executor_bench:run_executor_bench", "a comparison's wall-clock on 1 and 2 Ray workers"),
     ):
         BENCHES.register_lazy(name, f"layerwise.bench.{target}", description=description)
 

@@ -45,6 +45,7 @@ __all__ = [
     "SMOKE",
     "answer",
     "forest_rows",
+    "hardware_gap",
     "load_gap",
     "markdown_table",
     "plot_all",
@@ -95,11 +96,50 @@ def load_gap(record: dict[str, Any], base: dict[str, Any]) -> tuple[float, float
     return mine, theirs
 
 
-def _loaded_pairs(records: list[dict[str, Any]], base_records: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
-    """The seeds whose pair was timed under different load, with the two mean loads."""
+def _hardware(record: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """Where a run was timed: host, CPU model, CUDA device (a run of the comparison's own process names
+    its host only, in its ``timing``)."""
+    node = record.get("node") or {}
+    return node.get("host") or (record.get("timing") or {}).get("host"), node.get("cpu"), node.get("cuda")
+
+
+def hardware_gap(record: dict[str, Any], base: dict[str, Any]) -> tuple[str, str] | None:
+    """The two runs' hardware when the pair was timed on different hardware, else None: their CPU models
+    or CUDA devices differ, or, where either names neither, their hosts do (unknown: never flagged).
+    Unlike load, the process clock does not excuse it: other hardware moves every clock.
+
+    >>> a100, h100 = {"host": "n1", "cpu": "EPYC", "cuda": "A100"}, {"host": "n2", "cpu": "EPYC", "cuda": "H100"}
+    >>> hardware_gap({"node": h100}, {"node": a100})
+    ('n2 (EPYC, H100)', 'n1 (EPYC, A100)')
+    >>> hardware_gap({"node": {**a100, "host": "n3"}}, {"node": a100}) is None
+    True
+    """
+    mine, theirs = _hardware(record), _hardware(base)
+    if mine[0] is None or theirs[0] is None:
+        return None
+    named = any(mine[1:]) and any(theirs[1:])
+    if (mine[1:] == theirs[1:]) if named else (mine[0] == theirs[0]):
+        return None
+    shown = [f"{h[0]} ({', '.join(part for part in h[1:] if part)})" if any(h[1:]) else h[0] for h in (mine, theirs)]
+    return shown[0], shown[1]
+
+
+def _apart_pairs(
+    records: list[dict[str, Any]], base_records: list[dict[str, Any]], gap: Callable[[dict, dict], Any]
+) -> dict[int, Any]:
+    """The seeds whose pair ``gap`` flags (:func:`load_gap`, :func:`hardware_gap`), with what it found."""
     base = {_seed(r, i): r for i, r in enumerate(base_records)}
-    gaps = {_seed(r, i): load_gap(r, base[_seed(r, i)]) for i, r in enumerate(records) if _seed(r, i) in base}
-    return {seed: gap for seed, gap in gaps.items() if gap is not None}
+    gaps = {_seed(r, i): gap(r, base[_seed(r, i)]) for i, r in enumerate(records) if _seed(r, i) in base}
+    return {seed: found for seed, found in gaps.items() if found is not None}
+
+
+def _hardware_note(moved: dict[int, tuple[str, str]], pairs: int) -> str:
+    """A row's note on its pairs timed on different hardware."""
+    seeds = ", ".join(f"seed {seed} ({mine} vs the baseline's {theirs})" for seed, (mine, theirs) in moved.items())
+    return (
+        f"timed on different hardware: {len(moved)} of {pairs} seed pairs, {seeds}; their speed is left out, and "
+        "their accuracy at equal time came from unequal steps (--budget steps, or nodes of one kind)"
+    )
 
 
 def _loaded_note(loaded: dict[int, tuple[float, float]], pairs: int) -> str:
@@ -161,11 +201,13 @@ def summarize(
 
     base_times, base_finals = times(base_records), finals(base_records)
     judged_labels = [label for label, o in outcomes.items() if label != baseline and o["records"] and base_records]
-    loaded = {label: _loaded_pairs(outcomes[label]["records"], base_records) for label in judged_labels}
+    loaded = {label: _apart_pairs(outcomes[label]["records"], base_records, load_gap) for label in judged_labels}
+    moved = {label: _apart_pairs(outcomes[label]["records"], base_records, hardware_gap) for label in judged_labels}
 
     def timed_alike(label: str, records: list[dict[str, Any]]) -> dict[int, float | None]:
-        """The method's times to target but on the seeds timed under other load than the baseline's."""
-        return {seed: t for seed, t in times(records).items() if seed not in loaded.get(label, {})}
+        """The method's times to target but on the seeds timed under other load or hardware than the baseline's."""
+        apart = {**loaded.get(label, {}), **moved.get(label, {})}
+        return {seed: t for seed, t in times(records).items() if seed not in apart}
 
     tests, asked = {}, {}
     for label in judged_labels:
@@ -184,8 +226,8 @@ def summarize(
         budget_ratio = _budget_ratio(records)
         mine, alike = times(records), timed_alike(label, records)
         ttt, ttt_alike = _median_time(mine), _median_time(alike)
-        apart = loaded.get(label, {})
-        void_mine = void_speed or ("speed not judged: timed under different load" if apart and not alike else None)
+        apart, elsewhere = loaded.get(label, {}), moved.get(label, {})
+        void_mine = void_speed or (_not_judged(apart, elsewhere) if (apart or elsewhere) and not alike else None)
         judged, sizing = None, None
         if label in tests:
             on_accuracy = decisions[label]["accuracy"]
@@ -224,12 +266,20 @@ def summarize(
                 "notes": "; ".join(
                     _notes(records, errors, base_records, budget_ratio)
                     + ([_loaded_note(apart, len(records))] if apart else [])
+                    + ([_hardware_note(elsewhere, len(records))] if elsewhere else [])
                 ),
                 "timed_under_other_load": sorted(apart),
+                "timed_on_other_hardware": sorted(elsewhere),
             }
         )
     rule = "sequential" if sequential is not None else "fixed"
     return {"rows": rows, "target": target, "correction": "holm" if correction else "none", "rule": rule}
+
+
+def _not_judged(loaded: dict[int, Any], moved: dict[int, Any]) -> str:
+    """Why a method's speed is not judged when every seed pair was timed apart."""
+    how = [*(["under different load"] if loaded else []), *(["on different hardware"] if moved else [])]
+    return f"speed not judged: timed {' and '.join(how)}"
 
 
 SMOKE = (

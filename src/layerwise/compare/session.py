@@ -38,10 +38,11 @@ from .. import recipes
 from .._checks import finite_nonneg, one_of, positive_int
 from ..groups import Partition
 from ..tasks import Task, TaskData, resolve_task
-from ..tasks.base import split_examples, split_size
+from ..tasks.base import split_size
 from ..training import progress_bar, steps_per_epoch
 from .budget import CLOCKS
 from .engines import group_for
+from .executors import Executor, Job, TaskRef, comparison_data, executor_of, run_jobs
 from .methods import (
     METHODS,
     OPTIMIZER_USES,
@@ -63,7 +64,7 @@ from .report import (
     summarize,
     write_html,
 )
-from .runner import run_one, warm_up
+from .runner import RunSpec, run_one, warm_up
 from .store import RunStore, locked
 from .targets import check_margin, check_target, margin_of, scale_of
 
@@ -185,14 +186,25 @@ def _slug(label: str) -> str:
 
 
 def _load_data(task: Task, config: CompareConfig) -> TaskData:
-    """The task's data as a comparison uses it: its quick slice, the first ``test_size`` test examples
-    (with ``quick``, at most the task's ``quick_test_size``)."""
-    data = task.load_data(None, config.quick)
-    sizes = [config.test_size, task.quick_test_size if config.quick else None]
-    size = min((n for n in sizes if n is not None), default=None)
-    if size is not None:
-        data = TaskData(data.train, split_examples(data.test, size))
-    return data
+    """The task's data as a comparison uses it (:func:`~layerwise.compare.executors.comparison_data`)."""
+    return comparison_data(task, config.quick, config.test_size)
+
+
+def check_executor(executor: str | Executor | None, config: CompareConfig) -> Executor | None:
+    """The executor of a comparison's runs (None: this process), connected and checked before any run is
+    submitted: ValueError naming the flag. A data-parallel run (``--nproc``, ``--fsdp``, torchrun) trains here."""
+    chosen = executor_of(executor)
+    if chosen is None:
+        return None
+    nproc, engine = check_parallel(config.nproc, config.fsdp)
+    if engine is not None or (nproc or 1) > 1:
+        flag = "--fsdp" if config.fsdp else "--nproc"
+        raise ValueError(
+            f"{flag}: a data-parallel run trains on this machine's processes; with --executor {chosen.name} every "
+            "run is one process (drop --nproc and --fsdp, or use --executor local)"
+        )
+    chosen.check()
+    return chosen
 
 
 AUTO_SEEDS = (3, 10)
@@ -341,6 +353,7 @@ def compare_variants(
     aa: bool = False,
     margin: float | None = None,
     max_runs: int | None = None,
+    executor: str | Executor | None = None,
 ) -> dict[str, Any]:
     """Run every variant for ``seeds`` seeds (resuming from ``out``) and write the report there.
 
@@ -365,6 +378,10 @@ def compare_variants(
             default: 0.5 points, a loss none; :func:`~layerwise.compare.targets.margin_of`).
         max_runs: with ``seeds="auto"``: at most this many runs in all, every seed of every method
             (:func:`plan_round` fits the rounds to it; at least the first round's runs).
+        executor: where the runs train: ``"local"`` or None (this process, one after another),
+            ``"ray"``, ``"slurm"``, or an executor built with its resources
+            (:func:`~layerwise.compare.executors.executor_of`); the runs of a round then train at once,
+            under ``budget="time"`` the baselines' first.
 
     Returns ``{"rows", "table", "setting", "outcomes", "target", "paths"}``.
     """
@@ -377,6 +394,7 @@ def compare_variants(
     check_max_runs(max_runs, seeds, len(variants))
     resolved, model, partition = _checked_variants(task, variants, config, start, target, target_tolerance, tensorboard)
     nproc, engine = check_parallel(config.nproc, config.fsdp, task, [method for _, method, _ in variants])
+    executor = check_executor(executor, config)
     group = group_for(config.nproc, config.fsdp)
     if group is not None and group.rank != 0:  # a torchrun follower: rank 0 sends every run
         group.follow(task, lambda: data if data is not None else _load_data(task, config))
@@ -391,15 +409,19 @@ def compare_variants(
         invocation = fingerprint()
         if engine is not None:
             invocation["nproc"], invocation["engine"] = nproc, engine
-        started, unsaved, warm = time.perf_counter(), {}, False
+        started, unsaved, warm, own = time.perf_counter(), {}, False, data
         run = run_one if group is None else group.run_one
         while True:  # one round; with --seeds auto, again while methods are undecided
             todo = _due_runs(store, comparison, invocation["invocation"] if retime else None)
             if todo and not warm:
                 data = data if data is not None else _load_data(task, config)
-                warm_up(task, data, 2 if config.quick else 10)
+                if executor is None:  # the workers warm up themselves
+                    warm_up(task, data, 2 if config.quick else 10)
                 warm = True
-            unsaved |= _train_due(store, comparison, todo, run, data, invocation, tensorboard)
+            if executor is None:
+                unsaved |= _train_due(store, comparison, todo, run, data, invocation, tensorboard)
+            else:
+                unsaved |= _train_on(executor, store, comparison, todo, (data, own), invocation, tensorboard)
             outcomes = _collect_outcomes(store, comparison, unsaved)
             spent = (time.perf_counter() - started) / 60
             if most is None or (max_minutes is not None and spent >= max_minutes):
@@ -547,16 +569,7 @@ def _train_due(
 ) -> dict[str, dict[str, Any]]:
     """Train the due runs with ``run`` (``run_one`` or a group's), storing each; the finished runs not stored."""
     task, config = comparison.task, comparison.config
-    shared = {
-        "epochs": comparison.epochs,
-        "train_size": comparison.train_size,
-        "policy": config.policy,
-        "quick": config.quick,
-        "data": data,
-        "eval_points": config.eval_points,
-        "telemetry_every": config.telemetry_every,
-        "clock": config.clock,
-    }
+    shared = {**_shared(comparison), "data": data}
     unsaved: dict[str, dict[str, Any]] = {}
     with progress_bar(len(todo), f"compare {task.name}", comparison.progress, unit="run", leave=True) as runs_bar:
         for done, (label, method, settings, seed) in enumerate(todo):
@@ -591,6 +604,67 @@ def _train_due(
             if runs_bar is not None:
                 runs_bar.update(1)
     return unsaved
+
+
+def _train_on(
+    executor: Executor,
+    store: RunStore,
+    comparison: _Comparison,
+    todo: Sequence[tuple[str, str, dict[str, Any], int]],
+    data: tuple[TaskData, TaskData | None],
+    invocation: dict[str, Any],
+    tensorboard: bool,
+) -> dict[str, dict[str, Any]]:
+    """Train the due runs on ``executor``, all at once (under a time budget, the baselines first: their
+    times are the seeds' budgets), storing each as it comes back; the finished runs not stored.
+    ``data``: the task's data here, and the comparison's own (None: each worker loads the task's)."""
+    task, config = comparison.task, comparison.config
+    loaded, own = data
+    shared = _shared(comparison)
+    ref = TaskRef.of(task, config.quick, config.test_size)
+    timed = config.budget == "time" and config.budget_seconds is None
+    stages = [[r for r in todo if r[0] == comparison.baseline], [r for r in todo if r[0] != comparison.baseline]]
+    unsaved: dict[str, dict[str, Any]] = {}
+    with progress_bar(len(todo), f"compare {task.name} ({executor.name})", comparison.progress, unit="run") as bar:
+        for stage in stages if timed else [list(todo)]:
+            jobs, notes = [], {}
+            for label, method, settings, seed in stage:
+                key = comparison.run_key(label, method, settings, seed)
+                budget = _run_budget(store, comparison, label, seed, loaded, unsaved)
+                if isinstance(budget, str):
+                    store.fail(key, method, seed, budget)
+                    continue
+                logs = comparison.out.resolve() / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None
+                lengths = {k: budget[k] for k in ("steps", "seconds") if k in budget}
+                spec = RunSpec(method, settings, seed=seed, tensorboard=logs, **lengths, **shared)
+                jobs.append(Job.of(key, f"{label} seed {seed}", spec, ref, executor.cpus_per_run, own))
+                notes[key] = label, {k: v for k, v in budget.items() if k != "steps"}
+            for job, outcome in run_jobs(executor, jobs, comparison.out, _say):
+                if outcome.record is None:
+                    store.fail(job.key, job.spec.method, job.spec.seed, outcome.error or "no record")
+                else:
+                    label, note = notes[job.key]
+                    if note.get("reference"):  # the baseline's own time is its seed's budget
+                        note = {**note, "seconds": outcome.record["wall_clock_s"]}
+                    outcome.record.update(label=label, timing=invocation, budget=note)
+                    _save(store, job.key, outcome.record, unsaved, job.name)
+                if bar is not None:
+                    bar.update(1)
+    return unsaved
+
+
+def _shared(comparison: _Comparison) -> dict[str, Any]:
+    """What every run of the comparison shares (the data aside: ``data``, given to the runs here)."""
+    config = comparison.config
+    return {
+        "epochs": comparison.epochs,
+        "train_size": comparison.train_size,
+        "policy": config.policy,
+        "quick": config.quick,
+        "eval_points": config.eval_points,
+        "telemetry_every": config.telemetry_every,
+        "clock": config.clock,
+    }
 
 
 def _run_budget(
@@ -938,6 +1012,7 @@ _RUN_OPTIONS = (
     "aa",
     "margin",
     "max_runs",
+    "executor",
 )
 
 
@@ -975,6 +1050,8 @@ def check_request(
     check_methods(task, methods, partition)
     check_parallel(config.nproc, config.fsdp, task, methods)
     rest = {k: v for k, v in options.items() if k not in config_fields}
+    if rest.get("executor") is not None:
+        rest["executor"] = check_executor(rest["executor"], config)
     parse_seeds(rest.get("seeds", 1))
     _check_minutes(rest.get("max_minutes"))
     check_max_runs(rest.get("max_runs"), rest.get("seeds", 1), len(methods) + bool(rest.get("aa")))

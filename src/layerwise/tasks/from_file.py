@@ -51,10 +51,13 @@ import torch
 from ..training import slice_batch
 from .base import Task, TaskData, check_labels
 
-__all__ = ["is_task_file", "load_task_file", "task_files"]
+__all__ = ["is_task_file", "load_task_file", "task_file_spec", "task_files"]
 
 _FILES_OF: dict[str, dict[str, str]] = {}
 """The files behind each fingerprint :func:`load_task_file` gave in this process (see :func:`task_files`)."""
+
+_SPEC_OF: dict[str, str] = {}
+"""The ``PATH.py:FACTORY`` (the path absolute) behind each fingerprint :func:`load_task_file` gave in this process."""
 
 _BROUGHT_IN: set[str] = set()
 """The modules task files of this process brought in from their folders (dropped before the next load)."""
@@ -89,6 +92,7 @@ def load_task_file(spec: str) -> Task:
         helpers = _modules_from(folder)
         _BROUGHT_IN.update(name for name in sys.modules if name.partition(".")[0] in set(helpers) - before)
     source_sha256 = _fingerprint(path.resolve(), helpers)
+    _SPEC_OF[source_sha256] = f"{path.resolve()}:{factory_name}"
     return _checked(dataclasses.replace(task, source_sha256=source_sha256), spec)
 
 
@@ -109,6 +113,12 @@ def task_files(source_sha256: str | None) -> dict[str, str] | None:
     its path relative to the task file's folder; None for a fingerprint no task file of this process has."""
     files = _FILES_OF.get(source_sha256) if source_sha256 is not None else None
     return None if files is None else dict(files)
+
+
+def task_file_spec(source_sha256: str | None) -> str | None:
+    """How to load a task file's task again, in another process: ``PATH.py:FACTORY`` with the path
+    absolute, for a fingerprint (its task's ``source_sha256``) a task file of this process gave; else None."""
+    return _SPEC_OF.get(source_sha256) if source_sha256 is not None else None
 
 
 def _forget_brought_in() -> None:
