@@ -144,35 +144,27 @@ def _model_partition(args: argparse.Namespace):
     return model, sample, by_block(model, depth=args.depth, sample_input=sample)
 
 
-def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list[int | None]) -> dict[str, float]:
-    """Predicted wall-clock saving of a freezing schedule on the built-in model."""
-    from .cost import authors_saving, group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
+def _savings(args: argparse.Namespace, model, sample, partition, frozen_at: list[int | None]) -> dict[str, Any]:
+    """A freezing schedule's predicted savings on the built-in model (:func:`~layerwise.cost.predict_saving`)."""
+    from .cost import group_flops, predict_saving, prefix_step_times, train_fractions
 
     fractions = train_fractions(frozen_at, args.steps)
     batch = torch.randn(64, *sample.shape[1:]) if sample.is_floating_point() else sample[:1].repeat(32, 1)
     flops = group_flops(model, partition, batch[:1])
-    paper = paper_saving(fractions, flops)
-    result = {
-        "predicted_saving_paper": paper,
-        **(
-            {"predicted_saving_authors": authors_saving(paper, args.strategy or "cubic")}
-            if args.recipe == "freezeout"
-            else {}
-        ),
-        "predicted_saving_paper_cached": paper_saving(fractions, flops, cached=True),  # FrozenPrefixCache, all hits
+    strategy = (args.strategy or "cubic") if args.recipe == "freezeout" else None
+    if not args.measure:
+        return predict_saving(fractions, flops, strategy=strategy)
+    if fractions != sorted(fractions):
+        raise ValueError("--measure: groups must freeze in data-flow order for a timed prediction")
+    with torch.no_grad():
+        classes = model(batch[:1]).shape[-1]
+    target = torch.randint(0, classes, (len(batch),))
+    times = prefix_step_times(model, partition.param_groups(), (batch, target))
+    cached = prefix_step_times(model, partition.param_groups(), (batch, target), cached=True)
+    return {
+        **predict_saving(fractions, flops, strategy=strategy, step_times=times, cached_step_times=cached),
+        "prefix_step_ms": [round(t * 1e3, 3) for t in times],
     }
-    if args.measure:
-        if fractions != sorted(fractions):
-            raise ValueError("--measure: groups must freeze in data-flow order for a timed prediction")
-        with torch.no_grad():
-            classes = model(batch[:1]).shape[-1]
-        target = torch.randint(0, classes, (len(batch),))
-        times = prefix_step_times(model, partition.param_groups(), (batch, target))
-        result["predicted_saving_timed"] = timed_saving(fractions, times)
-        result["prefix_step_ms"] = [round(t * 1e3, 3) for t in times]
-        cached = prefix_step_times(model, partition.param_groups(), (batch, target), cached=True)
-        result["predicted_saving_timed_cached"] = timed_saving(fractions, cached)
-    return result
 
 
 def _check_writable_file(flag: str, path: Path) -> None:
@@ -694,6 +686,21 @@ def _methods_of(args: argparse.Namespace) -> list[str] | None:
     return methods
 
 
+_STUDY_FLAGS = ("--seeds", "--epochs", "--train-size", "--test-size", "--margin", "--quick", "--out", "--no-progress")
+_STUDY_TAKES = frozenset({"command", "study", *(flag[2:].replace("-", "_") for flag in _STUDY_FLAGS)})
+_COMPARE_DEFAULTS = {"policy": "cosine", "budget": "time"}
+
+
+def _flags_given(args: argparse.Namespace, takes: frozenset[str]) -> list[str]:
+    """The compare flags given on the command line (not at their default) outside ``takes``, as typed."""
+    given = [
+        dest
+        for dest, value in vars(args).items()
+        if dest not in takes and value not in (None, False, []) and _COMPARE_DEFAULTS.get(dest) != value
+    ]
+    return [f"--{dest.replace('_', '-')}" for dest in given]
+
+
 def _study(args: argparse.Namespace) -> int:
     from .compare.session import parse_seeds
     from .compare.study import run_study
@@ -702,10 +709,14 @@ def _study(args: argparse.Namespace) -> int:
         raise ValueError("--study: runs its own tasks and variants; drop --task, --methods, --set and --telemetry")
     if _parallel_options(args):
         raise ValueError("--study: runs in one process; drop --nproc and --fsdp")
+    ignored = _flags_given(args, _STUDY_TAKES)
+    if ignored:
+        raise ValueError(f"--study: does not take {', '.join(ignored)} (it takes {', '.join(_STUDY_FLAGS)}); drop them")
     seeds, most = parse_seeds(args.seeds or 3)
     if most is not None:
         raise ValueError("--seeds: the llr study runs a fixed number of seeds; give a count")
-    result = run_study(args.study, seeds=seeds, out=args.out, **_common_options(args))
+    sizes = {} if args.test_size is None else {"test_size": args.test_size}
+    result = run_study(args.study, seeds=seeds, out=args.out, margin=args.margin, **sizes, **_common_options(args))
     print(result["text"])
     return 0
 

@@ -28,7 +28,7 @@ from ..tasks import TaskData, get_task
 from ..tasks.base import split_examples
 from .session import CompareConfig, Variant, compare_variants
 from .stats import Decision, Question, decide_fixed
-from .targets import decision_label, verdict_questions
+from .targets import DEFAULT_MARGIN, check_margin, decision_label, verdict_questions
 
 __all__ = ["LLR_MODELS", "llr_variants", "run_study"]
 
@@ -87,9 +87,9 @@ def _target(outcomes: dict[str, dict[str, list]], label: str) -> float:
     return TARGET_FRACTION * statistics.fmean(finals) if finals else math.inf
 
 
-def _questions(outcomes: dict[str, dict[str, list]]) -> dict[tuple[str, str], Question]:
+def _questions(outcomes: dict[str, dict[str, list]], margin: float | None) -> dict[tuple[str, str], Question]:
     """Both questions of every variant against its reference, paired by seed, keyed (variant, question):
-    ``accuracy`` (equivalent within 0.5 points) and ``steps`` to the reference's target."""
+    ``accuracy`` (equivalent within ``margin`` points, default 0.5) and ``steps`` to the reference's target."""
     questions = {}
     for label, outcome in outcomes.items():
         reference = _reference(label)
@@ -97,7 +97,7 @@ def _questions(outcomes: dict[str, dict[str, list]]) -> dict[tuple[str, str], Qu
             continue
         target, records = _target(outcomes, label), outcomes[reference]["records"]
         steps = _steps(outcome["records"], target), _steps(records, target)
-        asked = verdict_questions(_finals(outcome["records"]), _finals(records), *steps, "accuracy")
+        asked = verdict_questions(_finals(outcome["records"]), _finals(records), *steps, "accuracy", margin)
         for question, key in (("accuracy", "accuracy"), ("speed", "steps")):
             if asked[question] is not None:
                 questions[(label, key)] = asked[question]
@@ -132,10 +132,12 @@ def _reach_text(steps: list[int | None]) -> str:
     return f"{statistics.fmean(reached):.0f} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
 
 
-def _analyse(outcomes: dict[str, dict[str, list]]) -> tuple[list[str], list[dict[str, Any]]]:
+def _analyse(
+    outcomes: dict[str, dict[str, list]], margin: float | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
     """The study's table and its findings: every variant's questions decided together (:func:`decide_fixed`,
-    Holm's correction over all of them)."""
-    questions = _questions(outcomes)
+    Holm's correction over all of them); ``margin``: the accuracy question's equivalence margin in points."""
+    questions = _questions(outcomes, margin)
     decisions = decide_fixed(questions)
     lines = [
         "| variant | runs | final test accuracy % | vs reference: diff [interval] | | steps to target "
@@ -192,32 +194,37 @@ def run_study(
     quick: bool = False,
     out: str | Path | None = None,
     progress: bool = True,
-    test_size: int = 2000,
+    test_size: int | None = 2000,
+    margin: float | None = None,
 ) -> dict[str, Any]:
     """Run a built-in study (``llr``); writes ``study.md`` and one comparison report per model in ``out``.
 
-    ``test_size``: evaluations use the first this many test images (10 evaluations per run).
+    ``test_size``: evaluations use the first this many test images (10 evaluations per run; None or 0: all).
+    ``margin``: a variant within this many accuracy points of its reference is equivalent (default 0.5).
     """
     if name != "llr":
         raise ValueError(f"--study: unknown {name!r}; choose from ['llr']")
+    check_margin(margin, "accuracy")
     out = Path(out or f"runs/study-{name}")
     train_size = train_size or (None if quick else 10000)
+    tested = f"the first {test_size}" if test_size else "all the"
     sections = [
         "# Smith's layer learning rates, run for real",
         "",
         f"Fashion-MNIST, {seeds} seeds per variant, {epochs or ('quick' if quick else 2)} epoch(s) on "
-        f"{train_size or 'the quick slice of'} training images, test accuracy on the first {test_size} test images, "
+        f"{train_size or 'the quick slice of'} training images, test accuracy on {tested} test images, "
         f"evaluated 10 times per run. Target for 'steps to target': {TARGET_FRACTION:.0%} of the reference's "
         "mean final accuracy (reference: uniform multipliers under the same policy; staggered 1cycle against "
         "uniform 1cycle). "
         "Differences are variant minus reference, seed s against seed s, each with the interval of the test "
-        "that decided it at its level after Holm's correction over both questions of every variant.",
+        "that decided it at its level after Holm's correction over both questions of every variant; "
+        f"equivalent: within ±{margin or DEFAULT_MARGIN['accuracy']:g} points.",
     ]
     results = {}
     for model, task_name in LLR_MODELS.items():
         task = get_task(task_name)
         data = task.load_data(None, quick)
-        data = TaskData(data.train, split_examples(data.test, test_size))
+        data = TaskData(data.train, split_examples(data.test, test_size or None))
         config = CompareConfig(epochs=epochs, train_size=train_size, quick=quick, eval_points=10, budget="steps")
         report = compare_variants(
             task,
@@ -231,7 +238,7 @@ def run_study(
             note="Verdicts here are against the first variant; study.md compares each variant with uniform "
             "multipliers under its own policy.",
         )
-        lines, findings = _analyse(report["outcomes"])
+        lines, findings = _analyse(report["outcomes"], margin)
         results[model] = findings
         sections += [
             "",
