@@ -49,8 +49,11 @@ def test_a_crossing_skip_connection_falls_back_with_a_warning_or_is_refused():
         return model, opt, closure
 
     model, opt, closure = by_layer_run(True)
-    with pytest.warns(UserWarning, match="prefix_reuse: the probes of group .* shallower cut: .*skip connection"):
+    with pytest.warns(
+        UserWarning, match="prefix_reuse: the probes of group .* shallower cut: .*skip connection"
+    ) as said:
         opt.step(closure)
+    assert {w.filename for w in said} == {__file__}  # the step's line, not Hi-DLR's nor torch's
     model, opt, closure = by_layer_run("strict")
     before = [p.clone() for p in model.parameters()]
     state = {k: v.clone() for k, v in model.state_dict().items()}

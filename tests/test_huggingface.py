@@ -151,8 +151,9 @@ def test_schedule_arguments_ignored_for_an_optimizer_that_owns_its_lrs_are_warne
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), lr_scheduler_type="cosine", report_to=[], use_cpu=True, max_steps=1
     )
-    with pytest.warns(UserWarning, match=r"args: lr_scheduler_type='cosine' ignored: HiDLR"):
+    with pytest.warns(UserWarning, match=r"args: lr_scheduler_type='cosine' ignored: HiDLR") as said:
         LayerwiseTrainer(model=model, args=args, train_dataset=_data(), optimizers=(hidlr, None))
+    assert [w.filename for w in said if "ignored" in str(w.message)] == [__file__]
 
 
 def _group_lrs(entry: dict) -> dict[str, float]:

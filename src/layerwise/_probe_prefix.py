@@ -15,7 +15,6 @@ warning (``"strict"``: a ValueError).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ._cuts import Cut, Stubs, Trace, trace_cuts
+from ._warn import warn
 
 __all__ = ["MODES", "PrefixReuse"]
 
@@ -72,7 +72,7 @@ class PrefixReuse:
                     raise ValueError(f"{message} (prefix_reuse='strict')")
                 if self.mode is True and not self._warned:
                     self._warned = True
-                    warnings.warn(message + " (said once)", stacklevel=5)
+                    warn(message + " (said once)")
             cuts.append(cut)
         return cuts
 

@@ -19,9 +19,10 @@ Examples:
 from __future__ import annotations
 
 import importlib
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
+
+from ._warn import warn
 
 __all__ = ["Registry"]
 
@@ -54,7 +55,7 @@ class Registry(Mapping[str, T], Generic[T]):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name: a non-empty string, got {name!r}")
         if name in self._entries:
-            warnings.warn(f"{self.kind} {name!r} was already registered; the new one replaces it", stacklevel=3)
+            warn(f"{self.kind} {name!r} was already registered; the new one replaces it")
         self._entries[name] = entry
         self._descriptions[name] = description
         return entry

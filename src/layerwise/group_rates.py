@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 
 from ._checks import finite_nonneg, positive_int
 from ._shards import check_current, refuse_flat_parameters
+from ._warn import warn
 from .groups import Partition
 from .param_groups import ForeignLRWarning, check_partition, foreign_lr, group_names, set_lr
 from .schedules import LayerSchedule, Policy
@@ -220,7 +221,7 @@ class GroupRates(Wrapper):
             return
         self._warned_foreign = True
         (i, lr), kind = found, type(self).__name__
-        warnings.warn(
+        warn(
             f"{kind}: param group {self._names[self._member[i]]!r} has lr {lr:.6g}, but "
             f"{kind} last wrote {self._written[i]:.6g}: something else writes lr (a torch LRScheduler such as "
             f"StepLR, a Trainer's default schedule, an assignment). {kind} sets every group's lr before each step, "
@@ -228,7 +229,6 @@ class GroupRates(Wrapper):
             f"{kind}(..., schedule=<a layerwise Policy or LayerSchedule>, total_steps=N), which multiplies the found "
             f"LRs; with transformers' Trainer, use layerwise's LayerwiseTrainer (warned once)",
             ForeignLRWarning,
-            stacklevel=3,
         )
 
     def _members(self) -> list[list[Tensor]]:

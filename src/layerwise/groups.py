@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -31,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._checks import finite_nonneg, int_between, one_of, positive_int
 from ._shards import refuse_flat_parameters, unsharded_names
+from ._warn import warn
 
 __all__ = [
     "NORM_TYPES",
@@ -399,22 +399,20 @@ def _layers(model: nn.Module, sample_input: Any) -> tuple[list[tuple[str, nn.Mod
     modules the traced forward pass never used; they are left out of the entries."""
     entries, excluded = _owned_params(model)
     if sample_input is None:
-        warnings.warn(
+        warn(
             "layerwise: no sample_input given, so groups follow module registration order, "
             "which can differ from the order data flows through the model; pass "
-            "sample_input=... to trace the real order",
-            stacklevel=3,
+            "sample_input=... to trace the real order"
         )
         return entries, excluded, "registration", []
     called = execution_order(model, sample_input)
     rank = {name: i for i, name in enumerate(called)}
     idle = [mname for mname, _, _ in entries if mname not in rank]
     if idle:
-        warnings.warn(
+        warn(
             f"layerwise: the sample forward pass used no parameter of modules {idle}; they are left out of "
             "the groups (Partition.unused) and the optimizer it builds. If training uses them (a branch the "
-            "sample or eval mode skips), pass a sample_input that reaches them, or use by_patterns / explicit",
-            stacklevel=3,
+            "sample or eval mode skips), pass a sample_input that reaches them, or use by_patterns / explicit"
         )
     used = sorted((e for e in entries if e[0] in rank), key=lambda e: rank[e[0]])
     unused = [pname for mname, _, params in entries if mname not in rank for pname, _ in params]
@@ -618,7 +616,7 @@ def by_patterns(
         merged[rest] = unmatched
     empty = [g for g, ps in merged.items() if not ps]
     if empty:
-        warnings.warn(f"layerwise: rules matched no parameters for groups {empty}", stacklevel=2)
+        warn(f"layerwise: rules matched no parameters for groups {empty}")
     return _build(model, list(merged.items()), excluded, "rules", _owner_map(entries))
 
 

@@ -51,6 +51,7 @@ from ._checks import fraction, int_between, one_of, positive_int, positive_numbe
 from ._directions import rule_for
 from ._probe_prefix import MODES, PrefixReuse
 from ._shards import local_all
+from ._warn import warn
 from .group_rates import GroupRates
 from .groups import Partition
 from .param_groups import set_lr
@@ -453,7 +454,7 @@ class HiDLR(GroupRates):
         diagnosis = self.diagnosis
         if diagnosis is not None and not self._warned_never_accepted:
             self._warned_never_accepted = True
-            warnings.warn(diagnosis, UserWarning, stacklevel=4)
+            warn(diagnosis)
 
     @property
     def diagnosis(self) -> str | None:

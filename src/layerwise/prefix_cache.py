@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +58,7 @@ from torch.utils import _pytree as pytree
 
 from ._checks import boolean, one_of, positive_int
 from ._cuts import Cut, Stop, Stubs, Trace, trace_cuts
+from ._warn import warn
 from .freezing import Freezer
 
 __all__ = ["FrozenPrefixCache"]
@@ -484,7 +484,7 @@ class FrozenPrefixCache:
         self.stats["shallower_cuts"] += 1
         if self.shallower == "warn" and not self._warned:
             self._warned = True
-            warnings.warn(f"{message} (said once; stats['shallower_cuts'] counts the batches)", stacklevel=4)
+            warn(f"{message} (said once; stats['shallower_cuts'] counts the batches)")
 
     def _choose(self, frozen: set[int]) -> tuple[Cut | None, str | None]:
         """The deepest clean cut of the frozen prefix with no dropout or norm module in training mode before it.

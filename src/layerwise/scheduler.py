@@ -20,7 +20,6 @@ Examples:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ._checks import finite_nonneg, positive_int
 from ._shards import check_current, refuse_flat_parameters
+from ._warn import warn
 from .param_groups import ForeignLRWarning, foreign_lr, group_names, set_lr
 from .schedules import Constant, LayerRule, LayerSchedule, Policy, Uniform
 from .state_check import STAMP_KEYS, check_state, stamp
@@ -208,13 +208,12 @@ class LayerwiseLR(LRScheduler):
         index, value = found
         self._foreign_warned = True
         name = group_names(self.optimizer.param_groups)[index]
-        warnings.warn(
+        warn(
             f"{self.owner}: param group {name!r} has lr {value:.6g}, but {self.owner} wrote "
             f"{float(self._last_lr[index]):.6g} at its last step: something else changed it (another scheduler "
             f"such as StepLR, a trainer's schedule, an assignment), and {self.owner} overwrites it now and at "
             f"every step. To keep that schedule, {self.fix}. Reported once.",
             ForeignLRWarning,
-            stacklevel=3,
         )
 
     def _write(self, values: list[float]) -> None:

@@ -48,11 +48,11 @@ import os
 import sqlite3
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._warn import warn
 from ..tasks.from_file import task_files
 
 try:
@@ -166,7 +166,7 @@ class RunStore:
         if other:  # a start that died before any run finished (killed: out of memory, say)
             changes = "; ".join(config_changes(_loaded(stored), self.config))
             note = f"--out: {self.path} held no finished run, only another configuration ({changes}): now this one's"
-            warnings.warn(note, stacklevel=3)
+            warn(note)
         older = "checksum" not in {column[1] for column in self._db.execute("PRAGMA table_info(runs)")}
         if older and finished:
             raise ValueError(

@@ -34,7 +34,6 @@ Examples:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -44,6 +43,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
+from .._warn import warn
 from ..compare.methods import Setup
 from ..compare.setup import SETUP_KEYWORDS, method_settings, optimizer_choice, setup
 from ..hidlr import HiDLR
@@ -285,11 +285,9 @@ class LayerwiseTrainer(Trainer):
             if value not in (default, None)
         ]
         if ignored:
-            warnings.warn(
+            warn(
                 f"args: {', '.join(ignored)} ignored: {kind} sets every group's lr itself; give it "
                 f"schedule= (e.g. layerwise.Warmup(layerwise.Cosine())) and total_steps= instead",
-                UserWarning,
-                stacklevel=3,
             )
 
     def create_scheduler(self, num_training_steps: int, optimizer: Optimizer | None = None) -> LRScheduler:
