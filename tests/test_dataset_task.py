@@ -330,11 +330,11 @@ def test_nproc_2_splits_dict_batches_and_equals_one_process(tmp_path):
         assert record["test_loss"] == pytest.approx(single[label]["test_loss"], rel=1e-5), label
 
 
-# ---- the README's own training job ----------------------------------------------------------------------
+# ---- the guide's own training job (docs/guide/compare.md) ------------------------------------------------
 
 
-def test_the_readme_mnist_task_file_runs_with_the_readme_command(tmp_path, capsys, monkeypatch):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_guide_mnist_task_file_runs_with_the_guide_command(tmp_path, capsys, monkeypatch):
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "compare.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if b.startswith("# mnist_task.py"))
     (tmp_path / "mnist_task.py").write_text(block)
     command = next(line for line in readme.splitlines() if "--task mnist_task.py:make_task" in line).split()

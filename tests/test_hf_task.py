@@ -15,15 +15,15 @@ from layerwise.tasks.hf_checkpoint import HFSpec, hf_task
 from layerwise.tasks.pretrained import minilm_path, minilm_tokenizer
 
 WORDS = ("good", "fine", "great", "bad", "poor", "awful")
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "guide" / "compare.md"  # the guide page with the command
 
 
 def _readme_command(checkpoint, data, out):
-    """The README's ``layerwise compare --task hf:...`` command, on ``checkpoint`` and ``data`` into ``out``."""
+    """The guide's ``layerwise compare --task hf:...`` command, on ``checkpoint`` and ``data`` into ``out``."""
     line = re.search(r"^\.venv/bin/layerwise (compare --task hf:.*)$", README.read_text(), re.M).group(1)
     args = shlex.split(line)
     replaced = {"hf:path/to/checkpoint": f"hf:{checkpoint}", "reviews.csv": str(data), "runs/reviews": str(out)}
-    assert set(replaced) <= set(args), line  # the test runs what the README says
+    assert set(replaced) <= set(args), line  # the test runs what the guide says
     return [replaced.get(arg, arg) for arg in args]
 
 
