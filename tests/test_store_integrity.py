@@ -115,6 +115,24 @@ def test_the_fingerprint_covers_the_modules_imported_from_the_folder_and_nothing
     assert load_task_file(f"{tmp_path / 'job.py'}:make_task").source_sha256 == task.source_sha256
 
 
+def test_a_helper_imported_only_inside_a_function_is_fingerprinted_before_it_runs(tmp_path):
+    (tmp_path / "lazy.py").write_text("WIDTH = 8\n")
+    (tmp_path / "deeper.py").write_text("import lazy\n")  # a helper's own import counts too
+    (tmp_path / "job.py").write_text(
+        "from layerwise.tasks import get_task\n"
+        "def make_task():\n"
+        "    return get_task('ellipse')\n"
+        "def make_model():\n"
+        "    from deeper import lazy\n"
+        "    return lazy.WIDTH\n"
+    )
+    spec = f"{tmp_path / 'job.py'}:make_task"
+    task = load_task_file(spec)
+    assert sorted(task_files(task.source_sha256)) == ["deeper.py", "job.py", "lazy.py"]
+    (tmp_path / "lazy.py").write_text("WIDTH = 16\n")  # never imported, yet its edit moves the fingerprint
+    assert load_task_file(spec).source_sha256 != task.source_sha256
+
+
 def test_a_task_file_alone_keeps_its_own_sha256(tmp_path):
     path = tmp_path / "alone.py"
     path.write_text("from layerwise.tasks import get_task\ndef make_task():\n    return get_task('ellipse')\n")

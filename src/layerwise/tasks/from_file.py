@@ -12,8 +12,9 @@ folder's ``NAME.py``, or a package ``NAME/``, whose ``.py`` files all count), so
 store refuses the runs of an edited task file or helper module and names the files that changed
 (:func:`task_files`). A task file alone keeps the sha256 of its source as its fingerprint; with helper
 modules it is the sha256 of every file's sha256 by its path in the folder. Data files the task reads
-are not fingerprinted. A module imported only later (inside ``make_model``, say) is not seen: import
-helpers at the top of the file or in the factory. The modules a task file brought in from its folder
+are not fingerprinted. A module the files import only later (inside ``make_model``, say) counts too:
+every ``import``/``from ... import`` statement of the task file and of its helpers, at any depth, that
+names a module of the folder is followed, whether or not it ran yet. The modules a task file brought in from its folder
 are dropped from ``sys.modules`` before the next task file loads, so a reload runs the helpers as they
 are on disk, as their fingerprint says.
 
@@ -35,6 +36,7 @@ Examples:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import hashlib
@@ -91,7 +93,7 @@ def load_task_file(spec: str) -> Task:
     finally:  # a failed load's helpers load again from disk too
         helpers = _modules_from(folder)
         _BROUGHT_IN.update(name for name in sys.modules if name.partition(".")[0] in set(helpers) - before)
-    source_sha256 = _fingerprint(path.resolve(), helpers)
+    source_sha256 = _fingerprint(path.resolve(), {**_imported_from(path.resolve()), **helpers})
     _SPEC_OF[source_sha256] = f"{path.resolve()}:{factory_name}"
     return _checked(dataclasses.replace(task, source_sha256=source_sha256), spec)
 
@@ -150,6 +152,37 @@ def _modules_from(folder: Path) -> dict[str, list[Path]]:
             continue
         found[name] = sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]
     return found
+
+
+def _imported_from(task_file: Path) -> dict[str, list[Path]]:
+    """The modules of the task file's folder that it or its helpers name in an import statement anywhere
+    (inside a function too), each with its source files, read from the source without running it."""
+    folder, found = task_file.parent, {}
+    pending = [task_file]
+    while pending:
+        source = pending.pop()
+        for name in _import_names(source):
+            entry = folder / f"{name}.py" if (folder / f"{name}.py").is_file() else folder / name
+            if name in found or not (entry.suffix == ".py" or (entry / "__init__.py").is_file()):
+                continue
+            found[name] = sorted(entry.rglob("*.py")) if entry.is_dir() else [entry]
+            pending.extend(found[name])
+    return found
+
+
+def _import_names(source: Path) -> set[str]:
+    """The top-level module names a Python file's absolute import statements name (none if it does not parse)."""
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except (SyntaxError, ValueError):
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return names
 
 
 def _loaded_from(module: ModuleType, entry: Path) -> bool:
