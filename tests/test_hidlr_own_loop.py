@@ -182,6 +182,27 @@ def test_an_adaptive_interval_backs_off_when_no_fit_is_accepted():
     assert [h["step"] for h in opt.history] == [0, 4, 12, 28, 60]  # 4, 8, 16, 32 steps apart: not 32 rounds
     assert opt.interval == 32
     assert len(messages) == 1 and "rejections: curvature 5" in messages[0] and "interval grows" in messages[0]
+    fixed, _ = _concave(64)  # the paper's fixed interval probes all along: 32 rounds, 6.4 times the forwards
+    assert fixed.stats["probe_rounds"] == 32 and fixed.stats["forward_passes"] == 32 * opt.stats["forward_passes"] / 5
+
+
+def test_a_run_resumed_while_backing_off_probes_at_the_straight_runs_steps():
+    def concave_steps(opt, w, steps):
+        for _ in steps:
+            opt.zero_grad()
+            (-(w**2).sum()).backward()
+            opt.step(lambda: -(w**2).sum())
+
+    w = nn.Parameter(torch.tensor([1.0, -0.5]))
+    first = HiDLR(torch.optim.SGD([w], lr=0.01), update_every=2, max_interval=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        concave_steps(first, w, range(20))  # rounds at 0, 4, 12: the interval is 16 now
+        saved = copy.deepcopy(first.state_dict())
+        resumed = HiDLR(torch.optim.SGD([w], lr=0.01), update_every=2, max_interval=32)
+        resumed.load_state_dict(saved)
+        concave_steps(resumed, w, range(20, 64))
+    assert [h["step"] for h in resumed.history] == [0, 4, 12, 28, 60] and resumed.interval == 32
 
 
 def test_a_fixed_interval_keeps_probing_as_the_paper_and_warns_once_what_to_try():
