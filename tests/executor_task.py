@@ -1,5 +1,5 @@
 """A task file the executor tests send to workers by path: the blobs task, and ``dies-once``, the
-baseline whose first build kills its own process (its ``marker`` file says it did)."""
+baseline whose first build kills its own process (its ``marker`` file says it did), and ``fails``."""
 
 import contextlib
 import os
@@ -19,8 +19,14 @@ def _dies_once(build, settings):
     return METHODS["baseline"].build(build, resolve_settings("baseline"))
 
 
+def _fails(build, settings):
+    raise RuntimeError("this method fails on purpose")
+
+
 def make_task():
     if "dies-once" not in METHODS:
-        dies = Method("dies-once", "the baseline; its first build kills its process", _dies_once, {"marker": ""})
-        register_method(dies)
+        register_method(
+            Method("dies-once", "the baseline; its first build kills its process", _dies_once, {"marker": ""})
+        )
+        register_method(Method("fails", "raises when built", _fails))
     return blobs_task("file-blobs")

@@ -15,6 +15,7 @@ import torch
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.executors import IN_FLIGHT, RayExecutor, SlurmExecutor
+from layerwise.compare.methods import METHODS
 from layerwise.compare.store import RunStore
 
 ray = pytest.importorskip("ray", reason="the cluster extra: pip install 'layerwise[cluster]'")
@@ -25,6 +26,15 @@ TASK = f"{Path(__file__).with_name('executor_task.py')}:make_task"
 
 OPTIONS = {"seeds": 3, "policy": "constant", "progress": False, "eval_points": 2, "budget": "steps"}
 SAME = ("seed", "steps", "test_metric", "test_loss", "final_train_loss", "train_loss", "param_norms", "lr")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_task_files_methods():
+    """The task file registers its methods in this process too: gone after these tests."""
+    yield
+    for name in ("dies-once", "fails"):
+        if name in METHODS:
+            METHODS.unregister(name)
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +100,13 @@ def test_a_dead_worker_is_retried_once_and_a_second_death_is_the_runs_error(loca
     outcomes = compare(TASK, ["dies-once"], settings=settings, out=tmp_path / "a", executor="ray", **options)
     assert marker.exists() and len(_records(outcomes["outcomes"], "dies-once")) == 1
     assert "dies-once seed 0: its worker died (" in capfd.readouterr().err
-    again = compare(
-        TASK,
-        ["dies-once"],
-        settings={"dies-once": {"marker": str(tmp_path / "no" / "marker")}},
-        out=tmp_path / "b",
-        executor="ray",
-        **options,
-    )
-    [error] = again["outcomes"]["dies-once"]["errors"]
-    assert error.startswith("its worker died twice; the second time: ") and "WorkerCrashedError" in error
+    always = {"dies-once": {"marker": str(tmp_path / "no" / "marker")}}  # a marker it cannot write
+    again = compare(TASK, ["dies-once", "fails"], settings=always, out=tmp_path / "b", executor="ray", **options)
+    [died] = again["outcomes"]["dies-once"]["errors"]
+    assert died.startswith("its worker died twice; the second time: ") and "WorkerCrashedError" in died
+    [failed] = again["outcomes"]["fails"]["errors"]
+    assert "RuntimeError: this method fails on purpose" in failed
+    assert "fails seed 0: its worker died" not in capfd.readouterr().err  # an exception is not retried
 
 
 def test_submitit_gives_the_records_of_this_process_and_retries_a_dead_worker(in_process, tmp_path, monkeypatch):

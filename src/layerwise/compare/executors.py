@@ -20,14 +20,15 @@ driver, so those runs are submitted again, and the driver says so.
 Examples:
     >>> executor_of("local") is None
     True
-    >>> executor_of("ray", cpus_per_run=2).cpus_per_run  # doctest: +SKIP
-    2
+    >>> executor_of("ray", cpus_per_run=2)
+    RayExecutor(address=None, cpus_per_run=2, gpus_per_run=0, name='ray')
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -57,6 +58,7 @@ __all__ = [
     "Executor",
     "InFlight",
     "Job",
+    "Outcome",
     "RayExecutor",
     "SlurmExecutor",
     "TaskRef",
@@ -150,7 +152,7 @@ class TaskRef:
         spec = task_file_spec(task.source_sha256) or (task.name if registered else None)
         plain = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if _plain(getattr(task, f.name))}
         pickled = None if spec is not None else _pickled(task, "--task")
-        return cls(spec, json.dumps(plain, sort_keys=True), settings, quick, test_size, pickled)
+        return cls(spec, json.dumps(plain, sort_keys=True, default=dict), settings, quick, test_size, pickled)
 
     def task(self) -> Task:
         """The task rebuilt here, checked to be the driver's (ValueError naming what differs)."""
@@ -301,8 +303,7 @@ class RayExecutor:
         _too_big("--gpus-per-run", self.gpus_per_run, max(n.get("GPU", 0) for n in nodes), "a node of the Ray cluster")
 
     def start(self, job: Job, out: Path) -> tuple[Any, dict[str, Any]]:
-        ray = _imported("ray", "--executor ray")
-        task = ray.remote(execute).options(
+        task = _remote_execute().options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0, name=f"layerwise {job.name}"
         )
         return task.remote(job), {}
@@ -322,6 +323,12 @@ class RayExecutor:
             except ray.exceptions.RayError as err:
                 done.append((ref, Outcome(error=f"{type(err).__name__}: {err}", died=True)))
         return done
+
+
+@functools.cache
+def _remote_execute() -> Any:
+    """:func:`execute` as a Ray remote function (made once: Ray exports a function when it is made)."""
+    return _imported("ray", "--executor ray").remote(execute)
 
 
 _LOCAL_RAY = {"include_dashboard": False}
@@ -383,7 +390,7 @@ class SlurmExecutor:
     def _executor(self, out: Path) -> Any:
         import submitit
 
-        executor = submitit.AutoExecutor(folder=self.folder or out / "slurm", cluster=self.cluster)
+        executor = submitit.AutoExecutor(folder=(self.folder or out / "slurm").resolve(), cluster=self.cluster)
         parameters = {"timeout_min": self.minutes, "cpus_per_task": self.cpus_per_run}
         if self.gpus_per_run:
             parameters["gpus_per_node"] = self.gpus_per_run
@@ -420,8 +427,9 @@ def _slurm_nodes() -> tuple[float, float]:
         count, _, gres = line.partition(" ")
         cpus = max(cpus, float(count.rstrip("+")) if count.rstrip("+").isdigit() else 0.0)
         for part in gres.split(","):
-            if part.startswith("gpu"):
-                gpus = max(gpus, float(part.split("(")[0].rsplit(":", 1)[-1] or 0))
+            count = part.split("(")[0].rsplit(":", 1)[-1]
+            if part.startswith("gpu") and count.isdigit():
+                gpus = max(gpus, float(count))
     return cpus, gpus
 
 
@@ -435,14 +443,18 @@ def _running(job: Any) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the local job controller ``pid`` still runs (not a zombie, not another process with its PID)."""
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        with contextlib.suppress(OSError):
+            zombie = (proc / "stat").read_text().rpartition(")")[2].split()[0] == "Z"
+            return not zombie and b"submitit" in (proc / "cmdline").read_bytes()
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    with contextlib.suppress(OSError):  # a zombie waits for its reaper only
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     return True
 
 

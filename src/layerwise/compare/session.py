@@ -72,6 +72,7 @@ __all__ = [
     "BUDGETS",
     "CompareConfig",
     "Variant",
+    "check_executor",
     "check_max_runs",
     "check_request",
     "compare",
@@ -633,6 +634,8 @@ def _train_on(
                 budget = _run_budget(store, comparison, label, seed, loaded, unsaved)
                 if isinstance(budget, str):
                     store.fail(key, method, seed, budget)
+                    if bar is not None:
+                        bar.update(1)
                     continue
                 logs = comparison.out.resolve() / "tensorboard" / f"{_slug(label)}-seed{seed}" if tensorboard else None
                 lengths = {k: budget[k] for k in ("steps", "seconds") if k in budget}
