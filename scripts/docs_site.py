@@ -40,6 +40,7 @@ SNIPPET_MODULES = (
     "layerwise.freezing",
     "layerwise.autofreeze",
     "layerwise.peers_optim",
+    "layerwise.spectral",
 )
 """Modules the code snippets of a `layerwise compare` report import (besides `layerwise` itself):
 documented in the API reference so that every name a snippet uses is (tests/test_docs_site.py)."""
