@@ -293,6 +293,15 @@ def test_labels_that_read_alike_are_refused(tmp_path):
         read_labelled_texts(data, "text", "label")
 
 
+def test_a_jsonl_line_that_names_a_key_twice_is_refused(tmp_path):
+    data = tmp_path / "twice.jsonl"
+    data.write_text('{"text": "a", "label": "pos"}\n\n{"text": "b", "label": "pos", "label": "neg"}\n')
+    with pytest.raises(ValueError, match=r"^--data: line 3 of .*twice.jsonl names the key 'label' twice"):
+        read_labelled_texts(data, "text", "label")
+    data.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    assert read_labelled_texts(data, "text", "label").classes == ("neg", "pos")
+
+
 def test_jsonl_labels_keep_their_spelling(tmp_path):
     lines = [{"text": "a", "label": "01"}, {"text": "b", "label": "1"}, {"text": 7, "label": "01"}]
     data = tmp_path / "labels.jsonl"

@@ -125,6 +125,13 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[Any, l
         raise ValueError(f"--data: reading {path} (parquet) needs pyarrow: pip install pyarrow")
     pandas = require("pandas")
     if suffix == ".jsonl":
+        with _reading(path, pandas):
+            repeated = _repeated_jsonl_key(path)
+        if repeated is not None:
+            raise ValueError(
+                f"--data: line {repeated[0]} of {path} names the key {repeated[1]!r} twice; "
+                "a JSON object holds each key once"
+            )
         with _reading(path, pandas):  # dtype=False: a label "01" stays "01", not the class of 1
             frame = pandas.read_json(path, lines=True, dtype=False)
         return frame, [str(c) for c in frame.columns]
@@ -164,6 +171,34 @@ def _reading(path: Path, pandas: Any) -> Iterator[None]:
     except (ValueError, OSError, csv.Error, pandas.errors.ParserError) as err:
         first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise ValueError(f"--data: {path} cannot be read as {path.suffix.lower()[1:]}: {first}") from None
+
+
+def _repeated_jsonl_key(path: Path) -> tuple[int, str] | None:
+    """The first ``.jsonl`` line naming a key twice and the key (a JSON reader keeps the last value
+    without a word); None if there is none."""
+
+    def once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            raise _RepeatedKey(twice)
+        return dict(pairs)
+
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line, object_pairs_hook=once)
+            except _RepeatedKey as repeated:
+                return number, repeated.args[0]
+            except json.JSONDecodeError:
+                return None  # pandas' reader says what is wrong with the file
+    return None
+
+
+class _RepeatedKey(Exception):
+    """A JSON object's key named twice (raised from the decoder's hook)."""
 
 
 def _csv_header(path: Path) -> list[str]:
