@@ -16,6 +16,7 @@ from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.executors import IN_FLIGHT, RayExecutor, SlurmExecutor
 from layerwise.compare.methods import METHODS
+from layerwise.compare.report import summarize
 from layerwise.compare.store import RunStore
 
 ray = pytest.importorskip("ray", reason="the cluster extra: pip install 'layerwise[cluster]'")
@@ -91,6 +92,13 @@ def test_a_time_budget_trains_the_baselines_first_and_gives_their_times_to_the_o
     base, other = _records(outcomes, "baseline"), _records(outcomes, "llr")
     assert all(r["budget"]["reference"] and r["budget"]["seconds"] == r["wall_clock_s"] for r in base)
     assert [r["budget"]["seconds"] for r in other] == [r["wall_clock_s"] for r in base]
+
+
+def test_the_cli_sends_the_runs_to_ray(local_ray, tmp_path, capsys):
+    argv = ["compare", "--task", TASK, "--methods", "baseline", "--budget", "steps", "--out", str(tmp_path)]
+    assert cli.main([*argv, "--executor", "ray", "--cpus-per-run", "1", "--no-progress", "--eval-points", "1"]) == 0
+    assert "| baseline | 1 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "runs" / "baseline-seed0.json").read_text())["node"]["cpu"]
 
 
 def test_a_dead_worker_is_retried_once_and_a_second_death_is_the_runs_error(local_ray, tmp_path, capfd):
@@ -183,3 +191,30 @@ def test_bad_input_is_one_line_naming_the_flag_before_any_run(local_ray, tmp_pat
     with pytest.raises(ValueError, match="--cpus-per-run: 64 per run, but this machine has at most"):
         compare(TASK, ["baseline"], out=out, executor=SlurmExecutor(cpus_per_run=64, cluster="local"), **OPTIONS)
     assert not out.exists()
+
+
+def _timed(seed, seconds, host, cuda):
+    curve = [
+        {"step": 1, "seconds": seconds / 2, "test_accuracy": 0.7},
+        {"step": 2, "seconds": seconds, "test_accuracy": 0.8},
+    ]
+    node = {"host": host, "cpu": "EPYC", "cuda": cuda}
+    record = {"seed": seed, "wall_clock_s": seconds, "test_metric": 0.8, "diverged_at": None, "final_train_loss": 0.5}
+    return {**record, "steps": 2, "curve": curve, "budget": {"mode": "steps"}, "node": node}
+
+
+def test_pairs_timed_on_different_hardware_are_left_out_of_the_speed_verdict():
+    base = [_timed(s, 4.0, f"n{s}", "A100") for s in range(3)]
+    fast = [_timed(0, 2.0, "n9", "H100"), *(_timed(s, 2.0, f"n{s + 5}", "A100") for s in (1, 2))]
+    outcomes = {"baseline": {"records": base, "errors": []}, "fast": {"records": fast, "errors": []}}
+    row = summarize(outcomes, metric="accuracy", budget="steps", target=0.75)["rows"][1]
+    assert row["timed_on_other_hardware"] == [0] and row["timed_under_other_load"] == []
+    assert row["tests"]["speed"]["n"] == 2  # seeds 1 and 2: other hosts, the same CPU and GPU
+    assert (
+        "timed on different hardware: 1 of 3 seed pairs, seed 0 (n9 (EPYC, H100) vs the baseline's n0 (EPYC, A100))"
+        in row["notes"]
+    )
+    everywhere = [_timed(s, 2.0, "n9", "H100") for s in range(3)]
+    outcomes["fast"]["records"] = everywhere
+    row = summarize(outcomes, metric="accuracy", budget="steps", target=0.75)["rows"][1]
+    assert row["verdict"].endswith("; speed not judged: timed on different hardware")
