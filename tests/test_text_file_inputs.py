@@ -251,6 +251,19 @@ def test_a_tokenizer_without_a_limit_leaves_the_configs(tmp_path, tiny):
     assert limits == {"config.json's max_position_embeddings": POSITIONS}
 
 
+def test_a_roberta_style_position_table_takes_fewer_tokens_than_its_rows(tmp_path, tiny):
+    checkpoint = _copy(tiny, tmp_path / "roberta-like")
+    settings = json.loads((checkpoint / "tokenizer_config.json").read_text())
+    settings["model_max_length"] = int(1e30)
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps(settings))
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "roberta", "pad_token_id": 1}))
+    limits = read_checkpoint(checkpoint).token_limits
+    # position ids run from pad_token_id + 1 = 2: a table of POSITIONS rows holds POSITIONS - 2 tokens
+    assert list(limits.values()) == [POSITIONS - 2]
+    assert "less the 2 position(s) roberta keeps" in next(iter(limits))
+
+
 # the other failure modes a demanding user hits
 
 

@@ -63,6 +63,11 @@ PREFIX = "hf:"
 _SEQUENCE_CLASSIFIER = "ForSequenceClassification"
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 """The weights files transformers looks for, in the order it prefers them."""
+_POSITIONS_AFTER_PADDING = frozenset(
+    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text", "mpnet", "ibert"}
+)
+"""Model types whose position ids start after the padding index (RoBERTa's scheme): a config's
+``max_position_embeddings`` of 514 takes 512 tokens."""
 _NO_LIMIT = 10**12
 """A tokenizer's ``model_max_length`` at or above this is transformers' "no limit" sentinel (``int(1e30)``)."""
 
@@ -116,8 +121,15 @@ class Checkpoint:
         """The most tokens per text the checkpoint takes, by where it says so: its config's
         ``max_position_embeddings`` and its tokenizer's ``model_max_length`` (when set, not the "no limit"
         sentinel)."""
+        positions = getattr(self.config, "max_position_embeddings", None)
+        where = "config.json's max_position_embeddings"
+        pad = getattr(self.config, "pad_token_id", None)
+        if self.config.model_type in _POSITIONS_AFTER_PADDING and isinstance(positions, int) and isinstance(pad, int):
+            # position ids count from pad_token_id + 1: the first pad_token_id + 1 rows of the table are never a text's
+            positions -= pad + 1
+            where += f" less the {pad + 1} position(s) {self.config.model_type} keeps before pad_token_id + 1"
         limits = {
-            "config.json's max_position_embeddings": getattr(self.config, "max_position_embeddings", None),
+            where: positions,
             "its tokenizer's model_max_length": getattr(self.tokenizer, "model_max_length", None),
         }
         return {
