@@ -46,33 +46,34 @@ SNIPPET_MODULES = (
 documented in the API reference so that every name a snippet uses is (tests/test_docs_site.py)."""
 
 GUIDE = (
-    "quick-start.md",
-    "set-up-and-run.md",
-    "compare.md",
-    "data-parallel-comparisons.md",
-    "schedules.md",
-    "parameter-groups.md",
-    "freezeout.md",
-    "prefix-cache.md",
-    "hidlr.md",
-    "multirate.md",
-    "telemetry-and-secant.md",
-    "data-parallel.md",
-    "fsdp.md",
-    "resuming.md",
-    "huggingface.md",
-    "lightning.md",
-    "torch-compile.md",
-    "benchmarks.md",
-    "method-cards.md",
-    "moved-and-renamed.md",
+    "guide/quick-start.md",
+    "guide/set-up-and-run.md",
+    "coming-from.md",
+    "guide/compare.md",
+    "guide/data-parallel-comparisons.md",
+    "cluster.md",
+    "guide/schedules.md",
+    "guide/parameter-groups.md",
+    "guide/freezeout.md",
+    "guide/prefix-cache.md",
+    "guide/hidlr.md",
+    "guide/multirate.md",
+    "guide/telemetry-and-secant.md",
+    "guide/data-parallel.md",
+    "guide/fsdp.md",
+    "guide/resuming.md",
+    "guide/huggingface.md",
+    "guide/lightning.md",
+    "guide/torch-compile.md",
+    "guide/benchmarks.md",
+    "guide/method-cards.md",
+    "guide/moved-and-renamed.md",
 )
-"""The guide's order in the navigation; a page of docs/guide/ not named here comes after them, by name."""
+"""The guide's order in the navigation, as paths under docs/: the pages of docs/guide/ and the pages of
+docs/ that are guides rather than method cards. A page named here that does not exist is left out; a
+page of docs/guide/ not named here comes after them, by name."""
 
-GUIDE_TOPICS = ("coming-from.md", "cluster.md")
-"""Pages of docs/ that are guides rather than method cards: listed in the guide when they exist."""
-
-NOT_CARDS = ("index.md", "ARCHITECTURE.md", "gallery.md", *GUIDE_TOPICS)
+NOT_CARDS = ("index.md", "ARCHITECTURE.md", "gallery.md", *(name for name in GUIDE if "/" not in name))
 
 
 def _title(path: Path) -> str:
@@ -97,10 +98,9 @@ def _rerooted(text: str, source: Path, target: Path) -> str:
 
 
 def guide_pages() -> list[Path]:
-    """docs/guide/*.md in the navigation's order."""
-    pages = {p.name: p for p in (DOCS / "guide").glob("*.md")}
-    ordered = [pages.pop(name) for name in GUIDE if name in pages]
-    return ordered + [pages[name] for name in sorted(pages)]
+    """The guide's pages in the navigation's order: docs/guide/*.md and the guides beside the cards."""
+    pages = [DOCS / name for name in GUIDE if (DOCS / name).exists()]
+    return pages + sorted(set((DOCS / "guide").glob("*.md")) - set(pages))
 
 
 def _shadowed(modules: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -146,8 +146,7 @@ def main() -> None:
     # the home page's tables take the width the table of contents would
     (OUT / "index.md").write_text("---\nhide:\n  - toc\n---\n\n" + _rerooted(HOME.read_text(), DOCS, ROOT))
     _api()
-    guide = [(_title(p), f"docs/guide/{p.name}") for p in guide_pages()]
-    guide += [(_title(DOCS / name), f"docs/{name}") for name in GUIDE_TOPICS if (DOCS / name).exists()]
+    guide = [(_title(p), p.relative_to(ROOT).as_posix()) for p in guide_pages()]
     cards = sorted(p.name for p in DOCS.glob("*.md") if p.name not in NOT_CARDS)
     nav = ["nav:", "  - Home: index.md", "  - Guide:"]
     nav += [f"      - {json.dumps(title)}: {name}" for title, name in guide]

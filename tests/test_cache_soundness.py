@@ -250,7 +250,7 @@ def test_the_self_check_stops_a_run_whose_served_rows_are_stale():
     with pytest.raises(RuntimeError, match=r"my-run: self-check failed: .*a batch that served stored rows"):
         model = _fresh(lambda: nn.Sequential(_Scaled(), nn.ReLU(), nn.Linear(8, 3)))
         _train(model, ["0"], cache={"label": "my-run", "verify": 2}, edit=_rescale)
-    # without it the run diverges silently: the limit the README states
+    # without it the run diverges silently: the limit docs/guide/prefix-cache.md states
     model = _fresh(lambda: nn.Sequential(_Scaled(), nn.ReLU(), nn.Linear(8, 3)))
     plain, _ = _train(_fresh(lambda: nn.Sequential(_Scaled(), nn.ReLU(), nn.Linear(8, 3))), ["0"], edit=_rescale)
     unchecked, _ = _train(model, ["0"], cache={}, edit=_rescale)  # verify=0, the default
