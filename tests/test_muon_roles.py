@@ -376,3 +376,35 @@ def test_a_position_embedding_and_a_class_token_are_embeddings_not_matrices_for_
     assert split["muon"] == ["mid.weight", "patch.weight"]
     assert {"cls_token", "pos_embed", "head.weight"} <= set(split["adamw"])
     assert_each_trainable_once(opt, model)
+
+
+class RawTables(nn.Module):
+    """Raw 2-D parameters of both kinds: a position table added to the tokens, and a hidden matrix multiplied
+    (transposed, as ``F.linear`` would) in a module that is not a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 8)
+        self.pos = nn.Parameter(torch.randn(4, 8) * 0.02)
+        self.mix = nn.Parameter(torch.randn(8, 8) / 8**0.5)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.emb(x) + self.pos[: x.shape[1]]
+        return self.head(torch.relu(hidden @ self.mix.T))
+
+
+def test_a_raw_position_table_goes_to_adamw_and_a_raw_matrix_the_forward_multiplies_to_muon():
+    model = RawTables()
+    split = parts(muon_split(model, sample_input=TOKENS), model)
+    assert split["muon"] == ["mix"]  # before: ["mix", "pos"], the position table orthogonalised as a matrix
+    assert "pos" in split["adamw"]
+    partition = layerwise.by_layer(model, sample_input=TOKENS)
+    with pytest.warns(UserWarning, match=r"raw 2-D parameters \['mix', 'pos'\] go to Muon") as caught:
+        muon_split(partition, head="head")
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = parts(muon_split(partition, model=model, sample_input=TOKENS), model)
+    assert split["muon"] == ["mix"]

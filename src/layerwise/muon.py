@@ -27,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -64,6 +65,9 @@ ADAMW_DEFAULTS: Mapping[str, Any] = {"lr": 3e-4, "betas": (0.9, 0.95), "weight_d
 """AdamW's options unless given: the AdamW line of the Muon authors' README."""
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_MATRIX_MODULES = (nn.Linear, nn.Bilinear, nn.MultiheadAttention)
+_MATRIX_MODULE_NAMES = frozenset({"Conv1D"})
+"""Modules whose 2-D weights multiply the activations (with the convolutions; ``Conv1D``: GPT-2's Linear)."""
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 Head = str | nn.Module | Tensor | Sequence[str | nn.Module | Tensor]
@@ -169,7 +173,10 @@ def muon_split(
 
     The rule: Muon trains every weight of two dimensions and every convolution's filters (with
     ``conv="reshape"``) but the embeddings' and the head's; a tensor of more than two dimensions that no
-    convolution owns (a position embedding, a class token) is an embedding; AdamW trains those, biases
+    convolution owns (a position embedding, a class token) is an embedding, and so is a raw 2-D
+    ``nn.Parameter`` of a module that is not a Linear (a position table ``[T, D]``) which the traced
+    forward never multiplies the activations by (without ``sample_input`` such parameters go to Muon,
+    with a warning naming them); AdamW trains those, biases
     and norm parameters (each parameter once: a weight tied between an embedding and the head is one
     parameter, on AdamW). The roles are found by what the modules are, never by registration order:
 
@@ -274,15 +281,17 @@ def find_roles(
     if model is not None:
         _refuse_strangers(partition, model)
     embeddings = _typed_ids(partition, model)
+    trace = None if model is None or sample_input is None else _trace(model, sample_input)
+    embeddings |= _tables(partition, embeddings, trace)
     if head is not None:
         return Roles(embeddings, _head_ids(head, partition, model), "given as head=")
     if model is not None:
         output = _hf_part(model, "get_output_embeddings")
         if output is not None:
             return Roles(embeddings, _ids_of(output), "the model's get_output_embeddings()")
-        if sample_input is None:
+        if trace is None:
             raise ValueError(_NO_HEAD)
-        last = _last_matrices(model, sample_input)
+        last = _last_matrices(trace)
         names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         found = f"the traced forward's last weight matrix {', '.join(repr(names[id(p)]) for p in last)}"
         return Roles(embeddings, frozenset(id(p) for p in last), found)
@@ -385,6 +394,32 @@ def _typed_ids(partition: Partition, model: nn.Module | None) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _tables(partition: Partition, typed: frozenset[int], trace: _Trace | None) -> frozenset[int]:
+    """The raw 2-D parameters (registered with ``nn.Parameter`` on a module that is not a Linear, a
+    convolution or attention) that the traced forward never multiplies the activations by: tables read by
+    index or added (a position table ``[T, D]``), embeddings for Muon's rule. Without a trace, such
+    parameters go to Muon, with a warning naming them."""
+    raw = {
+        id(param): name
+        for group in partition
+        for name, (module, attribute) in zip(group.param_names, group.slots)
+        if (param := module._parameters[attribute]).ndim == 2
+        and id(param) not in typed
+        and not isinstance(module, _MATRIX_MODULES)
+        and type(module).__name__ not in _MATRIX_MODULE_NAMES
+    }
+    if trace is not None:
+        return frozenset(pid for pid in raw if pid not in trace.multiplied)
+    if raw:
+        warnings.warn(
+            f"muon_split: the raw 2-D parameters {sorted(raw.values())[:5]} go to Muon as hidden matrices; if one "
+            "is a table read by index or added (a position table), pass model= and sample_input= so the forward "
+            "tells, or name it in head=",
+            stacklevel=4,
+        )
+    return frozenset()
+
+
 def _head_ids(head: Head, partition: Partition, model: nn.Module | None) -> frozenset[int]:
     items = [head] if isinstance(head, (str, nn.Module, Tensor)) else list(head)
     ids: set[int] = set()
@@ -460,13 +495,33 @@ def _refuse_shared_memory(partition: Partition) -> None:
             seen[key] = pname
 
 
-class _LastMatrices(TorchFunctionMode):
-    """Records the watched tensors (parameters of two or more dimensions) of the last torch op given any."""
+_MULTIPLYING_OPS = frozenset(
+    {
+        "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "addmv", "mv",
+        "einsum", "baddbmm", "addbmm", "tensordot", "chain_matmul", "multi_dot", "multi_head_attention_forward",
+        "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    }
+)  # fmt: skip
+"""Torch ops that use a weight as a matrix (a product with the activations)."""
+_SHAPE_OPS = frozenset(
+    {
+        "t", "transpose", "permute", "view", "reshape", "contiguous", "to", "float", "half", "bfloat16", "double",
+        "type_as", "__get__", "unsqueeze", "squeeze", "flatten", "clone", "detach",
+    }
+)  # fmt: skip
+"""Torch ops whose result is still the weight, reshaped or cast (``W.T``, ``W.view(...)``)."""
+
+
+class _Trace(TorchFunctionMode):
+    """Records, over one forward, the watched tensors (parameters of two or more dimensions) of the last torch
+    op given any (``last``) and those an op multiplied the activations by, directly or reshaped (``multiplied``)."""
 
     def __init__(self, watched: Mapping[int, Tensor]) -> None:
         super().__init__()
         self.watched = watched
+        self.views: dict[int, tuple[Tensor, int]] = {}  # a watched tensor's reshaped copies: id -> (copy, its id)
         self.last: list[Tensor] = []
+        self.multiplied: set[int] = set()
 
     def _visit(self, value: Any, found: list[Tensor]) -> None:
         if isinstance(value, Tensor):
@@ -479,6 +534,12 @@ class _LastMatrices(TorchFunctionMode):
             for item in value.values():
                 self._visit(item, found)
 
+    def _origins(self, args: Any, kwargs: Any) -> set[int]:
+        tensors = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, Tensor)]
+        direct = {id(t) for t in tensors if id(t) in self.watched}
+        through = {self.views[id(t)][1] for t in tensors if id(t) in self.views and self.views[id(t)][0] is t}
+        return direct | through
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         found: list[Tensor] = []
         self._visit(args, found)
@@ -486,19 +547,30 @@ class _LastMatrices(TorchFunctionMode):
             self._visit(kwargs, found)
         if found:
             self.last = found
-        return func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        origins = self._origins(args, kwargs) if name in _MULTIPLYING_OPS or name in _SHAPE_OPS else set()
+        if name in _MULTIPLYING_OPS:
+            self.multiplied |= origins
+        result = func(*args, **(kwargs or {}))
+        if name in _SHAPE_OPS and len(origins) == 1 and isinstance(result, Tensor):
+            self.views[id(result)] = (result, next(iter(origins)))
+        return result
 
 
-def _last_matrices(model: nn.Module, sample_input: Any) -> list[Tensor]:
-    """The parameters of two or more dimensions (trainable or frozen) of the last torch op that a forward of
-    ``sample_input`` passes any to (a Linear's weight; both tensors of a weight-normed one), under
-    ``torch.no_grad`` in eval mode (the modes restored afterwards)."""
-    watched = {id(p): p for p in model.parameters() if p.ndim >= 2}
-    recorder = _LastMatrices(watched)
+def _trace(model: nn.Module, sample_input: Any) -> _Trace:
+    """One forward of ``sample_input`` under ``torch.no_grad`` in eval mode (the modes restored afterwards),
+    traced over the parameters of two or more dimensions (trainable or frozen)."""
+    recorder = _Trace({id(p): p for p in model.parameters() if p.ndim >= 2})
     watched_forward(model, sample_input, recorder)
-    if not recorder.last:
+    return recorder
+
+
+def _last_matrices(trace: _Trace) -> list[Tensor]:
+    """The parameters of the last torch op the traced forward passed any to (a Linear's weight; both tensors
+    of a weight-normed one)."""
+    if not trace.last:
         raise ValueError(
             "sample_input: the traced forward passed no weight matrix to a torch op, so the head was not found; "
             "pass head=... (the output projection's module or name)"
         )
-    return recorder.last
+    return trace.last
