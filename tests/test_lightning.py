@@ -168,7 +168,7 @@ def test_freezeout_through_the_callback_equals_the_plain_loop_and_frozen_batchno
     assert not module.net[1].training and not module.net[0].weight.requires_grad
     rows = _rows(tmp_path)
     assert len(rows) == EPOCHS * BATCHES
-    for step, row in enumerate(rows, start=1):
+    for step, row in enumerate(rows):  # the LRs each step used (Lightning steps schedules before logging)
         lrs = callback.technique.lr_at(step)
         assert [float(row[f"lr/{name}"]) for name in ("stem", "mid", "head")] == pytest.approx(lrs)
     assert [int(float(row["frozen_groups"])) for row in rows][-1] == 2
@@ -254,7 +254,7 @@ def test_bad_arguments_are_refused():
         LayerwiseCallback(interval="batch")
     net = _net()
     built = FreezeOut(net, _sgd(net), 10)
-    with pytest.raises(TypeError, match=r"technique: expected a function \(module, optimizer\) -> technique"):
+    with pytest.raises(TypeError, match=r"technique: expected a method's name or a function \(module, optimizer\)"):
         LayerwiseCallback(built)  # Lightning builds the optimizer: the technique must be built after it
 
 
@@ -266,3 +266,159 @@ def test_a_scheduler_beside_an_optimizer_that_owns_its_lrs_is_refused_and_multir
     trainer = _fit(module, [LayerwiseCallback()], tmp_path / "m", epochs=1)
     groups = trainer.optimizers[0].param_groups
     assert [g["lr"] for g in groups] == pytest.approx([g["initial_lr"] * 0.5**3 for g in groups])
+
+
+# ---- a named technique, built from the Trainer's optimizer and steps --------------------------------
+
+
+class Named(Tiny):
+    """configure_optimizers gives the optimizer's class and options; example_input_array the traced input."""
+
+    def __init__(self, scheduler=None) -> None:
+        super().__init__(lambda net: torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), scheduler)
+        self.example_input_array = torch.zeros(2, 4)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+FREEZEOUT = {"t0": 0.3, "strategy": "linear"}
+
+
+class StopAfterFirstEpoch(lightning.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_a_named_technique_is_built_from_the_trainers_optimizer_and_steps_as_setup_builds_it(tmp_path):
+    module = Named()
+    callback = LayerwiseCallback(technique="freezeout", technique_settings=FREEZEOUT)
+    trainer = _fit(module, [callback], tmp_path)
+    run = callback.technique_setup
+    assert trainer.optimizers[0] is run.optimizer and type(run.scheduler) is FreezeOut
+    assert run.optimizer.defaults["momentum"] == 0.9 and run.scheduler.scheduler.total_steps == EPOCHS * BATCHES
+    # the same call by hand, trained in the plain loop
+    reference = Named()
+    by_hand = layerwise.compare.setup(
+        reference,
+        "freezeout",
+        optimizer=torch.optim.SGD,
+        optimizer_options={"momentum": 0.9},
+        lr=0.1,
+        total_steps=EPOCHS * BATCHES,
+        sample_input=torch.zeros(2, 4),
+        **FREEZEOUT,
+    )
+    assert [g["name"] for g in by_hand.optimizer.param_groups] == [g["name"] for g in run.optimizer.param_groups]
+    for _ in range(EPOCHS):  # the plain loop, validation's eval() and train() included
+        reference.train()
+        for x, y in _loader():
+            nn.functional.cross_entropy(reference(x), y).backward()
+            by_hand.optimizer.step()
+            by_hand.optimizer.zero_grad()
+            by_hand.scheduler.step()
+        reference.eval()
+    _assert_same(module, reference.net)
+    assert run.freezer.frozen == by_hand.freezer.frozen == ("net.0", "net.1", "net.3")
+    rows = _rows(tmp_path)
+    assert len(rows) == EPOCHS * BATCHES
+    for step, row in enumerate(rows):  # the LRs each step used
+        names = [g["name"] for g in run.optimizer.param_groups]
+        assert [float(row[f"lr/{name}"]) for name in names] == pytest.approx(run.scheduler.lr_at(step))
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"), [("freezeout", FREEZEOUT), ("gradual-unfreezing", {"until": 0.5})], ids=lambda v: str(v)
+)
+def test_a_named_technique_resumes_from_a_lightning_checkpoint_as_training_straight(tmp_path, name, settings):
+    straight = Named()
+    _fit(straight, [LayerwiseCallback(technique=name, technique_settings=settings)], tmp_path / "straight")
+    first = Named()
+    trainer = _fit(
+        first, [LayerwiseCallback(technique=name, technique_settings=settings), StopAfterFirstEpoch()], tmp_path / "a"
+    )
+    assert trainer.global_step == BATCHES
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    resumed = Named()
+    callback = LayerwiseCallback(technique=name, technique_settings=settings)
+    _fit(resumed, [callback], tmp_path / "b", ckpt_path=tmp_path / "half.ckpt")
+    for a, b in zip(resumed.net.state_dict().values(), straight.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert callback.technique_setup.freezer.frozen == (
+        () if name == "gradual-unfreezing" else ("net.0", "net.1", "net.3")
+    )
+
+
+def test_a_named_technique_swaps_in_the_weights_it_evaluates_for_validation(tmp_path):
+    pytest.importorskip("schedulefree", reason="schedulefree is in the peers extra")
+    seen = []
+
+    class Record(lightning.Callback):
+        def on_validation_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["train_mode"])
+
+    callback = LayerwiseCallback(technique="schedulefree")
+    _fit(Named(), [callback, Record()], tmp_path, epochs=2)
+    assert seen and not any(seen)  # Schedule-Free's evaluation weights in every validation
+    assert not callback.technique_setup.optimizer.param_groups[0]["train_mode"]  # and after fit
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: LayerwiseCallback(technique="freezeout", technique_settings={"lr": 0.1}),
+            r"technique_settings: 'lr' comes from the defaults\['lr'\] of the optimizer configure_optimizers returns",
+        ),
+        (
+            lambda: LayerwiseCallback(technique="freezeout", technique_settings={"t1": 0.5}),
+            r"freezeout: unknown setting 't1'",
+        ),
+        (lambda: LayerwiseCallback(technique="nope"), r"method: unknown 'nope'"),
+        (lambda: LayerwiseCallback(technique="freezeout", interval="epoch"), r"interval: technique='freezeout' steps"),
+        (
+            lambda: LayerwiseCallback(_freezeout, technique_settings={"t0": 0.5}),
+            r"technique_settings: given with a named",
+        ),
+    ],
+    ids=["from-the-trainer", "unknown-setting", "unknown-method", "per-epoch", "settings-of-a-factory"],
+)
+def test_a_named_technique_that_cannot_be_built_is_refused_at_once(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_named_technique_refuses_a_scheduler_a_missing_input_and_a_state_a_checkpoint_cannot_hold(tmp_path):
+    module = Named(scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1))
+    with pytest.raises(
+        ValueError, match=r"configure_optimizers: technique='freezeout' brings its own schedule.*StepLR"
+    ):
+        _fit(module, [LayerwiseCallback(technique="freezeout")], tmp_path / "s")
+    module = Named()
+    module.example_input_array = None
+    with pytest.raises(ValueError, match=r"technique='freezeout': .*set the module's example_input_array"):
+        _fit(module, [LayerwiseCallback(technique="freezeout")], tmp_path / "i")
+    callback = LayerwiseCallback(technique="fine-tune", technique_settings={"regime": "fine-tuning"})
+    trainer = lightning.Trainer(  # checkpointing on, as by default
+        max_epochs=1,
+        accelerator="cpu",
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    before = [p.clone() for p in module.parameters()]
+    module.example_input_array = torch.zeros(2, 4)
+    with pytest.raises(
+        ValueError, match=r"technique='fine-tune': its _UnfreezeAt keeps no state.*enable_checkpointing"
+    ):
+        trainer.fit(module, _loader())
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))  # refused before any step
+    trainer = _fit(
+        Named(),
+        [LayerwiseCallback(technique="fine-tune", technique_settings={"regime": "fine-tuning"})],
+        tmp_path / "f",
+        epochs=1,
+    )  # checkpointing off: it trains
+    assert trainer.global_step == BATCHES

@@ -10,10 +10,21 @@ Where each technique goes:
   :class:`LayerwiseCallback` refuses a scheduler beside them. Multirate takes any scheduler.
 * :class:`~layerwise.FreezeOut` and :class:`~layerwise.GradualUnfreezing` need the optimizer
   Lightning builds: give :class:`LayerwiseCallback` a factory ``(module, optimizer) -> technique``.
+* Or name the technique: ``LayerwiseCallback(technique="freezeout", technique_settings={"t0": 0.5})``
+  (any method of ``layerwise compare --list``) builds the partition, the optimizer and the schedule
+  through :func:`layerwise.compare.setup` when fit starts, from what Lightning already has
+  (:data:`FROM_TRAINER`): the class and the options (``lr``, ``weight_decay``, ``momentum``, ...) of
+  the optimizer ``configure_optimizers`` returns, whose param groups it replaces, and the total steps
+  ``trainer.estimated_stepping_batches``. The default partition is the module's layers in data-flow
+  order, traced on ``technique_settings["sample_input"]``, else on the module's
+  ``example_input_array``; ``technique_settings`` may hold ``partition``, ``sample_input``, ``head``,
+  ``regime``, ``policy`` and ``warmup`` besides the method's settings. ``configure_optimizers`` returns
+  the optimizer alone: the technique brings its schedule.
 
 :class:`LayerwiseCallback` steps that technique after every optimizer step (so gradient
 accumulation is respected) or every epoch; logs ``lr/<group>`` and ``frozen_groups`` on every
-step through all of the Trainer's loggers; gives Hi-DLR its probe closure (the module's
+step through all of the Trainer's loggers, as that step used them (read after the optimizer step, before
+Lightning steps its schedulers and the callback its technique); gives Hi-DLR its probe closure (the module's
 ``training_step`` on the current batch through the Trainer's strategy and precision context,
 under ``torch.no_grad``, with ``self.log`` muted; other side effects of ``training_step``, such
 as metric updates, happen once per probe); and saves and restores the technique's state in
@@ -32,23 +43,38 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor
 from torch.optim import Optimizer
 
 from .._checks import one_of
+from ..compare.methods import Setup
+from ..compare.methods.kit import Chain
+from ..compare.setup import SETUP_KEYWORDS, method_settings, setup
 from ..hidlr import HiDLR
 from ..param_groups import lr_log
 from ..technique import Technique
 from ..wrapping import owns_lr
 
-__all__ = ["LayerwiseCallback"]
+__all__ = ["FROM_TRAINER", "LayerwiseCallback"]
+
+FROM_TRAINER = {
+    "optimizer": "the class of the optimizer configure_optimizers returns",
+    "optimizer_options": "the defaults of the optimizer configure_optimizers returns",
+    "lr": "the defaults['lr'] of the optimizer configure_optimizers returns",
+    "weight_decay": "the defaults['weight_decay'] of the optimizer configure_optimizers returns",
+    "total_steps": "trainer.estimated_stepping_batches",
+}
+"""The arguments of :func:`layerwise.compare.setup` that a named technique takes from the Trainer."""
 
 Interval = Literal["step", "epoch"]
 INTERVALS = get_args(Interval)
@@ -71,36 +97,109 @@ def _loss_of(output: Any) -> Tensor:
     return loss
 
 
+class _Saved:
+    """A named technique's stepped part (its schedule, its freezing rule; a :class:`Chain` of them), stepped
+    and saved in Lightning checkpoints: its state is every part's, in order."""
+
+    def __init__(self, name: str, stepped: Any) -> None:
+        self.name, self.stepped = name, stepped
+        self.parts = stepped.parts if isinstance(stepped, Chain) else (stepped,)
+
+    def step(self) -> None:
+        self.stepped.step()
+
+    def unsaved(self) -> str | None:
+        """The first part that keeps no state (a checkpoint could not resume it), else None."""
+        missing = [type(p).__name__ for p in self.parts if not callable(getattr(p, "state_dict", None))]
+        return missing[0] if missing else None
+
+    def refusal(self) -> str:
+        return (
+            f"technique={self.name!r}: its {self.unsaved()} keeps no state, so a Lightning checkpoint could not "
+            "resume it; fit it with enable_checkpointing=False and no save_checkpoint, or choose a technique that saves"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.unsaved() is not None:
+            raise ValueError(self.refusal())
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        parts = state_dict.get("parts") if isinstance(state_dict, dict) else None
+        if not isinstance(parts, list) or len(parts) != len(self.parts):
+            raise ValueError(f"technique={self.name!r}: the checkpoint holds another technique's state")
+        for part, state in zip(self.parts, parts):
+            part.load_state_dict(state)
+
+
 class LayerwiseCallback(Callback):
     """Applies a layerwise technique inside ``lightning.Trainer.fit`` and logs every group's LR.
 
     Args:
         technique: ``(module, optimizer) -> object with step()/state_dict()/load_state_dict()``,
-            called once the Trainer has built the optimizer; or ``None`` to only log (and feed
-            Hi-DLR) when the technique is the optimizer or scheduler itself.
-        interval: step the technique after every optimizer step (``"step"``) or every epoch.
-        log: log ``lr/<group>`` and ``frozen_groups`` on every optimizer step.
+            called once the Trainer has built the optimizer; a method's name (``layerwise compare
+            --list``), built by :func:`layerwise.compare.setup` from the Trainer's optimizer and steps
+            (:data:`FROM_TRAINER`) in place of that optimizer; or ``None`` to only log (and feed Hi-DLR)
+            when the technique is the optimizer or scheduler itself.
+        technique_settings: with a named technique: the method's settings, and ``partition``,
+            ``sample_input``, ``head``, ``regime``, ``policy`` or ``warmup`` for :func:`layerwise.compare.setup`.
+        interval: step the technique after every optimizer step (``"step"``) or every epoch (a factory's only).
+        log: log ``lr/<group>`` and ``frozen_groups`` on every optimizer step: as that step used them.
+
+    Attributes:
+        technique_setup: a named technique's :class:`~layerwise.compare.methods.Setup` once fit has started
+            (its ``optimizer`` is the Trainer's now; its ``freezer`` says what is frozen).
+
+    A named technique whose schedule keeps no state (``fine-tune``, ``lp-ft``, ``layer-freezing``) is
+    refused when checkpointing is on: a checkpoint could not resume it. Schedule-Free and DoG evaluate
+    other weights than they train: the callback swaps them in for validation and after fit.
     """
 
     def __init__(
         self,
-        technique: Callable[[LightningModule, Optimizer], Technique] | None = None,
+        technique: Callable[[LightningModule, Optimizer], Technique] | str | None = None,
         *,
+        technique_settings: Mapping[str, Any] | None = None,
         interval: Interval = "step",
         log: bool = True,
     ) -> None:
-        if technique is not None and not callable(technique):
+        if technique is not None and not callable(technique) and not isinstance(technique, str):
             raise TypeError(
-                f"technique: expected a function (module, optimizer) -> technique, got {type(technique).__name__}"
+                "technique: expected a method's name or a function (module, optimizer) -> technique, "
+                f"got {type(technique).__name__}"
             )
         one_of("interval", interval, INTERVALS)
-        self.factory = technique
+        self.name = technique if isinstance(technique, str) else None
+        self.technique_settings = dict(technique_settings or {})
+        if self.name is not None:
+            self._check_named(interval)
+        elif technique_settings is not None:
+            raise ValueError("technique_settings: given with a named technique only (technique='freezeout', ...)")
+        self.factory = None if isinstance(technique, str) else technique
         self.interval = interval
         self.log = log
         self.technique: Technique | None = None
+        self.technique_setup: Setup | None = None
         self._built_for: Optimizer | None = None
         self._pending: dict[str, Any] | None = None
         self._last_step = 0
+        self._line: dict[str, float] | None = None
+        self._hook: Any = None
+        self._evaluating = False
+
+    def _check_named(self, interval: str) -> None:
+        """Refuse a named technique, setting or interval that cannot be built, before anything runs."""
+        assert self.name is not None
+        from_trainer = sorted(set(self.technique_settings) & set(FROM_TRAINER))
+        if from_trainer:
+            key = from_trainer[0]
+            raise ValueError(f"technique_settings: {key!r} comes from {FROM_TRAINER[key]}; set it there")
+        method_settings(self.name, {k: v for k, v in self.technique_settings.items() if k not in SETUP_KEYWORDS})
+        if interval != "step":
+            raise ValueError(
+                f"interval: technique={self.name!r} steps its schedule after every optimizer step; "
+                "interval='epoch' is for a factory's technique"
+            )
 
     @staticmethod
     def _optimizer(trainer: Trainer) -> Optimizer:
@@ -109,8 +208,52 @@ class LayerwiseCallback(Callback):
             raise ValueError(f"LayerwiseCallback: expects exactly one optimizer, the Trainer has {count}")
         return trainer.optimizers[0]
 
+    def _build_named(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        """The named technique's Setup from the Trainer's optimizer and steps; its optimizer replaces the Trainer's."""
+        assert self.name is not None
+        if trainer.lr_scheduler_configs:
+            scheduler = type(trainer.lr_scheduler_configs[0].scheduler).__name__
+            raise ValueError(
+                f"configure_optimizers: technique={self.name!r} brings its own schedule, so the scheduler "
+                f"{scheduler} is refused; return the optimizer alone (technique_settings may give policy= and warmup=)"
+            )
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError(f"technique={self.name!r}: its schedule spans the run's steps; set Trainer(max_steps=...)")
+        cls, defaults = type(optimizer), dict(optimizer.defaults)
+        takes = inspect.signature(cls).parameters
+        options = {k: v for k, v in defaults.items() if k in takes and k not in ("params", "lr", "weight_decay")}
+        settings = dict(self.technique_settings)
+        if "partition" not in settings and "sample_input" not in settings:
+            sample = pl_module.example_input_array
+            if sample is None:
+                raise ValueError(
+                    f"technique={self.name!r}: its partition is traced on one forward: set the module's "
+                    "example_input_array (a batch of its inputs), or give technique_settings sample_input= "
+                    "or partition="
+                )
+            settings["sample_input"] = trainer.strategy.batch_to_device(sample)
+        run = setup(
+            pl_module,
+            self.name,
+            optimizer=cls,
+            optimizer_options=options,
+            lr=defaults["lr"],
+            weight_decay=defaults.get("weight_decay", 0.0),
+            total_steps=int(steps),
+            **settings,
+        )
+        saved = None if run.scheduler is None else _Saved(self.name, run.scheduler)
+        if saved is not None and saved.unsaved() is not None and trainer.checkpoint_callbacks:
+            raise ValueError(saved.refusal())
+        trainer.strategy.optimizers = [run.optimizer]
+        self.technique_setup, self.technique = run, saved
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         optimizer = self._optimizer(trainer)
+        if self.name is not None:
+            self._start_named(trainer, pl_module, optimizer)
+            return
         if owns_lr(optimizer) and trainer.lr_scheduler_configs:
             kind, scheduler = type(optimizer).__name__, type(trainer.lr_scheduler_configs[0].scheduler).__name__
             raise ValueError(
@@ -135,8 +278,48 @@ class LayerwiseCallback(Callback):
             self.technique.load_state_dict(self._pending)
             self._pending = None
 
+    def _start_named(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        if self._built_for is not optimizer:  # first fit, or a later fit with a new optimizer
+            if self.technique_setup is not None and self._pending is None:
+                raise ValueError(
+                    "LayerwiseCallback: fit() built a new optimizer for a technique already under way; "
+                    "resume with fit(ckpt_path=...), or give a fresh run a new LayerwiseCallback"
+                )
+            self._build_named(trainer, pl_module, optimizer)
+            self._built_for = self._optimizer(trainer)
+        if self._pending is not None:
+            if self.technique is None:
+                raise ValueError(f"technique={self.name!r}: the checkpoint holds a state this technique does not keep")
+            self.technique.load_state_dict(self._pending)
+            self._pending = None
+
+    def _evaluated(self, evaluating: bool) -> None:
+        """A named technique's weights to evaluate in the model (Schedule-Free's, DoG's average), or its own back."""
+        run = self.technique_setup
+        if run is None or evaluating == self._evaluating:
+            return
+        swap = run.eval_mode if evaluating else run.train_mode
+        if swap is not None:
+            swap()
+        self._evaluating = evaluating
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_step = trainer.global_step
+        self._evaluating = True  # the weights it trains: whatever state the run starts from
+        self._evaluated(False)
+        if self.log:
+
+            def record(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+                self._line = lr_log(optimizer.param_groups)
+
+            self._hook = self._optimizer(trainer).register_step_post_hook(record)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._evaluated(True)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._evaluated(False)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         optimizer = self._optimizer(trainer)
@@ -154,6 +337,10 @@ class LayerwiseCallback(Callback):
         optimizer = self._optimizer(trainer)
         if isinstance(optimizer, HiDLR):
             optimizer.closure = None  # release the last batch; a later step(closure) means Hi-DLR's own kind
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._evaluated(True)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -165,7 +352,7 @@ class LayerwiseCallback(Callback):
             self.technique.step()
         if self.log:
             optimizer = self._optimizer(trainer)
-            line = lr_log(optimizer.param_groups)
+            line = dict(self._line or lr_log(optimizer.param_groups))  # as the step used them
             if isinstance(optimizer, HiDLR):  # whether its fits are accepted, and why not
                 line |= optimizer.log_stats
             pl_module.log_dict(line, on_step=True, on_epoch=False)
