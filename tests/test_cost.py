@@ -48,3 +48,27 @@ def test_the_authors_estimate_scales_the_linear_schedule_only_and_refuses_other_
     assert authors_saving(0.2, "linear") == pytest.approx(0.26) and authors_saving(0.2, "cubic") == 0.2
     with pytest.raises(ValueError, match="strategy: must be 'linear' or 'cubic'"):
         authors_saving(0.2, "quadratic")
+
+
+def test_predict_saving_against_a_hand_computation():
+    from layerwise.cost import predict_saving
+
+    # three groups of 2, 1 and 1 forward FLOPs training 1/4, 1/2 and all of the run; a step costs 1.0 s with
+    # nothing frozen, 0.7 s with the first group frozen, 0.5 s with two; 0.6 s and 0.3 s served from a cache
+    saving = predict_saving(
+        [0.25, 0.5, 1.0],
+        [2.0, 1.0, 1.0],
+        strategy="linear",
+        step_times=[1.0, 0.7, 0.5],
+        cached_step_times=[1.0, 0.6, 0.3],
+    )
+    assert saving == pytest.approx(
+        {
+            "predicted_saving_paper": 1 - ((1 + 0.25) * 2 + (1 + 0.5) * 1 + (1 + 1) * 1) / 8,  # eq. (2)-(3): 0.25
+            "predicted_saving_paper_cached": 1 - (2 * 0.25 * 2 + 2 * 0.5 * 1 + 2 * 1 * 1) / 8,  # 0.5
+            "predicted_saving_authors": 1.3 * 0.25,  # the authors' code, linear
+            "predicted_saving_timed": 1 - (0.25 * 1.0 + 0.25 * 0.7 + 0.5 * 0.5),  # 0.325
+            "predicted_saving_timed_cached": 1 - (0.25 * 1.0 + 0.25 * 0.6 + 0.5 * 0.3),  # 0.45
+        }
+    )
+    assert set(predict_saving([0.5, 1.0], [1.0, 1.0])) == {"predicted_saving_paper", "predicted_saving_paper_cached"}

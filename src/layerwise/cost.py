@@ -13,6 +13,7 @@ Both also predict the saving with a :class:`~layerwise.prefix_cache.FrozenPrefix
 the frozen prefix (``cached=True``): a frozen group then costs neither its backward nor its
 forward. The predictions assume every frozen forward is served (all hits); the first pass over
 the data after each freeze computes (or advances) the prefix, so a short run saves less.
+:func:`predict_saving` makes every prediction a report shows, under the keys reports use.
 
 Examples:
     >>> import torch, layerwise
@@ -47,6 +48,7 @@ __all__ = [
     "authors_saving",
     "group_flops",
     "paper_saving",
+    "predict_saving",
     "prefix_step_times",
     "timed_saving",
     "train_fractions",
@@ -154,6 +156,43 @@ def timed_saving(train_fractions: Sequence[float], step_times: Sequence[float]) 
         previous = min(fraction, 1.0)
     mean += step_times[-1] * (1.0 - previous)  # the rest of the run, if the last group stops early
     return 1.0 - mean / step_times[0]
+
+
+def predict_saving(
+    train_fractions: Sequence[float],
+    flops: Sequence[float],
+    *,
+    strategy: str | None = None,
+    step_times: Sequence[float] | None = None,
+    cached_step_times: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """A freezing schedule's predicted wall-clock savings, each a fraction of training, by report key.
+
+    Group ``i`` trains for ``train_fractions[i]`` of the run and costs ``flops[i]`` forward FLOPs
+    (:func:`group_flops`): ``predicted_saving_paper`` and ``predicted_saving_paper_cached``
+    (:func:`paper_saving`); with FreezeOut's ``strategy``, ``predicted_saving_authors``
+    (:func:`authors_saving`); with ``step_times`` and ``cached_step_times`` of :func:`prefix_step_times`
+    (plain, ``cached=True``), ``predicted_saving_timed`` and ``predicted_saving_timed_cached``
+    (:func:`timed_saving`).
+
+    Examples:
+        >>> saving = predict_saving([0.5, 1.0], [1.0, 1.0], strategy="linear", step_times=[1.0, 0.6])
+        >>> {key: round(value, 4) for key, value in saving.items()}  # doctest: +NORMALIZE_WHITESPACE
+        {'predicted_saving_paper': 0.125, 'predicted_saving_paper_cached': 0.25,
+         'predicted_saving_authors': 0.1625, 'predicted_saving_timed': 0.2}
+    """
+    paper = paper_saving(train_fractions, flops)
+    saving = {
+        "predicted_saving_paper": paper,
+        "predicted_saving_paper_cached": paper_saving(train_fractions, flops, cached=True),
+    }
+    if strategy is not None:
+        saving["predicted_saving_authors"] = authors_saving(paper, strategy)
+    if step_times is not None:
+        saving["predicted_saving_timed"] = timed_saving(train_fractions, step_times)
+    if cached_step_times is not None:
+        saving["predicted_saving_timed_cached"] = timed_saving(train_fractions, cached_step_times)
+    return saving
 
 
 def prefix_step_times(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cost import authors_saving, group_flops, paper_saving, prefix_step_times, timed_saving, train_fractions
+from ..cost import group_flops, predict_saving, prefix_step_times, train_fractions
 from ..freezeout import FreezeOut
 from ..groups import Partition, by_block
 from ..plotting import pyplot
@@ -66,11 +66,9 @@ class Predictor:
         optimizer = torch.optim.SGD([dict(g) for g in self.groups], lr=0.1)
         frozen_at = FreezeOut(self.model, optimizer, steps, **settings).frozen_at  # nothing steps
         fractions = train_fractions(frozen_at, steps)
-        paper = paper_saving(fractions, self.flops)
+        strategy = settings.get("strategy", "cubic")
         return {
-            "predicted_saving_paper": paper,
-            "predicted_saving_authors": authors_saving(paper, settings.get("strategy", "cubic")),
-            "predicted_saving_timed": timed_saving(fractions, self.step_times),
+            **predict_saving(fractions, self.flops, strategy=strategy, step_times=self.step_times),
             "prefix_step_ms": [round(t * 1e3, 2) for t in self.step_times],
         }
 

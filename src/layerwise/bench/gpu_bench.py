@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cost import group_flops, paper_saving, prefix_step_times, timed_saving
+from ..cost import group_flops, predict_saving, prefix_step_times
 from ..freezeout import freeze_times
 from ..groups import by_depth_buckets, by_head
 from ..hidlr import HiDLR
@@ -117,9 +117,10 @@ def _freezeout(clock: _Clock, tiny: bool) -> dict[str, Any]:
         entry: dict[str, Any] = {"groups": len(part), "batch_size": batch}
         with clock.peak_memory(entry):
             times = prefix_step_times(model, groups, (x, y), warmup=2, repeats=repeats, sync=clock.sync)
+        saving = predict_saving(fractions, flops, step_times=times)
         entry.update(
-            timed_saving=timed_saving(fractions, times),
-            paper_saving=paper_saving(fractions, flops),
+            timed_saving=saving["predicted_saving_timed"],
+            paper_saving=saving["predicted_saving_paper"],
             full_step_ms=round(times[0] * 1e3, 2),
             head_only_step_ms=round(times[-1] * 1e3, 2),
         )
