@@ -27,7 +27,6 @@ Examples:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -39,6 +38,7 @@ from torch.optim._muon import muon as muon_functional
 from torch.overrides import TorchFunctionMode
 
 from ._checks import one_of
+from ._warn import warn
 from .groups import NORM_TYPES, Partition, by_layer, watched_forward
 from .per_group import Params, Part, PerGroupOptimizer, part_groups
 
@@ -411,11 +411,10 @@ def _tables(partition: Partition, typed: frozenset[int], trace: _Trace | None) -
     if trace is not None:
         return frozenset(pid for pid in raw if pid not in trace.multiplied)
     if raw:
-        warnings.warn(
+        warn(
             f"muon_split: the raw 2-D parameters {sorted(raw.values())[:5]} go to Muon as hidden matrices; if one "
             "is a table read by index or added (a position table), pass model= and sample_input= so the forward "
-            "tells, or name it in head=",
-            stacklevel=4,
+            "tells, or name it in head="
         )
     return frozenset()
 
