@@ -1,5 +1,5 @@
 """``layerwise train`` on the parts compare uses: task files, the task's partition, its ``Dataset`` data
-and how it steps (gradient accumulation, clipping)."""
+and how it steps (gradient accumulation, clipping, precision)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,11 @@ def test_the_lrs_returned_are_the_task_partitions_groups(spec):
     assert features == pytest.approx([0.1 / 2.6] * 12) and head == pytest.approx([0.1] * 12)
 
 
+def _constant(task) -> dict:
+    """``task`` trained at its own LR, every group alike."""
+    return train(task, recipe="constant", policy="constant", progress=False)
+
+
 def _counting_task(seen: list[int], **fields):
     def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if model.training:  # evaluation's batches go through it too
@@ -68,8 +73,8 @@ def _counting_task(seen: list[int], **fields):
 
 def test_train_accumulates_the_tasks_micro_batches():
     whole, halves = [], []
-    one = train(_counting_task(whole), recipe="constant", policy="constant", progress=False)
-    two = train(_counting_task(halves, accumulate=2), recipe="constant", policy="constant", progress=False)
+    one = _constant(_counting_task(whole))
+    two = _constant(_counting_task(halves, accumulate=2))
     assert whole == [16] * 18 and halves == [8] * 36  # 96 examples, batches of 16, 3 epochs
     # the micro-batches' weighted gradients are the batch's: the same run up to rounding
     assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-4)
@@ -77,10 +82,8 @@ def test_train_accumulates_the_tasks_micro_batches():
 
 
 def test_train_clips_the_gradients_as_the_task_says():
-    free = train(sentence_task("sentences-free"), recipe="constant", policy="constant", progress=False)
-    clipped = train(
-        sentence_task("sentences-clipped", clip_grad_norm=1e-9), recipe="constant", policy="constant", progress=False
-    )
+    free = _constant(sentence_task("sentences-free"))
+    clipped = _constant(sentence_task("sentences-clipped", clip_grad_norm=1e-9))
     torch.manual_seed(0)
     model = sentence_task().make_model()
     batch = sentence_task().collate_fn([Sentences(40, seed=1)[i] for i in range(40)])
@@ -88,6 +91,13 @@ def test_train_clips_the_gradients_as_the_task_says():
         untrained = float(nn.functional.cross_entropy(model(batch["tokens"], batch["mask"]), batch["label"]))
     assert clipped["test_loss"] == pytest.approx(untrained, rel=1e-5)  # steps of norm 1e-9 * lr move nothing
     assert abs(free["test_loss"] - untrained) > 1e-3
+
+
+def test_train_runs_the_tasks_forwards_in_its_precision():
+    full = _constant(sentence_task("sentences-fp32"))
+    half = _constant(sentence_task("sentences-bf16", precision="bf16"))
+    assert half["final_train_loss"] != full["final_train_loss"]  # bfloat16 autocast rounds every forward
+    assert half["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=0.1)
 
 
 @pytest.mark.parametrize("task", ["nope", "nope.py", "tasks.txt:make_task"])
