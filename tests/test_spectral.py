@@ -85,7 +85,7 @@ def _step(model, opt, seed: int):
 def test_multipliers_are_the_linear_map_of_each_groups_alpha():
     model = _net()
     opt = torch.optim.SGD(_groups(model), lr=0.1)
-    tb = TempBalance(opt, every=1, s_min=0.3, s_max=2.0)
+    tb = TempBalance(opt, every=1, s_min=0.3, s_max=2.0, min_eigs=2)
     # alpha is computed in the step's pre-hook, from the weights before the update
     want_alpha = [hill_alpha(np.linalg.svd(m.weight.detach().numpy(), compute_uv=False) ** 2) for m in model[::2]]
     _step(model, opt, 0)
@@ -102,11 +102,27 @@ def test_a_group_with_several_matrices_takes_their_mean_alpha_and_skipped_groups
     part = layerwise.explicit(model, {"body": body, "head": ["4.weight", "4.bias"]})
     opt = torch.optim.SGD(part.param_groups(lr=0.1), lr=0.1)
     weights = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
-    tb = TempBalance(opt, every=1, skip=["head"])
+    tb = TempBalance(opt, every=1, skip=["head"], min_eigs=2)
     _step(model, opt, 0)
     alphas = [hill_alpha(spectrum(w)) for w in weights]
     assert tb.alpha == {"body": pytest.approx(float(np.mean(alphas)), rel=1e-12), "head": None}
     assert tb.multipliers == {"body": 1.0, "head": 1.0}  # one estimate: the midpoint of [0.5, 1.5]; skipped: 1
+
+
+def test_norm_groups_follow_the_matrix_group_before_them_and_small_spectra_give_no_estimate():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.BatchNorm1d(12), nn.Linear(12, 24), nn.BatchNorm1d(24), nn.Linear(24, 24), nn.Linear(24, 6)
+    )
+    opt = torch.optim.SGD(layerwise.by_layer(model, sample_input=torch.zeros(2, 12)).param_groups(lr=0.1))
+    with pytest.raises(ValueError, match=r"add \['0', '2'\], or follow=True"):
+        TempBalance(opt, every=1, min_eigs=2)
+    tb = TempBalance(opt, every=1, follow=True, min_eigs=8)  # the head's 6 eigenvalues: no estimate
+    tb.update()
+    assert tb.alpha["4"] is None and tb.alpha["1"] is not None and tb.alpha["3"] is not None
+    m = tb.multipliers
+    assert m["0"] == 1.0 and m["2"] == m["1"] and {m["1"], m["3"]} == {0.5, 1.5} and m["4"] == 1.0
+    assert set(TempBalance(opt, every=1, follow=True).multipliers.values()) == {1.0}  # 50 by default: none here
 
 
 @pytest.mark.parametrize("scheduler", ["layerwise", "steplr"])
@@ -117,7 +133,7 @@ def test_each_step_uses_the_scheduler_lr_times_the_multiplier(scheduler):
         sched = LayerwiseLR(opt, total_steps=8, policy=Cosine(), layers=layerwise.Discriminative(2.0))
     else:
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-    tb = TempBalance(opt, every=3)
+    tb = TempBalance(opt, every=3, min_eigs=2)
     for step in range(8):
         scheduled = list(sched.get_last_lr())
         before = [p.detach().clone() for p in model.parameters()]
@@ -137,7 +153,7 @@ def test_muon_split_groups_take_the_multiplier_in_both_parts():
     def run(with_tb: bool):
         model = _net()
         opt = layerwise.muon_split(model, sample_input=torch.zeros(1, 12))
-        tb = TempBalance(opt, every=1) if with_tb else None
+        tb = TempBalance(opt, every=1, min_eigs=2) if with_tb else None
         return model, opt, tb
 
     model, opt, tb = run(True)
@@ -155,7 +171,7 @@ def _train(steps: int, state=None, save_at=None):
     model = _net()
     opt = torch.optim.Adam(_groups(model, lr=1e-2))
     sched = LayerwiseLR(opt, total_steps=12, policy=Cosine())
-    tb = TempBalance(opt, every=3, max_dim=8, seed=5)  # 24-wide layers: sampled, so the seeding matters
+    tb = TempBalance(opt, every=3, max_dim=8, min_eigs=2, seed=5)  # 24-wide layers: sampled, so the seeding matters
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -199,6 +215,8 @@ def test_resume_is_exact():
         ({"every": 2, "s_min": 0.0}, "s_min: must be a finite number > 0"),
         ({"every": 2, "s_max": -1.0}, "s_max: must be finite and >= 0"),
         ({"every": 2, "max_dim": 1}, "max_dim: must be an int >= 2"),
+        ({"every": 2, "min_eigs": 0}, "min_eigs: must be an int >= 1"),
+        ({"every": 2, "follow": 1}, "follow: must be true or false"),
         ({"every": 2, "skip": ["nope"]}, r"skip: names groups \['nope'\]"),
         ({"every": 2, "skip": ["0", "2", "4", "bias"]}, "skip: leaves no group"),
     ],

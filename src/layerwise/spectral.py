@@ -9,13 +9,13 @@ least learning rate and the highest the most, linearly:
 * **the spectrum**: the eigenvalues of ``W^T W`` for a 2-D weight (``svdvals(W) ** 2``); a
   convolution weight ``[out, in, kh, kw]`` is, as in the authors' code, ``kh * kw`` matrices
   ``[out, in]`` (one per kernel position) whose eigenvalues are pooled into one spectrum;
-* **alpha**: the Hill estimator with the authors' ``xmin_mid`` rule, ``x_min`` the median
-  eigenvalue: over the top ``k = N - N // 2`` of the ``N`` sorted eigenvalues,
+* **alpha**: the Hill estimator with the authors' default fit (``pl_fitting="median"``, ``xmin_pos=2``),
+  ``x_min`` the median eigenvalue: over the top ``k = N - N // 2`` of the ``N`` sorted eigenvalues,
   ``alpha = 1 + k / sum(log(lambda_i / lambda_min))`` (:func:`hill_alpha`); a group holding several
   matrices gets the mean of their alphas;
 * **the multipliers**: ``alpha`` mapped linearly from ``[min, max]`` over the groups onto
-  ``[s_min, s_max]`` (the authors' ``tb_linear_map``, ``lr_min_ratio`` 0.5 and ``lr_slope`` 1: 0.5
-  to 1.5), recomputed every ``every`` optimizer steps.
+  ``[s_min, s_max]`` (the authors' ``tb_linear_map``, ``lr_min_ratio=0.5``, ``lr_max_ratio=1.5``),
+  recomputed every ``every`` optimizer steps.
 
 The multipliers act inside ``optimizer.step``: a step pre-hook multiplies each group's ``lr`` by its
 multiplier and a post-hook writes the ``lr`` back, so whatever sets ``lr`` between steps (a
@@ -30,7 +30,7 @@ Examples:
     >>> part = layerwise.by_layer(model, sample_input=torch.zeros(1, 8))
     >>> opt = torch.optim.SGD(part.param_groups(lr=0.1))
     >>> sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
-    >>> tb = layerwise.TempBalance(opt, every=5)
+    >>> tb = layerwise.TempBalance(opt, every=5, min_eigs=4)   # 50 by default: these layers are tiny
     >>> model(torch.randn(4, 8)).sum().backward(); opt.step(); sched.step()
     >>> {name: round(a, 2) for name, a in tb.alpha.items()}
     {'0': 2.37, '2': 2.68, '4': 7.22}
@@ -49,13 +49,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._checks import positive_int, positive_number
+from ._checks import boolean, positive_int, positive_number
 from ._shards import refuse_flat_parameters
 from .param_groups import group_names, set_lr
 from .state_check import check_state, stamp
 from .wrapping import unwrap_optimizer
 
-__all__ = ["TempBalance", "default_skip", "hill_alpha", "linear_map", "matrix_groups", "spectrum"]
+__all__ = ["TempBalance", "hill_alpha", "linear_map", "matrix_groups", "spectrum"]
 
 
 @torch.no_grad()
@@ -133,20 +133,6 @@ def matrix_groups(param_groups: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(n for n, g in zip(names, param_groups) if any(p.ndim >= 2 for p in g["params"])))
 
 
-def default_skip(param_groups: Sequence[dict[str, Any]], ends: bool = True) -> list[str]:
-    """The groups to leave at multiplier 1: those without a weight matrix and, with ``ends``, the first and the
-    last group holding one (the authors' ``remove_first_layer`` and ``remove_last_layer``), when more remain.
-
-    Examples:
-        >>> groups = [{"name": n, "params": [torch.zeros(2, 2)]} for n in ("stem", "a", "b", "head")]
-        >>> default_skip([*groups, {"name": "norm", "params": [torch.zeros(2)]}])
-        ['stem', 'head', 'norm']
-    """
-    held = matrix_groups(param_groups)
-    ruled = held[1:-1] if ends and len(held) > 2 else held
-    return [name for name in dict.fromkeys(group_names(param_groups)) if name not in ruled]
-
-
 class TempBalance:
     """Multiplies each group's LR at every optimizer step by a factor from its weights' spectral alpha.
 
@@ -159,7 +145,11 @@ class TempBalance:
         max_dim: the longest side of a matrix whose spectrum is computed whole; a longer side is sampled
             (:func:`spectrum`). None: no cap.
         skip: names of groups the rule leaves at multiplier 1 (the authors leave the first and the last
-            layer out); a group holding no weight of two or more dimensions must be named here.
+            layer out).
+        follow: a group holding no weight of two or more dimensions (a norm layer's) takes the multiplier of
+            the nearest group before it that holds one (the authors' BatchNorm rule), 1 if none; without
+            ``follow`` such a group must be named in ``skip``.
+        min_eigs: a matrix with fewer nonzero eigenvalues gives no estimate (the authors' ``eigs_thresh``).
         seed: seeds the samples of sides longer than ``max_dim`` (with the step count, so a resumed run
             draws what the uninterrupted one would).
 
@@ -178,6 +168,8 @@ class TempBalance:
         s_max: float = 1.5,
         max_dim: int | None = 4096,
         skip: Sequence[str] = (),
+        follow: bool = False,
+        min_eigs: int = 50,
         seed: int = 0,
     ) -> None:
         optimizer = unwrap_optimizer(optimizer)
@@ -187,6 +179,8 @@ class TempBalance:
             raise ValueError(f"s_max: must be a number >= s_min ({s_min:g}), got {s_max:g}")
         if max_dim is not None:
             positive_int("max_dim", max_dim, minimum=2)
+        boolean("follow", follow)
+        positive_int("min_eigs", min_eigs)
         positive_int("seed", seed, minimum=0)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         refuse_flat_parameters(params, "optimizer")
@@ -200,17 +194,19 @@ class TempBalance:
             raise ValueError(f"skip: names groups {unknown} the optimizer does not have; it has {names}")
         held = matrix_groups(optimizer.param_groups)
         flat = [n for n in names if n not in skip and n not in held]
-        if flat:
+        if flat and not follow:
             raise ValueError(
                 f"skip: must name every group without a weight of two or more dimensions (the spectral rule "
-                f"needs a matrix or a convolution kernel): add {flat}"
+                f"needs a matrix or a convolution kernel): add {flat}, or follow=True to give each the multiplier "
+                f"of the group before it"
             )
-        if len(skip) == len(names):
+        if all(n in skip for n in held):
             raise ValueError(f"skip: leaves no group for the spectral rule; the groups are {names}")
         # validated: from here on the optimizer is touched
         self.optimizer = optimizer
         self.every, self.s_min, self.s_max, self.max_dim, self.seed = every, s_min, s_max, max_dim, seed
-        self.skip = tuple(skip)
+        self.skip, self.follow, self.min_eigs = tuple(skip), follow, min_eigs
+        self._held = held
         self._names = names
         self.step_count = 0
         self._alpha: list[float | None] = [None] * len(names)
@@ -253,12 +249,20 @@ class TempBalance:
         generator = torch.Generator().manual_seed(hash((self.seed, self.step_count)) % 2**63)
         alphas: list[float | None] = []
         for name in self._names:
-            found = [] if name in self.skip else self._group_alphas(name, generator)
+            found = self._group_alphas(name, generator) if name in self._held and name not in self.skip else []
             alphas.append(float(np.mean(found)) if found else None)
-        self._alpha, self._mult = alphas, linear_map(alphas, self.s_min, self.s_max)
+        mult = dict(zip(self._names, linear_map(alphas, self.s_min, self.s_max)))
+        last = 1.0
+        for name in self._names:  # a group without a matrix: its predecessor's multiplier (or 1, skipped)
+            if name in self._held:
+                last = mult[name]
+            elif self.follow:
+                mult[name] = last
+        self._alpha, self._mult = alphas, [mult[n] for n in self._names]
 
     def _group_alphas(self, name: str, generator: torch.Generator) -> list[float]:
-        values = [hill_alpha(spectrum(p, self.max_dim, generator)) for p in self._matrices_of(self.optimizer, name)]
+        spectra = [spectrum(p, self.max_dim, generator) for p in self._matrices_of(self.optimizer, name)]
+        values = [hill_alpha(eigs) for eigs in spectra if len(eigs) >= self.min_eigs]
         return [a for a in values if math.isfinite(a)]
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
@@ -289,6 +293,8 @@ class TempBalance:
             "s_max": self.s_max,
             "max_dim": self.max_dim,
             "skip": list(self.skip),
+            "follow": self.follow,
+            "min_eigs": self.min_eigs,
             "seed": self.seed,
         }
         return stamp(self.technique, self._names, settings)

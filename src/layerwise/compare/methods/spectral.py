@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..._checks import boolean, positive_int, positive_number
-from ...spectral import TempBalance, default_skip
+from ...spectral import TempBalance, matrix_groups
 from .kit import (
     Build,
     Method,
@@ -33,6 +33,11 @@ def _every(build: Build, settings: Mapping[str, Any]) -> int:
     return max(1, build.total_steps // settings["updates"])
 
 
+def _ends(held: list[str], skip_ends: bool) -> list[str]:
+    """The first and the last group holding a matrix, with ``skip_ends`` and more than two of them."""
+    return [held[0], held[-1]] if skip_ends and len(held) > 2 else []
+
+
 def _tempbalance(context: Build, settings: dict[str, Any]) -> Setup:
     optimizer = context.optimizer()
     balance = TempBalance(
@@ -40,7 +45,8 @@ def _tempbalance(context: Build, settings: dict[str, Any]) -> Setup:
         every=_every(context, settings),
         s_min=settings["s_min"],
         s_max=settings["s_max"],
-        skip=default_skip(optimizer.param_groups, ends=settings["skip_ends"]),
+        skip=_ends(matrix_groups(optimizer.param_groups), settings["skip_ends"]),
+        follow=True,
     )
     return Setup(
         optimizer,
@@ -52,9 +58,10 @@ def _tempbalance(context: Build, settings: dict[str, Any]) -> Setup:
 def _tempbalance_snippet(build: Build, settings: Mapping[str, Any]) -> str:
     return (
         f"{optimizer_line(build)}\n"
-        f"skip = layerwise.spectral.default_skip(opt.param_groups, ends={settings['skip_ends']!r})\n"
+        "held = layerwise.spectral.matrix_groups(opt.param_groups)   # the groups with a weight matrix\n"
+        f"skip = {'[held[0], held[-1]] if len(held) > 2 else []' if settings['skip_ends'] else '[]'}\n"
         f"tb = layerwise.TempBalance(opt, every={_every(build, settings)}, "
-        f"{kwargs_expr(settings, ['s_min', 's_max'])}, skip=skip)   # acts inside opt.step()\n"
+        f"{kwargs_expr(settings, ['s_min', 's_max'])}, skip=skip, follow=True)   # acts inside opt.step()\n"
         f"sched = layerwise.LayerwiseLR(opt, total_steps={build.total_steps}, policy={policy_expr(build.policy)})\n"
         f"{loop('sched', build.total_steps)}"
     )
@@ -78,7 +85,7 @@ _TEMPBALANCE = Method(
     "TempBalance (Zhou et al. 2023): each group's LR x a multiplier from the power-law exponent alpha of its "
     "weight spectra (Hill estimator, x_min the median eigenvalue), alpha mapped linearly onto [`s_min`, `s_max`] "
     "(lowest alpha, the best-trained, least), recomputed `updates` times per run; `skip_ends` leaves the first "
-    "and last matrix groups at 1, as the authors; times the policy",
+    "and last matrix groups at 1 and a norm group follows the matrix group before it, as the authors; times the policy",
     _tempbalance,
     {"updates": 20, "s_min": 0.5, "s_max": 1.5, "skip_ends": True},
     snippet=_tempbalance_snippet,
