@@ -308,17 +308,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_task(spec: str) -> Any:
-    """``--task`` resolved as compare resolves it; a name that is neither a registered task nor
-    ``PATH.py:FACTORY`` is one error naming both forms."""
-    from .tasks import TASKS, resolve_task
-    from .tasks.from_file import is_task_file
-    from .tasks.hf_checkpoint import is_hf_task
+    """``--task`` resolved as compare resolves it (an unknown name: one error naming both forms)."""
+    from .tasks import resolve_task
 
-    if not (spec in TASKS or is_task_file(spec) or is_hf_task(spec)):
-        raise ValueError(
-            f"--task: unknown {spec!r}; expected a registered task ({', '.join(sorted(TASKS))}) or PATH.py:FACTORY"
-        )
-    return resolve_task(spec)
+    try:
+        return resolve_task(spec)
+    except ValueError as err:
+        raise ValueError(f"--{err}" if str(err).startswith("task: ") else str(err)) from None
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:

@@ -80,7 +80,13 @@ def resolve_task(task: str | Task) -> Task:
             f"task: {task} needs a data file; build it with layerwise.tasks.hf_task(HFSpec(DIR, FILE, CACHE_DIR)) "
             "or run `layerwise compare --task hf:DIR --data FILE`"
         )
-    return load_task_file(task) if is_task_file(task) else get_task(task)
+    if is_task_file(task):
+        return load_task_file(task)
+    if task not in TASKS:
+        raise ValueError(
+            f"task: unknown {task!r}; choose from {sorted(TASKS)}, or PATH.py:FACTORY (a function returning a Task)"
+        )
+    return get_task(task)
 
 
 register_defaults()
