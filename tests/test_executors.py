@@ -218,3 +218,16 @@ def test_pairs_timed_on_different_hardware_are_left_out_of_the_speed_verdict():
     outcomes["fast"]["records"] = everywhere
     row = summarize(outcomes, metric="accuracy", budget="steps", target=0.75)["rows"][1]
     assert row["verdict"].endswith("; speed not judged: timed on different hardware")
+
+
+def test_slurm_resources_are_checked_against_its_largest_node(tmp_path, monkeypatch):
+    for name, text in (("sbatch", ""), ("sinfo", "echo '32+ (null)'; echo '64 gpu:a100:4(S:0-1),tmpdisk:100'")):
+        script = tmp_path / name
+        script.write_text(f"#!/bin/sh\n{text}\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/bin:/usr/bin")
+    SlurmExecutor(cpus_per_run=64, gpus_per_run=4).check()
+    with pytest.raises(ValueError, match="--cpus-per-run: 65 per run, but a node of the Slurm cluster has at most 64"):
+        SlurmExecutor(cpus_per_run=65).check()
+    with pytest.raises(ValueError, match="--gpus-per-run: 5 per run, but a node of the Slurm cluster has at most 4"):
+        SlurmExecutor(gpus_per_run=5).check()
