@@ -15,7 +15,7 @@ import torch
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.executors import IN_FLIGHT, RayExecutor, SlurmExecutor
-from layerwise.compare.methods import METHODS
+from layerwise.compare.methods import METHODS, resolve_settings
 from layerwise.compare.report import summarize
 from layerwise.compare.store import RunStore
 
@@ -94,10 +94,14 @@ def test_a_time_budget_trains_the_baselines_first_and_gives_their_times_to_the_o
     assert [r["budget"]["seconds"] for r in other] == [r["wall_clock_s"] for r in base]
 
 
-def test_the_cli_sends_the_runs_to_ray(local_ray, tmp_path, capsys):
+def test_the_cli_sends_the_runs_to_ray_and_says_which_runs_an_earlier_driver_left(local_ray, tmp_path, capsys):
+    key = RunStore.key("baseline", resolve_settings("baseline"), 0)
+    (tmp_path / IN_FLIGHT).write_text(json.dumps({key: {"executor": "ray", "name": "baseline seed 0", "attempt": 0}}))
     argv = ["compare", "--task", TASK, "--methods", "baseline", "--budget", "steps", "--out", str(tmp_path)]
     assert cli.main([*argv, "--executor", "ray", "--cpus-per-run", "1", "--no-progress", "--eval-points", "1"]) == 0
-    assert "| baseline | 1 |" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "| baseline | 1 |" in out
+    assert "1 run(s) were in flight when the last driver" in err and "(baseline seed 0 on ray); submitted again" in err
     assert json.loads((tmp_path / "runs" / "baseline-seed0.json").read_text())["node"]["cpu"]
 
 

@@ -548,7 +548,7 @@ def run_jobs(
             taken.append(job.name)
             continue
         if entry is not None:
-            again.append(job.name)
+            again.append(f"{job.name} on {entry.get('executor')}")
         _submit(executor, job, out, journal, handles)
     if taken:
         left = f"{len(taken)} run(s) an earlier driver left in flight ({', '.join(taken)})"
@@ -556,7 +556,8 @@ def run_jobs(
     if again:
         say(
             f"--executor {executor.name}: {len(again)} run(s) were in flight when the last driver of {out} stopped "
-            f"({', '.join(again)}); they ended with it, so they are submitted again"
+            f"({', '.join(again)}); submitted again: Ray ended its tasks with it, and a job of another executor "
+            "is not taken up"
         )
     while handles:
         for handle, outcome in executor.wait(list(handles)):
