@@ -83,8 +83,8 @@ def test_every_bad_method_setting_is_refused_before_anything_runs(method, key, b
 @pytest.mark.parametrize("regime_flag", [[], ["--task", "fashion-mnist"]], ids=["main-job", "one-task"])
 def test_a_bad_setting_fails_before_the_main_job_trains_either_regime(regime_flag, capsys, tmp_path):
     out = tmp_path / "out"
-    argv = ["compare", *regime_flag, "--quick", "--no-progress", "--out", str(out), "--set", "hidlr.clip=-1"]
-    _assert_refused(argv, "--set hidlr.clip", capsys, out)
+    argv = ["compare", *regime_flag, "--quick", "--no-progress", "--out", str(out), "--set", "freezeout.t0=-1"]
+    _assert_refused(argv, "--set freezeout.t0", capsys, out)
 
 
 def test_out_paths_that_cannot_hold_a_comparison_are_refused(capsys, tmp_path):
