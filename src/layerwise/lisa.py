@@ -103,7 +103,7 @@ class LISA:
         self.step_count = 0
         self.active: tuple[str, ...] = ()
         self._switch(self._draw())
-        self._handle = self.optimizer.register_step_post_hook(self._after_step)
+        self.optimizer.register_step_post_hook(self._after_step)
 
     @property
     def frozen(self) -> tuple[str, ...]:
