@@ -1,5 +1,8 @@
 """The techniques on accelerate's AcceleratedOptimizer (what ``accelerator.prepare`` returns), on CPU."""
 
+import warnings
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +83,32 @@ def test_a_layer_monitor_on_an_accelerated_optimizer_records_through_it():
     monitor = layerwise.LayerMonitor(opt, every=1)
     _train(accelerator, model, opt, 2, LayerwiseLR(opt, total_steps=2))
     assert all(len(values) == 2 for per_group in monitor.history.values() for values in per_group.values())
+
+
+def test_a_prepared_scheduler_stepped_per_process_is_reported_once(monkeypatch):
+    # accelerate's AcceleratedScheduler steps the scheduler num_processes times per optimizer step: on 2
+    # processes a LayerwiseLR built for the optimizer's steps would end half-way through the run
+    accelerator, model, opt = _prepared()
+    sched = accelerator.prepare(LayerwiseLR(opt, 100, policy=layerwise.Cosine()))
+    monkeypatch.setattr(accelerate.scheduler, "AcceleratorState", lambda: SimpleNamespace(num_processes=2))
+    with pytest.warns(UserWarning, match=r"step\(\) ran 16 times over 8 optimizer steps \(2\.0 per") as caught:
+        _train(accelerator, model, opt, 12, sched)
+    assert len(caught) == 1 and caught[0].filename.endswith("accelerate/scheduler.py")  # the caller, not layerwise
+    assert sched.scheduler.last_epoch == 24
+
+
+@pytest.mark.parametrize("per_epoch", [False, True])
+def test_a_scheduler_stepped_once_per_optimizer_step_or_per_epoch_is_not_reported(per_epoch):
+    accelerator, model, opt = _prepared()
+    sched = LayerwiseLR(opt, 40, policy=layerwise.Cosine())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(40):
+            loss = nn.functional.cross_entropy(model(X), Y)
+            opt.zero_grad()
+            accelerator.backward(loss)
+            opt.step()
+            if not per_epoch or step % 10 == 9:
+                sched.step()
+        for _ in range(30):  # the schedule stepped on its own (a plot), no optimizer step: not a pace
+            LayerwiseLR(opt, 40, policy=layerwise.Cosine()).step()

@@ -136,7 +136,32 @@ class LayerwiseLR(LRScheduler):
         self.owner = "LayerwiseLR"
         """The technique named in the foreign-write warning."""
         self._foreign_warned = False
+        self._pace = [0, 0, False]
+        """Since construction: optimizer steps, ``step()`` calls after the first of them, and whether the
+        pace was reported (:meth:`_check_pace`); not saved."""
+        self._pace_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
         super().__init__(optimizer, last_epoch)
+
+    def _count_optimizer_step(self, *_: Any) -> None:
+        self._pace[0] += 1
+
+    def _check_pace(self) -> None:
+        """Warn once when ``step()`` runs two or more times per optimizer step (over at least 8 of them):
+        the schedule then ends that many times early. accelerate's prepared scheduler does this under N
+        processes (it steps N times per optimizer step); a skipped step of a GradScaler does it now and then."""
+        optimizer_steps, calls, warned = self._pace
+        if warned or optimizer_steps == 0:
+            return
+        self._pace[1] = calls = calls + 1
+        if optimizer_steps >= 8 and calls >= 2 * optimizer_steps:
+            self._pace[2] = True
+            warn(
+                f"{self.owner}: step() ran {calls} times over {optimizer_steps} optimizer steps "
+                f"({calls / optimizer_steps:.1f} per optimizer step), so the schedule ends that many times early: "
+                "total_steps counts step() calls. A scheduler prepared by accelerate on N processes steps N times "
+                "per optimizer step: give total_steps = optimizer steps x N (accelerate's rule for every "
+                "scheduler), or step it once per optimizer step yourself. Reported once."
+            )
 
     def _sync_groups(self) -> None:
         """Adopt param groups added to the optimizer after construction."""
@@ -192,6 +217,8 @@ class LayerwiseLR(LRScheduler):
         check_current((p for g in self.optimizer.param_groups for p in g["params"]), "optimizer")
         if epoch is None and self._step_count >= 1 and not self._foreign_warned:
             self._warn_foreign()  # not at the initial step, nor at an explicit jump (a hand-over)
+        if epoch is None:
+            self._check_pace()
         if epoch is not None or self._step_count == 1:
             super().step(epoch)
             return
@@ -228,7 +255,7 @@ class LayerwiseLR(LRScheduler):
         return [0 if base * scale == 0 else firsts[d] for base, scale, d in zip(self.base_lrs, scales, self._depths)]
 
     def state_dict(self) -> dict[str, Any]:
-        skip = ("optimizer", "schedule", "_cache", "_cache_key", "owner", "fix", "_foreign_warned")
+        skip = ("optimizer", "schedule", "_cache", "_cache_key", "owner", "fix", "_foreign_warned", "_pace", "_pace_hook")
         own = {k: v for k, v in self.__dict__.items() if k not in skip}
         return {**self._identity(), **own}
 
