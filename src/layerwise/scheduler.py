@@ -255,7 +255,17 @@ class LayerwiseLR(LRScheduler):
         return [0 if base * scale == 0 else firsts[d] for base, scale, d in zip(self.base_lrs, scales, self._depths)]
 
     def state_dict(self) -> dict[str, Any]:
-        skip = ("optimizer", "schedule", "_cache", "_cache_key", "owner", "fix", "_foreign_warned", "_pace", "_pace_hook")
+        skip = (
+            "optimizer",
+            "schedule",
+            "_cache",
+            "_cache_key",
+            "owner",
+            "fix",
+            "_foreign_warned",
+            "_pace",
+            "_pace_hook",
+        )
         own = {k: v for k, v in self.__dict__.items() if k not in skip}
         return {**self._identity(), **own}
 
