@@ -34,18 +34,18 @@ def _loss(outputs, labels, num_items_in_batch=None):
 
 
 def _args(tmp_path, **overrides):
-    return transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=STEPS,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        remove_unused_columns=False,
-        use_cpu=True,
-        disable_tqdm=True,
-        **overrides,
-    )
+    settings = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "max_steps": STEPS,
+        "logging_steps": 1,
+        "report_to": [],
+        "save_strategy": "no",
+        "remove_unused_columns": False,
+        "use_cpu": True,
+        "disable_tqdm": True,
+    }
+    return transformers.TrainingArguments(**{**settings, **overrides})
 
 
 def _trainer(tmp_path, model, optimizers=(None, None), trainer=LayerwiseTrainer, args=None, **kwargs):
@@ -291,3 +291,19 @@ def test_a_plain_trainer_with_hidlr_says_which_trainer_gives_its_closure(tmp_pat
         TypeError, match=r"needs a closure .* use layerwise\.integrations\.huggingface\.LayerwiseTrainer"
     ):
         trainer.train()
+
+
+def test_a_technique_of_several_parts_resumes_from_a_trainer_checkpoint(tmp_path, minilm):
+    # gradual unfreezing is a Chain (the unfreezing rule, then the policy): its state is both parts', so
+    # a run resumed from step 2's checkpoint ends as the uninterrupted one (it was refused as stateless)
+    settings = {"technique": "gradual-unfreezing", "technique_settings": {"until": 0.5}}
+    args = {"save_strategy": "steps", "save_steps": 2, "seed": 0}
+    straight_model, _ = _fresh(minilm)
+    straight = _trainer(tmp_path / "a", straight_model, args=_args(tmp_path / "a", **args), **settings)
+    straight.train()
+    resumed_model, _ = _fresh(minilm)
+    resumed = _trainer(tmp_path / "b", resumed_model, args=_args(tmp_path / "b", **args), **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    for (name, mine), theirs in zip(resumed_model.named_parameters(), straight_model.parameters()):
+        assert torch.equal(mine, theirs), name
+    assert _lr_logs(resumed)[-1] == pytest.approx(_lr_logs(straight)[-1])

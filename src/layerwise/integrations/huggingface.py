@@ -45,6 +45,7 @@ from transformers import Trainer, TrainerCallback
 
 from .._warn import warn
 from ..compare.methods import Setup
+from ..compare.methods.kit import keeps_state
 from ..compare.setup import SETUP_KEYWORDS, method_settings, optimizer_choice, setup
 from ..hidlr import HiDLR
 from ..param_groups import lr_log
@@ -105,13 +106,12 @@ class _SetupSchedule:
         return [float(group["lr"]) for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        saves = callable(getattr(self.stepped, "state_dict", None))
-        return {"technique": self.stepped.state_dict()} if saves else {}
+        return {"technique": self.stepped.state_dict()} if keeps_state(self.stepped) else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.stepped is None:
             return
-        if "technique" not in state_dict or not callable(getattr(self.stepped, "load_state_dict", None)):
+        if "technique" not in state_dict or not keeps_state(self.stepped):
             raise ValueError(
                 f"resume_from_checkpoint: the technique's {type(self.stepped).__name__} keeps no state to resume "
                 "from; train it again from the start"

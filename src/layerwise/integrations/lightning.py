@@ -103,15 +103,14 @@ class _Saved:
 
     def __init__(self, name: str, stepped: Any) -> None:
         self.name, self.stepped = name, stepped
-        self.parts = stepped.parts if isinstance(stepped, Chain) else (stepped,)
+        self.chain = stepped if isinstance(stepped, Chain) else Chain(stepped)
 
     def step(self) -> None:
         self.stepped.step()
 
     def unsaved(self) -> str | None:
         """The first part that keeps no state (a checkpoint could not resume it), else None."""
-        missing = [type(p).__name__ for p in self.parts if not callable(getattr(p, "state_dict", None))]
-        return missing[0] if missing else None
+        return self.chain.unsaved()
 
     def refusal(self) -> str:
         return (
@@ -122,14 +121,13 @@ class _Saved:
     def state_dict(self) -> dict[str, Any]:
         if self.unsaved() is not None:
             raise ValueError(self.refusal())
-        return {"parts": [part.state_dict() for part in self.parts]}
+        return self.chain.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        parts = state_dict.get("parts") if isinstance(state_dict, dict) else None
-        if not isinstance(parts, list) or len(parts) != len(self.parts):
-            raise ValueError(f"technique={self.name!r}: the checkpoint holds another technique's state")
-        for part, state in zip(self.parts, parts):
-            part.load_state_dict(state)
+        try:
+            self.chain.load_state_dict(state_dict)
+        except ValueError as err:
+            raise ValueError(f"technique={self.name!r}: {err}") from None
 
 
 class LayerwiseCallback(Callback):

@@ -53,6 +53,7 @@ __all__ = [
     "checked",
     "choice",
     "default_methods",
+    "keeps_state",
     "kwargs_expr",
     "loop",
     "method_snippet",
@@ -315,7 +316,7 @@ def needs_head(task: Task, partition: Partition) -> str | None:
 
 
 class Chain:
-    """Steps several objects in order (a freezing rule and a scheduler)."""
+    """Steps several objects in order (a freezing rule and a scheduler); its state is every part's, in order."""
 
     def __init__(self, *parts: Stepped) -> None:
         self.parts = parts
@@ -323,6 +324,30 @@ class Chain:
     def step(self) -> None:
         for part in self.parts:
             part.step()
+
+    def unsaved(self) -> str | None:
+        """The class of the first part that keeps no state (a checkpoint could not resume it), else None."""
+        return next((type(p).__name__ for p in self.parts if not callable(getattr(p, "state_dict", None))), None)
+
+    def state_dict(self) -> dict[str, Any]:
+        missing = self.unsaved()
+        if missing is not None:
+            raise ValueError(f"its {missing} keeps no state, so a checkpoint could not resume it")
+        return {"parts": [part.state_dict() for part in self.parts]}  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        parts = state_dict.get("parts") if isinstance(state_dict, dict) else None
+        if not isinstance(parts, list) or len(parts) != len(self.parts):
+            raise ValueError("the checkpoint holds another technique's state")
+        for part, state in zip(self.parts, parts):
+            part.load_state_dict(state)  # type: ignore[attr-defined]
+
+
+def keeps_state(stepped: Any) -> bool:
+    """Whether a Setup's stepped part can be checkpointed (a :class:`Chain`: every part of it)."""
+    if isinstance(stepped, Chain):
+        return stepped.unsaved() is None
+    return callable(getattr(stepped, "state_dict", None))
 
 
 def policy_only(context: Build, optimizer: Optimizer) -> LayerwiseLR:
