@@ -186,6 +186,49 @@ def test_a_probability_under_binary_cross_entropy_is_read_at_one_half():
     assert hits.tolist() == [1.0, 0.0, 0.0]
 
 
+class OneProbability(OneLogit):
+    """OneLogit ending in a sigmoid: its output is a probability."""
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x)).squeeze(1) if self.squeeze else nn.Sigmoid()(self.body(x))
+
+
+def _bce_of_probabilities(model, batch):
+    x, y = batch
+    return nn.functional.binary_cross_entropy(model(x).reshape(-1), y)
+
+
+@pytest.mark.parametrize("squeeze", [False, True], ids=["B1", "B"])
+def test_a_sigmoid_output_under_a_batch_loss_is_refused_before_the_first_step_unless_its_loss_says_so(squeeze):
+    # a batch_loss hook training on probabilities: read as logits, every example would count as class 1
+    hooked = blobs_task(
+        f"sigmoid-{squeeze}",
+        make_model=lambda: OneProbability(squeeze),
+        load_data=_binary,
+        batch_loss=_bce_of_probabilities,
+        optimizer=CountingSGD,
+    )
+    CountingSGD.steps = 0
+    with pytest.raises(ValueError, match=r"comes from a sigmoid \(a probability\), but accuracy reads it as a logit"):
+        run_one(hooked, "baseline", seed=0, steps=2, eval_points=1)
+    assert CountingSGD.steps == 0
+    declared = blobs_task(
+        f"declared-{squeeze}",
+        make_model=lambda: OneProbability(squeeze),
+        load_data=_binary,
+        loss=lambda outputs, targets: nn.functional.binary_cross_entropy(outputs.reshape(-1), targets),
+    )
+    with pytest.raises(ValueError, match="comes from a sigmoid"):  # a loss of its own does not say "probability"
+        run_one(declared, "baseline", seed=0, steps=2, eval_points=1)
+    said = blobs_task(
+        f"said-{squeeze}",
+        make_model=lambda: OneProbability(True),
+        load_data=_binary,
+        loss=nn.functional.binary_cross_entropy,
+    )
+    assert 0.0 <= run_one(said, "baseline", seed=0, steps=2, eval_points=1)["test_metric"] <= 1.0
+
+
 def test_a_single_logit_with_class_index_targets_is_refused_before_the_first_step():
     three = blobs_task("one-of-three", make_model=lambda: OneLogit(True), loss=_bce_of_labels, optimizer=CountingSGD)
     CountingSGD.steps = 0

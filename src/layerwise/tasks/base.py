@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .._checks import one_of
 from .._registry import Registry
@@ -410,14 +411,30 @@ class Task:
             return
         modes = {module: module.training for module in model.modules()}
         devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        origins = _Origins()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with torch.no_grad(), torch.random.fork_rng(devices=devices), origins:
                 model.eval()
                 outputs, targets = self.outputs_on(model, batch)
         finally:
             for module, training in modes.items():
                 module.training = training
         check_outputs(self, batch, outputs, targets, values=True)
+        logits = logits_of(outputs)
+        if self._reads_logits(logits) and origins.of(logits) == "sigmoid":
+            raise ValueError(
+                f"{_source(self)}: task {self.name!r}'s one output per example comes from a sigmoid (a probability), "
+                "but accuracy reads it as a logit (class 1 where > 0: every example would be class 1); set "
+                "Task(loss=torch.nn.functional.binary_cross_entropy) to read probabilities (class 1 where > 0.5), or "
+                "return the logits and train with binary_cross_entropy_with_logits"
+            )
+
+    def _reads_logits(self, logits: Any) -> bool:
+        """Whether the default accuracy reads ``logits`` as one logit per example (class 1 where > 0)."""
+        binary = isinstance(logits, torch.Tensor) and (
+            logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1)
+        )
+        return binary and self.metric == "accuracy" and self.score is None and _binary_threshold(self) == 0.0
 
     def loss_on(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The training loss of ``model`` on ``batch``: the ``batch_loss`` hook (checked to give a scalar
@@ -447,7 +464,14 @@ class Task:
     def _check_first(self, model: nn.Module, batch: Any, trained: tuple[Any, Any] | None) -> None:
         """Check ``model``'s first batch, once: ``trained``, the training forward's outputs and targets,
         when they hold what evaluation reads (a tensor of logits); else by :meth:`check_batch`."""
-        if trained is not None and (self.metric != "accuracy" or isinstance(logits_of(trained[0]), torch.Tensor)):
+        logits = None if trained is None else logits_of(trained[0])
+        if (
+            trained is not None
+            and (self.metric != "accuracy" or isinstance(logits, torch.Tensor))
+            and not (
+                self._reads_logits(logits)  # one output per example: traced, in case a sigmoid gave it
+            )
+        ):
             check_outputs(self, batch, *trained, values=True)
         else:
             self.check_batch(model, batch)
@@ -647,6 +671,30 @@ def check_outputs(
             f"{source}: task {task.name!r} gave {_shapes(logits, targets, examples)}; its "
             f"score(outputs, targets) reads one row per example: {source} must give {examples} rows"
         )
+
+
+class _Origins(TorchFunctionMode):
+    """Records, over one forward, the torch op each tensor came from (through reshapes: ``squeeze``, ``view``...)."""
+
+    _RESHAPES = frozenset({"squeeze", "unsqueeze", "view", "reshape", "flatten", "contiguous", "to", "float", "clone"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: dict[int, tuple[torch.Tensor, str]] = {}
+
+    def of(self, tensor: Any) -> str | None:
+        """The op that made ``tensor`` in the traced forward (None: not made there)."""
+        made = self.made.get(id(tensor))
+        return made[1] if made is not None and made[0] is tensor else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, torch.Tensor):
+            name = getattr(func, "__name__", "").rstrip("_")
+            source = args[0] if args else None
+            kept = self.of(source) if name in self._RESHAPES else None
+            self.made[id(result)] = (result, kept or name)
+        return result
 
 
 def _binary_threshold(task: Task) -> float:
