@@ -27,14 +27,15 @@ def _power_law_matrix(rows: int, cols: int, alpha: float, seed: int) -> tuple[to
 
 
 def test_the_spectrum_of_a_power_law_matrix_gives_its_exponent():
-    w, lam = _power_law_matrix(1024, 512, alpha=3.0, seed=0)
+    w, lam = _power_law_matrix(512, 384, alpha=3.0, seed=0)
     eigs = spectrum(w)
     np.testing.assert_allclose(eigs.numpy(), np.sort(lam), rtol=1e-4)
     np.testing.assert_allclose(spectrum(w.T).numpy(), np.sort(lam), rtol=1e-4)  # a wide matrix: W W^T
-    # the Hill estimate over k = 256 tail eigenvalues has standard deviation (alpha - 1) / sqrt(k) = 0.125
-    assert hill_alpha(eigs) == pytest.approx(3.0, abs=0.4)
-    heavy, _ = _power_law_matrix(1024, 512, alpha=2.0, seed=1)
-    assert hill_alpha(spectrum(heavy)) == pytest.approx(2.0, abs=0.2)
+    # the Hill estimate over k = 192 tail eigenvalues has standard deviation (alpha - 1) / sqrt(k): 0.14 here,
+    # 0.07 for alpha 2; the tolerances are about 3 of them
+    assert hill_alpha(eigs) == pytest.approx(3.0, abs=0.45)
+    heavy, _ = _power_law_matrix(512, 384, alpha=2.0, seed=1)
+    assert hill_alpha(spectrum(heavy)) == pytest.approx(2.0, abs=0.22)
 
 
 def test_a_convolution_kernel_pools_the_spectra_of_its_kernel_positions():
