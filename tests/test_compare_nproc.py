@@ -87,7 +87,7 @@ def test_nproc_1_is_one_process_and_the_same_store(tmp_path, monkeypatch, single
 def test_nproc_budget_time_paces_every_rank_by_the_baselines_time(tmp_path):
     records = _records(_run(tmp_path, ["baseline", "freezeout"], nproc=2, budget="time"))
     budget = records["baseline"]["wall_clock_s"]
-    assert records["baseline"]["budget"]["reference"] and records["freezeout"]["budget"]["seconds"] == budget
+    assert records["baseline"]["budget"]["reference"] and "seconds" not in records["freezeout"]["budget"]  # once
     assert records["freezeout"]["budget_s"] == budget  # the ranks kept the slowest rank's pace and stopped together
     for record in records.values():
         assert record["nproc"] == 2

@@ -517,8 +517,14 @@ def _baseline_off_budget(base_records: list[dict[str, Any]]) -> str | None:
 
 def _budget_ratio(records: list[dict[str, Any]]) -> float | None:
     """Achieved training time over the budget, the mean over the runs (each run's own seed's budget)."""
-    ratios = [r["wall_clock_s"] / r["budget"]["seconds"] for r in records if r.get("budget", {}).get("seconds")]
+    ratios = [r["wall_clock_s"] / seconds for r in records if (seconds := budget_seconds(r))]
     return statistics.fmean(ratios) if ratios else None
+
+
+def budget_seconds(record: dict[str, Any]) -> float | None:
+    """A run's training budget in seconds: a paced run's ``budget_s``, the reference run's own time
+    (its ``budget`` note), or None (a step budget)."""
+    return record.get("budget_s") or record.get("budget", {}).get("seconds")
 
 
 def _fmt(value: float | None, spec: str) -> str:

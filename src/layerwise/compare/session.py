@@ -595,10 +595,7 @@ def _train_due(
                 except Exception:
                     store.fail(key, method, seed, traceback.format_exc())
                 else:
-                    note = {k: v for k, v in budget.items() if k != "steps"}
-                    if note.get("reference"):  # the baseline's own time is its seed's budget
-                        note["seconds"] = record["wall_clock_s"]
-                    record.update(label=label, timing=invocation, budget=note)
+                    record.update(label=label, timing=invocation, budget=_budget_note(budget, record))
                     _save(store, key, record, unsaved, f"{label} seed {seed}")
                     if done == 0 and comparison.progress and len(todo) > 1:
                         _say(_estimate_text(record, time.perf_counter() - started, len(todo) - 1, config))
@@ -641,19 +638,25 @@ def _train_on(
                 lengths = {k: budget[k] for k in ("steps", "seconds") if k in budget}
                 spec = RunSpec(method, settings, seed=seed, tensorboard=logs, **lengths, **shared)
                 jobs.append(Job.of(key, f"{label} seed {seed}", spec, ref, executor.cpus_per_run, own))
-                notes[key] = label, {k: v for k, v in budget.items() if k != "steps"}
+                notes[key] = label, budget
             for job, outcome in run_jobs(executor, jobs, comparison.out, _say):
                 if outcome.record is None:
                     store.fail(job.key, job.spec.method, job.spec.seed, outcome.error or "no record")
                 else:
-                    label, note = notes[job.key]
-                    if note.get("reference"):  # the baseline's own time is its seed's budget
-                        note = {**note, "seconds": outcome.record["wall_clock_s"]}
-                    outcome.record.update(label=label, timing=invocation, budget=note)
+                    label, budget = notes[job.key]
+                    outcome.record.update(label=label, timing=invocation, budget=_budget_note(budget, outcome.record))
                     _save(store, job.key, outcome.record, unsaved, job.name)
                 if bar is not None:
                     bar.update(1)
     return unsaved
+
+
+def _budget_note(budget: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished run's ``budget`` note: how its length was set, without the steps and seconds it was
+    given (a paced run's seconds are its record's ``budget_s``); the baseline's reference run gets its own
+    time, its seed's budget."""
+    note = {k: v for k, v in budget.items() if k not in ("steps", "seconds")}
+    return {**note, "seconds": record["wall_clock_s"]} if note.get("reference") else note
 
 
 def _shared(comparison: _Comparison) -> dict[str, Any]:
