@@ -27,7 +27,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -430,7 +430,7 @@ def compare_variants(
             plan = _next_round(outcomes, comparison, judging)
             if not plan:
                 break
-            comparison.seed_counts.update(plan)
+            comparison = replace(comparison, seed_counts={**comparison.seed_counts, **plan})
     report = _write_report(comparison, model, partition, outcomes, judging, title, note)
     return {**report, "outcomes": outcomes, "unsaved": sorted(unsaved)}
 
