@@ -235,3 +235,8 @@ def test_bad_input_is_refused_before_anything_changes(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TempBalance(opt, **kwargs)
     assert opt.param_groups == before and not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def test_an_optimizer_that_writes_its_own_lrs_is_refused():
+    with pytest.raises(ValueError, match="optimizer: a SecantLR writes every group's LR itself"):
+        TempBalance(layerwise.SecantLR(torch.optim.SGD(_groups(_net()))), every=2)

@@ -53,7 +53,7 @@ from ._checks import boolean, positive_int, positive_number
 from ._shards import refuse_flat_parameters
 from .param_groups import group_names, set_lr
 from .state_check import check_state, stamp
-from .wrapping import unwrap_optimizer
+from .wrapping import owns_lr, unwrap_optimizer
 
 __all__ = ["TempBalance", "hill_alpha", "linear_map", "matrix_groups", "spectrum"]
 
@@ -173,6 +173,11 @@ class TempBalance:
         seed: int = 0,
     ) -> None:
         optimizer = unwrap_optimizer(optimizer)
+        if owns_lr(optimizer):
+            raise ValueError(
+                f"optimizer: a {type(optimizer).__name__} writes every group's LR itself before its base step, over "
+                f"TempBalance's multipliers; give TempBalance a plain torch optimizer"
+            )
         positive_int("every", every)
         s_min, s_max = positive_number("s_min", s_min), positive_number("s_max", s_max)
         if s_min > s_max:
