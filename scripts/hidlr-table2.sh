@@ -15,7 +15,7 @@ TASK="--task $TASK_NAME --seeds 3 --no-progress $*"
 SPLIT_METHODS=baseline,hidlr
 if [ "${UNIFORM:-1}" = 1 ]; then
   for policy in constant linear cosine; do  # the uniform baselines, each at the best factor of the grid
-    $LW compare $TASK --methods baseline --policy $policy --lr-sweep 0.3,1,3 --out "$OUT/uniform-$policy"
+    $LW sweep $TASK --methods baseline --policy $policy --factors 0.3,1,3 --out "$OUT/uniform-$policy"
   done
 else
   SPLIT_METHODS=hidlr

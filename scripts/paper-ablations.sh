@@ -13,5 +13,5 @@ mkdir -p "$OUT"
 once "$OUT/freezeout-t0.json" $LW bench freezeout --json --set models=resnet-cnn --set configs=scaled \
   --set t0s=0.3,0.5,0.7,0.8,0.9 --out "$OUT/freezeout-t0"
 once "$OUT/multirate-ablations.md" $PY scripts/multirate-ablations.py "$OUT/multirate-ablations"
-once "$OUT/llr.md" $LW compare --study llr --seeds 3 --no-progress --out "$OUT/llr"
+once "$OUT/llr.md" $LW study llr --seeds 3 --no-progress --out "$OUT/llr"
 once "$OUT/hidlr-fits.json" $LW bench hidlr --json --set problems=toys,nam,lora --out "$OUT/hidlr-fits"

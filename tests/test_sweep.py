@@ -60,7 +60,7 @@ def test_tune_baseline_refuses_bad_factors_before_training(tmp_path):
 def test_the_cli_tunes_the_baseline_then_compares_every_method_at_its_lr(capsys, tmp_path):
     out = tmp_path / "o"
     flags = ["--task", "ellipse", "--methods", "baseline,freezeout", "--budget", "steps", "--eval-points", "1"]
-    assert cli.main(["compare", *flags, "--tune-baseline", "0.1,1", "--no-progress", "--out", str(out)]) == 0
+    assert cli.main(["tune", *flags, "--factors", "0.1,1", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "--tune-baseline: x" in printed and "The baseline's LR was tuned first" in printed
     kept = float(printed.split("--tune-baseline: x")[1].split()[0])
@@ -80,3 +80,30 @@ def test_the_cli_tunes_the_baseline_then_compares_every_method_at_its_lr(capsys,
 def test_the_cli_refuses_a_bad_tuning_before_anything_runs(capsys, tmp_path, flags, message):
     assert cli.main(["compare", *flags, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_sweep_tune_and_study_are_commands_and_compares_old_flags_say_so_and_still_run(monkeypatch, capsys, tmp_path):
+    from layerwise.compare import study, sweep
+
+    calls = []
+    sweep_result = {"table": "t", "paths": {"markdown": "m", "plot": "p"}, "results": {}}
+    monkeypatch.setattr(sweep, "lr_sweep", lambda task, methods, factors, **kw: calls.append(factors) or sweep_result)
+    monkeypatch.setattr(study, "run_study", lambda name, **kw: calls.append((name, kw["seeds"])) or {"text": "s"})
+    task = ["--task", "ellipse", "--out", str(tmp_path / "o")]
+    assert cli.main(["sweep", "--factors", "0.5,2", *task]) == 0
+    assert capsys.readouterr().err == "" and calls[-1] == [0.5, 2.0]
+    assert cli.main(["compare", "--lr-sweep", "0.5,2", *task]) == 0  # the old form: a line, then the same run
+    err = capsys.readouterr().err
+    assert "--lr-sweep is deprecated, use `layerwise sweep --factors" in err and calls[-1] == [0.5, 2.0]
+    assert cli.main(["study", "llr", "--seeds", "4"]) == 0 and calls[-1] == ("llr", 4)
+    assert cli.main(["compare", "--study", "llr"]) == 0 and calls[-1] == ("llr", 3)
+    assert "--study is deprecated, use `layerwise study NAME`" in capsys.readouterr().err
+    # each command takes its own flags: a sweep names its factors, and the main job's flags are not its
+    assert cli.main(["sweep", "--factors", "0.5,2", "--out", str(tmp_path / "p")]) == 2
+    assert "--factors: needs --task (a sweep runs one task)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--factors", "0.5,2", "--tasks", "ellipse,blobs"])
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "--task", "ellipse"])  # --factors is required
+    assert cli.main(["tune", "--factors", "1,1", "--task", "ellipse"]) == 2
+    assert "--factors: distinct finite factors" in capsys.readouterr().err

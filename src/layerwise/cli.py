@@ -319,11 +319,75 @@ def _train_task(spec: str) -> Any:
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="train a task with several techniques side by side at equal cost (the main job)")
+    _add_comparison_flags(p, "default: the main job, both regimes (from scratch and fine-tuning)")
+    p.add_argument("--study", help="deprecated: `layerwise study NAME` (runs until the next release)")
+    p.add_argument(
+        "--lr-sweep", type=_floats, metavar="F,F,...", help="deprecated: `layerwise sweep --factors F,F,...`"
+    )
+    p.add_argument(
+        "--tune-baseline", type=_floats, metavar="F,F,...", help="deprecated: `layerwise tune --factors F,F,...`"
+    )
+    p.add_argument(
+        "--tasks",
+        metavar="A,B,...",
+        help="one comparison per task (each its own baseline, budget and target), then AlgoPerf's summary over them",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list the tasks and methods (with --task: also its partition) and exit"
+    )
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train every method at the task's LR times each factor, the metric against it")
+    p.add_argument(
+        "--factors",
+        type=_floats,
+        required=True,
+        metavar="F,F,...",
+        help="LR factors (e.g. 0.01,0.1,1,10): every method trains at the task's LR times each",
+    )
+    _add_comparison_flags(p, "required: a sweep runs one task")
+    p.set_defaults(study=None, tune_baseline=None, tasks=None, list=False)
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="tune the baseline's LR first, then compare every method at the best one's LR")
+    p.add_argument(
+        "--factors",
+        type=_floats,
+        required=True,
+        metavar="F,F,...",
+        help="the baseline alone at the task's LR times each factor (e.g. 0.3,1,3), with this comparison's seeds "
+        "and budget; every method then at the best one's LR (the tuning runs and their cost in OUT/tune)",
+    )
+    _add_comparison_flags(p, "required: it tunes one comparison's baseline")
+    p.set_defaults(study=None, lr_sweep=None, tasks=None, list=False)
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="a built-in study: a fixed set of variants on fixed tasks, judged paired")
+    p.add_argument("name", choices=("llr",), help="llr: Smith's layer-LR experiment (docs: verdicts)")
+    p.add_argument("--seeds", type=_count(2), default=3, help="seeds per variant (default 3)")
+    p.add_argument("--epochs", type=_count(1), help="epochs per run (default 2)")
+    p.add_argument("--train-size", type=_count(1), help="train on the first N examples (default 10000)")
+    p.add_argument("--test-size", type=_count(0), help="evaluate on the first N test examples (0: all; default 2000)")
+    p.add_argument(
+        "--margin",
+        type=float,
+        metavar="M",
+        help="equivalent: within +-M accuracy points of the reference (default 0.5)",
+    )
+    p.add_argument("--quick", action="store_true", help="a slice of the data and a short budget")
+    p.add_argument("--out", type=Path, help="output directory (default runs/study-NAME)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_comparison_flags(p: argparse.ArgumentParser, task_default: str) -> None:
+    """The flags of one comparison (``compare``, ``sweep``, ``tune``); ``task_default`` ends ``--task``'s help."""
     p.add_argument(
         "--task",
-        help="a registered task (see --list), PATH.py:FACTORY (a function returning a layerwise.tasks.Task) or "
-        "hf:DIR (a Hugging Face sequence classifier saved in DIR, fine-tuned on --data); "
-        "default: the main job, both regimes (from scratch and fine-tuning)",
+        help="a registered task (see compare --list), PATH.py:FACTORY (a function returning a layerwise.tasks.Task) "
+        f"or hf:DIR (a Hugging Face sequence classifier saved in DIR, fine-tuned on --data); {task_default}",
     )
     p.add_argument("--data", type=Path, help="with --task hf:DIR: the labelled texts, a .csv, .jsonl or .parquet file")
     p.add_argument("--text-column", help="with --data: the column holding the texts (default text)")
@@ -335,22 +399,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-length", type=int, help="with --data: tokens per text, longer ones truncated (default 128)")
     p.add_argument("--methods", help="comma-separated methods (default: every one that fits the task's regime)")
-    p.add_argument("--study", help="a built-in study instead of --methods: llr (Smith's layer-LR experiment)")
-    p.add_argument(
-        "--lr-sweep",
-        type=_floats,
-        metavar="F,F,...",
-        help="train every method at the task's LR times each factor (e.g. 0.01,0.1,1,10) and report the final "
-        "metric against the factor; needs --task",
-    )
-    p.add_argument(
-        "--tune-baseline",
-        type=_floats,
-        metavar="F,F,...",
-        help="first train the baseline alone at the task's LR times each factor (e.g. 0.3,1,3), with this "
-        "comparison's seeds and budget, and compare every method at the best one's LR (the tuning runs and their "
-        "cost are reported in OUT/tune); needs --task",
-    )
     p.add_argument(
         "--seeds",
         metavar="N|auto[:MAX]",
@@ -432,11 +480,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="rerun the finished runs an earlier invocation timed, so every time in the report is from this one",
     )
     p.add_argument(
-        "--tasks",
-        metavar="A,B,...",
-        help="one comparison per task (each its own baseline, budget and target), then AlgoPerf's summary over them",
-    )
-    p.add_argument(
         "--aa",
         action="store_true",
         help="also run the baseline a second time: its verdict against the baseline is the noise floor",
@@ -456,9 +499,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fsdp", action="store_true", help="with --nproc N or torchrun: shard with FSDP2 instead of DDP")
     _add_executor_flags(p)
-    p.add_argument(
-        "--list", action="store_true", help="list the tasks and methods (with --task: also its partition) and exit"
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -539,7 +579,60 @@ def _print_partition(task: Any) -> None:
         print(f"  {group.name:18} {len(group.params):4} tensors {group.numel:>12,} parameters")
 
 
+_DEPRECATED_MODES = {
+    "study": "layerwise study NAME",
+    "lr_sweep": "layerwise sweep --factors F,F,... --task ...",
+    "tune_baseline": "layerwise tune --factors F,F,... --task ...",
+}
+"""``compare``'s old mode flags and the commands that replace them (the flags run until the next release)."""
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``layerwise sweep``: ``compare``'s one-task comparison at every LR factor."""
+    args.lr_sweep = args.factors
+    return _compare(args)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    """``layerwise tune``: the baseline's LR tuned first, then ``compare``'s comparison at it."""
+    args.tune_baseline = args.factors
+    return _compare(args)
+
+
+def _study_command(args: argparse.Namespace) -> int:
+    """``layerwise study NAME``."""
+    from .compare.study import run_study
+
+    sizes = {k: v for k, v in (("epochs", args.epochs), ("train_size", args.train_size)) if v is not None}
+    if args.test_size is not None:
+        sizes["test_size"] = args.test_size
+    result = run_study(
+        args.name,
+        seeds=args.seeds,
+        out=args.out,
+        margin=args.margin,
+        quick=args.quick,
+        progress=not args.no_progress,
+        **sizes,
+    )
+    print(result["text"])
+    return 0
+
+
+def _factors_flag(args: argparse.Namespace, old: str) -> str:
+    """How this command names its LR factors: ``--factors`` (``sweep``, ``tune``) or the old ``compare`` flag."""
+    return "--factors" if args.command in ("sweep", "tune") else old
+
+
 def _compare(args: argparse.Namespace) -> int:
+    if args.command == "compare":
+        for dest, command in _DEPRECATED_MODES.items():
+            if getattr(args, dest):
+                flag = "--" + dest.replace("_", "-")
+                print(
+                    f"layerwise compare: {flag} is deprecated, use `{command}` (the flag works until the next release)",
+                    file=sys.stderr,
+                )
     _check_data_flags(args)
     if args.list:
         _print_list(None if args.task is None else _task_of(args, _out_of(args)))
@@ -616,10 +709,11 @@ def _check_compare_flags(args: argparse.Namespace) -> None:
     if args.tune_baseline is not None:
         from .compare.sweep import check_factors
 
-        check_factors(args.tune_baseline, "--tune-baseline")
+        check_factors(args.tune_baseline, _factors_flag(args, "--tune-baseline"))
         if args.task is None or args.study or args.lr_sweep is not None:
             raise ValueError(
-                "--tune-baseline: tunes one comparison's baseline; needs --task, without --study or --lr-sweep"
+                f"{_factors_flag(args, '--tune-baseline')}: tunes one comparison's baseline; needs --task, "
+                "without --study or --lr-sweep"
             )
     if _launched() and args.tasks is not None:
         raise ValueError("torchrun: launch one comparison (--task) per torchrun; --tasks runs them in turn")
@@ -721,9 +815,9 @@ def _lr_sweep(args: argparse.Namespace, methods: list[str] | None, options: dict
     from .compare import parse_overrides
     from .compare.sweep import check_factors, lr_sweep
 
-    check_factors(args.lr_sweep)
+    check_factors(args.lr_sweep, _factors_flag(args, "--lr-sweep"))
     if args.task is None:
-        raise ValueError("--lr-sweep: needs --task (a sweep runs one task)")
+        raise ValueError(f"{_factors_flag(args, '--lr-sweep')}: needs --task (a sweep runs one task)")
     out = _out_of(args)
     result = lr_sweep(
         _task_of(args, out),
@@ -871,9 +965,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_bench(sub)
     _add_train(sub)
     _add_compare(sub)
+    _add_sweep(sub)
+    _add_tune(sub)
+    _add_study(sub)
     _add_plot(sub)
     args = parser.parse_args(argv)
-    handlers = {"schedule": _schedule, "bench": _bench, "train": _train, "compare": _compare, "plot": _plot}
+    handlers = {
+        "schedule": _schedule,
+        "bench": _bench,
+        "train": _train,
+        "compare": _compare,
+        "sweep": _sweep,
+        "tune": _tune,
+        "study": _study_command,
+        "plot": _plot,
+    }
     try:
         return handlers[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

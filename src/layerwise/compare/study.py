@@ -13,7 +13,7 @@ target accuracy by the paired t on log steps (Wilcoxon's signed rank when a seed
 questions of every variant corrected together by Holm's rule.
 
 Examples:
-    $ layerwise compare --study llr --seeds 3
+    $ layerwise study llr --seeds 3
 """
 
 from __future__ import annotations
