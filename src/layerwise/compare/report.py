@@ -243,6 +243,8 @@ def summarize(
                 void_speed=void_mine,
                 decisions=decisions[label],
                 margin=margin,
+                tests=tests[label],
+                questions=asked[label],
             )
         rows.append(
             {

@@ -424,14 +424,15 @@ def compare_variants(
             else:
                 unsaved |= _train_on(executor, store, comparison, todo, (data, own), invocation, tensorboard)
             outcomes = _collect_outcomes(store, comparison, unsaved)
+            summary = _summary(outcomes, comparison, judging)  # the round's verdicts: the plan and the report read them
             spent = (time.perf_counter() - started) / 60
             if most is None or (max_minutes is not None and spent >= max_minutes):
                 break
-            plan = _next_round(outcomes, comparison, judging)
+            plan = _next_round(summary["rows"], comparison, judging)
             if not plan:
                 break
             comparison = replace(comparison, seed_counts={**comparison.seed_counts, **plan})
-    report = _write_report(comparison, model, partition, outcomes, judging, title, note)
+    report = _write_report(comparison, model, partition, outcomes, summary, judging, title, note)
     return {**report, "outcomes": outcomes, "unsaved": sorted(unsaved)}
 
 
@@ -472,12 +473,12 @@ def _seed_counts(comparison: _Comparison) -> dict[str, int]:
     return {label: comparison.seeds_of(label) for label, _, _ in comparison.resolved}
 
 
-def _next_round(outcomes: dict[str, dict[str, list]], comparison: _Comparison, judging: _Judging) -> dict[str, int]:
-    """The next round's seed counts (:func:`plan_round`) within the runs ``--max-runs`` leaves."""
+def _next_round(rows: Sequence[Mapping[str, Any]], comparison: _Comparison, judging: _Judging) -> dict[str, int]:
+    """The next round's seed counts (:func:`plan_round`, from this round's ``rows``) within the runs
+    ``--max-runs`` leaves."""
     assert judging.most is not None
     seeds = _seed_counts(comparison)
     room = None if judging.max_runs is None else judging.max_runs - sum(seeds.values())
-    rows = _summary(outcomes, comparison, judging)["rows"]
     return plan_round(rows, seeds, comparison.baseline, judging.most, room)
 
 
@@ -749,13 +750,14 @@ def _write_report(
     model: nn.Module,
     partition: Partition,
     outcomes: dict[str, dict[str, list]],
+    summary: Mapping[str, Any],
     judging: _Judging,
     title: str | None,
     note: str,
 ) -> dict[str, Any]:
-    """The summary rows, ``results.md`` (the answer first), the plots and ``report.html``; the report's parts."""
+    """``results.md`` (the answer first), the plots and ``report.html`` from the last round's ``summary``
+    (:func:`~layerwise.compare.report.summarize`); the report's parts."""
     task, config, out = comparison.task, comparison.config, comparison.out
-    summary = _summary(outcomes, comparison, judging)
     rows, target_value = summary["rows"], summary["target"]
     rows = smoke_rows(rows) if config.quick else rows
     table = markdown_table(rows, task.metric, budget=config.budget)

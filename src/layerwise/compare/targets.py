@@ -225,6 +225,8 @@ def verdict(
     void_speed: str | None = None,
     decisions: Mapping[str, Decision | None] | None = None,
     margin: float | None = None,
+    tests: Mapping[str, Comparison | None] | None = None,
+    questions: Mapping[str, Question | None] | None = None,
 ) -> dict[str, Any]:
     """A method against the baseline at equal cost: both comparisons and a sentence that gives each
     decision with the test that made it and that test's interval.
@@ -234,10 +236,11 @@ def verdict(
     ``void_speed``: why times cannot be compared (the sentence says it instead of any speed claim).
     ``decisions``: each question's decision, after the table's correction or by the sequential rule
     (default: each question alone, at :data:`ALPHA`, on all its pairs). ``margin``: the equivalence
-    margin (:func:`margin_of`).
+    margin (:func:`margin_of`). ``tests`` and ``questions``: :func:`verdict_tests` and
+    :func:`verdict_questions` of these runs when the caller has them already (a table's summary).
     """
-    tests = verdict_tests(finals, baseline_finals, times, baseline_times, metric)
-    questions = verdict_questions(finals, baseline_finals, times, baseline_times, metric, margin)
+    tests = tests or verdict_tests(finals, baseline_finals, times, baseline_times, metric)
+    questions = questions or verdict_questions(finals, baseline_finals, times, baseline_times, metric, margin)
     if decisions is None:
         asked = {name: q for name, q in questions.items() if q is not None and (name == "accuracy" or not void_speed)}
         decisions = decide_fixed(asked, ALPHA, correct=False)
