@@ -17,6 +17,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
     counters.clear()
     limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = 8  # torch's default (importing timm.optim sets it to 1,000,000)
     yield
     torch._dynamo.config.recompile_limit = limit
     torch._dynamo.reset()
