@@ -2,7 +2,6 @@
 
 import math
 from dataclasses import asdict
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -282,40 +281,6 @@ def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, 
     assert "Noise floor" in (tmp_path / "report.html").read_text()
 
 
-def test_tasks_run_one_comparison_each_and_summarise_them_as_algoperf(tmp_path, capsys):
-    from layerwise import cli
-    from layerwise.tasks import TASKS, register_task
-
-    for name in ("algo-a", "algo-b"):
-        if name not in TASKS:
-            register_task(blobs_task(name))
-    argv = ["compare", "--tasks", "algo-a,algo-b", "--methods", "baseline,llr", "--budget", "steps"]
-    argv += ["--eval-points", "2", "--policy", "constant", "--no-progress", "--out", str(tmp_path)]
-    assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "## algo-a" in printed and "## algo-b" in printed and "Over the tasks (AlgoPerf's summary)" in printed
-    text = (tmp_path / "results.md").read_text()
-    assert "algo-a: median s to target (ratio)" in text and " | score | speed-up over baseline |" in text
-    assert (tmp_path / "performance_profile.png").stat().st_size > 1000
-    assert (tmp_path / "algo-a" / "results.md").exists() and (tmp_path / "algo-b" / "report.html").exists()
-
-
-@pytest.mark.parametrize(
-    ("tasks", "match"),
-    [("algo-a", "two or more distinct"), ("algo-a,algo-a", "two or more distinct"), ("algo-a,nope", "unknown 'nope'")],
-)
-def test_bad_tasks_are_refused_in_one_line_before_anything_loads(tasks, match, tmp_path, capsys):
-    from layerwise import cli
-    from layerwise.tasks import TASKS, register_task
-
-    if "algo-a" not in TASKS:
-        register_task(blobs_task("algo-a"))
-    assert cli.main(["compare", "--tasks", tasks, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "--tasks" in err or match in err
-    assert match in err and not (tmp_path / "out").exists()
-
-
 def test_one_seed_answers_that_nothing_can_be_decided():
     from layerwise.compare.report import answer
 
@@ -327,68 +292,6 @@ def test_one_seed_answers_that_nothing_can_be_decided():
     text = answer(summarize(outcomes, budget="steps")["rows"], "accuracy", "steps")
     assert text.startswith("- One seed per method: no verdict can be decided")
     assert "- No finished run: broken." in text
-
-
-def test_the_main_job_keeps_each_regimes_evaluations_unless_the_flag_is_given(monkeypatch):
-    import layerwise.compare.main_job as main_job
-    from layerwise import cli
-
-    seen = []
-
-    def fake_run_main(**options):
-        seen.append(options)
-        return {"sections": [], "summary": {"table": ""}, "paths": {"markdown": "m", "html": "h"}, "minutes": 0.0}
-
-    monkeypatch.setattr(main_job, "run_main", fake_run_main)
-    assert cli.main(["compare", "--no-progress"]) == 0
-    assert "eval_points" not in seen[-1]  # None would have replaced the regimes' own 6 and 4 with 10
-    assert cli.main(["compare", "--no-progress", "--eval-points", "3"]) == 0
-    assert seen[-1]["eval_points"] == 3
-
-
-def test_the_llr_study_pairs_seeds_and_corrects_over_every_variants_questions():
-    from layerwise.compare.study import _analyse, llr_variants
-
-    def record(seed, final):
-        curve = [{"step": s, "test_accuracy": final if s >= 20 else 0.1} for s in (10, 20, 30)]
-        return {"seed": seed, "test_metric": final, "curve": curve}
-
-    spread = (0.74, 0.80, 0.86)  # the seeds differ by 6 points: Welch's unpaired test sees only that
-    outcomes = {
-        label: {"records": [record(s, v) for s, v in enumerate(spread)], "errors": []} for label, _, _ in llr_variants()
-    }
-    ahead = [v + d for v, d in zip(spread, (0.020, 0.021, 0.019))]  # 2 points ahead in every seed: t 34.6
-    outcomes["step first-high"]["records"] = [record(s, v) for s, v in enumerate(ahead)]
-    findings = _analyse(outcomes)[1]
-    decided = {f["variant"]: f["accuracy"] for f in findings}
-    assert decided["step first-high"]["verdict"] == "better"
-    assert decided["step first-high"]["alpha"] == pytest.approx(0.05 / 24)  # 12 variants, 2 questions each
-    assert stats.ttest_ind(ahead, spread, equal_var=False).pvalue > 0.5  # what the study reported before
-    assert all(f["accuracy"]["verdict"] == "equivalent" for f in findings if f["variant"] != "step first-high")
-    # --margin reaches the study: a variant within a few points, noisily, is open at 0.5 points, equivalent at 5
-    outcomes["step first-low"]["records"] = [
-        record(s, v + d / 1000) for s, (v, d) in enumerate(zip(spread, (4, -3, 2)))
-    ]
-    by_margin = {m: {f["variant"]: f["accuracy"] for f in _analyse(outcomes, margin=m)[1]} for m in (None, 5.0)}
-    assert by_margin[None]["step first-low"]["verdict"] == "undecided"
-    assert by_margin[5.0]["step first-low"]["verdict"] == "equivalent"
-
-
-def test_the_study_honours_margin_and_test_size_and_refuses_flags_it_would_ignore(monkeypatch, capsys):
-    from layerwise import cli
-    from layerwise.compare import study
-
-    seen, run_study = {}, study.run_study
-    monkeypatch.setattr(study, "run_study", lambda name, **kw: seen.update(kw) or {"text": "done"})
-    assert cli.main(["compare", "--study", "llr", "--margin", "1", "--test-size", "0", "--no-progress"]) == 0
-    assert seen["margin"] == 1 and seen["test_size"] == 0
-    for flag in (["--target", "0.8"], ["--clock", "process"], ["--max-runs", "9"], ["--aa"], ["--budget", "steps"]):
-        seen.clear()
-        assert cli.main(["compare", "--study", "llr", *flag]) == 2
-        err = capsys.readouterr().err
-        assert f"--study: does not take {flag[0]}" in err and "--margin" in err and not seen
-    with pytest.raises(ValueError, match="--margin"):
-        run_study("llr", margin=-1.0)
 
 
 def _raced(seed, final, seconds):
@@ -477,51 +380,3 @@ def test_the_answer_says_what_the_stops_saved_and_what_stays_open_at_the_cap(tmp
     )
     still = [row["method"] for row in result["rows"] if row["open"]]
     assert seeds_line.endswith(f" Open at the cap (--max-runs 10): {', '.join(still)}." if still else "saved 3.")
-
-
-def test_the_quick_main_job_takes_the_quick_slices_and_the_regimes_own_sizes_otherwise(monkeypatch, tmp_path):
-    import layerwise.compare.main_job as main_job
-
-    seen = []
-
-    def fake_check(task, methods, **options):
-        seen.append((task, methods, options))
-        options["out"].mkdir(parents=True, exist_ok=True)
-        return {"task": SimpleNamespace(name=task)}
-
-    def fake_compare(**request):
-        return {"rows": [], "answer": "", "setting": "", "table": "", "metric": "accuracy", "paths": {"plots": []},
-                "snippets": {}, "budget": "time"}  # fmt: skip
-
-    monkeypatch.setattr(main_job, "check_request", fake_check)
-    monkeypatch.setattr(main_job, "compare_variants", fake_compare)
-    monkeypatch.setattr(main_job, "html_section", lambda *args, **kwargs: "")
-    quick = main_job.run_main(out=tmp_path / "quick", quick=True)
-    assert all("train_size" not in options and options["quick"] for _, _, options in seen)
-    assert quick["summary"] is main_job.SMOKE_SUMMARY
-    assert "no summary over the tasks" in (tmp_path / "quick" / "results.md").read_text()
-    seen.clear()
-    main_job.run_main(out=tmp_path / "full")
-    assert [options["train_size"] for _, _, options in seen] == [r.options["train_size"] for r in main_job.REGIME_RUNS]
-    assert [methods for _, methods, _ in seen] == [r.methods for r in main_job.REGIME_RUNS]
-
-
-def test_the_main_jobs_settings_go_to_the_regime_that_compares_the_method(monkeypatch, tmp_path):
-    import layerwise.compare.main_job as main_job
-
-    seen = []
-
-    def fake_check(task, methods, settings=None, **options):
-        seen.append(settings)
-        raise RuntimeError("checked")  # nothing below the checks is needed
-
-    monkeypatch.setattr(main_job, "check_request", fake_check)
-    scratch, finetune = (set(r.methods) for r in main_job.REGIME_RUNS)
-    only_scratch = sorted(scratch - finetune)[0]
-    with pytest.raises(RuntimeError, match="checked"):
-        main_job.run_main(out=tmp_path, settings={only_scratch: {"x": 1}})
-    assert seen == [{only_scratch: {"x": 1}}]
-    compared_nowhere = sorted({"llr", "staggered", "head-only"} - scratch - finetune)[0]
-    refusal = rf"--set: settings for methods that are not compared: \['{compared_nowhere}'\]"
-    with pytest.raises(ValueError, match=refusal):
-        main_job.run_main(out=tmp_path, settings={compared_nowhere: {"x": 1}})
