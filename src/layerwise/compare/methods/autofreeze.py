@@ -37,8 +37,8 @@ AUTOFREEZE_CHECKS = {"intervals": positive_int, "percentile": check_percentile, 
 """The checks of AutoFreeze's settings in ``compare`` (``intervals``, ``percentile``, ``freeze_warmup``)."""
 
 _DEFAULTS = {"intervals": 10, "percentile": 50.0, "freeze_warmup": 0.3}
-# freeze_warmup 0.3: the first decision at the third of the ten checks instead of the second (the authors' schedule);
-# at the second the head is still being fitted and MiniLM's front groups fell below the median at once
+# freeze_warmup 0.3: the first decision at the third of the ten checks instead of the second (the authors' schedule),
+# where MiniLM's two front groups froze together (docs/autofreeze.md, "Settings and defaults")
 
 
 def interval_steps(settings: Mapping[str, Any], total_steps: int) -> int:
