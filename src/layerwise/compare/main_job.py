@@ -7,7 +7,7 @@
 
 Each regime is a :func:`~layerwise.compare.session.compare` into its own folder (``scratch/``,
 ``finetune/``, each resumable); ``report.html`` and ``results.md`` put both in one page. The whole
-job takes about 12.5 minutes on a 2-core CPU, set-up included, inside its 15-minute budget
+job takes about 14 minutes on a 2-core CPU, set-up included, inside its 15-minute budget
 (BENCHMARKS.md: what it decides).
 
 Examples:
