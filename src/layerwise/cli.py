@@ -337,31 +337,33 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="train every method at the task's LR times each factor, the metric against it")
-    p.add_argument(
-        "--factors",
-        type=_floats,
-        required=True,
-        metavar="F,F,...",
-        help="LR factors (e.g. 0.01,0.1,1,10): every method trains at the task's LR times each",
-    )
-    _add_comparison_flags(p, "required: a sweep runs one task")
-    p.set_defaults(study=None, tune_baseline=None, tasks=None, list=False)
-
-
-def _add_tune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="tune the baseline's LR first, then compare every method at the best one's LR")
-    p.add_argument(
-        "--factors",
-        type=_floats,
-        required=True,
-        metavar="F,F,...",
-        help="the baseline alone at the task's LR times each factor (e.g. 0.3,1,3), with this comparison's seeds "
+_FACTOR_COMMANDS = {
+    "sweep": (
+        "lr_sweep",
+        "train every method at the task's LR times each factor, the metric against it",
+        "LR factors (e.g. 0.01,0.1,1,10): every method trains at the task's LR times each",
+        "required: a sweep runs one task",
+    ),
+    "tune": (
+        "tune_baseline",
+        "tune the baseline's LR first, then compare every method at the best one's LR",
+        "the baseline alone at the task's LR times each factor (e.g. 0.3,1,3), with this comparison's seeds "
         "and budget; every method then at the best one's LR (the tuning runs and their cost in OUT/tune)",
-    )
-    _add_comparison_flags(p, "required: it tunes one comparison's baseline")
-    p.set_defaults(study=None, lr_sweep=None, tasks=None, list=False)
+        "required: it tunes one comparison's baseline",
+    ),
+}
+"""The commands that run one comparison over LR factors: each one's ``compare`` mode (the old flag's
+destination), help, ``--factors`` help and ``--task`` note."""
+
+
+def _add_factor_commands(sub: argparse._SubParsersAction) -> None:
+    """``layerwise sweep`` and ``layerwise tune``: ``compare``'s one-comparison flags and ``--factors``."""
+    for name, (mode, about, factors, task_note) in _FACTOR_COMMANDS.items():
+        p = sub.add_parser(name, help=about)
+        p.add_argument("--factors", type=_floats, required=True, metavar="F,F,...", help=factors)
+        _add_comparison_flags(p, task_note)
+        modes = {"study": None, "lr_sweep": None, "tune_baseline": None, "tasks": None, "list": False}
+        p.set_defaults(**{**modes, "factors_mode": mode})
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
@@ -587,15 +589,9 @@ _DEPRECATED_MODES = {
 """``compare``'s old mode flags and the commands that replace them (the flags run until the next release)."""
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    """``layerwise sweep``: ``compare``'s one-task comparison at every LR factor."""
-    args.lr_sweep = args.factors
-    return _compare(args)
-
-
-def _tune(args: argparse.Namespace) -> int:
-    """``layerwise tune``: the baseline's LR tuned first, then ``compare``'s comparison at it."""
-    args.tune_baseline = args.factors
+def _factors(args: argparse.Namespace) -> int:
+    """``layerwise sweep`` / ``tune``: ``compare``'s one-task comparison in the mode the command names."""
+    setattr(args, args.factors_mode, args.factors)
     return _compare(args)
 
 
@@ -965,8 +961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_bench(sub)
     _add_train(sub)
     _add_compare(sub)
-    _add_sweep(sub)
-    _add_tune(sub)
+    _add_factor_commands(sub)
     _add_study(sub)
     _add_plot(sub)
     args = parser.parse_args(argv)
@@ -975,8 +970,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": _bench,
         "train": _train,
         "compare": _compare,
-        "sweep": _sweep,
-        "tune": _tune,
+        "sweep": _factors,
+        "tune": _factors,
         "study": _study_command,
         "plot": _plot,
     }
