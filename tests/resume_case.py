@@ -15,6 +15,7 @@ from torch import nn
 
 import layerwise
 from layerwise import (
+    LISA,
     FreezeOut,
     Freezer,
     GradualUnfreezing,
@@ -23,12 +24,14 @@ from layerwise import (
     Multirate,
     RandomSubsetMultirate,
     SecantLR,
+    TempBalance,
     recipes,
 )
 from layerwise.tasks.lora import peft_lora
 
 HALF = 7
 TOTAL = 2 * HALF
+LISA_SEED = 1  # its draws over the run reach all three sampled groups
 
 
 class Net(nn.Module):
@@ -89,11 +92,29 @@ def build(case: str, partition: str = "layers"):
     if case == "muon":  # Muon (the conv reshaped, the hidden Linear) and AdamW, under FreezeOut
         opt = layerwise.muon_split(part)
         return model, opt, {"freezeout": FreezeOut(model, opt, TOTAL, t0=0.3, strategy="linear")}
+    if case == "lisa":  # 1 of the groups before the head trains per period of 3 steps: all three by the end
+        opt = torch.optim.AdamW(part.param_groups(lr=0.01))
+        return model, opt, {"lisa": LISA(model, opt, gamma=1, period=3, always_on=["head"], seed=LISA_SEED)}
+    if case == "tempbalance":  # spectral multipliers (recomputed every 3 steps) on a cosine LayerwiseLR
+        opt = torch.optim.SGD(part.param_groups(lr=0.1), momentum=0.9)
+        balance = TempBalance(opt, every=3, follow=True, min_eigs=2)
+        return model, opt, {"tempbalance": balance, "sched": LayerwiseLR(opt, TOTAL, policy=layerwise.Cosine())}
     raise ValueError(f"case: unknown {case!r}")
 
 
 PEFT_CASES = ("peft-llr", "peft-freezeout", "peft-unfreezing", "peft-multirate", "peft-hidlr", "peft-secant")
-CASES = ("llr", "freezeout", "unfreezing", "multirate", "hidlr", "random-subsets", "secant", "muon")
+CASES = (
+    "llr",
+    "freezeout",
+    "unfreezing",
+    "multirate",
+    "hidlr",
+    "random-subsets",
+    "secant",
+    "muon",
+    "lisa",
+    "tempbalance",
+)
 ALL_CASES = (*CASES, *PEFT_CASES)
 
 

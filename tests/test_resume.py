@@ -46,3 +46,9 @@ def test_resume_in_a_new_process_is_bitwise_exact(case, resumed_in_a_new_process
         assert checkpoint["opt"]["hidlr"]["stats"]["accepted"] + checkpoint["opt"]["hidlr"]["stats"]["rejected"] > 0
     if case == "secant":
         assert checkpoint["opt"]["secant"]["stats"]["estimates"] > 0
+    if case == "lisa":  # mid-period, two of the three sampled groups frozen
+        assert checkpoint["lisa"]["step_count"] % 3 != 0 and len(checkpoint["lisa"]["freezer"]["frozen"]) == 2
+    if case == "tempbalance":  # mid-interval, with multipliers of its own
+        assert (
+            checkpoint["tempbalance"]["step_count"] % 3 != 0 and len(set(checkpoint["tempbalance"]["multipliers"])) > 1
+        )

@@ -168,7 +168,7 @@ def test_muon_split_groups_take_the_multiplier_in_both_parts():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
-def _train(steps: int, state=None, save_at=None):
+def _train(steps: int, state=None, save_at=None, also_step=False):
     model = _net()
     opt = torch.optim.Adam(_groups(model, lr=1e-2))
     sched = LayerwiseLR(opt, total_steps=12, policy=Cosine())
@@ -194,6 +194,8 @@ def _train(steps: int, state=None, save_at=None):
             )
         _step(model, opt, step)
         sched.step()
+        for _ in range(step % 3 if also_step else 0):  # zero, one or two times: TempBalance.step changes nothing
+            tb.step()
     return model, tb, saved
 
 
@@ -206,6 +208,16 @@ def test_resume_is_exact():
     other = TempBalance(torch.optim.SGD(_groups(_net())), every=4)
     with pytest.raises(ValueError, match="every=3"):
         other.load_state_dict(saved["tb"])
+
+
+def test_it_is_a_technique_whose_step_changes_nothing():
+    """A harness steps every technique after the optimizer (tests/resume_case.py, trainer callbacks): TempBalance
+    acts from the optimizer's hooks, so stepping it too, any number of times, changes nothing."""
+    whole, whole_tb, _ = _train(6)
+    stepped, stepped_tb, _ = _train(6, also_step=True)
+    assert isinstance(stepped_tb, layerwise.Technique) and stepped_tb.state_dict() == whole_tb.state_dict()
+    for p, q in zip(whole.parameters(), stepped.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,8 @@ TECHNIQUE = {
     "hidlr": "HiDLR",
     "random-subsets": "RandomSubsetMultirate",
     "secant": "SecantLR",
+    "lisa": "LISA",
+    "tempbalance": "TempBalance",
 }
 
 

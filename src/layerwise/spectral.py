@@ -286,6 +286,10 @@ class TempBalance:
             set_lr(group, lr)
         self.step_count += 1
 
+    def step(self) -> None:
+        """Nothing to do: TempBalance acts from the optimizer's step hooks, so a loop (or a trainer callback)
+        that steps it like a scheduler changes nothing; with it TempBalance is a :class:`~layerwise.Technique`."""
+
     def remove(self) -> None:
         """Detach from the optimizer: its steps use the groups' ``lr`` as they are."""
         for handle in self._handles:
