@@ -161,17 +161,60 @@ def test_bad_input_changes_nothing(kwargs, error, argument):
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == before
 
 
-def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_state():
-    from layerwise.bench.freezeout_bench import _lockstep
-    from layerwise.tasks import TaskData
+class _Examples(torch.utils.data.Dataset):
+    """A split of tensors as a map-style ``Dataset`` of ``(x, y)`` examples."""
+
+    def __init__(self, split):
+        self.x, self.y = split
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_state(monkeypatch, as_dataset):
+    from layerwise.bench import freezeout_bench
+    from layerwise.tasks import TaskData, loop
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
-    result = _lockstep("resnet-cnn", TaskData((x, y), (x[:10], y[:10])), steps=8, seed=0)
+    train = _Examples((x, y)) if as_dataset else (x, y)
+    calls = []
+    monkeypatch.setattr(freezeout_bench, "seeded_loop", lambda *a, **kw: calls.append(a) or loop.seeded_loop(*a, **kw))
+    result = freezeout_bench._lockstep("resnet-cnn", TaskData(train, (x[:10], y[:10])), steps=8, seed=0)
+    assert len(calls) == 1  # the two runs step through the shared loop
     assert len(result["times"]["baseline"]) == len(result["times"]["freezeout"]) == 8
     assert result["frozen"] == ["stem", "layer1", "layer2", "layer3"]
     state = result["optimizer_state_mb_at_end"]
     assert state["freezeout"] < state["baseline"] / 10
+
+
+def test_full_sweep_is_the_compare_runners_runs_paired_by_seed(tmp_path):
+    from layerwise.bench import freezeout_bench
+    from layerwise.compare.runner import run_one
+    from layerwise.tasks import TaskData
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(80, 1, 28, 28, generator=g), torch.randint(0, 10, (80,), generator=g)
+    data = TaskData((x, y), (x[:16], y[:16]))
+    config = dict(freezeout_bench.DEFAULT)
+    report = freezeout_bench._full(data, ["resnet-cnn"], 2, 1, 64, [config], tmp_path)
+    entry = report["models"]["resnet-cnn"]
+    assert report["train_size"] == 64 and entry["steps"] == 1
+    task = freezeout_bench._task_of("resnet-cnn")
+    spec = {"data": data, "epochs": 1, "train_size": 64, "policy": "cosine", "eval_points": 1}
+    for method, settings, summary in (
+        ("baseline", {}, entry["baseline"]),
+        ("freezeout", config, entry["freezeout"][0]),
+    ):
+        runs = [run_one(task, method, settings, seed=seed, **spec)["test_metric"] for seed in range(2)]
+        assert summary["test_accuracy_mean"] == pytest.approx(sum(runs) / 2)
+    paired = entry["freezeout"][0]["test_accuracy_diff"]
+    assert paired["test"] == "paired t" and paired["n"] == 2
+    assert {"predicted_saving_paper", "predicted_saving_timed", "measured_saving_mean"} <= set(entry["freezeout"][0])
 
 
 def test_densenet_final_batchnorm_trains_to_the_end_with_the_classifier_as_in_the_authors_code():

@@ -1,11 +1,17 @@
 """``layerwise bench freezeout``: FreezeOut's wall-clock saving and accuracy cost, measured.
 
 Quick (timing only, the default setting): the foundation CNN trains the same steps on the
-same batches as a uniform-cosine baseline and as FreezeOut in lockstep (one step of each in
-turn, every step timed), and the measured saving sits beside the paper's FLOP prediction and
-the prediction from step times timed here with frozen prefixes (round-robin over the prefixes).
-Full: baseline vs the four strategies (linear/cubic x
-scaled/unscaled) x t0 on the CNN and a DenseNet-BC, over several seeds, with test accuracy.
+same seeded batches as a uniform-cosine baseline and as FreezeOut in lockstep (one step of each in
+turn, every step timed), both built by ``layerwise compare``'s methods and stepped by its runner's
+step (:func:`~layerwise.compare.runner.train_step`), and the measured saving sits beside the
+paper's FLOP prediction and the prediction from step times timed here with frozen prefixes
+(round-robin over the prefixes), both from :func:`layerwise.cost.predict_saving`.
+
+Full: runs of ``layerwise compare``'s runner (:func:`~layerwise.compare.runner.run`), ``baseline``
+vs ``freezeout`` at the four strategies (linear/cubic x scaled/unscaled) x t0 on the CNN and a
+DenseNet-BC, seed by seed; each setting's accuracy difference and saving are paired by seed
+(:func:`~layerwise.compare.stats.compare_seeds`), next to the predicted savings. One setting on a
+registered task is ``layerwise compare --task fashion-mnist --methods baseline,freezeout``.
 
 Examples:
     $ layerwise bench freezeout --quick --json
@@ -23,15 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compare.runner import RunSpec, new_run, run, train_step
+from ..compare.stats import compare_seeds
 from ..cost import group_flops, predict_saving, prefix_step_times, train_fractions
 from ..freezeout import FreezeOut
 from ..groups import Partition, by_block
 from ..plotting import pyplot
-from ..scheduler import LayerwiseLR
-from ..schedules import Cosine
-from ..tasks import Task, TaskData, get_task, make_optimizer
+from ..tasks import Task, TaskData, get_task
+from ..tasks.loop import Batch, loader_options, ordered_batches, seeded_loop
 from ..tasks.models import build_model, dense_layer_groups
-from .train import optimizer_state_mb, train
+from .train import optimizer_state_mb
 
 __all__ = ["DEPTHS", "Predictor", "run_freezeout_bench"]
 
@@ -82,62 +89,50 @@ def _task_of(model_name: str) -> Task:
     )
 
 
-def _run(model_name: str, data: TaskData, recipe: str, options: dict, seed: int, epochs: int) -> dict:
-    policy = "constant" if recipe == "freezeout" else "cosine"
-    result = train(
-        _task_of(model_name),
-        recipe=recipe,
-        policy=policy,
-        recipe_options=options,
-        epochs=epochs,
-        seed=seed,
-        data=data,
-        progress=False,
-    )
-    result.pop("lr_by_group")
-    return result
+def _run(task: Task, data: TaskData, method: str, settings: dict, seed: int, epochs: int, train_size: int) -> dict:
+    """One seeded run of ``layerwise compare``'s runner, evaluated once at its end (cosine for the baseline)."""
+    spec = RunSpec(method, settings, seed=seed, epochs=epochs, train_size=train_size, policy="cosine", eval_points=1)
+    return run(task, spec, data=data)
+
+
+def _first_batch(task: Task, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train split's first batch (tensors, or the task's collate of a Dataset's examples)."""
+    return next(ordered_batches(data.train, task, task.batch_size))
 
 
 def _lockstep(model_name: str, data: TaskData, steps: int, seed: int) -> dict[str, Any]:
-    """Baseline and FreezeOut side by side on the same batches, one step each in turn, every step timed.
+    """Baseline and FreezeOut side by side on the same seeded batches, one step each in turn, every step timed.
 
-    Who goes first alternates, so a drift of the machine's speed hits both runs alike.
+    Both are ``layerwise compare``'s methods (:func:`~layerwise.compare.runner.new_run`) stepped by its
+    runner's step. Who goes first alternates, so a drift of the machine's speed hits both runs alike.
     """
-    task = get_task("fashion-mnist")
-    runs = {}
-    for name in ("baseline", "freezeout"):
-        torch.manual_seed(seed)
-        model, sample = build_model(model_name)
-        part = freezeout_groups(model_name, model, sample)
-        groups = part.param_groups(lr=task.lr, weight_decay=task.weight_decay, no_decay=("bias", "norm"))
-        opt = make_optimizer(task, groups)
-        stepper = (
-            LayerwiseLR(opt, steps, policy=Cosine()) if name == "baseline" else FreezeOut(model, opt, steps, **DEFAULT)
-        )
-        runs[name] = (model.train(), opt, stepper)
-    x, y = data.train
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    batch = task.batch_size
+    task = _task_of(model_name)
+    runs = {
+        "baseline": new_run(task, "baseline", {}, steps, "cosine", seed),
+        "freezeout": new_run(task, "freezeout", DEFAULT, steps, "cosine", seed),
+    }
     times: dict[str, list[float]] = {"baseline": [], "freezeout": []}
-    for i in range(steps):
-        index = order[(i * batch) % len(x) :][:batch]
-        xb, yb = x[index], y[index]
-        for name in ("baseline", "freezeout") if i % 2 == 0 else ("freezeout", "baseline"):
-            model, opt, stepper = runs[name]
+    for model, _ in runs.values():
+        model.train()
+
+    def step(batch: Batch) -> torch.Tensor:
+        losses = {}
+        for name in ("baseline", "freezeout") if batch.step % 2 == 0 else ("freezeout", "baseline"):
+            model, setup = runs[name]
             start = time.perf_counter()
-            loss = task.loss(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            stepper.step()
+            losses[name] = train_step(model, setup, task, batch.data)
             times[name].append(time.perf_counter() - start)
-    state_mb = {name: round(optimizer_state_mb(opt), 4) for name, (_, opt, _) in runs.items()}
-    return {"times": times, "optimizer_state_mb_at_end": state_mb, "frozen": list(runs["freezeout"][2].frozen)}
+        return losses["freezeout"]
+
+    seeded_loop(data.train, task.batch_size, step, seed=seed, steps=steps, **loader_options(task))
+    state_mb = {name: round(optimizer_state_mb(setup.optimizer), 4) for name, (_, setup) in runs.items()}
+    freezeout = runs["freezeout"][1].scheduler
+    assert isinstance(freezeout, FreezeOut)
+    return {"times": times, "optimizer_state_mb_at_end": state_mb, "frozen": list(freezeout.frozen)}
 
 
 def _quick(data: TaskData, model_name: str, steps: int, repeats: int) -> dict[str, Any]:
-    batch = get_task("fashion-mnist").batch_size
-    pred = Predictor(model_name, (data.train[0][:batch], data.train[1][:batch]))(steps, **DEFAULT)  # warms up too
+    pred = Predictor(model_name, _first_batch(_task_of(model_name), data))(steps, **DEFAULT)  # warms up too
     runs = [_lockstep(model_name, data, steps, seed) for seed in range(repeats)]
     base = [sum(r["times"]["baseline"]) for r in runs]
     fo = [sum(r["times"]["freezeout"]) for r in runs]
@@ -160,29 +155,39 @@ def _quick(data: TaskData, model_name: str, steps: int, repeats: int) -> dict[st
 
 
 def _summary(runs: list[dict], baseline: list[dict]) -> dict[str, Any]:
-    errors = [1 - r["test_accuracy"] for r in runs]
-    base_errors = [1 - r["test_accuracy"] for r in baseline]
-    savings = [1 - r["train_seconds"] / b["train_seconds"] for r, b in zip(runs, baseline)]
+    """A setting's runs against the baseline's, paired by seed: accuracy, its difference, the saving."""
+    accuracy = [r["test_metric"] for r in runs]
+    errors = [1 - a for a in accuracy]
+    base_errors = [1 - r["test_metric"] for r in baseline]
+    savings = [1 - r["wall_clock_s"] / b["wall_clock_s"] for r, b in zip(runs, baseline)]
+    difference = compare_seeds(
+        {r["seed"]: r["test_metric"] for r in runs}, {b["seed"]: b["test_metric"] for b in baseline}
+    )
     return {
-        "test_accuracy_mean": statistics.mean(r["test_accuracy"] for r in runs),
-        "test_accuracy_std": statistics.stdev(r["test_accuracy"] for r in runs) if len(runs) > 1 else 0.0,
+        "test_accuracy_mean": statistics.mean(accuracy),
+        "test_accuracy_std": statistics.stdev(accuracy) if len(runs) > 1 else 0.0,
+        "test_accuracy_diff": dataclasses.asdict(difference),
         "test_error_relative_to_baseline": statistics.mean(errors) / statistics.mean(base_errors) - 1,
         "measured_saving_mean": statistics.mean(savings),
         "measured_saving_std": statistics.stdev(savings) if len(savings) > 1 else 0.0,
-        "train_seconds_mean": statistics.mean(r["train_seconds"] for r in runs),
+        "train_seconds_mean": statistics.mean(r["wall_clock_s"] for r in runs),
     }
 
 
-def _full(data: TaskData, models: list[str], seeds: int, epochs: int, configs: list[dict], out: Path) -> dict:
-    report: dict[str, Any] = {"epochs": epochs, "train_size": len(data.train[0]), "seeds": seeds, "models": {}}
+def _full(
+    data: TaskData, models: list[str], seeds: int, epochs: int, train_size: int, configs: list[dict], out: Path
+) -> dict:
+    report: dict[str, Any] = {"epochs": epochs, "seeds": seeds, "models": {}}
     for model_name in models:
+        task = _task_of(model_name)
         baseline, runs = [], [[] for _ in configs]
         for seed in range(seeds):  # seed by seed, so a drift of the machine's speed hits every setting alike
-            baseline.append(_run(model_name, data, "constant", {}, seed, epochs))
+            baseline.append(_run(task, data, "baseline", {}, seed, epochs, train_size))
             for config, config_runs in zip(configs, runs):
-                config_runs.append(_run(model_name, data, "freezeout", config, seed, epochs))
+                config_runs.append(_run(task, data, "freezeout", config, seed, epochs, train_size))
         steps = baseline[0]["steps"]
-        predict = Predictor(model_name, (data.train[0][:128], data.train[1][:128]))
+        report["train_size"] = baseline[0]["train_size"]
+        predict = Predictor(model_name, _first_batch(task, data))
         report["models"][model_name] = {
             "steps": steps,
             "baseline": _summary(baseline, baseline),
@@ -266,5 +271,4 @@ def run_freezeout_bench(
         ]
     else:
         raise ValueError(f"configs: 'all' (4 strategies x t0s), 'scaled' (2 x t0s) or 'default', got {configs!r}")
-    subset = TaskData((data.train[0][:train_size], data.train[1][:train_size]), data.test)
-    return _full(subset, names, seeds, epochs, settings, Path(out))
+    return _full(data, names, seeds, epochs, train_size, settings, Path(out))

@@ -4,18 +4,23 @@ Quick (timing only): a pretrained model of a task (default ``effnet-fashion``) t
 batches with full fine-tuning and with :class:`Multirate` (fast = the head, slow = the rest,
 period ``k``), alternating blocks of ``k * cycles`` steps. ``speedup`` is the ratio of median
 step times; ``limit`` is the paper's eq. (6) ideal ``k T_full / (T_full + (k - 1) T_fast)`` from
-this run's measured step times (``T_fast``: Multirate's steps without a slow gradient).
+this run's measured step times (``T_fast``: Multirate's steps without a slow gradient). Both
+step through the shared loop (:func:`~layerwise.tasks.loop.seeded_loop`) on the task's seeded batches.
 
 Full, ``problems=finetune``: fine-tuning at equal epochs on ``task`` (``effnet-fashion`` or
-``minilm-sentiment``, the task's quick split): full fine-tuning, Multirate with fast = head and
-fast = head + last block, head only; several seeds; test accuracy and wall-clock after every
-epoch, the speed-up next to eq. (6)'s limit, and whether Multirate gets within half a point of full
-fine-tuning's accuracy in at most 55 % of its wall-clock; a plot of accuracy vs wall-clock.
-``optimizer=adamw`` (default) or ``sgd`` (the paper's SGD with momentum 0.9; give ``lr``).
+``minilm-sentiment``, the task's quick split, in its five groups from the input to the head):
+runs of ``layerwise compare``'s runner (:func:`~layerwise.compare.runner.run`, constant LR) with
+the methods ``baseline`` (full fine-tuning), ``multirate`` (fast = head), ``multirate-block``
+(fast = head + last block) and ``head-only``; several seeds; test accuracy and wall-clock after
+every epoch, the speed-up next to eq. (6)'s limit, and whether Multirate gets within half a point of
+full fine-tuning's accuracy in at most 55 % of its wall-clock; a plot of accuracy vs wall-clock.
+``optimizer=adamw`` (default) or ``sgd`` (the paper's SGD with heavy-ball momentum 0.9; give ``lr``).
+The paired verdicts of the same methods are ``layerwise compare --task effnet-fashion --methods
+baseline,multirate,multirate-block,head-only``.
 
 Full, ``problems=subsets``: the random-subset regulariser of §5.1 on the paper's single-hidden-layer perceptron
-(here on Fashion-MNIST): plain SGD (h = 0.1) vs ``RandomSubsetMultirate`` (k = 5, input-layer
-weights slow with probability 0.8, hidden-layer weights 0.5), several seeds, test accuracy.
+(here on Fashion-MNIST, through the shared loop): plain SGD (h = 0.1) vs ``RandomSubsetMultirate``
+(k = 5, input-layer weights slow with probability 0.8, hidden-layer weights 0.5), several seeds, test accuracy.
 
 Examples:
     $ layerwise bench multirate --quick --json
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -35,23 +41,33 @@ from typing import Any
 
 import torch
 
+from ..compare.methods import Setup
+from ..compare.runner import RunSpec, run, train_step
 from ..groups import by_head, by_patterns
 from ..multirate import Multirate
 from ..plotting import pyplot
 from ..random_subsets import RandomSubsetMultirate
-from ..tasks import get_task
+from ..tasks import Task, TaskData, get_task
+from ..tasks.base import split_size
+from ..tasks.loop import Batch, evaluate, loader_options, seeded_loop
+from ..tasks.pretrained_tasks import EFFNET_STAGES, MINILM_BLOCKS
+from ..training import steps_per_epoch
 
-__all__ = ["run_multirate_bench"]
+__all__ = ["FINETUNE_GROUPS", "finetune_methods", "finetune_task", "run_multirate_bench"]
 
 
-def _timed_steps(model, opt, batches, loss_fn) -> list[float]:
-    times = []
-    for x, y in batches:
-        start = time.perf_counter()
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
+def _timed_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, task: Task, train: Any, steps: int) -> list[float]:
+    """Each step's seconds over ``steps`` seeded batches (seed 0) of ``train``, through the shared loop."""
+    times: list[float] = []
+    setup = Setup(opt)
+
+    def step(batch: Batch) -> torch.Tensor:
+        return train_step(model, setup, task, batch.data)
+
+    def after(batch: Batch, loss: torch.Tensor, seconds: float) -> None:
+        times.append(seconds)
+
+    seeded_loop(train, task.batch_size, step, seed=0, steps=steps, after=after, **loader_options(task))
     return times
 
 
@@ -78,10 +94,9 @@ def _timing(
     options = {**options, **IMPLEMENTATIONS[impl]}
     lr = 0.01 if base == "sgd" else 5e-5
     task = get_task(task_name)
+    task = task if batch_size is None else dataclasses.replace(task, batch_size=batch_size)
     train = task.load_data(None, True).train
-    batch = batch_size or task.batch_size
     steps = k * cycles
-    batches = [(train[0][i * batch : (i + 1) * batch], train[1][i * batch : (i + 1) * batch]) for i in range(steps)]
     torch.manual_seed(0)
     full_model = task.make_model()
     mr_model = copy.deepcopy(full_model)
@@ -90,11 +105,11 @@ def _timing(
     multirate = Multirate.from_partition(part, fast=["head"], lr=lr * k, k=k, base=cls, model=mr_model, **options)
     runs = ((full_model, full), (mr_model, multirate))
     for model, opt in runs:  # warm-up: one cycle each
-        _timed_steps(model, opt, batches[:k], task.loss)
+        _timed_steps(model, opt, task, train, k)
     full_times, mr_times = [], []
-    for _ in range(repeats):  # alternate, so drifts of the machine hit both alike
-        full_times += _timed_steps(*runs[0], batches, task.loss)
-        mr_times += _timed_steps(*runs[1], batches, task.loss)
+    for _ in range(repeats):  # alternate, so drifts of the machine hit both alike (the same batches each time)
+        full_times += _timed_steps(*runs[0], task, train, steps)
+        mr_times += _timed_steps(*runs[1], task, train, steps)
     t_full = statistics.median(full_times)
     t_fast = statistics.median(t for i, t in enumerate(mr_times) if i % k != 0)
     t_slow = statistics.median(t for i, t in enumerate(mr_times) if i % k == 0)
@@ -109,7 +124,7 @@ def _timing(
         "impl": impl,
         "k": k,
         "task": task_name,
-        "batch_size": batch,
+        "batch_size": task.batch_size,
         "full_step_ms": round(t_full * 1e3, 1),
         "multirate_fast_step_ms": round(t_fast * 1e3, 1),
         "multirate_slow_step_ms": round(t_slow * 1e3, 1),
@@ -124,37 +139,41 @@ def _perceptron(hidden: int) -> torch.nn.Module:
     )
 
 
-def _subset_run(data, method: str, seed: int, epochs: int, hidden: int, k: int) -> dict[str, Any]:
-    (x, y), (x_test, y_test) = data.train, data.test
+def _subset_task(hidden: int) -> Task:
+    """Fashion-MNIST on the paper's perceptron, batch 128 (the §5.1 problem)."""
+    return dataclasses.replace(get_task("fashion-mnist"), make_model=lambda: _perceptron(hidden), batch_size=128)
+
+
+def _subset_run(task: Task, data: TaskData, method: str, seed: int, epochs: int, k: int) -> dict[str, Any]:
+    """One seeded run of plain SGD or the random-subset regulariser through the shared loop."""
     torch.manual_seed(seed)
-    model = _perceptron(hidden)
+    model = task.make_model()
     if method == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     else:
         probabilities = {model[1].weight: 0.8, model[3].weight: 0.5}
         opt = RandomSubsetMultirate(model.parameters(), lr=0.1, k=k, probabilities=probabilities, seed=seed)
-    order = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x), 128):
-            index = perm[i : i + 128]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[index]), y[index]).backward()
-            opt.step()
-    seconds = time.perf_counter() - start
+    setup = Setup(opt)
+
+    def step(batch: Batch) -> torch.Tensor:
+        return train_step(model, setup, task, batch.data)
+
+    steps = epochs * steps_per_epoch(split_size(data.train), task.batch_size)
+    model.train()
+    seconds = seeded_loop(data.train, task.batch_size, step, seed=seed, steps=steps, **loader_options(task))
     full = opt.full_weights() if isinstance(opt, RandomSubsetMultirate) else contextlib.nullcontext()
-    with torch.no_grad(), full:
-        accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
+    with full:
+        accuracy = evaluate(model, data.test, task)["accuracy"]
     return {"test_accuracy": accuracy, "seconds": seconds}
 
 
 def _subsets(epochs: int, seeds: int, hidden: int, k: int) -> dict[str, Any]:
-    data = get_task("fashion-mnist").load_data(None, False)
+    task = _subset_task(hidden)
+    data = task.load_data(None, False)
     runs: dict[str, list[dict[str, Any]]] = {"sgd": [], f"random-subset multirate k={k}": []}
     for seed in range(seeds):  # seed by seed, so drifts of the machine hit both alike
         for method in runs:
-            runs[method].append(_subset_run(data, method, seed, epochs, hidden, k))
+            runs[method].append(_subset_run(task, data, method, seed, epochs, k))
     summary = {}
     for method, results in runs.items():
         accuracies = [r["test_accuracy"] for r in results]
@@ -173,75 +192,75 @@ def _subsets(epochs: int, seeds: int, hidden: int, k: int) -> dict[str, Any]:
     }
 
 
-FINETUNE_PARTS = {
-    "effnet-fashion": [
-        (r"^model\._fc\.", "head"),
-        (r"^model\.(_blocks\.15\.|_conv_head\.|_bn1\.)", "last block"),
-    ],
-    "minilm-sentiment": [
-        (r"^model\.classifier\.", "head"),
-        (r"^model\.bert\.(encoder\.layer\.5\.|pooler\.)", "last block"),
-    ],
-}
-"""Per fine-tuning task: its head and its last block (EfficientNet-Lite0: the last MBConv block, head
-conv and its norm; MiniLM: the classifier, and the last transformer layer with the pooler)."""
+FINETUNE_GROUPS = {"effnet-fashion": EFFNET_STAGES, "minilm-sentiment": MINILM_BLOCKS}
+"""Per fine-tuning task, its five groups from the input to the head (:mod:`layerwise.tasks.pretrained_tasks`):
+the last two are the "last block" (EfficientNet-Lite0: the last MBConv block, head conv and its norm;
+MiniLM: the last transformer layer with the pooler) and the "head"."""
 
 
 OPTIMIZERS = ("adamw", "sgd")
 """Base optimizers of the fine-tuning comparison: ``adamw`` (the task's weight decay) or ``sgd``, the
-paper's recipe (momentum 0.9, no weight decay; Figures 4-7)."""
+paper's recipe (heavy-ball momentum 0.9, no weight decay; Figures 4-7)."""
 
 
-def _base(optimizer: str, task) -> tuple[type[torch.optim.Optimizer], dict[str, float]]:
-    if optimizer == "adamw":
-        return torch.optim.AdamW, {"weight_decay": task.weight_decay}
-    if optimizer == "sgd":
-        return torch.optim.SGD, {"momentum": 0.9}
-    raise ValueError(f"optimizer: choose from {list(OPTIMIZERS)}, got {optimizer!r}")
+def finetune_methods(k: int) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The fine-tuning comparison's labels -> ``layerwise compare`` method and settings."""
+    return {
+        "full": ("baseline", {}),
+        f"multirate k={k}, fast = head": ("multirate", {"k": k, "fast": 1}),
+        f"multirate k={k}, fast = head + last block": ("multirate-block", {"k": k, "fast": 2}),
+        "head only": ("head-only", {}),
+    }
 
 
-def _finetune_run(
-    task_name: str, data, method: str, seed: int, epochs: int, k: int, lr: float, optimizer: str = "adamw"
-) -> dict[str, Any]:
-    (x, y), (x_test, y_test) = data.train, data.test
-    task = get_task(task_name)
-    base, options = _base(optimizer, task)
-    torch.manual_seed(seed)
-    model = task.make_model()
-    part = by_patterns(model, FINETUNE_PARTS[task_name], rest="body")
-    groups = {g.name: list(g.params) for g in part}
-    if method == "full":
-        opt: torch.optim.Optimizer = base(model.parameters(), lr=lr, **options)
-    elif method == "head only":
-        for p in (*groups["body"], *groups["last block"]):
-            p.requires_grad_(False)
-        opt = base(groups["head"], lr=lr, **options)
-    else:
-        fast = groups["head"] + (groups["last block"] if method.endswith("+ last block") else [])
-        slow = [p for p in model.parameters() if all(p is not q for q in fast)]
-        opt = Multirate(fast, slow, lr=lr * k, k=k, base=base, model=model, **options)
-    order = torch.Generator().manual_seed(seed)
-    batch = task.batch_size
-    step_times, curve, elapsed = [], [], 0.0
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x) - batch + 1, batch):
-            index = perm[i : i + batch]
-            start = time.perf_counter()
-            opt.zero_grad()
-            task.loss(model(x[index]), y[index]).backward()
-            opt.step()
-            step_times.append(time.perf_counter() - start)
-        elapsed = sum(step_times)
-        model.eval()
-        with torch.no_grad():
-            correct = sum(
-                int((model(x_test[j : j + 500]).argmax(1) == y_test[j : j + 500]).sum())
-                for j in range(0, len(x_test), 500)
-            )
-        curve.append((elapsed, correct / len(x_test)))
-    return {"test_accuracy": curve[-1][1], "train_seconds": elapsed, "curve": curve, "step_times": step_times}
+def finetune_task(task_name: str, optimizer: str = "adamw", lr: float | None = None) -> Task:
+    """``task_name`` in its five groups with the base ``optimizer`` and per-step ``lr`` (default: the task's AdamW LR).
+
+    Raises:
+        ValueError: naming ``task``, ``optimizer`` or ``lr`` (required with ``sgd``), before anything loads.
+    """
+    if task_name not in FINETUNE_GROUPS:
+        raise ValueError(f"task: fine-tuning runs on {sorted(FINETUNE_GROUPS)}, got {task_name!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: choose from {list(OPTIMIZERS)}, got {optimizer!r}")
+    if lr is None and optimizer != "adamw":
+        raise ValueError(f"lr: give the per-step learning rate for optimizer={optimizer!r} (the task's is for AdamW)")
+    rules = FINETUNE_GROUPS[task_name]
+    task = dataclasses.replace(get_task(task_name), partition=lambda model, sample: by_patterns(model, rules))
+    if optimizer == "sgd":  # the paper's: heavy-ball momentum, no weight decay, for every method
+        task = dataclasses.replace(task, optimizer="sgd", optimizer_options={"nesterov": False}, weight_decay=0.0)
+    return task if lr is None else dataclasses.replace(task, lr=lr)
+
+
+class _StepClock:
+    """``time.perf_counter`` that keeps its readings: an unpaced run reads its clock only just before
+    and just after each training step (:func:`~layerwise.tasks.loop.seeded_loop`), so the pairs are
+    its steps' seconds."""
+
+    def __init__(self) -> None:
+        self.readings: list[float] = []
+
+    def __call__(self) -> float:
+        self.readings.append(time.perf_counter())
+        return self.readings[-1]
+
+    def step_seconds(self) -> list[float]:
+        """Each step's seconds, in order."""
+        return [end - start for start, end in zip(self.readings[::2], self.readings[1::2])]
+
+
+def _finetune_run(task: Task, data: TaskData, method: str, settings: dict[str, Any], seed: int, epochs: int) -> dict:
+    """One seeded run of ``layerwise compare``'s runner at a constant LR, evaluated after every epoch."""
+    clock = _StepClock()
+    spec = RunSpec(method, settings, seed=seed, epochs=epochs, policy="constant", eval_points=epochs)
+    record = run(task, spec, data=data, clock=clock)
+    curve = [(point["seconds"], point["test_accuracy"]) for point in record["curve"]]
+    return {
+        "test_accuracy": record["test_metric"],
+        "train_seconds": record["wall_clock_s"],
+        "curve": curve,
+        "step_times": clock.step_seconds(),
+    }
 
 
 def _mean_curve(results: list[dict[str, Any]]) -> list[tuple[float, float]]:
@@ -263,19 +282,13 @@ def _target(full: dict[str, Any], results: list[dict[str, Any]], points: float, 
 def _finetune(
     task_name: str, epochs: int, seeds: int, k: int, lr: float | None, optimizer: str, out: Path
 ) -> dict[str, Any]:
-    if task_name not in FINETUNE_PARTS:
-        raise ValueError(f"task: fine-tuning runs on {sorted(FINETUNE_PARTS)}, got {task_name!r}")
-    task = get_task(task_name)
-    _base(optimizer, task)
-    if lr is None and optimizer != "adamw":
-        raise ValueError(f"lr: give the per-step learning rate for optimizer={optimizer!r} (the task's is for AdamW)")
-    lr = task.lr if lr is None else lr
+    task = finetune_task(task_name, optimizer, lr)
     data = task.load_data(None, True)
-    methods = ["full", f"multirate k={k}, fast = head", f"multirate k={k}, fast = head + last block", "head only"]
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    methods = finetune_methods(k)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in methods}
     for seed in range(seeds):  # seed by seed, so drifts of the machine hit every method alike
-        for method in methods:
-            runs[method].append(_finetune_run(task_name, data, method, seed, epochs, k, lr, optimizer))
+        for label, (method, settings) in methods.items():
+            runs[label].append(_finetune_run(task, data, method, settings, seed, epochs))
     full_seconds = statistics.mean(r["train_seconds"] for r in runs["full"])
     full_step = statistics.median(t for r in runs["full"] for t in r["step_times"])
     summary = {}
@@ -298,10 +311,10 @@ def _finetune(
     plot = out / f"multirate_{task_name}.png"
     _plot_finetune(runs, plot, task.description)
     return {
-        "task": f"{task_name}: {task.description}; {len(data.train[1])} train / {len(data.test[1])} test, "
+        "task": f"{task_name}: {task.description}; {split_size(data.train)} train / {split_size(data.test)} test, "
         f"batch {task.batch_size}",
         "optimizer": optimizer,
-        "per_step_lr": lr,
+        "per_step_lr": task.lr,
         "epochs": epochs,
         "seeds": seeds,
         "methods": summary,
@@ -350,12 +363,14 @@ def run_multirate_bench(
     ``timing_base`` (``sgd`` or ``adamw``) and ``impl`` (``default``, ``foreach``, ``fused``) choose the
     base optimizer and its kernels for the timing block (full fine-tuning and Multirate alike).
     """
+    wanted = {p.strip() for p in problems.split(",") if p.strip()}
+    if not quick and wanted - {"finetune", "subsets"}:
+        raise ValueError(f"problems: unknown {sorted(wanted - {'finetune', 'subsets'})}; choose from finetune, subsets")
+    if not quick and "finetune" in wanted:
+        finetune_task(task, optimizer, lr)  # refused before the timing block runs
     timing = _timing(task, k, cycles or 2, repeats or 3, batch_size, timing_base, impl)
     if quick:
         return timing
-    wanted = {p.strip() for p in problems.split(",") if p.strip()}
-    if wanted - {"finetune", "subsets"}:
-        raise ValueError(f"problems: unknown {sorted(wanted - {'finetune', 'subsets'})}; choose from finetune, subsets")
     report: dict[str, Any] = {"timing": timing}
     if "finetune" in wanted:
         report["finetune"] = _finetune(task, finetune_epochs, seeds, k, lr, optimizer, Path(out))
