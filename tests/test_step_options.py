@@ -92,21 +92,6 @@ def test_accumulated_micro_batches_give_the_batchs_gradient_and_loss():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_a_cache_method_refuses_accumulation_before_anything_loads(tmp_path):
-    from layerwise.compare import compare
-
-    def no_data(data_dir, quick):
-        raise AssertionError("data loaded")
-
-    model = blobs_task("x").make_model
-    task = replace(TASK, name="accumulating-blobs", accumulate=2, make_model=model, load_data=no_data)
-    with pytest.raises(ValueError, match=r"freezeout\+cache does not apply") as refused:
-        compare(task, ["baseline", "freezeout+cache"], out=tmp_path / "x", budget="steps", progress=False)
-    (line,) = str(refused.value).splitlines()
-    assert "--accumulate 2" in line and "run freezeout without +cache" in line
-    assert not (tmp_path / "x").exists()
-
-
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
