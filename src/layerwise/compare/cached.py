@@ -4,9 +4,7 @@
 ``fine-tune+cache`` and ``lp-ft+cache`` build exactly what their method builds; the runner then
 serves the frozen prefix's output from a cache keyed by example index (the task's data has no
 random augmentation). They are separate methods, so a report shows each gain beside the method
-without it; an equal-time plan times them on a block that passes twice over its batches (the
-cache fills on the first pass and serves on the second, as in a two-epoch run), without the
-self-check. ``cache_dtype`` stores the outputs in ``"float16"`` or ``"bfloat16"``.
+without it. ``cache_dtype`` stores the outputs in ``"float16"`` or ``"bfloat16"``.
 
 A ``+cache`` run is trusted only after its self-check: the cache runs the first
 :data:`SELF_CHECK` batches that compute prefix rows and the first :data:`SELF_CHECK` that serve
