@@ -60,3 +60,55 @@ def test_bench_hidlr_quick_json_last_line():
     # update and the momentum buffers
     assert result["peak_extra_bytes"] <= result["param_bytes"]
     assert result["peak_extra_bytes_step_and_restore"] > 2.5 * result["param_bytes"]
+
+
+class _Examples(torch.utils.data.Dataset):
+    """A split of tensors as a map-style ``Dataset`` of ``(x, y)`` examples."""
+
+    def __init__(self, split):
+        self.x, self.y = split
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_nam_runs_train_the_registered_task_through_the_shared_loop(monkeypatch):
+    from layerwise.bench import hidlr_bench
+    from layerwise.compare.runner import run_one
+    from layerwise.tasks import TaskData, get_task, loop
+
+    task = get_task("nam-synthetic")
+    data = TaskData(nam_synthetic_data(512, seed=0), nam_synthetic_data(128, seed=100))
+    calls = []
+    monkeypatch.setattr(hidlr_bench, "seeded_loop", lambda *a, **kw: calls.append(a) or loop.seeded_loop(*a, **kw))
+    uniform = hidlr_bench._nam_run(task, data, 2, task.lr, "uniform", seed=0)
+    assert len(calls) == 1 and len(uniform["_curve"]) == len(uniform["_lrs"]) == 2
+    # a uniform run is compare's baseline at a constant LR: the same seeded batches, steps and test loss
+    record = run_one(task, "baseline", data=data, seed=0, epochs=2, policy="constant", eval_points=1)
+    assert uniform["test_loss"] == pytest.approx(record["test_loss"], rel=1e-6)
+    hi_dlr = hidlr_bench._nam_run(task, data, 1, 1e-3, "hi-dlr", seed=0, update_every=2, gamma=0.9)
+    assert len(hi_dlr["_lrs"][-1]) == 11 and hi_dlr["stats"]["probe_rounds"] >= 1
+    as_dataset = hidlr_bench._nam_run(task, TaskData(_Examples(data.train), data.test), 2, task.lr, "uniform", seed=0)
+    assert as_dataset["test_loss"] == pytest.approx(uniform["test_loss"], rel=1e-6)
+
+
+def test_lora_comparison_trains_the_lora_task_through_the_shared_loop(monkeypatch):
+    from layerwise.bench import hidlr_lora
+    from layerwise.tasks import TaskData, loop
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 5000, (24, 10), generator=g)
+    ids[:, 0] = 101
+    labels = torch.randint(0, 3, (24,), generator=g)
+    data = TaskData(_Examples((ids[:16], labels[:16])), (ids[16:], labels[16:]))
+    calls = []
+    monkeypatch.setattr(hidlr_lora, "seeded_loop", lambda *a, **kw: calls.append(a) or loop.seeded_loop(*a, **kw))
+    report = hidlr_lora.lora_comparison(steps=2, batch_size=4, phi=1, eval_size=4, data=data)
+    assert len(calls) == len(report["runs"]) == len(hidlr_lora.LORA_GRID) + 7
+    assert report["best_uniform"] in report["runs"] and set(report["target_met"]) == {
+        name for name in report["runs"] if name.startswith("hi-")
+    }
+    assert len(report["runs"]["hi-dlr"]["final_lrs"]) == 3  # lora_A, lora_B, head

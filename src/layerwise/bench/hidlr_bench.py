@@ -1,12 +1,16 @@
 """``layerwise bench hidlr``: Hi-DLR's cost and the paper's reproductions.
 
-Quick (timing only): the Fashion-MNIST CNN, split into K groups, trains the same batches with
-its plain optimizer and wrapped in :class:`HiDLR` (probing every ``phi`` steps), alternating
-blocks of steps; ``relative_speed`` is the ratio of median step times, next to the paper's bound
+Quick (timing only): the Fashion-MNIST CNN, split into K groups, trains the same seeded batches
+with its plain optimizer and wrapped in :class:`HiDLR` (probing every ``phi`` steps), alternating
+blocks of steps through the shared loop (:func:`~layerwise.tasks.loop.seeded_loop`);
+``relative_speed`` is the ratio of median step times, next to the paper's bound
 ``1 / (1 + 4K / (3 phi))`` and the prediction from this machine's timed forward pass.
 Full: the ellipse and Beale+Rosenbrock functions (App. A.1), NAM synthetic regression
-(App. B.3) and LoRA fine-tuning of MiniLM on tweet sentiment, each against the paper's grid of
-uniform learning rates and Hi-ULR, with plots of the loss and of each group's LR.
+(App. B.3, the ``nam-synthetic`` task through the shared loop) and LoRA fine-tuning of MiniLM on
+tweet sentiment (:mod:`.hidlr_lora`), each against the paper's grid of uniform learning rates and
+Hi-ULR, with plots of the loss and of each group's LR. These are the paper's HiDLR options (fixed
+``phi``, the anchored fit...), which ``layerwise compare``'s ``hidlr`` method does not all take;
+its defaults against a baseline are ``layerwise compare --task nam-synthetic --methods baseline,hidlr``.
 
 Examples:
     $ layerwise bench hidlr --quick --json
@@ -29,14 +33,17 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..compare.methods import HIDLR_PROBING
+from ..compare.methods import HIDLR_PROBING, Setup
+from ..compare.runner import train_step
 from ..groups import by_depth_buckets
 from ..hidlr import HiDLR
 from ..plotting import pyplot
-from ..tasks import get_task
-from ..tasks.hidlr_problems import NAM, TOYS, grid, hidlr_variants, nam_synthetic_data
+from ..tasks import Task, TaskData, get_task, make_optimizer
+from ..tasks.base import split_size
+from ..tasks.hidlr_problems import TOYS, grid, hidlr_variants, nam_synthetic_data
+from ..tasks.loop import Batch, evaluate, loader_options, seeded_batches_of, seeded_loop
 from ..tasks.models import ResNetCNN
-from ..training import progress_bar
+from ..training import progress_bar, steps_per_epoch
 from .hidlr_lora import lora_comparison
 
 __all__ = ["run_hidlr_bench"]
@@ -55,11 +62,10 @@ def _batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[
     return loss
 
 
-def _cnn_step(model, opt, x, y, closure: bool) -> None:
-    loss = _batch_loss(model, x, y)
-    opt.zero_grad()
-    loss().backward()
-    opt.step(loss) if closure else opt.step()
+def _stepper(task: Task, model: nn.Module, opt: torch.optim.Optimizer, closure: bool) -> Callable[[Batch], Any]:
+    """The shared loop's step: the runner's step of ``opt`` on the task's loss (``closure``: Hi-DLR's probes)."""
+    setup = Setup(opt, wants_closure=closure)
+    return lambda batch: train_step(model, setup, task, batch.data)
 
 
 _MALLINFO2_FIELDS = (
@@ -133,8 +139,7 @@ def _cost(
     train = task.load_data(None, True).train
     batch = task.batch_size
     steps = adaptive["max_interval"] * cycles  # whole intervals of the adaptive variant at its cap
-    count = len(train[1]) // batch
-    batches = [(train[0][(i % count) * batch :][:batch], train[1][(i % count) * batch :][:batch]) for i in range(steps)]
+    *_, first = next(seeded_batches_of(train, batch, seed=0, steps=1, **loader_options(task)))
     torch.manual_seed(0)
     variants = {
         "plain": None,
@@ -154,11 +159,9 @@ def _cost(
         base = torch.optim.SGD(part.param_groups(lr=task.lr), momentum=0.9, nesterov=True, weight_decay=5e-4)
         opts[name] = base if options is None else HiDLR(base, update_every=phi, model=models[name], **options)
 
-    def block(name: str) -> float:
-        start = time.perf_counter()
-        for x, y in batches:
-            _cnn_step(models[name], opts[name], x, y, closure=name != "plain")
-        return (time.perf_counter() - start) / steps
+    def block(name: str) -> float:  # the same seeded batches every block
+        step = _stepper(task, models[name], opts[name], closure=name != "plain")
+        return seeded_loop(train, batch, step, seed=0, steps=steps, **loader_options(task)) / steps
 
     timed = [name for name in variants if only is None or name in only]
     times: dict[str, list[float]] = {name: [] for name in timed}
@@ -173,7 +176,7 @@ def _cost(
                 times[name].append(block(name))
                 if bar is not None:
                     bar.update(1)
-    x, y = batches[0]
+    x, y = first
     forward = []
     with torch.no_grad():
         for _ in range(repeats * 2):
@@ -216,7 +219,7 @@ def _cost(
         "batch_size": batch,
         "accepted": opts["phi"].stats["accepted"],
         "rejected": opts["phi"].stats["rejected"],
-        **_memory(models, opts, batches[0]),
+        **_memory(models, opts, first),
     }
 
 
@@ -300,39 +303,40 @@ def _finite(value: float) -> float:
     return value if value == value and value != float("inf") else float("inf")
 
 
-def _nam_run(data, epochs: int, lr: float, mode: str, seed: int, **options: Any) -> dict[str, Any]:
-    """One NAM run: ``mode`` is uniform, hi-ulr or hi-dlr; ``options`` go to :class:`HiDLR`."""
-    (x, y), (x_test, y_test) = data
+def _nam_run(task: Task, data: TaskData, epochs: int, lr: float, mode: str, seed: int, **options: Any) -> dict:
+    """One NAM run through the shared loop: ``mode`` is uniform, hi-ulr or hi-dlr; ``options`` go to :class:`HiDLR`.
+
+    Hi-DLR's groups are the task's partition (the bias, then one per feature network); the others train
+    one group. After every epoch: the training MSE on the whole train split, and each group's LR.
+    """
     torch.manual_seed(seed)
-    model = NAM()
-    groups = model.groups(lr) if mode.startswith("hi-dlr") else [{"params": list(model.parameters()), "lr": lr}]
-    opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr)
+    model = task.make_model()
+    if mode.startswith("hi-dlr"):
+        groups = task.partition_of(model).param_groups(lr=lr)
+    else:
+        groups = [{"params": list(model.parameters()), "lr": lr}]
+    opt: torch.optim.Optimizer = make_optimizer(task, groups)
     if mode != "uniform":
         opt = HiDLR(opt, **options)
-    order = torch.Generator().manual_seed(seed)
-    curve, lrs, start = [], [], time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x), 256):
-            xb, yb = x[perm[i : i + 256]], y[perm[i : i + 256]]
+    per_epoch = steps_per_epoch(split_size(data.train), task.batch_size)
+    curve: list[float] = []
+    lrs: list[list[float]] = []
 
-            def loss(xb=xb, yb=yb) -> torch.Tensor:
-                return nn.functional.mse_loss(model(xb), yb)
+    def after(batch: Batch, loss: torch.Tensor, seconds: float) -> None:
+        if (batch.step + 1) % per_epoch == 0:
+            curve.append(evaluate(model, data.train, task)["loss"])
+            lrs.append([g["lr"] for g in opt.param_groups])
 
-            opt.zero_grad()
-            loss().backward()
-            opt.step(loss) if mode != "uniform" else opt.step()
-        with torch.no_grad():
-            curve.append(float(nn.functional.mse_loss(model(x), y)))
-        lrs.append([g["lr"] for g in opt.param_groups])
-    with torch.no_grad():
-        test = float(nn.functional.mse_loss(model(x_test), y_test))
-    stats = opt.stats if isinstance(opt, HiDLR) else None
+    step = _stepper(task, model, opt, closure=mode != "uniform")
+    model.train()
+    seconds = seeded_loop(
+        data.train, task.batch_size, step, seed=seed, steps=epochs * per_epoch, after=after, **loader_options(task)
+    )
     return {
         "final_train_loss": curve[-1],
-        "test_loss": test,
-        "seconds": time.perf_counter() - start,
-        "stats": stats,
+        "test_loss": evaluate(model, data.test, task)["loss"],
+        "seconds": seconds,
+        "stats": opt.stats if isinstance(opt, HiDLR) else None,
         "_curve": curve,
         "_lrs": lrs,
     }
@@ -341,12 +345,13 @@ def _nam_run(data, epochs: int, lr: float, mode: str, seed: int, **options: Any)
 def _nam(epochs: int, phi: int, gamma: float, start_lr: float, seed: int) -> dict[str, Any]:
     """The paper's grid; Hi-ULR and Hi-DLR as published; clipped to the grid's top LR; and Hi-DLR
     with this library's ``joint_scale`` and ``per_group`` on top of the clip."""
-    data = (nam_synthetic_data(3000, seed=seed), nam_synthetic_data(1000, seed=seed + 100))
-    runs = {f"uniform {lr:g}": _nam_run(data, epochs, lr, "uniform", seed) for lr in NAM_GRID}
+    task = get_task("nam-synthetic")
+    data = TaskData(nam_synthetic_data(3000, seed=seed), nam_synthetic_data(1000, seed=seed + 100))
+    runs = {f"uniform {lr:g}": _nam_run(task, data, epochs, lr, "uniform", seed) for lr in NAM_GRID}
     best = min(runs, key=lambda k: _finite(runs[k]["final_train_loss"]))
     variants = hidlr_variants(phi, gamma, max(NAM_GRID))
     for name, (mode, options) in variants.items():
-        runs[name] = _nam_run(data, epochs, start_lr, mode, seed, **options)
+        runs[name] = _nam_run(task, data, epochs, start_lr, mode, seed, **options)
     best_loss = runs[best]["final_train_loss"]
     return {
         "epochs": epochs,
