@@ -45,6 +45,7 @@ MAY_IMPORT = {
 # (methods' kit, peers' shared helpers) is a slot of its own below them. The compare package itself
 # (compare/__init__) is above every slot.
 COMPARE_ORDER = (
+    "measures",
     "stats",
     "profiles",
     "targets",
@@ -60,6 +61,10 @@ COMPARE_ORDER = (
     "runner",
     "engines",
     "executors",
+    "verdicts",
+    "tables",
+    "plots",
+    "pages",
     "report",
     "session",
     "sweep",

@@ -26,9 +26,10 @@ from typing import Any
 
 from ..tasks import TaskData, get_task
 from ..tasks.base import split_examples
+from .measures import ACCURACY
 from .session import CompareConfig, Variant, compare_variants
 from .stats import Decision, Question, decide_fixed
-from .targets import DEFAULT_MARGIN, check_margin, decision_label, verdict_questions
+from .targets import check_margin, decision_label, verdict_questions
 
 __all__ = ["LLR_MODELS", "llr_variants", "run_study"]
 
@@ -97,7 +98,7 @@ def _questions(outcomes: dict[str, dict[str, list]], margin: float | None) -> di
             continue
         target, records = _target(outcomes, label), outcomes[reference]["records"]
         steps = _steps(outcome["records"], target), _steps(records, target)
-        asked = verdict_questions(_finals(outcome["records"]), _finals(records), *steps, "accuracy", margin)
+        asked = verdict_questions(_finals(outcome["records"]), _finals(records), *steps, ACCURACY, margin)
         for question, key in (("accuracy", "accuracy"), ("speed", "steps")):
             if asked[question] is not None:
                 questions[(label, key)] = asked[question]
@@ -108,7 +109,8 @@ def _effect(question: str, decision: Decision) -> str:
     """A decision's effect with its test's interval: accuracy points, or steps over the reference's
     (the steps question's differences are log(reference steps / variant steps))."""
     if question == "accuracy":
-        return f"{decision.diff * 100:+.2f} [{decision.low * 100:+.2f}, {decision.high * 100:+.2f}]"
+        diff, low, high = (value * ACCURACY.scale for value in (decision.diff, decision.low, decision.high))
+        return f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
     low, high = (math.exp(-max(-50.0, min(50.0, v))) for v in (decision.high, decision.low))
     return f"{math.exp(-decision.diff):.2f}x [{low:.2f}, {high:.2f}]"
 
@@ -204,7 +206,7 @@ def run_study(
     """
     if name != "llr":
         raise ValueError(f"--study: unknown {name!r}; choose from ['llr']")
-    check_margin(margin, "accuracy")
+    check_margin(margin, ACCURACY)
     out = Path(out or f"runs/study-{name}")
     train_size = train_size or (None if quick else 10000)
     tested = f"the first {test_size}" if test_size else "all the"
@@ -218,7 +220,7 @@ def run_study(
         "uniform 1cycle). "
         "Differences are variant minus reference, seed s against seed s, each with the interval of the test "
         "that decided it at its level after Holm's correction over both questions of every variant; "
-        f"equivalent: within ±{margin or DEFAULT_MARGIN['accuracy']:g} points.",
+        f"equivalent: within ±{margin or ACCURACY.margin:g} points.",
     ]
     results = {}
     for model, task_name in LLR_MODELS.items():

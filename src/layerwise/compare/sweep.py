@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import Task, resolve_task
+from .measures import Metric, metric_of
 from .methods import METHODS
 from .session import check_request, compare_variants
 
@@ -85,13 +86,14 @@ def lr_sweep(
         requests.append(check_request(swept, names, settings=mine, **{**options, "out": out / f"lr{factor:g}"}))
     results = [compare_variants(**request) for request in requests]
     rows = _rows(methods, factors, results)
-    table = _table(rows, factors, task.metric)
+    metric = metric_of(task.metric)
+    table = _table(rows, factors, metric)
     (out / "sweep.md").write_text(
         f"# LR sweep: {task.name}\n\nFinal test {task.metric} (mean ± std over seeds) with the task's LR "
         f"({task.lr:g}) times each factor; methods with their own LR ran once (at x{anchor:g}).\n\n{table}\n"
     )
     (out / "sweep.json").write_text(json.dumps({"task": task.name, "factors": factors, "rows": rows}, indent=1))
-    plot = _plot(rows, factors, task.metric, out / "sweep.png")
+    plot = _plot(rows, factors, metric, out / "sweep.png")
     return {
         "rows": rows,
         "table": table,
@@ -143,7 +145,7 @@ def tune_baseline(task: Any, factors: Sequence[float], *, out: str | Path = "run
     found = {f: m for f, m in means.items() if m is not None}
     if not found:
         raise RuntimeError("--tune-baseline: no baseline run finished at any factor; see OUT/tune")
-    sign = 1.0 if task.metric == "accuracy" else -1.0
+    sign = 1.0 if metric_of(task.metric).higher_is_better else -1.0
     best = max(found, key=lambda f: (sign * found[f], -abs(math.log(f))))
     runs = sum(cell["runs"] for cell in cells.values())
     seconds = time.perf_counter() - started
@@ -169,11 +171,11 @@ def _rows(methods: Sequence[str], factors: Sequence[float], results: Sequence[di
     return rows
 
 
-def _table(rows: list[dict], factors: Sequence[float], metric: str) -> str:
-    scale, spec = (100.0, ".2f") if metric == "accuracy" else (1.0, ".4g")
+def _table(rows: list[dict], factors: Sequence[float], metric: Metric) -> str:
+    scale, spec = metric.scale, metric.spec
     head = ["method", *(f"x{f:g}" for f in factors), "best factor"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(factors) + "---|"]
-    better = max if metric == "accuracy" else min
+    better = max if metric.higher_is_better else min
     for row in rows:
         cells = row["by_factor"]
         values = []
@@ -190,7 +192,7 @@ def _table(rows: list[dict], factors: Sequence[float], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict], factors: Sequence[float], metric: str, path: Path) -> Path | None:
+def _plot(rows: list[dict], factors: Sequence[float], metric: Metric, path: Path) -> Path | None:
     try:
         import matplotlib
 
@@ -198,7 +200,7 @@ def _plot(rows: list[dict], factors: Sequence[float], metric: str, path: Path) -
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    scale = 100.0 if metric == "accuracy" else 1.0
+    scale = metric.scale
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in rows:
         cells = row["by_factor"]
@@ -212,7 +214,7 @@ def _plot(rows: list[dict], factors: Sequence[float], metric: str, path: Path) -
         ax.plot(xs, [cells[f"{f:g}"]["mean"] * scale for f in xs], marker="o", label=row["method"])
     ax.set_xscale("log")
     ax.set_xlabel("factor on the task's learning rate")
-    ax.set_ylabel(f"final test {metric}" + (" %" if metric == "accuracy" else ""))
+    ax.set_ylabel(f"final test {metric.name}" + (" %" if metric.percent else ""))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

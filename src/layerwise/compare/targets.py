@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from .measures import Budget, Metric, budget_of, metric_of
 from .stats import (
     Comparison,
     Decision,
@@ -36,12 +37,10 @@ from .stats import (
 
 __all__ = [
     "ALPHA",
-    "DEFAULT_MARGIN",
     "check_margin",
     "check_target",
     "decision_label",
     "default_target",
-    "higher_is_better",
     "margin_of",
     "speed_test",
     "time_to_target",
@@ -50,70 +49,67 @@ __all__ = [
     "verdict_tests",
 ]
 
-DEFAULT_TOLERANCE = {"accuracy": 0.5, "loss": 1.0}
-"""Default tolerance below the baseline: accuracy points, or percent of a loss."""
 
-DEFAULT_MARGIN = {"accuracy": 0.5}
-"""Default equivalence margin, in accuracy points: the target's tolerance, so "equivalent" and "reaches
-the target" mean the same half point. A loss has none (no equivalence question unless ``--margin``)."""
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric == "accuracy"
-
-
-def check_target(target: float | None, metric: str) -> None:
+def check_target(target: float | None, metric: Metric | str) -> None:
     """Refuse a target outside the metric's range: accuracy is a fraction in (0, 1], a loss is >= 0."""
+    metric = metric_of(metric)
     if target is None:
         return
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
         raise ValueError(f"--target: a finite number, got {target!r}")
-    if metric == "accuracy" and not 0 < target <= 1:
+    if metric.percent and not 0 < target <= 1:
         raise ValueError(f"--target: an accuracy is a fraction in (0, 1] (0.85 for 85 %), got {target!r}")
-    if metric == "loss" and target < 0:
+    if not metric.percent and target < 0:
         raise ValueError(f"--target: a loss target is >= 0, got {target!r}")
 
 
-def check_margin(margin: float | None, metric: str) -> None:
+def check_margin(margin: float | None, metric: Metric | str) -> None:
     """Refuse an equivalence margin that cannot be right: it is a positive, finite number; for accuracy
     in points (0.5 is half a point), so below 100."""
+    metric = metric_of(metric)
     if margin is None:
         return
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin <= 0:
         raise ValueError(f"--margin: a finite number > 0 (accuracy points, or the loss's own units), got {margin!r}")
-    if metric == "accuracy" and margin >= 100:
+    if metric.percent and margin >= 100:
         raise ValueError(f"--margin: accuracy points in (0, 100), e.g. 0.5 for half a point, got {margin!r}")
 
 
-def margin_of(metric: str, margin: float | None = None) -> float | None:
+def margin_of(metric: Metric | str, margin: float | None = None) -> float | None:
     """The equivalence margin in the metric's stored units (accuracy is a fraction): ``margin`` as given
     (accuracy points, or the loss's units), else the metric's default (None: no equivalence question).
 
     >>> margin_of("accuracy"), margin_of("accuracy", 1.0), margin_of("loss"), margin_of("loss", 0.02)
     (0.005, 0.01, None, 0.02)
     """
-    margin = DEFAULT_MARGIN.get(metric) if margin is None else margin
+    metric = metric_of(metric)
+    margin = metric.margin if margin is None else margin
     if margin is None:
         return None
-    return margin / 100.0 if metric == "accuracy" else float(margin)
+    return margin / metric.scale
 
 
-def default_target(baseline_finals: Sequence[float], metric: str, tolerance: float | None = None) -> float | None:
-    """The baseline's mean final metric minus ``tolerance`` (accuracy points, or percent of a loss)."""
+def default_target(
+    baseline_finals: Sequence[float], metric: Metric | str, tolerance: float | None = None
+) -> float | None:
+    """The baseline's mean final metric less ``tolerance`` (accuracy points, or percent of a loss;
+    default: the metric's :attr:`~layerwise.compare.measures.Metric.tolerance`)."""
+    metric = metric_of(metric)
     finals = [v for v in baseline_finals if v is not None]
     if not finals:
         return None
-    tolerance = DEFAULT_TOLERANCE[metric] if tolerance is None else tolerance
+    tolerance = metric.tolerance if tolerance is None else tolerance
     mean = statistics.fmean(finals)
-    return mean - tolerance / 100.0 if higher_is_better(metric) else mean * (1.0 + tolerance / 100.0)
+    return mean - tolerance / 100.0 if metric.higher_is_better else mean * (1.0 + tolerance / 100.0)
 
 
-def time_to_target(curve: Sequence[dict[str, Any]], target: float, metric: str) -> float | None:
+def time_to_target(curve: Sequence[dict[str, Any]], target: float, metric: Metric | str) -> float | None:
     """Training seconds at which ``curve`` first reaches ``target`` (None: never)."""
-    sign = 1.0 if higher_is_better(metric) else -1.0
+    metric = metric_of(metric)
+    sign = 1.0 if metric.higher_is_better else -1.0
     previous = None
     for point in curve:
-        value = point.get(f"test_{metric}")
+        value = point.get(f"test_{metric.name}")
         if value is None or not math.isfinite(value):
             previous = None
             continue
@@ -127,9 +123,11 @@ def time_to_target(curve: Sequence[dict[str, Any]], target: float, metric: str) 
     return None
 
 
-def scale_of(metric: str) -> tuple[float, str]:
-    """How a difference of the metric is written: accuracy in points, a loss as is."""
-    return (100.0, "points") if metric == "accuracy" else (1.0, "loss")
+def scale_of(metric: Metric | str) -> tuple[float, str]:
+    """How a difference of the metric is written: accuracy in points, a loss as is (its
+    :attr:`~layerwise.compare.measures.Metric.scale` and ``unit``)."""
+    metric = metric_of(metric)
+    return metric.scale, metric.unit
 
 
 PerSeed = Mapping[int, float | None] | Sequence[float | None]
@@ -172,11 +170,11 @@ def speed_test(times: PerSeed, baseline_times: PerSeed) -> Comparison | None:
 
 
 def verdict_tests(
-    finals: PerSeed, baseline_finals: PerSeed, times: PerSeed, baseline_times: PerSeed, metric: str
+    finals: PerSeed, baseline_finals: PerSeed, times: PerSeed, baseline_times: PerSeed, metric: Metric | str
 ) -> dict[str, Comparison | None]:
     """The two comparisons behind a verdict: ``accuracy`` (paired by seed, Welch when unpaired) and ``speed``."""
     return {
-        "accuracy": compare_seeds(_by_seed(finals), _by_seed(baseline_finals), higher_is_better(metric)),
+        "accuracy": compare_seeds(_by_seed(finals), _by_seed(baseline_finals), metric_of(metric).higher_is_better),
         "speed": speed_test(times, baseline_times),
     }
 
@@ -186,7 +184,7 @@ def verdict_questions(
     baseline_finals: PerSeed,
     times: PerSeed,
     baseline_times: PerSeed,
-    metric: str,
+    metric: Metric | str,
     margin: float | None = None,
     sequential: bool = False,
 ) -> dict[str, Question | None]:
@@ -196,10 +194,11 @@ def verdict_questions(
     when every pair reached and no seeds are added, else by the signed rank. None: fewer than 2 pairs
     (a fixed number of seeds; the sequential rule waits for its first look instead), or a time <= 0.
     """
+    metric = metric_of(metric)
     mine, base = _by_seed(finals), _by_seed(baseline_finals)
     shared = sorted(s for s in mine.keys() & base.keys() if mine[s] is not None and base[s] is not None)
     accuracy = Question(
-        tuple(mine[s] - base[s] for s in shared), "t", higher_is_better(metric), margin_of(metric, margin)
+        tuple(mine[s] - base[s] for s in shared), "t", metric.higher_is_better, margin_of(metric, margin)
     )
     my_times, base_times = _times_by_seed(times), _times_by_seed(baseline_times)
     timed = [s for s in shared if s in my_times and s in base_times]
@@ -219,8 +218,8 @@ def verdict(
     baseline_finals: PerSeed,
     times: PerSeed,
     baseline_times: PerSeed,
-    metric: str,
-    budget: str = "time",
+    metric: Metric | str,
+    budget: Budget | str = "time",
     *,
     void_speed: str | None = None,
     decisions: Mapping[str, Decision | None] | None = None,
@@ -239,6 +238,7 @@ def verdict(
     margin (:func:`margin_of`). ``tests`` and ``questions``: :func:`verdict_tests` and
     :func:`verdict_questions` of these runs when the caller has them already (a table's summary).
     """
+    metric, budget = metric_of(metric), budget_of(budget)
     tests = tests or verdict_tests(finals, baseline_finals, times, baseline_times, metric)
     questions = questions or verdict_questions(finals, baseline_finals, times, baseline_times, metric, margin)
     if decisions is None:
@@ -320,18 +320,17 @@ def _factor(value: float) -> str:
     return "inf" if value > 1e3 else f"{value:.2f}"
 
 
-def _accuracy_text(decision: Decision, question: Question | None, metric: str, budget: str) -> str:
+def _accuracy_text(decision: Decision, question: Question | None, metric: Metric, budget: Budget) -> str:
     """The accuracy decision with the interval of its test: better or worse (with the share of pairs
     won), equivalent within the margin, or the measured difference of an open or futile question."""
-    scale, unit = scale_of(metric)
-    at = "at equal time" if budget == "time" else "at equal steps"
+    scale, unit, at = metric.scale, metric.unit, budget.equal
     if decision.low is None:
         return f"no significant difference: {decision.diff * scale:+.2f} {unit} ({decision.pairs} pairs, no look yet)"
     interval = f"[{decision.low * scale:+.2f}, {decision.high * scale:+.2f}]"
     if decision.verdict in ("better", "worse"):
         share = ""
         if question is not None:
-            wins, low, high = win_share(question.diffs[: decision.look], higher_is_better(metric))
+            wins, low, high = win_share(question.diffs[: decision.look], metric.higher_is_better)
             share = f"; P(better) {wins:.2f} [{low:.2f}, {high:.2f}]"
         size = f"{abs(decision.diff) * scale:.2f} {unit}"
         return f"{size} {decision.verdict} {at} {interval} ({decision_label(decision)}{share})"
@@ -343,9 +342,9 @@ def _accuracy_text(decision: Decision, question: Question | None, metric: str, b
     return f"no significant difference: {measured}"
 
 
-def _difference_text(accuracy: Comparison, metric: str) -> str:
+def _difference_text(accuracy: Comparison, metric: Metric) -> str:
     """An unjudged accuracy difference as measured: signed, with its 95 % interval and test."""
-    scale, unit = scale_of(metric)
+    scale, unit = metric.scale, metric.unit
     interval = f"[{accuracy.low * scale:+.2f}, {accuracy.high * scale:+.2f}]"
     return f"{accuracy.diff * scale:+.2f} {unit} {interval} ({accuracy.test})"
 
@@ -355,12 +354,11 @@ def _one_seed_text(
     base: list[float],
     reached: list[float],
     baseline_times: Mapping[int, float | None],
-    metric: str,
-    budget: str,
+    metric: Metric,
+    budget: Budget,
     void_speed: str | None,
 ) -> str:
-    scale, unit = scale_of(metric)
-    at = "at equal time" if budget == "time" else "at equal steps"
+    scale, unit, at = metric.scale, metric.unit, budget.equal
     diff = statistics.fmean(mine) - statistics.fmean(base)
     base_reached = [t for t in baseline_times.values() if t is not None]
     ratio = ""
