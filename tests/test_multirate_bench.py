@@ -128,6 +128,25 @@ def test_finetune_takes_a_dataset_task():
     assert dataset["test_accuracy"] == tensors["test_accuracy"] and len(dataset["step_times"]) == 2
 
 
+def test_finetune_report_has_the_speed_up_next_to_its_limit_and_a_plot(tmp_path, monkeypatch):
+    import dataclasses
+
+    from layerwise.bench import multirate_bench
+
+    data = _finetune_data("effnet-fashion")
+    make = multirate_bench.finetune_task
+    monkeypatch.setattr(
+        multirate_bench, "finetune_task", lambda *a: dataclasses.replace(make(*a), load_data=lambda *b: data)
+    )
+    report = multirate_bench._finetune("effnet-fashion", 1, 1, 2, 1e-3, "adamw", tmp_path)
+    assert set(report["methods"]) == set(multirate_bench.finetune_methods(2)) and report["per_step_lr"] == 1e-3
+    for label, entry in report["methods"].items():
+        assert len(entry["curve_mean"]) == 1 and 0.0 <= entry["test_accuracy_mean"] <= 1.0
+        if label.startswith("multirate"):
+            assert entry["speedup_vs_limit"] == pytest.approx(entry["speedup"] / entry["limit"])
+    assert (tmp_path / "multirate_effnet-fashion.png").exists()
+
+
 def test_finetune_optimizer_is_checked_before_any_work(tmp_path, monkeypatch):
     from layerwise.bench import multirate_bench
     from layerwise.bench.multirate_bench import _finetune
