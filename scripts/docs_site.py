@@ -37,6 +37,7 @@ SNIPPET_MODULES = (
     "layerwise.compare.peers",
     "layerwise.recipes",
     "layerwise.tasks",
+    "layerwise.tasks.lora",
     "layerwise.freezing",
     "layerwise.autofreeze",
     "layerwise.peers_optim",

@@ -120,3 +120,52 @@ def test_compare_quick_on_the_lora_task_writes_records_for_baseline_loraplus_and
         "groupB",
         "groupB_no_decay",
     }
+
+
+def test_lora_puts_adapters_into_the_tasks_own_model_and_trains_only_them_and_the_head():
+    torch.manual_seed(0)
+    model = mlp()
+    x = torch.randn(8, 20)
+    before, weights = model(x).detach(), {n: p.detach().clone() for n, p in model.named_parameters()}
+    setup = build_setup(_build(PLAIN_TASK, model), "lora", resolve_settings("lora", {"r": 2}))
+    torch.testing.assert_close(model(x), before)  # the same object, adapted in place; lora_B starts at zero
+    opt = setup.optimizer
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["name"] for g in opt.param_groups] == ["lora_A", "lora_B", "head", "head"]  # the head's bias: no decay
+    assert {g["lr"] for g in opt.param_groups} == {1e-3}  # its own LR (LoRA's usual), not the task's 1e-2
+    adapted = sorted(n.split(".")[0] for n, p in model.named_parameters() if ".lora_A." in n)
+    assert adapted == ["0", "2"]  # every nn.Linear outside the head (the last group: "4")
+    assert [p.shape[0] for g in opt.param_groups[:1] for p in g["params"]] == [2, 2]  # rank 2
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), torch.zeros(8, dtype=torch.long)).backward()
+        opt.step()
+        setup.scheduler.step()
+    now = dict(model.named_parameters())
+    assert all(torch.equal(now[f"{n[0]}.base_layer.{n[2:]}"], w) for n, w in weights.items() if n[0] in "02")
+    assert not torch.equal(now["4.modules_to_save.default.weight"], weights["4.weight"])  # the head trains
+
+
+def test_lora_targets_and_its_refusals():
+    torch.manual_seed(0)
+    model = mlp()
+    build_setup(_build(PLAIN_TASK, model), "lora", resolve_settings("lora", {"targets": ["2"]}))
+    assert sorted({n.split(".")[0] for n, _ in model.named_parameters() if ".lora_" in n}) == ["2"]
+    with pytest.raises(ValueError, match=r"--set lora\.targets: expected a list of module names"):
+        resolve_settings("lora", {"targets": "query"})
+    with pytest.raises(ValueError, match=r"--set lora\.r: must be an int >= 1"):
+        resolve_settings("lora", {"r": 0})
+    with pytest.raises(ValueError, match=r"lora does not apply .*LoRA adapts pretrained weights"):
+        check_methods(blobs_task("scratch-blobs"), ["lora"], PLAIN_TASK.partition_of(mlp()))
+    with pytest.raises(ValueError, match=r"lora does not apply .*has LoRA adapters already"):
+        check_methods(LORA_TASK, ["lora"], LORA_TASK.partition_of(LORA_TASK.make_model()))
+
+
+def test_compare_quick_runs_lora_beside_the_baseline_and_resumes_from_the_run_store(tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "peft-blobs-plain", "--quick", "--methods", "baseline,lora", "--no-progress"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    record = json.loads((out / "runs" / "lora-seed0.json").read_text())
+    assert record["steps"] > 0 and set(record["lr"]) == {"lora_A", "lora_B", "head"}
+    assert cli.main([*argv, "--out", str(out)]) == 0  # again on the same store: the run is kept, not rerun
+    assert json.loads((out / "runs" / "lora-seed0.json").read_text()) == record  # a rerun would time differently

@@ -83,12 +83,13 @@ def _fresh(task) -> tuple[nn.Module, Build]:
 
 @contextmanager
 def _step_lrs(model: nn.Module):
-    """The LR of each named parameter at every optimizer step (a wrapper's inner steps included)."""
-    names = {id(p): n for n, p in model.named_parameters()}
+    """The LR of each named parameter at every optimizer step (a wrapper's inner steps included; the names
+    read at each step: ``lora``'s snippet adds the adapters inside the block)."""
     steps: list[dict[str, float]] = []
 
     def record(optimizer, args, kwargs):
         del args, kwargs
+        names = {id(p): n for n, p in model.named_parameters()}
         steps.append({names[id(p)]: float(g["lr"]) for g in optimizer.param_groups for p in g["params"]})
 
     handle = register_optimizer_step_pre_hook(record)

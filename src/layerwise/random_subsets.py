@@ -5,7 +5,8 @@ entry with the tensor's probability). During the cycle's ``k`` fast steps the sl
 set to zero and only the fast entries are updated (step ``h``). Then the slow entries get their
 values back and one step updates all entries together: the fast ones with ``h``, the slow ones
 with ``h * k`` (or an uncoupled ``slow_lr``). A cycle is ``k + 1`` optimizer steps; then a new
-subset is drawn. Use :meth:`full_weights` to evaluate mid-cycle with every weight in place.
+subset is drawn. Use :meth:`full_weights` (or :meth:`eval`, then :meth:`train`) to evaluate
+mid-cycle with every weight in place.
 
 The base algorithm is torch SGD (``momentum``, ``weight_decay`` allowed): the slow entries' larger
 step is applied by scaling their gradient by ``slow_lr / h`` on the joint step.
@@ -86,6 +87,7 @@ class RandomSubsetMultirate(Wrapper):
         self.step_count = 0
         self._masks: list[Tensor] = []  # True = slow, per entry
         self._kept: list[Tensor] = []  # the slow entries' values while they are zeroed
+        self._training: list[Tensor] | None = None  # the weights to train on again, while evaluating (eval())
         self._draw()
 
     @property
@@ -122,6 +124,8 @@ class RandomSubsetMultirate(Wrapper):
     def step(self, closure=None):  # type: ignore[override]
         """A fast step (slow entries stay zero) or the joint step (slow entries move ``slow_lr``)."""
         check_current((p for g in self.param_groups for p in g["params"]), "optimizer")
+        if self._training is not None:
+            raise ValueError("optimizer: evaluating (eval() without train()); call train() before the next step")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -144,17 +148,28 @@ class RandomSubsetMultirate(Wrapper):
     @contextmanager
     def full_weights(self) -> Iterator[None]:
         """Every weight in place for the block (evaluation mid-cycle); the zeros come back after."""
-        if self.joint_step:
+        if self._training is not None:  # already evaluating: stay so
             yield
             return
-        current = [local(p).detach().clone() for p, _ in self.probabilities]
-        self._restore()
+        self.eval()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for (p, _), saved in zip(self.probabilities, current):
-                    local(p).copy_(saved)
+            self.train()
+
+    def eval(self) -> None:
+        """Every weight in place (to evaluate mid-cycle) until :meth:`train`, as Schedule-Free's ``eval``."""
+        if self._training is None:
+            self._training = [local(p).detach().clone() for p, _ in self.probabilities]
+            self._restore()
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Back to training after :meth:`eval`: the slow entries zero again (nothing to do if not evaluating)."""
+        if self._training is not None:
+            for (p, _), saved in zip(self.probabilities, self._training):
+                local(p).copy_(saved)
+            self._training = None
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {

@@ -23,7 +23,7 @@ from torch import nn
 
 from .pretrained import minilm_classifier
 
-__all__ = ["PEFT_HINT", "has_lora", "minilm_lora", "peft_lora"]
+__all__ = ["PEFT_HINT", "has_lora", "linear_targets", "minilm_lora", "peft_lora"]
 
 PEFT_HINT = "install PEFT with: pip install -c constraints.txt 'layerwise[pretrained]'"
 """How to install what the LoRA tasks and benchmarks need."""
@@ -90,6 +90,21 @@ def peft_lora(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, modules_to_save=head or None, bias="none"
     )
     return peft.get_peft_model(model, config)
+
+
+def linear_targets(model: nn.Module, head: Sequence[str] = ()) -> list[str]:
+    """The names of ``model``'s ``nn.Linear`` modules outside the ``head`` modules (the ``lora`` method's targets).
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> linear_targets(net, head=["2"])
+        ['0']
+    """
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not any(n == h or n.startswith(h + ".") for h in head)
+    ]
 
 
 def has_lora(names: Sequence[str]) -> bool:

@@ -1,12 +1,32 @@
-"""Multirate: ``multirate`` (the head fast, the rest every k steps) and ``multirate-block`` (two groups fast)."""
+"""Multirate: ``multirate`` (the head fast, the rest every k steps), ``multirate-block`` (two groups fast) and
+``random-subset`` (§5.1's random slow subsets of the middle groups' weights, on its own SGD).
+
+Examples:
+    >>> from layerwise.compare.methods import resolve_settings
+    >>> resolve_settings("random-subset", {"p": 0.2})
+    {'lr': 0.1, 'k': 5, 'p': 0.2, 'momentum': 0.0}
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from ..._checks import boolean, finite_nonneg, int_between, optional, positive_int
+import torch
+
+from ..._checks import (
+    boolean,
+    finite_nonneg,
+    fraction,
+    int_between,
+    optional,
+    positive_int,
+    positive_number,
+    unit_interval,
+)
+from ...groups import Partition
 from ...multirate import Multirate
+from ...random_subsets import RandomSubsetMultirate
 from ...tasks import Task, optimizer_preset
 from .kit import (
     Build,
@@ -109,7 +129,65 @@ _MULTIRATE_BLOCK = Method(
 )
 
 
+def _probability(flag: str, value: Any) -> float:
+    return fraction(flag, value, what="a probability")
+
+
+def _middle_weights(partition: Partition) -> list[torch.nn.Parameter]:
+    """The weights of two or more dimensions in the groups between the first and the last (LISA's sampled ones)."""
+    return [p for group in list(partition)[1:-1] for p in group.params if p.ndim >= 2]
+
+
+def _random_subset(context: Build, settings: dict[str, Any]) -> Setup:
+    lr, task = settings["lr"], context.task
+    groups = context.partition.param_groups(lr=lr, weight_decay=task.weight_decay, no_decay=("bias", "norm"))
+    optimizer = RandomSubsetMultirate(
+        groups,
+        lr=lr,
+        k=settings["k"],
+        probabilities={p: settings["p"] for p in _middle_weights(context.partition)},
+        seed=torch.initial_seed(),
+        momentum=settings["momentum"],
+    )
+    return Setup(optimizer, policy_only(context, optimizer), eval_mode=optimizer.eval, train_mode=optimizer.train)
+
+
+def _random_subset_snippet(build: Build, settings: Mapping[str, Any]) -> str:
+    lr, wd = settings["lr"], build.task.weight_decay
+    return (
+        f"slow = {{p: {settings['p']!r} for g in list(part)[1:-1] for p in g.params if p.ndim >= 2}}   "
+        "# the middle groups' weights\n"
+        f'groups = part.param_groups(lr={lr!r}, weight_decay={wd:g}, no_decay=("bias", "norm"))\n'
+        f"opt = layerwise.RandomSubsetMultirate(groups, lr={lr!r}, k={settings['k']!r}, probabilities=slow, "
+        f"seed=torch.initial_seed(), momentum={settings['momentum']!r})\n"
+        f"{policy_snippet(build)}\n"
+        "opt.eval()   # every weight in place to evaluate; opt.train() before training on"
+    )
+
+
+_RANDOM_SUBSET = Method(
+    "random-subset",
+    "RandomSubsetMultirate (the Multirate paper's §5.1 regulariser, LISA's family): every cycle each entry of "
+    "the middle groups' weights (all but the first and last group, those LISA samples) is slow with "
+    "probability `p`: zero for `k` fast steps, then back for one joint step of `k` x the LR; its own SGD "
+    "(`lr`, `momentum`; the paper's h=0.1, no momentum), the task's decay; evaluated with every weight in "
+    "place; times the policy",
+    _random_subset,
+    {"lr": 0.1, "k": 5, "p": 0.5, "momentum": 0.0},
+    needs_groups(3),
+    not_default={
+        "scratch": "a regulariser run on request (the Multirate bench measures it on its perceptron)",
+        "fine-tuning": "LISA's closest technique, run on request",
+    },
+    snippet=_random_subset_snippet,
+    check=checked("random-subset", lr=positive_number, k=positive_int, p=_probability, momentum=unit_interval),
+    uses_task_lr=False,
+    not_parallel={"fsdp": "its slow subsets are drawn over each whole tensor; FSDP2 shards them"},
+    optimizer_use="own",
+)
+
+
 def register_multirate() -> None:
-    """Register ``multirate`` and ``multirate-block``."""
-    for method in (_MULTIRATE, _MULTIRATE_BLOCK):
+    """Register ``multirate``, ``multirate-block`` and ``random-subset``."""
+    for method in (_MULTIRATE, _MULTIRATE_BLOCK, _RANDOM_SUBSET):
         register_method(method)
