@@ -67,14 +67,14 @@ def test_the_quick_main_job_takes_the_quick_slices_and_the_regimes_own_sizes_oth
     def fake_check(task, methods, **options):
         seen.append((task, methods, options))
         options["out"].mkdir(parents=True, exist_ok=True)
-        return {"task": SimpleNamespace(name=task)}
+        return SimpleNamespace(task=SimpleNamespace(name=task))
 
-    def fake_compare(**request):
+    def fake_compare(request):
         return {"rows": [], "answer": "", "setting": "", "table": "", "metric": "accuracy", "paths": {"plots": []},
                 "snippets": {}, "budget": "time"}  # fmt: skip
 
     monkeypatch.setattr(main_job, "check_request", fake_check)
-    monkeypatch.setattr(main_job, "compare_variants", fake_compare)
+    monkeypatch.setattr(main_job, "run_request", fake_compare)
     monkeypatch.setattr(main_job, "html_section", lambda *args, **kwargs: "")
     quick = main_job.run_main(out=tmp_path / "quick", quick=True)
     assert all("train_size" not in options and options["quick"] for _, _, options in seen)

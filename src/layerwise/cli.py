@@ -788,7 +788,7 @@ def _flags_given(args: argparse.Namespace, takes: frozenset[str]) -> list[str]:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .compare.session import parse_seeds
+    from .compare.request import parse_seeds
     from .compare.study import run_study
 
     if args.methods or args.set or args.telemetry or args.task:
@@ -849,7 +849,7 @@ def _main_job(
 
 def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options: dict[str, Any]) -> int:
     from .compare import parse_overrides
-    from .compare.session import check_request, compare_variants
+    from .compare.session import check_request, run_request
     from .tasks import is_task_file
 
     if _launched():
@@ -857,11 +857,11 @@ def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options
     out = _out_of(args)
     request = check_request(_task_of(args, out), methods, settings=parse_overrides(args.set), out=out, **options)
     if is_task_file(args.task):  # its data, loaded once, label-checked before anything is written
-        request["task"].load_data(None, request["config"].quick)
+        request.task.load_data(None, request.config.quick)
     with _holding(out):
         if args.tune_baseline is not None:
             request = _tuned(request, args.tune_baseline, options)
-        result = compare_variants(**request)
+        result = run_request(request)
     if result.get("follower"):  # a torchrun rank other than 0: rank 0 reports
         return 0
     paths = result["paths"]
@@ -870,15 +870,17 @@ def _one_comparison(args: argparse.Namespace, methods: list[str] | None, options
     return _failures([result])
 
 
-def _tuned(request: dict[str, Any], factors: list[float], options: dict[str, Any]) -> dict[str, Any]:
-    """``request`` with the task at the LR ``--tune-baseline`` found best, and a note on the tuning."""
+def _tuned(request: Any, factors: list[float], options: dict[str, Any]) -> Any:
+    """The checked ``request`` (a :class:`~layerwise.compare.request.Request`) with the task at the LR
+    ``--tune-baseline`` found best, and a note on the tuning."""
     from .compare.sweep import tune_baseline
 
     judging = ("aa", "target", "target_tolerance", "max_minutes", "max_runs", "correction", "tensorboard", "margin")
     kept = {k: v for k, v in options.items() if k not in judging}
-    tuned = tune_baseline(request["task"], factors, out=request["out"], **kept)
+    tuned = tune_baseline(request.task, factors, out=request.out, **kept)
     print(f"--tune-baseline: x{tuned.factor:g} kept (LR {tuned.task.lr:g})\n\n{tuned.table}\n")
-    return {**request, "task": tuned.task, "note": tuned.note()}
+    note = dataclasses.replace(request.options, note=tuned.note())
+    return dataclasses.replace(request, task=tuned.task, options=note)
 
 
 def _holding(out: Path):

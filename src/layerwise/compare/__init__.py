@@ -19,7 +19,17 @@ Examples:
 from .cached import register_cached
 from .methods import METHODS, Build, Method, Setup, default_methods, register_method
 from .peers import register_peers
-from .session import BUDGETS, CompareConfig, Variant, compare, compare_variants, parse_overrides
+from .session import (
+    BUDGETS,
+    CompareConfig,
+    Request,
+    Variant,
+    check_request,
+    compare,
+    compare_variants,
+    parse_overrides,
+    run_request,
+)
 from .setup import setup
 
 __all__ = [
@@ -28,8 +38,10 @@ __all__ = [
     "Build",
     "CompareConfig",
     "Method",
+    "Request",
     "Setup",
     "Variant",
+    "check_request",
     "compare",
     "compare_variants",
     "default_methods",
@@ -37,6 +49,7 @@ __all__ = [
     "register_cached",
     "register_method",
     "register_peers",
+    "run_request",
     "setup",
 ]
 

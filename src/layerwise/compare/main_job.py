@@ -29,7 +29,7 @@ from typing import Any
 from ..tasks import resolve_task
 from .profiles import TAU_MAX, plot_profile, ratios, score, speedups
 from .report import AA_LABEL, html_page, html_section
-from .session import check_request, compare_variants
+from .session import check_request, run_request
 
 __all__ = [
     "REGIME_RUNS",
@@ -147,8 +147,8 @@ def run_sections(
     ]
     sections = []
     for run, request in zip(runs, requests):
-        result = compare_variants(**request)
-        sections.append({"regime": run, "heading": run.heading, "task": request["task"].name, **result})
+        result = run_request(request)
+        sections.append({"regime": run, "heading": run.heading, "task": request.task.name, **result})
     minutes = (time.perf_counter() - start) / 60
     summary = SMOKE_SUMMARY if options.get("quick") else summarize_tasks(sections, out)
     _write(out, heading, sections, summary, minutes)

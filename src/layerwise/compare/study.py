@@ -27,7 +27,8 @@ from typing import Any
 from ..tasks import TaskData, get_task
 from ..tasks.base import split_examples
 from .measures import ACCURACY
-from .session import CompareConfig, Variant, compare_variants
+from .request import VariantSpec
+from .session import CompareConfig, compare_variants
 from .stats import Decision, Question, decide_fixed
 from .targets import check_margin, decision_label, verdict_questions
 
@@ -40,9 +41,9 @@ TARGET_FRACTION = 0.98
 """Steps to target: the first evaluation reaching this fraction of the reference's mean final accuracy."""
 
 
-def llr_variants() -> list[Variant]:
+def llr_variants() -> list[VariantSpec]:
     """The llr study's variants; the first of each policy is its reference (uniform multipliers)."""
-    variants: list[Variant] = []
+    variants: list[VariantSpec] = []
     for policy in ("step", "onecycle", "triangular", "constant"):
         variants += [
             (f"{policy} uniform", "baseline", {"policy": policy}),

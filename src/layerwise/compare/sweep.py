@@ -32,7 +32,7 @@ from typing import Any
 from ..tasks import Task, resolve_task
 from .measures import Metric, metric_of
 from .methods import METHODS
-from .session import check_request, compare_variants
+from .session import check_request, run_request
 
 __all__ = ["Tuned", "check_factors", "lr_sweep", "tune_baseline"]
 
@@ -76,7 +76,7 @@ def lr_sweep(
     anchor = _anchor(factors)
     settings = dict(settings or {})
     if methods is None:
-        methods = [name for name, _, _ in check_request(task, None, settings=settings, **options)["variants"]]
+        methods = check_request(task, None, settings=settings, **options).methods
     methods = list(methods)
     requests = []
     for factor in factors:
@@ -84,7 +84,7 @@ def lr_sweep(
         swept = replace(task, name=f"{task.name}@lr{factor:g}", lr=task.lr * factor)
         mine = {name: value for name, value in settings.items() if name in names}
         requests.append(check_request(swept, names, settings=mine, **{**options, "out": out / f"lr{factor:g}"}))
-    results = [compare_variants(**request) for request in requests]
+    results = [run_request(request) for request in requests]
     rows = _rows(methods, factors, results)
     metric = metric_of(task.metric)
     table = _table(rows, factors, metric)
