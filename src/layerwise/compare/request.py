@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -326,8 +327,11 @@ def check_request(
     checked = [Variant(v.label, v.method, v.settings, v is reference) for v in checked]
     if aa:
         checked.append(Variant(AA_LABEL, reference.method, reference.settings))
-    if max_runs is not None:
-        _check_max_runs(max_runs, start, most, len(checked))
+    if max_runs is not None and max_runs < start * len(checked):
+        raise ValueError(
+            f"--max-runs: at least one round, {start * len(checked)} runs ({start} seeds of each of the "
+            f"{len(checked)} methods, the baseline included), got {max_runs}"
+        )
     nproc, engine = check_parallel(config.nproc, config.fsdp, task, names)
     options = RunOptions(tensorboard, progress, title, note, retime, _checked_executor(executor, nproc, engine), data)
     return Request(
@@ -339,32 +343,12 @@ def _config(config: CompareConfig | None, given: Mapping[str, Any]) -> CompareCo
     """The configuration: ``config``, or one built from its fields ``given`` as keywords."""
     unknown = sorted(set(given) - set(CompareConfig.options()))
     if unknown:
-        known = sorted({*CompareConfig.options(), *_REQUEST_OPTIONS})
+        keywords = [p.name for p in inspect.signature(check_request).parameters.values() if p.kind == p.KEYWORD_ONLY]
+        known = sorted({*CompareConfig.options(), *keywords})
         raise ValueError(f"compare: unknown option {unknown[0]!r}; choose from {known}")
     if config is not None and given:
         raise ValueError(f"config: give a CompareConfig or its fields as keywords, not both (got {sorted(given)})")
     return config if config is not None else CompareConfig(**given)
-
-
-_REQUEST_OPTIONS = (
-    "seeds",
-    "out",
-    "target",
-    "target_tolerance",
-    "correction",
-    "margin",
-    "max_runs",
-    "max_minutes",
-    "aa",
-    "tensorboard",
-    "progress",
-    "title",
-    "note",
-    "retime",
-    "executor",
-    "data",
-)
-"""The options of :func:`check_request` beside the configuration's fields (for the unknown option's message)."""
 
 
 def _variant_specs(
@@ -406,15 +390,6 @@ def _check_judging(judging: Judging, metric: str, most: int | None) -> None:
         raise ValueError(f"--max-runs: a whole number of runs, got {max_runs!r}")
     if max_runs is not None and most is None:
         raise ValueError("--max-runs: only with --seeds auto (it caps the runs that added seeds may take)")
-
-
-def _check_max_runs(max_runs: int, start: int, most: int | None, labels: int) -> None:
-    """``--max-runs``: at least the first round's runs, every label's ``start`` seeds."""
-    if max_runs < start * labels:
-        raise ValueError(
-            f"--max-runs: at least one round, {start * labels} runs ({start} seeds of each of the {labels} methods, "
-            f"the baseline included), got {max_runs}"
-        )
 
 
 def _checked_executor(executor: str | Executor | None, nproc: int | None, engine: str | None) -> Executor | None:
