@@ -691,8 +691,6 @@ _STEP_FLAGS = ("precision", "clip_grad_norm", "accumulate")
 
 def _check_compare_flags(args: argparse.Namespace) -> None:
     """The rules on how ``compare``'s flags combine that hold whatever it runs."""
-    if args.tensorboard and not args.telemetry:
-        raise ValueError("--tensorboard: needs --telemetry N (what to log, how often)")
     if args.tasks is not None:
         if args.task is not None or args.study or args.lr_sweep is not None:
             raise ValueError("--tasks: one comparison per task and a summary; drop --task, --study and --lr-sweep")

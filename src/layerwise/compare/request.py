@@ -29,6 +29,7 @@ from ..groups import Partition
 from ..tasks import Task, TaskData, resolve_task
 from .budget import CLOCKS
 from .executors import Executor, executor_of
+from .measures import STEPS, TIME, budget_of
 from .methods import METHODS, check_methods, default_methods, resolve_settings
 from .parallel import check_parallel
 from .store import RunStore
@@ -50,7 +51,7 @@ __all__ = [
     "parse_seeds",
 ]
 
-BUDGETS = ("steps", "time")
+BUDGETS = (STEPS.name, TIME.name)
 """``steps``: every method trains the task's epochs; ``time``: every method trains for the same wall-clock."""
 
 AUTO_SEEDS = (3, 10)
@@ -113,7 +114,7 @@ class CompareConfig:
         if seconds is not None:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
                 raise ValueError(f"--budget-seconds: a finite number of seconds > 0, got {seconds!r}")
-            if self.budget != "time":
+            if not self.paced:
                 raise ValueError("--budget-seconds: only with --budget time")
         _positive_int("epochs", self.epochs, optional=True)
         _positive_int("train_size", self.train_size, optional=True)
@@ -123,6 +124,11 @@ class CompareConfig:
         _positive_int("--nproc", self.nproc, optional=True)
         if not isinstance(self.fsdp, bool):
             raise TypeError(f"--fsdp: expected True or False, got {self.fsdp!r}")
+
+    @property
+    def paced(self) -> bool:
+        """Whether every run stops by its clock (``budget="time"``) rather than after its steps."""
+        return budget_of(self.budget).paced
 
     @classmethod
     def options(cls) -> tuple[str, ...]:

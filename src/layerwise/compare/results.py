@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .measures import metric_of
 from .methods import METHODS, OPTIMIZER_USES, Build, method_snippet
 from .pages import write_html
 from .plots import plot_all, plot_forest
@@ -161,7 +162,7 @@ def _optimizers_text(request: Request) -> str:
 
 
 def _budget_text(request: Request, outcomes: Outcomes) -> str:
-    if request.config.budget == "steps":
+    if not request.config.paced:
         return f"Equal steps: every method trains {request.epochs} epoch(s)."
     return _time_budget_text(request, outcomes) + _clock_text(request.config.clock)
 
@@ -204,13 +205,14 @@ def _parallel_text(nproc: int, engine: str, batch_size: int) -> str:
 
 
 def _target_text(metric: str, target: float) -> str:
-    value = f"{100 * target:.2f} %" if metric == "accuracy" else f"{target:.4g}"
+    measure = metric_of(metric)
+    value = f"{measure.scale * target:{measure.spec}}" + (" %" if measure.percent else "")
     return f"Target for 'time to target': test {metric} {value}."
 
 
 def _paced(request: Request) -> set[str]:
     """The labels whose runs stopped by their clock: under a time budget all, but the baseline that set it."""
-    if request.config.budget != "time":
+    if not request.config.paced:
         return set()
     labels = {variant.label for variant in request.variants}
     return labels if request.config.budget_seconds is not None else labels - {request.baseline.label}

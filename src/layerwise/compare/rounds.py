@@ -163,7 +163,7 @@ def train_on(
     task, config = request.task, request.config
     shared = _shared(request)
     ref = TaskRef.of(task, config.quick, config.test_size)
-    timed = config.budget == "time" and config.budget_seconds is None
+    timed = config.paced and config.budget_seconds is None
     stages = [[r for r in todo if r[0].reference], [r for r in todo if not r[0].reference]]
     unsaved: Unsaved = {}
     with progress_bar(len(todo), f"compare {task.name} ({executor.name})", request.options.progress, unit="run") as bar:
@@ -286,7 +286,7 @@ def _run_budget(
     (``budget_seconds`` not given) trains the task's epochs, and its training time is the budget.
     """
     config = request.config
-    if config.budget != "time":
+    if not config.paced:
         return {"mode": config.budget}
     assert data is not None  # loaded before any run is due
     n_train = min(split_size(data.train), request.train_size or split_size(data.train))
