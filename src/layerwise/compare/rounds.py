@@ -16,6 +16,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,10 @@ def train_due(
     with progress_bar(len(todo), f"compare {task.name}", progress, unit="run", leave=True) as runs_bar:
         for done, (variant, seed) in enumerate(todo):
             key = variant.run_key(seed)
-            budget = _run_budget(store, request, variant, seed, data, unsaved)
             started = time.perf_counter()
             with progress_bar(0, f"{variant.label} seed {seed}", progress) as steps_bar:
                 try:
-                    if isinstance(budget, str):
-                        raise RuntimeError(budget)
+                    budget = _run_budget(store, request, variant, seed, data, unsaved)
                     record = run(
                         task,
                         variant.method,
@@ -134,13 +133,13 @@ def train_due(
                         seed=seed,
                         tensorboard=_logs(request, variant, seed, request.out),
                         on_step=_step_progress(steps_bar),
-                        **{k: budget[k] for k in ("steps", "seconds") if k in budget},
+                        **budget.lengths(),
                         **shared,
                     )
                 except Exception:
                     store.fail(key, variant.method, seed, traceback.format_exc())
                 else:
-                    record.update(label=variant.label, timing=invocation, budget=_budget_note(budget, record))
+                    record.update(label=variant.label, timing=invocation, budget=budget.recorded(record))
                     _save(store, key, record, unsaved, f"{variant.label} seed {seed}")
                     if done == 0 and progress and len(todo) > 1:
                         say(_estimate_text(record, time.perf_counter() - started, len(todo) - 1, request))
@@ -171,14 +170,15 @@ def train_on(
             jobs, notes = [], {}
             for variant, seed in stage:
                 key = variant.run_key(seed)
-                budget = _run_budget(store, request, variant, seed, loaded, unsaved)
-                if isinstance(budget, str):
-                    store.fail(key, variant.method, seed, budget)
+                try:
+                    budget = _run_budget(store, request, variant, seed, loaded, unsaved)
+                except NoBudget as missing:
+                    store.fail(key, variant.method, seed, str(missing))
                     if bar is not None:
                         bar.update(1)
                     continue
                 logs = _logs(request, variant, seed, request.out.resolve())
-                lengths = {k: budget[k] for k in ("steps", "seconds") if k in budget}
+                lengths = budget.lengths()
                 spec = RunSpec(variant.method, variant.settings, seed=seed, tensorboard=logs, **lengths, **shared)
                 name = f"{variant.label} seed {seed}"
                 jobs.append(Job.of(key, name, spec, ref, executor.cpus_per_run, request.options.data))
@@ -188,7 +188,7 @@ def train_on(
                     store.fail(job.key, job.spec.method, job.spec.seed, outcome.error or "no record")
                 else:
                     label, budget = notes[job.key]
-                    outcome.record.update(label=label, timing=invocation, budget=_budget_note(budget, outcome.record))
+                    outcome.record.update(label=label, timing=invocation, budget=budget.recorded(outcome.record))
                     _save(store, job.key, outcome.record, unsaved, job.name)
                 if bar is not None:
                     bar.update(1)
@@ -249,12 +249,28 @@ def _estimate_text(record: dict[str, Any], seconds: float, left: int, request: R
     )
 
 
-def _budget_note(budget: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
-    """A finished run's ``budget`` note: how its length was set, without the steps and seconds it was
-    given (a paced run's seconds are its record's ``budget_s``); the baseline's reference run gets its own
-    time, its seed's budget."""
-    note = {k: v for k, v in budget.items() if k not in ("steps", "seconds")}
-    return {**note, "seconds": record["wall_clock_s"]} if note.get("reference") else note
+class NoBudget(RuntimeError):
+    """A paced run whose seed's baseline has no finished run: its budget, that run's time, is unknown."""
+
+
+@dataclass(frozen=True)
+class RunBudget:
+    """How long one run trains (``steps``, ``seconds``: what the runner takes; None: the task's epochs, or
+    no clock) and how its record's ``budget`` note says it was set."""
+
+    note: Mapping[str, Any]
+    steps: int | None = None
+    seconds: float | None = None
+
+    def lengths(self) -> dict[str, Any]:
+        """The runner's keyword arguments for this length."""
+        given = {"steps": self.steps, "seconds": self.seconds}
+        return {name: value for name, value in given.items() if value is not None}
+
+    def recorded(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A finished run's ``budget`` note (a paced run's seconds are its record's ``budget_s``); the
+        baseline's reference run gets its own time, its seed's budget."""
+        return {**self.note, "seconds": record["wall_clock_s"]} if self.note.get("reference") else dict(self.note)
 
 
 def _shared(request: Request) -> dict[str, Any]:
@@ -278,8 +294,8 @@ def _run_budget(
     seed: int,
     data: TaskData | None,
     unsaved: Mapping[str, dict[str, Any]],
-) -> dict[str, Any] | str:
-    """How long one run trains, and its record's ``budget`` note; a string says why it has no budget.
+) -> RunBudget:
+    """How long one run trains, and its record's ``budget`` note; :class:`NoBudget` says why it has none.
 
     Under ``budget="time"`` every run but the baseline's reference run stops by its clock at its
     seed's budget (``seconds``) with schedules built for the baseline's ``steps``; the reference run
@@ -287,19 +303,21 @@ def _run_budget(
     """
     config = request.config
     if not config.paced:
-        return {"mode": config.budget}
+        return RunBudget({"mode": config.budget})
     assert data is not None  # loaded before any run is due
     n_train = min(split_size(data.train), request.train_size or split_size(data.train))
     steps = request.epochs * steps_per_epoch(n_train, request.task.batch_size)
     if config.budget_seconds is not None:
-        return {"mode": "time", "source": "given", "seconds": float(config.budget_seconds), "steps": steps}
+        return RunBudget({"mode": "time", "source": "given"}, steps, float(config.budget_seconds))
     if variant.reference:
-        return {"mode": "time", "source": "baseline", "reference": True, "schedule_steps": steps}
+        return RunBudget({"mode": "time", "source": "baseline", "reference": True, "schedule_steps": steps})
     reference_key = request.baseline.run_key(seed)
     reference = unsaved.get(reference_key) or store.finished(reference_key)
     if reference is None:
-        return f"no budget: the baseline's seed {seed} has no finished run, and its training time is this run's budget"
-    return {"mode": "time", "source": "baseline", "seconds": reference["wall_clock_s"], "steps": steps}
+        raise NoBudget(
+            f"no budget: the baseline's seed {seed} has no finished run, and its training time is this run's budget"
+        )
+    return RunBudget({"mode": "time", "source": "baseline"}, steps, reference["wall_clock_s"])
 
 
 def _step_progress(bar: Any) -> Callable[[int, int, float], None]:
