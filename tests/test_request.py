@@ -1,6 +1,7 @@
 """A comparison's request: one frozen value, checked once, its store key as before, bad input refused first."""
 
 import dataclasses
+import math
 
 import pytest
 
@@ -173,3 +174,70 @@ def test_the_store_key_is_the_one_every_existing_store_was_written_with(tmp_path
         "train_size": None,
         "test_size": 5000,
     }
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"seeds": "auto:1"}, "--seeds"),
+        ({"seeds": "auto:0"}, "--seeds"),
+        ({"seeds": "auto:x"}, "--seeds"),
+        ({"seeds": "many"}, "--seeds"),
+        ({"seeds": "auto", "max_minutes": 0}, "--max-minutes"),
+        ({"seeds": "auto", "max_minutes": math.inf}, "--max-minutes"),
+    ],
+)
+def test_bad_seed_rules_are_refused_before_anything_loads(options, flag, tmp_path):
+    from layerwise.compare.request import check_request
+
+    with pytest.raises(ValueError, match=flag):
+        check_request("fashion-mnist", ["baseline"], out=tmp_path, **options)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("margin", ["-1", "0", "nan", "150"])
+def test_a_bad_margin_is_refused_in_one_line_before_anything_trains(margin, tmp_path, capsys):
+    from layerwise import cli
+    from layerwise.compare.request import check_request
+
+    with pytest.raises(ValueError, match="--margin: "):
+        check_request("fashion-mnist", ["baseline"], out=tmp_path, margin=float(margin))
+    argv = ["compare", "--task", "fashion-mnist", "--methods", "baseline", f"--margin={margin}"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("layerwise compare: error: --margin: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"seeds": "auto", "max_runs": 5},
+            "--max-runs: at least one round, 9 runs (3 seeds of each of the 3 methods, the baseline included), got 5",
+        ),
+        (
+            {"seeds": 3, "max_runs": 20},
+            "--max-runs: only with --seeds auto (it caps the runs that added seeds may take)",
+        ),
+        ({"seeds": "auto", "max_runs": 9.5}, "--max-runs: a whole number of runs, got 9.5"),
+    ],
+)
+def test_a_bad_run_cap_is_refused_in_one_line_naming_the_flag(options, message, tmp_path):
+    from layerwise.compare.request import check_request
+
+    with pytest.raises(ValueError) as refused:
+        check_request("fashion-mnist", ["baseline", "llr", "freezeout"], out=tmp_path, **options)
+    assert str(refused.value) == message and not any(tmp_path.iterdir())
+
+
+def test_the_cli_refuses_a_run_cap_below_one_round_before_anything_trains(tmp_path, capsys):
+    from layerwise import cli
+
+    argv = ["compare", "--task", "fashion-mnist", "--methods", "baseline,llr", "--seeds", "auto", "--max-runs", "4"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        "layerwise compare: error: --max-runs: at least one round, 6 runs (3 seeds of each of the 2 methods, "
+        "the baseline included), got 4\n"
+    )
+    assert not (tmp_path / "out").exists()

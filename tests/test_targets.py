@@ -142,3 +142,27 @@ def test_a_speed_bound_from_a_censored_miss_is_written_unbounded():
 
     speed = Decision("better", "signed rank", 10, 10, 2.6, None, 0.05, 0.05, math.log(1.18), math.log(1.02), 49.0)
     assert _speed_text(speed) == "reaches the target 1.18x sooner [1.02, inf] (wilcoxon, sequential, 10 pairs)"
+
+
+def test_pairs_by_seed_decide_what_the_unpaired_test_cannot():
+    # the baseline's seeds spread 5 points; the method is 4.5-5 points ahead in every seed
+    base = [0.77, 0.80, 0.82]
+    ahead = [b + d for b, d in zip(base, (0.045, 0.050, 0.048))]
+    result = verdict(ahead, base, [None] * 3, [None] * 3, "accuracy", "steps")
+    assert result["accuracy"].test == "paired t" and result["accuracy"].low > 0
+    assert "4.77 points better at equal steps" in result["text"] and "P(better) 1.00" in result["text"]
+    unpaired_seeds = dict(zip((0, 1, 2), ahead)), dict(zip((3, 4, 5), base))
+    shuffled = verdict(*unpaired_seeds, [], [], "accuracy")
+    assert shuffled["accuracy"].test == "welch" and shuffled["text"].startswith("not judged, the seeds do not pair")
+
+
+def test_a_method_that_misses_in_two_of_three_seeds_never_reads_as_sooner():
+    result = verdict([0.8] * 3, [0.8] * 3, [1.0, None, None], [80.0, 90.0, 85.0], "accuracy")
+    assert "sooner" not in result["text"] and "reaches the target in 1/3 seeds" in result["text"]
+    assert result["speed"].test == "wilcoxon" and result["speed"].diff < 0
+
+
+def test_every_pair_reached_compares_log_times_paired():
+    result = verdict([0.8] * 3, [0.8] * 3, [10.0, 11.0, 10.5], [20.0, 21.0, 19.5], "accuracy")
+    assert result["speed"].test == "paired t" and math.exp(result["speed"].diff) > 1.8
+    assert result["text"].startswith("reaches the target 1.9")

@@ -1,58 +1,64 @@
-"""Verdicts that decide: paired seeds, misses counted, Holm's correction over a table's methods."""
+"""The verdicts (compare/verdicts.py): summarize's rows with their equal-cost columns, paired seeds, misses
+counted, Holm's correction over a table's methods, the sequential boundary, the default target, and speed
+left unjudged for pairs timed under other load; the A/A noise floor end to end."""
 
-import math
 from dataclasses import asdict
 
 import pytest
-import torch
 from scipy import stats
 
 from blobs import blobs_task
-from layerwise.compare.methods import resolve_settings
-from layerwise.compare.report import summarize
-from layerwise.compare.runner import new_run
 from layerwise.compare.stats import boundary, sizing
-from layerwise.compare.targets import verdict
-from layerwise.training import seeded_indices
+from layerwise.compare.tables import markdown_table
+from layerwise.compare.verdicts import summarize
+from summary_records import seed_record as _record
+from summary_records import time_budget_outcomes as _outcomes
 
 
-def _record(seed, final, seconds=(2.0, 4.0, 6.0), values=None):
-    values = values or (final - 0.1, final - 0.05, final)
-    curve = [{"step": i + 1, "seconds": s, "test_accuracy": v} for i, (s, v) in enumerate(zip(seconds, values))]
-    return {
-        "seed": seed,
-        "wall_clock_s": seconds[-1],
-        "test_metric": final,
-        "diverged_at": None,
-        "final_train_loss": 0.5,
-        "steps": 100,
-        "curve": curve,
-        "budget": {"mode": "steps"},
-    }
+def test_summary_rows_carry_the_equal_cost_columns_and_verdicts():
+    summary = summarize(_outcomes(), metric="accuracy")
+    rows = {row["method"]: row for row in summary["rows"]}
+    assert summary["target"] == pytest.approx(0.80)
+    assert rows["baseline"]["verdict"] == "reference" and rows["baseline"]["reached"] == 3
+    assert rows["fast"]["steps"] == 150 and rows["fast"]["budget_ratio"] == pytest.approx(1.0)
+    assert rows["fast"]["target_ratio"] > 1.5 and "x sooner [" in rows["fast"]["verdict"]
+    assert rows["over"]["reached"] == 0 and rows["over"]["failed"] == 1
+    assert "warning: trained 1.50x its budget" in rows["over"]["notes"] and "boom" in rows["over"]["notes"]
+    table = markdown_table(summary["rows"], "accuracy")
+    assert table.splitlines()[0].startswith("| method | runs | steps | train s | train s / budget |")
+    assert "time to target s (reached)" in table and "| over | 1 (+1 failed) | 100 |" in table
 
 
-def test_pairs_by_seed_decide_what_the_unpaired_test_cannot():
-    # the baseline's seeds spread 5 points; the method is 4.5-5 points ahead in every seed
-    base = [0.77, 0.80, 0.82]
-    ahead = [b + d for b, d in zip(base, (0.045, 0.050, 0.048))]
-    result = verdict(ahead, base, [None] * 3, [None] * 3, "accuracy", "steps")
-    assert result["accuracy"].test == "paired t" and result["accuracy"].low > 0
-    assert "4.77 points better at equal steps" in result["text"] and "P(better) 1.00" in result["text"]
-    unpaired_seeds = dict(zip((0, 1, 2), ahead)), dict(zip((3, 4, 5), base))
-    shuffled = verdict(*unpaired_seeds, [], [], "accuracy")
-    assert shuffled["accuracy"].test == "welch" and shuffled["text"].startswith("not judged, the seeds do not pair")
+def test_an_explicit_target_replaces_the_default():
+    summary = summarize(_outcomes(), metric="accuracy", target=0.9)
+    assert summary["target"] == 0.9 and all(row["reached"] == 0 for row in summary["rows"])
 
 
-def test_a_method_that_misses_in_two_of_three_seeds_never_reads_as_sooner():
-    result = verdict([0.8] * 3, [0.8] * 3, [1.0, None, None], [80.0, 90.0, 85.0], "accuracy")
-    assert "sooner" not in result["text"] and "reaches the target in 1/3 seeds" in result["text"]
-    assert result["speed"].test == "wilcoxon" and result["speed"].diff < 0
+def test_the_budget_ratio_is_each_runs_time_over_its_own_seeds_budget():
+    outcomes = _outcomes()  # the baseline trains 10 s on each seed
+    for seed, record in enumerate(outcomes["fast"]["records"]):
+        record["seed"] = seed
+        record["budget"]["seconds"] = [10.0, 8.0, 12.5][seed]  # its seed's budget: that seed's baseline time
+    rows = {row["method"]: row for row in summarize(outcomes, metric="accuracy")["rows"]}
+    assert rows["baseline"]["budget_ratio"] == pytest.approx(1.0)
+    assert rows["fast"]["budget_ratio"] == pytest.approx((1.0 + 1.25 + 0.8) / 3)
+    assert rows["over"]["budget_ratio"] == pytest.approx(1.5)
 
 
-def test_every_pair_reached_compares_log_times_paired():
-    result = verdict([0.8] * 3, [0.8] * 3, [10.0, 11.0, 10.5], [20.0, 21.0, 19.5], "accuracy")
-    assert result["speed"].test == "paired t" and math.exp(result["speed"].diff) > 1.8
-    assert result["text"].startswith("reaches the target 1.9")
+@pytest.mark.parametrize(("given", "void"), [(8.0, True), (9.5, False)], ids=["off-25pct", "off-5pct"])
+def test_a_baseline_off_its_budget_voids_every_speed_comparison_in_the_verdicts(given, void):
+    outcomes = _outcomes()  # the baseline trains 10 s
+    for outcome in outcomes.values():
+        for record in outcome["records"]:
+            record["budget"].update(seconds=given, source="given")
+    rows = {row["method"]: row for row in summarize(outcomes, metric="accuracy")["rows"]}
+    verdict = rows["fast"]["verdict"]
+    if void:
+        assert "x sooner" not in verdict and rows["fast"]["target_ratio"] is None
+        assert "speed not compared: the baseline trained 1.25x its budget" in verdict
+        assert rows["fast"]["tests"]["speed"]["diff"] is None
+    else:
+        assert "x sooner [" in verdict and "speed not compared" not in verdict
 
 
 def test_holm_correction_over_the_table_and_without_it():
@@ -145,22 +151,6 @@ def test_median_time_to_target_counts_a_miss_as_infinite():
     assert rows["baseline"]["reached"] == 3 and rows["baseline"]["time_to_target_s"] is not None
 
 
-def test_seed_s_of_two_methods_starts_from_the_same_weights_and_batches():
-    task = blobs_task("paired-blobs")
-    methods = ("baseline", "freezeout", "multirate")
-    runs = {m: new_run(task, m, resolve_settings(m, {}), 20, "constant", seed=4) for m in methods}
-    weights = {m: {k: v.clone() for k, v in model.state_dict().items()} for m, (model, _) in runs.items()}
-    for method in ("freezeout", "multirate"):
-        assert weights[method].keys() == weights["baseline"].keys()
-        for key, value in weights["baseline"].items():
-            torch.testing.assert_close(weights[method][key], value, rtol=0, atol=0)
-    examples = len(task.load_data(None, False).train[1])
-    first = [index for _, epoch, index in seeded_indices(examples, task.batch_size, seed=4, steps=20) if epoch == 0]
-    again = [index for _, epoch, index in seeded_indices(examples, task.batch_size, seed=4, steps=5) if epoch == 0]
-    for a, b in zip(first, again):
-        assert torch.equal(a, b)
-
-
 def test_seeds_added_until_decided_are_judged_by_the_sequential_boundary():
     base = [0.80, 0.81, 0.79]
     ahead = [b + d for b, d in zip(base, (0.010, 0.005, 0.012))]  # paired t 3.4 at 3 pairs: p 0.08
@@ -177,85 +167,66 @@ def test_seeds_added_until_decided_are_judged_by_the_sequential_boundary():
     assert "accuracy" in rows["ahead"]["open"] and rows["ahead"]["sizing"]["needed"] > 3
 
 
-def test_seeds_auto_adds_seeds_to_undecided_methods_only(tmp_path, monkeypatch):
-    import layerwise.compare.session as session
-    from layerwise.compare import compare
-    from layerwise.tasks import TASKS, register_task
-
-    if "auto-blobs" not in TASKS:
-        register_task(blobs_task("auto-blobs"))
-    real = session.run_one
-    calls = []
-
-    def synthetic(task, method, settings, *, seed, **kwargs):
-        # real runs, then a controlled outcome: llr is 20 points ahead and 3x sooner in every seed,
-        # staggered is the baseline's twin up to a little noise (never decided)
-        calls.append((method, seed))
-        record = real(task, "baseline", {}, seed=seed, **kwargs)
-        ahead = method == "llr"
-        noise = 0.01 * ((seed * 7 + len(method)) % 5 - 2) if method == "staggered" else 0.0
-        final = 0.7 + (0.2 + 0.001 * seed if ahead else noise)
-        first = 0.3 + 0.01 * seed if ahead else 1.0
-        record["curve"] = [
-            {"step": 1, "seconds": first, "test_accuracy": final},
-            {"step": 2, "seconds": 2 * first, "test_accuracy": final},
-        ]
-        return {**record, "method": method, "test_metric": final}
-
-    monkeypatch.setattr(session, "run_one", synthetic)
-    options = {"policy": "constant", "progress": False, "eval_points": 2, "budget": "steps", "target": 0.5}
-    result = compare("auto-blobs", ["baseline", "llr", "staggered"], seeds="auto:5", out=tmp_path, **options)
-    seeds = {m: sorted(s for name, s in calls if name == m) for m in ("baseline", "llr", "staggered")}
-    assert seeds["llr"] == [0, 1, 2]  # both questions decided at the first look
-    assert seeds["baseline"] == seeds["staggered"] == [0, 1, 2, 3, 4]  # open to MAX
-    rows = {r["method"]: r for r in result["rows"]}
-    assert "better" in rows["llr"]["verdict"] and "sooner" in rows["llr"]["verdict"] and not rows["llr"]["open"]
-    assert rows["staggered"]["open"] and rows["staggered"]["runs"] == 5
-    assert "seeds added until decided (3 to 5)" in result["setting"] and "llr 3" in result["setting"]
-    family = "both questions of the 2 methods corrected together by Holm's rule, so the chance of any false claim"
-    assert f"{family} in the table is at most 5 %" in result["setting"] and "falls under 10 %" in result["setting"]
-    calls.clear()
-    compare("auto-blobs", ["baseline", "llr", "staggered"], seeds="auto:5", out=tmp_path, **options)
-    assert calls == []  # resumed: the same decisions from the stored runs, nothing trained again
+def _load_record(seed, seconds, load, clock="wall"):
+    curve = [{"step": i + 1, "seconds": s, "test_accuracy": v} for i, (s, v) in enumerate(zip(seconds, (0.7, 0.8)))]
+    record = {
+        "seed": seed,
+        "wall_clock_s": seconds[-1],
+        "test_metric": 0.8,
+        "diverged_at": None,
+        "final_train_loss": 0.5,
+        "steps": 100,
+        "curve": curve,
+        "budget": {"mode": "steps"},
+        "clock": clock,
+    }
+    return record if load is None else {**record, "load": {"start": load, "end": load, "mean": load, "cpus": 2}}
 
 
-@pytest.mark.parametrize(
-    ("options", "flag"),
-    [
-        ({"seeds": "auto:1"}, "--seeds"),
-        ({"seeds": "auto:0"}, "--seeds"),
-        ({"seeds": "auto:x"}, "--seeds"),
-        ({"seeds": "many"}, "--seeds"),
-        ({"seeds": "auto", "max_minutes": 0}, "--max-minutes"),
-        ({"seeds": "auto", "max_minutes": math.inf}, "--max-minutes"),
-    ],
-)
-def test_bad_seed_rules_are_refused_before_anything_loads(options, flag, tmp_path):
-    from layerwise.compare.session import check_request
-
-    with pytest.raises(ValueError, match=flag):
-        check_request("fashion-mnist", ["baseline"], out=tmp_path, **options)
-    assert not any(tmp_path.iterdir())
+def _load_outcomes(method_loads, base_loads, clock="wall"):
+    # the method reaches the target at 2 s, the baseline at 4 s, on every seed: 2x sooner if timed alike
+    base = [_load_record(s, (2.0, 4.0), load, clock) for s, load in enumerate(base_loads)]
+    fast = [_load_record(s, (1.0, 2.0), load, clock) for s, load in enumerate(method_loads)]
+    return {"baseline": {"records": base, "errors": []}, "fast": {"records": fast, "errors": []}}
 
 
-@pytest.mark.parametrize("margin", ["-1", "0", "nan", "150"])
-def test_a_bad_margin_is_refused_in_one_line_before_anything_trains(margin, tmp_path, capsys):
-    from layerwise import cli
-    from layerwise.compare.session import check_request
+def _load_row(outcomes):
+    rows = summarize(outcomes, metric="accuracy", budget="steps", target=0.75)["rows"]
+    return rows[1]
 
-    with pytest.raises(ValueError, match="--margin: "):
-        check_request("fashion-mnist", ["baseline"], out=tmp_path, margin=float(margin))
-    argv = ["compare", "--task", "fashion-mnist", "--methods", "baseline", f"--margin={margin}"]
-    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("layerwise compare: error: --margin: ") and err.count("\n") == 1
-    assert not (tmp_path / "out").exists()
+
+def test_pairs_timed_under_different_load_get_no_speed_verdict_and_the_row_says_why():
+    row = _load_row(_load_outcomes([0.5, 0.4, 0.6], [6.5, 0.3, 0.5]))
+    assert row["timed_under_other_load"] == [0]
+    assert row["tests"]["speed"]["n"] == 2  # seeds 1 and 2 only
+    assert row["notes"] == (
+        "timed under different load: 1 of 3 seed pairs, load average seed 0 (0.5 vs the baseline's 6.5); their "
+        "speed is left out, and their accuracy at equal time came from unequal steps (--clock process, or --retime "
+        "on an idle machine)"
+    )
+
+
+def test_a_method_timed_under_other_load_on_every_seed_is_not_judged_on_speed():
+    row = _load_row(_load_outcomes([0.5, 0.4, 0.6], [6.5, 7.0, 5.0]))
+    assert row["target_ratio"] is None and "x sooner" not in row["verdict"]
+    assert row["verdict"].endswith("; speed not judged: timed under different load")
+    assert row["tests"]["speed"]["decided"] is None
+
+
+def test_the_process_clock_and_unknown_loads_are_never_flagged():
+    alike = _load_row(_load_outcomes([0.5, 0.4, 0.6], [0.5, 0.4, 0.6]))
+    for row in (
+        _load_row(_load_outcomes([0.5, 0.4, 0.6], [6.5, 7.0, 5.0], "process")),
+        _load_row(_load_outcomes([None] * 3, [None] * 3)),
+    ):
+        assert row["timed_under_other_load"] == [] and row["notes"] == ""
+        assert row["target_ratio"] == alike["target_ratio"] == pytest.approx(2.0)
 
 
 def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, monkeypatch):
     import layerwise.compare.session as session
     from layerwise.compare import compare
-    from layerwise.compare.report import AA_LABEL
+    from layerwise.compare.verdicts import AA_LABEL
     from layerwise.tasks import TASKS, register_task
 
     if "aa-blobs" not in TASKS:
@@ -279,104 +250,3 @@ def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, 
     text = (tmp_path / "results.md").read_text()
     assert text.index("Noise floor") < text.index("| method |")
     assert "Noise floor" in (tmp_path / "report.html").read_text()
-
-
-def test_one_seed_answers_that_nothing_can_be_decided():
-    from layerwise.compare.report import answer
-
-    outcomes = {
-        "baseline": {"records": [_record(0, 0.8)], "errors": []},
-        "m": {"records": [_record(0, 0.9)], "errors": []},
-        "broken": {"records": [], "errors": ["Traceback\nRuntimeError: boom"]},
-    }
-    text = answer(summarize(outcomes, budget="steps")["rows"], "accuracy", "steps")
-    assert text.startswith("- One seed per method: no verdict can be decided")
-    assert "- No finished run: broken." in text
-
-
-def _raced(seed, final, seconds):
-    curve = [{"step": 1, "seconds": seconds, "test_accuracy": final}]
-    return {**_record(seed, final), "curve": curve, "wall_clock_s": 3.0}
-
-
-def test_the_next_round_goes_to_the_open_method_and_the_baseline_only():
-    from layerwise.compare.session import plan_round
-
-    # up and down: accuracy decided at the first look, speed futile (times alike); noisy: accuracy open
-    base = (0.80, 0.78, 0.82)
-    shifts = {"up": (0.050, 0.0501, 0.0499), "down": (-0.050, -0.0501, -0.0499), "noisy": (0.03, 0.01, 0.05)}
-    outcomes = {"baseline": {"records": [_raced(s, b, 2.0) for s, b in enumerate(base)], "errors": []}}
-    for label, shift in shifts.items():
-        records = [_raced(s, b + d, t) for s, (b, d, t) in enumerate(zip(base, shift, (1.9, 2.1, 2.0)))]
-        outcomes[label] = {"records": records, "errors": []}
-    rows = summarize(outcomes, metric="accuracy", budget="steps", margin=0.5, sequential=10, target=0.5)["rows"]
-    assert {r["method"]: r["open"] for r in rows} == {"baseline": [], "up": [], "down": [], "noisy": ["accuracy"]}
-    seeds = dict.fromkeys(outcomes, 3)
-    assert plan_round(rows, seeds, "baseline", 10) == {"noisy": 4, "baseline": 4}
-    assert plan_round(rows, seeds, "baseline", 10, room=1) == {}  # the baseline and noisy need 2 runs
-    assert plan_round(rows, {**seeds, "noisy": 10, "baseline": 10}, "baseline", 10) == {}  # at MAX
-
-
-def test_a_cap_that_fits_part_of_a_round_gives_it_to_the_method_nearest_a_decision():
-    from layerwise.compare.session import plan_round
-
-    def row(method, power):
-        return {"method": method, "open": ["accuracy"], "tests": {"accuracy": {"decision": {"power": power}}}}
-
-    rows = [row("far", 0.2), row("near", 0.8)]
-    seeds = {"baseline": 4, "far": 4, "near": 4}
-    assert plan_round(rows, seeds, "baseline", 10, room=2) == {"near": 5, "baseline": 5}
-    assert plan_round(rows, seeds, "baseline", 10, room=3) == {"near": 5, "far": 5, "baseline": 5}
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        (
-            {"seeds": "auto", "max_runs": 5},
-            "--max-runs: at least one round, 9 runs (3 seeds of each of the 3 methods, the baseline included), got 5",
-        ),
-        (
-            {"seeds": 3, "max_runs": 20},
-            "--max-runs: only with --seeds auto (it caps the runs that added seeds may take)",
-        ),
-        ({"seeds": "auto", "max_runs": 9.5}, "--max-runs: a whole number of runs, got 9.5"),
-    ],
-)
-def test_a_bad_run_cap_is_refused_in_one_line_naming_the_flag(options, message, tmp_path):
-    from layerwise.compare.session import check_request
-
-    with pytest.raises(ValueError) as refused:
-        check_request("fashion-mnist", ["baseline", "llr", "freezeout"], out=tmp_path, **options)
-    assert str(refused.value) == message and not any(tmp_path.iterdir())
-
-
-def test_the_cli_refuses_a_run_cap_below_one_round_before_anything_trains(tmp_path, capsys):
-    from layerwise import cli
-
-    argv = ["compare", "--task", "fashion-mnist", "--methods", "baseline,llr", "--seeds", "auto", "--max-runs", "4"]
-    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
-    assert capsys.readouterr().err == (
-        "layerwise compare: error: --max-runs: at least one round, 6 runs (3 seeds of each of the 2 methods, "
-        "the baseline included), got 4\n"
-    )
-    assert not (tmp_path / "out").exists()
-
-
-def test_the_answer_says_what_the_stops_saved_and_what_stays_open_at_the_cap(tmp_path):
-    from layerwise.compare import compare
-    from layerwise.tasks import TASKS, register_task
-
-    if "race-blobs" not in TASKS:
-        register_task(blobs_task("race-blobs"))
-    options = {"policy": "constant", "progress": False, "eval_points": 2, "budget": "steps"}
-    result = compare(
-        "race-blobs", ["baseline", "freezeout", "llr"], seeds="auto:4", max_runs=10, out=tmp_path, **options
-    )
-    lines = result["answer"].splitlines()
-    seeds_line = next(line for line in lines if line.startswith("- Seeds:"))
-    assert seeds_line.startswith(
-        "- Seeds: 9 runs, of the 12 that every method to 4 seeds would take: the stops saved 3."
-    )
-    still = [row["method"] for row in result["rows"] if row["open"]]
-    assert seeds_line.endswith(f" Open at the cap (--max-runs 10): {', '.join(still)}." if still else "saved 3.")

@@ -1,10 +1,15 @@
-"""The answer in one picture: the forest plot's rows and marks, and where the report puts it."""
+"""The report's plots (compare/plots.py): the Pareto frontier, the forest plot's rows and marks, and where
+the report puts the forest."""
 
 import pytest
 
-from layerwise.compare.report import answer, forest_rows, plot_forest, summarize, write_html
+from layerwise.compare.pages import write_html
+from layerwise.compare.plots import forest_rows, pareto_front, plot_forest
+from layerwise.compare.tables import answer
+from layerwise.compare.verdicts import summarize
 
 BASE = (0.80, 0.78, 0.82)
+
 SHIFTS = {
     "up": (0.050, 0.052, 0.049),
     "down": (-0.050, -0.049, -0.052),
@@ -69,3 +74,17 @@ def test_the_forest_plot_is_written_and_the_report_opens_with_it(tmp_path):
 def test_no_judged_method_draws_no_forest(tmp_path):
     rows = [row for row in _rows() if row["method"] == "baseline"]
     assert forest_rows(rows, "accuracy") == [] and plot_forest(rows, "accuracy", None, tmp_path / "f.png") is None
+
+
+@pytest.mark.parametrize(
+    ("points", "higher", "expected"),
+    [
+        ([(1.0, 0.5), (2.0, 0.4), (3.0, 0.9)], True, [(1.0, 0.5), (3.0, 0.9)]),
+        ([(1.0, 0.5), (1.0, 0.6)], True, [(1.0, 0.6)]),
+        ([(1.0, 2.0), (2.0, 1.0), (3.0, 1.5)], False, [(1.0, 2.0), (2.0, 1.0)]),
+        ([], True, []),
+    ],
+    ids=["accuracy", "same-time", "loss", "empty"],
+)
+def test_pareto_front(points, higher, expected):
+    assert pareto_front(points, higher) == expected

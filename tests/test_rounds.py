@@ -1,0 +1,80 @@
+"""A comparison's rounds (compare/rounds.py): which methods get the next round under --seeds auto, and
+the rounds end to end."""
+
+from blobs import blobs_task
+from layerwise.compare.rounds import plan_round
+from layerwise.compare.verdicts import summarize
+from summary_records import seed_record as _record
+
+
+def _raced(seed, final, seconds):
+    curve = [{"step": 1, "seconds": seconds, "test_accuracy": final}]
+    return {**_record(seed, final), "curve": curve, "wall_clock_s": 3.0}
+
+
+def test_the_next_round_goes_to_the_open_method_and_the_baseline_only():
+    # up and down: accuracy decided at the first look, speed futile (times alike); noisy: accuracy open
+    base = (0.80, 0.78, 0.82)
+    shifts = {"up": (0.050, 0.0501, 0.0499), "down": (-0.050, -0.0501, -0.0499), "noisy": (0.03, 0.01, 0.05)}
+    outcomes = {"baseline": {"records": [_raced(s, b, 2.0) for s, b in enumerate(base)], "errors": []}}
+    for label, shift in shifts.items():
+        records = [_raced(s, b + d, t) for s, (b, d, t) in enumerate(zip(base, shift, (1.9, 2.1, 2.0)))]
+        outcomes[label] = {"records": records, "errors": []}
+    rows = summarize(outcomes, metric="accuracy", budget="steps", margin=0.5, sequential=10, target=0.5)["rows"]
+    assert {r["method"]: r["open"] for r in rows} == {"baseline": [], "up": [], "down": [], "noisy": ["accuracy"]}
+    seeds = dict.fromkeys(outcomes, 3)
+    assert plan_round(rows, seeds, "baseline", 10) == {"noisy": 4, "baseline": 4}
+    assert plan_round(rows, seeds, "baseline", 10, room=1) == {}  # the baseline and noisy need 2 runs
+    assert plan_round(rows, {**seeds, "noisy": 10, "baseline": 10}, "baseline", 10) == {}  # at MAX
+
+
+def test_a_cap_that_fits_part_of_a_round_gives_it_to_the_method_nearest_a_decision():
+    def row(method, power):
+        return {"method": method, "open": ["accuracy"], "tests": {"accuracy": {"decision": {"power": power}}}}
+
+    rows = [row("far", 0.2), row("near", 0.8)]
+    seeds = {"baseline": 4, "far": 4, "near": 4}
+    assert plan_round(rows, seeds, "baseline", 10, room=2) == {"near": 5, "baseline": 5}
+    assert plan_round(rows, seeds, "baseline", 10, room=3) == {"near": 5, "far": 5, "baseline": 5}
+
+
+def test_seeds_auto_adds_seeds_to_undecided_methods_only(tmp_path, monkeypatch):
+    import layerwise.compare.session as session
+    from layerwise.compare import compare
+    from layerwise.tasks import TASKS, register_task
+
+    if "auto-blobs" not in TASKS:
+        register_task(blobs_task("auto-blobs"))
+    real = session.run_one
+    calls = []
+
+    def synthetic(task, method, settings, *, seed, **kwargs):
+        # real runs, then a controlled outcome: llr is 20 points ahead and 3x sooner in every seed,
+        # staggered is the baseline's twin up to a little noise (never decided)
+        calls.append((method, seed))
+        record = real(task, "baseline", {}, seed=seed, **kwargs)
+        ahead = method == "llr"
+        noise = 0.01 * ((seed * 7 + len(method)) % 5 - 2) if method == "staggered" else 0.0
+        final = 0.7 + (0.2 + 0.001 * seed if ahead else noise)
+        first = 0.3 + 0.01 * seed if ahead else 1.0
+        record["curve"] = [
+            {"step": 1, "seconds": first, "test_accuracy": final},
+            {"step": 2, "seconds": 2 * first, "test_accuracy": final},
+        ]
+        return {**record, "method": method, "test_metric": final}
+
+    monkeypatch.setattr(session, "run_one", synthetic)
+    options = {"policy": "constant", "progress": False, "eval_points": 2, "budget": "steps", "target": 0.5}
+    result = compare("auto-blobs", ["baseline", "llr", "staggered"], seeds="auto:5", out=tmp_path, **options)
+    seeds = {m: sorted(s for name, s in calls if name == m) for m in ("baseline", "llr", "staggered")}
+    assert seeds["llr"] == [0, 1, 2]  # both questions decided at the first look
+    assert seeds["baseline"] == seeds["staggered"] == [0, 1, 2, 3, 4]  # open to MAX
+    rows = {r["method"]: r for r in result["rows"]}
+    assert "better" in rows["llr"]["verdict"] and "sooner" in rows["llr"]["verdict"] and not rows["llr"]["open"]
+    assert rows["staggered"]["open"] and rows["staggered"]["runs"] == 5
+    assert "seeds added until decided (3 to 5)" in result["setting"] and "llr 3" in result["setting"]
+    family = "both questions of the 2 methods corrected together by Holm's rule, so the chance of any false claim"
+    assert f"{family} in the table is at most 5 %" in result["setting"] and "falls under 10 %" in result["setting"]
+    calls.clear()
+    compare("auto-blobs", ["baseline", "llr", "staggered"], seeds="auto:5", out=tmp_path, **options)
+    assert calls == []  # resumed: the same decisions from the stored runs, nothing trained again
