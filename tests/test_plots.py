@@ -1,12 +1,14 @@
 """The report's plots (compare/plots.py): the Pareto frontier, the forest plot's rows and marks, and where
 the report puts the forest."""
 
+import math
+
 import pytest
 
 from layerwise.compare.pages import write_html
 from layerwise.compare.plots import forest_rows, pareto_front, plot_forest
 from layerwise.compare.tables import answer
-from layerwise.compare.verdicts import summarize
+from layerwise.compare.verdicts import AA_LABEL, summarize
 
 BASE = (0.80, 0.78, 0.82)
 
@@ -88,3 +90,22 @@ def test_no_judged_method_draws_no_forest(tmp_path):
 )
 def test_pareto_front(points, higher, expected):
     assert pareto_front(points, higher) == expected
+
+
+def test_the_forest_leaves_out_the_aa_twin_and_marks_a_stop_and_an_unjudged_row(tmp_path):
+    def judged(method, verdict, decision):
+        return {"method": method, "tests": {"accuracy": {"verdict": verdict, "decision": decision}}}
+
+    rows = [
+        {"method": "baseline", "tests": None},
+        judged(AA_LABEL, "equivalent", {"diff": 0.0, "low": -0.001, "high": 0.001}),
+        judged("stopped", "futile", {"diff": -0.5, "low": -math.inf, "high": 0.25}),
+        judged("unjudged", None, None),
+    ]
+    assert forest_rows(rows, "loss") == [  # a loss in its own units; an unbounded end has no number
+        {"method": "stopped", "diff": -0.5, "low": None, "high": 0.25, "mark": "open (stopped)"},
+        {"method": "unjudged", "diff": None, "low": None, "high": None, "mark": "not judged"},
+    ]
+    assert forest_rows(rows[2:3], "accuracy")[0]["diff"] == pytest.approx(-50.0)  # accuracy in points
+    pytest.importorskip("matplotlib")
+    assert plot_forest(rows, "loss", None, tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,10 +1,17 @@
 """A comparison's rounds (compare/rounds.py): which methods get the next round under --seeds auto, and
 the rounds end to end."""
 
+import pytest
+
 from blobs import blobs_task
-from layerwise.compare.rounds import plan_round
-from layerwise.compare.verdicts import summarize
+from layerwise.compare.request import check_request
+from layerwise.compare.rounds import collect_outcomes, due_runs, first_round, next_round, plan_round
+from layerwise.compare.store import RunStore
+from layerwise.compare.verdicts import AA_LABEL, summarize
+from layerwise.tasks import register_task
 from summary_records import seed_record as _record
+
+register_task(blobs_task("rounds-blobs"))
 
 
 def _raced(seed, final, seconds):
@@ -78,3 +85,55 @@ def test_seeds_auto_adds_seeds_to_undecided_methods_only(tmp_path, monkeypatch):
     calls.clear()
     compare("auto-blobs", ["baseline", "llr", "staggered"], seeds="auto:5", out=tmp_path, **options)
     assert calls == []  # resumed: the same decisions from the stored runs, nothing trained again
+
+
+def _open(method):
+    return {"method": method, "open": ["accuracy"], "tests": None}
+
+
+@pytest.mark.parametrize(
+    ("rows", "seeds", "room", "expected"),
+    [
+        ([_open(AA_LABEL)], {"baseline": 3, AA_LABEL: 3}, None, {}),  # the A/A twin is never grown
+        ([_open("m")], {"baseline": 5, "m": 3}, None, {"m": 4}),  # the baseline is ahead: it waits
+        ([_open("m")], {"baseline": 3, "m": 3}, 1, {}),  # the method's seed needs the baseline's too
+        ([_open("m")], {"baseline": 5, "m": 3}, 1, {"m": 4}),
+        ([_open("m")], {"baseline": 3, "m": 3}, 0, {}),
+        ([], {"baseline": 3}, None, {}),
+    ],
+    ids=["aa-twin", "baseline-ahead", "no-room-for-both", "room-for-one", "no-room", "nothing-open"],
+)
+def test_plan_round_edge_cases(rows, seeds, room, expected):
+    assert plan_round(rows, seeds, "baseline", 10, room) == expected
+
+
+def test_the_first_and_next_rounds_and_the_runs_due_read_the_request_and_the_store(tmp_path):
+    variants = [("lr / 2", "baseline", {}), ("plain", "baseline", {"policy": "constant"})]
+    request = check_request("rounds-blobs", variants=variants, seeds="auto:4", max_runs=8, out=tmp_path)
+    counts = first_round(request)
+    assert counts == {"lr / 2": 3, "plain": 3}  # the first variant is the reference, as no label is baseline
+    rows = [{"method": "plain", "open": ["accuracy"], "tests": None}]
+    assert next_round(rows, request, counts) == {"plain": 4, "lr / 2": 4}  # 8 - 6 runs leave room for both
+    assert next_round(rows, request, {"lr / 2": 4, "plain": 3}) == {"plain": 4}
+    assert next_round(rows, request, {"lr / 2": 4, "plain": 4}) == {}  # 8 runs: the cap
+    reference, plain = request.variants
+    with RunStore(tmp_path / "runs.sqlite", request.store_key()) as store:
+        record = {
+            "method": "baseline",
+            "seed": 0,
+            "wall_clock_s": 1.0,
+            "test_metric": 0.5,
+            "timing": {"invocation": "a"},
+        }
+        store.save(reference.run_key(0), record)
+        store.fail(plain.run_key(0), "baseline", 0, "Traceback\nRuntimeError: boom")
+        two = {"lr / 2": 2, "plain": 1}
+        assert due_runs(store, request, two, None) == [(plain, 0), (reference, 1)]  # seed-major; a failure is due
+        assert due_runs(store, request, two, "b") == [(reference, 0), (plain, 0), (reference, 1)]  # timed by another
+        assert due_runs(store, request, two, "a") == [(plain, 0), (reference, 1)]
+        outcomes = collect_outcomes(store, request, two, {})
+    assert outcomes == {
+        "lr / 2": {"records": [record], "errors": ["not run"]},
+        "plain": {"records": [], "errors": ["Traceback\nRuntimeError: boom"]},
+    }
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["lr_2-seed0.json"]

@@ -10,7 +10,7 @@ from scipy import stats
 from blobs import blobs_task
 from layerwise.compare.stats import boundary, sizing
 from layerwise.compare.tables import markdown_table
-from layerwise.compare.verdicts import summarize
+from layerwise.compare.verdicts import budget_seconds, hardware_gap, load_gap, summarize
 from summary_records import seed_record as _record
 from summary_records import time_budget_outcomes as _outcomes
 
@@ -223,6 +223,33 @@ def test_the_process_clock_and_unknown_loads_are_never_flagged():
         assert row["target_ratio"] == alike["target_ratio"] == pytest.approx(2.0)
 
 
+def _timed(seed, seconds, host, cuda):
+    curve = [
+        {"step": 1, "seconds": seconds / 2, "test_accuracy": 0.7},
+        {"step": 2, "seconds": seconds, "test_accuracy": 0.8},
+    ]
+    node = {"host": host, "cpu": "EPYC", "cuda": cuda}
+    record = {"seed": seed, "wall_clock_s": seconds, "test_metric": 0.8, "diverged_at": None, "final_train_loss": 0.5}
+    return {**record, "steps": 2, "curve": curve, "budget": {"mode": "steps"}, "node": node}
+
+
+def test_pairs_timed_on_different_hardware_are_left_out_of_the_speed_verdict():
+    base = [_timed(s, 4.0, f"n{s}", "A100") for s in range(3)]
+    fast = [_timed(0, 2.0, "n9", "H100"), *(_timed(s, 2.0, f"n{s + 5}", "A100") for s in (1, 2))]
+    outcomes = {"baseline": {"records": base, "errors": []}, "fast": {"records": fast, "errors": []}}
+    row = summarize(outcomes, metric="accuracy", budget="steps", target=0.75)["rows"][1]
+    assert row["timed_on_other_hardware"] == [0] and row["timed_under_other_load"] == []
+    assert row["tests"]["speed"]["n"] == 2  # seeds 1 and 2: other hosts, the same CPU and GPU
+    assert (
+        "timed on different hardware: 1 of 3 seed pairs, seed 0 (n9 (EPYC, H100) vs the baseline's n0 (EPYC, A100))"
+        in row["notes"]
+    )
+    everywhere = [_timed(s, 2.0, "n9", "H100") for s in range(3)]
+    outcomes["fast"]["records"] = everywhere
+    row = summarize(outcomes, metric="accuracy", budget="steps", target=0.75)["rows"][1]
+    assert row["verdict"].endswith("; speed not judged: timed on different hardware")
+
+
 def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, monkeypatch):
     import layerwise.compare.session as session
     from layerwise.compare import compare
@@ -250,3 +277,38 @@ def test_aa_runs_the_baseline_twice_and_reports_the_noise_floor_first(tmp_path, 
     text = (tmp_path / "results.md").read_text()
     assert text.index("Noise floor") < text.index("| method |")
     assert "Noise floor" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("record", "base", "gap"),
+    [
+        ({"timing": {"host": "n2"}}, {"timing": {"host": "n1"}}, ("n2", "n1")),  # hosts only: they decide
+        ({"timing": {"host": "n1"}}, {"timing": {"host": "n1"}}, None),
+        ({"node": {"host": "n2", "cpu": "EPYC"}}, {"node": {"host": "n1", "cpu": "EPYC"}}, None),  # one kind
+        ({"node": {"host": "n2", "cpu": "EPYC"}}, {"timing": {"host": "n1"}}, ("n2 (EPYC)", "n1")),
+        ({}, {"timing": {"host": "n1"}}, None),  # unknown: never flagged
+    ],
+    ids=["other-host", "same-host", "same-cpu", "cpu-against-host", "unknown"],
+)
+def test_hardware_gap_reads_the_node_else_the_host_of_the_invocation(record, base, gap):
+    assert hardware_gap(record, base) == gap
+
+
+def test_load_gap_flags_a_difference_over_one_runnable_thread_only():
+    assert load_gap({"load": {"mean": 1.5}}, {"load": {"mean": 0.5}}) is None  # LOAD_GAP itself: alike
+    assert load_gap({"load": {"mean": 0.3}}, {"load": {"mean": 1.4}}) == (0.3, 1.4)
+    assert load_gap({"load": {"mean": 6.0}, "clock": "process"}, {"load": {"mean": 0.4}}) is None  # one unmoved
+
+
+@pytest.mark.parametrize(
+    ("record", "seconds"),
+    [
+        ({"budget_s": 8.0, "budget": {"mode": "time", "source": "baseline"}}, 8.0),  # a paced run
+        ({"budget": {"mode": "time", "reference": True, "seconds": 9.5}}, 9.5),  # the baseline's reference run
+        ({"budget": {"mode": "steps"}}, None),
+        ({}, None),
+    ],
+    ids=["paced", "reference", "steps", "old-record"],
+)
+def test_budget_seconds_is_the_paced_budget_or_the_reference_runs_own_time(record, seconds):
+    assert budget_seconds(record) == seconds
