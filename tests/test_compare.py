@@ -295,19 +295,3 @@ def test_welch_matches_scipy_and_the_study_reads_its_outcomes():
     first_high = next(line for line in lines if line.startswith("| step first-high |"))
     assert "| +10.00 [+10.00, +10.00] | better (paired t, 5 %/24) |" in first_high
     assert "| 0.50x [0.50, 0.50] | fewer steps (paired t, 5 %/24) |" in first_high
-
-
-def test_a_report_names_the_variants_own_policies_and_the_callers_note(tmp_path):
-    from layerwise.compare.session import CompareConfig, compare_variants
-
-    variants = [
-        ("uniform", "baseline", {}),
-        ("step", "baseline", {"policy": "step"}),
-        ("1cycle", "llr", {"policy": "onecycle"}),
-    ]
-    config = CompareConfig(policy="constant", eval_points=2, budget="steps")
-    result = compare_variants("tiny-blobs", variants, config=config, out=tmp_path, progress=False, note="Read me.")
-    assert "global policy constant unless a variant sets its own (onecycle, step)" in result["setting"]
-    assert result["setting"].endswith(" Read me.") and "Read me." in (tmp_path / "report.html").read_text()
-    plain = compare_variants("tiny-blobs", variants[:1], config=config, out=tmp_path / "plain", progress=False)
-    assert "global policy constant, 1 seed(s)" in plain["setting"]

@@ -96,3 +96,19 @@ def test_a_loss_report_writes_its_target_and_verdicts_in_the_losss_units(tmp_pat
     assert "| test loss at equal steps (mean ± std) |" in text and "| freezeout | 3 |" in text
     assert not any(snippet.startswith(PACED_SNIPPET) for snippet in report["snippets"].values())  # steps: unpaced
     assert [p.name for p in report["paths"]["plots"]][:2] == ["forest.png", "metric_vs_wallclock.png"]
+
+
+def test_a_report_names_the_variants_own_policies_and_the_callers_note(tmp_path):
+    from layerwise.compare.session import compare_variants
+
+    variants = [
+        ("uniform", "baseline", {}),
+        ("step", "baseline", {"policy": "step"}),
+        ("1cycle", "llr", {"policy": "onecycle"}),
+    ]
+    config = CompareConfig(policy="constant", eval_points=2, budget="steps")
+    result = compare_variants("results-blobs", variants, config=config, out=tmp_path, progress=False, note="Read me.")
+    assert "global policy constant unless a variant sets its own (onecycle, step)" in result["setting"]
+    assert result["setting"].endswith(" Read me.") and "Read me." in (tmp_path / "report.html").read_text()
+    plain = compare_variants("results-blobs", variants[:1], config=config, out=tmp_path / "plain", progress=False)
+    assert "global policy constant, 1 seed(s)" in plain["setting"]

@@ -1,9 +1,11 @@
-"""A comparison's rounds (compare/rounds.py): which methods get the next round under --seeds auto, and
-the rounds end to end."""
+"""A comparison's rounds (compare/rounds.py): the runs due, how long each trains under a time budget, the
+stored outcomes, and which methods get the next round under --seeds auto; the rounds end to end."""
 
 import pytest
 
+import layerwise.compare.session as session
 from blobs import blobs_task
+from layerwise.compare import compare
 from layerwise.compare.request import check_request
 from layerwise.compare.rounds import collect_outcomes, due_runs, first_round, next_round, plan_round
 from layerwise.compare.store import RunStore
@@ -12,6 +14,7 @@ from layerwise.tasks import register_task
 from summary_records import seed_record as _record
 
 register_task(blobs_task("rounds-blobs"))
+register_task(blobs_task("rounds-timed-blobs", regime="fine-tuning"))
 
 
 def _raced(seed, final, seconds):
@@ -137,3 +140,82 @@ def test_the_first_and_next_rounds_and_the_runs_due_read_the_request_and_the_sto
         "plain": {"records": [], "errors": ["Traceback\nRuntimeError: boom"]},
     }
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["lr_2-seed0.json"]
+
+
+def _compare(out, methods, **options):
+    defaults = {"progress": False, "eval_points": 4, "policy": "constant"}
+    return compare("rounds-timed-blobs", methods, out=out, **{**defaults, **options})
+
+
+def test_a_time_budget_gives_every_method_the_baselines_training_time_on_its_seed(tmp_path):
+    result = _compare(tmp_path, ["freezeout", "baseline", "hidlr"], settings={"hidlr": {"update_every": 4}}, seeds=2)
+    outcomes = result["outcomes"]
+    budgets = {r["seed"]: r["wall_clock_s"] for r in outcomes["baseline"]["records"]}
+    for record in outcomes["baseline"]["records"]:  # the reference: the task's epochs, its time the budget
+        reference = {"mode": "time", "source": "baseline", "reference": True, "schedule_steps": 16}
+        assert record["steps"] == 16 and record["budget"] == {**reference, "seconds": record["wall_clock_s"]}
+    for label in ("freezeout", "hidlr"):
+        for record in outcomes[label]["records"]:
+            assert record["budget"] == {"mode": "time", "source": "baseline"}  # the seconds once: budget_s
+            assert record["schedule_steps"] == 16 and record["budget_s"] == budgets[record["seed"]]
+            step = record["wall_clock_s"] / record["steps"]
+            assert record["wall_clock_s"] >= budgets[record["seed"]] - step  # it stopped at its budget, not before
+            assert len(record["curve"]) <= 4
+    rows = {row["method"]: row for row in result["rows"]}
+    assert rows["baseline"]["verdict"] == "reference" and rows["freezeout"]["verdict"]
+    assert result["target"] == pytest.approx(rows["baseline"]["metric"] - 0.005)
+    text = (tmp_path / "results.md").read_text()
+    assert "train s / budget" in text and "time to target" in text and "Equal wall-clock" in text
+    assert "stopping by its own clock" in text
+    assert "layerwise.FreezeOut(model, opt, total_steps=" in text  # the copy-paste snippets
+    assert result["snippets"]["freezeout"].startswith("# paced by its clock")
+    assert not result["snippets"]["baseline"].startswith("# paced")  # the baseline set the budget
+
+
+def test_an_interrupted_time_budget_comparison_resumes_with_its_baselines_time(tmp_path, monkeypatch):
+    real_run = session.run_one
+    calls = []
+
+    def interrupted(task, method, *args, **kwargs):
+        calls.append(method)
+        if method == "freezeout":
+            raise KeyboardInterrupt
+        return real_run(task, method, *args, **kwargs)
+
+    monkeypatch.setattr(session, "run_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _compare(tmp_path, ["baseline", "freezeout", "multirate"])
+    assert calls == ["baseline", "freezeout"]
+
+    def counted(task, method, *args, **kwargs):
+        calls.append((method, kwargs.get("seconds")))
+        return real_run(task, method, *args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(session, "run_one", counted)
+    result = _compare(tmp_path, ["baseline", "freezeout", "multirate"])
+    budget = result["outcomes"]["baseline"]["records"][0]["wall_clock_s"]
+    assert calls == [("freezeout", budget), ("multirate", budget)]  # the baseline kept, its time the budget
+
+
+def test_a_run_whose_baseline_failed_has_no_budget_and_says_why(tmp_path, monkeypatch):
+    real_run = session.run_one
+
+    def failing(task, method, *args, **kwargs):
+        if method == "baseline":
+            raise RuntimeError("baseline broke")
+        return real_run(task, method, *args, **kwargs)
+
+    monkeypatch.setattr(session, "run_one", failing)
+    result = _compare(tmp_path, ["baseline", "freezeout"])
+    assert not result["outcomes"]["freezeout"]["records"]
+    assert "no budget: the baseline's seed 0 has no finished run" in result["outcomes"]["freezeout"]["errors"][0]
+
+
+def test_budget_seconds_sets_the_budget_of_every_run_the_baselines_included(tmp_path):
+    result = _compare(tmp_path, ["baseline", "freezeout"], budget_seconds=0.05)
+    for outcome in result["outcomes"].values():
+        record = outcome["records"][0]
+        assert record["budget"] == {"mode": "time", "source": "given"}
+        assert record["budget_s"] == 0.05 and record["schedule_steps"] == 16
+    assert "every run, the baseline's included, trains for 0.05 s" in result["setting"]

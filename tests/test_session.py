@@ -1,4 +1,5 @@
-"""Equal-wall-clock comparisons end to end: the budgets, resuming, task files, bad input, the snippets."""
+"""Comparisons end to end: a longer run's data order, bad budget options refused before the data loads, task
+files, the regimes' default methods, the snippets in a plain loop (the time budget's runs: test_rounds.py)."""
 
 import json
 import textwrap
@@ -22,97 +23,11 @@ def _task(name="timed-blobs", load_data=blobs):
 register_task(_task())
 
 
-def _compare(out, methods, **options):
-    defaults = {"progress": False, "eval_points": 4, "policy": "constant"}
-    return compare("timed-blobs", methods, out=out, **{**defaults, **options})
-
-
-def test_a_time_budget_gives_every_method_the_baselines_training_time_on_its_seed(tmp_path):
-    result = _compare(tmp_path, ["freezeout", "baseline", "hidlr"], settings={"hidlr": {"update_every": 4}}, seeds=2)
-    outcomes = result["outcomes"]
-    budgets = {r["seed"]: r["wall_clock_s"] for r in outcomes["baseline"]["records"]}
-    for record in outcomes["baseline"]["records"]:  # the reference: the task's epochs, its time the budget
-        reference = {"mode": "time", "source": "baseline", "reference": True, "schedule_steps": 16}
-        assert record["steps"] == 16 and record["budget"] == {**reference, "seconds": record["wall_clock_s"]}
-    for label in ("freezeout", "hidlr"):
-        for record in outcomes[label]["records"]:
-            assert record["budget"] == {"mode": "time", "source": "baseline"}  # the seconds once: budget_s
-            assert record["schedule_steps"] == 16 and record["budget_s"] == budgets[record["seed"]]
-            step = record["wall_clock_s"] / record["steps"]
-            assert record["wall_clock_s"] >= budgets[record["seed"]] - step  # it stopped at its budget, not before
-            assert len(record["curve"]) <= 4
-    rows = {row["method"]: row for row in result["rows"]}
-    assert rows["baseline"]["verdict"] == "reference" and rows["freezeout"]["verdict"]
-    assert result["target"] == pytest.approx(rows["baseline"]["metric"] - 0.005)
-    text = (tmp_path / "results.md").read_text()
-    assert "train s / budget" in text and "time to target" in text and "Equal wall-clock" in text
-    assert "stopping by its own clock" in text
-    assert "layerwise.FreezeOut(model, opt, total_steps=" in text  # the copy-paste snippets
-    assert result["snippets"]["freezeout"].startswith("# paced by its clock")
-    assert not result["snippets"]["baseline"].startswith("# paced")  # the baseline set the budget
-
-
 def test_more_steps_than_the_baseline_see_the_same_data_order():
     base = session.run_one("timed-blobs", "baseline", seed=2, policy="constant", eval_points=1)
     longer = session.run_one("timed-blobs", "baseline", seed=2, policy="constant", eval_points=1, steps=20)
     assert longer["steps"] == 20 and longer["epochs"] == 2.5
     assert longer["train_loss"][:16] == pytest.approx(base["train_loss"], rel=1e-6)
-
-
-def test_an_interrupted_time_budget_comparison_resumes_with_its_baselines_time(tmp_path, monkeypatch):
-    real_run = session.run_one
-    calls = []
-
-    def interrupted(task, method, *args, **kwargs):
-        calls.append(method)
-        if method == "freezeout":
-            raise KeyboardInterrupt
-        return real_run(task, method, *args, **kwargs)
-
-    monkeypatch.setattr(session, "run_one", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _compare(tmp_path, ["baseline", "freezeout", "multirate"])
-    assert calls == ["baseline", "freezeout"]
-
-    def counted(task, method, *args, **kwargs):
-        calls.append((method, kwargs.get("seconds")))
-        return real_run(task, method, *args, **kwargs)
-
-    calls.clear()
-    monkeypatch.setattr(session, "run_one", counted)
-    result = _compare(tmp_path, ["baseline", "freezeout", "multirate"])
-    budget = result["outcomes"]["baseline"]["records"][0]["wall_clock_s"]
-    assert calls == [("freezeout", budget), ("multirate", budget)]  # the baseline kept, its time the budget
-
-
-def test_a_run_whose_baseline_failed_has_no_budget_and_says_why(tmp_path, monkeypatch):
-    real_run = session.run_one
-
-    def failing(task, method, *args, **kwargs):
-        if method == "baseline":
-            raise RuntimeError("baseline broke")
-        return real_run(task, method, *args, **kwargs)
-
-    monkeypatch.setattr(session, "run_one", failing)
-    result = _compare(tmp_path, ["baseline", "freezeout"])
-    assert not result["outcomes"]["freezeout"]["records"]
-    assert "no budget: the baseline's seed 0 has no finished run" in result["outcomes"]["freezeout"]["errors"][0]
-
-
-def _stored_config(folder):
-    import sqlite3
-
-    with sqlite3.connect(folder / "runs.sqlite") as db:
-        return db.execute("SELECT value FROM config WHERE key = 'config'").fetchone()[0]
-
-
-def test_budget_seconds_sets_the_budget_of_every_run_the_baselines_included(tmp_path):
-    result = _compare(tmp_path, ["baseline", "freezeout"], budget_seconds=0.05)
-    for outcome in result["outcomes"].values():
-        record = outcome["records"][0]
-        assert record["budget"] == {"mode": "time", "source": "given"}
-        assert record["budget_s"] == 0.05 and record["schedule_steps"] == 16
-    assert "every run, the baseline's included, trains for 0.05 s" in result["setting"]
 
 
 def _no_data(data_dir, quick):
