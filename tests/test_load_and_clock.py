@@ -10,8 +10,8 @@ from layerwise import cli
 from layerwise.bench.clock_bench import DualClock
 from layerwise.bench.suite import BENCHES
 from layerwise.compare.budget import Pace, clock_of
+from layerwise.compare.request import CompareConfig
 from layerwise.compare.runner import RunSpec, run
-from layerwise.compare.session import CompareConfig
 from layerwise.tasks import register_task
 
 TASK = register_task(blobs_task("clock-blobs"))
