@@ -1,12 +1,14 @@
 """The verdict statistics against scipy and hand-worked examples, and the sequential rule in simulation."""
 
 import math
+import statistics
 
 import numpy as np
 import pytest
 
 from layerwise.compare.stats import (
     FIRST_LOOK,
+    NORMAL_FROM,
     Question,
     boundary,
     compare_seeds,
@@ -269,6 +271,20 @@ def test_pairs_needed_is_the_smallest_with_80_percent_power(diff, sd):
     n = pairs_needed(diff, sd)
     assert power(n) >= 0.8 and (n == 2 or power(n - 1) < 0.8)
     assert pairs_needed(0.0, 1.0) is None
+
+
+def test_pairs_needed_takes_the_normal_closed_form_for_tiny_effects_without_overflow():
+    z = statistics.NormalDist().inv_cdf
+    closed = math.ceil(((z(0.975) + z(0.8)) / 0.003) ** 2)
+    assert closed < NORMAL_FROM and pairs_needed(0.003, 1.0) == closed  # the search agrees where both run
+    for effect in (1e-4, 1e-9, 1e-15):  # the doubling search would pass 2**63 pairs for the last ones
+        assert pairs_needed(effect, 1.0) == math.ceil(((z(0.975) + z(0.8)) / effect) ** 2)
+
+
+def test_sizing_calls_a_mean_within_rounding_of_zero_zero():
+    diffs = [0.655 - 0.6575, 0.66 - 0.6525, 0.6575 - 0.6625]  # -0.25, +0.75, -0.5 points
+    assert float(np.mean(diffs)) != 0.0
+    assert sizing(diffs).needed is None and sizing(diffs).detectable is not None
 
 
 def test_sizing_of_an_open_question():

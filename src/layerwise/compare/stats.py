@@ -60,6 +60,11 @@ FIRST_LOOK = 3
 """Seeds of the first look of ``--seeds auto``."""
 BOUNDARY_SIMULATIONS = 100_000
 POWER = 0.8
+ROUNDING = 1e-9
+"""A mean difference within this many standard deviations of zero is zero: float rounding of differences
+that cancel (accuracies are multiples of one test example), not an effect some number of seeds detects."""
+NORMAL_FROM = 2**20
+"""From this many pairs :func:`pairs_needed` uses the normal closed form (the t test is the z test there)."""
 Key = TypeVar("Key", bound=Hashable)
 
 
@@ -795,10 +800,13 @@ def _power(noncentrality: float, df: int, critical: float) -> float:
 
 def pairs_needed(diff: float, sd: float, alpha: float = 0.05, power: float = POWER) -> int | None:
     """The pairs a fixed-size paired t test needs to detect a true difference ``diff`` with ``power``
-    at two-sided ``alpha`` (noncentral t); None when ``diff`` is zero (no number suffices).
+    at two-sided ``alpha`` (noncentral t); None when ``diff`` is zero (no number suffices). Beyond
+    :data:`NORMAL_FROM` pairs, the normal closed form ``((z(1 - alpha/2) + z(power)) / effect)**2``.
 
     >>> pairs_needed(1.0, 1.0)
     10
+    >>> pairs_needed(1e-4, 1.0)  # the closed form: no search up to 2**30 pairs
+    784887974
     """
     from scipy import stats
 
@@ -813,6 +821,9 @@ def pairs_needed(diff: float, sd: float, alpha: float = 0.05, power: float = POW
 
     low, high = 1, 2  # power grows with n: double until enough, then bisect (low never enough)
     while not enough(high):
+        if high >= NORMAL_FROM:
+            z = statistics.NormalDist().inv_cdf
+            return math.ceil(((z(1 - alpha / 2) + z(power)) / effect) ** 2)
         low, high = high, 2 * high
     while high - low > 1:
         middle = (low + high) // 2
@@ -822,7 +833,8 @@ def pairs_needed(diff: float, sd: float, alpha: float = 0.05, power: float = POW
 
 def sizing(diffs: Sequence[float], alpha: float = 0.05) -> Sizing:
     """What the seeds of an undecided method say: the smallest difference they detect with 80 % power
-    (at the observed spread of the differences) and the pairs needed to detect the observed mean.
+    (at the observed spread of the differences) and the pairs needed to detect the observed mean (None: the
+    mean is zero, to within :data:`ROUNDING` standard deviations).
 
     >>> sizing([0.4, -0.2, 0.6, 0.1])
     Sizing(pairs=4, detectable=0.744..., needed=21)
@@ -830,5 +842,6 @@ def sizing(diffs: Sequence[float], alpha: float = 0.05) -> Sizing:
     values = np.asarray(diffs, dtype=float)
     if len(values) < 2 or np.ptp(values) == 0:
         return Sizing(len(values), None, None)
-    sd = float(values.std(ddof=1))
-    return Sizing(len(values), detectable(len(values), sd, alpha), pairs_needed(float(values.mean()), sd, alpha))
+    sd, mean = float(values.std(ddof=1)), float(values.mean())
+    needed = None if abs(mean) <= ROUNDING * sd else pairs_needed(mean, sd, alpha)
+    return Sizing(len(values), detectable(len(values), sd, alpha), needed)
