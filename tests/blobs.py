@@ -1,4 +1,7 @@
-"""Three Gaussian blobs and a 3-layer MLP: the tiny task the comparison tests train."""
+"""Three Gaussian blobs and a 3-layer MLP: the tiny task the comparison tests train; the helpers several
+test files share (a split as a ``Dataset``, a task file in a folder)."""
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,3 +37,26 @@ def blobs_task(name: str, **overrides) -> Task:
         "weight_decay": 0.0,
     }
     return Task(name=name, **{**fields, **overrides})
+
+
+class Examples(torch.utils.data.Dataset):
+    """A split of tensors as a map-style ``Dataset`` of ``(x, y)`` examples."""
+
+    def __init__(self, split):
+        self.x, self.y = split
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def blobs_task_file(tmp_path: Path) -> Path:
+    """A task file (``PATH:make``) building the ``proc-blobs`` task, as a user's own job is given."""
+    path = tmp_path / "task.py"
+    path.write_text(
+        "from blobs import blobs_task\n\n"
+        "def make():\n    return blobs_task('proc-blobs', batch_size=27, train_size=244)\n"
+    )
+    return path

@@ -25,7 +25,7 @@ import pytest
 import layerwise
 import layerwise.compare.engines as engines
 import layerwise.compare.session as session
-from blobs import blobs_task
+from blobs import blobs_task, blobs_task_file
 from layerwise import cli
 from layerwise.compare import compare
 from layerwise.compare.methods import METHODS, Method, register_method
@@ -190,17 +190,8 @@ def _alive(pid: int) -> bool:
     return "Z" not in state.split()[1]
 
 
-def _task_file(tmp_path: Path) -> Path:
-    path = tmp_path / "task.py"
-    path.write_text(
-        "from blobs import blobs_task\n\n"
-        "def make():\n    return blobs_task('proc-blobs', batch_size=27, train_size=244)\n"
-    )
-    return path
-
-
 def _start_compare(tmp_path: Path, nproc: int = 2) -> subprocess.Popen:
-    command = [sys.executable, "-m", "layerwise.cli", "compare", "--task", f"{_task_file(tmp_path)}:make"]
+    command = [sys.executable, "-m", "layerwise.cli", "compare", "--task", f"{blobs_task_file(tmp_path)}:make"]
     command += ["--methods", "baseline", "--budget", "steps", "--epochs", "5000", "--eval-points", "1"]
     command += ["--nproc", str(nproc), "--out", str(tmp_path / "out"), "--no-progress"]
     with open(tmp_path / "stderr.txt", "w") as stderr:  # a file, not a pipe: leaked workers would hold a pipe open

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import layerwise
+from blobs import Examples
 from layerwise.freezeout import FreezeOut, FreezeOutRule, freeze_times
 
 
@@ -161,19 +162,6 @@ def test_bad_input_changes_nothing(kwargs, error, argument):
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == before
 
 
-class _Examples(torch.utils.data.Dataset):
-    """A split of tensors as a map-style ``Dataset`` of ``(x, y)`` examples."""
-
-    def __init__(self, split):
-        self.x, self.y = split
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
 @pytest.mark.parametrize("as_dataset", [False, True])
 def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_state(monkeypatch, as_dataset):
     from layerwise.bench import freezeout_bench
@@ -181,7 +169,7 @@ def test_lockstep_timing_trains_both_runs_on_the_same_steps_and_freezeout_frees_
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
-    train = _Examples((x, y)) if as_dataset else (x, y)
+    train = Examples((x, y)) if as_dataset else (x, y)
     calls = []
     monkeypatch.setattr(freezeout_bench, "seeded_loop", lambda *a, **kw: calls.append(a) or loop.seeded_loop(*a, **kw))
     result = freezeout_bench._lockstep("resnet-cnn", TaskData(train, (x[:10], y[:10])), steps=8, seed=0)

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from blobs import Examples
 from layerwise.bench.hidlr_bench import _toy
 from layerwise.tasks.hidlr_problems import NAM, SHAPES, TOYS, grid, nam_synthetic_data
 
@@ -62,19 +63,6 @@ def test_bench_hidlr_quick_json_last_line():
     assert result["peak_extra_bytes_step_and_restore"] > 2.5 * result["param_bytes"]
 
 
-class _Examples(torch.utils.data.Dataset):
-    """A split of tensors as a map-style ``Dataset`` of ``(x, y)`` examples."""
-
-    def __init__(self, split):
-        self.x, self.y = split
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
 def test_nam_runs_train_the_registered_task_through_the_shared_loop(monkeypatch):
     from layerwise.bench import hidlr_bench
     from layerwise.compare.runner import run_one
@@ -91,7 +79,7 @@ def test_nam_runs_train_the_registered_task_through_the_shared_loop(monkeypatch)
     assert uniform["test_loss"] == pytest.approx(record["test_loss"], rel=1e-6)
     hi_dlr = hidlr_bench._nam_run(task, data, 1, 1e-3, "hi-dlr", seed=0, update_every=2, gamma=0.9)
     assert len(hi_dlr["_lrs"][-1]) == 11 and hi_dlr["stats"]["probe_rounds"] >= 1
-    as_dataset = hidlr_bench._nam_run(task, TaskData(_Examples(data.train), data.test), 2, task.lr, "uniform", seed=0)
+    as_dataset = hidlr_bench._nam_run(task, TaskData(Examples(data.train), data.test), 2, task.lr, "uniform", seed=0)
     assert as_dataset["test_loss"] == pytest.approx(uniform["test_loss"], rel=1e-6)
 
 
@@ -103,7 +91,7 @@ def test_lora_comparison_trains_the_lora_task_through_the_shared_loop(monkeypatc
     ids = torch.randint(1000, 5000, (24, 10), generator=g)
     ids[:, 0] = 101
     labels = torch.randint(0, 3, (24,), generator=g)
-    data = TaskData(_Examples((ids[:16], labels[:16])), (ids[16:], labels[16:]))
+    data = TaskData(Examples((ids[:16], labels[:16])), (ids[16:], labels[16:]))
     calls = []
     monkeypatch.setattr(hidlr_lora, "seeded_loop", lambda *a, **kw: calls.append(a) or loop.seeded_loop(*a, **kw))
     report = hidlr_lora.lora_comparison(steps=2, batch_size=4, phi=1, eval_size=4, data=data)

@@ -5,6 +5,8 @@ import sys
 import pytest
 import torch
 
+from blobs import Examples
+
 
 def test_bench_multirate_quick_json_last_line():
     cmd = [sys.executable, "-m", "layerwise.cli", "bench", "multirate", "--quick", "--json"]
@@ -28,19 +30,6 @@ def test_bench_multirate_times_adamw_with_fused_kernels_and_refuses_unknown_ones
         _timing("effnet-fashion", 2, 1, 1, 4, impl="triton")
 
 
-class _Examples(torch.utils.data.Dataset):
-    """A split of tensors as a map-style ``Dataset`` of ``(x, y)`` examples."""
-
-    def __init__(self, split):
-        self.x, self.y = split
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
 @pytest.mark.parametrize("as_dataset", [False, True])
 def test_subset_study_runs_through_the_shared_loop_and_evaluates_with_full_weights(monkeypatch, as_dataset):
     import dataclasses
@@ -51,7 +40,7 @@ def test_subset_study_runs_through_the_shared_loop_and_evaluates_with_full_weigh
     g = torch.Generator().manual_seed(0)
     train = (torch.randn(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g))
     test = (torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
-    data = TaskData(_Examples(train), test) if as_dataset else TaskData(train, test)
+    data = TaskData(Examples(train), test) if as_dataset else TaskData(train, test)
     make_task = multirate_bench._subset_task
     monkeypatch.setattr(
         multirate_bench,
@@ -124,7 +113,7 @@ def test_finetune_takes_a_dataset_task():
     fine = finetune_task("effnet-fashion", lr=1e-3)
     method, settings = finetune_methods(2)["multirate k=2, fast = head + last block"]
     tensors = _finetune_run(fine, data, method, settings, seed=1, epochs=1)
-    dataset = _finetune_run(fine, TaskData(_Examples(data.train), data.test), method, settings, seed=1, epochs=1)
+    dataset = _finetune_run(fine, TaskData(Examples(data.train), data.test), method, settings, seed=1, epochs=1)
     assert dataset["test_accuracy"] == tensors["test_accuracy"] and len(dataset["step_times"]) == 2
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import layerwise
+from blobs import blobs_task_file
 from layerwise import cli
 from layerwise.compare.store import RunStore, locked
 
@@ -40,15 +41,6 @@ def test_another_configuration_is_refused(tmp_path):
 # ---- one comparison per --out --------------------------------------------------------------------
 
 
-def _task_file(tmp_path: Path) -> Path:
-    path = tmp_path / "task.py"
-    path.write_text(
-        "from blobs import blobs_task\n\n"
-        "def make():\n    return blobs_task('proc-blobs', batch_size=27, train_size=244)\n"
-    )
-    return path
-
-
 _HOLD = "import sys, time\nfrom layerwise.compare.store import locked\nwith locked(sys.argv[1]):\n"
 _HOLD += "    print('held', flush=True)\n    time.sleep(600)\n"
 
@@ -63,7 +55,7 @@ def test_a_second_compare_on_one_out_is_refused_naming_the_holder(tmp_path, caps
     out = tmp_path / "out"
     holder = _hold(out)
     try:
-        argv = ["compare", "--task", f"{_task_file(tmp_path)}:make", "--methods", "baseline"]
+        argv = ["compare", "--task", f"{blobs_task_file(tmp_path)}:make", "--methods", "baseline"]
         argv += ["--budget", "steps", "--out", str(out), "--no-progress"]
         sys.path.insert(0, str(TESTS))
         try:
