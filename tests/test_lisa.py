@@ -337,3 +337,16 @@ def test_a_state_of_other_settings_is_refused_before_loading():
 
 if __name__ == "__main__":  # the resume test's second half, in a new process
     _resume(Path(sys.argv[1]))
+
+
+def test_compare_refuses_a_gamma_above_the_tasks_sampled_groups_before_anything_trains(tmp_path):
+    """A ``gamma`` only the task's partition can refuse: named with the request, not as a failed run later."""
+    from blobs import blobs_task
+
+    from layerwise.compare import check_request
+
+    task = blobs_task("lisa-gamma-blobs")  # 3 groups: the first and last always on, 1 sampled
+    with pytest.raises(ValueError, match=r"--set lisa\.gamma: at most the groups sampled from .*1 on task .*got 2"):
+        check_request(task, ["baseline", "lisa"], settings={"lisa": {"gamma": 2}}, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert check_request(task, ["baseline", "lisa"], settings={"lisa": {"gamma": 1}}, out=tmp_path / "out").methods

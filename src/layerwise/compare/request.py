@@ -329,6 +329,8 @@ def check_request(
     resolved = {label: resolve_settings(method, overrides) for label, method, overrides in specs if method in METHODS}
     check_methods(task, names, partition)  # after the settings: a bad --set is named before an inapplicable method
     checked = [Variant(label, method, resolved[label]) for label, method, _ in specs]
+    for variant in checked:
+        METHODS[variant.method].fits(task, partition, variant.settings)
     reference = next((v for v in checked if v.label == "baseline"), checked[0])
     checked = [Variant(v.label, v.method, v.settings, v is reference) for v in checked]
     if aa:

@@ -139,6 +139,10 @@ def _no_check(settings: Mapping[str, Any]) -> None:
     del settings
 
 
+def _fits_any(task: Task, partition: Partition, settings: Mapping[str, Any]) -> None:
+    del task, partition, settings
+
+
 OPTIMIZER_USES = {
     "task": "trains with the task's optimizer",
     "wraps": "wraps the task's optimizer and sets each group's LR itself",
@@ -160,6 +164,9 @@ class Method:
         snippet: ``snippet(Build, settings) -> str``: the lines that set the method up in a plain loop.
         check: ``check(settings)`` raises ValueError naming ``--set METHOD.KEY`` for a bad value; it
             needs no model or data, so a comparison refuses bad settings before loading anything.
+        fits: ``fits(task, partition, settings)`` raises ValueError naming ``--set METHOD.KEY`` for a
+            setting this task's partition cannot take (LISA's ``gamma`` above its sampled groups):
+            checked with the request, on the model it builds, before anything trains.
         uses_task_lr: the method starts from the task's learning rate (False: it sets or finds its own,
             as a parameter-free optimizer does), so an LR sweep runs it once.
         not_parallel: per data-parallel engine (``"ddp"``, ``"fsdp"``), why the method cannot run
@@ -177,6 +184,7 @@ class Method:
     not_default: Mapping[str, str] = field(default_factory=dict)
     snippet: Callable[[Build, Mapping[str, Any]], str] | None = None
     check: Callable[[Mapping[str, Any]], None] = _no_check
+    fits: Callable[[Task, Partition, Mapping[str, Any]], None] = _fits_any
     uses_task_lr: bool = True
     not_parallel: Mapping[str, str] = field(default_factory=dict)
     optimizer_use: str = "task"

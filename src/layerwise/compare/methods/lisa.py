@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from ..._checks import positive_int
+from ...groups import Partition
 from ...lisa import LISA
+from ...tasks import Task
 from .kit import (
     Build,
     Method,
@@ -40,6 +42,16 @@ def _lisa(context: Build, settings: dict[str, Any]) -> Setup:
     optimizer = context.optimizer()
     lisa = LISA(context.model, optimizer, settings["gamma"], settings["period"], seed=torch.initial_seed())
     return Setup(optimizer, policy_only(context, optimizer), freezer=lisa.freezer)
+
+
+def _fits(task: Task, partition: Partition, settings: Mapping[str, Any]) -> None:
+    """``gamma`` at most the groups sampled from: all but the first and the last."""
+    sampled = len(partition) - 2
+    if settings["gamma"] > sampled:
+        raise ValueError(
+            f"--set lisa.gamma: at most the groups sampled from (all but the first and the last: {sampled} on task "
+            f"{task.name!r}), got {settings['gamma']}"
+        )
 
 
 def _lisa_snippet(build: Build, settings: Mapping[str, Any]) -> str:
@@ -65,6 +77,7 @@ _LISA = Method(
     },
     snippet=_lisa_snippet,
     check=checked("lisa", gamma=positive_int, period=positive_int),
+    fits=_fits,
 )
 
 
