@@ -342,7 +342,6 @@ if __name__ == "__main__":  # the resume test's second half, in a new process
 def test_compare_refuses_a_gamma_above_the_tasks_sampled_groups_before_anything_trains(tmp_path):
     """A ``gamma`` only the task's partition can refuse: named with the request, not as a failed run later."""
     from blobs import blobs_task
-
     from layerwise.compare import check_request
 
     task = blobs_task("lisa-gamma-blobs")  # 3 groups: the first and last always on, 1 sampled
